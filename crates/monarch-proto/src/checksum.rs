@@ -1,0 +1,207 @@
+//! Checksums for the handshake: the *retrieved* checksum the monarch computes when it fetches
+//! an image, and the *written* checksum the secondary computes over what landed.
+//!
+//! All algorithms produce a [`Digest`] of 32 bytes on the wire; shorter checksums are
+//! little-endian in the first bytes and zero-padded, so the register layout never changes.
+
+use std::fmt;
+
+/// Checksum algorithm, as carried in the `cfg.algo` register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algo {
+    /// CRC-32C (Castagnoli), hardware-accelerated on x86-64 (SSE 4.2) and aarch64.
+    Crc32c,
+    /// XXH3, 64-bit.
+    Xxh3,
+    /// BLAKE3, 256-bit (cryptographic; the choice when images may be tampered with).
+    Blake3,
+}
+
+impl Algo {
+    /// Every algorithm, in register-code order.
+    pub const ALL: [Algo; 3] = [Algo::Crc32c, Algo::Xxh3, Algo::Blake3];
+
+    /// Register code.
+    pub fn code(self) -> u32 {
+        match self {
+            Algo::Crc32c => 1,
+            Algo::Xxh3 => 2,
+            Algo::Blake3 => 3,
+        }
+    }
+
+    /// Decode a register code; `None` for an unknown one.
+    pub fn from_code(code: u32) -> Option<Algo> {
+        Algo::ALL.into_iter().find(|a| a.code() == code)
+    }
+
+    /// Name used in topology files and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Crc32c => "crc32c",
+            Algo::Xxh3 => "xxh3",
+            Algo::Blake3 => "blake3",
+        }
+    }
+
+    /// Parse a name as written in topology files.
+    pub fn from_name(name: &str) -> Option<Algo> {
+        Algo::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Number of meaningful bytes in the digest.
+    pub fn digest_len(self) -> usize {
+        match self {
+            Algo::Crc32c => 4,
+            Algo::Xxh3 => 8,
+            Algo::Blake3 => 32,
+        }
+    }
+
+    /// Checksum of a whole buffer.
+    pub fn digest(self, data: &[u8]) -> Digest {
+        let mut h = Hasher::new(self);
+        h.update(data);
+        h.finish()
+    }
+}
+
+impl fmt::Display for Algo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A checksum as it travels in registers: 32 bytes, zero-padded.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The four little-endian u64 register words.
+    pub fn words(&self) -> [u64; 4] {
+        let mut w = [0u64; 4];
+        for (i, chunk) in self.0.chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            w[i] = u64::from_le_bytes(b);
+        }
+        w
+    }
+
+    /// Rebuild from four register words.
+    pub fn from_words(words: [u64; 4]) -> Digest {
+        let mut d = [0u8; 32];
+        for (i, w) in words.iter().enumerate() {
+            d[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        Digest(d)
+    }
+
+    /// Hex of the first `algo.digest_len()` bytes, for people.
+    pub fn to_hex(&self, algo: Algo) -> String {
+        self.0[..algo.digest_len()].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end = self.0.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1).max(4);
+        write!(f, "Digest(")?;
+        for b in &self.0[..end] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// Streaming checksum state.
+#[derive(Clone)]
+pub enum Hasher {
+    /// CRC-32C running value.
+    Crc32c(u32),
+    /// XXH3-64 state.
+    Xxh3(Box<xxhash_rust::xxh3::Xxh3>),
+    /// BLAKE3 state.
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hasher {
+    /// A fresh state for `algo`.
+    pub fn new(algo: Algo) -> Hasher {
+        match algo {
+            Algo::Crc32c => Hasher::Crc32c(0),
+            Algo::Xxh3 => Hasher::Xxh3(Box::default()),
+            Algo::Blake3 => Hasher::Blake3(Box::default()),
+        }
+    }
+
+    /// Feed bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Crc32c(c) => *c = crc32c::crc32c_append(*c, data),
+            Hasher::Xxh3(h) => h.update(data),
+            Hasher::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    /// The digest of everything fed so far.
+    pub fn finish(&self) -> Digest {
+        let mut d = [0u8; 32];
+        match self {
+            Hasher::Crc32c(c) => d[..4].copy_from_slice(&c.to_le_bytes()),
+            Hasher::Xxh3(h) => d[..8].copy_from_slice(&h.digest().to_le_bytes()),
+            Hasher::Blake3(h) => d.copy_from_slice(h.finalize().as_bytes()),
+        }
+        Digest(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn known_answers() {
+        // CRC-32C check value from RFC 3720 appendix B.4 / the Rocksoft catalogue.
+        assert_eq!(Algo::Crc32c.digest(b"123456789").to_hex(Algo::Crc32c), "839206e3");
+        // BLAKE3 of the empty input (from the BLAKE3 test vectors).
+        assert_eq!(
+            Algo::Blake3.digest(b"").to_hex(Algo::Blake3),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        // XXH3-64 of the empty input with seed 0.
+        assert_eq!(Algo::Xxh3.digest(b"").0[..8], 0x2D06800538D394C2u64.to_le_bytes());
+    }
+
+    #[test]
+    fn codes_and_names_round_trip() {
+        for a in Algo::ALL {
+            assert_eq!(Algo::from_code(a.code()), Some(a));
+            assert_eq!(Algo::from_name(a.name()), Some(a));
+        }
+        assert_eq!(Algo::from_code(0), None);
+        assert_eq!(Algo::from_code(u32::MAX), None);
+    }
+
+    proptest! {
+        #[test]
+        fn streaming_equals_one_shot(data in proptest::collection::vec(any::<u8>(), 0..4096), cut in 0usize..4096) {
+            let cut = cut.min(data.len());
+            for a in Algo::ALL {
+                let mut h = Hasher::new(a);
+                h.update(&data[..cut]);
+                h.update(&data[cut..]);
+                prop_assert_eq!(h.finish(), a.digest(&data));
+            }
+        }
+
+        #[test]
+        fn digest_words_round_trip(bytes in any::<[u8; 32]>()) {
+            let d = Digest(bytes);
+            prop_assert_eq!(Digest::from_words(d.words()), d);
+        }
+    }
+}

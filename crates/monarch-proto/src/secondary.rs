@@ -1,0 +1,408 @@
+//! The secondary (agent) side of the window handshake, as a sans-IO state machine.
+//!
+//! Safety invariant: [`SecondaryAction::Handoff`] is emitted only after this machine itself
+//! computed the written checksum of an attempt (fed back as [`SecondaryInput::Verified`]) and
+//! the primary's OK names *that* attempt and *that* checksum. A wrong, stale or forged OK
+//! fails the secondary instead.
+
+use crate::checksum::Digest;
+use crate::msg::{Command, FailCode, RegisterError, Status, WindowConfig};
+use std::time::Duration;
+
+/// Inputs from the driver.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SecondaryInput {
+    /// The agent mapped the window and validated its header.
+    Start,
+    /// The primary posted RELEASE; the config block decoded (or not).
+    Release(Result<WindowConfig, RegisterError>),
+    /// Any other new command from the primary.
+    Command(Command),
+    /// The command block could not be decoded.
+    Garbage(RegisterError),
+    /// The driver computed the written checksum of `attempt`.
+    Verified {
+        /// The attempt verified.
+        attempt: u32,
+        /// The written checksum.
+        digest: Digest,
+    },
+    /// The handoff could not be carried out.
+    HandoffFailed(FailCode),
+    /// Time passed; check deadlines.
+    Tick,
+}
+
+/// Actions for the driver.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SecondaryAction {
+    /// Post a status and ring the primary's doorbell.
+    Post(Status),
+    /// Compute the written checksum of what landed (pull mode: copy it in first).
+    Verify {
+        /// The attempt.
+        attempt: u32,
+        /// The config to verify with.
+        config: WindowConfig,
+    },
+    /// Jump into the verified image.
+    Handoff {
+        /// The attempt handed off into.
+        attempt: u32,
+        /// Its verified checksum (the driver re-checks what it loads against it).
+        digest: Digest,
+        /// Its config.
+        config: WindowConfig,
+    },
+    /// Stop: `Ok(())` after a handoff the driver completed, or the reason for failing.
+    Exit(Result<(), SecondaryFailure>),
+}
+
+/// Why the secondary stopped without handing off.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SecondaryFailure {
+    /// The secondary gave up with this code (also posted to the primary).
+    Failed(FailCode),
+    /// The primary aborted, with its reason code.
+    Aborted(crate::msg::AbortReason),
+    /// A register value from the primary was invalid.
+    Protocol(RegisterError),
+}
+
+impl std::fmt::Display for SecondaryFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecondaryFailure::Failed(c) => f.write_str(&c.describe()),
+            SecondaryFailure::Aborted(r) => write!(f, "the monarch aborted this secondary ({r:?})"),
+            SecondaryFailure::Protocol(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Where the secondary stands.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum State {
+    Idle,
+    AwaitRelease,
+    AwaitStaged { config: WindowConfig, last_attempt: u32 },
+    Verifying { config: WindowConfig, attempt: u32 },
+    AwaitDecision { config: WindowConfig, attempt: u32, digest: Digest },
+    HandingOff { attempt: u32 },
+    Done,
+}
+
+/// The secondary's handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Secondary {
+    pid: u64,
+    timeout: Duration,
+    state: State,
+    deadline: Option<Duration>,
+}
+
+impl Secondary {
+    /// `pid` goes into READY; `timeout` bounds every wait for the primary.
+    pub fn new(pid: u64, timeout: Duration) -> Secondary {
+        Secondary { pid, timeout, state: State::Idle, deadline: None }
+    }
+
+    /// When the driver must feed [`SecondaryInput::Tick`] at the latest.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    /// True once [`SecondaryAction::Exit`] has been returned.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// True between the handoff action and its completion.
+    pub fn is_handing_off(&self) -> bool {
+        matches!(self.state, State::HandingOff { .. })
+    }
+
+    fn wait(&mut self, state: State, now: Duration) {
+        self.state = state;
+        self.deadline = Some(now.saturating_add(self.timeout));
+    }
+
+    fn fail(&mut self, attempt: u32, error: FailCode, why: SecondaryFailure) -> Vec<SecondaryAction> {
+        self.state = State::Done;
+        self.deadline = None;
+        vec![SecondaryAction::Post(Status::Failed { attempt, error }), SecondaryAction::Exit(Err(why))]
+    }
+
+    fn attempt(&self) -> u32 {
+        match self.state {
+            State::AwaitStaged { last_attempt, .. } => last_attempt,
+            State::Verifying { attempt, .. }
+            | State::AwaitDecision { attempt, .. }
+            | State::HandingOff { attempt } => attempt,
+            _ => 0,
+        }
+    }
+
+    /// Feed one input at time `now`.
+    pub fn handle(&mut self, now: Duration, input: SecondaryInput) -> Vec<SecondaryAction> {
+        use SecondaryInput as I;
+        let attempt = self.attempt();
+        match (self.state.clone(), input) {
+            (State::Done, _) => Vec::new(),
+            (State::Idle, I::Start) => {
+                self.wait(State::AwaitRelease, now);
+                Vec::new()
+            }
+            (State::Idle, _) => Vec::new(),
+            (State::HandingOff { .. }, I::HandoffFailed(code)) => {
+                self.fail(attempt, code, SecondaryFailure::Failed(code))
+            }
+            // Handing off: the image is ours now; the primary can no longer stop it.
+            (State::HandingOff { .. }, _) => Vec::new(),
+            (_, I::Start) => Vec::new(),
+            (_, I::Tick) => match self.deadline {
+                Some(d) if now >= d => {
+                    self.fail(attempt, FailCode::Timeout, SecondaryFailure::Failed(FailCode::Timeout))
+                }
+                _ => Vec::new(),
+            },
+            (_, I::Garbage(e)) => self.fail(attempt, FailCode::ProtocolError, SecondaryFailure::Protocol(e)),
+            (_, I::Command(Command::Abort { reason })) => {
+                self.state = State::Done;
+                self.deadline = None;
+                vec![SecondaryAction::Exit(Err(SecondaryFailure::Aborted(reason)))]
+            }
+            (State::AwaitRelease, I::Release(Ok(config))) => {
+                self.wait(State::AwaitStaged { config, last_attempt: 0 }, now);
+                vec![SecondaryAction::Post(Status::Ready { pid: self.pid })]
+            }
+            (State::AwaitRelease, I::Release(Err(e))) => {
+                self.fail(0, FailCode::BadConfig, SecondaryFailure::Protocol(e))
+            }
+            (State::AwaitStaged { config, last_attempt }, I::Command(Command::Staged { attempt: a }))
+            | (
+                State::AwaitDecision { config, attempt: last_attempt, .. },
+                I::Command(Command::Staged { attempt: a }),
+            ) if a == last_attempt + 1 => {
+                self.state = State::Verifying { config, attempt: a };
+                self.deadline = None;
+                vec![SecondaryAction::Verify { attempt: a, config }]
+            }
+            (State::Verifying { config, attempt: a }, I::Verified { attempt: v, digest }) if v == a => {
+                self.wait(State::AwaitDecision { config, attempt: a, digest }, now);
+                vec![SecondaryAction::Post(Status::Verified { attempt: a, digest })]
+            }
+            (
+                State::AwaitDecision { config, attempt: a, digest },
+                I::Command(Command::Ok { attempt: oa, digest: od }),
+            ) => {
+                if oa == a && od == digest {
+                    self.state = State::HandingOff { attempt: a };
+                    self.deadline = None;
+                    vec![
+                        SecondaryAction::Post(Status::HandingOff { attempt: a }),
+                        SecondaryAction::Handoff { attempt: a, digest, config },
+                    ]
+                } else {
+                    self.fail(a, FailCode::OkMismatch, SecondaryFailure::Failed(FailCode::OkMismatch))
+                }
+            }
+            (_, I::Command(Command::Shutdown)) => {
+                self.state = State::Done;
+                self.deadline = None;
+                vec![SecondaryAction::Exit(Err(SecondaryFailure::Aborted(crate::msg::AbortReason::Stopped)))]
+            }
+            // Anything else from the primary, in this state, breaks the protocol.
+            (_, I::Command(_) | I::Release(_)) => {
+                self.fail(attempt, FailCode::ProtocolError, SecondaryFailure::Failed(FailCode::ProtocolError))
+            }
+            // Driver inputs that do not belong to this state are ignored.
+            (_, I::Verified { .. } | I::HandoffFailed(_)) => Vec::new(),
+        }
+    }
+
+    /// The driver finished the handoff (for `none`, or after an exec that returned control).
+    pub fn handed_off(&mut self) -> Vec<SecondaryAction> {
+        if self.is_handing_off() {
+            self.state = State::Done;
+            vec![SecondaryAction::Exit(Ok(()))]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::Algo;
+    use crate::msg::{AbortReason, Mode};
+    use proptest::prelude::*;
+
+    const CFG: WindowConfig =
+        WindowConfig { image_size: 100, load_offset: 0, algo: Algo::Crc32c, mode: Mode::Push, epoch: 0 };
+
+    fn d(b: u8) -> Digest {
+        Digest([b; 32])
+    }
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn verified(digest: Digest) -> Secondary {
+        let mut s = Secondary::new(42, ms(1000));
+        assert!(s.handle(ms(0), SecondaryInput::Start).is_empty());
+        assert_eq!(
+            s.handle(ms(1), SecondaryInput::Release(Ok(CFG))),
+            vec![SecondaryAction::Post(Status::Ready { pid: 42 })]
+        );
+        assert_eq!(
+            s.handle(ms(2), SecondaryInput::Command(Command::Staged { attempt: 1 })),
+            vec![SecondaryAction::Verify { attempt: 1, config: CFG }]
+        );
+        assert_eq!(
+            s.handle(ms(3), SecondaryInput::Verified { attempt: 1, digest }),
+            vec![SecondaryAction::Post(Status::Verified { attempt: 1, digest })]
+        );
+        s
+    }
+
+    #[test]
+    fn success_path() {
+        let mut s = verified(d(7));
+        let a = s.handle(ms(4), SecondaryInput::Command(Command::Ok { attempt: 1, digest: d(7) }));
+        assert_eq!(
+            a,
+            vec![
+                SecondaryAction::Post(Status::HandingOff { attempt: 1 }),
+                SecondaryAction::Handoff { attempt: 1, digest: d(7), config: CFG }
+            ]
+        );
+        assert_eq!(s.handed_off(), vec![SecondaryAction::Exit(Ok(()))]);
+    }
+
+    #[test]
+    fn retry_path_verifies_the_next_attempt() {
+        let mut s = verified(d(1));
+        let a = s.handle(ms(4), SecondaryInput::Command(Command::Staged { attempt: 2 }));
+        assert_eq!(a, vec![SecondaryAction::Verify { attempt: 2, config: CFG }]);
+    }
+
+    #[test]
+    fn ok_for_another_checksum_or_attempt_is_refused() {
+        let mut s = verified(d(1));
+        let a = s.handle(ms(4), SecondaryInput::Command(Command::Ok { attempt: 1, digest: d(7) }));
+        assert_eq!(a[0], SecondaryAction::Post(Status::Failed { attempt: 1, error: FailCode::OkMismatch }));
+        let mut s = verified(d(1));
+        let a = s.handle(ms(4), SecondaryInput::Command(Command::Ok { attempt: 2, digest: d(1) }));
+        assert_eq!(a[0], SecondaryAction::Post(Status::Failed { attempt: 1, error: FailCode::OkMismatch }));
+    }
+
+    #[test]
+    fn abort_timeout_garbage_and_bad_config() {
+        let mut s = verified(d(1));
+        let a = s
+            .handle(ms(4), SecondaryInput::Command(Command::Abort { reason: AbortReason::ChecksumMismatch }));
+        assert_eq!(
+            a,
+            vec![SecondaryAction::Exit(Err(SecondaryFailure::Aborted(AbortReason::ChecksumMismatch)))]
+        );
+
+        let mut s = verified(d(1));
+        assert!(s.handle(ms(1002), SecondaryInput::Tick).is_empty());
+        let a = s.handle(ms(1003), SecondaryInput::Tick);
+        assert_eq!(a[0], SecondaryAction::Post(Status::Failed { attempt: 1, error: FailCode::Timeout }));
+
+        let mut s = verified(d(1));
+        let a = s.handle(ms(4), SecondaryInput::Garbage(RegisterError::UnknownCommand(99)));
+        assert_eq!(
+            a[0],
+            SecondaryAction::Post(Status::Failed { attempt: 1, error: FailCode::ProtocolError })
+        );
+
+        let mut s = Secondary::new(1, ms(10));
+        s.handle(ms(0), SecondaryInput::Start);
+        let a = s.handle(ms(1), SecondaryInput::Release(Err(RegisterError::EmptyImage)));
+        assert_eq!(a[0], SecondaryAction::Post(Status::Failed { attempt: 0, error: FailCode::BadConfig }));
+    }
+
+    #[test]
+    fn skipped_or_repeated_attempt_is_a_protocol_error() {
+        let mut s = verified(d(1));
+        let a = s.handle(ms(4), SecondaryInput::Command(Command::Staged { attempt: 1 }));
+        assert_eq!(
+            a[0],
+            SecondaryAction::Post(Status::Failed { attempt: 1, error: FailCode::ProtocolError })
+        );
+        let mut s = verified(d(1));
+        let a = s.handle(ms(4), SecondaryInput::Command(Command::Staged { attempt: 3 }));
+        assert_eq!(
+            a[0],
+            SecondaryAction::Post(Status::Failed { attempt: 1, error: FailCode::ProtocolError })
+        );
+    }
+
+    #[test]
+    fn failed_handoff_is_reported() {
+        let mut s = verified(d(7));
+        s.handle(ms(4), SecondaryInput::Command(Command::Ok { attempt: 1, digest: d(7) }));
+        let a = s.handle(ms(5), SecondaryInput::HandoffFailed(FailCode::ImageChanged));
+        assert_eq!(a[0], SecondaryAction::Post(Status::Failed { attempt: 1, error: FailCode::ImageChanged }));
+    }
+
+    fn arb_input() -> impl Strategy<Value = SecondaryInput> {
+        let dg = prop_oneof![Just(d(7)), Just(d(1))];
+        let dg2 = dg.clone();
+        prop_oneof![
+            Just(SecondaryInput::Start),
+            Just(SecondaryInput::Tick),
+            Just(SecondaryInput::Release(Ok(CFG))),
+            Just(SecondaryInput::Release(Err(RegisterError::EmptyImage))),
+            (1u32..4).prop_map(|attempt| SecondaryInput::Command(Command::Staged { attempt })),
+            ((1u32..4), dg)
+                .prop_map(|(attempt, digest)| SecondaryInput::Command(Command::Ok { attempt, digest })),
+            ((1u32..4), dg2).prop_map(|(attempt, digest)| SecondaryInput::Verified { attempt, digest }),
+            Just(SecondaryInput::Command(Command::Abort { reason: AbortReason::Timeout })),
+            Just(SecondaryInput::Command(Command::Release)),
+            Just(SecondaryInput::Garbage(RegisterError::UnknownCommand(5))),
+        ]
+    }
+
+    proptest! {
+        /// The safety invariant under any sequence of inputs: a handoff happens only into an
+        /// attempt this side verified, with the checksum this side computed and the primary
+        /// confirmed; at most one handoff and at most one exit.
+        #[test]
+        fn never_hands_off_into_an_unverified_image(inputs in proptest::collection::vec((arb_input(), 0u64..600), 0..40)) {
+            let mut s = Secondary::new(1, ms(1000));
+            let mut now = 0;
+            let mut requested: Option<u32> = None;
+            let mut computed: Vec<(u32, Digest)> = Vec::new();
+            let mut confirmed: Vec<(u32, Digest)> = Vec::new();
+            let (mut handoffs, mut exits) = (0, 0);
+            for (input, dt) in inputs {
+                now += dt;
+                // The driver only answers Verify for the attempt it was asked to verify.
+                if let SecondaryInput::Verified { attempt, digest } = &input {
+                    if requested == Some(*attempt) { computed.push((*attempt, *digest)); }
+                }
+                if let SecondaryInput::Command(Command::Ok { attempt, digest }) = &input {
+                    confirmed.push((*attempt, *digest));
+                }
+                for a in s.handle(ms(now), input) {
+                    match a {
+                        SecondaryAction::Verify { attempt, .. } => requested = Some(attempt),
+                        SecondaryAction::Handoff { attempt, digest, .. } => {
+                            handoffs += 1;
+                            prop_assert!(computed.contains(&(attempt, digest)), "handoff into an attempt never verified here");
+                            prop_assert!(confirmed.contains(&(attempt, digest)), "handoff without the primary's OK");
+                        }
+                        SecondaryAction::Exit(_) => exits += 1,
+                        SecondaryAction::Post(_) => prop_assert_eq!(exits, 0),
+                    }
+                }
+            }
+            prop_assert!(handoffs <= 1);
+            prop_assert!(exits <= 1);
+        }
+    }
+}
