@@ -1,1 +1,17 @@
-//! placeholder
+//! # monarch-drivers: where bytes move
+//!
+//! The only crate of monarch with `unsafe` code, each block with a `// SAFETY:` comment.
+//! - [`window`]: shared-memory windows (file, `/dev/shm`, memfd, PCI BAR resource file),
+//!   register access by atomics only, seqlock message reads, bulk data copies.
+//! - [`doorbell`]: futex doorbells, bounded polling where there is no shared kernel.
+//! - [`memimage`]: an image held in a sealed memfd, and the `exec` handoff that runs the
+//!   delivered bytes themselves.
+//!
+//! The protocol decisions live in `monarch-proto`; the orchestration in `monarch-boot`.
+
+pub mod doorbell;
+pub mod memimage;
+pub mod window;
+
+pub use doorbell::Doorbell;
+pub use window::{Poll, Window, WindowError};

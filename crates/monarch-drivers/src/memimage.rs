@@ -1,0 +1,123 @@
+//! An image in this process's own memory: an anonymous memfd, mapped read-write while it is
+//! filled, then sealed and executed — the `exec` handoff runs exactly the bytes that were
+//! delivered and verified, never a file someone could swap on disk.
+
+use memmap2::MmapMut;
+use rustix::fs::{MemfdFlags, SealFlags};
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// A memfd-backed buffer of fixed size.
+pub struct MemImage {
+    file: File,
+    map: MmapMut,
+}
+
+impl std::fmt::Debug for MemImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemImage").field("len", &self.map.len()).finish()
+    }
+}
+
+impl MemImage {
+    /// A zeroed image of `len` bytes named `name` (shows in `/proc/PID/maps`).
+    pub fn new(name: &str, len: u64) -> io::Result<MemImage> {
+        let fd: OwnedFd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        let file = File::from(fd);
+        file.set_len(len)?;
+        // SAFETY: the memfd was created just now by this process and has not been shared:
+        // no other mapping or descriptor can change it while `map` lives, so handing out
+        // `&[u8]`/`&mut [u8]` into it is sound.
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        Ok(MemImage { file, map })
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The bytes, writable (while filling).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    /// Seal the image against any change and replace this process with it: `argv0` and
+    /// `args` become its command line, `env` is added to the environment. Returns only on
+    /// failure.
+    pub fn exec(self, argv0: &str, args: &[String], env: &[(String, String)]) -> io::Error {
+        let MemImage { file, map } = self;
+        drop(map);
+        let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL;
+        if let Err(e) = rustix::fs::fcntl_add_seals(&file, seals) {
+            return e.into();
+        }
+        // Exec through a read-only descriptor: the kernel refuses (ETXTBSY) to execute a file
+        // that is open for writing.
+        let ro = match File::open(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
+        drop(file);
+        let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+        let mut argv = Vec::with_capacity(args.len() + 1);
+        let mut envp = Vec::new();
+        let built: io::Result<()> = (|| {
+            argv.push(cstr(argv0.as_bytes())?);
+            for a in args {
+                argv.push(cstr(a.as_bytes())?);
+            }
+            for (k, v) in std::env::vars_os() {
+                if env.iter().any(|(ek, _)| k.as_bytes() == ek.as_bytes()) {
+                    continue;
+                }
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                envp.push(cstr(&kv)?);
+            }
+            for (k, v) in env {
+                envp.push(cstr(format!("{k}={v}").as_bytes())?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = built {
+            return e;
+        }
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        // Why fexecve and not std::process::Command: std execs by path with execvp semantics,
+        // which on ENOEXEC hands the bytes to /bin/sh as a script. Delivered bytes that are
+        // not a program must fail the handoff, never run as shell commands.
+        // SAFETY: `ro` is an open descriptor; argv/envp are NULL-terminated arrays of
+        // pointers to NUL-terminated strings that outlive the call (on success the call does
+        // not return; on failure nothing was consumed).
+        unsafe { libc::fexecve(ro.as_raw_fd(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+        io::Error::last_os_error()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_and_returns_bytes() {
+        let mut m = MemImage::new("test", 10).unwrap();
+        m.bytes_mut().copy_from_slice(b"0123456789");
+        assert_eq!(m.bytes(), b"0123456789");
+    }
+
+    #[test]
+    fn exec_of_bytes_that_are_not_a_program_fails_and_returns() {
+        let mut m = MemImage::new("junk", 64).unwrap();
+        m.bytes_mut().fill(0x5a);
+        let e = m.exec("junk", &[], &[]);
+        assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::NOEXEC.raw_os_error()), "{e}");
+    }
+}

@@ -1,0 +1,436 @@
+//! Memory windows: a register page plus a data area in memory both sides map.
+//!
+//! Backends: a file (under `/dev/shm` for RAM, or any path, e.g. a PCI BAR's `resourceN`
+//! in sysfs) or a memfd handed to a child. Registers are touched only through atomics
+//! (Acquire loads, Release stores) derived from raw pointers into the mapping; the data area
+//! only through bulk copies between the mapping and memory this process owns. No Rust
+//! reference to window memory the other side writes is ever created (`AtomicU32`/`AtomicU64`
+//! are the exception that proves the rule: they are the sanctioned way to share a word).
+//!
+//! Every value read from the window is the peer's and untrusted: the drivers hand raw words
+//! to `monarch-proto` to validate; the data area's size comes from the mapping, never from
+//! the header.
+
+use crate::doorbell::{self, Doorbell};
+use memmap2::MmapRaw;
+use monarch_proto::checksum::{Algo, Digest, Hasher};
+use monarch_proto::layout::{self, Reg, Width};
+use monarch_proto::msg::{self, RegisterError, SeqWord};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+use thiserror::Error;
+
+// monarch targets 64-bit machines: every u64 offset inside a mapping fits a usize.
+const _: () = assert!(usize::BITS == 64, "monarch-drivers needs a 64-bit target");
+
+/// A u64 that is known to index memory (bounded by a mapping's length) as usize.
+#[allow(clippy::cast_possible_truncation)] // lossless on 64-bit targets (asserted above)
+fn idx(v: u64) -> usize {
+    v as usize
+}
+
+/// Size of the bounce chunk used when hashing in place (fits in L2 on common parts).
+pub const CHUNK: usize = 1 << 20;
+
+/// Errors opening or using a window.
+#[derive(Debug, Error)]
+pub enum WindowError {
+    /// The backing file could not be created, opened, sized or mapped.
+    #[error("window {path}: {what}: {source}")]
+    Io {
+        /// The window's path.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is too small to hold even the register page.
+    #[error(
+        "window {path}: {len} bytes is smaller than the {}-byte register page; give the window a size of at least the image size plus 4 KiB",
+        layout::REGS_SIZE
+    )]
+    TooSmall {
+        /// The window's path.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+    },
+    /// A data-area access outside the data area.
+    #[error("window {path}: {len} bytes at data offset {offset} overrun the {data_size}-byte data area")]
+    OutOfBounds {
+        /// The window's path.
+        path: PathBuf,
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: u64,
+        /// Data area size.
+        data_size: u64,
+    },
+}
+
+/// A mapped window.
+pub struct Window {
+    map: MmapRaw,
+    _file: File,
+    path: PathBuf,
+    data_size: u64,
+    bell: Doorbell,
+}
+
+impl std::fmt::Debug for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Window").field("path", &self.path).field("data_size", &self.data_size).finish()
+    }
+}
+
+/// Outcome of reading a peer's message block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll<T> {
+    /// Nothing new since the last message taken.
+    Nothing,
+    /// A new, complete message with its sequence number.
+    Message(u32, T),
+    /// A new message that does not decode, with its sequence number.
+    Garbage(u32, RegisterError),
+}
+
+impl Window {
+    /// Create (or truncate) the file at `path` as a window with `data_size` bytes of data
+    /// area, all zero, and map it. Done by the primary.
+    pub fn create(path: &Path, data_size: u64) -> Result<Window, WindowError> {
+        let io = |what| move |source| WindowError::Io { path: path.to_path_buf(), what, source };
+        let len = layout::window_len(data_size).ok_or(WindowError::TooSmall { path: path.into(), len: 0 })?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(io("create"))?;
+        file.set_len(len).map_err(io("set size"))?;
+        Self::map(file, path.to_path_buf(), len)
+    }
+
+    /// Map an existing window file. Done by the secondary (or a primary attaching to a
+    /// window someone else sized, such as a PCI BAR).
+    pub fn open(path: &Path) -> Result<Window, WindowError> {
+        let io = |what| move |source| WindowError::Io { path: path.to_path_buf(), what, source };
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io("open"))?;
+        let len = file.metadata().map_err(io("stat"))?.len();
+        Self::map(file, path.to_path_buf(), len)
+    }
+
+    fn map(file: File, path: PathBuf, len: u64) -> Result<Window, WindowError> {
+        if len < layout::REGS_SIZE as u64 {
+            return Err(WindowError::TooSmall { path, len });
+        }
+        let map = MmapRaw::map_raw(&file).map_err(|source| WindowError::Io {
+            path: path.clone(),
+            what: "mmap",
+            source,
+        })?;
+        let data_size = (map.len() - layout::REGS_SIZE) as u64;
+        Ok(Window { map, _file: file, path, data_size, bell: Doorbell::detect() })
+    }
+
+    /// Use bounded polling instead of futex waits (for windows shared across kernels).
+    pub fn set_doorbell(&mut self, bell: Doorbell) {
+        self.bell = bell;
+    }
+
+    /// The window's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the data area, from the mapping.
+    pub fn data_size(&self) -> u64 {
+        self.data_size
+    }
+
+    fn word32(&self, r: Reg) -> &AtomicU32 {
+        assert!(
+            r.width == Width::W32 && r.offset % 4 == 0 && r.offset + 4 <= layout::REGS_SIZE,
+            "bad register {r:?}"
+        );
+        // SAFETY: the mapping is at least REGS_SIZE bytes long (checked in `map`), page
+        // aligned, and lives as long as `self`; the offset is 4-byte aligned and inside the
+        // register page (asserted above). AtomicU32 has the layout of u32 and tolerates
+        // concurrent access from the other process, which only ever uses atomic accesses too.
+        unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(r.offset).cast::<u32>()) }
+    }
+
+    fn word64(&self, r: Reg) -> &AtomicU64 {
+        assert!(
+            r.width == Width::W64 && r.offset % 8 == 0 && r.offset + 8 <= layout::REGS_SIZE,
+            "bad register {r:?}"
+        );
+        // SAFETY: as in `word32`, with 8-byte alignment (the mapping is page aligned).
+        unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(r.offset).cast::<u64>()) }
+    }
+
+    /// Load a register (Acquire).
+    pub fn load(&self, r: Reg) -> u64 {
+        match r.width {
+            Width::W32 => u64::from(self.word32(r).load(Ordering::Acquire)),
+            Width::W64 => self.word64(r).load(Ordering::Acquire),
+        }
+    }
+
+    /// Load a 32-bit register (Acquire).
+    pub fn load32(&self, r: Reg) -> u32 {
+        self.word32(r).load(Ordering::Acquire)
+    }
+
+    /// Store a register (Release). A 32-bit register takes the low half of `v`.
+    pub fn store(&self, r: Reg, v: u64) {
+        match r.width {
+            Width::W32 => self.word32(r).store(u32::try_from(v & 0xffff_ffff).unwrap_or(0), Ordering::Release),
+            Width::W64 => self.word64(r).store(v, Ordering::Release),
+        }
+    }
+
+    /// Apply register writes in order (each a Release store).
+    pub fn apply(&self, writes: &[msg::Write]) {
+        for (r, v) in writes {
+            self.store(*r, *v);
+        }
+    }
+
+    /// Ring a doorbell: increment it and wake whoever waits on it.
+    pub fn ring(&self, bell: Reg) {
+        let w = self.word32(bell);
+        w.fetch_add(1, Ordering::AcqRel);
+        self.bell.wake(w);
+    }
+
+    /// Current value of a doorbell (take it *before* reading the message it guards).
+    pub fn bell_value(&self, bell: Reg) -> u32 {
+        self.word32(bell).load(Ordering::Acquire)
+    }
+
+    /// Wait until the doorbell differs from `seen`, at most `timeout`. True if it rang.
+    pub fn wait_bell(&self, bell: Reg, seen: u32, timeout: Duration) -> bool {
+        self.bell.wait(self.word32(bell), seen, timeout)
+    }
+
+    /// Read a message block seqlock-style: publication word, payload, publication word.
+    pub fn read_message<T>(
+        &self,
+        seq_reg: Reg,
+        last_seq: u32,
+        decode: impl Fn(&dyn Fn(Reg) -> u64) -> Result<T, RegisterError>,
+    ) -> Poll<T> {
+        const TRIES: usize = 64;
+        for _ in 0..TRIES {
+            let first = self.load32(seq_reg);
+            let seq = match SeqWord::from_raw(first) {
+                SeqWord::Empty | SeqWord::Busy => return Poll::Nothing,
+                SeqWord::Published(n) if n == last_seq => return Poll::Nothing,
+                SeqWord::Published(n) => n,
+            };
+            let value = decode(&|r| self.load(r));
+            if self.load32(seq_reg) == first {
+                return match value {
+                    Ok(v) => Poll::Message(seq, v),
+                    Err(e) => Poll::Garbage(seq, e),
+                };
+            }
+            std::hint::spin_loop();
+        }
+        Poll::Garbage(last_seq, RegisterError::Unstable(seq_reg.name))
+    }
+
+    /// Post a message with the writes from `monarch_proto::msg::encode_*`, then ring.
+    pub fn post(&self, writes: &[msg::Write], bell: Reg) {
+        self.apply(writes);
+        self.ring(bell);
+    }
+
+    fn data_ptr(&self, offset: u64, len: usize) -> Result<*mut u8, WindowError> {
+        let end = offset.checked_add(len as u64);
+        match end {
+            Some(end) if end <= self.data_size => {}
+            _ => {
+                return Err(WindowError::OutOfBounds {
+                    path: self.path.clone(),
+                    offset,
+                    len: len as u64,
+                    data_size: self.data_size,
+                });
+            }
+        }
+        // SAFETY: offset + len <= data_size (checked above), and the data area starts at
+        // REGS_SIZE inside a mapping of REGS_SIZE + data_size bytes, so the pointer and the
+        // `len` bytes after it are inside the mapping. `offset` fits usize because it is below
+        // the mapping's length, itself a usize.
+        Ok(unsafe { self.map.as_mut_ptr().add(layout::REGS_SIZE + idx(offset)) })
+    }
+
+    /// Copy `src` into the data area at `offset` (the seed's memcpy into the BAR).
+    pub fn write_data(&self, offset: u64, src: &[u8]) -> Result<(), WindowError> {
+        let dst = self.data_ptr(offset, src.len())?;
+        // SAFETY: `dst..dst+len` is inside the mapping (data_ptr), `src` is our own memory
+        // and cannot overlap a shared mapping we only reach through raw pointers. The peer
+        // may read concurrently; that race is the protocol's to prevent (it only reads after
+        // STAGED), and at worst it reads stale bytes, which the checksum catches.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        Ok(())
+    }
+
+    /// Copy `dst.len()` bytes of the data area at `offset` into `dst` (memory we own).
+    pub fn read_data(&self, offset: u64, dst: &mut [u8]) -> Result<(), WindowError> {
+        let src = self.data_ptr(offset, dst.len())?;
+        // SAFETY: `src..src+len` is inside the mapping (data_ptr); `dst` is our own memory.
+        // Bytes the peer changes concurrently are copied as whatever they are at that moment:
+        // never a reference, never UB in this process, and the checksum judges the result.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Checksum `len` bytes of the data area at `offset`, through a bounce buffer (we never
+    /// hash shared memory in place: a slice of it would be a reference the peer can write).
+    /// `progress` is called with the bytes done after every chunk.
+    pub fn digest_data(
+        &self,
+        offset: u64,
+        len: u64,
+        algo: Algo,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Digest, WindowError> {
+        self.data_ptr(offset, 0)?;
+        let mut h = Hasher::new(algo);
+        let mut buf = vec![0u8; CHUNK];
+        let mut done = 0u64;
+        while done < len {
+            let n = idx((len - done).min(CHUNK as u64));
+            self.read_data(offset + done, &mut buf[..n])?;
+            h.update(&buf[..n]);
+            done += n as u64;
+            progress(done);
+        }
+        Ok(h.finish())
+    }
+
+    /// Copy `dst.len()` bytes at `offset` into `dst` while checksumming what was copied.
+    pub fn copy_out_digest(
+        &self,
+        offset: u64,
+        dst: &mut [u8],
+        algo: Algo,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Digest, WindowError> {
+        let mut h = Hasher::new(algo);
+        let mut done = 0usize;
+        for chunk in dst.chunks_mut(CHUNK) {
+            self.read_data(offset + done as u64, chunk)?;
+            h.update(chunk);
+            done += chunk.len();
+            progress(done as u64);
+        }
+        Ok(h.finish())
+    }
+}
+
+/// Which kind of doorbell wait a window uses.
+pub use doorbell::Doorbell as DoorbellKind;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monarch_proto::msg::{Command, Status, encode_command, encode_status};
+
+    fn tmp_window(data: u64) -> (tempfile::TempDir, Window) {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Window::create(&dir.path().join("w.win"), data).unwrap();
+        (dir, w)
+    }
+
+    #[test]
+    fn registers_are_little_endian_at_their_offsets_in_the_file() {
+        let (dir, w) = tmp_window(4096);
+        w.store(layout::HDR_MAGIC, layout::MAGIC);
+        w.store(layout::CMD_ATTEMPT, 0x0102_0304);
+        let bytes = std::fs::read(dir.path().join("w.win")).unwrap();
+        assert_eq!(&bytes[0..8], b"MNRCHWIN");
+        assert_eq!(&bytes[0x88..0x8C], &[4, 3, 2, 1]);
+    }
+
+    #[test]
+    fn two_mappings_see_each_others_messages() {
+        let (dir, a) = tmp_window(4096);
+        let b = Window::open(&dir.path().join("w.win")).unwrap();
+        assert_eq!(b.data_size(), 4096);
+        a.post(&encode_command(1, &Command::Staged { attempt: 1 }), layout::DB_TO_SECONDARY);
+        assert_eq!(b.bell_value(layout::DB_TO_SECONDARY), 1);
+        assert_eq!(
+            b.read_message(layout::CMD_SEQ, 0, msg::decode_command),
+            Poll::Message(1, Command::Staged { attempt: 1 })
+        );
+        assert_eq!(b.read_message(layout::CMD_SEQ, 1, msg::decode_command), Poll::Nothing);
+        b.post(&encode_status(1, &Status::Ready { pid: 5 }), layout::DB_TO_PRIMARY);
+        assert_eq!(
+            a.read_message(layout::ST_SEQ, 0, msg::decode_status),
+            Poll::Message(1, Status::Ready { pid: 5 })
+        );
+    }
+
+    #[test]
+    fn a_busy_publication_word_is_not_a_message() {
+        let (_d, w) = tmp_window(4096);
+        w.store(layout::ST_SEQ, u64::from(3 | msg::SEQ_BUSY));
+        assert_eq!(w.read_message(layout::ST_SEQ, 0, msg::decode_status), Poll::Nothing);
+    }
+
+    #[test]
+    fn garbage_status_is_reported_not_panicked() {
+        let (_d, w) = tmp_window(4096);
+        w.store(layout::ST_CODE, 0xdead_beef);
+        w.store(layout::ST_SEQ, 1);
+        assert_eq!(
+            w.read_message(layout::ST_SEQ, 0, msg::decode_status),
+            Poll::Garbage(1, RegisterError::UnknownStatus(0xdead_beef))
+        );
+    }
+
+    #[test]
+    fn data_access_is_bounds_checked() {
+        let (_d, w) = tmp_window(100);
+        assert!(w.write_data(0, &[1; 100]).is_ok());
+        assert!(matches!(w.write_data(1, &[1; 100]), Err(WindowError::OutOfBounds { .. })));
+        assert!(matches!(w.write_data(u64::MAX, &[1]), Err(WindowError::OutOfBounds { .. })));
+        let mut buf = [0u8; 100];
+        w.read_data(0, &mut buf).unwrap();
+        assert_eq!(buf, [1; 100]);
+        assert!(w.digest_data(50, 51, Algo::Crc32c, |_| {}).is_err());
+    }
+
+    #[test]
+    fn digests_in_place_and_while_copying_agree_with_the_one_shot_digest() {
+        let (_d, w) = tmp_window(3 * CHUNK as u64 + 17);
+        let img: Vec<u8> = (0..(2 * CHUNK + 5)).map(|i| u8::try_from(i * 7 % 251).unwrap()).collect();
+        w.write_data(9, &img).unwrap();
+        for algo in Algo::ALL {
+            let mut last = 0;
+            let d = w.digest_data(9, img.len() as u64, algo, |n| last = n).unwrap();
+            assert_eq!(d, algo.digest(&img));
+            assert_eq!(last, img.len() as u64);
+            let mut out = vec![0u8; img.len()];
+            assert_eq!(w.copy_out_digest(9, &mut out, algo, |_| {}).unwrap(), algo.digest(&img));
+            assert_eq!(out, img);
+        }
+    }
+
+    #[test]
+    fn a_file_smaller_than_the_register_page_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("small");
+        std::fs::write(&p, [0u8; 100]).unwrap();
+        let e = Window::open(&p).unwrap_err();
+        assert!(e.to_string().contains("smaller than the 4096-byte register page"), "{e}");
+    }
+}
