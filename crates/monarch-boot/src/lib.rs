@@ -1,1 +1,19 @@
-//! placeholder
+//! # monarch-boot: orchestration
+//!
+//! Turns a topology into a boot: [`topology`] parses and validates the chassis description,
+//! [`plan`] decides who is staged in parallel and who waits behind which switch,
+//! [`image`] retrieves images and computes their retrieved checksums, [`stage`] drives one
+//! secondary's handshake from the monarch's side, [`agent`] is the secondary's side, and
+//! [`run`] executes a whole plan, streaming [`events`] to whatever front end is listening.
+//! The protocol decisions are `monarch-proto`'s; the memory and processes are
+//! `monarch-drivers`'.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod events;
+pub mod image;
+pub mod payload;
+pub mod plan;
+pub mod run;
+pub mod stage;
+pub mod topology;

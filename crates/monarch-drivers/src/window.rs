@@ -99,8 +99,10 @@ pub enum Poll<T> {
 }
 
 impl Window {
-    /// Create (or truncate) the file at `path` as a window with `data_size` bytes of data
-    /// area, all zero, and map it. Done by the primary.
+    /// Create the file at `path` (or reuse it) as a window with `data_size` bytes of data
+    /// area, map it and zero its register page. Done by the primary. An existing file is
+    /// resized in place, not replaced, so an external agent that already waits on that
+    /// path keeps seeing the same memory.
     pub fn create(path: &Path, data_size: u64) -> Result<Window, WindowError> {
         let io = |what| move |source| WindowError::Io { path: path.to_path_buf(), what, source };
         let len = layout::window_len(data_size).ok_or(WindowError::TooSmall { path: path.into(), len: 0 })?;
@@ -108,11 +110,20 @@ impl Window {
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)
             .map_err(io("create"))?;
         file.set_len(len).map_err(io("set size"))?;
-        Self::map(file, path.to_path_buf(), len)
+        let w = Self::map(file, path.to_path_buf(), len)?;
+        w.clear_registers();
+        Ok(w)
+    }
+
+    /// Zero every register (word by word, atomically); the data area is left alone.
+    pub fn clear_registers(&self) {
+        for off in (0..layout::REGS_SIZE).step_by(8) {
+            self.store(Reg { offset: off, width: Width::W64, name: "page" }, 0);
+        }
     }
 
     /// Map an existing window file. Done by the secondary (or a primary attaching to a
@@ -189,7 +200,9 @@ impl Window {
     /// Store a register (Release). A 32-bit register takes the low half of `v`.
     pub fn store(&self, r: Reg, v: u64) {
         match r.width {
-            Width::W32 => self.word32(r).store(u32::try_from(v & 0xffff_ffff).unwrap_or(0), Ordering::Release),
+            Width::W32 => {
+                self.word32(r).store(u32::try_from(v & 0xffff_ffff).unwrap_or(0), Ordering::Release)
+            }
             Width::W64 => self.word64(r).store(v, Ordering::Release),
         }
     }

@@ -1,1 +1,259 @@
-fn main() {}
+//! `monarch`: the command line. Thin: parse, wire, print. The work is in `monarch-boot`.
+#![forbid(unsafe_code)]
+
+mod output;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use monarch_boot::agent::{self, AgentOptions};
+use monarch_boot::plan::Plan;
+use monarch_boot::run::{self, UpOptions};
+use monarch_boot::topology::{self, Handoff, Topology};
+use monarch_drivers::Doorbell;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit codes (docs/cli.md).
+mod exit {
+    /// A required secondary did not boot, or the agent failed.
+    pub const BOOT_FAILED: u8 = 1;
+    /// Bad input: topology, arguments, files.
+    pub const BAD_INPUT: u8 = 2;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "monarch",
+    version,
+    about = "Multi-processor startup: the monarch stages every secondary's OS image through a memory window, proves it landed intact, then releases it",
+    long_about = "Multi-processor startup system.\n\n\
+One processor, the monarch, retrieves each secondary's OS image, copies it into that secondary's \
+memory through a memory window (a PCIe NTB / ivshmem BAR, or shared memory on one Linux box), \
+checks with a checksum/doorbell handshake that what landed is what was sent (rewriting it on a \
+mismatch, aborting with a report after the configured attempts), and only then releases the \
+secondary to jump into the image.\n\n\
+Start here:\n  monarch up                      boot the built-in emulated chassis\n  \
+monarch plan                    show what `up` would do, without booting\n  \
+monarch topology default        print the built-in topology, to edit for your chassis",
+    after_help = "Exit status: 0 every required secondary booted; 1 a secondary failed; 2 bad input (topology, arguments)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot the whole system: stage, verify and release every secondary.
+    #[command(long_about = "Boot the whole system.\n\n\
+Secondaries on direct ports are staged in parallel; those behind a switch one after another, the \
+highest priority first. Each secondary: retrieve the image (size + retrieved checksum) → configure \
+its window (size limit, load offset) → release it (start its agent) → copy → the agent posts the \
+written checksum → compare → OK (or rewrite, up to `attempts`) → the secondary hands off and the \
+running image reports RUNNING. A failed secondary never stops the others.\n\n\
+Without --topology, boots the built-in emulated chassis (`monarch topology default` prints it): \
+one management processor, a route card and four line cards, two behind a switch, each a real \
+process with a 30 MiB image in a shared-memory window.")]
+    Up(UpArgs),
+    /// Show the resolved plan: who is staged in parallel, who waits behind which switch.
+    Plan(PlanArgs),
+    /// The secondary's side: wait on a window, verify the image, hand off.
+    #[command(long_about = "The secondary's side of the handshake, run by the secondary (from its \
+firmware or initramfs), or started by `monarch up` for launch = \"process\".\n\n\
+Maps the window, waits for the monarch to configure and release it, posts READY, verifies each \
+copy (written checksum) and posts it, and on the monarch's OK hands off: `exec` runs the \
+delivered bytes themselves (sealed memfd, fexecve); `none` exits 0 for firmware that jumps by \
+itself. It never hands off into an image whose checksum it did not compute and the monarch did \
+not confirm.")]
+    Agent(AgentArgs),
+    /// Topology helpers.
+    #[command(subcommand)]
+    Topology(TopologyCmd),
+    /// Image helpers.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Args)]
+struct TopologyOpt {
+    /// Topology file (TOML, see docs/topology.md). Default: the built-in emulated chassis.
+    #[arg(long, short = 't', value_name = "FILE")]
+    topology: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    topo: TopologyOpt,
+    /// One JSON object per line on stdout (events); the last line is the summary.
+    #[arg(long)]
+    json: bool,
+    /// How long running images get to stop at the end of the run.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    topo: TopologyOpt,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HandoffArg {
+    /// Execute the delivered bytes.
+    Exec,
+    /// Exit after the monarch's OK.
+    None,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The window: a file both sides map (e.g. /dev/shm/…, or a PCI BAR's resourceN).
+    #[arg(long, value_name = "PATH")]
+    window: PathBuf,
+    /// This secondary's id, for messages.
+    #[arg(long, default_value = "secondary")]
+    id: String,
+    /// What to do after OK.
+    #[arg(long, value_enum, default_value = "exec")]
+    handoff: HandoffArg,
+    /// Longest wait for the window to appear and for each command of the monarch.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Poll the doorbell (for windows shared across kernels) instead of futex waits.
+    #[arg(long)]
+    poll: bool,
+}
+
+#[derive(Subcommand)]
+enum TopologyCmd {
+    /// Print the built-in emulated chassis as a topology file to start from.
+    Default,
+    /// Validate a topology file and print every problem.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Write a demo payload image (the monarch-payload program, a banner, padding).
+    Build {
+        /// Total size, e.g. 30MiB.
+        #[arg(long, default_value = "30MiB")]
+        size: String,
+        /// Text the payload reports when it runs.
+        #[arg(long, default_value = "hello from the delivered image")]
+        banner: String,
+        /// Output file.
+        #[arg(long, short = 'o')]
+        out: PathBuf,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; write e.g. 500ms, 5s, 2m"))
+}
+
+fn load(topo: &TopologyOpt) -> Result<Topology, topology::TopologyError> {
+    match &topo.topology {
+        Some(f) => Topology::load(f),
+        None => Topology::builtin(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Up(a) => cmd_up(a),
+        Cmd::Plan(a) => match load(&a.topo) {
+            Ok(t) => {
+                print!("{}", Plan::new(t).render());
+                ExitCode::SUCCESS
+            }
+            Err(e) => bad_input(&e),
+        },
+        Cmd::Agent(a) => cmd_agent(a),
+        Cmd::Topology(TopologyCmd::Default) => {
+            print!("{}", topology::DEFAULT_TOPOLOGY);
+            ExitCode::SUCCESS
+        }
+        Cmd::Topology(TopologyCmd::Check { file }) => match Topology::load(&file) {
+            Ok(t) => {
+                println!("{}: ok ({} secondaries)", file.display(), t.secondaries.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => bad_input(&e),
+        },
+        Cmd::Image(ImageCmd::Build { size, banner, out }) => cmd_image_build(&size, &banner, &out),
+    }
+}
+
+fn bad_input(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("monarch: {e}");
+    ExitCode::from(exit::BAD_INPUT)
+}
+
+fn cmd_up(a: UpArgs) -> ExitCode {
+    let topology = match load(&a.topo) {
+        Ok(t) => t,
+        Err(e) => return bad_input(&e),
+    };
+    let plan = Plan::new(topology);
+    let agent_exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return bad_input(&format!("cannot find my own executable to start agents: {e}")),
+    };
+    let opts = UpOptions { agent_exe, shutdown_grace: a.shutdown_grace };
+    let mut out = output::Output::new(a.json, &plan);
+    let summary = run::up(&plan, &opts, &mut |ev| out.event(ev));
+    out.finish(&summary);
+    if summary.ok { ExitCode::SUCCESS } else { ExitCode::from(exit::BOOT_FAILED) }
+}
+
+fn cmd_agent(a: AgentArgs) -> ExitCode {
+    let opts = AgentOptions {
+        window: a.window,
+        id: a.id,
+        handoff: match a.handoff {
+            HandoffArg::Exec => Handoff::Exec,
+            HandoffArg::None => Handoff::None,
+        },
+        timeout: a.timeout,
+        doorbell: if a.poll {
+            Doorbell::Poll { max_sleep: Duration::from_millis(1) }
+        } else {
+            Doorbell::detect()
+        },
+    };
+    match agent::run(&opts) {
+        Ok(()) => {
+            eprintln!("agent {}: verified and released (handoff none)", opts.id);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agent: {e}");
+            ExitCode::from(exit::BOOT_FAILED)
+        }
+    }
+}
+
+fn cmd_image_build(size: &str, banner: &str, out: &PathBuf) -> ExitCode {
+    let size = match size.parse::<bytesize::ByteSize>() {
+        Ok(s) => s.as_u64(),
+        Err(_) => return bad_input(&format!("--size {size:?} is not a size; write e.g. 30MiB")),
+    };
+    let program = monarch_boot::image::payload_program();
+    match monarch_boot::image::build_payload(&program, size, banner) {
+        Ok(bytes) => match std::fs::write(out, &bytes) {
+            Ok(()) => {
+                println!("{}: {} bytes, banner {banner:?}", out.display(), bytes.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => bad_input(&format!("cannot write {}: {e}", out.display())),
+        },
+        Err(e) => bad_input(&e),
+    }
+}

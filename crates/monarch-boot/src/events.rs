@@ -1,0 +1,194 @@
+//! The event stream every front end reads, and the run summary.
+//!
+//! `monarch up --json` prints each [`Event`] as one JSON object per line; the last line is
+//! the [`Summary`]. Field names are part of the CLI contract (see docs/cli.md).
+
+use serde::Serialize;
+
+/// One event, stamped with milliseconds since the run started.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Milliseconds since `monarch up` started.
+    pub t_ms: f64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The run starts.
+    Start {
+        /// Chassis name.
+        chassis: String,
+        /// The monarch.
+        monarch: String,
+        /// Number of secondaries.
+        secondaries: usize,
+    },
+    /// An image was retrieved and its checksum computed.
+    Retrieved {
+        /// Secondary.
+        id: String,
+        /// Where from.
+        image: String,
+        /// Size in bytes.
+        bytes: u64,
+        /// Checksum algorithm.
+        algo: String,
+        /// Retrieved checksum (hex).
+        checksum: String,
+    },
+    /// A secondary entered a phase of the handshake.
+    Phase {
+        /// Secondary.
+        id: String,
+        /// `configuring`, `launching`, `rendezvous`, `copying`, `verifying`, `handoff`.
+        phase: String,
+        /// Attempt (0 before the first copy).
+        attempt: u32,
+    },
+    /// An agent process was started.
+    Launched {
+        /// Secondary.
+        id: String,
+        /// Its pid.
+        pid: u32,
+    },
+    /// An attempt's copy is complete.
+    Copied {
+        /// Secondary.
+        id: String,
+        /// Attempt.
+        attempt: u32,
+        /// Bytes copied.
+        bytes: u64,
+        /// Copy time.
+        ms: f64,
+    },
+    /// The written checksum of an attempt did not match; a rewrite follows if attempts remain.
+    Mismatch {
+        /// Secondary.
+        id: String,
+        /// Attempt.
+        attempt: u32,
+        /// Written checksum (hex).
+        written: String,
+        /// Retrieved checksum (hex).
+        expected: String,
+    },
+    /// A secondary reached its final state.
+    Done {
+        /// Secondary.
+        id: String,
+        /// `running`, `released` or `failed`.
+        state: String,
+        /// Attempts used.
+        attempts: u32,
+        /// Bytes copied over all attempts.
+        bytes: u64,
+        /// Time from its first step to its final state.
+        ms: f64,
+        /// What the running image reported.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        report: Option<String>,
+        /// Why it failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The final line.
+    Summary(Summary),
+}
+
+impl EventKind {
+    /// The secondary an event is about.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            EventKind::Retrieved { id, .. }
+            | EventKind::Phase { id, .. }
+            | EventKind::Launched { id, .. }
+            | EventKind::Copied { id, .. }
+            | EventKind::Mismatch { id, .. }
+            | EventKind::Done { id, .. } => Some(id),
+            EventKind::Start { .. } | EventKind::Summary(_) => None,
+        }
+    }
+}
+
+/// Per-phase times of one secondary, in milliseconds (0 where a phase did not happen).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Timings {
+    /// Retrieving the image and computing its checksum.
+    pub retrieve: f64,
+    /// Creating and configuring the window.
+    pub configure: f64,
+    /// Release (and agent start) to READY.
+    pub rendezvous: f64,
+    /// Copying, all attempts.
+    pub copy: f64,
+    /// STAGED to written checksum, all attempts.
+    pub verify: f64,
+    /// OK to RUNNING (or HANDING_OFF for handoff `none`).
+    pub handoff: f64,
+    /// Waiting behind other secondaries on the same switch.
+    pub queued: f64,
+    /// First step to final state (without `queued`).
+    pub total: f64,
+}
+
+/// Final state of one processor.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessorSummary {
+    /// Processor id.
+    pub id: String,
+    /// `monarch` or `secondary`.
+    pub role: String,
+    /// `running`, `released`, `failed` (secondaries); `monarch` for the monarch.
+    pub state: String,
+    /// `direct` or `switch` (secondaries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The switch, when behind one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch: Option<String>,
+    /// Copies made.
+    pub attempts: u32,
+    /// Bytes copied over all attempts.
+    pub bytes: u64,
+    /// Image size.
+    pub image_bytes: u64,
+    /// `push` or `pull`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Checksum algorithm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algo: Option<String>,
+    /// Retrieved checksum (hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// Phase timings.
+    pub timings_ms: Timings,
+    /// Text the running image reported through the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether `monarch up` fails when this one does.
+    pub required: bool,
+}
+
+/// The run's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// True when every required secondary booted.
+    pub ok: bool,
+    /// Chassis name.
+    pub chassis: String,
+    /// Wall time of the boot.
+    pub total_ms: f64,
+    /// Every processor, the monarch first.
+    pub processors: Vec<ProcessorSummary>,
+}

@@ -1,0 +1,153 @@
+//! Execute a plan: every lane in parallel, the secondaries of a lane one after another;
+//! events to the caller as they happen; a summary at the end.
+
+use crate::events::{Event, EventKind, ProcessorSummary, Summary, Timings};
+use crate::plan::Plan;
+use crate::stage::{StageCtx, Staged, stage};
+use monarch_proto::layout;
+use monarch_proto::msg::{self, Command};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Options of `monarch up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The `monarch` binary that agents are started with.
+    pub agent_exe: PathBuf,
+    /// How long running images get to stop after SHUTDOWN at the end of the run.
+    pub shutdown_grace: Duration,
+}
+
+/// Boot everything in `plan`, calling `on_event` for every event (the summary last).
+pub fn up(plan: &Plan, opts: &UpOptions, on_event: &mut dyn FnMut(&Event)) -> Summary {
+    let clock = Instant::now();
+    let t = &plan.topology;
+    let (tx, rx) = mpsc::channel::<Event>();
+    let send = |tx: &mpsc::Sender<Event>, kind| {
+        let _ = tx.send(Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
+    };
+    send(
+        &tx,
+        EventKind::Start {
+            chassis: t.name.clone(),
+            monarch: plan.monarch().into(),
+            secondaries: t.secondaries.len(),
+        },
+    );
+    let mut staged: Vec<Option<Staged>> = (0..t.secondaries.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for lane in &plan.lanes {
+            let tx = tx.clone();
+            let members = lane.members();
+            let agent_exe = opts.agent_exe.as_path();
+            handles.push(scope.spawn(move || {
+                let emit = move |kind| {
+                    let _ = tx.send(Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
+                };
+                let lane_start = Instant::now();
+                let mut out = Vec::new();
+                for i in members {
+                    let ctx = StageCtx { clock, emit: &emit, agent_exe, queued: lane_start.elapsed() };
+                    out.push((i, stage(&t.secondaries[i], &ctx)));
+                }
+                out
+            }));
+        }
+        drop(tx);
+        for ev in rx {
+            on_event(&ev);
+        }
+        for h in handles {
+            match h.join() {
+                Ok(results) => {
+                    for (i, s) in results {
+                        staged[i] = Some(s);
+                    }
+                }
+                Err(_) => {
+                    eprintln!("monarch: a staging thread panicked; its secondaries are reported failed")
+                }
+            }
+        }
+    });
+    let total_ms = clock.elapsed().as_secs_f64() * 1e3;
+    // End of the emulated run: ask running images to stop, then make sure they did.
+    shutdown(&mut staged, opts.shutdown_grace);
+    let mut processors = vec![ProcessorSummary {
+        id: plan.monarch().into(),
+        role: "monarch".into(),
+        state: "monarch".into(),
+        path: None,
+        switch: None,
+        attempts: 0,
+        bytes: 0,
+        image_bytes: 0,
+        mode: None,
+        algo: None,
+        checksum: None,
+        timings_ms: Timings { total: total_ms, ..Timings::default() },
+        report: None,
+        error: None,
+        required: true,
+    }];
+    for (i, s) in staged.into_iter().enumerate() {
+        processors.push(match s {
+            Some(s) => s.summary,
+            None => failed_summary(&t.secondaries[i].id, "its staging thread died"),
+        });
+    }
+    if t.run_dir_is_temporary {
+        let _ = std::fs::remove_dir_all(&t.run_dir);
+    }
+    let ok = processors.iter().filter(|p| p.role == "secondary" && p.required).all(|p| p.state != "failed");
+    let summary = Summary { ok, chassis: t.name.clone(), total_ms, processors };
+    on_event(&Event { t_ms: total_ms, kind: EventKind::Summary(summary.clone()) });
+    summary
+}
+
+fn failed_summary(id: &str, why: &str) -> ProcessorSummary {
+    ProcessorSummary {
+        id: id.into(),
+        role: "secondary".into(),
+        state: "failed".into(),
+        path: None,
+        switch: None,
+        attempts: 0,
+        bytes: 0,
+        image_bytes: 0,
+        mode: None,
+        algo: None,
+        checksum: None,
+        timings_ms: Timings::default(),
+        report: None,
+        error: Some(why.into()),
+        required: true,
+    }
+}
+
+fn shutdown(staged: &mut [Option<Staged>], grace: Duration) {
+    for s in staged.iter().flatten() {
+        if let (Some(w), Some(_)) = (&s.window, &s.child) {
+            let seq = msg::next_seq(w.load32(layout::CMD_SEQ));
+            w.post(&msg::encode_command(seq, &Command::Shutdown), layout::DB_TO_SECONDARY);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    for s in staged.iter_mut().flatten() {
+        if let Some(c) = &mut s.child {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

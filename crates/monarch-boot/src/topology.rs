@@ -1,0 +1,921 @@
+//! Topology files: what the chassis is made of, parsed and validated.
+//!
+//! A topology is TOML (unknown fields are errors). Every error names the file, the line
+//! and the field, and says how to fix it; all errors of a file are reported at once.
+//! `monarch topology default` prints the built-in chassis as a starting point, and
+//! `docs/topology.md` documents every field.
+
+use bytesize::ByteSize;
+use monarch_proto::{Algo, Mode};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+use toml::Spanned;
+
+/// The built-in chassis (seed 000's switch): a management processor, a route card and four
+/// line cards, two on direct ports and two behind one switch.
+pub const DEFAULT_TOPOLOGY: &str = include_str!("default-chassis.toml");
+
+/// One problem in a topology file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The field or table, e.g. `processor "lc3".switch`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// A topology that cannot be used.
+#[derive(Debug, Error)]
+pub enum TopologyError {
+    /// The file could not be read.
+    #[error("topology {}: cannot read: {source}; check the path given to --topology", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file has problems.
+    #[error("{}", render(path, problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(path: &Path, problems: &[Problem]) -> String {
+    let mut s = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        match p.line {
+            Some(l) => s.push_str(&format!("{}:{l}: {}: {}", path.display(), p.field, p.message)),
+            None => s.push_str(&format!("{}: {}: {}", path.display(), p.field, p.message)),
+        }
+    }
+    s
+}
+
+/// A role in the chassis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// A management processor that may be elected monarch.
+    Monarch,
+    /// A processor booted by the monarch.
+    Secondary,
+}
+
+/// Who starts a secondary's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Launch {
+    /// The monarch starts `monarch agent` as a local process (the emulated chassis).
+    Process,
+    /// Someone else starts the agent (firmware, initramfs, another host); only the window
+    /// is given.
+    External,
+}
+
+/// What the secondary does after OK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Handoff {
+    /// Execute the delivered bytes; the running image reports RUNNING.
+    Exec,
+    /// Stop after verification (firmware that jumps by itself).
+    None,
+}
+
+impl Handoff {
+    /// Name in topology files and on the agent's command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Handoff::Exec => "exec",
+            Handoff::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum SizeDef {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDef {
+    chassis: ChassisDef,
+    #[serde(default)]
+    defaults: SettingsDef,
+    #[serde(default, rename = "switch")]
+    switches: Vec<SwitchDef>,
+    #[serde(default, rename = "processor")]
+    processors: Vec<ProcessorDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChassisDef {
+    name: String,
+    run_dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchDef {
+    id: Spanned<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsDef {
+    launch: Option<Launch>,
+    handoff: Option<Handoff>,
+    mode: Option<Spanned<String>>,
+    checksum: Option<Spanned<String>>,
+    attempts: Option<Spanned<u32>>,
+    timeouts: Option<TimeoutsDef>,
+    required: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsDef {
+    rendezvous: Option<Spanned<String>>,
+    verify: Option<Spanned<String>>,
+    handoff: Option<Spanned<String>>,
+    agent: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowDef {
+    path: Option<String>,
+    size: Option<Spanned<SizeDef>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultDef {
+    #[serde(default)]
+    corrupt_attempts: u32,
+    #[serde(default)]
+    kill_agent_during_copy: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessorDef {
+    id: Spanned<String>,
+    role: Role,
+    boot_id: Option<u32>,
+    slot: Option<u32>,
+    switch: Option<Spanned<String>>,
+    priority: Option<i32>,
+    image: Option<Spanned<String>>,
+    image_size: Option<Spanned<SizeDef>>,
+    banner: Option<String>,
+    window: Option<Spanned<WindowDef>>,
+    fault: Option<FaultDef>,
+    // The per-processor settings (same names as in [defaults]); serde cannot combine
+    // `flatten` with `deny_unknown_fields`, so they are listed here again.
+    launch: Option<Launch>,
+    handoff: Option<Handoff>,
+    mode: Option<Spanned<String>>,
+    checksum: Option<Spanned<String>>,
+    attempts: Option<Spanned<u32>>,
+    timeouts: Option<TimeoutsDef>,
+    required: Option<bool>,
+}
+
+impl ProcessorDef {
+    fn settings(&self) -> SettingsDef {
+        SettingsDef {
+            launch: self.launch,
+            handoff: self.handoff,
+            mode: self.mode.clone(),
+            checksum: self.checksum.clone(),
+            attempts: self.attempts.clone(),
+            timeouts: self.timeouts.clone(),
+            required: self.required,
+        }
+    }
+}
+
+/// Where an image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// A file (path resolved against the topology file's folder).
+    File(PathBuf),
+    /// The built-in demo payload: the `monarch-payload` program padded to `size` bytes,
+    /// with `banner` in its trailer (it reports the banner when it runs).
+    Builtin {
+        /// Total image size.
+        size: u64,
+        /// Text the running payload reports.
+        banner: String,
+    },
+}
+
+impl fmt::Display for ImageSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageSource::File(p) => write!(f, "{}", p.display()),
+            ImageSource::Builtin { size, .. } => write!(f, "builtin:payload ({})", fmt_size(*size)),
+        }
+    }
+}
+
+/// Where a window lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// The window file.
+    pub path: PathBuf,
+    /// Data-area size in bytes (the register page comes on top).
+    pub data_size: u64,
+}
+
+/// Timeouts of one secondary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Release → READY.
+    pub rendezvous: Duration,
+    /// STAGED → written checksum.
+    pub verify: Duration,
+    /// OK → RUNNING.
+    pub handoff: Duration,
+    /// The agent's own wait for each command of the monarch.
+    pub agent: Duration,
+}
+
+/// Fault injection, for tests and demonstrations of the recovery paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Faults {
+    /// Flip one byte of the copy in each of the first N attempts.
+    pub corrupt_attempts: u32,
+    /// SIGKILL the agent halfway through the first copy.
+    pub kill_agent_during_copy: bool,
+}
+
+/// How a secondary is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortPath {
+    /// Its own port on the monarch: staged in parallel with the other direct ones.
+    Direct,
+    /// Behind a switch: staged one after another with the others on that switch.
+    Switch(String),
+}
+
+/// A secondary, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secondary {
+    /// Unique id.
+    pub id: String,
+    /// Slot number.
+    pub slot: Option<u32>,
+    /// BOOT_ID.
+    pub boot_id: Option<u32>,
+    /// Direct or behind a switch.
+    pub path: PortPath,
+    /// Higher goes first behind a switch.
+    pub priority: i32,
+    /// The image.
+    pub image: ImageSource,
+    /// The window.
+    pub window: WindowSpec,
+    /// Who starts the agent.
+    pub launch: Launch,
+    /// What happens after OK.
+    pub handoff: Handoff,
+    /// Who copies.
+    pub mode: Mode,
+    /// Checksum algorithm.
+    pub algo: Algo,
+    /// Copies to try.
+    pub attempts: u32,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Must it boot for `monarch up` to succeed?
+    pub required: bool,
+    /// Injected faults.
+    pub faults: Faults,
+}
+
+/// A management processor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manager {
+    /// Unique id.
+    pub id: String,
+    /// Slot.
+    pub slot: Option<u32>,
+    /// BOOT_ID.
+    pub boot_id: Option<u32>,
+}
+
+/// A validated topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Chassis name.
+    pub name: String,
+    /// Where windows without an explicit path are created.
+    pub run_dir: PathBuf,
+    /// True when `run_dir` was chosen by monarch (and is removed after the run).
+    pub run_dir_is_temporary: bool,
+    /// Management processors (monarch candidates), in file order.
+    pub managers: Vec<Manager>,
+    /// Switches, in file order.
+    pub switches: Vec<String>,
+    /// Secondaries, in file order.
+    pub secondaries: Vec<Secondary>,
+}
+
+struct Ctx<'a> {
+    src: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, span: std::ops::Range<usize>) -> usize {
+        self.src[..span.start.min(self.src.len())].matches('\n').count() + 1
+    }
+    fn push(
+        &mut self,
+        span: Option<std::ops::Range<usize>>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let line = span.map(|s| self.line_of(s));
+        self.problems.push(Problem { line, field: field.into(), message: message.into() });
+    }
+    fn size(&mut self, v: &Spanned<SizeDef>, field: &str) -> Option<u64> {
+        match v.get_ref() {
+            SizeDef::Bytes(b) => Some(*b),
+            SizeDef::Text(t) => match t.parse::<ByteSize>() {
+                Ok(b) => Some(b.as_u64()),
+                Err(_) => {
+                    self.push(Some(v.span()), field, format!("\"{t}\" is not a size; write bytes (31457280) or a size with a unit (\"30MiB\", \"64 MiB\", \"1GiB\")"));
+                    None
+                }
+            },
+        }
+    }
+    fn duration(&mut self, v: &Option<Spanned<String>>, field: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.push(
+                    Some(v.span()),
+                    field,
+                    format!("\"{}\" is not a duration; write e.g. \"500ms\", \"5s\", \"2m\"", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
+}
+
+/// Defaults when neither the processor nor `[defaults]` say otherwise.
+pub mod defaults {
+    use std::time::Duration;
+    /// Copies to try.
+    pub const ATTEMPTS: u32 = 3;
+    /// Release → READY (an agent process starting, or firmware coming out of reset).
+    pub const RENDEZVOUS: Duration = Duration::from_secs(10);
+    /// STAGED → written checksum.
+    pub const VERIFY: Duration = Duration::from_secs(10);
+    /// OK → RUNNING.
+    pub const HANDOFF: Duration = Duration::from_secs(10);
+    /// The agent's wait for each command.
+    pub const AGENT: Duration = Duration::from_secs(30);
+    /// Builtin image size: the seed's 30 MB image.
+    pub const IMAGE_SIZE: u64 = 30 << 20;
+}
+
+impl Topology {
+    /// The built-in default chassis.
+    pub fn builtin() -> Result<Topology, TopologyError> {
+        Topology::parse(DEFAULT_TOPOLOGY, Path::new("<built-in default chassis>"), Path::new("."))
+    }
+
+    /// Read and validate a topology file.
+    pub fn load(path: &Path) -> Result<Topology, TopologyError> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| TopologyError::Read { path: path.into(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Topology::parse(&src, path, base)
+    }
+
+    /// Validate topology text; `path` names it in errors, `base` resolves relative paths.
+    pub fn parse(src: &str, path: &Path, base: &Path) -> Result<Topology, TopologyError> {
+        let invalid = |problems| TopologyError::Invalid { path: path.into(), problems };
+        let file: FileDef = match toml::from_str(src) {
+            Ok(f) => f,
+            Err(e) => {
+                let line = e.span().map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1);
+                let msg = e.message().to_string();
+                let hint = if msg.contains("unknown field") {
+                    "; see `monarch topology default` or docs/topology.md for the fields"
+                } else if msg.contains("missing field") {
+                    "; add it (see `monarch topology default` for an example)"
+                } else {
+                    ""
+                };
+                return Err(invalid(vec![Problem {
+                    line,
+                    field: "syntax".into(),
+                    message: format!("{msg}{hint}"),
+                }]));
+            }
+        };
+        let mut cx = Ctx { src, problems: Vec::new() };
+        let d = &file.defaults;
+
+        let mut switches = Vec::new();
+        let mut switch_used: HashMap<String, bool> = HashMap::new();
+        for s in &file.switches {
+            if switch_used.insert(s.id.get_ref().clone(), false).is_some() {
+                cx.push(
+                    Some(s.id.span()),
+                    format!("switch \"{}\"", s.id.get_ref()),
+                    "duplicate switch id; give every [[switch]] its own id",
+                );
+            }
+            switches.push(s.id.get_ref().clone());
+        }
+
+        let (run_dir, run_dir_is_temporary) = match &file.chassis.run_dir {
+            Some(d) => (base.join(d), false),
+            None => (
+                PathBuf::from(format!(
+                    "/dev/shm/monarch-{}-{}",
+                    sanitize(&file.chassis.name),
+                    std::process::id()
+                )),
+                true,
+            ),
+        };
+
+        let mut seen_ids: BTreeMap<String, ()> = BTreeMap::new();
+        let mut seen_windows: HashMap<PathBuf, String> = HashMap::new();
+        let mut managers = Vec::new();
+        let mut secondaries = Vec::new();
+        for p in &file.processors {
+            let id = p.id.get_ref().clone();
+            let who = format!("processor \"{id}\"");
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                cx.push(
+                    Some(p.id.span()),
+                    format!("{who}.id"),
+                    "ids use letters, digits, '-' and '_' only (they name window files)",
+                );
+            }
+            if seen_ids.insert(id.clone(), ()).is_some() {
+                cx.push(
+                    Some(p.id.span()),
+                    format!("{who}.id"),
+                    "duplicate processor id; every [[processor]] needs its own id",
+                );
+            }
+            if p.role == Role::Monarch {
+                for (set, name) in [
+                    (p.switch.is_some(), "switch"),
+                    (p.image.is_some(), "image"),
+                    (p.window.is_some(), "window"),
+                    (p.fault.is_some(), "fault"),
+                ] {
+                    if set {
+                        cx.push(Some(p.id.span()), format!("{who}.{name}"), format!("a monarch has no {name}; remove the field or make the processor role = \"secondary\""));
+                    }
+                }
+                managers.push(Manager { id, slot: p.slot, boot_id: p.boot_id });
+                continue;
+            }
+            // --- a secondary ---
+            let s = merge(&p.settings(), d);
+            let path = match &p.switch {
+                None => PortPath::Direct,
+                Some(sw) => {
+                    if let Some(used) = switch_used.get_mut(sw.get_ref()) {
+                        *used = true;
+                    } else {
+                        let known = if switches.is_empty() {
+                            "none are defined".to_string()
+                        } else {
+                            format!("defined: {}", switches.join(", "))
+                        };
+                        cx.push(Some(sw.span()), format!("{who}.switch"), format!("switch \"{}\" is not defined ({known}); add [[switch]] id = \"{}\" or fix the name; leave `switch` out for a direct port", sw.get_ref(), sw.get_ref()));
+                    }
+                    PortPath::Switch(sw.get_ref().clone())
+                }
+            };
+            let image = match &p.image {
+                None => {
+                    cx.push(Some(p.id.span()), format!("{who}.image"), "a secondary needs an image: a file path, or \"builtin:payload\" for the demo payload");
+                    ImageSource::Builtin { size: defaults::IMAGE_SIZE, banner: String::new() }
+                }
+                Some(i) if i.get_ref() == "builtin:payload" => {
+                    let size = match &p.image_size {
+                        Some(v) => cx.size(v, &format!("{who}.image_size")).unwrap_or(defaults::IMAGE_SIZE),
+                        None => defaults::IMAGE_SIZE,
+                    };
+                    ImageSource::Builtin {
+                        size,
+                        banner: p
+                            .banner
+                            .clone()
+                            .unwrap_or_else(|| format!("{id} booted the delivered image")),
+                    }
+                }
+                Some(i) if i.get_ref().starts_with("builtin:") => {
+                    cx.push(
+                        Some(i.span()),
+                        format!("{who}.image"),
+                        format!(
+                            "unknown built-in image \"{}\"; the one built-in image is \"builtin:payload\"",
+                            i.get_ref()
+                        ),
+                    );
+                    ImageSource::Builtin { size: defaults::IMAGE_SIZE, banner: String::new() }
+                }
+                Some(i) => {
+                    if p.image_size.is_some() || p.banner.is_some() {
+                        cx.push(Some(i.span()), format!("{who}.image_size"), "image_size and banner apply to \"builtin:payload\" only; a file image has the size of the file");
+                    }
+                    let f = i.get_ref().strip_prefix("file://").unwrap_or(i.get_ref());
+                    let f = base.join(f);
+                    match std::fs::metadata(&f) {
+                        Ok(m) if m.is_file() && m.len() > 0 => {}
+                        Ok(_) => cx.push(
+                            Some(i.span()),
+                            format!("{who}.image"),
+                            format!("{} is empty or not a regular file", f.display()),
+                        ),
+                        Err(e) => cx.push(
+                            Some(i.span()),
+                            format!("{who}.image"),
+                            format!(
+                                "cannot read {}: {e}; paths are relative to the topology file",
+                                f.display()
+                            ),
+                        ),
+                    }
+                    ImageSource::File(f)
+                }
+            };
+            let image_size = match &image {
+                ImageSource::Builtin { size, .. } => Some(*size),
+                ImageSource::File(f) => std::fs::metadata(f).ok().map(|m| m.len()),
+            };
+            let launch = s.launch.unwrap_or(Launch::Process);
+            let (wpath, wsize, wspan) = match &p.window {
+                Some(w) => {
+                    let size =
+                        w.get_ref().size.as_ref().and_then(|v| cx.size(v, &format!("{who}.window.size")));
+                    (w.get_ref().path.as_ref().map(|x| base.join(x)), size, Some(w.span()))
+                }
+                None => (None, None, None),
+            };
+            let wpath = match wpath {
+                Some(p) => p,
+                None => {
+                    if launch == Launch::External {
+                        cx.push(wspan.clone().or(Some(p.id.span())), format!("{who}.window.path"), "an external agent needs to be told where the window is: set window = { path = \"/dev/shm/...\" } and start `monarch agent --window` on that path");
+                    }
+                    run_dir.join(format!("{id}.win"))
+                }
+            };
+            if let Some(other) = seen_windows.insert(wpath.clone(), id.clone()) {
+                cx.push(
+                    wspan.clone().or(Some(p.id.span())),
+                    format!("{who}.window.path"),
+                    format!(
+                        "window {} is already used by \"{other}\"; every secondary needs its own window",
+                        wpath.display()
+                    ),
+                );
+            }
+            let data_size = match (wsize, image_size) {
+                (Some(w), Some(img)) if img > w => {
+                    cx.push(
+                        wspan.clone(),
+                        format!("{who}.window.size"),
+                        format!(
+                            "the image is {} but the window's data area is {}; make window.size at least {}",
+                            fmt_size(img),
+                            fmt_size(w),
+                            fmt_size(img)
+                        ),
+                    );
+                    w
+                }
+                (Some(0), _) => {
+                    cx.push(
+                        wspan.clone(),
+                        format!("{who}.window.size"),
+                        "a window needs a data area; give a size of at least the image size",
+                    );
+                    0
+                }
+                (Some(w), _) => w,
+                (None, Some(img)) => img.div_ceil(1 << 20) << 20,
+                (None, None) => 0,
+            };
+            let mode = match &s.mode {
+                None => Mode::Push,
+                Some(m) if m.get_ref() == "push" => Mode::Push,
+                Some(m) if m.get_ref() == "pull" => Mode::Pull,
+                Some(m) => {
+                    cx.push(Some(m.span()), format!("{who}.mode"), format!("unknown mode \"{}\"; use \"push\" (the monarch copies) or \"pull\" (the secondary copies)", m.get_ref()));
+                    Mode::Push
+                }
+            };
+            let algo = match &s.checksum {
+                None => Algo::Crc32c,
+                Some(c) => Algo::from_name(c.get_ref()).unwrap_or_else(|| {
+                    cx.push(
+                        Some(c.span()),
+                        format!("{who}.checksum"),
+                        format!("unknown checksum \"{}\"; use crc32c, xxh3 or blake3", c.get_ref()),
+                    );
+                    Algo::Crc32c
+                }),
+            };
+            let attempts = match &s.attempts {
+                None => defaults::ATTEMPTS,
+                Some(a) if *a.get_ref() == 0 => {
+                    cx.push(
+                        Some(a.span()),
+                        format!("{who}.attempts"),
+                        "attempts must be at least 1 (the first copy counts)",
+                    );
+                    1
+                }
+                Some(a) => *a.get_ref(),
+            };
+            let t = s.timeouts.clone().unwrap_or_default();
+            let timeouts = Timeouts {
+                rendezvous: cx.duration(
+                    &t.rendezvous,
+                    &format!("{who}.timeouts.rendezvous"),
+                    defaults::RENDEZVOUS,
+                ),
+                verify: cx.duration(&t.verify, &format!("{who}.timeouts.verify"), defaults::VERIFY),
+                handoff: cx.duration(&t.handoff, &format!("{who}.timeouts.handoff"), defaults::HANDOFF),
+                agent: cx.duration(&t.agent, &format!("{who}.timeouts.agent"), defaults::AGENT),
+            };
+            let f = p.fault.clone().unwrap_or_default();
+            if f.kill_agent_during_copy && launch == Launch::External {
+                cx.push(
+                    Some(p.id.span()),
+                    format!("{who}.fault.kill_agent_during_copy"),
+                    "the monarch can only kill agents it launched; use launch = \"process\"",
+                );
+            }
+            secondaries.push(Secondary {
+                id,
+                slot: p.slot,
+                boot_id: p.boot_id,
+                path,
+                priority: p.priority.unwrap_or(0),
+                image,
+                window: WindowSpec { path: wpath, data_size },
+                launch,
+                handoff: s.handoff.unwrap_or(Handoff::Exec),
+                mode,
+                algo,
+                attempts,
+                timeouts,
+                required: s.required.unwrap_or(true),
+                faults: Faults {
+                    corrupt_attempts: f.corrupt_attempts,
+                    kill_agent_during_copy: f.kill_agent_during_copy,
+                },
+            });
+        }
+        if managers.is_empty() {
+            cx.push(
+                None,
+                "processor",
+                "no processor has role = \"monarch\"; add the management processor that runs `monarch up`",
+            );
+        }
+        if secondaries.is_empty() {
+            cx.push(None, "processor", "no processor has role = \"secondary\"; there is nothing to boot");
+        }
+        for s in &file.switches {
+            if switch_used.get(s.id.get_ref()) == Some(&false) {
+                cx.push(
+                    Some(s.id.span()),
+                    format!("switch \"{}\"", s.id.get_ref()),
+                    "no secondary sits behind this switch; remove it or set switch = \"…\" on a secondary",
+                );
+            }
+        }
+        let mut slots: HashMap<u32, &str> = HashMap::new();
+        for (id, slot) in
+            managers.iter().map(|m| (&m.id, m.slot)).chain(secondaries.iter().map(|s| (&s.id, s.slot)))
+        {
+            if let Some(slot) = slot
+                && let Some(other) = slots.insert(slot, id)
+            {
+                let span = file.processors.iter().find(|p| p.id.get_ref() == id).map(|p| p.id.span());
+                cx.push(span, format!("processor \"{id}\".slot"), format!("slot {slot} is already taken by \"{other}\"; slots are physical positions, one processor each"));
+            }
+        }
+        if cx.problems.is_empty() {
+            Ok(Topology {
+                name: file.chassis.name,
+                run_dir,
+                run_dir_is_temporary,
+                managers,
+                switches,
+                secondaries,
+            })
+        } else {
+            Err(invalid(cx.problems))
+        }
+    }
+}
+
+fn merge(p: &SettingsDef, d: &SettingsDef) -> SettingsDef {
+    let t = match (&p.timeouts, &d.timeouts) {
+        (Some(a), Some(b)) => Some(TimeoutsDef {
+            rendezvous: a.rendezvous.clone().or_else(|| b.rendezvous.clone()),
+            verify: a.verify.clone().or_else(|| b.verify.clone()),
+            handoff: a.handoff.clone().or_else(|| b.handoff.clone()),
+            agent: a.agent.clone().or_else(|| b.agent.clone()),
+        }),
+        (a, b) => a.clone().or_else(|| b.clone()),
+    };
+    SettingsDef {
+        launch: p.launch.or(d.launch),
+        handoff: p.handoff.or(d.handoff),
+        mode: p.mode.clone().or_else(|| d.mode.clone()),
+        checksum: p.checksum.clone().or_else(|| d.checksum.clone()),
+        attempts: p.attempts.clone().or_else(|| d.attempts.clone()),
+        timeouts: t,
+        required: p.required.or(d.required),
+    }
+}
+
+/// A size as a person would write it in a topology: exact units where they fit.
+pub fn fmt_size(b: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if b >= 1 << shift && b % (1 << shift) == 0 {
+            return format!("{}{unit}", b >> shift);
+        }
+    }
+    format!("{b} bytes")
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Topology, TopologyError> {
+        Topology::parse(src, Path::new("t.toml"), Path::new("/nonexistent"))
+    }
+
+    fn errors(src: &str) -> String {
+        parse(src).unwrap_err().to_string()
+    }
+
+    const HEAD: &str = "[chassis]\nname = \"t\"\n[[processor]]\nid = \"mm\"\nrole = \"monarch\"\n";
+
+    #[test]
+    fn the_builtin_chassis_is_the_seeds() {
+        let t = Topology::builtin().unwrap();
+        assert_eq!(t.managers.len(), 1);
+        assert_eq!(t.secondaries.len(), 5);
+        let direct = t.secondaries.iter().filter(|s| s.path == PortPath::Direct).count();
+        assert_eq!(direct, 3, "route card + two line cards on direct ports");
+        assert!(
+            t.secondaries
+                .iter()
+                .all(|s| s.image == ImageSource::Builtin { size: 30 << 20, banner: s.image_banner() })
+        );
+        assert!(t.run_dir_is_temporary);
+    }
+
+    impl Secondary {
+        fn image_banner(&self) -> String {
+            match &self.image {
+                ImageSource::Builtin { banner, .. } => banner.clone(),
+                ImageSource::File(_) => String::new(),
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_are_reported_with_their_line() {
+        let e = errors(&format!(
+            "{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\n[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\n"
+        ));
+        assert!(e.contains("t.toml:11: processor \"a\".id: duplicate processor id"), "{e}");
+    }
+
+    #[test]
+    fn unknown_switch_names_the_defined_ones() {
+        let e = errors(&format!(
+            "{HEAD}[[switch]]\nid = \"sw0\"\n[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nswitch = \"sw9\"\n"
+        ));
+        assert!(
+            e.contains(":12: processor \"a\".switch: switch \"sw9\" is not defined (defined: sw0)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_secondary_without_an_image_is_refused() {
+        let e = errors(&format!("{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\n"));
+        assert!(e.contains("processor \"a\".image: a secondary needs an image"), "{e}");
+    }
+
+    #[test]
+    fn an_image_larger_than_its_window_is_refused_with_the_size_to_use() {
+        let e = errors(&format!(
+            "{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"8MiB\"\nwindow = {{ size = \"4MiB\" }}\n"
+        ));
+        assert!(e.contains("processor \"a\".window.size: the image is 8MiB but the window's data area is 4MiB; make window.size at least 8MiB"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_and_syntax_errors_have_lines() {
+        let e = errors(&format!("{HEAD}colour = \"red\"\n"));
+        assert!(e.contains("t.toml:6: syntax: unknown field `colour`"), "{e}");
+        assert!(e.contains("docs/topology.md"), "{e}");
+        let e = errors("[chassis\n");
+        assert!(e.starts_with("t.toml:1: syntax:"), "{e}");
+    }
+
+    #[test]
+    fn external_agents_need_a_window_path() {
+        let e = errors(&format!(
+            "{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nlaunch = \"external\"\n"
+        ));
+        assert!(e.contains("processor \"a\".window.path: an external agent needs"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field_and_the_accepted_ones() {
+        let e = errors(&format!(
+            "{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nmode = \"shove\"\nchecksum = \"md5\"\nattempts = 0\ntimeouts = {{ verify = \"soon\" }}\nimage_size = \"lots\"\n"
+        ));
+        for needle in [
+            "mode: unknown mode \"shove\"",
+            "checksum: unknown checksum \"md5\"",
+            "attempts: attempts must be at least 1",
+            "timeouts.verify: \"soon\" is not a duration",
+            "image_size: \"lots\" is not a size",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in\n{e}");
+        }
+    }
+
+    #[test]
+    fn no_monarch_no_secondaries_unused_switch_and_shared_slots() {
+        let e = errors("[chassis]\nname = \"t\"\n[[switch]]\nid = \"s\"\n");
+        assert!(e.contains("no processor has role = \"monarch\""), "{e}");
+        assert!(e.contains("nothing to boot"), "{e}");
+        assert!(e.contains("switch \"s\": no secondary sits behind this switch"), "{e}");
+        let e = errors(&format!(
+            "{HEAD}slot = 1\n[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nslot = 1\n"
+        ));
+        assert!(e.contains("slot 1 is already taken by \"mm\""), "{e}");
+    }
+
+    #[test]
+    fn missing_image_file_is_reported() {
+        let e =
+            errors(&format!("{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"nope.img\"\n"));
+        assert!(e.contains("processor \"a\".image: cannot read /nonexistent/nope.img"), "{e}");
+    }
+
+    #[test]
+    fn defaults_apply_and_processors_override_them() {
+        let t = parse(&format!("{HEAD}[defaults]\nattempts = 5\nchecksum = \"blake3\"\ntimeouts = {{ verify = \"2s\" }}\n[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nattempts = 2\ntimeouts = {{ handoff = \"1s\" }}\n")).unwrap();
+        let a = &t.secondaries[0];
+        assert_eq!(a.attempts, 2);
+        assert_eq!(a.algo, Algo::Blake3);
+        assert_eq!(a.timeouts.verify, Duration::from_secs(2));
+        assert_eq!(a.timeouts.handoff, Duration::from_secs(1));
+        assert_eq!(a.window.data_size, 30 << 20);
+    }
+}

@@ -1,0 +1,192 @@
+//! What `monarch up` prints: live progress (bars on a terminal, one line per event
+//! otherwise), JSON lines with `--json`, and the final table.
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use monarch_boot::events::{Event, EventKind, Summary};
+use monarch_boot::plan::Plan;
+use monarch_boot::topology::fmt_size;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+
+pub struct Output {
+    json: bool,
+    bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+}
+
+impl Output {
+    pub fn new(json: bool, plan: &Plan) -> Output {
+        let bars = (!json && std::io::stderr().is_terminal()).then(|| {
+            let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let style =
+                ProgressStyle::with_template("{prefix:<8} {wide_msg} [{bar:24}] {bytes:>9}/{total_bytes:<9}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+            let mut map = HashMap::new();
+            for s in &plan.topology.secondaries {
+                let b = mp.add(ProgressBar::new(s.window.data_size));
+                b.set_style(style.clone());
+                b.set_prefix(s.id.clone());
+                b.set_message("waiting");
+                map.insert(s.id.clone(), b);
+            }
+            (mp, map)
+        });
+        Output { json, bars }
+    }
+
+    pub fn event(&mut self, ev: &Event) {
+        if self.json {
+            if let Ok(line) = serde_json::to_string(ev) {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+            return;
+        }
+        if let EventKind::Summary(_) = ev.kind {
+            return;
+        }
+        let text = describe(&ev.kind);
+        match (&self.bars, ev.kind.id()) {
+            (Some((_, bars)), Some(id)) => {
+                if let Some(b) = bars.get(id) {
+                    match &ev.kind {
+                        EventKind::Retrieved { bytes, .. } => b.set_length(*bytes),
+                        EventKind::Phase { phase, .. } if phase == "copying" => b.set_position(0),
+                        EventKind::Copied { bytes, .. } => b.set_position(*bytes),
+                        _ => {}
+                    }
+                    if let EventKind::Done { .. } = ev.kind {
+                        b.finish_with_message(text);
+                    } else {
+                        b.set_message(text);
+                    }
+                }
+            }
+            (Some((mp, _)), None) => {
+                let _ = mp.println(text);
+            }
+            (None, id) => {
+                println!("[{:>9.1} ms] {:<8} {}", ev.t_ms, id.unwrap_or(""), text);
+            }
+        }
+    }
+
+    pub fn finish(&mut self, s: &Summary) {
+        if self.json {
+            return;
+        }
+        if let Some((mp, _)) = &self.bars {
+            let _ = mp.clear();
+        }
+        print!("{}", table(s));
+    }
+}
+
+fn describe(k: &EventKind) -> String {
+    match k {
+        EventKind::Start { chassis, monarch, secondaries } => {
+            format!("monarch {monarch} boots chassis \"{chassis}\": {secondaries} secondaries")
+        }
+        EventKind::Retrieved { image, bytes, algo, checksum, .. } => {
+            format!("retrieved {image}: {} {algo} {checksum}", fmt_size(*bytes))
+        }
+        EventKind::Phase { phase, attempt, .. } if *attempt > 0 => format!("{phase}, attempt {attempt}"),
+        EventKind::Phase { phase, .. } => phase.clone(),
+        EventKind::Launched { pid, .. } => format!("agent started, pid {pid}"),
+        EventKind::Copied { attempt, bytes, ms, .. } => {
+            format!(
+                "copied attempt {attempt}: {} in {ms:.1} ms ({:.0} MiB/s)",
+                fmt_size(*bytes),
+                mib_s(*bytes, *ms)
+            )
+        }
+        EventKind::Mismatch { attempt, written, expected, .. } => {
+            format!("CHECKSUM MISMATCH on attempt {attempt}: written {written}, retrieved {expected}")
+        }
+        EventKind::Done { state, attempts, ms, report, error, .. } => match (error, report) {
+            (Some(e), _) => format!("{} after {attempts} attempt(s), {ms:.1} ms: {e}", state.to_uppercase()),
+            (None, Some(r)) => {
+                format!("{} after {attempts} attempt(s), {ms:.1} ms: \"{r}\"", state.to_uppercase())
+            }
+            (None, None) => format!("{} after {attempts} attempt(s), {ms:.1} ms", state.to_uppercase()),
+        },
+        EventKind::Summary(_) => String::new(),
+    }
+}
+
+fn mib_s(bytes: u64, ms: f64) -> f64 {
+    if ms <= 0.0 { 0.0 } else { bytes as f64 / (1 << 20) as f64 / (ms / 1e3) }
+}
+
+/// The final table: one line per processor with its path, attempts, bytes and times.
+pub fn table(s: &Summary) -> String {
+    let mut out = String::new();
+    let secs: Vec<_> = s.processors.iter().filter(|p| p.role == "secondary").collect();
+    let up = secs.iter().filter(|p| p.state != "failed").count();
+    out.push_str(&format!(
+        "\n{}: chassis \"{}\" {} in {:.1} ms: {up}/{} secondaries up\n\n",
+        if s.ok { "OK" } else { "FAILED" },
+        s.chassis,
+        if s.ok { "booted" } else { "did not boot" },
+        s.total_ms,
+        secs.len()
+    ));
+    out.push_str(&format!(
+        "{:<8} {:<9} {:<16} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+        "id",
+        "state",
+        "path",
+        "attempts",
+        "bytes",
+        "retrieve",
+        "rendezvous",
+        "copy",
+        "verify",
+        "handoff",
+        "total"
+    ));
+    for p in &s.processors {
+        if p.role == "monarch" {
+            out.push_str(&format!("{:<8} {:<9} {:<16}\n", p.id, "monarch", "-"));
+            continue;
+        }
+        let path = match (&p.path, &p.switch) {
+            (_, Some(sw)) => format!("switch {sw}"),
+            (Some(x), None) => x.clone(),
+            _ => "-".into(),
+        };
+        let t = &p.timings_ms;
+        out.push_str(&format!(
+            "{:<8} {:<9} {:<16} {:>8} {:>9} {:>7.1}ms {:>8.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms\n",
+            p.id,
+            p.state,
+            path,
+            p.attempts,
+            fmt_size(p.bytes),
+            t.retrieve,
+            t.rendezvous,
+            t.copy,
+            t.verify,
+            t.handoff,
+            t.total
+        ));
+    }
+    let notes: Vec<String> = s
+        .processors
+        .iter()
+        .filter_map(|p| match (&p.error, &p.report) {
+            (Some(e), _) => Some(format!("  {}: FAILED: {e}", p.id)),
+            (None, Some(r)) => Some(format!("  {}: {r}", p.id)),
+            _ => None,
+        })
+        .collect();
+    if !notes.is_empty() {
+        out.push_str("\nwhat each secondary reported:\n");
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
+    out
+}
