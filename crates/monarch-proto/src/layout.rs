@@ -65,7 +65,7 @@ pub const CFG_EPOCH: Reg = r32(0x058, "cfg.epoch");
 // --- Command block: the primary's message register ---------------------------------------
 /// Publication word: incremented (never 0 once posted) after the rest of the block is written.
 pub const CMD_SEQ: Reg = r32(0x080, "cmd.seq");
-/// Command code, see [`crate::msg::CommandCode`].
+/// Command code, see [`crate::msg::command_code`].
 pub const CMD_CODE: Reg = r32(0x084, "cmd.code");
 /// Attempt number the command refers to (1-based).
 pub const CMD_ATTEMPT: Reg = r32(0x088, "cmd.attempt");
@@ -82,7 +82,7 @@ pub const CMD_DIGEST: [Reg; 4] = [
 // --- Status block: the secondary's message register --------------------------------------
 /// Publication word, as [`CMD_SEQ`].
 pub const ST_SEQ: Reg = r32(0x100, "status.seq");
-/// Status code, see [`crate::msg::StatusCode`].
+/// Status code, see [`crate::msg::status_code`].
 pub const ST_CODE: Reg = r32(0x104, "status.code");
 /// Attempt the status refers to.
 pub const ST_ATTEMPT: Reg = r32(0x108, "status.attempt");

@@ -8,7 +8,7 @@
 //! decides which secondaries run when. Both feed inputs into these machines with an
 //! explicit `now` and carry out the actions they return, so every path — success, retry,
 //! abort, timeout, garbage from the peer — is tested here without a process in sight,
-//! and [`model`] checks every interleaving of the register protocol.
+//! and a model check (`src/model.rs`, test-only) visits every interleaving of the register protocol.
 #![forbid(unsafe_code)]
 
 pub mod checksum;

@@ -1,0 +1,414 @@
+//! End-to-end tests: the real `monarch` binary, real agent processes, real shared memory.
+//!
+//! Every test runs its own monarch with its own windows (in a temporary folder or a
+//! per-process /dev/shm folder), so tests run in parallel without sharing anything.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)] // test code: a panic is the failure report
+
+use monarch_drivers::Window;
+use monarch_proto::layout;
+use monarch_proto::msg;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const MONARCH: &str = env!("CARGO_BIN_EXE_monarch");
+
+struct Run {
+    code: i32,
+    events: Vec<Value>,
+    summary: Value,
+    stderr: String,
+}
+
+impl Run {
+    fn processor(&self, id: &str) -> &Value {
+        self.summary["processors"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["id"] == id))
+            .unwrap_or_else(|| panic!("no processor {id} in {}", self.summary))
+    }
+    fn events_of(&self, id: &str, event: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["id"] == id && e["event"] == event).collect()
+    }
+}
+
+fn monarch(args: &[&str]) -> Output {
+    Command::new(MONARCH).args(args).output().expect("run monarch")
+}
+
+fn up_json(topology: Option<&Path>) -> Run {
+    let mut args = vec!["up", "--json"];
+    let t;
+    if let Some(p) = topology {
+        t = p.display().to_string();
+        args.push("--topology");
+        args.push(&t);
+    }
+    let out = monarch(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let summary = events.last().cloned().unwrap_or(Value::Null);
+    assert_eq!(summary["event"], "summary", "last line must be the summary: {stdout}");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        events,
+        summary,
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// A topology in a temporary folder, windows in that folder too.
+struct Topo {
+    dir: tempfile::TempDir,
+}
+
+impl Topo {
+    fn new(processors: &str) -> Topo {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[chassis]\nname = \"test\"\nrun_dir = \"win\"\n\n[defaults]\ntimeouts = {{ rendezvous = \"20s\", verify = \"20s\", handoff = \"20s\", agent = \"20s\" }}\n\n\
+             [[processor]]\nid = \"mm\"\nrole = \"monarch\"\n\n{processors}"
+        );
+        std::fs::write(dir.path().join("t.toml"), text).unwrap();
+        Topo { dir }
+    }
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("t.toml")
+    }
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn secondary(id: &str, extra: &str) -> String {
+    format!(
+        "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"16MiB\"\n{extra}\n"
+    )
+}
+
+#[test]
+fn the_default_chassis_boots_every_secondary() {
+    let r = up_json(None);
+    assert_eq!(r.code, 0, "{}\n{}", r.summary, r.stderr);
+    assert_eq!(r.summary["ok"], true);
+    let secs: Vec<&Value> =
+        r.summary["processors"].as_array().unwrap().iter().filter(|p| p["role"] == "secondary").collect();
+    assert_eq!(secs.len(), 5);
+    for p in &secs {
+        assert_eq!(p["state"], "running", "{p}");
+        assert_eq!(p["attempts"], 1);
+        assert_eq!(p["bytes"], 30 << 20);
+        assert!(p["timings_ms"]["total"].as_f64().unwrap() > 0.0);
+        let report = p["report"].as_str().unwrap();
+        assert!(report.contains(&format!("crc32c {}", p["checksum"].as_str().unwrap())), "{report}");
+    }
+    let paths: Vec<&str> = secs.iter().map(|p| p["path"].as_str().unwrap()).collect();
+    assert_eq!(paths.iter().filter(|p| **p == "direct").count(), 3);
+    assert_eq!(paths.iter().filter(|p| **p == "switch").count(), 2);
+    // Behind the switch: lc3 (priority 10) is done before lc4 starts.
+    let t = |id: &str, ev: &str| r.events_of(id, ev).first().map(|e| e["t_ms"].as_f64().unwrap()).unwrap();
+    assert!(t("lc3", "done") <= t("lc4", "retrieved"), "lc4 must wait behind lc3 on the switch");
+}
+
+#[test]
+fn the_default_chassis_prints_a_line_per_processor_with_path_attempts_bytes_and_times() {
+    let out = monarch(&["up"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for id in ["rc0", "lc1", "lc2", "lc3", "lc4"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{id} ")) && l.contains("running"))
+            .unwrap_or_else(|| panic!("no line for {id}:\n{text}"));
+        assert!(
+            line.contains("30MiB")
+                && line.contains("ms")
+                && (line.contains("direct") || line.contains("switch pcie-sw0")),
+            "{line}"
+        );
+    }
+    assert!(text.contains("OK: chassis \"default\" booted"), "{text}");
+}
+
+#[test]
+fn the_running_secondary_is_the_delivered_image() {
+    let t = Topo::new("[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"a.img\"\n");
+    let img = t.file("a.img");
+    let built = monarch(&[
+        "image",
+        "build",
+        "--size",
+        "8MiB",
+        "--banner",
+        "version ALPHA-1111",
+        "-o",
+        img.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let first = up_json(Some(&t.path()));
+    assert_eq!(first.code, 0, "{}", first.summary);
+    let report = first.processor("a")["report"].as_str().unwrap().to_string();
+    assert!(report.contains("version ALPHA-1111"), "{report}");
+
+    // Change the image's bytes at the source; what runs must change with them.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let at = bytes.windows(10).position(|w| w == b"ALPHA-1111").unwrap();
+    bytes[at..at + 10].copy_from_slice(b"OMEGA-2222");
+    std::fs::write(&img, &bytes).unwrap();
+    let second = up_json(Some(&t.path()));
+    assert_eq!(second.code, 0, "{}", second.summary);
+    let report2 = second.processor("a")["report"].as_str().unwrap();
+    assert!(report2.contains("version OMEGA-2222"), "{report2}");
+    let crc = monarch_proto::Algo::Crc32c.digest(&bytes).to_hex(monarch_proto::Algo::Crc32c);
+    assert!(
+        report2.contains(&crc),
+        "the running image must hash to the changed file's checksum {crc}: {report2}"
+    );
+}
+
+/// The safety invariant, seen from outside: a secondary that failed never handed off.
+fn assert_never_handed_off(r: &Run, t: &Topo, id: &str) {
+    assert!(r.events_of(id, "phase").iter().all(|e| e["phase"] != "handoff"), "{id} reached handoff");
+    assert!(r.processor(id).get("report").is_none(), "{id} ran an image: {}", r.processor(id));
+    let log = std::fs::read_to_string(t.file(&format!("win/{id}.log"))).unwrap_or_default();
+    assert!(!log.contains("handing off"), "agent log of {id} shows a handoff:\n{log}");
+}
+
+#[test]
+fn one_corrupted_copy_is_rewritten_and_the_secondary_runs() {
+    let t = Topo::new(&secondary("a", "fault = { corrupt_attempts = 1 }"));
+    let r = up_json(Some(&t.path()));
+    assert_eq!(r.code, 0, "{}\n{}", r.summary, r.stderr);
+    let a = r.processor("a");
+    assert_eq!(a["state"], "running");
+    assert_eq!(a["attempts"], 2);
+    assert_eq!(a["bytes"], 2 * (16 << 20));
+    let mism = r.events_of("a", "mismatch");
+    assert_eq!(mism.len(), 1);
+    assert_eq!(mism[0]["attempt"], 1);
+    assert_ne!(mism[0]["written"], mism[0]["expected"]);
+}
+
+#[test]
+fn persistent_corruption_aborts_after_the_configured_attempts_while_the_others_run() {
+    let t = Topo::new(&format!(
+        "{}{}{}",
+        secondary("bad", "attempts = 3\nfault = { corrupt_attempts = 99 }"),
+        secondary("good1", ""),
+        secondary("good2", "mode = \"pull\""),
+    ));
+    let r = up_json(Some(&t.path()));
+    assert_eq!(r.code, 1, "exit status 1 when a required secondary fails");
+    assert_eq!(r.summary["ok"], false);
+    let bad = r.processor("bad");
+    assert_eq!(bad["state"], "failed");
+    assert_eq!(bad["attempts"], 3);
+    assert_eq!(r.events_of("bad", "mismatch").len(), 3);
+    assert!(
+        bad["error"].as_str().unwrap().contains("never matched the retrieved checksum in 3 attempt(s)"),
+        "{bad}"
+    );
+    assert_never_handed_off(&r, &t, "bad");
+    for id in ["good1", "good2"] {
+        assert_eq!(r.processor(id)["state"], "running", "{}", r.processor(id));
+    }
+}
+
+#[test]
+fn an_agent_killed_mid_transfer_fails_alone_within_its_timeout() {
+    let t = Topo::new(&format!(
+        "{}{}",
+        secondary("victim", "fault = { kill_agent_during_copy = true }"),
+        secondary("other", ""),
+    ));
+    let r = up_json(Some(&t.path()));
+    assert_eq!(r.code, 1);
+    let v = r.processor("victim");
+    assert_eq!(v["state"], "failed");
+    let err = v["error"].as_str().unwrap();
+    assert!(err.contains("signal: 9") || err.contains("SIGKILL"), "{err}");
+    assert!(v["timings_ms"]["total"].as_f64().unwrap() < 20_000.0, "must fail within its 20 s timeouts");
+    assert_never_handed_off(&r, &t, "victim");
+    assert_eq!(r.processor("other")["state"], "running");
+}
+
+#[test]
+fn garbage_in_the_register_page_fails_that_secondary_only_with_a_clear_error() {
+    let t = Topo::new(&format!(
+        "{}{}",
+        secondary(
+            "g",
+            "launch = \"external\"\nwindow = { path = \"g.win\" }\ntimeouts = { rendezvous = \"20s\" }"
+        ),
+        secondary("ok", ""),
+    ));
+    let win = t.file("g.win");
+    // A misbehaving secondary: waits for the monarch to release it, then posts garbage.
+    let impostor = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(w) = Window::open(&win)
+                && w.load(layout::HDR_MAGIC) == layout::MAGIC
+                && w.load(layout::CMD_SEQ) != 0
+            {
+                w.store(layout::ST_CODE, 0xdead_beef);
+                w.store(layout::ST_ATTEMPT, 0xffff_ffff);
+                w.store(layout::ST_SEQ, 1);
+                w.ring(layout::DB_TO_PRIMARY);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
+    let r = up_json(Some(&t.path()));
+    assert!(impostor.join().unwrap(), "the impostor never saw the window released");
+    assert_eq!(r.code, 1);
+    let g = r.processor("g");
+    assert_eq!(g["state"], "failed");
+    let err = g["error"].as_str().unwrap();
+    assert!(err.contains("status.code") && err.contains("3735928559"), "{err}");
+    assert_eq!(r.processor("ok")["state"], "running");
+}
+
+#[test]
+fn an_agent_given_a_garbage_window_says_what_is_wrong_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("junk.win");
+    let junk: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&f, &junk).unwrap();
+    let out = monarch(&["agent", "--window", f.to_str().unwrap(), "--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hdr.magic") && err.contains("not a monarch window"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        std::fs::read(&f).unwrap(),
+        junk,
+        "the agent must not write into a window it does not understand"
+    );
+
+    let out = monarch(&[
+        "agent",
+        "--window",
+        dir.path().join("nothing-here").to_str().unwrap(),
+        "--timeout",
+        "200ms",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no monarch initialised it"));
+}
+
+#[test]
+fn an_external_agent_with_handoff_none_is_released_after_verification() {
+    let t = Topo::new(&secondary(
+        "ext",
+        "launch = \"external\"\nhandoff = \"none\"\nmode = \"pull\"\nwindow = { path = \"ext.win\" }",
+    ));
+    // The agent starts first, as firmware would, and waits for the window.
+    let agent = Command::new(MONARCH)
+        .args([
+            "agent",
+            "--window",
+            t.file("ext.win").to_str().unwrap(),
+            "--id",
+            "ext",
+            "--handoff",
+            "none",
+            "--timeout",
+            "20s",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = up_json(Some(&t.path()));
+    let out = agent.wait_with_output().unwrap();
+    assert_eq!(r.code, 0, "{}", r.summary);
+    assert_eq!(r.processor("ext")["state"], "released");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn bytes_that_are_not_a_program_fail_the_handoff_with_a_reason() {
+    let t = Topo::new("[[processor]]\nid = \"x\"\nrole = \"secondary\"\nimage = \"x.img\"\n");
+    std::fs::write(t.file("x.img"), vec![0x42u8; 1 << 16]).unwrap();
+    let r = up_json(Some(&t.path()));
+    assert_eq!(r.code, 1);
+    let x = r.processor("x");
+    assert_eq!(x["state"], "failed");
+    assert!(x["error"].as_str().unwrap().contains("handoff into the image failed"), "{x}");
+}
+
+#[test]
+fn topology_errors_name_the_file_line_field_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[chassis]\nname = \"x\"\n[[processor]]\nid = \"m\"\nrole = \"monarch\"\n[[processor]]\nid = \"m\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\n",
+            ":7: processor \"m\".id: duplicate processor id",
+        ),
+        (
+            "[chassis]\nname = \"x\"\n[[processor]]\nid = \"m\"\nrole = \"monarch\"\n[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nswitch = \"nope\"\n",
+            ":10: processor \"a\".switch: switch \"nope\" is not defined",
+        ),
+        (
+            "[chassis]\nname = \"x\"\n[[processor]]\nid = \"m\"\nrole = \"monarch\"\n[[processor]]\nid = \"a\"\nrole = \"secondary\"\n",
+            "a secondary needs an image",
+        ),
+        ("[chassis]\nname = \"x\"\nfoo = 1\n", ":3: syntax: unknown field `foo`"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let f = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&f, text).unwrap();
+        for cmd in ["plan", "up"] {
+            let out = monarch(&[cmd, "--topology", f.to_str().unwrap()]);
+            assert_eq!(out.status.code(), Some(2), "{cmd} exits 2 on a bad topology");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!("bad{i}.toml")) && err.contains(needle),
+                "{cmd}: expected {needle:?} in {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn plan_shows_parallel_lanes_and_switch_order_without_booting() {
+    let out = monarch(&["plan"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("staged in parallel (direct ports)"), "{text}");
+    assert!(text.contains("behind switch pcie-sw0"), "{text}");
+    let l3 = text.find("1. lc3").unwrap();
+    let l4 = text.find("2. lc4").unwrap();
+    assert!(l3 < l4);
+    // The printed default topology is the one `up` uses, and it validates.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("d.toml");
+    std::fs::write(&f, monarch(&["topology", "default"]).stdout).unwrap();
+    let check = monarch(&["topology", "check", f.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}
+
+#[test]
+fn help_teaches_the_commands() {
+    let out = monarch(&["up", "--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--topology", "--json", "built-in emulated chassis", "switch"] {
+        assert!(text.contains(needle), "{needle} missing from up --help:\n{text}");
+    }
+}
+
+#[test]
+fn a_payload_started_by_hand_explains_itself() {
+    let payload = Path::new(MONARCH).with_file_name("monarch-payload");
+    let out = Command::new(payload).env_remove("MONARCH_WINDOW").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MONARCH_WINDOW is not set"));
+    let _ = msg::SEQ_BUSY; // the test links the protocol crate for the impostor above
+}
