@@ -4,6 +4,7 @@
 use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::image::{self, Image};
 use crate::topology::{Launch, PortPath, Secondary};
+use command_fds::{CommandFdExt, FdMapping};
 use monarch_drivers::{Poll, Window};
 use monarch_proto::layout;
 use monarch_proto::msg::{self, Command, Mode, WindowConfig};
@@ -12,6 +13,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
+
+/// Descriptor number a memfd window gets in the agent (and, after exec, in its image).
+const MEMFD_CHILD_FD: i32 = 3;
 
 /// Longest single sleep in the wait loop: how often a launched agent's liveness is checked.
 const SLICE: Duration = Duration::from_millis(50);
@@ -118,7 +122,12 @@ impl<'a, 'c> Stage<'a, 'c> {
         if let Some(dir) = sec.window.path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let window = Window::create(&sec.window.path, sec.window.data_size).map_err(|e| e.to_string())?;
+        let window = if sec.window.memfd {
+            Window::create_memfd(&format!("monarch-window:{}", sec.id), sec.window.data_size)
+        } else {
+            Window::create(&sec.window.path, sec.window.data_size)
+        }
+        .map_err(|e| e.to_string())?;
         let cfg = WindowConfig { image_size, load_offset: 0, algo: sec.algo, mode: sec.mode, epoch: 0 };
         window.apply(&msg::encode_config(sec.window.data_size, &cfg));
         self.timings.configure = ms(t.elapsed());
@@ -138,10 +147,22 @@ impl<'a, 'c> Stage<'a, 'c> {
         let log = sec.window.path.with_extension("log");
         let err =
             File::create(&log).map_err(|e| format!("cannot create agent log {}: {e}", log.display()))?;
-        let child = Process::new(self.ctx.agent_exe)
-            .arg("agent")
-            .arg("--window")
-            .arg(&sec.window.path)
+        let mut cmd = Process::new(self.ctx.agent_exe);
+        cmd.arg("agent").arg("--window");
+        if sec.window.memfd {
+            // The child inherits the window as descriptor 3 and opens it by its /proc path.
+            let fd = self
+                .window()
+                .fd()
+                .try_clone_to_owned()
+                .map_err(|e| format!("cannot share the memfd window: {e}"))?;
+            cmd.fd_mappings(vec![FdMapping { parent_fd: fd, child_fd: MEMFD_CHILD_FD }])
+                .map_err(|e| format!("cannot hand the memfd window to the agent: {e}"))?;
+            cmd.arg(format!("/proc/self/fd/{MEMFD_CHILD_FD}"));
+        } else {
+            cmd.arg(&sec.window.path);
+        }
+        let child = cmd
             .arg("--id")
             .arg(&sec.id)
             .arg("--handoff")

@@ -163,6 +163,8 @@ struct TimeoutsDef {
 #[serde(deny_unknown_fields)]
 struct WindowDef {
     path: Option<String>,
+    #[serde(default)]
+    memfd: bool,
     size: Option<Spanned<SizeDef>>,
 }
 
@@ -241,8 +243,10 @@ impl fmt::Display for ImageSource {
 /// Where a window lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowSpec {
-    /// The window file.
+    /// The window file (for a memfd window: where the agent log goes, with `.log`).
     pub path: PathBuf,
+    /// An anonymous memfd handed to the agent process instead of a file.
+    pub memfd: bool,
     /// Data-area size in bytes (the register page comes on top).
     pub data_size: u64,
 }
@@ -588,6 +592,10 @@ impl Topology {
                 }
                 None => (None, None, None),
             };
+            let memfd = p.window.as_ref().is_some_and(|w| w.get_ref().memfd);
+            if memfd && (launch != Launch::Process || wpath.is_some()) {
+                cx.push(wspan.clone(), format!("{who}.window.memfd"), "a memfd window is handed to an agent the monarch starts: use it with launch = \"process\" and without window.path");
+            }
             let wpath = match wpath {
                 Some(p) => p,
                 None => {
@@ -691,7 +699,7 @@ impl Topology {
                 path,
                 priority: p.priority.unwrap_or(0),
                 image,
-                window: WindowSpec { path: wpath, data_size },
+                window: WindowSpec { path: wpath, memfd, data_size },
                 launch,
                 handoff: s.handoff.unwrap_or(Handoff::Exec),
                 mode,

@@ -119,6 +119,29 @@ impl Window {
         Ok(w)
     }
 
+    /// Create an anonymous window (a memfd) with `data_size` bytes of data area, for a child
+    /// process that inherits it (see [`Window::fd`]). `name` shows in `/proc/PID/fd`.
+    pub fn create_memfd(name: &str, data_size: u64) -> Result<Window, WindowError> {
+        let path = PathBuf::from(format!("memfd:{name}"));
+        let io = |what| {
+            let path = path.clone();
+            move |source| WindowError::Io { path, what, source }
+        };
+        let len =
+            layout::window_len(data_size).ok_or(WindowError::TooSmall { path: path.clone(), len: 0 })?;
+        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| io("memfd_create")(e.into()))?;
+        let file = File::from(fd);
+        file.set_len(len).map_err(io("set size"))?;
+        Self::map(file, path, len)
+    }
+
+    /// The descriptor of the backing file (to hand a memfd window to a child process).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self._file.as_fd()
+    }
+
     /// Zero every register (word by word, atomically); the data area is left alone.
     pub fn clear_registers(&self) {
         for off in (0..layout::REGS_SIZE).step_by(8) {

@@ -58,6 +58,9 @@ impl Output {
                     }
                     if let EventKind::Done { .. } = ev.kind {
                         b.finish_with_message(text);
+                    } else if let (EventKind::Mismatch { .. }, Some((mp, _))) = (&ev.kind, &self.bars) {
+                        // A retry is news: keep it on screen above the bars.
+                        let _ = mp.println(format!("{id:<8} {text}"));
                     } else {
                         b.set_message(text);
                     }

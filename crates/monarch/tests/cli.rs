@@ -305,7 +305,7 @@ fn an_agent_given_a_garbage_window_says_what_is_wrong_and_touches_nothing() {
 }
 
 #[test]
-fn an_external_agent_with_handoff_none_is_released_after_verification() {
+fn an_external_polling_agent_with_handoff_none_is_released_after_verification() {
     let t = Topo::new(&secondary(
         "ext",
         "launch = \"external\"\nhandoff = \"none\"\nmode = \"pull\"\nwindow = { path = \"ext.win\" }",
@@ -322,6 +322,7 @@ fn an_external_agent_with_handoff_none_is_released_after_verification() {
             "none",
             "--timeout",
             "20s",
+            "--poll", // a doorbell across kernels: bounded polling, no futex
         ])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -411,4 +412,28 @@ fn a_payload_started_by_hand_explains_itself() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("MONARCH_WINDOW is not set"));
     let _ = msg::SEQ_BUSY; // the test links the protocol crate for the impostor above
+}
+
+#[test]
+fn a_memfd_window_is_inherited_by_the_agent_and_by_the_image_it_runs() {
+    let t = Topo::new(&format!(
+        "{}{}",
+        secondary("m", "window = { memfd = true }\nfault = { corrupt_attempts = 1 }"),
+        secondary("f", ""),
+    ));
+    let r = up_json(Some(&t.path()));
+    assert_eq!(r.code, 0, "{}\n{}", r.summary, r.stderr);
+    let m = r.processor("m");
+    assert_eq!(m["state"], "running");
+    assert_eq!(m["attempts"], 2, "the retry path works through a memfd window too");
+    assert!(m["report"].as_str().unwrap().contains("m booted the delivered image"), "{m}");
+    assert!(!t.file("win/m.win").exists(), "a memfd window leaves no file behind");
+
+    let bad = Topo::new(&secondary("x", "launch = \"external\"\nwindow = { memfd = true }"));
+    let out = monarch(&["plan", "--topology", bad.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("window.memfd: a memfd window is handed to an agent the monarch starts")
+    );
 }
