@@ -180,6 +180,29 @@ pub struct ProcessorSummary {
     pub required: bool,
 }
 
+impl ProcessorSummary {
+    /// A summary with only identity and state; the rest empty.
+    pub fn new(id: &str, role: &str, state: &str) -> ProcessorSummary {
+        ProcessorSummary {
+            id: id.into(),
+            role: role.into(),
+            state: state.into(),
+            path: None,
+            switch: None,
+            attempts: 0,
+            bytes: 0,
+            image_bytes: 0,
+            mode: None,
+            algo: None,
+            checksum: None,
+            timings_ms: Timings::default(),
+            report: None,
+            error: None,
+            required: true,
+        }
+    }
+}
+
 /// The run's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {

@@ -1,7 +1,7 @@
 //! Execute a plan: every lane in parallel, the secondaries of a lane one after another;
 //! events to the caller as they happen; a summary at the end.
 
-use crate::events::{Event, EventKind, ProcessorSummary, Summary, Timings};
+use crate::events::{Event, EventKind, ProcessorSummary, Summary};
 use crate::plan::Plan;
 use crate::stage::{StageCtx, Staged, stage};
 use monarch_proto::layout;
@@ -75,23 +75,9 @@ pub fn up(plan: &Plan, opts: &UpOptions, on_event: &mut dyn FnMut(&Event)) -> Su
     let total_ms = clock.elapsed().as_secs_f64() * 1e3;
     // End of the emulated run: ask running images to stop, then make sure they did.
     shutdown(&mut staged, opts.shutdown_grace);
-    let mut processors = vec![ProcessorSummary {
-        id: plan.monarch().into(),
-        role: "monarch".into(),
-        state: "monarch".into(),
-        path: None,
-        switch: None,
-        attempts: 0,
-        bytes: 0,
-        image_bytes: 0,
-        mode: None,
-        algo: None,
-        checksum: None,
-        timings_ms: Timings { total: total_ms, ..Timings::default() },
-        report: None,
-        error: None,
-        required: true,
-    }];
+    let mut monarch = ProcessorSummary::new(plan.monarch(), "monarch", "monarch");
+    monarch.timings_ms.total = total_ms;
+    let mut processors = vec![monarch];
     for (i, s) in staged.into_iter().enumerate() {
         processors.push(match s {
             Some(s) => s.summary,
@@ -108,23 +94,7 @@ pub fn up(plan: &Plan, opts: &UpOptions, on_event: &mut dyn FnMut(&Event)) -> Su
 }
 
 fn failed_summary(id: &str, why: &str) -> ProcessorSummary {
-    ProcessorSummary {
-        id: id.into(),
-        role: "secondary".into(),
-        state: "failed".into(),
-        path: None,
-        switch: None,
-        attempts: 0,
-        bytes: 0,
-        image_bytes: 0,
-        mode: None,
-        algo: None,
-        checksum: None,
-        timings_ms: Timings::default(),
-        report: None,
-        error: Some(why.into()),
-        required: true,
-    }
+    ProcessorSummary { error: Some(why.into()), ..ProcessorSummary::new(id, "secondary", "failed") }
 }
 
 fn shutdown(staged: &mut [Option<Staged>], grace: Duration) {
