@@ -291,7 +291,10 @@ impl<'a, 'c> Stage<'a, 'c> {
             // Phase bookkeeping for timings and events.
             if p.phase() != last_phase {
                 self.account(last_phase, phase_started.elapsed());
-                phase_started = Instant::now();
+                if last_phase != Phase::Idle {
+                    // Rendezvous counts from the release (agent start included).
+                    phase_started = Instant::now();
+                }
                 last_phase = p.phase();
                 match last_phase {
                     Phase::Rendezvous => self.phase("rendezvous", 0),
