@@ -72,6 +72,54 @@ not confirm.")]
     /// Image helpers.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Measurements, each printed beside a reference measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// The window path beside its limit: memcpy bandwidth into a shared mapping.
+    #[command(long_about = "The window path beside its physical limit, measured in one run.\n\n\
+Reference: memcpy of the image into a populated shared mapping (one core, best of --reps). \
+Then the real delivery: the monarch stages the same image to --secondaries real agent \
+processes on direct ports (handoff none), timed from the start of each copy to the arrival of \
+the written checksum. Prints GiB/s and the ratio to the reference for each figure, and the \
+throughput of each checksum algorithm.")]
+    Window(BenchWindowArgs),
+}
+
+#[derive(Args)]
+struct BenchWindowArgs {
+    /// Image size.
+    #[arg(long, default_value = "30MiB", value_parser = parse_size)]
+    size: u64,
+    /// Secondaries on direct ports, staged in parallel.
+    #[arg(long, default_value_t = 1)]
+    secondaries: u32,
+    /// Window data-area size (default: the image size).
+    #[arg(long, value_parser = parse_size)]
+    window: Option<u64>,
+    /// Written-checksum algorithm: crc32c, xxh3, blake3.
+    #[arg(long, default_value = "crc32c", value_parser = parse_algo)]
+    checksum: monarch_proto::Algo,
+    /// Repetitions of each measurement; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 30MiB, 1GiB"))
+}
+
+fn parse_algo(s: &str) -> Result<monarch_proto::Algo, String> {
+    monarch_proto::Algo::from_name(s)
+        .ok_or_else(|| format!("unknown checksum {s:?}; use crc32c, xxh3 or blake3"))
 }
 
 #[derive(Args)]
@@ -188,6 +236,7 @@ fn main() -> ExitCode {
             Err(e) => bad_input(&e),
         },
         Cmd::Image(ImageCmd::Build { size, banner, out }) => cmd_image_build(&size, &banner, &out),
+        Cmd::Bench(BenchCmd::Window(a)) => cmd_bench_window(a),
     }
 }
 
@@ -255,5 +304,40 @@ fn cmd_image_build(size: &str, banner: &str, out: &PathBuf) -> ExitCode {
             Err(e) => bad_input(&format!("cannot write {}: {e}", out.display())),
         },
         Err(e) => bad_input(&e),
+    }
+}
+
+fn cmd_bench_window(a: BenchWindowArgs) -> ExitCode {
+    let agent_exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return bad_input(&format!("cannot find my own executable to start agents: {e}")),
+    };
+    let opts = monarch_boot::bench::WindowBenchOptions {
+        size: a.size,
+        secondaries: a.secondaries.max(1),
+        window: a.window.unwrap_or(a.size),
+        algo: a.checksum,
+        reps: a.reps.max(1),
+        agent_exe,
+    };
+    let json = a.json;
+    let mut progress = |m: &str| {
+        if !json {
+            eprintln!("bench: {m}");
+        }
+    };
+    match monarch_boot::bench::window(&opts, &mut progress) {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                print!("{}", output::bench_window(&r));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("monarch bench window: {e}");
+            ExitCode::from(exit::BOOT_FAILED)
+        }
     }
 }

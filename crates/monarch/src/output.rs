@@ -193,3 +193,33 @@ pub fn table(s: &Summary) -> String {
     }
     out
 }
+
+/// `monarch bench window` for people.
+pub fn bench_window(r: &monarch_boot::bench::WindowBench) -> String {
+    let mut out = format!(
+        "\nmonarch bench window: {} image, {} secondar{}, {} window, {}\n\n",
+        fmt_size(r.size),
+        r.secondaries,
+        if r.secondaries == 1 { "y" } else { "ies" },
+        fmt_size(r.window),
+        r.algo
+    );
+    out.push_str(&format!(
+        "  reference  memcpy into a shared mapping, one core   {:>7.2} GiB/s\n\n",
+        r.memcpy_gib_s
+    ));
+    for c in &r.checksums {
+        out.push_str(&format!(
+            "  checksum   {:<8} {:>7.2} GiB/s   {:.2}x memcpy\n",
+            c.algo, c.gib_s, c.ratio_to_memcpy
+        ));
+    }
+    out.push('\n');
+    for f in &r.figures {
+        out.push_str(&format!(
+            "  {}\n      {:.2} GiB/s = {:.2}x the reference ({}: {:.2} GiB/s)\n\n",
+            f.what, f.gib_s, f.ratio, f.reference, f.reference_gib_s
+        ));
+    }
+    out
+}

@@ -1,0 +1,259 @@
+//! `monarch bench window`: the window path measured beside its physical limit, in one run.
+//!
+//! The limit on one machine is the bandwidth of copying into a shared mapping, so that is the
+//! reference: `memcpy` (our window driver's bulk copy) of the same image into a populated
+//! shared window, best of several runs. Then the real thing: the monarch stages the same image
+//! to N real agent processes through real windows (handoff `none`, so nothing but the
+//! delivery and its verification is timed), from the start of the copy to the written
+//! checksum's arrival. Every figure is printed beside the reference and their ratio.
+
+use crate::events::EventKind;
+use crate::plan::Plan;
+use crate::run::{UpOptions, up};
+use crate::topology::{Topology, fmt_size};
+use monarch_drivers::Window;
+use monarch_proto::Algo;
+use serde::Serialize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Options of `monarch bench window`.
+#[derive(Debug, Clone)]
+pub struct WindowBenchOptions {
+    /// Image size.
+    pub size: u64,
+    /// Secondaries on direct ports, staged in parallel.
+    pub secondaries: u32,
+    /// Window data-area size (at least the image size for now).
+    pub window: u64,
+    /// Written-checksum algorithm.
+    pub algo: Algo,
+    /// Repetitions of each measurement (the best is kept).
+    pub reps: u32,
+    /// The `monarch` binary, to start agents.
+    pub agent_exe: std::path::PathBuf,
+}
+
+/// A throughput beside its reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    /// What was measured.
+    pub what: String,
+    /// Bytes per second, in GiB/s.
+    pub gib_s: f64,
+    /// What it is compared with.
+    pub reference: String,
+    /// The reference, GiB/s, measured in the same run.
+    pub reference_gib_s: f64,
+    /// `gib_s / reference_gib_s`.
+    pub ratio: f64,
+}
+
+/// Checksum throughput.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChecksumFigure {
+    /// Algorithm.
+    pub algo: String,
+    /// GiB/s over an in-memory buffer.
+    pub gib_s: f64,
+    /// Against the memcpy reference.
+    pub ratio_to_memcpy: f64,
+}
+
+/// Everything `monarch bench window` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowBench {
+    /// Always `window`.
+    pub bench: &'static str,
+    /// Image size.
+    pub size: u64,
+    /// Secondaries.
+    pub secondaries: u32,
+    /// Window data-area size.
+    pub window: u64,
+    /// Written-checksum algorithm of the delivery.
+    pub algo: String,
+    /// The reference: memcpy into a shared mapping, one core, GiB/s.
+    pub memcpy_gib_s: f64,
+    /// Checksum throughputs.
+    pub checksums: Vec<ChecksumFigure>,
+    /// Delivered + verified, per secondary (the slowest), and aggregate over all.
+    pub figures: Vec<Figure>,
+}
+
+fn gib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// Deterministic, incompressible-looking bytes (xorshift64*), fast to make.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 8);
+    let mut x = seed | 1;
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// memcpy bandwidth into a populated shared window: best of `reps`.
+pub fn memcpy_reference(dir: &Path, image: &[u8], reps: u32) -> Result<f64, String> {
+    let w = Window::create(&dir.join("reference.win"), image.len() as u64).map_err(|e| e.to_string())?;
+    let mut best = Duration::MAX;
+    for _ in 0..reps.max(1) + 1 {
+        let t = Instant::now();
+        w.write_data(0, image).map_err(|e| e.to_string())?;
+        best = best.min(t.elapsed());
+    }
+    Ok(gib_s(image.len() as u64, best))
+}
+
+/// Checksum throughput of each algorithm over `data`: best of `reps`.
+pub fn checksum_figures(data: &[u8], reps: u32, memcpy: f64) -> Vec<ChecksumFigure> {
+    Algo::ALL
+        .into_iter()
+        .map(|algo| {
+            let mut best = Duration::MAX;
+            for _ in 0..reps.max(1) {
+                let t = Instant::now();
+                std::hint::black_box(algo.digest(std::hint::black_box(data)));
+                best = best.min(t.elapsed());
+            }
+            let g = gib_s(data.len() as u64, best);
+            ChecksumFigure { algo: algo.name().into(), gib_s: g, ratio_to_memcpy: g / memcpy }
+        })
+        .collect()
+}
+
+/// Run the window bench.
+pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<WindowBench, String> {
+    if opts.window < opts.size {
+        return Err(format!(
+            "--window {} is smaller than --size {}: streaming through a smaller window is not built yet; use --window >= --size",
+            fmt_size(opts.window),
+            fmt_size(opts.size)
+        ));
+    }
+    let dir = tempfile_dir()?;
+    let result = (|| {
+        let size = usize::try_from(opts.size).map_err(|_| "size too large for this machine".to_string())?;
+        progress(&format!("making a {} image", fmt_size(opts.size)));
+        let image = pattern(size, 0x6d6f_6e61_7263_68);
+        let img_path = dir.join("image.bin");
+        std::fs::write(&img_path, &image).map_err(|e| format!("cannot write {}: {e}", img_path.display()))?;
+        progress("measuring memcpy into a shared mapping (the reference)");
+        let memcpy = memcpy_reference(&dir, &image, opts.reps)?;
+        progress("measuring checksum throughput");
+        let sample = &image[..size.min(256 << 20)];
+        let checksums = checksum_figures(sample, opts.reps, memcpy);
+        drop(image);
+        let mut best_slowest = 0.0f64;
+        let mut best_aggregate = 0.0f64;
+        for rep in 0..opts.reps.max(1) {
+            progress(&format!(
+                "delivering to {} secondar{} (run {}/{})",
+                opts.secondaries,
+                if opts.secondaries == 1 { "y" } else { "ies" },
+                rep + 1,
+                opts.reps.max(1)
+            ));
+            let (slowest, aggregate) = deliver(opts, &dir, &img_path)?;
+            best_slowest = best_slowest.max(slowest);
+            best_aggregate = best_aggregate.max(aggregate);
+        }
+        let mut figures = vec![Figure {
+            what: format!(
+                "delivered + verified ({}), per secondary (slowest of {})",
+                opts.algo, opts.secondaries
+            ),
+            gib_s: best_slowest,
+            reference: "memcpy into a shared mapping, one core".into(),
+            reference_gib_s: memcpy,
+            ratio: best_slowest / memcpy,
+        }];
+        if opts.secondaries > 1 {
+            figures.push(Figure {
+                what: format!(
+                    "delivered + verified ({}), aggregate over {} secondaries",
+                    opts.algo, opts.secondaries
+                ),
+                gib_s: best_aggregate,
+                reference: "memcpy into a shared mapping, one core".into(),
+                reference_gib_s: memcpy,
+                ratio: best_aggregate / memcpy,
+            });
+        }
+        Ok(WindowBench {
+            bench: "window",
+            size: opts.size,
+            secondaries: opts.secondaries,
+            window: opts.window,
+            algo: opts.algo.name().into(),
+            memcpy_gib_s: memcpy,
+            checksums,
+            figures,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, String> {
+    let d = std::path::PathBuf::from(format!("/dev/shm/monarch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    Ok(d)
+}
+
+/// One delivery run: (slowest per-secondary GiB/s, aggregate GiB/s).
+fn deliver(opts: &WindowBenchOptions, dir: &Path, image: &Path) -> Result<(f64, f64), String> {
+    let mut text = format!(
+        "[chassis]\nname = \"bench\"\nrun_dir = \"{}\"\n[defaults]\nhandoff = \"none\"\nchecksum = \"{}\"\nattempts = 1\n\
+         [[processor]]\nid = \"mm\"\nrole = \"monarch\"\n",
+        dir.join("run").display(),
+        opts.algo.name()
+    );
+    for i in 0..opts.secondaries {
+        text.push_str(&format!(
+            "[[processor]]\nid = \"s{i}\"\nrole = \"secondary\"\nimage = \"{}\"\nwindow = {{ size = {} }}\n",
+            image.display(),
+            opts.window
+        ));
+    }
+    let topo = Topology::parse(&text, Path::new("<bench>"), dir).map_err(|e| e.to_string())?;
+    let plan = Plan::new(topo);
+    let up_opts = UpOptions { agent_exe: opts.agent_exe.clone(), shutdown_grace: Duration::from_secs(1) };
+    // Per secondary: from its copy start to the arrival of its written checksum (its
+    // "handoff" phase starts right after the monarch compared it).
+    let mut starts = std::collections::HashMap::new();
+    let mut ends = std::collections::HashMap::new();
+    let summary = up(&plan, &up_opts, &mut |ev| {
+        if let EventKind::Phase { id, phase, .. } = &ev.kind {
+            match phase.as_str() {
+                "copying" => {
+                    starts.entry(id.clone()).or_insert(ev.t_ms);
+                }
+                "handoff" => {
+                    ends.insert(id.clone(), ev.t_ms);
+                }
+                _ => {}
+            }
+        }
+    });
+    if !summary.ok {
+        let why: Vec<String> = summary.processors.iter().filter_map(|p| p.error.clone()).collect();
+        return Err(format!("the bench boot failed: {}", why.join("; ")));
+    }
+    let mut slowest = f64::MAX;
+    let (mut first, mut last) = (f64::MAX, 0.0f64);
+    for (id, s) in &starts {
+        let e = ends.get(id).copied().ok_or(format!("no end event for {id}"))?;
+        slowest = slowest.min(gib_s(opts.size, Duration::from_secs_f64((e - s).max(1e-6) / 1e3)));
+        first = first.min(*s);
+        last = last.max(e);
+    }
+    let total = u64::from(opts.secondaries) * opts.size;
+    Ok((slowest, gib_s(total, Duration::from_secs_f64((last - first).max(1e-6) / 1e3))))
+}
