@@ -141,7 +141,7 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
     let result = (|| {
         let size = usize::try_from(opts.size).map_err(|_| "size too large for this machine".to_string())?;
         progress(&format!("making a {} image", fmt_size(opts.size)));
-        let image = pattern(size, 0x6d6f_6e61_7263_68);
+        let image = pattern(size, 0x006d_6f6e_6172_6368);
         let img_path = dir.join("image.bin");
         std::fs::write(&img_path, &image).map_err(|e| format!("cannot write {}: {e}", img_path.display()))?;
         progress("measuring memcpy into a shared mapping (the reference)");
