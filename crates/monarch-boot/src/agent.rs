@@ -8,9 +8,11 @@
 use crate::topology::Handoff;
 use monarch_drivers::memimage::MemImage;
 use monarch_drivers::{Doorbell, Poll, Window, WindowError};
+use monarch_proto::checksum::Hasher;
 use monarch_proto::layout;
 use monarch_proto::msg::{self, Command, FailCode, Mode, RegisterError, Status, WindowConfig};
 use monarch_proto::secondary::{Secondary, SecondaryAction, SecondaryFailure, SecondaryInput};
+use monarch_proto::stream;
 use monarch_proto::{Algo, Digest};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -146,21 +148,19 @@ impl Agent<'_> {
                     match action {
                         SecondaryAction::Post(st) => self.post(&st),
                         SecondaryAction::Verify { attempt, config } => {
-                            let digest = self.verify(&config);
+                            let digest = self.verify(&config, attempt);
                             inputs.push(SecondaryInput::Verified { attempt, digest });
                         }
-                        SecondaryAction::Handoff { digest, config, .. } => {
-                            match self.handoff(&config, digest) {
-                                Ok(()) => {
-                                    for a in fsm.handed_off() {
-                                        if let SecondaryAction::Exit(Ok(())) = a {
-                                            return Ok(());
-                                        }
+                        SecondaryAction::Handoff { config, .. } => match self.handoff(&config) {
+                            Ok(()) => {
+                                for a in fsm.handed_off() {
+                                    if let SecondaryAction::Exit(Ok(())) = a {
+                                        return Ok(());
                                     }
                                 }
-                                Err(code) => inputs.push(SecondaryInput::HandoffFailed(code)),
                             }
-                        }
+                            Err(code) => inputs.push(SecondaryInput::HandoffFailed(code)),
+                        },
                         SecondaryAction::Exit(Ok(())) => return Ok(()),
                         SecondaryAction::Exit(Err(failure)) => {
                             return Err(AgentError::Failed { id: self.opts.id.clone(), failure });
@@ -201,45 +201,142 @@ impl Agent<'_> {
         }
     }
 
-    /// The written checksum of what landed. Push: hashed in the window (through a bounce
-    /// buffer). Pull: copied into our own memory first, and that copy is hashed and kept.
-    fn verify(&mut self, cfg: &WindowConfig) -> Digest {
-        let w = &self.window;
-        let progress = |n: u64| w.store(layout::ST_PROGRESS, n);
+    /// The written checksum of what landed.
+    ///
+    /// Push: consume the ring chunk by chunk as the monarch produces it — copy each chunk
+    /// into our own memory (the image, for `exec`; a chunk-sized buffer, for `none`), check
+    /// it against its manifest digest, ask for it again if it does not match, release its
+    /// slot — while the monarch is already copying the next ones. Pull: copy the whole image
+    /// into our own memory and checksum the copy.
+    fn verify(&mut self, cfg: &WindowConfig, attempt: u32) -> Digest {
+        const UNUSABLE: Digest = Digest([0xEE; 32]);
         let result = match cfg.mode {
-            Mode::Push => w.digest_data(cfg.load_offset, cfg.image_size, cfg.algo, progress),
-            Mode::Pull => {
-                let name = format!("monarch-image:{}", self.opts.id);
-                match MemImage::new(&name, cfg.image_size) {
-                    Ok(mut img) => {
-                        let r = w.copy_out_digest(cfg.load_offset, img.bytes_mut(), cfg.algo, progress);
-                        self.staged = Some(img);
-                        r
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "agent {}: cannot allocate {} bytes for the image: {e}",
-                            self.opts.id, cfg.image_size
-                        );
-                        // A digest that cannot match: the monarch sees a mismatch and retries/aborts.
-                        return Digest([0xEE; 32]);
-                    }
-                }
-            }
+            Mode::Push => self.consume_stream(cfg, attempt),
+            Mode::Pull => self.pull(cfg),
         };
         result.unwrap_or_else(|e| {
-            eprintln!("agent {}: {e}", self.opts.id);
-            Digest([0xEE; 32])
+            // A checksum that cannot match: the monarch sees a mismatch and retries or aborts.
+            eprintln!("agent {}: attempt {attempt}: {e}", self.opts.id);
+            UNUSABLE
         })
     }
 
-    fn handoff(&mut self, cfg: &WindowConfig, verified: Digest) -> Result<(), FailCode> {
+    fn pull(&mut self, cfg: &WindowConfig) -> Result<Digest, String> {
+        let name = format!("monarch-image:{}", self.opts.id);
+        let mut img = MemImage::new(&name, cfg.image_size)
+            .map_err(|e| format!("cannot allocate {} bytes for the image: {e}", cfg.image_size))?;
+        let w = &self.window;
+        let d = w
+            .copy_out_digest(cfg.load_offset, img.bytes_mut(), cfg.algo, |n| w.store(layout::ST_PROGRESS, n))
+            .map_err(|e| e.to_string())?;
+        self.staged = Some(img);
+        Ok(d)
+    }
+
+    fn consume_stream(&mut self, cfg: &WindowConfig, attempt: u32) -> Result<Digest, String> {
+        let geo = stream::Geometry::new(cfg);
+        let chunks = geo.chunks();
+        let cmd_seq = self.window.load32(layout::CMD_SEQ);
+        // The manifest, read once into our memory (the monarch wrote it before STAGED).
+        let mlen = usize::try_from(chunks * stream::DIGEST_LEN).map_err(|e| e.to_string())?;
+        let mut raw = vec![0u8; mlen];
+        self.window.read_data(0, &mut raw).map_err(|e| e.to_string())?;
+        let manifest: Vec<Digest> = raw
+            .chunks_exact(32)
+            .map(|c| {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(c);
+                Digest(d)
+            })
+            .collect();
+        let keep = self.opts.handoff == Handoff::Exec;
+        let mut image = if keep {
+            let name = format!("monarch-image:{}", self.opts.id);
+            Some(
+                MemImage::new(&name, cfg.image_size)
+                    .map_err(|e| format!("cannot allocate the image: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let mut bounce = if keep {
+            Vec::new()
+        } else {
+            vec![0u8; usize::try_from(geo.chunk_size).map_err(|e| e.to_string())?]
+        };
+        let mut whole = Hasher::new(cfg.algo);
+        for i in 0..chunks {
+            let pos = geo.position(attempt, i);
+            let (off, len) = geo.chunk(i);
+            let n = usize::try_from(len).map_err(|e| e.to_string())?;
+            self.wait_for(cmd_seq, "chunk", |w| geo.may_consume(pos, w.load(layout::STREAM_PRODUCED)))?;
+            loop {
+                let dst: &mut [u8] = match &mut image {
+                    Some(img) => {
+                        let start = usize::try_from(off).map_err(|e| e.to_string())?;
+                        &mut img.bytes_mut()[start..start + n]
+                    }
+                    None => &mut bounce[..n],
+                };
+                let d = self
+                    .window
+                    .copy_out_digest(geo.slot_offset(pos), dst, cfg.algo, |_| {})
+                    .map_err(|e| e.to_string())?;
+                if manifest.get(usize::try_from(i).map_err(|e| e.to_string())?) == Some(&d) {
+                    whole.absorb(dst, &d);
+                    break;
+                }
+                // Ask for this chunk alone again, and wait for the repair.
+                eprintln!("agent {}: chunk {i} failed its digest; asking for it again", self.opts.id);
+                let repaired = self.window.load(layout::STREAM_REPAIRED);
+                self.window.store(layout::STREAM_NAK, i + 1);
+                let seq = self.window.load(layout::STREAM_NAK_SEQ);
+                self.window.store(layout::STREAM_NAK_SEQ, seq.wrapping_add(1));
+                self.window.ring(layout::DB_TO_PRIMARY);
+                self.wait_for(cmd_seq, "repair", |w| w.load(layout::STREAM_REPAIRED) != repaired)?;
+            }
+            self.window.store(layout::STREAM_CONSUMED, pos + 1);
+            self.window.store(layout::ST_PROGRESS, off + len);
+            self.window.ring(layout::DB_TO_PRIMARY);
+        }
+        self.staged = image;
+        Ok(whole.finish())
+    }
+
+    /// Wait (doorbell, bounded by the agent timeout) until `ready` holds; give up if the
+    /// monarch posts a new command meanwhile (an ABORT, typically).
+    fn wait_for(&self, cmd_seq: u32, what: &str, ready: impl Fn(&Window) -> bool) -> Result<(), String> {
+        let deadline = Instant::now() + self.opts.timeout;
+        loop {
+            let seen = self.window.bell_value(layout::DB_TO_SECONDARY);
+            if ready(&self.window) {
+                return Ok(());
+            }
+            if self.window.load32(layout::CMD_SEQ) != cmd_seq {
+                return Err(format!("the monarch posted a new command while this side waited for a {what}"));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!("no {what} from the monarch within {:?}", self.opts.timeout));
+            }
+            self.window.wait_bell(
+                layout::DB_TO_SECONDARY,
+                seen,
+                (deadline - now).min(Duration::from_millis(100)),
+            );
+        }
+    }
+
+    fn handoff(&mut self, cfg: &WindowConfig) -> Result<(), FailCode> {
         match self.opts.handoff {
             Handoff::None => Ok(()),
             Handoff::Exec => {
-                let image = match self.staged.take() {
-                    Some(img) => img,
-                    None => self.load_verified(cfg, verified)?,
+                // The image is in our own memory already: filled during verification, each
+                // byte of it checked (push: chunk digests and the whole-image checksum the
+                // monarch confirmed; pull: the whole-image checksum).
+                let Some(image) = self.staged.take() else {
+                    eprintln!("agent {}: no verified image in memory to hand off into", self.opts.id);
+                    return Err(FailCode::HandoffFailed);
                 };
                 let id = &self.opts.id;
                 let env = vec![
@@ -252,31 +349,6 @@ impl Agent<'_> {
                 Err(FailCode::HandoffFailed)
             }
         }
-    }
-
-    /// Push mode: load the image from the window into our own memory, hashing what was
-    /// loaded, and refuse it unless it is exactly what was verified.
-    fn load_verified(&self, cfg: &WindowConfig, verified: Digest) -> Result<MemImage, FailCode> {
-        let name = format!("monarch-image:{}", self.opts.id);
-        let mut img = MemImage::new(&name, cfg.image_size).map_err(|e| {
-            eprintln!("agent {}: cannot allocate the image: {e}", self.opts.id);
-            FailCode::HandoffFailed
-        })?;
-        let d = self
-            .window
-            .copy_out_digest(cfg.load_offset, img.bytes_mut(), cfg.algo, |_| {})
-            .map_err(|_| FailCode::HandoffFailed)?;
-        if d != verified {
-            eprintln!(
-                "agent {}: the image changed after verification ({} {} != verified {}); refusing to run it",
-                self.opts.id,
-                cfg.algo,
-                d.to_hex(cfg.algo),
-                verified.to_hex(cfg.algo)
-            );
-            return Err(FailCode::ImageChanged);
-        }
-        Ok(img)
     }
 }
 

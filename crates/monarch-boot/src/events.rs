@@ -68,6 +68,17 @@ pub enum EventKind {
         /// Copy time.
         ms: f64,
     },
+    /// A chunk failed its digest at the secondary and was re-sent alone.
+    Repaired {
+        /// Secondary.
+        id: String,
+        /// Attempt.
+        attempt: u32,
+        /// Chunk index (0-based).
+        chunk: u64,
+        /// Bytes re-sent.
+        bytes: u64,
+    },
     /// The written checksum of an attempt did not match; a rewrite follows if attempts remain.
     Mismatch {
         /// Secondary.
@@ -111,6 +122,7 @@ impl EventKind {
             | EventKind::Launched { id, .. }
             | EventKind::Copied { id, .. }
             | EventKind::Mismatch { id, .. }
+            | EventKind::Repaired { id, .. }
             | EventKind::Done { id, .. } => Some(id),
             EventKind::Start { .. } | EventKind::Summary(_) => None,
         }
@@ -178,6 +190,10 @@ pub struct ProcessorSummary {
     pub error: Option<String>,
     /// Whether `monarch up` fails when this one does.
     pub required: bool,
+    /// Push: chunks re-sent alone after failing their digest.
+    pub repairs: u64,
+    /// Push: bytes re-sent by those repairs (included in `bytes`).
+    pub bytes_resent: u64,
 }
 
 impl ProcessorSummary {
@@ -199,6 +215,8 @@ impl ProcessorSummary {
             report: None,
             error: None,
             required: true,
+            repairs: 0,
+            bytes_resent: 0,
         }
     }
 }

@@ -8,7 +8,11 @@
 //! runs is what was delivered.
 
 use crate::topology::{ImageSource, fmt_size};
+use monarch_drivers::{Window, WindowError};
+use monarch_proto::checksum::Hasher;
 use monarch_proto::{Algo, Digest};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -54,20 +58,80 @@ pub enum ImageError {
     },
 }
 
-/// A retrieved image, held in the monarch's memory.
-#[derive(Clone)]
+/// Where a retrieved image's bytes are.
+pub enum ImageData {
+    /// In the monarch's memory (built images).
+    Memory(Vec<u8>),
+    /// In a file, read chunk by chunk as it is copied (the monarch's memory stays bounded
+    /// by the chunk, not the image).
+    File(File),
+}
+
+/// A retrieved image: its size, retrieved checksum and per-chunk manifest.
 pub struct Image {
     /// The bytes.
-    pub bytes: Vec<u8>,
+    pub data: ImageData,
+    /// Size in bytes.
+    pub len: u64,
     /// The retrieved checksum.
     pub digest: Digest,
     /// Its algorithm.
     pub algo: Algo,
+    /// Chunk size of the manifest (0: no manifest).
+    pub chunk_size: u64,
+    /// Digest of every chunk (push mode's manifest).
+    pub manifest: Vec<Digest>,
 }
 
 impl std::fmt::Debug for Image {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Image({} bytes, {} {})", self.bytes.len(), self.algo, self.digest.to_hex(self.algo))
+        write!(f, "Image({} bytes, {} {})", self.len, self.algo, self.digest.to_hex(self.algo))
+    }
+}
+
+impl Image {
+    /// Copy `len` bytes at `image_offset` into the window's data area at `window_offset`.
+    pub fn copy_into(
+        &self,
+        w: &Window,
+        window_offset: u64,
+        image_offset: u64,
+        len: u64,
+    ) -> Result<(), WindowError> {
+        match &self.data {
+            ImageData::File(f) => w.fill_from_file(window_offset, f, image_offset, len),
+            ImageData::Memory(b) => {
+                let (start, end) = (idx(image_offset), idx(image_offset + len));
+                w.write_data(window_offset, &b[start.min(b.len())..end.min(b.len())])
+            }
+        }
+    }
+
+    /// Read `buf.len()` bytes at `image_offset` into `buf`.
+    pub fn read_at(&self, image_offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match &self.data {
+            ImageData::File(f) => f.read_exact_at(buf, image_offset),
+            ImageData::Memory(b) => {
+                let start = idx(image_offset);
+                let src = b.get(start..start + buf.len()).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn idx(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// Size of an image source without retrieving it.
+pub fn source_len(source: &ImageSource) -> Result<u64, ImageError> {
+    match source {
+        ImageSource::File(path) => std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(|source| ImageError::Read { path: path.clone(), source }),
+        ImageSource::Builtin { size, .. } => Ok(*size),
     }
 }
 
@@ -119,20 +183,47 @@ pub fn read_banner(image: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&image[start..t]).into_owned())
 }
 
-/// Retrieve an image and compute its retrieved checksum.
-pub fn retrieve(source: &ImageSource, algo: Algo) -> Result<Image, ImageError> {
-    let bytes = match source {
+/// Retrieve an image: its size, its retrieved checksum and, with `chunk_size > 0`, the
+/// digest of every chunk. Files are read once, a chunk at a time.
+pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Image, ImageError> {
+    let step = if chunk_size > 0 { chunk_size } else { 1 << 20 };
+    let mut whole = Hasher::new(algo);
+    let mut manifest = Vec::new();
+    let mut absorb = |chunk: &[u8]| {
+        let d = algo.digest(chunk);
+        whole.absorb(chunk, &d);
+        if chunk_size > 0 {
+            manifest.push(d);
+        }
+    };
+    let (data, len) = match source {
         ImageSource::File(path) => {
-            let b = std::fs::read(path).map_err(|source| ImageError::Read { path: path.clone(), source })?;
-            if b.is_empty() {
+            let read_err = |source| ImageError::Read { path: path.clone(), source };
+            let f = File::open(path).map_err(read_err)?;
+            let len = f.metadata().map_err(read_err)?.len();
+            if len == 0 {
                 return Err(ImageError::Empty { path: path.clone() });
             }
-            b
+            let mut buf = vec![0u8; idx(step)];
+            let mut off = 0u64;
+            while off < len {
+                let n = idx(step.min(len - off));
+                f.read_exact_at(&mut buf[..n], off).map_err(read_err)?;
+                absorb(&buf[..n]);
+                off += n as u64;
+            }
+            (ImageData::File(f), len)
         }
-        ImageSource::Builtin { size, banner } => build_payload(&payload_program(), *size, banner)?,
+        ImageSource::Builtin { size, banner } => {
+            let b = build_payload(&payload_program(), *size, banner)?;
+            for c in b.chunks(idx(step)) {
+                absorb(c);
+            }
+            let len = b.len() as u64;
+            (ImageData::Memory(b), len)
+        }
     };
-    let digest = algo.digest(&bytes);
-    Ok(Image { bytes, digest, algo })
+    Ok(Image { data, len, digest: whole.finish(), algo, chunk_size, manifest })
 }
 
 #[cfg(test)]
@@ -152,6 +243,25 @@ mod tests {
         assert!(e.to_string().contains("use an image_size of at least 1MiB"), "{e}");
         let e = build_payload(&dir.path().join("missing"), 10, "x").unwrap_err();
         assert!(e.to_string().contains("MONARCH_PAYLOAD"), "{e}");
+    }
+
+    #[test]
+    fn retrieval_computes_the_whole_checksum_and_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("img");
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| u8::try_from(i % 241).unwrap()).collect();
+        std::fs::write(&f, &bytes).unwrap();
+        for algo in Algo::ALL {
+            let img = retrieve(&ImageSource::File(f.clone()), algo, 4096).unwrap();
+            assert_eq!(img.len, 10_000);
+            assert_eq!(img.digest, algo.digest(&bytes));
+            assert_eq!(img.manifest, bytes.chunks(4096).map(|c| algo.digest(c)).collect::<Vec<_>>());
+            let mut b = [0u8; 10];
+            img.read_at(9990, &mut b).unwrap();
+            assert_eq!(b, bytes[9990..]);
+        }
+        let img = retrieve(&ImageSource::File(f), Algo::Crc32c, 0).unwrap();
+        assert!(img.manifest.is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use monarch_drivers::{Poll, Window};
 use monarch_proto::layout;
 use monarch_proto::msg::{self, Command, Mode, WindowConfig};
 use monarch_proto::primary::{Failure, Phase, Primary, PrimaryAction, PrimaryInput, PrimarySpec, Timeouts};
+use monarch_proto::stream;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
@@ -68,6 +69,46 @@ struct Stage<'a, 'c> {
     log: Option<PathBuf>,
     report: Option<String>,
     cmd_seq: u32,
+    geometry: Option<stream::Geometry>,
+    repairs: u64,
+    bytes_resent: u64,
+}
+
+/// The producer side of one push attempt.
+struct Streamer {
+    attempt: u32,
+    /// Next chunk (0-based) to write.
+    next: u64,
+    /// Last `stream.nak_seq` seen.
+    nak_seq: u64,
+    /// Value of `stream.repaired` (monotonic over the handshake).
+    repairs: u64,
+    /// Times each chunk was refused in this attempt.
+    naks: std::collections::HashMap<u64, u32>,
+    started: Instant,
+    /// The copy's end was reported.
+    reported: bool,
+}
+
+impl Streamer {
+    fn new(attempt: u32, repairs: u64, w: &Window) -> Streamer {
+        Streamer {
+            attempt,
+            next: 0,
+            nak_seq: w.load(layout::STREAM_NAK_SEQ),
+            repairs,
+            naks: std::collections::HashMap::new(),
+            started: Instant::now(),
+            reported: false,
+        }
+    }
+}
+
+/// Injected fault: one flipped byte, as a bad link would leave it.
+fn flip_byte(w: &Window, offset: u64) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    w.read_data(offset, &mut b).map_err(|e| e.to_string())?;
+    w.write_data(offset, &[b[0] ^ 0x5a]).map_err(|e| e.to_string())
 }
 
 impl<'a, 'c> Stage<'a, 'c> {
@@ -85,6 +126,9 @@ impl<'a, 'c> Stage<'a, 'c> {
             log: None,
             report: None,
             cmd_seq: 0,
+            geometry: None,
+            repairs: 0,
+            bytes_resent: 0,
         }
     }
 
@@ -98,25 +142,35 @@ impl<'a, 'c> Stage<'a, 'c> {
 
     fn run(&mut self) -> Result<Phase, String> {
         let sec = self.sec;
-        // 1. Retrieve the image; size and retrieved checksum.
+        // 1. Retrieve the image: size, retrieved checksum, and (push) the chunk manifest.
         let t = Instant::now();
-        let image = image::retrieve(&sec.image, sec.algo).map_err(|e| e.to_string())?;
+        let image_size = image::source_len(&sec.image).map_err(|e| e.to_string())?;
+        let ring = match sec.mode {
+            Mode::Pull => None,
+            Mode::Push => Some(stream::layout(image_size, sec.window.data_size, sec.chunk_size).ok_or_else(|| {
+                format!(
+                    "the window's data area ({} bytes) cannot hold the manifest and one chunk of a {image_size}-byte image; raise window.size",
+                    sec.window.data_size
+                )
+            })?),
+        };
+        let chunk_size = ring.map_or(0, |(c, _, _)| c);
+        let image = image::retrieve(&sec.image, sec.algo, chunk_size).map_err(|e| e.to_string())?;
         self.timings.retrieve = ms(t.elapsed());
         self.emit(EventKind::Retrieved {
             id: sec.id.clone(),
             image: sec.image.to_string(),
-            bytes: image.bytes.len() as u64,
+            bytes: image.len,
             algo: sec.algo.name().into(),
             checksum: image.digest.to_hex(sec.algo),
         });
-        let image_size = image.bytes.len() as u64;
-        if image_size > sec.window.data_size {
+        if sec.mode == Mode::Pull && image.len > sec.window.data_size {
             return Err(format!(
-                "the image is {image_size} bytes but the window's data area is {} bytes; raise window.size",
-                sec.window.data_size
+                "the image is {} bytes but the window's data area is {} bytes; raise window.size (pull mode holds the whole image)",
+                image.len, sec.window.data_size
             ));
         }
-        // 2. Configure the window (size limit, load offset) before releasing the secondary.
+        // 2. Configure the window (size limit, load offset, ring) before releasing the secondary.
         self.phase("configuring", 0);
         let t = Instant::now();
         if let Some(dir) = sec.window.path.parent() {
@@ -128,9 +182,19 @@ impl<'a, 'c> Stage<'a, 'c> {
             Window::create(&sec.window.path, sec.window.data_size)
         }
         .map_err(|e| e.to_string())?;
-        let cfg = WindowConfig { image_size, load_offset: 0, algo: sec.algo, mode: sec.mode, epoch: 0 };
+        let (load_offset, ring_size) = ring.map_or((0, 0), |(_, off, size)| (off, size));
+        let cfg = WindowConfig {
+            image_size: image.len,
+            load_offset,
+            algo: sec.algo,
+            mode: sec.mode,
+            epoch: 0,
+            chunk_size,
+            ring_size,
+        };
         window.apply(&msg::encode_config(sec.window.data_size, &cfg));
         self.timings.configure = ms(t.elapsed());
+        self.geometry = Some(stream::Geometry::new(&cfg));
         self.window = Some(window);
         self.image = Some(image);
         // 3. Release from reset: start the agent (process) or let the external one see RELEASE.
@@ -191,38 +255,147 @@ impl<'a, 'c> Stage<'a, 'c> {
         self.window().post(&w, layout::DB_TO_SECONDARY);
     }
 
-    fn copy(&mut self, attempt: u32) -> Result<(), String> {
+    /// Pull mode: put the whole image into the window before STAGED.
+    fn copy_whole(&mut self, attempt: u32) -> Result<(), String> {
         let sec = self.sec;
         let t = Instant::now();
-        let Some(image) = self.image.take() else { return Err("internal: image missing".into()) };
-        let result = (|| {
-            let w = self.window.as_ref().ok_or("internal: window missing")?;
-            let half = image.bytes.len() / 2;
-            w.write_data(0, &image.bytes[..half]).map_err(|e| e.to_string())?;
-            if sec.faults.kill_agent_during_copy && attempt == 1 {
-                // Injected fault: the agent dies mid-transfer.
-                if let Some(c) = &mut self.child {
-                    let _ = c.kill();
-                }
-            }
-            w.write_data(half as u64, &image.bytes[half..]).map_err(|e| e.to_string())?;
-            if attempt <= sec.faults.corrupt_attempts {
-                // Injected fault: one flipped byte, as a bad link would leave it.
-                let mut b = [0u8; 1];
-                w.read_data(half as u64, &mut b).map_err(|e| e.to_string())?;
-                w.write_data(half as u64, &[b[0] ^ 0x5a]).map_err(|e| e.to_string())?;
-            }
-            Ok::<(), String>(())
-        })();
-        let n = image.bytes.len() as u64;
-        self.image = Some(image);
-        result?;
-        let took = t.elapsed();
-        self.timings.copy += ms(took);
-        self.bytes += n;
-        self.attempts = attempt;
-        self.emit(EventKind::Copied { id: sec.id.clone(), attempt, bytes: n, ms: ms(took) });
+        let (w, image) = self.parts()?;
+        let len = image.len;
+        let half = len / 2;
+        image.copy_into(w, 0, 0, half).map_err(|e| e.to_string())?;
+        if sec.faults.kill_agent_during_copy && attempt == 1 {
+            self.kill_agent();
+        }
+        let (w, image) = self.parts()?;
+        image.copy_into(w, half, half, len - half).map_err(|e| e.to_string())?;
+        if attempt <= sec.faults.corrupt_attempts {
+            flip_byte(w, half)?;
+        }
+        self.copied(attempt, len, t.elapsed());
         Ok(())
+    }
+
+    fn parts(&self) -> Result<(&Window, &Image), String> {
+        match (&self.window, &self.image) {
+            (Some(w), Some(i)) => Ok((w, i)),
+            _ => Err("internal: window or image missing".into()),
+        }
+    }
+
+    fn kill_agent(&mut self) {
+        // Injected fault: the agent dies mid-transfer.
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+        }
+    }
+
+    fn copied(&mut self, attempt: u32, bytes: u64, took: Duration) {
+        self.timings.copy += ms(took);
+        self.bytes += bytes;
+        self.attempts = attempt;
+        self.emit(EventKind::Copied { id: self.sec.id.clone(), attempt, bytes, ms: ms(took) });
+    }
+
+    /// Push mode: the manifest goes in before STAGED (the secondary reads it then). For the
+    /// attempts with an injected whole-image fault, the manifest agrees with the corrupted
+    /// chunk, so only the whole-image written checksum can catch it.
+    fn write_manifest(&self, attempt: u32) -> Result<(), String> {
+        let (w, image) = self.parts()?;
+        let geo = self.geometry.ok_or("internal: no ring")?;
+        let mut manifest = image.manifest.clone();
+        if attempt <= self.sec.faults.corrupt_attempts {
+            let k = geo.chunks() / 2;
+            let (off, len) = geo.chunk(k);
+            let mut buf = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
+            image.read_at(off, &mut buf).map_err(|e| format!("cannot read the image: {e}"))?;
+            let mid = buf.len() / 2;
+            buf[mid] ^= 0x5a;
+            if let Some(d) = manifest.get_mut(usize::try_from(k).map_err(|e| e.to_string())?) {
+                *d = image.algo.digest(&buf);
+            }
+        }
+        let mut bytes = Vec::with_capacity(manifest.len() * 32);
+        for d in &manifest {
+            bytes.extend_from_slice(&d.0);
+        }
+        w.write_data(0, &bytes).map_err(|e| e.to_string())
+    }
+
+    /// Push mode: copy as many chunks as the ring has room for, and re-send any chunk the
+    /// secondary refused. Returns true when it did something.
+    fn pump(&mut self, st: &mut Streamer) -> Result<bool, String> {
+        let sec = self.sec;
+        let geo = self.geometry.ok_or("internal: no ring")?;
+        let mut did = false;
+        // Repairs first: the secondary waits on them.
+        let (w, _) = self.parts()?;
+        let nak_seq = w.load(layout::STREAM_NAK_SEQ);
+        if nak_seq != st.nak_seq {
+            st.nak_seq = nak_seq;
+            let nak = w.load(layout::STREAM_NAK);
+            let consumed = w.load(layout::STREAM_CONSUMED);
+            let chunk =
+                nak.checked_sub(1).filter(|k| *k < st.next && geo.position(st.attempt, *k) >= consumed);
+            let Some(k) = chunk else {
+                return Err(format!(
+                    "invalid register contents from the secondary: stream.nak = {nak} names no chunk in the ring (chunks {}..{} of attempt {})",
+                    consumed.saturating_sub(geo.position(st.attempt, 0)),
+                    st.next,
+                    st.attempt
+                ));
+            };
+            let n = st.naks.entry(k).or_insert(0);
+            *n += 1;
+            if *n > sec.attempts {
+                return Err(format!(
+                    "chunk {k} failed its digest {} times in attempt {}; aborted (check the link, or raise `attempts`)",
+                    *n, st.attempt
+                ));
+            }
+            let (off, len) = geo.chunk(k);
+            let (w, image) = self.parts()?;
+            image
+                .copy_into(w, geo.slot_offset(geo.position(st.attempt, k)), off, len)
+                .map_err(|e| e.to_string())?;
+            st.repairs += 1;
+            w.store(layout::STREAM_REPAIRED, st.repairs);
+            w.ring(layout::DB_TO_SECONDARY);
+            self.repairs += 1;
+            self.bytes_resent += len;
+            self.bytes += len;
+            self.emit(EventKind::Repaired { id: sec.id.clone(), attempt: st.attempt, chunk: k, bytes: len });
+            did = true;
+        }
+        // Then new chunks, as far as the ring has free slots.
+        let chunks = geo.chunks();
+        while st.next < chunks {
+            let pos = geo.position(st.attempt, st.next);
+            let (w, image) = self.parts()?;
+            if !geo.may_produce(pos, w.load(layout::STREAM_CONSUMED)) {
+                break;
+            }
+            let (off, len) = geo.chunk(st.next);
+            let slot = geo.slot_offset(pos);
+            image.copy_into(w, slot, off, len).map_err(|e| e.to_string())?;
+            let whole_fault = st.attempt <= sec.faults.corrupt_attempts && st.next == chunks / 2;
+            let chunk_fault = st.attempt == 1 && sec.faults.corrupt_chunks.contains(&st.next);
+            if whole_fault || chunk_fault {
+                flip_byte(w, slot + len / 2)?;
+            }
+            w.store(layout::STREAM_PRODUCED, pos + 1);
+            w.ring(layout::DB_TO_SECONDARY);
+            st.next += 1;
+            did = true;
+            if sec.faults.kill_agent_during_copy && st.attempt == 1 && st.next == chunks.div_ceil(2) {
+                self.kill_agent();
+            }
+        }
+        if st.next == chunks && !st.reported {
+            st.reported = true;
+            let len = self.image.as_ref().map_or(0, |i| i.len);
+            self.copied(st.attempt, len, st.started.elapsed());
+        }
+        Ok(did)
     }
 
     fn agent_exit(&mut self) -> Option<String> {
@@ -240,6 +413,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             expected,
             max_attempts: sec.attempts,
             expect_running: sec.handoff == crate::topology::Handoff::Exec,
+            stream: sec.mode == Mode::Push,
             timeouts: Timeouts {
                 rendezvous: sec.timeouts.rendezvous,
                 verify: sec.timeouts.verify,
@@ -251,37 +425,56 @@ impl<'a, 'c> Stage<'a, 'c> {
         let mut inputs = vec![PrimaryInput::Start];
         let mut phase_started = released;
         let mut last_phase = Phase::Idle;
+        let mut streamer: Option<Streamer> = None;
         loop {
             // Feed what we have, carry out the actions.
             for input in std::mem::take(&mut inputs) {
                 for action in p.handle(clock.elapsed(), input) {
-                    match action {
-                        PrimaryAction::Post(cmd) => self.post(&cmd),
+                    let step = match action {
+                        PrimaryAction::Post(cmd) => {
+                            let manifest = match cmd {
+                                Command::Staged { attempt } if sec.mode == Mode::Push => {
+                                    self.write_manifest(attempt)
+                                }
+                                _ => Ok(()),
+                            };
+                            self.post(&cmd);
+                            manifest
+                        }
                         PrimaryAction::Copy { attempt } => {
                             // Copy time is accounted on its own, not in the phase it interrupts.
                             self.account(last_phase, phase_started.elapsed());
-                            last_phase = Phase::Copying;
+                            last_phase = p.phase();
                             self.phase("copying", attempt);
-                            let copied = self.copy(attempt);
-                            phase_started = Instant::now();
-                            match copied {
-                                Ok(()) => inputs.push(PrimaryInput::Copied { attempt }),
-                                Err(e) => {
-                                    self.post(&Command::Abort { reason: msg::AbortReason::Stopped });
-                                    return Err(e);
+                            let r = match sec.mode {
+                                Mode::Pull => self
+                                    .copy_whole(attempt)
+                                    .map(|()| inputs.push(PrimaryInput::Copied { attempt })),
+                                Mode::Push => {
+                                    streamer = Some(Streamer::new(attempt, self.repairs, self.window()));
+                                    Ok(())
                                 }
-                            }
+                            };
+                            phase_started = Instant::now();
+                            r
                         }
-                        PrimaryAction::Mismatch { attempt, written } => self.emit(EventKind::Mismatch {
-                            id: sec.id.clone(),
-                            attempt,
-                            written: written.to_hex(sec.algo),
-                            expected: expected.to_hex(sec.algo),
-                        }),
+                        PrimaryAction::Mismatch { attempt, written } => {
+                            self.emit(EventKind::Mismatch {
+                                id: sec.id.clone(),
+                                attempt,
+                                written: written.to_hex(sec.algo),
+                                expected: expected.to_hex(sec.algo),
+                            });
+                            Ok(())
+                        }
                         PrimaryAction::Done(r) => {
                             self.account(last_phase, phase_started.elapsed());
                             return r.map_err(|f| self.explain(f));
                         }
+                    };
+                    if let Err(e) = step {
+                        self.post(&Command::Abort { reason: msg::AbortReason::Stopped });
+                        return Err(e);
                     }
                 }
             }
@@ -303,9 +496,23 @@ impl<'a, 'c> Stage<'a, 'c> {
                     _ => {}
                 }
             }
-            // Wait for the secondary.
+            // Stream (push), then look for the secondary's answer, then wait for its doorbell.
+            let seen = self.window().bell_value(layout::DB_TO_PRIMARY);
+            let mut busy = false;
+            if let Some(st) = &mut streamer {
+                let was_reported = st.reported;
+                match self.pump(st) {
+                    Ok(did) => busy = did,
+                    Err(e) => {
+                        self.post(&Command::Abort { reason: msg::AbortReason::ProtocolError });
+                        return Err(e);
+                    }
+                }
+                if st.reported && !was_reported {
+                    inputs.push(PrimaryInput::Copied { attempt: st.attempt });
+                }
+            }
             let w = self.window();
-            let seen = w.bell_value(layout::DB_TO_PRIMARY);
             match w.read_message(layout::ST_SEQ, status_seq, msg::decode_status) {
                 Poll::Message(seq, st) => {
                     status_seq = seq;
@@ -318,6 +525,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                     status_seq = seq;
                     inputs.push(PrimaryInput::Garbage(e));
                 }
+                Poll::Nothing if busy || !inputs.is_empty() => {}
                 Poll::Nothing => {
                     if let Some(why) = self.agent_exit() {
                         inputs.push(PrimaryInput::PeerGone(why));
@@ -372,7 +580,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             }
         }
         self.timings.total = ms(self.t0.elapsed());
-        let image_bytes = self.image.as_ref().map_or(0, |i| i.bytes.len() as u64);
+        let image_bytes = self.image.as_ref().map_or(0, |i| i.len);
         self.emit(EventKind::Done {
             id: sec.id.clone(),
             state: state.into(),
@@ -406,6 +614,8 @@ impl<'a, 'c> Stage<'a, 'c> {
                 report: self.report.clone(),
                 error,
                 required: sec.required,
+                repairs: self.repairs,
+                bytes_resent: self.bytes_resent,
             },
             child: self.child.take(),
             window: self.window.take(),

@@ -6,7 +6,7 @@
 //! `docs/topology.md` documents every field.
 
 use bytesize::ByteSize;
-use monarch_proto::{Algo, Mode};
+use monarch_proto::{Algo, Mode, stream};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -148,6 +148,7 @@ struct SettingsDef {
     attempts: Option<Spanned<u32>>,
     timeouts: Option<TimeoutsDef>,
     required: Option<bool>,
+    chunk_size: Option<Spanned<SizeDef>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -175,6 +176,8 @@ struct FaultDef {
     corrupt_attempts: u32,
     #[serde(default)]
     kill_agent_during_copy: bool,
+    #[serde(default)]
+    corrupt_chunks: Vec<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +203,7 @@ struct ProcessorDef {
     attempts: Option<Spanned<u32>>,
     timeouts: Option<TimeoutsDef>,
     required: Option<bool>,
+    chunk_size: Option<Spanned<SizeDef>>,
 }
 
 impl ProcessorDef {
@@ -212,6 +216,7 @@ impl ProcessorDef {
             attempts: self.attempts.clone(),
             timeouts: self.timeouts.clone(),
             required: self.required,
+            chunk_size: self.chunk_size.clone(),
         }
     }
 }
@@ -265,10 +270,14 @@ pub struct Timeouts {
 }
 
 /// Fault injection, for tests and demonstrations of the recovery paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Faults {
-    /// Flip one byte of the copy in each of the first N attempts.
+    /// Flip one byte of the copy in each of the first N attempts, in a way only the
+    /// whole-image written checksum can see (push: the manifest agrees with the bad chunk).
     pub corrupt_attempts: u32,
+    /// Push: flip one byte of these chunks (0-based) the first time each is sent; the
+    /// per-chunk digest catches it and the chunk alone is re-sent.
+    pub corrupt_chunks: Vec<u64>,
     /// SIGKILL the agent halfway through the first copy.
     pub kill_agent_during_copy: bool,
 }
@@ -307,8 +316,10 @@ pub struct Secondary {
     pub mode: Mode,
     /// Checksum algorithm.
     pub algo: Algo,
-    /// Copies to try.
+    /// Copies to try (push: also the most times one chunk is re-sent).
     pub attempts: u32,
+    /// Push: chunk size of the ring and the manifest.
+    pub chunk_size: u64,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Must it boot for `monarch up` to succeed?
@@ -404,6 +415,8 @@ pub mod defaults {
     pub const HANDOFF: Duration = Duration::from_secs(10);
     /// The agent's wait for each command.
     pub const AGENT: Duration = Duration::from_secs(30);
+    /// Push: chunk size.
+    pub const CHUNK_SIZE: u64 = 1 << 20;
     /// Builtin image size: the seed's 30 MB image.
     pub const IMAGE_SIZE: u64 = 30 << 20;
 }
@@ -615,32 +628,6 @@ impl Topology {
                     ),
                 );
             }
-            let data_size = match (wsize, image_size) {
-                (Some(w), Some(img)) if img > w => {
-                    cx.push(
-                        wspan.clone(),
-                        format!("{who}.window.size"),
-                        format!(
-                            "the image is {} but the window's data area is {}; make window.size at least {}",
-                            fmt_size(img),
-                            fmt_size(w),
-                            fmt_size(img)
-                        ),
-                    );
-                    w
-                }
-                (Some(0), _) => {
-                    cx.push(
-                        wspan.clone(),
-                        format!("{who}.window.size"),
-                        "a window needs a data area; give a size of at least the image size",
-                    );
-                    0
-                }
-                (Some(w), _) => w,
-                (None, Some(img)) => img.div_ceil(1 << 20) << 20,
-                (None, None) => 0,
-            };
             let mode = match &s.mode {
                 None => Mode::Push,
                 Some(m) if m.get_ref() == "push" => Mode::Push,
@@ -649,6 +636,68 @@ impl Topology {
                     cx.push(Some(m.span()), format!("{who}.mode"), format!("unknown mode \"{}\"; use \"push\" (the monarch copies) or \"pull\" (the secondary copies)", m.get_ref()));
                     Mode::Push
                 }
+            };
+            let chunk_size = match &s.chunk_size {
+                None => defaults::CHUNK_SIZE,
+                Some(v) => match cx.size(v, &format!("{who}.chunk_size")) {
+                    Some(c) if c >= 4096 && c % 4096 == 0 => c,
+                    Some(_) => {
+                        cx.push(
+                            Some(v.span()),
+                            format!("{who}.chunk_size"),
+                            "a chunk is a whole number of 4 KiB pages (e.g. \"1MiB\")",
+                        );
+                        defaults::CHUNK_SIZE
+                    }
+                    None => defaults::CHUNK_SIZE,
+                },
+            };
+            let data_size = match (wsize, image_size) {
+                (Some(0), _) => {
+                    cx.push(
+                        wspan.clone(),
+                        format!("{who}.window.size"),
+                        "a window needs a data area; give a size of at least the image size",
+                    );
+                    0
+                }
+                (Some(w), Some(img)) if mode == Mode::Pull && img > w => {
+                    cx.push(
+                        wspan.clone(),
+                        format!("{who}.window.size"),
+                        format!(
+                            "the image is {} but the window's data area is {}; in pull mode the whole image sits in the window: make window.size at least {} (or use mode = \"push\", which streams)",
+                            fmt_size(img),
+                            fmt_size(w),
+                            fmt_size(img)
+                        ),
+                    );
+                    w
+                }
+                (Some(w), Some(img))
+                    if mode == Mode::Push && stream::layout(img, w, chunk_size).is_none() =>
+                {
+                    let min = stream_window(img, chunk_size.min(img.next_multiple_of(4096)));
+                    cx.push(
+                        wspan.clone(),
+                        format!("{who}.window.size"),
+                        format!(
+                            "the window's data area ({}) cannot hold the image's manifest and one {} chunk; make window.size at least {}",
+                            fmt_size(w),
+                            fmt_size(chunk_size),
+                            fmt_size(min)
+                        ),
+                    );
+                    w
+                }
+                (Some(w), _) => w,
+                (None, Some(img)) => match mode {
+                    Mode::Pull => img.div_ceil(1 << 20) << 20,
+                    Mode::Push => stream_window(img, chunk_size)
+                        .next_multiple_of(1 << 20)
+                        .max(stream_window(img, chunk_size)),
+                },
+                (None, None) => 0,
             };
             let algo = match &s.checksum {
                 None => Algo::Crc32c,
@@ -710,7 +759,9 @@ impl Topology {
                 faults: Faults {
                     corrupt_attempts: f.corrupt_attempts,
                     kill_agent_during_copy: f.kill_agent_during_copy,
+                    corrupt_chunks: f.corrupt_chunks.clone(),
                 },
+                chunk_size,
             });
         }
         if managers.is_empty() {
@@ -758,6 +809,12 @@ impl Topology {
     }
 }
 
+/// Data-area size that holds an image's manifest and the whole image as a ring of chunks.
+fn stream_window(image: u64, chunk: u64) -> u64 {
+    let chunk = chunk.max(4096);
+    (image.div_ceil(chunk) * stream::DIGEST_LEN).next_multiple_of(4096) + image.next_multiple_of(chunk)
+}
+
 fn merge(p: &SettingsDef, d: &SettingsDef) -> SettingsDef {
     let t = match (&p.timeouts, &d.timeouts) {
         (Some(a), Some(b)) => Some(TimeoutsDef {
@@ -776,6 +833,7 @@ fn merge(p: &SettingsDef, d: &SettingsDef) -> SettingsDef {
         attempts: p.attempts.clone().or_else(|| d.attempts.clone()),
         timeouts: t,
         required: p.required.or(d.required),
+        chunk_size: p.chunk_size.clone().or_else(|| d.chunk_size.clone()),
     }
 }
 
@@ -859,9 +917,9 @@ mod tests {
     #[test]
     fn an_image_larger_than_its_window_is_refused_with_the_size_to_use() {
         let e = errors(&format!(
-            "{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"8MiB\"\nwindow = {{ size = \"4MiB\" }}\n"
+            "{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"8MiB\"\nmode = \"pull\"\nwindow = {{ size = \"4MiB\" }}\n"
         ));
-        assert!(e.contains("processor \"a\".window.size: the image is 8MiB but the window's data area is 4MiB; make window.size at least 8MiB"), "{e}");
+        assert!(e.contains("processor \"a\".window.size: the image is 8MiB but the window's data area is 4MiB; in pull mode the whole image sits in the window: make window.size at least 8MiB"), "{e}");
     }
 
     #[test]
@@ -924,6 +982,6 @@ mod tests {
         assert_eq!(a.algo, Algo::Blake3);
         assert_eq!(a.timeouts.verify, Duration::from_secs(2));
         assert_eq!(a.timeouts.handoff, Duration::from_secs(1));
-        assert_eq!(a.window.data_size, 30 << 20);
+        assert_eq!(a.window.data_size, 31 << 20, "push: the whole image as a ring, plus the manifest");
     }
 }

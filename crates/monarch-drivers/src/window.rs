@@ -320,6 +320,54 @@ impl Window {
         Ok(())
     }
 
+    /// Read `len` bytes of `file` at `file_offset` straight into the data area at `offset`
+    /// (one copy, from the page cache into the window; the image never has to sit in this
+    /// process's memory).
+    pub fn fill_from_file(
+        &self,
+        offset: u64,
+        file: &File,
+        file_offset: u64,
+        len: u64,
+    ) -> Result<(), WindowError> {
+        use std::os::fd::AsRawFd;
+        let n = usize::try_from(len).map_err(|_| self.out_of_bounds(offset, len))?;
+        let dst = self.data_ptr(offset, n)?;
+        let mut done = 0usize;
+        while done < n {
+            let at = i64::try_from(file_offset + done as u64).map_err(|_| self.out_of_bounds(offset, len))?;
+            // SAFETY: `dst + done .. dst + n` is inside the mapping (data_ptr checked
+            // offset + n); pread writes at most `n - done` bytes there and nothing else. No
+            // Rust reference to the window is created.
+            let r = unsafe { libc::pread(file.as_raw_fd(), dst.add(done).cast(), n - done, at) };
+            match r {
+                r if r > 0 => done += r.unsigned_abs(),
+                0 => {
+                    return Err(WindowError::Io {
+                        path: self.path.clone(),
+                        what: "read image (file shorter than expected)",
+                        source: std::io::ErrorKind::UnexpectedEof.into(),
+                    });
+                }
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(WindowError::Io {
+                            path: self.path.clone(),
+                            what: "read image",
+                            source: e,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn out_of_bounds(&self, offset: u64, len: u64) -> WindowError {
+        WindowError::OutOfBounds { path: self.path.clone(), offset, len, data_size: self.data_size }
+    }
+
     /// Copy `dst.len()` bytes of the data area at `offset` into `dst` (memory we own).
     pub fn read_data(&self, offset: u64, dst: &mut [u8]) -> Result<(), WindowError> {
         let src = self.data_ptr(offset, dst.len())?;
@@ -461,6 +509,21 @@ mod tests {
             assert_eq!(w.copy_out_digest(9, &mut out, algo, |_| {}).unwrap(), algo.digest(&img));
             assert_eq!(out, img);
         }
+    }
+
+    #[test]
+    fn filling_from_a_file_lands_the_file_bytes() {
+        let (dir, w) = tmp_window(10_000);
+        let src = dir.path().join("src");
+        let bytes: Vec<u8> = (0..9000u32).map(|i| u8::try_from(i % 253).unwrap()).collect();
+        std::fs::write(&src, &bytes).unwrap();
+        let f = File::open(&src).unwrap();
+        w.fill_from_file(100, &f, 1000, 8000).unwrap();
+        let mut out = vec![0u8; 8000];
+        w.read_data(100, &mut out).unwrap();
+        assert_eq!(out, &bytes[1000..9000]);
+        assert!(w.fill_from_file(5000, &f, 0, 8000).is_err(), "past the data area");
+        assert!(w.fill_from_file(0, &f, 8000, 2000).is_err(), "past the end of the file");
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub const CFG_ALGO: Reg = r32(0x050, "cfg.algo");
 pub const CFG_MODE: Reg = r32(0x054, "cfg.mode");
 /// Monarch epoch (generation); 0 until election lands.
 pub const CFG_EPOCH: Reg = r32(0x058, "cfg.epoch");
+/// Push (streaming): bytes per chunk; every chunk has its own digest in the manifest.
+pub const CFG_CHUNK_SIZE: Reg = r64(0x060, "cfg.chunk_size");
+/// Push (streaming): bytes of ring at `cfg.load_offset`, a whole number of chunks.
+pub const CFG_RING_SIZE: Reg = r64(0x068, "cfg.ring_size");
 
 // --- Command block: the primary's message register ---------------------------------------
 /// Publication word: incremented (never 0 once posted) after the rest of the block is written.
@@ -108,6 +112,19 @@ pub const REPORT_TEXT: usize = 0x188;
 /// Maximum report length in bytes.
 pub const REPORT_MAX: usize = 256;
 
+// --- Stream block (push mode): the ring's producer and consumer counters -----------------
+/// Primary: chunks published into the ring, counted over the whole handshake.
+pub const STREAM_PRODUCED: Reg = r64(0x2C0, "stream.produced");
+/// Primary: repairs done (incremented after re-writing a chunk the secondary refused).
+pub const STREAM_REPAIRED: Reg = r64(0x2C8, "stream.repaired");
+/// Secondary: chunks verified and released (their ring slots are free again), counted over
+/// the whole handshake.
+pub const STREAM_CONSUMED: Reg = r64(0x380, "stream.consumed");
+/// Secondary: 1 + index of the chunk that failed its digest (valid when `nak_seq` changes).
+pub const STREAM_NAK: Reg = r64(0x388, "stream.nak");
+/// Secondary: incremented after each `stream.nak` is written.
+pub const STREAM_NAK_SEQ: Reg = r64(0x390, "stream.nak_seq");
+
 // --- Doorbells: each on its own cache line ------------------------------------------------
 /// Rung (incremented) by the primary after posting a command.
 pub const DB_TO_SECONDARY: Reg = r32(0x300, "doorbell.to_secondary");
@@ -125,6 +142,8 @@ pub const ALL: &[Reg] = &[
     CFG_ALGO,
     CFG_MODE,
     CFG_EPOCH,
+    CFG_CHUNK_SIZE,
+    CFG_RING_SIZE,
     CMD_SEQ,
     CMD_CODE,
     CMD_ATTEMPT,
@@ -144,6 +163,11 @@ pub const ALL: &[Reg] = &[
     ST_DIGEST[3],
     ST_PROGRESS,
     REPORT_LEN,
+    STREAM_PRODUCED,
+    STREAM_REPAIRED,
+    STREAM_CONSUMED,
+    STREAM_NAK,
+    STREAM_NAK_SEQ,
     DB_TO_SECONDARY,
     DB_TO_PRIMARY,
 ];
@@ -172,7 +196,7 @@ mod tests {
                 *b = true;
             }
         }
-        const { assert!(REPORT_TEXT + REPORT_MAX <= DB_TO_SECONDARY.offset) };
+        const { assert!(REPORT_TEXT + REPORT_MAX <= STREAM_PRODUCED.offset) };
         assert_eq!(REPORT_TEXT % 8, 0);
     }
 

@@ -20,6 +20,7 @@ pub mod msg;
 pub mod page;
 pub mod primary;
 pub mod secondary;
+pub mod stream;
 
 pub use checksum::{Algo, Digest};
 pub use msg::{Command, Mode, Status, WindowConfig};

@@ -27,8 +27,15 @@ use std::time::Duration;
 const GOOD: Digest = Digest([1; 32]);
 const CORRUPT: Digest = Digest([2; 32]);
 const TORN: Digest = Digest([3; 32]);
-const CFG: WindowConfig =
-    WindowConfig { image_size: 64, load_offset: 0, algo: Algo::Crc32c, mode: Mode::Push, epoch: 0 };
+const CFG: WindowConfig = WindowConfig {
+    image_size: 64,
+    load_offset: 0,
+    algo: Algo::Crc32c,
+    mode: Mode::Pull,
+    epoch: 0,
+    chunk_size: 0,
+    ring_size: 0,
+};
 
 /// The registers of a page, compactly (the model clones and hashes millions of these).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -165,6 +172,9 @@ pub(crate) struct Config {
     pub corruptions: u32,
     pub crashes: u32,
     pub expect_running: bool,
+    /// Push mode's order: STAGED before the copy (the model does not model the ring, so a
+    /// verification may see the copy in flight: it must then fail safe, never hand off).
+    pub stream: bool,
     /// Mutations for the self-test of the checker.
     pub publication: Publication,
 }
@@ -278,6 +288,19 @@ impl World {
     fn step(&self, primary: bool, cfg: &Config) -> Vec<World> {
         let mut w = self.clone();
         let side = if primary { &mut w.ps } else { &mut w.ss };
+        if let Some(Op::Verify(attempt)) = side.ops.front().cloned()
+            && cfg.stream
+            && w.page.read(layout::STREAM_PRODUCED) < u64::from(attempt)
+        {
+            // Streaming: the secondary reads only what the primary has produced for this
+            // attempt. Until then it can only time out, which yields a checksum that cannot
+            // match.
+            side.ops.pop_front();
+            let now = w.ss.now;
+            let a = w.s.handle(now, SecondaryInput::Verified { attempt, digest: TORN });
+            w.secondary_actions(cfg, a);
+            return vec![w];
+        }
         if let Some(op) = side.ops.pop_front() {
             match op {
                 Op::Store(r, v) => w.page.write(r, v),
@@ -287,6 +310,10 @@ impl World {
                 }
                 Op::CopyBegin(_) => w.data = Data::InFlight,
                 Op::CopyEnd(attempt) => {
+                    if cfg.stream {
+                        // The ring's producer counter, reduced to "attempt n fully produced".
+                        w.page.write(layout::STREAM_PRODUCED, u64::from(attempt));
+                    }
                     let mut outs = Vec::new();
                     if w.corruptions_left > 0 {
                         let mut c = w.clone();
@@ -447,6 +474,7 @@ pub(crate) fn explore(cfg: Config) -> usize {
         expected: GOOD,
         max_attempts: cfg.max_attempts,
         expect_running: cfg.expect_running,
+        stream: cfg.stream,
         timeouts: Timeouts { rendezvous: t, verify: t, handoff: t },
     });
     let mut s = Secondary::new(1, t);
@@ -491,12 +519,13 @@ mod tests {
         // Corruption and crashes are optional at every step, so a budget of N explores every
         // run with 0..=N of them: corrupting every attempt and allowing one crash covers all.
         for max_attempts in 1..=3 {
-            for expect_running in [true, false] {
+            for (expect_running, stream) in [(true, false), (false, false), (true, true)] {
                 let cfg = Config {
                     max_attempts,
                     corruptions: max_attempts,
                     crashes: 1,
                     expect_running,
+                    stream,
                     publication: Publication::SeqLock,
                 };
                 let n = explore(cfg);
@@ -515,6 +544,7 @@ mod tests {
                     corruptions: 1,
                     crashes: 1,
                     expect_running: true,
+                    stream: false,
                     publication,
                 })
             });

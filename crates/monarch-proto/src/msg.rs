@@ -49,6 +49,10 @@ pub struct WindowConfig {
     pub mode: Mode,
     /// Monarch epoch.
     pub epoch: u32,
+    /// Push: chunk size (bytes); 0 in pull mode.
+    pub chunk_size: u64,
+    /// Push: ring size (bytes) at `load_offset`; 0 in pull mode.
+    pub ring_size: u64,
 }
 
 /// Why the primary aborted.
@@ -308,6 +312,22 @@ pub enum RegisterError {
     /// Unknown status code.
     #[error("register status.code at 0x104 holds unknown status {0}")]
     UnknownStatus(u32),
+    /// The streaming ring does not fit.
+    #[error(
+        "config: ring of {ring_size} bytes in chunks of {chunk_size} at load offset {load_offset} in a {data_size}-byte data area: {why} (registers cfg.chunk_size 0x060, cfg.ring_size 0x068)"
+    )]
+    BadRing {
+        /// cfg.chunk_size.
+        chunk_size: u64,
+        /// cfg.ring_size.
+        ring_size: u64,
+        /// cfg.load_offset.
+        load_offset: u64,
+        /// Data area size.
+        data_size: u64,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// Attempt 0 where an attempt is required.
     #[error("register {0} holds attempt 0; attempts start at 1")]
     ZeroAttempt(&'static str),
@@ -378,6 +398,8 @@ pub fn encode_config(data_size: u64, cfg: &WindowConfig) -> Vec<Write> {
         (layout::CFG_ALGO, u64::from(cfg.algo.code())),
         (layout::CFG_MODE, u64::from(cfg.mode.code())),
         (layout::CFG_EPOCH, u64::from(cfg.epoch)),
+        (layout::CFG_CHUNK_SIZE, cfg.chunk_size),
+        (layout::CFG_RING_SIZE, cfg.ring_size),
         // Magic last: a window with a valid magic has a complete header.
         (layout::HDR_MAGIC, layout::MAGIC),
     ]
@@ -405,15 +427,15 @@ pub fn decode_header(read: &dyn Fn(Reg) -> u64, mapped_data_size: u64) -> Result
 }
 
 /// Decode and bounds-check the config block against the data area.
+///
+/// Pull: the whole image sits at `load_offset`. Push (streaming): the manifest (32 bytes per
+/// chunk) sits at data offset 0, the ring of `ring_size` bytes at `load_offset` after it; the
+/// image may be larger than the window.
 pub fn decode_config(read: &dyn Fn(Reg) -> u64, data_size: u64) -> Result<WindowConfig, RegisterError> {
     let image_size = read(layout::CFG_IMAGE_SIZE);
     let load_offset = read(layout::CFG_LOAD_OFFSET);
     if image_size == 0 {
         return Err(RegisterError::EmptyImage);
-    }
-    match load_offset.checked_add(image_size) {
-        Some(end) if end <= data_size => {}
-        _ => return Err(RegisterError::ImageOutOfBounds { image_size, load_offset, data_size }),
     }
     let algo_code = read32(read, layout::CFG_ALGO);
     let algo = Algo::from_code(algo_code).ok_or(RegisterError::UnknownAlgo(algo_code))?;
@@ -423,7 +445,39 @@ pub fn decode_config(read: &dyn Fn(Reg) -> u64, data_size: u64) -> Result<Window
         other => return Err(RegisterError::UnknownMode(other)),
     };
     let epoch = read32(read, layout::CFG_EPOCH);
-    Ok(WindowConfig { image_size, load_offset, algo, mode, epoch })
+    let chunk_size = read(layout::CFG_CHUNK_SIZE);
+    let ring_size = read(layout::CFG_RING_SIZE);
+    let cfg = WindowConfig { image_size, load_offset, algo, mode, epoch, chunk_size, ring_size };
+    match mode {
+        Mode::Pull => match load_offset.checked_add(image_size) {
+            Some(end) if end <= data_size => {}
+            _ => return Err(RegisterError::ImageOutOfBounds { image_size, load_offset, data_size }),
+        },
+        Mode::Push => {
+            let geometry = crate::stream::Geometry::new(&cfg);
+            let bad = |why: &'static str| RegisterError::BadRing {
+                chunk_size,
+                ring_size,
+                load_offset,
+                data_size,
+                why,
+            };
+            if chunk_size == 0 || ring_size < chunk_size || ring_size % chunk_size != 0 {
+                return Err(bad("the ring must be a whole number (at least 1) of non-empty chunks"));
+            }
+            match load_offset.checked_add(ring_size) {
+                Some(end) if end <= data_size => {}
+                _ => return Err(bad("the ring does not fit the data area")),
+            }
+            match geometry.manifest_len() {
+                Some(m) if m <= load_offset => {}
+                _ => {
+                    return Err(bad("the manifest (32 bytes per chunk, at data offset 0) overlaps the ring"));
+                }
+            }
+        }
+    }
+    Ok(cfg)
 }
 
 /// Read a 32-bit register through the width-agnostic reader: only the low half is the register.
@@ -624,7 +678,15 @@ mod tests {
         assert_eq!(w.last(), Some(&(layout::ST_SEQ, 7)));
         let w = encode_config(
             1,
-            &WindowConfig { image_size: 1, load_offset: 0, algo: Algo::Crc32c, mode: Mode::Push, epoch: 0 },
+            &WindowConfig {
+                image_size: 1,
+                load_offset: 0,
+                algo: Algo::Crc32c,
+                mode: Mode::Pull,
+                epoch: 0,
+                chunk_size: 0,
+                ring_size: 0,
+            },
         );
         assert_eq!(w.last().map(|(r, _)| *r), Some(layout::HDR_MAGIC));
         let w = encode_report("x");
@@ -648,8 +710,10 @@ mod tests {
             image_size: u64::MAX,
             load_offset: 2,
             algo: Algo::Crc32c,
-            mode: Mode::Push,
+            mode: Mode::Pull,
             epoch: 0,
+            chunk_size: 0,
+            ring_size: 0,
         };
         p.apply(&encode_config(100, &cfg));
         assert!(matches!(decode_config(&|r| p.read(r), 100), Err(RegisterError::ImageOutOfBounds { .. })));
@@ -659,6 +723,35 @@ mod tests {
         let cfg = WindowConfig { image_size: 99, ..cfg };
         p.apply(&encode_config(100, &cfg));
         assert!(decode_config(&|r| p.read(r), 100).is_err());
+    }
+
+    #[test]
+    fn ring_config_is_checked_against_the_data_area() {
+        let mut p = Page::new();
+        // 3 chunks of 16 bytes: manifest 96 bytes at 0, ring of 32 bytes at 96.
+        let cfg = WindowConfig {
+            image_size: 48,
+            load_offset: 96,
+            algo: Algo::Crc32c,
+            mode: Mode::Push,
+            epoch: 0,
+            chunk_size: 16,
+            ring_size: 32,
+        };
+        p.apply(&encode_config(128, &cfg));
+        assert_eq!(decode_config(&|r| p.read(r), 128), Ok(cfg));
+        for (bad, size) in [
+            (WindowConfig { ring_size: 33, ..cfg }, 200),
+            (WindowConfig { chunk_size: 0, ..cfg }, 200),
+            (WindowConfig { ring_size: 8, ..cfg }, 200),
+            (WindowConfig { load_offset: 95, ..cfg }, 200),
+            (WindowConfig { load_offset: u64::MAX - 8, ..cfg }, 200),
+            (cfg, 127),
+        ] {
+            p.apply(&encode_config(size, &bad));
+            let e = decode_config(&|r| p.read(r), size).unwrap_err();
+            assert!(matches!(e, RegisterError::BadRing { .. }), "{bad:?}: {e}");
+        }
     }
 
     #[test]

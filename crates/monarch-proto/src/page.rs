@@ -92,6 +92,8 @@ mod golden {
             algo: Algo::Crc32c,
             mode: Mode::Pull,
             epoch: 3,
+            chunk_size: 0x10_0000,
+            ring_size: 0x40_0000,
         };
         p.apply(&encode_config(0x0400_0000, &cfg));
         assert_eq!(
@@ -102,6 +104,7 @@ mod golden {
             hex(&p.bytes()[0x40..0x5c]),
             "00 00 e0 01 00 00 00 00 00 10 00 00 00 00 00 00 01 00 00 00 01 00 00 00 03 00 00 00"
         );
+        assert_eq!(hex(&p.bytes()[0x60..0x70]), "00 00 10 00 00 00 00 00 00 00 40 00 00 00 00 00");
     }
 
     #[test]

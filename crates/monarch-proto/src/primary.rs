@@ -30,6 +30,10 @@ pub struct PrimarySpec {
     pub max_attempts: u32,
     /// Wait for the delivered image to report RUNNING (`exec`), or stop at HANDING_OFF (`none`).
     pub expect_running: bool,
+    /// Push mode streams: STAGED is posted *before* the copy, which then runs alongside the
+    /// secondary's verification (through the ring); the copy's end is only informative.
+    /// Otherwise (pull) the image is complete in the window before STAGED.
+    pub stream: bool,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
@@ -210,11 +214,16 @@ impl Primary {
         vec![PrimaryAction::Done(Ok(phase))]
     }
 
-    fn copy(&mut self, attempt: u32) -> Vec<PrimaryAction> {
+    fn copy(&mut self, now: Duration, attempt: u32) -> Vec<PrimaryAction> {
         self.attempt = attempt;
-        self.phase = Phase::Copying;
-        self.deadline = None;
-        vec![PrimaryAction::Copy { attempt }]
+        if self.spec.stream {
+            self.wait(Phase::Verifying, now, self.spec.timeouts.verify);
+            vec![PrimaryAction::Post(Command::Staged { attempt }), PrimaryAction::Copy { attempt }]
+        } else {
+            self.phase = Phase::Copying;
+            self.deadline = None;
+            vec![PrimaryAction::Copy { attempt }]
+        }
     }
 
     /// Feed one input at time `now`.
@@ -253,7 +262,7 @@ impl Primary {
                 vec![PrimaryAction::Post(Command::Staged { attempt })]
             }
             (_, I::Copied { .. }) => Vec::new(),
-            (Phase::Rendezvous, I::Status(Status::Ready { .. })) => self.copy(1),
+            (Phase::Rendezvous, I::Status(Status::Ready { .. })) => self.copy(now, 1),
             (Phase::Verifying, I::Status(Status::Verified { attempt, digest }))
                 if attempt == self.attempt =>
             {
@@ -262,7 +271,7 @@ impl Primary {
                     vec![PrimaryAction::Post(Command::Ok { attempt, digest })]
                 } else if attempt < self.spec.max_attempts {
                     let mut a = vec![PrimaryAction::Mismatch { attempt, written: digest }];
-                    a.extend(self.copy(attempt + 1));
+                    a.extend(self.copy(now, attempt + 1));
                     a
                 } else {
                     let mut a = vec![PrimaryAction::Mismatch { attempt, written: digest }];
@@ -301,7 +310,7 @@ mod tests {
     }
 
     fn spec(max_attempts: u32, expect_running: bool) -> PrimarySpec {
-        PrimarySpec { expected: d(7), max_attempts, expect_running, timeouts: T }
+        PrimarySpec { expected: d(7), max_attempts, expect_running, stream: false, timeouts: T }
     }
 
     fn ms(n: u64) -> Duration {
@@ -359,6 +368,31 @@ mod tests {
             vec![PrimaryAction::Post(Command::Staged { attempt: 2 })]
         );
         let a = p.handle(ms(5), PrimaryInput::Status(Status::Verified { attempt: 2, digest: d(7) }));
+        assert_eq!(a, vec![PrimaryAction::Post(Command::Ok { attempt: 2, digest: d(7) })]);
+    }
+
+    #[test]
+    fn streaming_posts_staged_before_the_copy_and_retries_the_same_way() {
+        let mut p = Primary::new(PrimarySpec { stream: true, ..spec(2, true) });
+        p.handle(ms(0), PrimaryInput::Start);
+        let a = p.handle(ms(1), PrimaryInput::Status(Status::Ready { pid: 1 }));
+        assert_eq!(
+            a,
+            vec![PrimaryAction::Post(Command::Staged { attempt: 1 }), PrimaryAction::Copy { attempt: 1 }]
+        );
+        assert_eq!(p.phase(), Phase::Verifying);
+        assert_eq!(p.deadline(), Some(ms(1) + T.verify));
+        assert_eq!(p.handle(ms(2), PrimaryInput::Copied { attempt: 1 }), vec![], "copy end is informative");
+        let a = p.handle(ms(3), PrimaryInput::Status(Status::Verified { attempt: 1, digest: d(1) }));
+        assert_eq!(
+            a,
+            vec![
+                PrimaryAction::Mismatch { attempt: 1, written: d(1) },
+                PrimaryAction::Post(Command::Staged { attempt: 2 }),
+                PrimaryAction::Copy { attempt: 2 }
+            ]
+        );
+        let a = p.handle(ms(4), PrimaryInput::Status(Status::Verified { attempt: 2, digest: d(7) }));
         assert_eq!(a, vec![PrimaryAction::Post(Command::Ok { attempt: 2, digest: d(7) })]);
     }
 

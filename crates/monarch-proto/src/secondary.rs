@@ -238,8 +238,15 @@ mod tests {
     use crate::msg::{AbortReason, Mode};
     use proptest::prelude::*;
 
-    const CFG: WindowConfig =
-        WindowConfig { image_size: 100, load_offset: 0, algo: Algo::Crc32c, mode: Mode::Push, epoch: 0 };
+    const CFG: WindowConfig = WindowConfig {
+        image_size: 100,
+        load_offset: 0,
+        algo: Algo::Crc32c,
+        mode: Mode::Pull,
+        epoch: 0,
+        chunk_size: 0,
+        ring_size: 0,
+    };
 
     fn d(b: u8) -> Digest {
         Digest([b; 32])

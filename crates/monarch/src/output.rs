@@ -58,7 +58,9 @@ impl Output {
                     }
                     if let EventKind::Done { .. } = ev.kind {
                         b.finish_with_message(text);
-                    } else if let (EventKind::Mismatch { .. }, Some((mp, _))) = (&ev.kind, &self.bars) {
+                    } else if let (EventKind::Mismatch { .. } | EventKind::Repaired { .. }, Some((mp, _))) =
+                        (&ev.kind, &self.bars)
+                    {
                         // A retry is news: keep it on screen above the bars.
                         let _ = mp.println(format!("{id:<8} {text}"));
                     } else {
@@ -102,6 +104,12 @@ fn describe(k: &EventKind) -> String {
                 "copied attempt {attempt}: {} in {ms:.1} ms ({:.0} MiB/s)",
                 fmt_size(*bytes),
                 mib_s(*bytes, *ms)
+            )
+        }
+        EventKind::Repaired { attempt, chunk, bytes, .. } => {
+            format!(
+                "chunk {chunk} failed its digest in attempt {attempt}: re-sent it alone ({})",
+                fmt_size(*bytes)
             )
         }
         EventKind::Mismatch { attempt, written, expected, .. } => {

@@ -437,3 +437,37 @@ fn a_memfd_window_is_inherited_by_the_agent_and_by_the_image_it_runs() {
             .contains("window.memfd: a memfd window is handed to an agent the monarch starts")
     );
 }
+
+#[test]
+fn a_corrupted_chunk_is_repaired_by_resending_that_chunk_alone() {
+    let t = Topo::new(&format!(
+        "{}{}",
+        secondary("r", "chunk_size = \"1MiB\"\nfault = { corrupt_chunks = [3, 7] }"),
+        secondary("clean", ""),
+    ));
+    let r = up_json(Some(&t.path()));
+    assert_eq!(r.code, 0, "{}\n{}", r.summary, r.stderr);
+    let p = r.processor("r");
+    assert_eq!(p["state"], "running");
+    assert_eq!(p["attempts"], 1, "no whole-image retry");
+    assert_eq!(p["repairs"], 2);
+    assert_eq!(p["bytes_resent"], 2 << 20, "exactly the two bad chunks were re-sent");
+    assert_eq!(p["bytes"], (16 << 20) + (2 << 20));
+    let chunks: Vec<u64> =
+        r.events_of("r", "repaired").iter().map(|e| e["chunk"].as_u64().unwrap()).collect();
+    assert_eq!(chunks, [3, 7]);
+    assert_eq!(r.processor("clean")["repairs"], 0);
+}
+
+#[test]
+fn an_image_larger_than_its_window_streams_through_the_ring_and_runs() {
+    // 16 MiB through a 4 MiB window: 3 slots of 1 MiB after the manifest page.
+    let t = Topo::new(&secondary("big", "window = { size = \"4MiB\" }\nfault = { corrupt_chunks = [12] }"));
+    let r = up_json(Some(&t.path()));
+    assert_eq!(r.code, 0, "{}\n{}", r.summary, r.stderr);
+    let p = r.processor("big");
+    assert_eq!(p["state"], "running");
+    assert_eq!(p["repairs"], 1);
+    let report = p["report"].as_str().unwrap();
+    assert!(report.contains(&format!("crc32c {}", p["checksum"].as_str().unwrap())), "{report}");
+}
