@@ -79,6 +79,10 @@ pub struct WindowBench {
     pub checksums: Vec<ChecksumFigure>,
     /// Delivered + verified, per secondary (the slowest), and aggregate over all.
     pub figures: Vec<Figure>,
+    /// Peak resident memory of this process (the monarch side, bench buffers included).
+    pub monarch_peak_rss: u64,
+    /// Peak resident memory of the largest agent.
+    pub agent_peak_rss: u64,
 }
 
 fn gib_s(bytes: u64, d: Duration) -> f64 {
@@ -97,6 +101,21 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+fn write_pattern_file(path: &Path, size: u64) -> Result<(), String> {
+    use std::io::Write;
+    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
+    let mut left = size;
+    let mut seed = 0x006d_6f6e_6172_6368u64;
+    while left > 0 {
+        let n = left.min(64 << 20);
+        f.write_all(&pattern(usize::try_from(n).map_err(|e| e.to_string())?, seed)).map_err(err)?;
+        left -= n;
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    }
+    f.flush().map_err(err)
 }
 
 /// memcpy bandwidth into a populated shared window: best of `reps`.
@@ -130,26 +149,20 @@ pub fn checksum_figures(data: &[u8], reps: u32, memcpy: f64) -> Vec<ChecksumFigu
 
 /// Run the window bench.
 pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<WindowBench, String> {
-    if opts.window < opts.size {
-        return Err(format!(
-            "--window {} is smaller than --size {}: streaming through a smaller window is not built yet; use --window >= --size",
-            fmt_size(opts.window),
-            fmt_size(opts.size)
-        ));
-    }
     let dir = tempfile_dir()?;
     let result = (|| {
-        let size = usize::try_from(opts.size).map_err(|_| "size too large for this machine".to_string())?;
+        // Memory stays bounded by the window: the image is written to its file in pieces,
+        // and the reference copies a window-sized buffer as often as the image needs.
         progress(&format!("making a {} image", fmt_size(opts.size)));
-        let image = pattern(size, 0x006d_6f6e_6172_6368);
         let img_path = dir.join("image.bin");
-        std::fs::write(&img_path, &image).map_err(|e| format!("cannot write {}: {e}", img_path.display()))?;
+        write_pattern_file(&img_path, opts.size)?;
+        let piece = usize::try_from(opts.size.min(opts.window).min(256 << 20)).map_err(|e| e.to_string())?;
+        let buffer = pattern(piece, 0x006d_6f6e_6172_6368);
         progress("measuring memcpy into a shared mapping (the reference)");
-        let memcpy = memcpy_reference(&dir, &image, opts.reps)?;
+        let memcpy = memcpy_reference(&dir, &buffer, opts.reps)?;
         progress("measuring checksum throughput");
-        let sample = &image[..size.min(256 << 20)];
-        let checksums = checksum_figures(sample, opts.reps, memcpy);
-        drop(image);
+        let checksums = checksum_figures(&buffer, opts.reps, memcpy);
+        drop(buffer);
         let mut best_slowest = 0.0f64;
         let mut best_aggregate = 0.0f64;
         for rep in 0..opts.reps.max(1) {
@@ -195,6 +208,8 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
             memcpy_gib_s: memcpy,
             checksums,
             figures,
+            monarch_peak_rss: monarch_drivers::peak_rss(true),
+            agent_peak_rss: monarch_drivers::peak_rss(false),
         })
     })();
     let _ = std::fs::remove_dir_all(&dir);

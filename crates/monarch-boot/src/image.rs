@@ -58,6 +58,10 @@ pub enum ImageError {
     },
 }
 
+/// Images up to this size are held in the monarch's memory once retrieved; larger ones are
+/// streamed from their file.
+pub const IN_MEMORY_MAX: u64 = 256 << 20;
+
 /// Where a retrieved image's bytes are.
 pub enum ImageData {
     /// In the monarch's memory (built images).
@@ -204,15 +208,28 @@ pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Ima
             if len == 0 {
                 return Err(ImageError::Empty { path: path.clone() });
             }
-            let mut buf = vec![0u8; idx(step)];
-            let mut off = 0u64;
-            while off < len {
-                let n = idx(step.min(len - off));
-                f.read_exact_at(&mut buf[..n], off).map_err(read_err)?;
-                absorb(&buf[..n]);
-                off += n as u64;
+            if len <= IN_MEMORY_MAX {
+                // The seed's way: the image is stored in the monarch's memory, and copied from
+                // there at memory speed.
+                let mut b = vec![0u8; idx(len)];
+                f.read_exact_at(&mut b, 0).map_err(read_err)?;
+                for c in b.chunks(idx(step)) {
+                    absorb(c);
+                }
+                (ImageData::Memory(b), len)
+            } else {
+                // Larger images stay in their file and are read chunk by chunk: the
+                // monarch's memory is bounded by the chunk, not the image.
+                let mut buf = vec![0u8; idx(step)];
+                let mut off = 0u64;
+                while off < len {
+                    let n = idx(step.min(len - off));
+                    f.read_exact_at(&mut buf[..n], off).map_err(read_err)?;
+                    absorb(&buf[..n]);
+                    off += n as u64;
+                }
+                (ImageData::File(f), len)
             }
-            (ImageData::File(f), len)
         }
         ImageSource::Builtin { size, banner } => {
             let b = build_payload(&payload_program(), *size, banner)?;

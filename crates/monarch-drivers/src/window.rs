@@ -31,8 +31,9 @@ fn idx(v: u64) -> usize {
     v as usize
 }
 
-/// Size of the bounce chunk used when hashing in place (fits in L2 on common parts).
-pub const CHUNK: usize = 1 << 20;
+/// Piece size of copy-and-hash loops: a piece is hashed right after it is copied, while it
+/// is still in L1.
+pub const CHUNK: usize = 32 << 10;
 
 /// Errors opening or using a window.
 #[derive(Debug, Error)]

@@ -229,5 +229,10 @@ pub fn bench_window(r: &monarch_boot::bench::WindowBench) -> String {
             f.what, f.gib_s, f.ratio, f.reference, f.reference_gib_s
         ));
     }
+    out.push_str(&format!(
+        "  peak memory: monarch side {} (bench buffers and the window mapping included), largest agent {}\n",
+        fmt_size(r.monarch_peak_rss.next_multiple_of(1 << 20)),
+        fmt_size(r.agent_peak_rss.next_multiple_of(1 << 20))
+    ));
     out
 }
