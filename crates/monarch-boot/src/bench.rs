@@ -81,7 +81,7 @@ pub struct WindowBench {
     pub figures: Vec<Figure>,
     /// Peak resident memory of this process (the monarch side, bench buffers included).
     pub monarch_peak_rss: u64,
-    /// Peak resident memory of the largest agent.
+    /// Peak resident memory of the largest agent (its VmHWM, from its log).
     pub agent_peak_rss: u64,
 }
 
@@ -101,6 +101,35 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+/// This process's VmHWM in bytes.
+fn self_peak() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// The largest `peak memory N kB` an agent logged in `run_dir`.
+fn agent_peak(run_dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(run_dir) else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| {
+                    l.split("peak memory ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .max()
+        .unwrap_or(0)
+        * 1024
 }
 
 fn write_pattern_file(path: &Path, size: u64) -> Result<(), String> {
@@ -208,8 +237,8 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
             memcpy_gib_s: memcpy,
             checksums,
             figures,
-            monarch_peak_rss: monarch_drivers::peak_rss(true),
-            agent_peak_rss: monarch_drivers::peak_rss(false),
+            monarch_peak_rss: self_peak(),
+            agent_peak_rss: agent_peak(&dir.join("run")),
         })
     })();
     let _ = std::fs::remove_dir_all(&dir);

@@ -15,17 +15,3 @@ pub mod window;
 
 pub use doorbell::Doorbell;
 pub use window::{Poll, Window, WindowError};
-
-/// Peak resident memory, in bytes, of this process (`self_`) or of the largest of its
-/// waited-for children.
-pub fn peak_rss(self_: bool) -> u64 {
-    let who = if self_ { libc::RUSAGE_SELF } else { libc::RUSAGE_CHILDREN };
-    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes one `rusage` into the pointer, which points to enough
-    // properly aligned memory; it was zero-initialised, so it is initialised even on error.
-    let u = unsafe {
-        libc::getrusage(who, u.as_mut_ptr());
-        u.assume_init()
-    };
-    u64::try_from(u.ru_maxrss).unwrap_or(0) * 1024
-}

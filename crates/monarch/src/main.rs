@@ -280,6 +280,9 @@ fn cmd_agent(a: AgentArgs) -> ExitCode {
     match agent::run(&opts) {
         Ok(()) => {
             eprintln!("agent {}: verified and released (handoff none)", opts.id);
+            if let Some(kb) = vm_hwm_kib() {
+                eprintln!("agent {}: peak memory {kb} kB", opts.id);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -340,4 +343,11 @@ fn cmd_bench_window(a: BenchWindowArgs) -> ExitCode {
             ExitCode::from(exit::BOOT_FAILED)
         }
     }
+}
+
+/// This process's peak resident memory (VmHWM), which, unlike getrusage, starts afresh at exec.
+fn vm_hwm_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
