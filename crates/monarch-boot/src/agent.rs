@@ -13,7 +13,7 @@ use monarch_proto::layout;
 use monarch_proto::msg::{self, Command, FailCode, Mode, RegisterError, Status, WindowConfig};
 use monarch_proto::secondary::{Secondary, SecondaryAction, SecondaryFailure, SecondaryInput};
 use monarch_proto::stream;
-use monarch_proto::{Algo, Digest};
+use monarch_proto::Digest;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -350,9 +350,4 @@ impl Agent<'_> {
             }
         }
     }
-}
-
-/// The algorithm names accepted on command lines.
-pub fn algo_names() -> Vec<&'static str> {
-    Algo::ALL.iter().map(|a| a.name()).collect()
 }
