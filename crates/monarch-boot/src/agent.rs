@@ -8,12 +8,12 @@
 use crate::topology::Handoff;
 use monarch_drivers::memimage::MemImage;
 use monarch_drivers::{Doorbell, Poll, Window, WindowError};
+use monarch_proto::Digest;
 use monarch_proto::checksum::Hasher;
 use monarch_proto::layout;
 use monarch_proto::msg::{self, Command, FailCode, Mode, RegisterError, Status, WindowConfig};
 use monarch_proto::secondary::{Secondary, SecondaryAction, SecondaryFailure, SecondaryInput};
 use monarch_proto::stream;
-use monarch_proto::Digest;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use thiserror::Error;
