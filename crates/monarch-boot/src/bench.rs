@@ -251,6 +251,12 @@ fn tempfile_dir() -> Result<std::path::PathBuf, String> {
     Ok(d)
 }
 
+/// One delivery run: (seconds of the slowest secondary's delivery, aggregate GiB/s).
+pub fn deliver_once(opts: &WindowBenchOptions, dir: &Path, image: &Path) -> Result<(f64, f64), String> {
+    let (slowest, aggregate) = deliver(opts, dir, image)?;
+    Ok((opts.size as f64 / (1u64 << 30) as f64 / slowest.max(1e-12), aggregate))
+}
+
 /// One delivery run: (slowest per-secondary GiB/s, aggregate GiB/s).
 fn deliver(opts: &WindowBenchOptions, dir: &Path, image: &Path) -> Result<(f64, f64), String> {
     let mut text = format!(

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod baseline;
 pub mod bench;
 pub mod events;
 pub mod image;

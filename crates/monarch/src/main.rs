@@ -87,6 +87,27 @@ processes on direct ports (handoff none), timed from the start of each copy to t
 the written checksum. Prints GiB/s and the ratio to the reference for each figure, and the \
 throughput of each checksum algorithm.")]
     Window(BenchWindowArgs),
+    /// Seed 000's classic path beside the window: TFTP with 512-byte blocks from tftpd-hpa.
+    #[command(long_about = "The seed's baseline, measured beside the window path in one run.\n\n\
+The same image is fetched with a real TFTP client (atftp) from Debian's tftpd-hpa with \
+512-byte blocks, on loopback and over a veth pair with MTU 1500 between two network namespaces \
+the bench creates and removes; then delivered and verified through a window. Prints each \
+time and the window path's speed-up. Installs tftpd-hpa and atftp with apt-get when missing \
+(needs root, as do the namespaces).")]
+    Baseline(BenchBaselineArgs),
+}
+
+#[derive(Args)]
+struct BenchBaselineArgs {
+    /// Image size.
+    #[arg(long, default_value = "30MiB", value_parser = parse_size)]
+    size: u64,
+    /// Runs of the window delivery; the best is kept.
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -237,6 +258,7 @@ fn main() -> ExitCode {
         },
         Cmd::Image(ImageCmd::Build { size, banner, out }) => cmd_image_build(&size, &banner, &out),
         Cmd::Bench(BenchCmd::Window(a)) => cmd_bench_window(a),
+        Cmd::Bench(BenchCmd::Baseline(a)) => cmd_bench_baseline(a),
     }
 }
 
@@ -350,4 +372,31 @@ fn vm_hwm_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cmd_bench_baseline(a: BenchBaselineArgs) -> ExitCode {
+    let agent_exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return bad_input(&format!("cannot find my own executable to start agents: {e}")),
+    };
+    let json = a.json;
+    let mut progress = |m: &str| {
+        if !json {
+            eprintln!("bench: {m}");
+        }
+    };
+    match monarch_boot::baseline::baseline(a.size, a.reps.max(1), agent_exe, &mut progress) {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                print!("{}", output::bench_baseline(&r));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("monarch bench baseline: {e}");
+            ExitCode::from(exit::BOOT_FAILED)
+        }
+    }
 }

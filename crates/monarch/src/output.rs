@@ -236,3 +236,22 @@ pub fn bench_window(r: &monarch_boot::bench::WindowBench) -> String {
     ));
     out
 }
+
+/// `monarch bench baseline` for people.
+pub fn bench_baseline(r: &monarch_boot::baseline::Baseline) -> String {
+    let mut out = format!("\nmonarch bench baseline: {} image\n\n", fmt_size(r.size));
+    out.push_str(&format!(
+        "  window path (delivered + verified, crc32c)   {:>10.2} ms\n",
+        r.window_seconds * 1e3
+    ));
+    for t in &r.tftp {
+        out.push_str(&format!(
+            "  TFTP 512-byte blocks, {:<40} {:>10.2} ms  ({:.1} MiB/s)   window is {:.0}x faster\n\n",
+            t.path,
+            t.seconds * 1e3,
+            t.mib_s,
+            t.window_speedup
+        ));
+    }
+    out
+}

@@ -471,3 +471,27 @@ fn an_image_larger_than_its_window_streams_through_the_ring_and_runs() {
     let report = p["report"].as_str().unwrap();
     assert!(report.contains(&format!("crc32c {}", p["checksum"].as_str().unwrap())), "{report}");
 }
+
+/// The seed's baseline with real tftpd-hpa and atftp, installed by the bench if missing, on
+/// loopback and over a veth pair between two namespaces the bench makes and removes.
+#[test]
+fn the_tftp_baseline_runs_real_servers_and_cleans_up_its_namespaces() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: the baseline bench needs root (apt-get, network namespaces)");
+        return;
+    }
+    let out = monarch(&["bench", "baseline", "--size", "1MiB", "--reps", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["bench"], "baseline");
+    assert!(v["window_seconds"].as_f64().unwrap() > 0.0);
+    let tftp = v["tftp"].as_array().unwrap();
+    assert_eq!(tftp.len(), 2);
+    for t in tftp {
+        assert!(t["seconds"].as_f64().unwrap() > 0.0, "{t}");
+        assert!(t["window_speedup"].as_f64().is_some(), "{t}");
+    }
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let pid_tag = "monarch-bl-";
+    assert!(!String::from_utf8_lossy(&netns.stdout).contains(pid_tag), "namespaces left behind");
+}

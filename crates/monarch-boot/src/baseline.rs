@@ -1,0 +1,271 @@
+//! `monarch bench baseline`: seed 000's classic path measured beside the window path.
+//!
+//! The same image is fetched over TFTP with 512-byte blocks (RFC 1350, no options: the
+//! classic firmware path) from Debian's tftpd-hpa by a real client (atftp), on loopback and
+//! over a veth pair with MTU 1500 between two network namespaces this bench creates (and
+//! removes); then delivered and verified through a window. The tools are installed with
+//! apt-get when missing.
+
+use crate::bench::{WindowBenchOptions, deliver_once, pattern};
+use crate::topology::fmt_size;
+use monarch_proto::Algo;
+use serde::Serialize;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One TFTP transfer.
+#[derive(Debug, Clone, Serialize)]
+pub struct TftpFigure {
+    /// `loopback` or `veth (MTU 1500, two network namespaces)`.
+    pub path: String,
+    /// Seconds for the whole file.
+    pub seconds: f64,
+    /// MiB/s.
+    pub mib_s: f64,
+    /// The window path's speed-up over it (window GiB/s measured in the same run).
+    pub window_speedup: f64,
+}
+
+/// Everything `monarch bench baseline` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    /// Always `baseline`.
+    pub bench: &'static str,
+    /// Image size.
+    pub size: u64,
+    /// Window path: seconds to deliver and verify the image (best of the runs).
+    pub window_seconds: f64,
+    /// TFTP transfers.
+    pub tftp: Vec<TftpFigure>,
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Install tftpd-hpa and atftp from Debian's repositories if they are missing.
+pub fn ensure_tools(progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+    let missing: Vec<&str> = [("in.tftpd", "tftpd-hpa"), ("atftp", "atftp"), ("ip", "iproute2")]
+        .into_iter()
+        .filter(|(tool, _)| !have(tool) && !Path::new(&format!("/usr/sbin/{tool}")).exists())
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    progress(&format!("installing {} (apt-get)", missing.join(" ")));
+    let run = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    };
+    let _ = run(&["update", "-qq"]);
+    match run(&[&["install", "-y", "-qq"], missing.as_slice()].concat()) {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(format!(
+            "could not install {}: run `apt-get install {}` as root and try again",
+            missing.join(" "),
+            missing.join(" ")
+        )),
+    }
+}
+
+fn free_udp_port() -> Result<u16, String> {
+    let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("no free UDP port: {e}"))?;
+    s.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// A process killed when dropped.
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Network namespaces removed when dropped.
+struct Netns(Vec<String>);
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+fn sh(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Fetch `file` from a tftpd-hpa serving `dir` on `addr:port`, server and client optionally in
+/// network namespaces; returns the transfer time after checking the bytes.
+fn tftp_fetch(
+    dir: &Path,
+    file: &str,
+    expect: &[u8],
+    addr: &str,
+    server_ns: Option<&str>,
+    client_ns: Option<&str>,
+) -> Result<Duration, String> {
+    let port = free_udp_port()?;
+    let in_ns = |ns: Option<&str>, prog: &str| {
+        let mut c = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, prog]);
+                c
+            }
+            None => Command::new(prog),
+        };
+        c.stdin(Stdio::null());
+        c
+    };
+    let server = in_ns(server_ns, "in.tftpd")
+        .args(["-L", "-u", "root", "-s"])
+        .arg(dir)
+        .arg("-a")
+        .arg(format!("{addr}:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start in.tftpd: {e}"))?;
+    let _server = Guard(server);
+    let out = dir.join(format!("fetched-{port}"));
+    let fetch = |name: &str| -> Result<(bool, Duration), String> {
+        let _ = std::fs::remove_file(&out);
+        let t = Instant::now();
+        let status = in_ns(client_ns, "atftp")
+            .args(["-g", "-r", name, "-l"])
+            .arg(&out)
+            .arg(addr)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run atftp: {e}"))?;
+        Ok((status.success(), t.elapsed()))
+    };
+    // Wait until the server answers (a tiny file), so its start-up is not in the timing.
+    let start_wait = Instant::now();
+    while !fetch(PROBE)?.0 {
+        if start_wait.elapsed() > Duration::from_secs(10) {
+            return Err(format!("tftpd-hpa on {addr}:{port} never answered"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, took) = fetch(file)?;
+    if !ok {
+        return Err(format!("atftp could not fetch {file} from {addr}:{port}"));
+    }
+    let got = std::fs::read(&out).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&out);
+    if got != expect {
+        return Err("the TFTP transfer delivered different bytes".into());
+    }
+    Ok(took)
+}
+
+/// A one-block file fetched to know the server is up.
+const PROBE: &str = "probe.bin";
+
+/// Run the baseline bench.
+pub fn baseline(
+    size: u64,
+    reps: u32,
+    agent_exe: PathBuf,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Baseline, String> {
+    ensure_tools(progress)?;
+    let dir = PathBuf::from(format!("/tmp/monarch-baseline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let result = (|| {
+        use std::os::unix::fs::PermissionsExt;
+        let n = usize::try_from(size).map_err(|e| e.to_string())?;
+        let image = pattern(n, 0x0062_6173_656c_696e);
+        let img = dir.join("image.bin");
+        std::fs::write(&img, &image).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join(PROBE), b"probe").map_err(|e| e.to_string())?;
+        let _ = std::fs::set_permissions(dir.join(PROBE), std::fs::Permissions::from_mode(0o644));
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
+        let _ = std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644));
+
+        progress(&format!("window path: delivering and verifying {} ({} runs)", fmt_size(size), reps));
+        let opts = WindowBenchOptions {
+            size,
+            secondaries: 1,
+            window: size.next_multiple_of(1 << 20) + (1 << 20),
+            algo: Algo::Crc32c,
+            reps,
+            agent_exe,
+        };
+        // Windows live in RAM (/dev/shm), as they would in a secondary's memory.
+        let shm = PathBuf::from(format!("/dev/shm/monarch-baseline-{}", std::process::id()));
+        std::fs::create_dir_all(&shm).map_err(|e| format!("cannot create {}: {e}", shm.display()))?;
+        let mut window = f64::MAX;
+        let mut failure = None;
+        for _ in 0..reps.max(1) {
+            match deliver_once(&opts, &shm, &img) {
+                Ok((seconds, _)) => window = window.min(seconds),
+                Err(e) => failure = Some(e),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&shm);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+
+        progress("TFTP, 512-byte blocks, tftpd-hpa -> atftp over loopback");
+        let lo = tftp_fetch(&dir, "image.bin", &image, "127.0.0.1", None, None)?;
+        let mut tftp = vec![figure("loopback", size, lo, window)];
+
+        progress("TFTP over a veth pair (MTU 1500) between two network namespaces");
+        let id = std::process::id();
+        let (srv, cli) = (format!("monarch-bl-srv-{id}"), format!("monarch-bl-cli-{id}"));
+        let _ns = Netns(vec![srv.clone(), cli.clone()]);
+        let (va, vb) = (format!("mbl{id}a"), format!("mbl{id}b"));
+        let va = &va[..va.len().min(15)];
+        let vb = &vb[..vb.len().min(15)];
+        sh(&["ip", "netns", "add", &srv])?;
+        sh(&["ip", "netns", "add", &cli])?;
+        sh(&["ip", "link", "add", va, "type", "veth", "peer", "name", vb])?;
+        sh(&["ip", "link", "set", va, "netns", &srv])?;
+        sh(&["ip", "link", "set", vb, "netns", &cli])?;
+        // TEST-NET-1 (RFC 5737) addresses, only inside the two namespaces made here.
+        for (ns, dev, addr) in [(&srv, va, "192.0.2.1/30"), (&cli, vb, "192.0.2.2/30")] {
+            sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev])?;
+            sh(&["ip", "-n", ns, "link", "set", dev, "mtu", "1500", "up"])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        let veth = tftp_fetch(&dir, "image.bin", &image, "192.0.2.1", Some(&srv), Some(&cli))?;
+        tftp.push(figure("veth (MTU 1500, two network namespaces)", size, veth, window));
+        Ok(Baseline { bench: "baseline", size, window_seconds: window, tftp })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn figure(path: &str, size: u64, took: Duration, window_seconds: f64) -> TftpFigure {
+    let s = took.as_secs_f64();
+    TftpFigure {
+        path: path.into(),
+        seconds: s,
+        mib_s: size as f64 / (1u64 << 20) as f64 / s.max(1e-9),
+        window_speedup: s / window_seconds.max(1e-9),
+    }
+}
