@@ -170,6 +170,12 @@ impl Window {
             what: "mmap",
             source,
         })?;
+        // MAP_POPULATE maps a shared file's pages read-only first; the first store to each
+        // page would still fault. MADV_POPULATE_WRITE (Linux 5.14) maps them writable now.
+        // Older kernels answer EINVAL: the window still works, a little slower.
+        // SAFETY: the range is exactly this mapping; the advice only pre-faults pages and
+        // never changes their contents.
+        let _ = unsafe { libc::madvise(map.as_mut_ptr().cast(), map.len(), libc::MADV_POPULATE_WRITE) };
         let data_size = (map.len() - layout::REGS_SIZE) as u64;
         Ok(Window { map, _file: file, path, data_size, bell: Doorbell::detect() })
     }
