@@ -114,8 +114,9 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-/// This process's VmHWM in bytes.
-fn self_peak() -> u64 {
+/// This process's peak resident memory (VmHWM) in bytes; unlike getrusage's, it starts
+/// afresh at exec, so an agent's figure is its own and not its parent's.
+pub fn vm_hwm_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -158,6 +159,21 @@ fn write_pattern_file(path: &Path, size: u64) -> Result<(), String> {
     f.flush().map_err(err)
 }
 
+/// Time to copy `size` bytes from `piece` (repeated) into the first `len` bytes of `w`'s data
+/// area, wrapping round as the ring does.
+fn copy_through(w: &Window, piece: &[u8], size: u64, len: u64) -> Result<Duration, String> {
+    let t = Instant::now();
+    let mut done = 0u64;
+    while done < size {
+        let at = done % len;
+        let n = (size - done).min(piece.len() as u64).min(len - at);
+        w.write_data(at, &piece[..usize::try_from(n).map_err(|e| e.to_string())?])
+            .map_err(|e| e.to_string())?;
+        done += n;
+    }
+    Ok(t.elapsed())
+}
+
 /// memcpy bandwidth into a shared mapping under the delivery's own conditions: `size` bytes
 /// copied from `piece` (repeated) into a window of `window` bytes that was created and
 /// populated just before, as each delivery's window is; wrapping round it when the image is
@@ -168,17 +184,7 @@ pub fn memcpy_reference(dir: &Path, piece: &[u8], size: u64, window: u64, reps: 
         let path = dir.join(format!("reference-{rep}.win"));
         let len = window.min(size).max(piece.len() as u64);
         let w = Window::create(&path, len).map_err(|e| e.to_string())?;
-        let t = Instant::now();
-        let mut done = 0u64;
-        while done < size {
-            let n = (size - done).min(piece.len() as u64);
-            let at = done % len;
-            let n = n.min(len - at);
-            w.write_data(at, &piece[..usize::try_from(n).map_err(|e| e.to_string())?])
-                .map_err(|e| e.to_string())?;
-            done += n;
-        }
-        best = best.min(t.elapsed());
+        best = best.min(copy_through(&w, piece, size, len)?);
         drop(w);
         let _ = std::fs::remove_file(&path);
     }
@@ -193,17 +199,7 @@ pub fn memcpy_warm(dir: &Path, piece: &[u8], size: u64, window: u64, reps: u32) 
     let w = Window::create(&path, len).map_err(|e| e.to_string())?;
     let mut best = Duration::MAX;
     for _ in 0..reps.max(1) + 1 {
-        let t = Instant::now();
-        let mut done = 0u64;
-        while done < size {
-            let n = (size - done).min(piece.len() as u64);
-            let at = done % len;
-            let n = n.min(len - at);
-            w.write_data(at, &piece[..usize::try_from(n).map_err(|e| e.to_string())?])
-                .map_err(|e| e.to_string())?;
-            done += n;
-        }
-        best = best.min(t.elapsed());
+        best = best.min(copy_through(&w, piece, size, len)?);
     }
     drop(w);
     let _ = std::fs::remove_file(&path);
@@ -294,7 +290,7 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
             memcpy_warm_gib_s: warm,
             checksums,
             figures,
-            monarch_peak_rss: self_peak(),
+            monarch_peak_rss: vm_hwm_bytes(),
             agent_peak_rss: agent_peak(&dir.join("run")),
         })
     })();

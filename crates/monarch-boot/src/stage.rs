@@ -41,8 +41,6 @@ pub struct Staged {
     pub child: Option<Child>,
     /// The window (to send SHUTDOWN at the end of an emulated run).
     pub window: Option<Window>,
-    /// The agent's log file.
-    pub log: Option<PathBuf>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -619,7 +617,6 @@ impl<'a, 'c> Stage<'a, 'c> {
             },
             child: self.child.take(),
             window: self.window.take(),
-            log: self.log.take(),
         }
     }
 }

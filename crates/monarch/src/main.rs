@@ -273,9 +273,9 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         Err(e) => return bad_input(&e),
     };
     let plan = Plan::new(topology);
-    let agent_exe = match std::env::current_exe() {
+    let agent_exe = match own_exe() {
         Ok(p) => p,
-        Err(e) => return bad_input(&format!("cannot find my own executable to start agents: {e}")),
+        Err(code) => return code,
     };
     let opts = UpOptions { agent_exe, shutdown_grace: a.shutdown_grace };
     let mut out = output::Output::new(a.json, &plan);
@@ -302,9 +302,7 @@ fn cmd_agent(a: AgentArgs) -> ExitCode {
     match agent::run(&opts) {
         Ok(()) => {
             eprintln!("agent {}: verified and released (handoff none)", opts.id);
-            if let Some(kb) = vm_hwm_kib() {
-                eprintln!("agent {}: peak memory {kb} kB", opts.id);
-            }
+            eprintln!("agent {}: peak memory {} kB", opts.id, monarch_boot::bench::vm_hwm_bytes() / 1024);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -333,9 +331,9 @@ fn cmd_image_build(size: &str, banner: &str, out: &PathBuf) -> ExitCode {
 }
 
 fn cmd_bench_window(a: BenchWindowArgs) -> ExitCode {
-    let agent_exe = match std::env::current_exe() {
+    let agent_exe = match own_exe() {
         Ok(p) => p,
-        Err(e) => return bad_input(&format!("cannot find my own executable to start agents: {e}")),
+        Err(code) => return code,
     };
     let opts = monarch_boot::bench::WindowBenchOptions {
         size: a.size,
@@ -346,56 +344,58 @@ fn cmd_bench_window(a: BenchWindowArgs) -> ExitCode {
         agent_exe,
     };
     let json = a.json;
-    let mut progress = |m: &str| {
+    report_bench(
+        "window",
+        json,
+        monarch_boot::bench::window(&opts, &mut bench_progress(json)),
+        output::bench_window,
+    )
+}
+
+fn cmd_bench_baseline(a: BenchBaselineArgs) -> ExitCode {
+    let agent_exe = match own_exe() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let json = a.json;
+    let result =
+        monarch_boot::baseline::baseline(a.size, a.reps.max(1), agent_exe, &mut bench_progress(json));
+    report_bench("baseline", json, result, output::bench_baseline)
+}
+
+/// The monarch binary itself, which agents are started with.
+fn own_exe() -> Result<PathBuf, ExitCode> {
+    std::env::current_exe()
+        .map_err(|e| bad_input(&format!("cannot find my own executable to start agents: {e}")))
+}
+
+/// Progress lines of a bench on stderr, unless the output is JSON.
+fn bench_progress(json: bool) -> impl FnMut(&str) {
+    move |m: &str| {
         if !json {
             eprintln!("bench: {m}");
-        }
-    };
-    match monarch_boot::bench::window(&opts, &mut progress) {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                print!("{}", output::bench_window(&r));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("monarch bench window: {e}");
-            ExitCode::from(exit::BOOT_FAILED)
         }
     }
 }
 
-/// This process's peak resident memory (VmHWM), which, unlike getrusage, starts afresh at exec.
-fn vm_hwm_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn cmd_bench_baseline(a: BenchBaselineArgs) -> ExitCode {
-    let agent_exe = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => return bad_input(&format!("cannot find my own executable to start agents: {e}")),
-    };
-    let json = a.json;
-    let mut progress = |m: &str| {
-        if !json {
-            eprintln!("bench: {m}");
-        }
-    };
-    match monarch_boot::baseline::baseline(a.size, a.reps.max(1), agent_exe, &mut progress) {
+/// Print a bench result as JSON or for people; its error with the bench's name.
+fn report_bench<T: serde::Serialize>(
+    name: &str,
+    json: bool,
+    result: Result<T, String>,
+    human: fn(&T) -> String,
+) -> ExitCode {
+    match result {
         Ok(r) => {
             if json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
-                print!("{}", output::bench_baseline(&r));
+                print!("{}", human(&r));
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("monarch bench baseline: {e}");
+            eprintln!("monarch bench {name}: {e}");
             ExitCode::from(exit::BOOT_FAILED)
         }
     }
