@@ -249,7 +249,7 @@ impl Agent<'_> {
                 Digest(d)
             })
             .collect();
-        let keep = self.opts.handoff == Handoff::Exec;
+        let keep = self.opts.handoff != Handoff::None;
         let mut image = if keep {
             let name = format!("monarch-image:{}", self.opts.id);
             Some(
@@ -346,6 +346,32 @@ impl Agent<'_> {
                 eprintln!("agent {id}: handing off into the verified image ({} bytes)", cfg.image_size);
                 let e = image.exec(&format!("monarch-image:{id}"), &[], &env);
                 eprintln!("agent {id}: exec of the delivered image failed: {e}");
+                Err(FailCode::HandoffFailed)
+            }
+            Handoff::Kexec => {
+                let id = &self.opts.id;
+                let Some(image) = self.staged.take() else {
+                    eprintln!("agent {id}: no verified image in memory to hand off into");
+                    return Err(FailCode::HandoffFailed);
+                };
+                // Only the verified bytes in our own memory are parsed and loaded.
+                let b = crate::bundle::parse(image.bytes()).map_err(|e| {
+                    eprintln!("agent {id}: the verified image is not a kernel bundle: {e}");
+                    FailCode::HandoffFailed
+                })?;
+                eprintln!(
+                    "agent {id}: kexec: loading the verified kernel ({} bytes) and initrd ({} bytes), cmdline {:?}",
+                    b.linux.len(),
+                    b.initrd.len(),
+                    b.cmdline
+                );
+                if let Err(e) = monarch_drivers::kexec::load(b.linux, b.initrd, &b.cmdline) {
+                    eprintln!("agent {id}: kexec_file_load failed: {e}");
+                    return Err(FailCode::HandoffFailed);
+                }
+                eprintln!("agent {id}: handing off: rebooting into the delivered kernel");
+                let e = monarch_drivers::kexec::reboot_into_loaded();
+                eprintln!("agent {id}: reboot into the delivered kernel failed: {e}");
                 Err(FailCode::HandoffFailed)
             }
         }

@@ -7,6 +7,7 @@
 //! apt-get when missing.
 
 use crate::bench::{WindowBenchOptions, deliver_once, pattern};
+use crate::host;
 use crate::topology::fmt_size;
 use monarch_proto::Algo;
 use serde::Serialize;
@@ -41,43 +42,9 @@ pub struct Baseline {
     pub tftp: Vec<TftpFigure>,
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Install tftpd-hpa and atftp from Debian's repositories if they are missing.
 pub fn ensure_tools(progress: &mut dyn FnMut(&str)) -> Result<(), String> {
-    let missing: Vec<&str> = [("in.tftpd", "tftpd-hpa"), ("atftp", "atftp"), ("ip", "iproute2")]
-        .into_iter()
-        .filter(|(tool, _)| !have(tool) && !Path::new(&format!("/usr/sbin/{tool}")).exists())
-        .map(|(_, pkg)| pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    progress(&format!("installing {} (apt-get)", missing.join(" ")));
-    let run = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-    };
-    let _ = run(&["update", "-qq"]);
-    match run(&[&["install", "-y", "-qq"], missing.as_slice()].concat()) {
-        Ok(s) if s.success() => Ok(()),
-        _ => Err(format!(
-            "could not install {}: run `apt-get install {}` as root and try again",
-            missing.join(" "),
-            missing.join(" ")
-        )),
-    }
+    host::ensure_packages(&[("in.tftpd", "tftpd-hpa"), ("atftp", "atftp"), ("ip", "iproute2")], progress)
 }
 
 fn free_udp_port() -> Result<u16, String> {

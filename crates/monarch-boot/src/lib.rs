@@ -5,6 +5,7 @@
 //! [`image`] retrieves images and computes their retrieved checksums, [`stage`] drives one
 //! secondary's handshake from the monarch's side, [`agent`] is the secondary's side, and
 //! [`run`] executes a whole plan, streaming [`events`] to whatever front end is listening.
+//! [`vm`] makes secondaries of QEMU VMs (ivshmem window, `kexec` handoff of a [`bundle`]).
 //! The protocol decisions are `monarch-proto`'s; the memory and processes are
 //! `monarch-drivers`'.
 #![forbid(unsafe_code)]
@@ -12,10 +13,13 @@
 pub mod agent;
 pub mod baseline;
 pub mod bench;
+pub mod bundle;
 pub mod events;
+pub mod host;
 pub mod image;
 pub mod payload;
 pub mod plan;
 pub mod run;
 pub mod stage;
 pub mod topology;
+pub mod vm;

@@ -23,8 +23,6 @@ pub fn run() -> Result<(), String> {
         .and_then(|s| humantime::parse_duration(&s).ok())
         .unwrap_or(Duration::from_secs(3600));
     let w = Window::open(&path).map_err(|e| e.to_string())?;
-    msg::decode_header(&|r| w.load(r), w.data_size())
-        .map_err(|e| format!("window {}: {e}", path.display()))?;
     let me = std::fs::read("/proc/self/exe").map_err(|e| format!("cannot read my own image: {e}"))?;
     let banner = image::read_banner(&me).unwrap_or_else(|| "(no banner)".into());
     let report = format!(
@@ -32,27 +30,40 @@ pub fn run() -> Result<(), String> {
         me.len(),
         Algo::Crc32c.digest(&me).to_hex(Algo::Crc32c)
     );
-    w.apply(&msg::encode_report(&report));
+    announce(&w, &report)?;
+    let parent = rustix::process::getppid();
+    idle_until_shutdown(&w, linger, &|| rustix::process::getppid() != parent);
+    Ok(())
+}
+
+/// Check the window's header, write `report` into its report block and post RUNNING.
+pub fn announce(w: &Window, report: &str) -> Result<(), String> {
+    msg::decode_header(&|r| w.load(r), w.data_size())
+        .map_err(|e| format!("window {}: {e}", w.path().display()))?;
+    w.apply(&msg::encode_report(report));
     let seq = msg::next_seq(w.load32(layout::ST_SEQ));
     w.post(
         &msg::encode_status(seq, &Status::Running { pid: u64::from(std::process::id()) }),
         layout::DB_TO_PRIMARY,
     );
-    // Idle until SHUTDOWN, the parent's death, or the linger time.
+    Ok(())
+}
+
+/// Idle like a booted OS until the monarch posts SHUTDOWN, `gone()` says to stop, or
+/// `linger` has passed.
+pub fn idle_until_shutdown(w: &Window, linger: Duration, gone: &dyn Fn() -> bool) {
     let cmd_seq = w.load32(layout::CMD_SEQ);
-    let parent = rustix::process::getppid();
     let start = Instant::now();
     while start.elapsed() < linger {
         let seen = w.bell_value(layout::DB_TO_SECONDARY);
         if let Poll::Message(_, Command::Shutdown) =
             w.read_message(layout::CMD_SEQ, cmd_seq, msg::decode_command)
         {
-            return Ok(());
+            return;
         }
-        if rustix::process::getppid() != parent {
-            return Ok(());
+        if gone() {
+            return;
         }
         w.wait_bell(layout::DB_TO_SECONDARY, seen, Duration::from_millis(500));
     }
-    Ok(())
 }

@@ -131,6 +131,7 @@ fn line(s: &Secondary) -> String {
         match s.launch {
             crate::topology::Launch::Process => "process",
             crate::topology::Launch::External => "external",
+            crate::topology::Launch::Qemu => "qemu",
         },
         if s.required { "" } else { "  (optional)" },
     )

@@ -5,7 +5,7 @@ use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::image::{self, Image};
 use crate::topology::{Launch, PortPath, Secondary};
 use command_fds::{CommandFdExt, FdMapping};
-use monarch_drivers::{Poll, Window};
+use monarch_drivers::{Doorbell, Poll, Window};
 use monarch_proto::layout;
 use monarch_proto::msg::{self, Command, Mode, WindowConfig};
 use monarch_proto::primary::{Failure, Phase, Primary, PrimaryAction, PrimaryInput, PrimarySpec, Timeouts};
@@ -65,6 +65,8 @@ struct Stage<'a, 'c> {
     child: Option<Child>,
     window: Option<Window>,
     log: Option<PathBuf>,
+    /// QEMU's own messages (launch = "qemu").
+    qemu_log: Option<PathBuf>,
     report: Option<String>,
     cmd_seq: u32,
     geometry: Option<stream::Geometry>,
@@ -122,6 +124,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             child: None,
             window: None,
             log: None,
+            qemu_log: None,
             report: None,
             cmd_seq: 0,
             geometry: None,
@@ -180,6 +183,11 @@ impl<'a, 'c> Stage<'a, 'c> {
             Window::create(&sec.window.path, sec.window.data_size)
         }
         .map_err(|e| e.to_string())?;
+        let mut window = window;
+        if sec.launch == Launch::Qemu {
+            // The agent is in another kernel: it cannot futex-wake us, and we cannot wake it.
+            window.set_doorbell(Doorbell::Poll { max_sleep: Duration::from_millis(1) });
+        }
         let (load_offset, ring_size) = ring.map_or((0, 0), |(_, off, size)| (off, size));
         let cfg = WindowConfig {
             image_size: image.len,
@@ -197,9 +205,16 @@ impl<'a, 'c> Stage<'a, 'c> {
         self.image = Some(image);
         // 3. Release from reset: start the agent (process) or let the external one see RELEASE.
         let released = Instant::now();
-        if sec.launch == Launch::Process {
-            self.phase("launching", 0);
-            self.launch()?;
+        match sec.launch {
+            Launch::Process => {
+                self.phase("launching", 0);
+                self.launch()?;
+            }
+            Launch::Qemu => {
+                self.phase("launching", 0);
+                self.launch_vm()?;
+            }
+            Launch::External => {}
         }
         self.handshake(released)
     }
@@ -239,6 +254,42 @@ impl<'a, 'c> Stage<'a, 'c> {
         self.emit(EventKind::Launched { id: sec.id.clone(), pid: child.id() });
         self.child = Some(child);
         self.log = Some(log);
+        Ok(())
+    }
+
+    /// Start the secondary's VM: stage 1 boots, finds the window on its ivshmem BAR and runs
+    /// the agent; its serial console is the log.
+    fn launch_vm(&mut self) -> Result<(), String> {
+        let sec = self.sec;
+        let q = sec.qemu.as_ref().ok_or("internal: launch = qemu without a [qemu] spec")?;
+        let console = sec.window.path.with_extension("console.log");
+        let len = self.window().data_size() + layout::REGS_SIZE as u64;
+        let spec = crate::vm::VmSpec {
+            memory_mib: q.memory_mib,
+            accel: q.accel.clone(),
+            kernel: q.kernel.clone(),
+            initrd: q.initrd.clone(),
+            cmdline: crate::vm::stage1_cmdline(&sec.id, sec.timeouts.agent),
+            window: Some((sec.window.path.clone(), len)),
+            console: console.clone(),
+        };
+        let qemu_log = sec.window.path.with_extension("qemu.log");
+        let err = File::create(&qemu_log)
+            .map_err(|e| format!("cannot create QEMU log {}: {e}", qemu_log.display()))?;
+        let child = crate::vm::qemu_command(&spec)
+            .stdin(Stdio::null())
+            .stdout(err.try_clone().map_err(|e| e.to_string())?)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot start qemu-system-x86_64 ({e}); run `monarch vm prepare`, which installs QEMU"
+                )
+            })?;
+        self.emit(EventKind::Launched { id: sec.id.clone(), pid: child.id() });
+        self.child = Some(child);
+        self.log = Some(console);
+        self.qemu_log = Some(qemu_log);
         Ok(())
     }
 
@@ -399,6 +450,11 @@ impl<'a, 'c> Stage<'a, 'c> {
     fn agent_exit(&mut self) -> Option<String> {
         let c = self.child.as_mut()?;
         match c.try_wait() {
+            Ok(Some(status)) if self.sec.launch == Launch::Qemu => {
+                let said =
+                    self.qemu_log.as_deref().and_then(log_tail).map(|t| format!(": {t}")).unwrap_or_default();
+                Some(format!("the VM (qemu pid {}) ended ({status}){said}", c.id()))
+            }
             Ok(Some(status)) => Some(format!("agent process {} exited ({status})", c.id())),
             _ => None,
         }
@@ -410,7 +466,7 @@ impl<'a, 'c> Stage<'a, 'c> {
         let mut p = Primary::new(PrimarySpec {
             expected,
             max_attempts: sec.attempts,
-            expect_running: sec.handoff == crate::topology::Handoff::Exec,
+            expect_running: sec.handoff != crate::topology::Handoff::None,
             stream: sec.mode == Mode::Push,
             timeouts: Timeouts {
                 rendezvous: sec.timeouts.rendezvous,
@@ -558,7 +614,8 @@ impl<'a, 'c> Stage<'a, 'c> {
             s.push_str(&format!("; {why}"));
         }
         if let Some(tail) = self.log.as_deref().and_then(log_tail) {
-            s.push_str(&format!("; agent said: {tail}"));
+            let whose = if self.sec.launch == Launch::Qemu { "VM console" } else { "agent" };
+            s.push_str(&format!("; {whose} said: {tail}"));
         }
         s
     }

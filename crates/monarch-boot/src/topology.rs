@@ -6,7 +6,7 @@
 //! `docs/topology.md` documents every field.
 
 use bytesize::ByteSize;
-use monarch_proto::{Algo, Mode, stream};
+use monarch_proto::{Algo, Mode, layout, stream};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -84,6 +84,9 @@ pub enum Launch {
     /// Someone else starts the agent (firmware, initramfs, another host); only the window
     /// is given.
     External,
+    /// The monarch starts a QEMU VM whose ivshmem PCI BAR is the window; the agent runs as
+    /// PID 1 of the VM's stage-1 initramfs (`monarch vm prepare` builds it).
+    Qemu,
 }
 
 /// What the secondary does after OK.
@@ -94,6 +97,9 @@ pub enum Handoff {
     Exec,
     /// Stop after verification (firmware that jumps by itself).
     None,
+    /// The image is a kernel bundle (UKI): load its kernel, initrd and command line with
+    /// `kexec_file_load` and reboot into it; the delivered system reports RUNNING.
+    Kexec,
 }
 
 impl Handoff {
@@ -102,6 +108,7 @@ impl Handoff {
         match self {
             Handoff::Exec => "exec",
             Handoff::None => "none",
+            Handoff::Kexec => "kexec",
         }
     }
 }
@@ -130,6 +137,7 @@ struct FileDef {
 struct ChassisDef {
     name: String,
     run_dir: Option<String>,
+    vm_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +179,15 @@ struct WindowDef {
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct QemuDef {
+    memory: Option<Spanned<SizeDef>>,
+    accel: Option<String>,
+    kernel: Option<String>,
+    initrd: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FaultDef {
     #[serde(default)]
     corrupt_attempts: u32,
@@ -194,6 +211,7 @@ struct ProcessorDef {
     banner: Option<String>,
     window: Option<Spanned<WindowDef>>,
     fault: Option<FaultDef>,
+    qemu: Option<Spanned<QemuDef>>,
     // The per-processor settings (same names as in [defaults]); serde cannot combine
     // `flatten` with `deny_unknown_fields`, so they are listed here again.
     launch: Option<Launch>,
@@ -326,6 +344,21 @@ pub struct Secondary {
     pub required: bool,
     /// Injected faults.
     pub faults: Faults,
+    /// The VM, for launch = "qemu".
+    pub qemu: Option<QemuSpec>,
+}
+
+/// A secondary that is a QEMU VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuSpec {
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// QEMU accelerator: `tcg` (software emulation, works everywhere) or `kvm`.
+    pub accel: String,
+    /// Stage-1 kernel.
+    pub kernel: PathBuf,
+    /// Stage-1 initramfs (its `/init` is a static `monarch`).
+    pub initrd: PathBuf,
 }
 
 /// A management processor.
@@ -417,6 +450,9 @@ pub mod defaults {
     pub const AGENT: Duration = Duration::from_secs(30);
     /// Push: chunk size.
     pub const CHUNK_SIZE: u64 = 1 << 20;
+    /// A VM secondary's timeouts are the defaults times this (it boots a kernel under
+    /// emulation before its agent answers, and another one after the handoff).
+    pub const VM_SLOWDOWN: u32 = 6;
     /// Builtin image size: the seed's 30 MB image.
     pub const IMAGE_SIZE: u64 = 30 << 20;
 }
@@ -485,6 +521,8 @@ impl Topology {
             ),
         };
 
+        let vm_dir = file.chassis.vm_dir.as_ref().map_or_else(crate::vm::default_dir, |d| base.join(d));
+        let vm_art = crate::vm::Artifacts::at(&vm_dir);
         let mut seen_ids: BTreeMap<String, ()> = BTreeMap::new();
         let mut seen_windows: HashMap<PathBuf, String> = HashMap::new();
         let mut managers = Vec::new();
@@ -556,6 +594,12 @@ impl Topology {
                             .unwrap_or_else(|| format!("{id} booted the delivered image")),
                     }
                 }
+                Some(i) if i.get_ref() == "vm:payload" => {
+                    if let Err(e) = vm_art.check() {
+                        cx.push(Some(i.span()), format!("{who}.image"), e);
+                    }
+                    ImageSource::File(vm_art.bundle.clone())
+                }
                 Some(i) if i.get_ref().starts_with("builtin:") => {
                     cx.push(
                         Some(i.span()),
@@ -597,6 +641,40 @@ impl Topology {
                 ImageSource::File(f) => std::fs::metadata(f).ok().map(|m| m.len()),
             };
             let launch = s.launch.unwrap_or(Launch::Process);
+            let vm = launch == Launch::Qemu;
+            if p.qemu.is_some() && !vm {
+                cx.push(
+                    p.qemu.as_ref().map(Spanned::span),
+                    format!("{who}.qemu"),
+                    "a [processor.qemu] table needs launch = \"qemu\"",
+                );
+            }
+            let qemu = vm.then(|| {
+                let q = p.qemu.as_ref().map(|q| q.get_ref().clone()).unwrap_or_default();
+                let memory = q.memory.as_ref().and_then(|m| cx.size(m, &format!("{who}.qemu.memory"))).unwrap_or(512 << 20);
+                if memory < 128 << 20 {
+                    cx.push(q.memory.as_ref().map(Spanned::span), format!("{who}.qemu.memory"), "a VM needs at least 128MiB (kernel, initramfs and the staged image live in it); 512MiB is the default");
+                }
+                let accel = q.accel.unwrap_or_else(|| "tcg".into());
+                if !["tcg", "kvm"].contains(&accel.as_str()) {
+                    cx.push(p.qemu.as_ref().map(Spanned::span), format!("{who}.qemu.accel"), format!("unknown accelerator \"{accel}\"; use \"tcg\" (software emulation) or \"kvm\""));
+                }
+                let kernel = q.kernel.map_or_else(|| vm_art.kernel.clone(), |k| base.join(k));
+                let initrd = q.initrd.map_or_else(|| vm_art.initrd.clone(), |k| base.join(k));
+                for (f, what) in [(&kernel, "kernel"), (&initrd, "initrd")] {
+                    if !f.is_file() {
+                        cx.push(p.qemu.as_ref().map(Spanned::span).or(Some(p.id.span())), format!("{who}.qemu.{what}"), format!("{} is missing; run `monarch vm prepare` (it builds the stage-1 kernel and initramfs) or set qemu.{what}", f.display()));
+                    }
+                }
+                QemuSpec { memory_mib: memory >> 20, accel, kernel, initrd }
+            });
+            let handoff = s.handoff.unwrap_or(if vm { Handoff::Kexec } else { Handoff::Exec });
+            if vm && handoff == Handoff::Exec {
+                cx.push(Some(p.id.span()), format!("{who}.handoff"), "a VM hands off with \"kexec\" (a kernel bundle) or \"none\"; \"exec\" runs a program in the monarch's own kernel");
+            }
+            if handoff == Handoff::Kexec && launch == Launch::Process {
+                cx.push(Some(p.id.span()), format!("{who}.handoff"), "kexec replaces the running kernel: use it with launch = \"qemu\" (or an external agent on its own machine), never with launch = \"process\"");
+            }
             let (wpath, wsize, wspan) = match &p.window {
                 Some(w) => {
                     let size =
@@ -606,6 +684,14 @@ impl Topology {
                 None => (None, None, None),
             };
             let memfd = p.window.as_ref().is_some_and(|w| w.get_ref().memfd);
+            let bar = |data: u64| data + layout::REGS_SIZE as u64;
+            if vm
+                && let (Some(size), Some(span)) = (wsize, &wspan)
+                && !bar(size).is_power_of_two()
+            {
+                let fit = bar(size).next_power_of_two() - layout::REGS_SIZE as u64;
+                cx.push(Some(span.clone()), format!("{who}.window.size"), format!("a VM's window is a PCI BAR, whose size (data area + the 4 KiB register page) is a power of two; use {fit} (or leave window.size out)"));
+            }
             if memfd && (launch != Launch::Process || wpath.is_some()) {
                 cx.push(wspan.clone(), format!("{who}.window.memfd"), "a memfd window is handed to an agent the monarch starts: use it with launch = \"process\" and without window.path");
             }
@@ -691,12 +777,20 @@ impl Topology {
                     w
                 }
                 (Some(w), _) => w,
-                (None, Some(img)) => match mode {
-                    Mode::Pull => img.div_ceil(1 << 20) << 20,
-                    Mode::Push => stream_window(img, chunk_size)
-                        .next_multiple_of(1 << 20)
-                        .max(stream_window(img, chunk_size)),
-                },
+                (None, Some(img)) => {
+                    let data = match mode {
+                        Mode::Pull => img.div_ceil(1 << 20) << 20,
+                        Mode::Push => stream_window(img, chunk_size)
+                            .next_multiple_of(1 << 20)
+                            .max(stream_window(img, chunk_size)),
+                    };
+                    if vm {
+                        // A PCI BAR: register page + data area, a power of two in all.
+                        (data + layout::REGS_SIZE as u64).next_power_of_two() - layout::REGS_SIZE as u64
+                    } else {
+                        data
+                    }
+                }
                 (None, None) => 0,
             };
             let algo = match &s.checksum {
@@ -723,15 +817,21 @@ impl Topology {
                 Some(a) => *a.get_ref(),
             };
             let t = s.timeouts.clone().unwrap_or_default();
+            // A VM boots a kernel before its agent answers, and again after the handoff.
+            let slow = if vm { defaults::VM_SLOWDOWN } else { 1 };
             let timeouts = Timeouts {
                 rendezvous: cx.duration(
                     &t.rendezvous,
                     &format!("{who}.timeouts.rendezvous"),
-                    defaults::RENDEZVOUS,
+                    defaults::RENDEZVOUS * slow,
                 ),
-                verify: cx.duration(&t.verify, &format!("{who}.timeouts.verify"), defaults::VERIFY),
-                handoff: cx.duration(&t.handoff, &format!("{who}.timeouts.handoff"), defaults::HANDOFF),
-                agent: cx.duration(&t.agent, &format!("{who}.timeouts.agent"), defaults::AGENT),
+                verify: cx.duration(&t.verify, &format!("{who}.timeouts.verify"), defaults::VERIFY * slow),
+                handoff: cx.duration(
+                    &t.handoff,
+                    &format!("{who}.timeouts.handoff"),
+                    defaults::HANDOFF * slow,
+                ),
+                agent: cx.duration(&t.agent, &format!("{who}.timeouts.agent"), defaults::AGENT * slow),
             };
             let f = p.fault.clone().unwrap_or_default();
             if f.kill_agent_during_copy && launch == Launch::External {
@@ -750,7 +850,7 @@ impl Topology {
                 image,
                 window: WindowSpec { path: wpath, memfd, data_size },
                 launch,
-                handoff: s.handoff.unwrap_or(Handoff::Exec),
+                handoff,
                 mode,
                 algo,
                 attempts,
@@ -762,6 +862,7 @@ impl Topology {
                     corrupt_chunks: f.corrupt_chunks.clone(),
                 },
                 chunk_size,
+                qemu,
             });
         }
         if managers.is_empty() {

@@ -6,10 +6,12 @@
 //! - [`doorbell`]: futex doorbells, bounded polling where there is no shared kernel.
 //! - [`memimage`]: an image held in a sealed memfd, and the `exec` handoff that runs the
 //!   delivered bytes themselves.
+//! - [`kexec`]: the `kexec` handoff (a verified kernel + initrd replace the running kernel).
 //!
 //! The protocol decisions live in `monarch-proto`; the orchestration in `monarch-boot`.
 
 pub mod doorbell;
+pub mod kexec;
 pub mod memimage;
 pub mod window;
 

@@ -75,6 +75,41 @@ not confirm.")]
     /// Measurements, each printed beside a reference measured in the same run.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Secondaries that are QEMU VMs (launch = "qemu"): prepare their kernel and initramfs.
+    #[command(subcommand)]
+    Vm(VmCmd),
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Build the VM artifacts from Debian's packages and a static monarch: guest kernel,
+    /// stage-1 initramfs, demo payload bundle.
+    #[command(
+        long_about = "Build everything a VM secondary needs, from Debian's packages and this project's own static binary, into --dir (a cache: later runs rebuild only what changed).\n\n\
+- installs qemu-system-x86, ipxe-qemu and binutils with apt-get when missing (needs root);\n\
+- the guest kernel: `apt-get download` of the kernel behind linux-image-cloud-amd64, unpacked with `dpkg -x` (vmlinuz);\n\
+- the stage-1 initramfs (stage1.cpio): /init is a statically linked monarch, which as PID 1 runs the agent on the VM's ivshmem BAR and hands off with kexec;\n\
+- the demo payload bundle (payload.efi): a UKI (systemd's EFI stub from systemd-boot-efi, with .linux/.initrd/.cmdline sections added by objcopy) holding the same kernel and initramfs with monarch.role=payload, which reports RUNNING through the window.\n\n\
+The static monarch is --agent, else this executable if it is static, else one built with cargo from the source tree this executable was built in (target/static).\n\n\
+Then: monarch up --topology examples/qemu-chassis.toml"
+    )]
+    Prepare(VmPrepareArgs),
+}
+
+#[derive(Args)]
+struct VmPrepareArgs {
+    /// Output and cache folder [default: $MONARCH_VM_DIR, else /var/cache/monarch/vm].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// A statically linked monarch to put in the initramfs.
+    #[arg(long, value_name = "FILE")]
+    agent: Option<PathBuf>,
+    /// Rebuild everything, ignoring the cache.
+    #[arg(long)]
+    force: bool,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -174,11 +209,14 @@ enum HandoffArg {
     Exec,
     /// Exit after the monarch's OK.
     None,
+    /// Boot the delivered kernel bundle (UKI) with kexec (inside a VM or on a secondary machine).
+    Kexec,
 }
 
 #[derive(Args)]
 struct AgentArgs {
-    /// The window: a file both sides map (e.g. /dev/shm/…, or a PCI BAR's resourceN).
+    /// The window: a file both sides map (e.g. /dev/shm/…, or a PCI BAR's resourceN), or
+    /// `ivshmem` for the BAR of this machine's first ivshmem PCI device (implies --poll).
     #[arg(long, value_name = "PATH")]
     window: PathBuf,
     /// This secondary's id, for messages.
@@ -234,6 +272,10 @@ fn load(topo: &TopologyOpt) -> Result<Topology, topology::TopologyError> {
 }
 
 fn main() -> ExitCode {
+    if std::process::id() == 1 {
+        // PID 1 of a VM's initramfs: stage 1 or the delivered payload (docs/vm.md).
+        monarch_boot::vm::init_main();
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Up(a) => cmd_up(a),
@@ -259,6 +301,7 @@ fn main() -> ExitCode {
         Cmd::Image(ImageCmd::Build { size, banner, out }) => cmd_image_build(&size, &banner, &out),
         Cmd::Bench(BenchCmd::Window(a)) => cmd_bench_window(a),
         Cmd::Bench(BenchCmd::Baseline(a)) => cmd_bench_baseline(a),
+        Cmd::Vm(VmCmd::Prepare(a)) => cmd_vm_prepare(a),
     }
 }
 
@@ -285,15 +328,25 @@ fn cmd_up(a: UpArgs) -> ExitCode {
 }
 
 fn cmd_agent(a: AgentArgs) -> ExitCode {
+    let ivshmem = a.window.as_os_str() == "ivshmem";
+    let window = if ivshmem {
+        match monarch_boot::vm::find_ivshmem() {
+            Ok(p) => p,
+            Err(e) => return bad_input(&e),
+        }
+    } else {
+        a.window
+    };
     let opts = AgentOptions {
-        window: a.window,
+        window,
         id: a.id,
         handoff: match a.handoff {
             HandoffArg::Exec => Handoff::Exec,
             HandoffArg::None => Handoff::None,
+            HandoffArg::Kexec => Handoff::Kexec,
         },
         timeout: a.timeout,
-        doorbell: if a.poll {
+        doorbell: if a.poll || ivshmem {
             Doorbell::Poll { max_sleep: Duration::from_millis(1) }
         } else {
             Doorbell::detect()
@@ -361,6 +414,46 @@ fn cmd_bench_baseline(a: BenchBaselineArgs) -> ExitCode {
     let result =
         monarch_boot::baseline::baseline(a.size, a.reps.max(1), agent_exe, &mut bench_progress(json));
     report_bench("baseline", json, result, output::bench_baseline)
+}
+
+fn cmd_vm_prepare(a: VmPrepareArgs) -> ExitCode {
+    let opts = monarch_boot::vm::PrepareOptions {
+        dir: a.dir.unwrap_or_else(monarch_boot::vm::default_dir),
+        agent: a.agent,
+        force: a.force,
+    };
+    let mut progress = |m: &str| eprintln!("vm prepare: {m}");
+    match monarch_boot::vm::prepare(&opts, &mut progress) {
+        Ok(p) if a.json => {
+            println!("{}", serde_json::to_string(&p).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(p) => {
+            let art = monarch_boot::vm::Artifacts::at(&opts.dir);
+            println!("VM artifacts in {}:", opts.dir.display());
+            println!("  kernel   {} ({}, {} bytes)", art.kernel.display(), p.kernel_package, p.kernel_bytes);
+            println!(
+                "  stage 1  {} ({} bytes; /init = {})",
+                art.initrd.display(),
+                p.initrd_bytes,
+                p.agent.display()
+            );
+            println!(
+                "  payload  {} ({} bytes; UKI, image = \"vm:payload\")",
+                art.bundle.display(),
+                p.bundle_bytes
+            );
+            if !p.cached.is_empty() {
+                println!("  reused from the cache: {}", p.cached.join(", "));
+            }
+            println!("next: monarch up --topology examples/qemu-chassis.toml");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("monarch vm prepare: {e}");
+            ExitCode::from(exit::BOOT_FAILED)
+        }
+    }
 }
 
 /// The monarch binary itself, which agents are started with.

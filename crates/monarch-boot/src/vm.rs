@@ -1,0 +1,604 @@
+//! Secondaries that are QEMU virtual machines: the window is an `ivshmem-plain` PCI device
+//! whose memory is the window file, the agent runs as PID 1 of a stage-1 initramfs, and the
+//! handoff is a real `kexec` into the delivered kernel.
+//!
+//! - [`prepare`] builds everything from Debian's packages and the project's own static
+//!   binary: a guest kernel (`apt-get download` + `dpkg -x`), systemd's EFI stub (for the
+//!   bundle), the stage-1 initramfs (`/init` = the static `monarch`), and the demo payload
+//!   bundle (a UKI: that kernel, that initramfs, a command line saying `monarch.role=payload`).
+//!   It caches in [`default_dir`] and rebuilds only what changed.
+//! - [`qemu_command`] is how the monarch starts one VM.
+//! - [`init_main`] is the static binary's life as PID 1 inside a VM: stage 1 (the agent on
+//!   the ivshmem BAR) or the delivered payload (reports RUNNING through the same BAR and on
+//!   the serial console, powers off on SHUTDOWN).
+
+use crate::agent::{self, AgentOptions};
+use crate::host;
+use crate::payload;
+use crate::topology::Handoff;
+use monarch_drivers::{Doorbell, Window, kexec};
+use monarch_proto::Algo;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Command line of the demo payload bundle's kernel.
+pub const PAYLOAD_CMDLINE: &str = "console=ttyS0 quiet panic=-1 monarch.role=payload";
+
+/// The line the delivered payload prints on the serial console once it runs.
+pub const PAYLOAD_MARKER: &str = "MONARCH-PAYLOAD RUNNING";
+
+/// Prefix of every line stage 1 prints on the serial console.
+pub const STAGE1_MARKER: &str = "monarch stage 1:";
+
+/// Debian's meta-package whose dependency is the guest kernel: the cloud flavour, small and
+/// quick to boot, with everything used here built in (PCI, 8250 console, devtmpfs,
+/// `CONFIG_KEXEC_FILE`).
+const KERNEL_META: &str = "linux-image-cloud-amd64";
+
+/// PCI ids of QEMU's ivshmem device.
+const IVSHMEM_VENDOR: &str = "0x1af4";
+const IVSHMEM_DEVICE: &str = "0x1110";
+
+/// Where prepared artifacts live: `$MONARCH_VM_DIR`, else `/var/cache/monarch/vm`.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("MONARCH_VM_DIR").map_or_else(|| PathBuf::from("/var/cache/monarch/vm"), PathBuf::from)
+}
+
+/// The prepared files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifacts {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Guest kernel (bzImage).
+    pub kernel: PathBuf,
+    /// Stage-1 initramfs (newc cpio, `/init` = static monarch).
+    pub initrd: PathBuf,
+    /// Demo payload bundle (UKI).
+    pub bundle: PathBuf,
+}
+
+impl Artifacts {
+    /// The artifact paths inside `dir` (whether or not they exist yet).
+    pub fn at(dir: &Path) -> Artifacts {
+        Artifacts {
+            dir: dir.to_path_buf(),
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("stage1.cpio"),
+            bundle: dir.join("payload.efi"),
+        }
+    }
+
+    /// The first missing artifact, if any, as an error that says how to make it.
+    pub fn check(&self) -> Result<(), String> {
+        for p in [&self.kernel, &self.initrd, &self.bundle] {
+            if !p.is_file() {
+                return Err(format!(
+                    "{} is missing; run `monarch vm prepare` (add --dir {} if that is not the default) to build the VM artifacts",
+                    p.display(),
+                    self.dir.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Options of [`prepare`].
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    /// Output (and cache) folder.
+    pub dir: PathBuf,
+    /// A statically linked `monarch` to put in the initramfs; default: this executable if
+    /// it is static, else one built from the source tree this executable was built in.
+    pub agent: Option<PathBuf>,
+    /// Rebuild everything, ignoring the cache.
+    pub force: bool,
+}
+
+/// What [`prepare`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Prepared {
+    /// Kernel package (name and version).
+    pub kernel_package: String,
+    /// The static agent used.
+    pub agent: PathBuf,
+    /// Sizes of the artifacts.
+    pub kernel_bytes: u64,
+    /// Stage-1 initramfs size.
+    pub initrd_bytes: u64,
+    /// Bundle size.
+    pub bundle_bytes: u64,
+    /// Steps that were taken from the cache.
+    pub cached: Vec<String>,
+}
+
+/// Build (or reuse) every VM artifact in `opts.dir`. Installs QEMU, iPXE's ROMs and
+/// binutils with apt-get when missing. Serialised with a lock file, so parallel tests share
+/// one preparation.
+pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(&str)) -> Result<Prepared, String> {
+    let dir = &opts.dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let lock = std::fs::File::create(dir.join(".lock"))
+        .map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
+    host::ensure_packages(
+        &[("qemu-system-x86_64", "qemu-system-x86"), ("objcopy", "binutils"), ("dpkg-deb", "dpkg")],
+        progress,
+    )?;
+    if !Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom").exists() {
+        host::ensure_packages(&[("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu")], progress)?;
+    }
+    let art = Artifacts::at(dir);
+    let mut cached = Vec::new();
+    // 1. The guest kernel, from Debian's package.
+    let kernel_pkg_file = dir.join("kernel.package");
+    let kernel_package = match std::fs::read_to_string(&kernel_pkg_file) {
+        Ok(p) if !opts.force && art.kernel.is_file() => {
+            cached.push("kernel".into());
+            p.trim().to_string()
+        }
+        _ => {
+            let pkg = resolve_dependency(KERNEL_META)?;
+            progress(&format!("fetching the guest kernel: {pkg} (apt-get download)"));
+            let x = fetch_deb(&pkg, dir)?;
+            let boot = x.join("boot");
+            let vmlinuz = std::fs::read_dir(&boot)
+                .map_err(|e| format!("{pkg} has no /boot ({e})"))?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+                .ok_or(format!("{pkg} has no /boot/vmlinuz-*"))?;
+            replace_file(&vmlinuz, &art.kernel)?;
+            let _ = std::fs::remove_dir_all(&x);
+            let version = deb_version(&pkg).unwrap_or_default();
+            let label = format!("{pkg} {version}").trim().to_string();
+            std::fs::write(&kernel_pkg_file, &label).map_err(|e| e.to_string())?;
+            label
+        }
+    };
+    // 2. systemd's EFI stub, the base of the bundle.
+    let stub = dir.join("linuxx64.efi.stub");
+    if stub.is_file() && !opts.force {
+        cached.push("stub".into());
+    } else {
+        progress("fetching systemd's EFI stub: systemd-boot-efi (apt-get download)");
+        let x = fetch_deb("systemd-boot-efi", dir)?;
+        replace_file(&x.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub"), &stub)?;
+        let _ = std::fs::remove_dir_all(&x);
+    }
+    // 3. The static agent, and from it the initramfs and the bundle.
+    let agent = find_static_agent(opts.agent.as_deref(), progress)?;
+    let agent_bytes = std::fs::read(&agent).map_err(|e| format!("cannot read {}: {e}", agent.display()))?;
+    let b3 = |b: &[u8]| Algo::Blake3.digest(b).to_hex(Algo::Blake3);
+    let key = format!("{} {kernel_package} {}", b3(&agent_bytes), b3(PAYLOAD_CMDLINE.as_bytes()));
+    let key_file = dir.join("artifacts.key");
+    if !opts.force
+        && std::fs::read_to_string(&key_file).is_ok_and(|k| k == key)
+        && art.initrd.is_file()
+        && art.bundle.is_file()
+    {
+        cached.push("initramfs".into());
+        cached.push("bundle".into());
+    } else {
+        progress(&format!("building the stage-1 initramfs around {}", agent.display()));
+        let cpio = initramfs(&agent_bytes).map_err(|e| format!("cannot build the initramfs: {e}"))?;
+        write_atomic(&art.initrd, &cpio)?;
+        progress("building the demo payload bundle (UKI: kernel + initramfs + command line)");
+        let tmp = art.bundle.with_extension("efi.tmp");
+        crate::bundle::build(&stub, &art.kernel, &art.initrd, PAYLOAD_CMDLINE, &tmp)?;
+        std::fs::rename(&tmp, &art.bundle).map_err(|e| e.to_string())?;
+        write_atomic(&key_file, key.as_bytes())?;
+    }
+    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    Ok(Prepared {
+        kernel_package,
+        agent,
+        kernel_bytes: len(&art.kernel),
+        initrd_bytes: len(&art.initrd),
+        bundle_bytes: len(&art.bundle),
+        cached,
+    })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn replace_file(from: &Path, to: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    write_atomic(to, &bytes)
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The real package a Debian meta-package depends on (`linux-image-cloud-amd64` →
+/// `linux-image-6.1.0-NN-cloud-amd64`).
+fn resolve_dependency(meta: &str) -> Result<String, String> {
+    let mut out = run_ok(Command::new("apt-cache").args(["depends", meta]), "apt-cache depends");
+    if out.as_ref().map_or(true, |o| !o.contains("Depends:")) {
+        let _ = run_ok(Command::new("apt-get").args(["update", "-qq"]), "apt-get update");
+        out = run_ok(Command::new("apt-cache").args(["depends", meta]), "apt-cache depends");
+    }
+    out?.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_string)
+        .ok_or(format!("apt-cache knows no kernel behind {meta}; check /etc/apt/sources.list"))
+}
+
+fn deb_version(pkg: &str) -> Option<String> {
+    let out =
+        run_ok(Command::new("apt-cache").args(["show", "--no-all-versions", pkg]), "apt-cache show").ok()?;
+    out.lines().find_map(|l| l.strip_prefix("Version: ")).map(str::to_string)
+}
+
+/// `apt-get download PKG` into a scratch folder of `dir`, then `dpkg -x` it; returns the
+/// extracted tree.
+fn fetch_deb(pkg: &str, dir: &Path) -> Result<PathBuf, String> {
+    let scratch = dir.join(format!("fetch-{pkg}"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    // apt drops privileges to _apt for downloads; a world-writable scratch folder lets it.
+    let _ = std::fs::set_permissions(&scratch, std::os::unix::fs::PermissionsExt::from_mode(0o777));
+    run_ok(Command::new("apt-get").args(["download", "-qq", pkg]).current_dir(&scratch), "apt-get download")
+        .map_err(|e| {
+            format!(
+                "{e}; the guest kernel and stub come from Debian's repositories: check network access to them"
+            )
+        })?;
+    let deb = std::fs::read_dir(&scratch)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or(format!("apt-get download {pkg} left no .deb"))?;
+    let x = scratch.join("x");
+    run_ok(Command::new("dpkg").arg("-x").arg(&deb).arg(&x), "dpkg -x")?;
+    Ok(x)
+}
+
+/// Whether `bytes` are an ELF executable without a program interpreter (statically linked).
+pub fn is_static_elf(bytes: &[u8]) -> bool {
+    use object::read::elf::{ElfFile64, ProgramHeader as _};
+    let Ok(elf) = ElfFile64::<object::LittleEndian>::parse(bytes) else { return false };
+    let e = elf.endian();
+    !elf.elf_program_headers().iter().any(|p| p.p_type(e) == object::elf::PT_INTERP)
+}
+
+fn find_static_agent(given: Option<&Path>, progress: &mut dyn FnMut(&str)) -> Result<PathBuf, String> {
+    let check = |p: &Path| -> Result<PathBuf, String> {
+        let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        if is_static_elf(&bytes) {
+            Ok(p.to_path_buf())
+        } else {
+            Err(format!(
+                "{} is not a statically linked executable; build one with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --target x86_64-unknown-linux-gnu",
+                p.display()
+            ))
+        }
+    };
+    if let Some(p) = given {
+        return check(p);
+    }
+    let me = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
+    if check(&me).is_ok() {
+        return Ok(me);
+    }
+    // Built from a source tree (target/{debug,release}/monarch): build the static one there.
+    let ws = me
+        .ancestors()
+        .find(|d| d.join("Cargo.toml").is_file() && d.join("crates/monarch").is_dir())
+        .ok_or(format!(
+            "{} is dynamically linked and not inside a monarch source tree; pass --agent with a static monarch",
+            me.display()
+        ))?;
+    let target_dir = ws.join("target/static");
+    progress(
+        "building a static monarch for the initramfs (cargo build --release, crt-static; first time takes minutes)",
+    );
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "--locked", "--quiet", "-p", "monarch", "--bin", "monarch"])
+        .args(["--target", "x86_64-unknown-linux-gnu"])
+        .current_dir(ws)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run cargo to build the static agent: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build of the static agent failed ({status})"));
+    }
+    check(&target_dir.join("x86_64-unknown-linux-gnu/release/monarch"))
+}
+
+/// The stage-1 initramfs: `/dev`, `/proc`, `/sys`, `/dev/console` and `/init` (the agent).
+pub fn initramfs(init: &[u8]) -> std::io::Result<Vec<u8>> {
+    use cpio::newc::{Builder, ModeFileType, trailer};
+    let mut out = Vec::with_capacity(init.len() + 4096);
+    let entry = |out: Vec<u8>, b: Builder, data: &[u8]| -> std::io::Result<Vec<u8>> {
+        let len = u32::try_from(data.len()).map_err(std::io::Error::other)?;
+        let mut w = b.uid(0).gid(0).nlink(1).write(out, len);
+        w.write_all(data)?;
+        w.finish()
+    };
+    for (ino, d) in (1..).zip(["dev", "proc", "sys", "run"]) {
+        out = entry(
+            out,
+            Builder::new(d).ino(ino).mode(0o755).set_mode_file_type(ModeFileType::Directory),
+            &[],
+        )?;
+    }
+    out = entry(
+        out,
+        Builder::new("dev/console")
+            .ino(10)
+            .mode(0o600)
+            .set_mode_file_type(ModeFileType::Char)
+            .rdev_major(5)
+            .rdev_minor(1),
+        &[],
+    )?;
+    out =
+        entry(out, Builder::new("init").ino(11).mode(0o755).set_mode_file_type(ModeFileType::Regular), init)?;
+    trailer(out)
+}
+
+/// One VM to start.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// QEMU accelerator (`tcg`, or `kvm` where it works).
+    pub accel: String,
+    /// Kernel and initramfs of stage 1.
+    pub kernel: PathBuf,
+    /// Stage-1 initramfs.
+    pub initrd: PathBuf,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// The window file that backs the ivshmem BAR (`None`: no window, e.g. for netboot).
+    pub window: Option<(PathBuf, u64)>,
+    /// Where the serial console goes.
+    pub console: PathBuf,
+}
+
+/// QEMU escapes commas in option values by doubling them.
+fn qemu_escape(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// The QEMU command line for one VM: no default devices, serial console to a file, the
+/// window as an `ivshmem-plain` device backed by the window file (`share=on`: the VM and
+/// the monarch see the same pages), and no reboot (a panicking guest ends QEMU).
+pub fn qemu_command(spec: &VmSpec) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", &spec.accel, "-cpu", "max", "-smp", "1"])
+        .args(["-m", &format!("{}M", spec.memory_mib)])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", qemu_escape(&spec.console)))
+        .arg("-kernel")
+        .arg(&spec.kernel)
+        .arg("-initrd")
+        .arg(&spec.initrd)
+        .arg("-append")
+        .arg(&spec.cmdline);
+    if let Some((path, len)) = &spec.window {
+        cmd.arg("-object")
+            .arg(format!("memory-backend-file,id=window,mem-path={},size={len},share=on", qemu_escape(path)))
+            .args(["-device", "ivshmem-plain,memdev=window"]);
+    }
+    cmd
+}
+
+/// The stage-1 command line for secondary `id`.
+pub fn stage1_cmdline(id: &str, agent_timeout: Duration) -> String {
+    format!(
+        "console=ttyS0 quiet panic=-1 monarch.role=agent monarch.id={id} monarch.timeout={}s",
+        agent_timeout.as_secs().max(1)
+    )
+}
+
+/// The first ivshmem device in sysfs: its BAR2 (`resource2`), with memory decoding enabled.
+pub fn find_ivshmem() -> Result<PathBuf, String> {
+    let root = Path::new("/sys/bus/pci/devices");
+    let mut devs: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| format!("cannot list {}: {e} (is sysfs mounted?)", root.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    devs.sort();
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    let dev = devs
+        .into_iter()
+        .find(|d| read(d.join("vendor")) == IVSHMEM_VENDOR && read(d.join("device")) == IVSHMEM_DEVICE)
+        .ok_or(format!(
+            "no ivshmem device (PCI {IVSHMEM_VENDOR}:{IVSHMEM_DEVICE}) in {}; start the VM with -device ivshmem-plain",
+            root.display()
+        ))?;
+    // Firmware usually leaves memory decoding on; make sure, since no driver binds it.
+    let _ = std::fs::write(dev.join("enable"), "1");
+    Ok(dev.join("resource2"))
+}
+
+fn say(line: &str) {
+    // PID 1's stdout is /dev/console: the serial log the monarch keeps.
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+}
+
+fn idle_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// `monarch` as PID 1 of a VM. Never returns: PID 1 exiting panics the kernel.
+pub fn init_main() -> ! {
+    use rustix::mount::{MountFlags, mount};
+    for (src, dst, fs) in
+        [("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"), ("devtmpfs", "/dev", "devtmpfs")]
+    {
+        let _ = std::fs::create_dir_all(dst);
+        if let Err(e) = mount(src, dst, fs, MountFlags::empty(), None) {
+            say(&format!("monarch init: cannot mount {fs} on {dst}: {e}"));
+        }
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let param = |key: &str| {
+        cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_string)
+    };
+    match param("monarch.role").as_deref() {
+        Some("agent") => stage1(&param),
+        Some("payload") => delivered(cmdline.trim()),
+        other => {
+            say(&format!("monarch init: no role for me (monarch.role={other:?} in the kernel command line)"))
+        }
+    }
+    idle_forever()
+}
+
+fn kernel_release() -> String {
+    rustix::system::uname().release().to_string_lossy().into_owned()
+}
+
+fn stage1(param: &dyn Fn(&str) -> Option<String>) {
+    let id = param("monarch.id").unwrap_or_else(|| "vm".into());
+    let timeout = param("monarch.timeout")
+        .and_then(|t| humantime::parse_duration(&t).ok())
+        .unwrap_or(Duration::from_secs(60));
+    say(&format!("{STAGE1_MARKER} agent {id} on Linux {}", kernel_release()));
+    let window = match find_ivshmem() {
+        Ok(w) => w,
+        Err(e) => {
+            say(&format!("{STAGE1_MARKER} {e}; staying in stage 1"));
+            return;
+        }
+    };
+    say(&format!("{STAGE1_MARKER} window {}", window.display()));
+    let opts = AgentOptions {
+        window,
+        id: id.clone(),
+        handoff: Handoff::Kexec,
+        timeout,
+        doorbell: Doorbell::Poll { max_sleep: Duration::from_millis(1) },
+    };
+    match agent::run(&opts) {
+        Ok(()) => say(&format!("{STAGE1_MARKER} agent {id} verified its image; staying in stage 1")),
+        Err(e) => say(&format!("{STAGE1_MARKER} agent {id}: {e}; staying in stage 1")),
+    }
+}
+
+/// The delivered kernel's initramfs: prove it runs (serial marker, and RUNNING with a report
+/// through the window when there is one), then wait for SHUTDOWN and power off.
+fn delivered(cmdline: &str) {
+    let report = format!("delivered kernel Linux {} running; cmdline: {cmdline}", kernel_release());
+    say(&format!("{PAYLOAD_MARKER} {report}"));
+    let window = match find_ivshmem().and_then(|p| Window::open(&p).map_err(|e| e.to_string())) {
+        Ok(mut w) => {
+            w.set_doorbell(Doorbell::Poll { max_sleep: Duration::from_millis(20) });
+            w
+        }
+        Err(e) => {
+            say(&format!(
+                "monarch payload: no window to report through ({e}); the serial line above is the report"
+            ));
+            return;
+        }
+    };
+    if let Err(e) = payload::announce(&window, &report) {
+        say(&format!("monarch payload: {e}"));
+        return;
+    }
+    payload::idle_until_shutdown(&window, Duration::MAX, &|| false);
+    say("monarch payload: SHUTDOWN received; powering off");
+    let e = kexec::power_off();
+    say(&format!("monarch payload: power off failed: {e}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_initramfs_holds_init_and_a_console_and_reads_back_with_a_cpio_reader() {
+        let cpio = initramfs(b"\x7fELF fake init").unwrap();
+        let mut r = std::io::Cursor::new(cpio);
+        let mut seen = Vec::new();
+        loop {
+            let e = cpio::NewcReader::new(r).unwrap();
+            if e.entry().is_trailer() {
+                break;
+            }
+            let (name, mode, major, minor) = (
+                e.entry().name().to_string(),
+                e.entry().mode(),
+                e.entry().rdev_major(),
+                e.entry().rdev_minor(),
+            );
+            let mut data = Vec::new();
+            let mut e = e;
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            seen.push((name, mode, major, minor, data));
+            r = e.finish().unwrap();
+        }
+        let init = seen.iter().find(|s| s.0 == "init").unwrap();
+        assert_eq!(init.1, 0o100_755);
+        assert_eq!(init.4, b"\x7fELF fake init");
+        let console = seen.iter().find(|s| s.0 == "dev/console").unwrap();
+        assert_eq!((console.1, console.2, console.3), (0o020_600, 5, 1));
+    }
+
+    #[test]
+    fn static_and_dynamic_executables_are_told_apart() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        // Test binaries are built without crt-static.
+        assert!(!is_static_elf(&me));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+    }
+
+    #[test]
+    fn qemu_gets_the_window_as_a_shared_ivshmem_backend_and_escapes_commas() {
+        let spec = VmSpec {
+            memory_mib: 256,
+            accel: "tcg".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: stage1_cmdline("lc,1", Duration::from_secs(60)),
+            window: Some(("/dev/shm/a,b.win".into(), 1 << 25)),
+            console: "/tmp/c.log".into(),
+        };
+        let args: Vec<String> =
+            qemu_command(&spec).get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let joined = args.join(" ");
+        assert!(
+            joined
+                .contains("memory-backend-file,id=window,mem-path=/dev/shm/a,,b.win,size=33554432,share=on")
+        );
+        assert!(joined.contains("-device ivshmem-plain,memdev=window"));
+        assert!(joined.contains("-serial file:/tmp/c.log"));
+        assert!(joined.contains("monarch.role=agent monarch.id=lc,1 monarch.timeout=60s"));
+        assert!(args.contains(&"-no-reboot".to_string()));
+    }
+}
