@@ -10,57 +10,11 @@ use monarch_proto::layout;
 use monarch_proto::msg;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const MONARCH: &str = env!("CARGO_BIN_EXE_monarch");
-
-struct Run {
-    code: i32,
-    events: Vec<Value>,
-    summary: Value,
-    stderr: String,
-}
-
-impl Run {
-    fn processor(&self, id: &str) -> &Value {
-        self.summary["processors"]
-            .as_array()
-            .and_then(|a| a.iter().find(|p| p["id"] == id))
-            .unwrap_or_else(|| panic!("no processor {id} in {}", self.summary))
-    }
-    fn events_of(&self, id: &str, event: &str) -> Vec<&Value> {
-        self.events.iter().filter(|e| e["id"] == id && e["event"] == event).collect()
-    }
-}
-
-fn monarch(args: &[&str]) -> Output {
-    Command::new(MONARCH).args(args).output().expect("run monarch")
-}
-
-fn up_json(topology: Option<&Path>) -> Run {
-    let mut args = vec!["up", "--json"];
-    let t;
-    if let Some(p) = topology {
-        t = p.display().to_string();
-        args.push("--topology");
-        args.push(&t);
-    }
-    let out = monarch(&args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let events: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
-    let summary = events.last().cloned().unwrap_or(Value::Null);
-    assert_eq!(summary["event"], "summary", "last line must be the summary: {stdout}");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        events,
-        summary,
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
+mod common;
+use common::{MONARCH, Run, monarch, up_json};
 
 /// A topology in a temporary folder, windows in that folder too.
 struct Topo {

@@ -1,0 +1,127 @@
+//! End-to-end tests on virtual hardware: secondaries that are QEMU VMs (software
+//! emulation), windows that are ivshmem PCI BARs, and a real kexec into the delivered kernel.
+//!
+//! They prepare their own artifacts with `monarch vm prepare` (Debian packages + a static
+//! build of this tree, cached in /var/cache/monarch/vm or $MONARCH_VM_DIR), and each runs
+//! its windows and serial consoles in its own temporary folder.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod common;
+use common::{Run, monarch, up_json};
+use std::path::Path;
+use std::sync::OnceLock;
+
+const PAYLOAD_MARKER: &str = "MONARCH-PAYLOAD RUNNING";
+const STAGE1_MARKER: &str = "monarch stage 1:";
+
+/// `monarch vm prepare`, once per test binary (it also serialises with a lock file).
+fn prepared() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let out = monarch(&["vm", "prepare"]);
+        assert!(
+            out.status.success(),
+            "monarch vm prepare failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+fn console(dir: &Path, id: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{id}.console.log"))).unwrap_or_default()
+}
+
+#[test]
+fn the_qemu_example_boots_both_vms_into_the_delivered_kernel_with_a_visible_retry() {
+    prepared();
+    // The example as shipped, with its windows and consoles kept in a folder of ours.
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/qemu-chassis.toml"),
+    )
+    .unwrap();
+    let text =
+        example.replacen("[chassis]\n", &format!("[chassis]\nrun_dir = \"{}\"\n", dir.path().display()), 1);
+    let topo = dir.path().join("qemu-chassis.toml");
+    std::fs::write(&topo, text).unwrap();
+    let run: Run = up_json(Some(&topo));
+    assert_eq!(run.code, 0, "{}\n{}", run.summary, run.stderr);
+    for id in ["vm1", "vm2"] {
+        let p = run.processor(id);
+        assert_eq!(p["state"], "running", "{p}");
+        let report = p["report"].as_str().unwrap_or_default();
+        assert!(
+            report.contains("delivered kernel Linux") && report.contains("monarch.role=payload"),
+            "{report}"
+        );
+        // The delivered kernel runs: its initramfs printed the marker on the serial console,
+        // after stage 1 had loaded it with kexec.
+        let log = console(dir.path(), id);
+        let kexec =
+            log.find("kexec: loading the verified kernel").unwrap_or_else(|| panic!("no kexec in:\n{log}"));
+        let marker = log.find(PAYLOAD_MARKER).unwrap_or_else(|| panic!("no payload marker in:\n{log}"));
+        assert!(kexec < marker, "{log}");
+    }
+    // The corrupted first copy of vm2 was caught by the written checksum and rewritten.
+    assert_eq!(run.processor("vm2")["attempts"], 2);
+    assert_eq!(run.events_of("vm2", "mismatch").len(), 1);
+    assert_eq!(run.processor("vm1")["attempts"], 1);
+    assert_eq!(run.processor("lc3")["state"], "running");
+}
+
+#[test]
+fn a_bundle_that_never_verifies_is_never_kexecd_and_the_vm_stays_in_stage_1() {
+    prepared();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[chassis]\nname = \"vm-corrupt\"\nrun_dir = \"{}\"\n\n\
+         [[processor]]\nid = \"mm\"\nrole = \"monarch\"\n\n\
+         [[processor]]\nid = \"vmbad\"\nrole = \"secondary\"\nlaunch = \"qemu\"\nimage = \"vm:payload\"\n\
+         attempts = 2\nfault = {{ corrupt_attempts = 2 }}\n",
+        dir.path().display()
+    );
+    let topo = dir.path().join("t.toml");
+    std::fs::write(&topo, text).unwrap();
+    let run = up_json(Some(&topo));
+    assert_eq!(run.code, 1, "{}\n{}", run.summary, run.stderr);
+    let p = run.processor("vmbad");
+    assert_eq!(p["state"], "failed", "{p}");
+    assert_eq!(p["attempts"], 2);
+    let error = p["error"].as_str().unwrap_or_default();
+    assert!(error.contains("never matched the retrieved checksum in 2 attempt(s)"), "{error}");
+    assert_eq!(run.events_of("vmbad", "mismatch").len(), 2);
+    assert!(run.events_of("vmbad", "phase").iter().all(|e| e["phase"] != "handoff"), "no handoff phase");
+    let log = console(dir.path(), "vmbad");
+    assert!(log.contains(STAGE1_MARKER), "stage 1 ran:\n{log}");
+    assert!(!log.contains("kexec"), "never kexec'd:\n{log}");
+    assert!(!log.contains(PAYLOAD_MARKER), "the delivered kernel never ran:\n{log}");
+}
+
+#[test]
+fn vm_topology_mistakes_are_named_with_their_fix() {
+    prepared();
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("t.toml");
+    std::fs::write(
+        &topo,
+        "[chassis]\nname = \"x\"\n[[processor]]\nid = \"mm\"\nrole = \"monarch\"\n\
+         [[processor]]\nid = \"v\"\nrole = \"secondary\"\nlaunch = \"qemu\"\nimage = \"vm:payload\"\nhandoff = \"exec\"\n\
+         window = { size = \"20MiB\" }\nqemu = { accel = \"hvf\" }\n\
+         [[processor]]\nid = \"p\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nhandoff = \"kexec\"\n",
+    )
+    .unwrap();
+    let out = monarch(&["plan", "--topology", topo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "processor \"v\".handoff: a VM hands off with \"kexec\"",
+        "processor \"v\".window.size: a VM's window is a PCI BAR",
+        "use 33550336",
+        "processor \"v\".qemu.accel: unknown accelerator \"hvf\"",
+        "processor \"p\".handoff: kexec replaces the running kernel",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
