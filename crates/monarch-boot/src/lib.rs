@@ -23,3 +23,4 @@ pub mod run;
 pub mod stage;
 pub mod topology;
 pub mod vm;
+pub mod vmbench;

@@ -389,23 +389,25 @@ fn qemu_escape(p: &Path) -> String {
 /// window as an `ivshmem-plain` device backed by the window file (`share=on`: the VM and
 /// the monarch see the same pages), and no reboot (a panicking guest ends QEMU).
 pub fn qemu_command(spec: &VmSpec) -> Command {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", &spec.accel, "-cpu", "max", "-smp", "1"])
-        .args(["-m", &format!("{}M", spec.memory_mib)])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
-        .arg("-serial")
-        .arg(format!("file:{}", qemu_escape(&spec.console)))
-        .arg("-kernel")
-        .arg(&spec.kernel)
-        .arg("-initrd")
-        .arg(&spec.initrd)
-        .arg("-append")
-        .arg(&spec.cmdline);
+    let mut cmd = qemu_machine(spec.memory_mib, &spec.accel, &spec.console);
+    cmd.arg("-kernel").arg(&spec.kernel).arg("-initrd").arg(&spec.initrd).arg("-append").arg(&spec.cmdline);
     if let Some((path, len)) = &spec.window {
         cmd.arg("-object")
             .arg(format!("memory-backend-file,id=window,mem-path={},size={len},share=on", qemu_escape(path)))
             .args(["-device", "ivshmem-plain,memdev=window"]);
     }
+    cmd
+}
+
+/// A one-CPU machine with no default devices, its serial console in `console`, that ends
+/// instead of rebooting. What boots in it is up to the caller.
+pub fn qemu_machine(memory_mib: u64, accel: &str, console: &Path) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", accel, "-cpu", "max", "-smp", "1"])
+        .args(["-m", &format!("{memory_mib}M")])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", qemu_escape(console)));
     cmd
 }
 
@@ -479,6 +481,14 @@ pub fn init_main() -> ! {
     idle_forever()
 }
 
+/// Seconds since this kernel started (for the console lines: where boot time goes).
+fn uptime() -> String {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn kernel_release() -> String {
     rustix::system::uname().release().to_string_lossy().into_owned()
 }
@@ -488,7 +498,7 @@ fn stage1(param: &dyn Fn(&str) -> Option<String>) {
     let timeout = param("monarch.timeout")
         .and_then(|t| humantime::parse_duration(&t).ok())
         .unwrap_or(Duration::from_secs(60));
-    say(&format!("{STAGE1_MARKER} agent {id} on Linux {}", kernel_release()));
+    say(&format!("{STAGE1_MARKER} agent {id} on Linux {}, kernel up {} s", kernel_release(), uptime()));
     let window = match find_ivshmem() {
         Ok(w) => w,
         Err(e) => {
@@ -513,7 +523,11 @@ fn stage1(param: &dyn Fn(&str) -> Option<String>) {
 /// The delivered kernel's initramfs: prove it runs (serial marker, and RUNNING with a report
 /// through the window when there is one), then wait for SHUTDOWN and power off.
 fn delivered(cmdline: &str) {
-    let report = format!("delivered kernel Linux {} running; cmdline: {cmdline}", kernel_release());
+    let report = format!(
+        "delivered kernel Linux {} running (up {} s); cmdline: {cmdline}",
+        kernel_release(),
+        uptime()
+    );
     say(&format!("{PAYLOAD_MARKER} {report}"));
     let window = match find_ivshmem().and_then(|p| Window::open(&p).map_err(|e| e.to_string())) {
         Ok(mut w) => {

@@ -130,6 +130,27 @@ the bench creates and removes; then delivered and verified through a window. Pri
 time and the window path's speed-up. Installs tftpd-hpa and atftp with apt-get when missing \
 (needs root, as do the namespaces).")]
     Baseline(BenchBaselineArgs),
+    /// VM start to the delivered kernel running: the window (stage 1 + kexec) beside iPXE/TFTP.
+    #[command(
+        long_about = "Time from starting a QEMU VM to the delivered kernel running, two ways, in one run:\n\n\
+- through the window: stage 1 boots, its agent verifies the bundle in the ivshmem BAR, kexec (the path of launch = \"qemu\");\n\
+- over the network: QEMU's own iPXE fetches the same kernel and initramfs from QEMU's built-in TFTP server (-netdev user,tftp=…,bootfile=…) with the same command line.\n\n\
+Both clocks start at QEMU's spawn and stop when the delivered initramfs says it runs. Needs `monarch vm prepare` first."
+    )]
+    Vm(BenchVmArgs),
+}
+
+#[derive(Args)]
+struct BenchVmArgs {
+    /// Boots of each kind; the best is kept.
+    #[arg(long, default_value_t = 1)]
+    reps: u32,
+    /// VM artifacts folder [default: $MONARCH_VM_DIR, else /var/cache/monarch/vm].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -302,6 +323,7 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Window(a)) => cmd_bench_window(a),
         Cmd::Bench(BenchCmd::Baseline(a)) => cmd_bench_baseline(a),
         Cmd::Vm(VmCmd::Prepare(a)) => cmd_vm_prepare(a),
+        Cmd::Bench(BenchCmd::Vm(a)) => cmd_bench_vm(a),
     }
 }
 
@@ -414,6 +436,17 @@ fn cmd_bench_baseline(a: BenchBaselineArgs) -> ExitCode {
     let result =
         monarch_boot::baseline::baseline(a.size, a.reps.max(1), agent_exe, &mut bench_progress(json));
     report_bench("baseline", json, result, output::bench_baseline)
+}
+
+fn cmd_bench_vm(a: BenchVmArgs) -> ExitCode {
+    let agent_exe = match own_exe() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let dir = a.dir.unwrap_or_else(monarch_boot::vm::default_dir);
+    let json = a.json;
+    let result = monarch_boot::vmbench::vm_bench(&dir, a.reps.max(1), agent_exe, &mut bench_progress(json));
+    report_bench("vm", json, result, output::bench_vm)
 }
 
 fn cmd_vm_prepare(a: VmPrepareArgs) -> ExitCode {

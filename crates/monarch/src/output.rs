@@ -259,3 +259,29 @@ pub fn bench_baseline(r: &monarch_boot::baseline::Baseline) -> String {
     }
     out
 }
+
+pub fn bench_vm(r: &monarch_boot::vmbench::VmBench) -> String {
+    let w = &r.window;
+    format!(
+        "\nmonarch bench vm: QEMU ({}) start → delivered kernel running, best of {}\n\
+         kernel {}, bundle {} bytes (UKI: kernel + initramfs + cmdline)\n\n  \
+         window (stage 1 + ivshmem BAR + kexec)   {:>8.2} s\n    \
+         stage-1 boot to READY                  {:>8.2} s\n    \
+         copy into the window                   {:>8.3} s\n    \
+         verify in the VM                       {:>8.2} s\n    \
+         kexec + delivered kernel to RUNNING    {:>8.2} s\n  \
+         network boot (QEMU's iPXE over TFTP)     {:>8.2} s\n\n  \
+         the window path is {:.2}x faster\n",
+        r.accel,
+        r.reps,
+        r.kernel_package,
+        r.bundle_bytes,
+        w.total_s,
+        w.stage1_s,
+        w.copy_s,
+        w.verify_s,
+        w.handoff_s,
+        r.ipxe_tftp_s,
+        r.speedup
+    )
+}
