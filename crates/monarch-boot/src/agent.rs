@@ -369,7 +369,9 @@ impl Agent<'_> {
                     eprintln!("agent {id}: kexec_file_load failed: {e}");
                     return Err(FailCode::HandoffFailed);
                 }
-                eprintln!("agent {id}: handing off: rebooting into the delivered kernel");
+                let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+                let up = up.split_whitespace().next().unwrap_or("?");
+                eprintln!("agent {id}: handing off: rebooting into the delivered kernel (kernel up {up} s)");
                 let e = monarch_drivers::kexec::reboot_into_loaded();
                 eprintln!("agent {id}: reboot into the delivered kernel failed: {e}");
                 Err(FailCode::HandoffFailed)
