@@ -3,7 +3,7 @@
 
 use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::image::{self, Image};
-use crate::topology::{Launch, PortPath, Secondary};
+use crate::topology::{Handoff, Launch, PortPath, Secondary};
 use command_fds::{CommandFdExt, FdMapping};
 use monarch_drivers::{Doorbell, Poll, Window};
 use monarch_proto::layout;
@@ -165,6 +165,13 @@ impl<'a, 'c> Stage<'a, 'c> {
             algo: sec.algo.name().into(),
             checksum: image.digest.to_hex(sec.algo),
         });
+        if sec.handoff == Handoff::Kexec
+            && let image::ImageData::Memory(bytes) = &image.data
+        {
+            // Refuse a bundle the agent could never boot before a VM is even started.
+            crate::bundle::parse(bytes)
+                .map_err(|e| format!("image {} cannot be booted by kexec: {e}", sec.image))?;
+        }
         if sec.mode == Mode::Pull && image.len > sec.window.data_size {
             return Err(format!(
                 "the image is {} bytes but the window's data area is {} bytes; raise window.size (pull mode holds the whole image)",

@@ -51,6 +51,7 @@ fn the_qemu_example_boots_both_vms_into_the_delivered_kernel_with_a_visible_retr
     for id in ["vm1", "vm2"] {
         let p = run.processor(id);
         assert_eq!(p["state"], "running", "{p}");
+        assert_eq!(run.events_of(id, "launched").len(), 1, "one VM started for {id}");
         let report = p["report"].as_str().unwrap_or_default();
         assert!(
             report.contains("delivered kernel Linux") && report.contains("monarch.role=payload"),
@@ -97,6 +98,26 @@ fn a_bundle_that_never_verifies_is_never_kexecd_and_the_vm_stays_in_stage_1() {
     assert!(log.contains(STAGE1_MARKER), "stage 1 ran:\n{log}");
     assert!(!log.contains("kexec"), "never kexec'd:\n{log}");
     assert!(!log.contains(PAYLOAD_MARKER), "the delivered kernel never ran:\n{log}");
+}
+
+#[test]
+fn an_image_that_is_not_a_kernel_bundle_is_refused_before_any_vm_starts() {
+    prepared();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("not-a-uki.img"), vec![0x42u8; 1 << 20]).unwrap();
+    let text = format!(
+        "[chassis]\nname = \"vm-notuki\"\nrun_dir = \"{}\"\n\
+         [[processor]]\nid = \"mm\"\nrole = \"monarch\"\n\
+         [[processor]]\nid = \"v\"\nrole = \"secondary\"\nlaunch = \"qemu\"\nimage = \"not-a-uki.img\"\n",
+        dir.path().display()
+    );
+    let topo = dir.path().join("t.toml");
+    std::fs::write(&topo, text).unwrap();
+    let run = up_json(Some(&topo));
+    assert_eq!(run.code, 1, "{}", run.summary);
+    let error = run.processor("v")["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("cannot be booted by kexec: not a kernel bundle"), "{error}");
+    assert!(run.events_of("v", "launched").is_empty(), "no VM was started");
 }
 
 #[test]
