@@ -50,12 +50,15 @@ pub enum EventKind {
         /// Attempt (0 before the first copy).
         attempt: u32,
     },
-    /// An agent process was started.
+    /// An agent process (or, for a VM, QEMU) was started.
     Launched {
         /// Secondary.
         id: String,
         /// Its pid.
         pid: u32,
+        /// For a VM: the file its serial console goes to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        console: Option<String>,
     },
     /// An attempt's copy is complete.
     Copied {

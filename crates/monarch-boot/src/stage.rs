@@ -258,7 +258,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             .stderr(err)
             .spawn()
             .map_err(|e| format!("cannot start agent {}: {e}", self.ctx.agent_exe.display()))?;
-        self.emit(EventKind::Launched { id: sec.id.clone(), pid: child.id() });
+        self.emit(EventKind::Launched { id: sec.id.clone(), pid: child.id(), console: None });
         self.child = Some(child);
         self.log = Some(log);
         Ok(())
@@ -293,7 +293,11 @@ impl<'a, 'c> Stage<'a, 'c> {
                     "cannot start qemu-system-x86_64 ({e}); run `monarch vm prepare`, which installs QEMU"
                 )
             })?;
-        self.emit(EventKind::Launched { id: sec.id.clone(), pid: child.id() });
+        self.emit(EventKind::Launched {
+            id: sec.id.clone(),
+            pid: child.id(),
+            console: Some(console.display().to_string()),
+        });
         self.child = Some(child);
         self.log = Some(console);
         self.qemu_log = Some(qemu_log);

@@ -98,7 +98,10 @@ fn describe(k: &EventKind) -> String {
         }
         EventKind::Phase { phase, attempt, .. } if *attempt > 0 => format!("{phase}, attempt {attempt}"),
         EventKind::Phase { phase, .. } => phase.clone(),
-        EventKind::Launched { pid, .. } => format!("agent started, pid {pid}"),
+        EventKind::Launched { pid, console: None, .. } => format!("agent started, pid {pid}"),
+        EventKind::Launched { pid, console: Some(c), .. } => {
+            format!("VM started, qemu pid {pid}, console {c}")
+        }
         EventKind::Copied { attempt, bytes, ms, .. } => {
             format!(
                 "copied attempt {attempt}: {} in {ms:.1} ms ({:.0} MiB/s)",
