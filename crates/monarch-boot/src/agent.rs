@@ -366,7 +366,9 @@ impl Agent<'_> {
                     b.cmdline
                 );
                 if let Err(e) = monarch_drivers::kexec::load(b.linux, b.initrd, &b.cmdline) {
-                    eprintln!("agent {id}: kexec_file_load failed: {e}");
+                    eprintln!(
+                        "agent {id}: kexec_file_load failed: {e} (the kernel needs CONFIG_KEXEC_FILE, the bundle's .linux must be a bzImage, and a kernel in lockdown only loads signed ones)"
+                    );
                     return Err(FailCode::HandoffFailed);
                 }
                 let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();

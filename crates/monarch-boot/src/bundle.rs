@@ -60,8 +60,8 @@ pub fn parse(bytes: &[u8]) -> Result<Bundle<'_>, BundleError> {
     let cmdline = match section(".cmdline")? {
         None => String::new(),
         Some(raw) => {
-            let raw = raw.strip_suffix(&[0][..]).unwrap_or(raw);
             let text = std::str::from_utf8(raw).map_err(|_| BundleError::BadCmdline)?;
+            let text = text.trim_end_matches('\0');
             if text.contains('\0') {
                 return Err(BundleError::BadCmdline);
             }
@@ -131,28 +131,5 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn a_real_uki_round_trips_when_the_stub_is_at_hand() {
-        // The stub comes from Debian's systemd-boot-efi (`monarch vm prepare` fetches it);
-        // without it this test has nothing to build from, and the VM test covers parsing.
-        let stub = crate::vm::default_dir().join("linuxx64.efi.stub");
-        if !stub.exists() || Command::new("objcopy").arg("--version").output().is_err() {
-            eprintln!("skipped: no EFI stub at {}", stub.display());
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let k = dir.path().join("k");
-        let i = dir.path().join("i");
-        std::fs::write(&k, vec![0xAB; 100_000]).unwrap();
-        std::fs::write(&i, b"070701 initrd bytes").unwrap();
-        let out = dir.path().join("b.efi");
-        build(&stub, &k, &i, "console=ttyS0 monarch.role=payload", &out).unwrap();
-        let bytes = std::fs::read(&out).unwrap();
-        let b = parse(&bytes).unwrap();
-        assert_eq!(b.linux, &[0xAB; 100_000][..]);
-        assert_eq!(b.initrd, b"070701 initrd bytes");
-        assert_eq!(b.cmdline, "console=ttyS0 monarch.role=payload");
     }
 }

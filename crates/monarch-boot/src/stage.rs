@@ -280,10 +280,13 @@ impl<'a, 'c> Stage<'a, 'c> {
             window: Some((sec.window.path.clone(), len)),
             console: console.clone(),
         };
+        let pidfile = sec.window.path.with_extension("qemu.pid");
         let qemu_log = sec.window.path.with_extension("qemu.log");
         let err = File::create(&qemu_log)
             .map_err(|e| format!("cannot create QEMU log {}: {e}", qemu_log.display()))?;
         let child = crate::vm::qemu_command(&spec)
+            .arg("-pidfile")
+            .arg(&pidfile)
             .stdin(Stdio::null())
             .stdout(err.try_clone().map_err(|e| e.to_string())?)
             .stderr(err)
@@ -690,8 +693,16 @@ impl<'a, 'c> Stage<'a, 'c> {
 }
 
 /// The last non-empty line of an agent log, trimmed (for error messages).
+/// Only the end of the file is read (a VM's console is the guest's to fill), decoded
+/// lossily, with control characters dropped before it reaches an operator's terminal.
 fn log_tail(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut raw = Vec::new();
+    f.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
     let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    Some(line.trim().chars().take(300).collect())
+    Some(line.trim().chars().filter(|c| !c.is_control()).take(300).collect())
 }

@@ -652,8 +652,11 @@ impl Topology {
             let qemu = vm.then(|| {
                 let q = p.qemu.as_ref().map(|q| q.get_ref().clone()).unwrap_or_default();
                 let memory = q.memory.as_ref().and_then(|m| cx.size(m, &format!("{who}.qemu.memory"))).unwrap_or(512 << 20);
-                if memory < 128 << 20 {
-                    cx.push(q.memory.as_ref().map(Spanned::span), format!("{who}.qemu.memory"), "a VM needs at least 128MiB (kernel, initramfs and the staged image live in it); 512MiB is the default");
+                // The kexec handoff holds the bundle about four times (staged, two memfds, the
+                // kernel's own copy) on top of the running stage 1.
+                let need = (4 * image_size.unwrap_or(0) + (128 << 20)).next_multiple_of(64 << 20);
+                if memory < need {
+                    cx.push(q.memory.as_ref().map(Spanned::span).or(Some(p.id.span())), format!("{who}.qemu.memory"), format!("{} is too little: the kexec handoff holds the image about four times over on top of stage 1; give the VM at least {}", fmt_size(memory), fmt_size(need)));
                 }
                 let accel = q.accel.unwrap_or_else(|| "tcg".into());
                 if !["tcg", "kvm"].contains(&accel.as_str()) {

@@ -19,6 +19,7 @@ use crate::topology::Handoff;
 use monarch_drivers::{Doorbell, Window, kexec};
 use monarch_proto::Algo;
 use std::io::Write as _;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -119,7 +120,12 @@ pub struct Prepared {
 /// one preparation.
 pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(&str)) -> Result<Prepared, String> {
     let dir = &opts.dir;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create {}: {e}; run as root, or choose another folder with --dir or MONARCH_VM_DIR",
+            dir.display()
+        )
+    })?;
     let lock = std::fs::File::create(dir.join(".lock"))
         .map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
@@ -251,23 +257,35 @@ fn deb_version(pkg: &str) -> Option<String> {
 /// `apt-get download PKG` into a scratch folder of `dir`, then `dpkg -x` it; returns the
 /// extracted tree.
 fn fetch_deb(pkg: &str, dir: &Path) -> Result<PathBuf, String> {
-    let scratch = dir.join(format!("fetch-{pkg}"));
+    let scratch = dir.join(format!("fetch-{pkg}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
-    // apt drops privileges to _apt for downloads; a world-writable scratch folder lets it.
-    let _ = std::fs::set_permissions(&scratch, std::os::unix::fs::PermissionsExt::from_mode(0o777));
-    run_ok(Command::new("apt-get").args(["download", "-qq", pkg]).current_dir(&scratch), "apt-get download")
-        .map_err(|e| {
-            format!(
-                "{e}; the guest kernel and stub come from Debian's repositories: check network access to them"
-            )
-        })?;
+    // Private to us (root extracts from it); apt is told not to drop to _apt, which could
+    // not write here, rather than opening the folder to everyone.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&scratch)
+        .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
+    run_ok(
+        Command::new("apt-get")
+            .args(["download", "-qq", "-o", "APT::Sandbox::User=root", pkg])
+            .current_dir(&scratch),
+        "apt-get download",
+    )
+    .map_err(|e| {
+        format!(
+            "{e}; the guest kernel and stub come from Debian's repositories: check network access to them"
+        )
+    })?;
     let deb = std::fs::read_dir(&scratch)
         .map_err(|e| e.to_string())?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or(format!("apt-get download {pkg} left no .deb"))?;
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "deb")
+                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_")))
+        })
+        .ok_or(format!("apt-get download {pkg} left no {pkg}_*.deb in {}", scratch.display()))?;
     let x = scratch.join("x");
     run_ok(Command::new("dpkg").arg("-x").arg(&deb).arg(&x), "dpkg -x")?;
     Ok(x)
@@ -278,7 +296,8 @@ pub fn is_static_elf(bytes: &[u8]) -> bool {
     use object::read::elf::{ElfFile64, ProgramHeader as _};
     let Ok(elf) = ElfFile64::<object::LittleEndian>::parse(bytes) else { return false };
     let e = elf.endian();
-    !elf.elf_program_headers().iter().any(|p| p.p_type(e) == object::elf::PT_INTERP)
+    elf.elf_header().e_machine.get(e) == object::elf::EM_X86_64
+        && !elf.elf_program_headers().iter().any(|p| p.p_type(e) == object::elf::PT_INTERP)
 }
 
 fn find_static_agent(given: Option<&Path>, progress: &mut dyn FnMut(&str)) -> Result<PathBuf, String> {
@@ -380,6 +399,26 @@ pub struct VmSpec {
     pub console: PathBuf,
 }
 
+/// Kill the QEMU processes whose pid files (`*.qemu.pid`) are in `run_dir`: VMs a killed
+/// monarch left running. A pid is killed only if it still is a QEMU.
+pub fn kill_orphans(run_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir) else { return };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().ends_with(".qemu.pid") {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(e.path()).ok().and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let is_qemu = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|exe| exe.file_name().is_some_and(|n| n.to_string_lossy().starts_with("qemu-system")));
+        if let (true, Some(pid)) = (is_qemu, rustix::process::Pid::from_raw(pid)) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 /// QEMU escapes commas in option values by doubling them.
 fn qemu_escape(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
@@ -407,7 +446,8 @@ pub fn qemu_machine(memory_mib: u64, accel: &str, console: &Path) -> Command {
         .args(["-m", &format!("{memory_mib}M")])
         .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
         .arg("-serial")
-        .arg(format!("file:{}", qemu_escape(console)));
+        // (`-serial file:` takes the rest of the argument literally: no comma escaping.)
+        .arg(format!("file:{}", console.display()));
     cmd
 }
 
@@ -582,6 +622,20 @@ mod tests {
         assert_eq!(init.4, b"\x7fELF fake init");
         let console = seen.iter().find(|s| s.0 == "dev/console").unwrap();
         assert_eq!((console.1, console.2, console.3), (0o020_600, 5, 1));
+    }
+
+    #[test]
+    fn orphan_cleanup_kills_only_qemu_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        // A live process that is not QEMU (this test), and a pid that is not running.
+        std::fs::write(dir.path().join("a.qemu.pid"), format!("{}\n", std::process::id())).unwrap();
+        std::fs::write(dir.path().join("b.qemu.pid"), "4194399\n").unwrap();
+        let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+        std::fs::write(dir.path().join("c.qemu.pid"), sleeper.id().to_string()).unwrap();
+        kill_orphans(dir.path());
+        assert!(sleeper.try_wait().unwrap().is_none(), "`sleep` is no QEMU: left alone");
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
     }
 
     #[test]

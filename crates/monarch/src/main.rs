@@ -293,7 +293,8 @@ fn load(topo: &TopologyOpt) -> Result<Topology, topology::TopologyError> {
 }
 
 fn main() -> ExitCode {
-    if std::process::id() == 1 {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::process::id() == 1 && std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "init") {
         // PID 1 of a VM's initramfs: stage 1 or the delivered payload (docs/vm.md).
         monarch_boot::vm::init_main();
     }

@@ -101,6 +101,20 @@ fn a_bundle_that_never_verifies_is_never_kexecd_and_the_vm_stays_in_stage_1() {
 }
 
 #[test]
+fn the_prepared_bundle_is_a_uki_holding_the_prepared_kernel_and_initramfs() {
+    prepared();
+    let dir = std::env::var_os("MONARCH_VM_DIR")
+        .map_or_else(|| "/var/cache/monarch/vm".into(), std::path::PathBuf::from);
+    let bytes = std::fs::read(dir.join("payload.efi")).unwrap();
+    let b = monarch_boot::bundle::parse(&bytes).unwrap();
+    assert_eq!(b.linux, std::fs::read(dir.join("vmlinuz")).unwrap());
+    assert_eq!(b.initrd, std::fs::read(dir.join("stage1.cpio")).unwrap());
+    assert_eq!(b.cmdline, monarch_boot::vm::PAYLOAD_CMDLINE);
+    // What the agent refuses: a bundle without its kernel section.
+    assert!(monarch_boot::bundle::parse(&bytes[..4096]).is_err());
+}
+
+#[test]
 fn an_image_that_is_not_a_kernel_bundle_is_refused_before_any_vm_starts() {
     prepared();
     let dir = tempfile::tempdir().unwrap();
