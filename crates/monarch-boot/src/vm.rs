@@ -632,7 +632,14 @@ mod tests {
         std::fs::write(dir.path().join("b.qemu.pid"), "4194399\n").unwrap();
         let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
         std::fs::write(dir.path().join("c.qemu.pid"), sleeper.id().to_string()).unwrap();
+        // And one that is a QEMU by its executable's name.
+        let fake = dir.path().join("qemu-system-x86_64");
+        std::fs::copy("/bin/sleep", &fake).unwrap();
+        let mut qemu = Command::new(&fake).arg("30").spawn().unwrap();
+        std::fs::write(dir.path().join("d.qemu.pid"), qemu.id().to_string()).unwrap();
         kill_orphans(dir.path());
+        let status = qemu.wait().unwrap();
+        assert!(!status.success(), "the orphaned QEMU was killed: {status}");
         assert!(sleeper.try_wait().unwrap().is_none(), "`sleep` is no QEMU: left alone");
         let _ = sleeper.kill();
         let _ = sleeper.wait();
