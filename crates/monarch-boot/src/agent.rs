@@ -371,9 +371,10 @@ impl Agent<'_> {
                     );
                     return Err(FailCode::HandoffFailed);
                 }
-                let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-                let up = up.split_whitespace().next().unwrap_or("?");
-                eprintln!("agent {id}: handing off: rebooting into the delivered kernel (kernel up {up} s)");
+                eprintln!(
+                    "agent {id}: handing off: rebooting into the delivered kernel (kernel up {} s)",
+                    crate::host::uptime()
+                );
                 let e = monarch_drivers::kexec::reboot_into_loaded();
                 eprintln!("agent {id}: reboot into the delivered kernel failed: {e}");
                 Err(FailCode::HandoffFailed)

@@ -72,12 +72,7 @@ impl Drop for Netns {
 }
 
 fn sh(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
+    host::run(Command::new(args[0]).args(&args[1..]), &format!("`{}`", args.join(" "))).map(drop)
 }
 
 /// Fetch `file` from a tftpd-hpa serving `dir` on `addr:port`, server and client optionally in
@@ -159,9 +154,7 @@ pub fn baseline(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Baseline, String> {
     ensure_tools(progress)?;
-    let dir = PathBuf::from(format!("/tmp/monarch-baseline-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let result = (|| {
+    host::with_scratch(Path::new("/tmp"), "baseline", |dir| {
         use std::os::unix::fs::PermissionsExt;
         let n = usize::try_from(size).map_err(|e| e.to_string())?;
         let image = pattern(n, 0x0062_6173_656c_696e);
@@ -169,7 +162,7 @@ pub fn baseline(
         std::fs::write(&img, &image).map_err(|e| e.to_string())?;
         std::fs::write(dir.join(PROBE), b"probe").map_err(|e| e.to_string())?;
         let _ = std::fs::set_permissions(dir.join(PROBE), std::fs::Permissions::from_mode(0o644));
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
         let _ = std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644));
 
         progress(&format!("window path: delivering and verifying {} ({} runs)", fmt_size(size), reps));
@@ -198,7 +191,7 @@ pub fn baseline(
         }
 
         progress("TFTP, 512-byte blocks, tftpd-hpa -> atftp over loopback");
-        let lo = tftp_fetch(&dir, "image.bin", &image, "127.0.0.1", None, None)?;
+        let lo = tftp_fetch(dir, "image.bin", &image, "127.0.0.1", None, None)?;
         let mut tftp = vec![figure("loopback", size, lo, window)];
 
         progress("TFTP over a veth pair (MTU 1500) between two network namespaces");
@@ -219,12 +212,10 @@ pub fn baseline(
             sh(&["ip", "-n", ns, "link", "set", dev, "mtu", "1500", "up"])?;
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
-        let veth = tftp_fetch(&dir, "image.bin", &image, "192.0.2.1", Some(&srv), Some(&cli))?;
+        let veth = tftp_fetch(dir, "image.bin", &image, "192.0.2.1", Some(&srv), Some(&cli))?;
         tftp.push(figure("veth (MTU 1500, two network namespaces)", size, veth, window));
         Ok(Baseline { bench: "baseline", size, window_seconds: window, tftp })
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    })
 }
 
 fn figure(path: &str, size: u64, took: Duration, window_seconds: f64) -> TftpFigure {

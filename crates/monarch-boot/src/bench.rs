@@ -225,8 +225,7 @@ pub fn checksum_figures(data: &[u8], reps: u32, memcpy: f64) -> Vec<ChecksumFigu
 
 /// Run the window bench.
 pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<WindowBench, String> {
-    let dir = tempfile_dir()?;
-    let result = (|| {
+    crate::host::with_scratch(Path::new("/dev/shm"), "bench", |dir| {
         // Memory stays bounded by the window: the image is written to its file in pieces,
         // and the reference copies a window-sized buffer as often as the image needs.
         progress(&format!("making a {} image", fmt_size(opts.size)));
@@ -235,8 +234,8 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
         let piece = usize::try_from(opts.size.min(opts.window).min(256 << 20)).map_err(|e| e.to_string())?;
         let buffer = pattern(piece, 0x006d_6f6e_6172_6368);
         progress("measuring memcpy into a shared mapping (the reference)");
-        let memcpy = memcpy_reference(&dir, &buffer, opts.size, opts.window, opts.reps)?;
-        let warm = memcpy_warm(&dir, &buffer, opts.size, opts.window, opts.reps)?;
+        let memcpy = memcpy_reference(dir, &buffer, opts.size, opts.window, opts.reps)?;
+        let warm = memcpy_warm(dir, &buffer, opts.size, opts.window, opts.reps)?;
         progress("measuring checksum throughput");
         let checksums = checksum_figures(&buffer, opts.reps, memcpy);
         drop(buffer);
@@ -250,7 +249,7 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
                 rep + 1,
                 opts.reps.max(1)
             ));
-            let (slowest, aggregate) = deliver(opts, &dir, &img_path)?;
+            let (slowest, aggregate) = deliver(opts, dir, &img_path)?;
             best_slowest = best_slowest.max(slowest);
             best_aggregate = best_aggregate.max(aggregate);
         }
@@ -293,15 +292,7 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
             monarch_peak_rss: vm_hwm_bytes(),
             agent_peak_rss: agent_peak(&dir.join("run")),
         })
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf, String> {
-    let d = std::path::PathBuf::from(format!("/dev/shm/monarch-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-    Ok(d)
+    })
 }
 
 /// One delivery run: (seconds of the slowest secondary's delivery, aggregate GiB/s).

@@ -43,3 +43,40 @@ pub fn ensure_packages(wanted: &[(&str, &str)], progress: &mut dyn FnMut(&str)) 
         )),
     }
 }
+
+/// Run `cmd` (stdin closed) to completion; its stdout, or an error naming `what`, the exit
+/// status and what it printed on stderr.
+pub fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Seconds since this machine's kernel started, as `/proc/uptime` prints them (for console
+/// lines that show where a VM's boot time goes); `?` if unknown.
+pub fn uptime() -> String {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Run `work` in a scratch folder `PARENT/monarch-NAME-PID` made for it, and remove the
+/// folder afterwards, whether the work succeeded or not.
+pub fn with_scratch<T>(
+    parent: &Path,
+    name: &str,
+    work: impl FnOnce(&Path) -> Result<T, String>,
+) -> Result<T, String> {
+    let dir = parent.join(format!("monarch-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let result = work(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

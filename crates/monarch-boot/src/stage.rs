@@ -229,8 +229,6 @@ impl<'a, 'c> Stage<'a, 'c> {
     fn launch(&mut self) -> Result<(), String> {
         let sec = self.sec;
         let log = sec.window.path.with_extension("log");
-        let err =
-            File::create(&log).map_err(|e| format!("cannot create agent log {}: {e}", log.display()))?;
         let mut cmd = Process::new(self.ctx.agent_exe);
         cmd.arg("agent").arg("--window");
         if sec.window.memfd {
@@ -246,17 +244,13 @@ impl<'a, 'c> Stage<'a, 'c> {
         } else {
             cmd.arg(&sec.window.path);
         }
-        let child = cmd
-            .arg("--id")
+        cmd.arg("--id")
             .arg(&sec.id)
             .arg("--handoff")
             .arg(sec.handoff.name())
             .arg("--timeout")
-            .arg(humantime::format_duration(sec.timeouts.agent).to_string())
-            .stdin(Stdio::null())
-            .stdout(err.try_clone().map_err(|e| e.to_string())?)
-            .stderr(err)
-            .spawn()
+            .arg(humantime::format_duration(sec.timeouts.agent).to_string());
+        let child = spawn_logged(&mut cmd, &log, "agent log")
             .map_err(|e| format!("cannot start agent {}: {e}", self.ctx.agent_exe.display()))?;
         self.emit(EventKind::Launched { id: sec.id.clone(), pid: child.id(), console: None });
         self.child = Some(child);
@@ -282,20 +276,11 @@ impl<'a, 'c> Stage<'a, 'c> {
         };
         let pidfile = sec.window.path.with_extension("qemu.pid");
         let qemu_log = sec.window.path.with_extension("qemu.log");
-        let err = File::create(&qemu_log)
-            .map_err(|e| format!("cannot create QEMU log {}: {e}", qemu_log.display()))?;
-        let child = crate::vm::qemu_command(&spec)
-            .arg("-pidfile")
-            .arg(&pidfile)
-            .stdin(Stdio::null())
-            .stdout(err.try_clone().map_err(|e| e.to_string())?)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "cannot start qemu-system-x86_64 ({e}); run `monarch vm prepare`, which installs QEMU"
-                )
-            })?;
+        let mut cmd = crate::vm::qemu_command(&spec);
+        cmd.arg("-pidfile").arg(&pidfile);
+        let child = spawn_logged(&mut cmd, &qemu_log, "QEMU log").map_err(|e| {
+            format!("cannot start qemu-system-x86_64 ({e}); run `monarch vm prepare`, which installs QEMU")
+        })?;
         self.emit(EventKind::Launched {
             id: sec.id.clone(),
             pid: child.id(),
@@ -693,6 +678,14 @@ impl<'a, 'c> Stage<'a, 'c> {
 }
 
 /// The last non-empty line of an agent log, trimmed (for error messages).
+/// Start `cmd` with stdin closed and stdout + stderr going to a new file `log` (`what` names
+/// it in errors).
+fn spawn_logged(cmd: &mut Process, log: &Path, what: &str) -> Result<Child, String> {
+    let out = File::create(log).map_err(|e| format!("cannot create {what} {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| format!("cannot share {what} {}: {e}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| e.to_string())
+}
+
 /// Only the end of the file is read (a VM's console is the guest's to fill), decoded
 /// lossily, with control characters dropped before it reaches an operator's terminal.
 fn log_tail(path: &Path) -> Option<String> {

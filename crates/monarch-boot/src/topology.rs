@@ -435,6 +435,12 @@ impl Ctx<'_> {
     }
 }
 
+/// The smallest data area of at least `data` bytes that makes a PCI BAR: register page +
+/// data area, a power of two in all (a VM's window is an ivshmem BAR).
+fn bar_data_size(data: u64) -> u64 {
+    (data + layout::REGS_SIZE as u64).next_power_of_two() - layout::REGS_SIZE as u64
+}
+
 /// Defaults when neither the processor nor `[defaults]` say otherwise.
 pub mod defaults {
     use std::time::Duration;
@@ -687,12 +693,11 @@ impl Topology {
                 None => (None, None, None),
             };
             let memfd = p.window.as_ref().is_some_and(|w| w.get_ref().memfd);
-            let bar = |data: u64| data + layout::REGS_SIZE as u64;
             if vm
                 && let (Some(size), Some(span)) = (wsize, &wspan)
-                && !bar(size).is_power_of_two()
+                && bar_data_size(size) != size
             {
-                let fit = bar(size).next_power_of_two() - layout::REGS_SIZE as u64;
+                let fit = bar_data_size(size);
                 cx.push(Some(span.clone()), format!("{who}.window.size"), format!("a VM's window is a PCI BAR, whose size (data area + the 4 KiB register page) is a power of two; use {fit} (or leave window.size out)"));
             }
             if memfd && (launch != Launch::Process || wpath.is_some()) {
@@ -787,12 +792,7 @@ impl Topology {
                             .next_multiple_of(1 << 20)
                             .max(stream_window(img, chunk_size)),
                     };
-                    if vm {
-                        // A PCI BAR: register page + data area, a power of two in all.
-                        (data + layout::REGS_SIZE as u64).next_power_of_two() - layout::REGS_SIZE as u64
-                    } else {
-                        data
-                    }
+                    if vm { bar_data_size(data) } else { data }
                 }
                 (None, None) => 0,
             };

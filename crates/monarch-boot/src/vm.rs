@@ -195,7 +195,8 @@ pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(&str)) -> Result<
         progress("building the demo payload bundle (UKI: kernel + initramfs + command line)");
         let tmp = art.bundle.with_extension("efi.tmp");
         crate::bundle::build(&stub, &art.kernel, &art.initrd, PAYLOAD_CMDLINE, &tmp)?;
-        std::fs::rename(&tmp, &art.bundle).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &art.bundle)
+            .map_err(|e| format!("cannot write {}: {e}", art.bundle.display()))?;
         write_atomic(&key_file, key.as_bytes())?;
     }
     let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
@@ -220,25 +221,13 @@ fn replace_file(from: &Path, to: &Path) -> Result<(), String> {
     write_atomic(to, &bytes)
 }
 
-fn run_ok(cmd: &mut Command, what: &str) -> Result<String, String> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {what}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The real package a Debian meta-package depends on (`linux-image-cloud-amd64` →
 /// `linux-image-6.1.0-NN-cloud-amd64`).
 fn resolve_dependency(meta: &str) -> Result<String, String> {
-    let mut out = run_ok(Command::new("apt-cache").args(["depends", meta]), "apt-cache depends");
+    let mut out = host::run(Command::new("apt-cache").args(["depends", meta]), "apt-cache depends");
     if out.as_ref().map_or(true, |o| !o.contains("Depends:")) {
-        let _ = run_ok(Command::new("apt-get").args(["update", "-qq"]), "apt-get update");
-        out = run_ok(Command::new("apt-cache").args(["depends", meta]), "apt-cache depends");
+        let _ = host::run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update");
+        out = host::run(Command::new("apt-cache").args(["depends", meta]), "apt-cache depends");
     }
     out?.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
@@ -249,8 +238,8 @@ fn resolve_dependency(meta: &str) -> Result<String, String> {
 }
 
 fn deb_version(pkg: &str) -> Option<String> {
-    let out =
-        run_ok(Command::new("apt-cache").args(["show", "--no-all-versions", pkg]), "apt-cache show").ok()?;
+    let out = host::run(Command::new("apt-cache").args(["show", "--no-all-versions", pkg]), "apt-cache show")
+        .ok()?;
     out.lines().find_map(|l| l.strip_prefix("Version: ")).map(str::to_string)
 }
 
@@ -266,7 +255,7 @@ fn fetch_deb(pkg: &str, dir: &Path) -> Result<PathBuf, String> {
         .recursive(true)
         .create(&scratch)
         .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
-    run_ok(
+    host::run(
         Command::new("apt-get")
             .args(["download", "-qq", "-o", "APT::Sandbox::User=root", pkg])
             .current_dir(&scratch),
@@ -287,7 +276,7 @@ fn fetch_deb(pkg: &str, dir: &Path) -> Result<PathBuf, String> {
         })
         .ok_or(format!("apt-get download {pkg} left no {pkg}_*.deb in {}", scratch.display()))?;
     let x = scratch.join("x");
-    run_ok(Command::new("dpkg").arg("-x").arg(&deb).arg(&x), "dpkg -x")?;
+    host::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&x), "dpkg -x")?;
     Ok(x)
 }
 
@@ -521,14 +510,6 @@ pub fn init_main() -> ! {
     idle_forever()
 }
 
-/// Seconds since this kernel started (for the console lines: where boot time goes).
-fn uptime() -> String {
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|u| u.split_whitespace().next().map(str::to_string))
-        .unwrap_or_default()
-}
-
 fn kernel_release() -> String {
     rustix::system::uname().release().to_string_lossy().into_owned()
 }
@@ -538,7 +519,7 @@ fn stage1(param: &dyn Fn(&str) -> Option<String>) {
     let timeout = param("monarch.timeout")
         .and_then(|t| humantime::parse_duration(&t).ok())
         .unwrap_or(Duration::from_secs(60));
-    say(&format!("{STAGE1_MARKER} agent {id} on Linux {}, kernel up {} s", kernel_release(), uptime()));
+    say(&format!("{STAGE1_MARKER} agent {id} on Linux {}, kernel up {} s", kernel_release(), host::uptime()));
     let window = match find_ivshmem() {
         Ok(w) => w,
         Err(e) => {
@@ -566,7 +547,7 @@ fn delivered(cmdline: &str) {
     let report = format!(
         "delivered kernel Linux {} running (up {} s); cmdline: {cmdline}",
         kernel_release(),
-        uptime()
+        host::uptime()
     );
     say(&format!("{PAYLOAD_MARKER} {report}"));
     let window = match find_ivshmem().and_then(|p| Window::open(&p).map_err(|e| e.to_string())) {

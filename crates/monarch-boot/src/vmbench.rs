@@ -62,11 +62,10 @@ pub fn vm_bench(
 ) -> Result<VmBench, String> {
     let art = Artifacts::at(dir);
     art.check()?;
-    let scratch = tempfile_dir()?;
-    let result = measure(&art, &scratch, reps, &agent_exe, progress);
-    // Windows, kernel copies and consoles go, whether the boots worked or not.
-    let _ = std::fs::remove_dir_all(&scratch);
-    let (window, best_net) = result?;
+    // Windows, kernel copies and consoles go with the scratch folder, boots failed or not.
+    let (window, best_net) = crate::host::with_scratch(&std::env::temp_dir(), "bench-vm", |scratch| {
+        measure(&art, scratch, reps, &agent_exe, progress)
+    })?;
     Ok(VmBench {
         kernel_package: std::fs::read_to_string(dir.join("kernel.package")).unwrap_or_default().trim().into(),
         bundle_bytes: std::fs::metadata(&art.bundle).map_or(0, |m| m.len()),
@@ -101,12 +100,6 @@ fn measure(
         best_net = best_net.min(n);
     }
     Ok((best.ok_or("no repetitions")?, best_net))
-}
-
-fn tempfile_dir() -> Result<PathBuf, String> {
-    let d = std::env::temp_dir().join(format!("monarch-bench-vm-{}", std::process::id()));
-    std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-    Ok(d)
 }
 
 fn window_boot(art: &Artifacts, dir: &Path, agent_exe: &Path) -> Result<WindowBoot, String> {

@@ -8,6 +8,7 @@
 //! raw syscall here.
 
 use rustix::fs::MemfdFlags;
+use rustix::system::RebootCommand;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write};
@@ -55,19 +56,20 @@ pub fn load(kernel: &[u8], initrd: &[u8], cmdline: &str) -> io::Result<()> {
 
 /// Reboot into the kernel loaded by [`load`]. Returns only on failure.
 pub fn reboot_into_loaded() -> io::Error {
-    rustix::fs::sync();
-    match rustix::system::reboot(rustix::system::RebootCommand::Kexec) {
-        Ok(()) => io::Error::other("reboot(LINUX_REBOOT_CMD_KEXEC) returned"),
-        Err(e) => e.into(),
-    }
+    reboot(RebootCommand::Kexec, "LINUX_REBOOT_CMD_KEXEC")
 }
 
 /// Power the machine off (the delivered image's answer to SHUTDOWN when it is PID 1 of a
 /// VM). Returns only on failure.
 pub fn power_off() -> io::Error {
+    reboot(RebootCommand::PowerOff, "LINUX_REBOOT_CMD_POWER_OFF")
+}
+
+/// Flush the file systems, then `reboot(2)` with `cmd`; returns only on failure.
+fn reboot(cmd: RebootCommand, name: &str) -> io::Error {
     rustix::fs::sync();
-    match rustix::system::reboot(rustix::system::RebootCommand::PowerOff) {
-        Ok(()) => io::Error::other("reboot(LINUX_REBOOT_CMD_POWER_OFF) returned"),
+    match rustix::system::reboot(cmd) {
+        Ok(()) => io::Error::other(format!("reboot({name}) returned")),
         Err(e) => e.into(),
     }
 }
