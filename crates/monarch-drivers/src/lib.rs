@@ -10,6 +10,7 @@
 //!
 //! The protocol decisions live in `monarch-proto`; the orchestration in `monarch-boot`.
 
+pub mod disk;
 pub mod doorbell;
 pub mod kexec;
 pub mod memimage;

@@ -12,15 +12,19 @@
 #![forbid(unsafe_code)]
 
 pub mod checksum;
+pub mod dhcp;
 pub mod layout;
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)] // the model stores 32-bit registers in u64 slots
 mod model;
 pub mod msg;
+pub mod netboot;
 pub mod page;
 pub mod primary;
 pub mod secondary;
+pub mod slots;
 pub mod stream;
+pub mod tftp;
 
 pub use checksum::{Algo, Digest};
 pub use msg::{Command, Mode, Status, WindowConfig};
