@@ -15,7 +15,8 @@ pub mod baseline;
 pub mod bench;
 pub mod bundle;
 pub mod events;
-pub mod host;
+/// The host's own tools (moved to the drivers; re-exported for existing callers).
+pub use monarch_drivers::host;
 pub mod image;
 pub mod payload;
 pub mod plan;

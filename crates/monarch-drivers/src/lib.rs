@@ -12,6 +12,7 @@
 
 pub mod disk;
 pub mod doorbell;
+pub mod host;
 pub mod kexec;
 pub mod memimage;
 pub mod window;

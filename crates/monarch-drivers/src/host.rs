@@ -1,0 +1,174 @@
+//! The host's own tools: finding programs and installing the Debian packages that carry
+//! them (benches and `monarch vm prepare` install what they use, as root, with apt-get).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Whether `tool` is on PATH (or in /usr/sbin, which root's PATH may lack).
+pub fn have(tool: &str) -> bool {
+    Path::new(&format!("/usr/sbin/{tool}")).exists()
+        || Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// For each `(tool, package)` whose tool is missing, install the package with apt-get
+/// (refreshing the package lists first). The error says what to run by hand.
+pub fn ensure_packages(wanted: &[(&str, &str)], progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+    let mut missing: Vec<&str> = wanted.iter().filter(|(tool, _)| !have(tool)).map(|(_, pkg)| *pkg).collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    progress(&format!("installing {} (apt-get)", missing.join(" ")));
+    let run = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    };
+    let _ = run(&["update", "-qq"]);
+    match run(&[&["install", "-y", "-qq", "--no-install-recommends"], missing.as_slice()].concat()) {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(format!(
+            "could not install {}: run `apt-get install {}` as root and try again",
+            missing.join(" "),
+            missing.join(" ")
+        )),
+    }
+}
+
+/// Run `cmd` (stdin closed) to completion; its stdout, or an error naming `what`, the exit
+/// status and what it printed on stderr.
+pub fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Seconds since this machine's kernel started, as `/proc/uptime` prints them (for console
+/// lines that show where a VM's boot time goes); `?` if unknown.
+pub fn uptime() -> String {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Run `work` in a scratch folder `PARENT/monarch-NAME-PID` made for it, and remove the
+/// folder afterwards, whether the work succeeded or not.
+pub fn with_scratch<T>(
+    parent: &Path,
+    name: &str,
+    work: impl FnOnce(&Path) -> Result<T, String>,
+) -> Result<T, String> {
+    let dir = parent.join(format!("monarch-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let result = work(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// A veth pair between the current network namespace (or a second namespace) and a network
+/// namespace made for it, with addresses and MTU; everything is deleted on drop. Tests and
+/// benches put network traffic only here or on loopback.
+#[derive(Debug)]
+pub struct VethNs {
+    /// The namespace made for the far end (`ip netns exec NAME …` runs inside it).
+    pub ns: String,
+    /// The near end's interface name (in the current namespace, or in `near_ns`).
+    pub near_if: String,
+    /// The far end's interface name, inside [`VethNs::ns`].
+    pub far_if: String,
+    /// The near end's namespace, when it is not the current one.
+    pub near_ns: Option<String>,
+}
+
+impl VethNs {
+    /// Make namespace `monarch-TAG-PID` (and, with `near_in_ns`, a second one `…-n` for the
+    /// near end), a veth pair between them with `mtu`, address `near/24` on the near end and
+    /// `far/24` on the far end, both up (loopback inside the namespaces too).
+    /// `tag` is at most 5 characters (interface names are limited to 15).
+    pub fn new(tag: &str, near: &str, far: &str, mtu: u32, near_in_ns: bool) -> Result<Self, String> {
+        let pid = std::process::id() % 100_000;
+        let ns = format!("monarch-{tag}-{pid}");
+        let me = VethNs {
+            near_ns: near_in_ns.then(|| format!("{ns}-n")),
+            near_if: format!("mn{tag}{pid}a"),
+            far_if: format!("mn{tag}{pid}b"),
+            ns,
+        };
+        let ip = |args: &[&str]| run(Command::new("ip").args(args), &format!("ip {}", args.join(" ")));
+        let in_near = |args: &[&str]| match &me.near_ns {
+            Some(n) => ip(&[&["netns", "exec", n, "ip"], args].concat()),
+            None => ip(args),
+        };
+        let in_far = |args: &[&str]| ip(&[&["netns", "exec", &me.ns, "ip"], args].concat());
+        let mtu = mtu.to_string();
+        (|| {
+            ip(&["netns", "add", &me.ns])?;
+            if let Some(n) = &me.near_ns {
+                ip(&["netns", "add", n])?;
+            }
+            ip(&["link", "add", &me.near_if, "type", "veth", "peer", "name", &me.far_if])?;
+            ip(&["link", "set", &me.far_if, "netns", &me.ns])?;
+            if let Some(n) = &me.near_ns {
+                ip(&["link", "set", &me.near_if, "netns", n])?;
+                in_near(&["link", "set", "lo", "up"])?;
+            }
+            in_near(&["addr", "add", &format!("{near}/24"), "dev", &me.near_if])?;
+            in_near(&["link", "set", &me.near_if, "mtu", &mtu, "up"])?;
+            in_far(&["link", "set", "lo", "up"])?;
+            in_far(&["addr", "add", &format!("{far}/24"), "dev", &me.far_if])?;
+            in_far(&["link", "set", &me.far_if, "mtu", &mtu, "up"])?;
+            Ok(())
+        })()
+        .map(|()| me)
+        .map_err(|e: String| format!("{e} (network namespaces need root and iproute2)"))
+    }
+
+    /// A command that runs `program` inside the far namespace.
+    pub fn far(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, program]);
+        c
+    }
+
+    /// A command that runs `program` on the near end (inside `near_ns` when there is one).
+    pub fn near(&self, program: &str) -> Command {
+        match &self.near_ns {
+            Some(n) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", n, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+}
+
+impl Drop for VethNs {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it, and with it the peer.
+        let del = |ns: &str| {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).stderr(Stdio::null()).status();
+        };
+        del(&self.ns);
+        if let Some(n) = &self.near_ns {
+            del(n);
+        }
+        let _ = Command::new("ip").args(["link", "delete", &self.near_if]).stderr(Stdio::null()).status();
+    }
+}
