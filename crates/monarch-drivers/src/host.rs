@@ -102,6 +102,9 @@ impl VethNs {
     /// `far/24` on the far end, both up (loopback inside the namespaces too).
     /// `tag` is at most 5 characters (interface names are limited to 15).
     pub fn new(tag: &str, near: &str, far: &str, mtu: u32, near_in_ns: bool) -> Result<Self, String> {
+        if !near_in_ns {
+            refuse_overlap(near)?;
+        }
         let pid = std::process::id() % 100_000;
         let ns = format!("monarch-{tag}-{pid}");
         let me = VethNs {
@@ -157,6 +160,25 @@ impl VethNs {
             None => Command::new(program),
         }
     }
+}
+
+/// Refuse a near-end address whose /24 is already on one of this namespace's interfaces:
+/// adding it would shadow the machine's own route (e.g. its uplink) and cut it off.
+fn refuse_overlap(near: &str) -> Result<(), String> {
+    let prefix = |a: &str| a.rsplit_once('.').map(|(p, _)| p.to_string());
+    let out = run(Command::new("ip").args(["-4", "-o", "addr", "show"]), "`ip -4 addr show`")?;
+    for line in out.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(ifname), Some(addr)) = (words.nth(1), words.nth(1)) else { continue };
+        let addr = addr.split('/').next().unwrap_or(addr);
+        if ifname != "lo" && prefix(addr).is_some() && prefix(addr) == prefix(near) {
+            return Err(format!(
+                "{near}/24 overlaps {ifname}'s address {addr} on this machine: adding it would take over \
+                 that network's route; choose another subnet for the test network (e.g. 10.67.x.0/24)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Drop for VethNs {
