@@ -18,6 +18,9 @@ pub mod events;
 /// The host's own tools (moved to the drivers; re-exported for existing callers).
 pub use monarch_drivers::host;
 pub mod image;
+pub mod netagent;
+pub mod netbench;
+pub mod netboot;
 pub mod payload;
 pub mod plan;
 pub mod run;

@@ -13,16 +13,12 @@ use monarch_proto::msg::{self, Command, Status};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// What the payload prints on standard output when it runs without a window (after a
+/// network boot), followed by its report.
+pub const NETBOOT_MARKER: &str = "MONARCH-PAYLOAD RUNNING";
+
 /// Run the payload; the error is printed by the binary.
 pub fn run() -> Result<(), String> {
-    let path = std::env::var_os("MONARCH_WINDOW").map(PathBuf::from).ok_or(
-        "MONARCH_WINDOW is not set: this program is started by `monarch agent` after an exec handoff",
-    )?;
-    let linger = std::env::var("MONARCH_LINGER")
-        .ok()
-        .and_then(|s| humantime::parse_duration(&s).ok())
-        .unwrap_or(Duration::from_secs(3600));
-    let w = Window::open(&path).map_err(|e| e.to_string())?;
     let me = std::fs::read("/proc/self/exe").map_err(|e| format!("cannot read my own image: {e}"))?;
     let banner = image::read_banner(&me).unwrap_or_else(|| "(no banner)".into());
     let report = format!(
@@ -30,6 +26,17 @@ pub fn run() -> Result<(), String> {
         me.len(),
         Algo::Crc32c.digest(&me).to_hex(Algo::Crc32c)
     );
+    let Some(path) = std::env::var_os("MONARCH_WINDOW").map(PathBuf::from) else {
+        // Booted over the network (`monarch netboot agent`): no window to report through;
+        // standard output is the report.
+        println!("{NETBOOT_MARKER} {report}");
+        return Ok(());
+    };
+    let linger = std::env::var("MONARCH_LINGER")
+        .ok()
+        .and_then(|s| humantime::parse_duration(&s).ok())
+        .unwrap_or(Duration::from_secs(3600));
+    let w = Window::open(&path).map_err(|e| e.to_string())?;
     announce(&w, &report)?;
     let parent = rustix::process::getppid();
     idle_until_shutdown(&w, linger, &|| rustix::process::getppid() != parent);

@@ -1,1 +1,1130 @@
-//! (being written)
+//! The seed-001 network boot flow for monarch agents, sans-IO: messages and the client
+//! (agent) side as a state machine.
+//!
+//! Seed 001 (FIG. 4/5): a machine that has no memory window broadcasts a *boot server
+//! discovery*; a boot server that holds a data block for it answers with the block's *size*;
+//! the machine *pre-posts a buffer of exactly that size*, sends a *download request*, and the
+//! server transfers the block straight into the buffer. No answer within a bounded wait: the
+//! machine goes on booting what it already has. We add what the seed leaves to the
+//! implementer: a transaction id, a digest of the block (the agent verifies before handing
+//! off: the safety invariant of the whole product), a token that ties the download to the
+//! offer, and the digest of the image the machine already has (so an up-to-date machine is
+//! told so and skips the transfer).
+//!
+//! ## Wire format (version 1, little-endian)
+//! Every message starts with a 10-byte header: magic `MNRB`, version `1`, kind, xid (u32).
+//!
+//! | kind | message  | body after the header                                                     |
+//! |------|----------|---------------------------------------------------------------------------|
+//! | 1    | DISCOVER | mac [6], algo code u8 (0 = no local image), digest [32]                   |
+//! | 2    | OFFER    | size u64, algo code u8, digest [32], tcp port u16, token [16], name len u8, name |
+//! | 3    | DOWNLOAD | token [16], size u64                                                      |
+//! | 4    | ACCEPT   | size u64 (then exactly `size` raw bytes follow on the stream)             |
+//! | 5    | REFUSE   | code u8, reason len u8, reason (UTF-8)                                    |
+//!
+//! DISCOVER and OFFER are UDP datagrams (the server's UDP port, broadcast allowed); DOWNLOAD,
+//! ACCEPT and REFUSE travel on TCP, each as a frame: u16 length, then the message. Decoding is
+//! strict (exact lengths, known codes, zero digest padding, UTF-8 names) and never panics;
+//! every length is bounded by [`MAX_MESSAGE`].
+
+use crate::checksum::{Algo, Digest};
+use std::time::Duration;
+
+/// `MNRB`: monarch network boot.
+pub const MAGIC: [u8; 4] = *b"MNRB";
+/// Wire version.
+pub const VERSION: u8 = 1;
+/// Header length: magic, version, kind, xid.
+pub const HEADER_LEN: usize = 10;
+/// No message is longer than this (an OFFER with a 255-byte name is 326 bytes); anything
+/// longer is garbage and is refused before it is read.
+pub const MAX_MESSAGE: usize = 512;
+/// Longest image name carried in an OFFER (its length is one byte on the wire).
+pub const MAX_NAME: usize = 255;
+/// Longest reason carried in a REFUSE.
+pub const MAX_REASON: usize = 255;
+
+const KIND_DISCOVER: u8 = 1;
+const KIND_OFFER: u8 = 2;
+const KIND_DOWNLOAD: u8 = 3;
+const KIND_ACCEPT: u8 = 4;
+const KIND_REFUSE: u8 = 5;
+
+/// A download token: ties a DOWNLOAD to the OFFER the server made (random, 128 bits).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Token(pub [u8; 16]);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Tokens are short-lived capabilities: show only a prefix in logs.
+        write!(f, "Token({:02x}{:02x}…)", self.0[0], self.0[1])
+    }
+}
+
+/// A machine's request for a boot server (seed FIG. 5, signal 520).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Discover {
+    /// Transaction id chosen by the machine; the OFFER echoes it.
+    pub xid: u32,
+    /// The machine's MAC address: the catalog key.
+    pub mac: [u8; 6],
+    /// The image the machine already has, if any (algorithm + digest).
+    pub current: Option<(Algo, Digest)>,
+}
+
+/// A boot server's answer: it has a data block for this machine (seed FIG. 5, signal 525).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Offer {
+    /// The DISCOVER's transaction id.
+    pub xid: u32,
+    /// The image's name (for people and events; at most [`MAX_NAME`] bytes, not empty).
+    pub name: String,
+    /// Exact size of the data block: the machine pre-posts a buffer of this size.
+    pub size: u64,
+    /// Checksum algorithm of `digest`.
+    pub algo: Algo,
+    /// Digest of the whole block: the machine verifies what landed against it.
+    pub digest: Digest,
+    /// TCP port of the download service on the offering server's address.
+    pub tcp_port: u16,
+    /// Capability for the DOWNLOAD.
+    pub token: Token,
+}
+
+/// The machine asks for the offered block on TCP (seed FIG. 5, signal 530).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Download {
+    /// The OFFER's transaction id.
+    pub xid: u32,
+    /// The OFFER's token.
+    pub token: Token,
+    /// The size the machine pre-posted: the server refuses if it no longer matches.
+    pub size: u64,
+}
+
+/// Why a server refused a DOWNLOAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefuseCode {
+    /// The token is unknown or expired: discover again.
+    BadToken,
+    /// The image changed since the offer (size differs): discover again.
+    Changed,
+    /// The server is at its limit of concurrent transfers: try again later.
+    Busy,
+    /// The image could not be read on the server.
+    Unavailable,
+    /// A code this version does not know (kept, not rejected: the reason text says more).
+    Other(u8),
+}
+
+impl RefuseCode {
+    /// Wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            RefuseCode::BadToken => 1,
+            RefuseCode::Changed => 2,
+            RefuseCode::Busy => 3,
+            RefuseCode::Unavailable => 4,
+            RefuseCode::Other(c) => c,
+        }
+    }
+
+    /// Decode a wire code.
+    pub fn from_code(c: u8) -> RefuseCode {
+        match c {
+            1 => RefuseCode::BadToken,
+            2 => RefuseCode::Changed,
+            3 => RefuseCode::Busy,
+            4 => RefuseCode::Unavailable,
+            c => RefuseCode::Other(c),
+        }
+    }
+}
+
+/// Every message of the flow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// UDP, machine → server.
+    Discover(Discover),
+    /// UDP, server → machine.
+    Offer(Offer),
+    /// TCP, machine → server.
+    Download(Download),
+    /// TCP, server → machine: `size` raw bytes follow.
+    Accept {
+        /// The DOWNLOAD's transaction id.
+        xid: u32,
+        /// Bytes that follow.
+        size: u64,
+    },
+    /// TCP, server → machine: no transfer; the connection closes.
+    Refuse {
+        /// The DOWNLOAD's transaction id.
+        xid: u32,
+        /// Why.
+        code: RefuseCode,
+        /// For people (at most [`MAX_REASON`] bytes; longer reasons are cut at a char boundary).
+        reason: String,
+    },
+}
+
+/// Why bytes are not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum WireError {
+    /// Fewer bytes than the message needs.
+    #[error("truncated netboot message: {got} bytes, {need} needed")]
+    Truncated {
+        /// Bytes present.
+        got: usize,
+        /// Bytes needed.
+        need: usize,
+    },
+    /// More bytes than the message has: not this protocol, or a corrupted message.
+    #[error("netboot message has {extra} trailing bytes")]
+    Trailing {
+        /// Bytes after the message.
+        extra: usize,
+    },
+    /// Longer than [`MAX_MESSAGE`].
+    #[error("netboot message of {0} bytes exceeds the {MAX_MESSAGE}-byte limit")]
+    TooLong(usize),
+    /// Not `MNRB`.
+    #[error("not a monarch netboot message (bad magic)")]
+    BadMagic,
+    /// Another version.
+    #[error("netboot version {0} is not supported (this side speaks {VERSION}): upgrade the older side")]
+    BadVersion(u8),
+    /// Unknown kind.
+    #[error("unknown netboot message kind {0}")]
+    BadKind(u8),
+    /// Unknown checksum algorithm code.
+    #[error("unknown checksum algorithm code {0}")]
+    BadAlgo(u8),
+    /// Digest bytes past the algorithm's length are not zero.
+    #[error("digest padding is not zero for {0}")]
+    BadDigestPadding(Algo),
+    /// Image name empty or not UTF-8.
+    #[error("offer carries an empty or non-UTF-8 image name")]
+    BadName,
+    /// Refuse reason not UTF-8.
+    #[error("refuse reason is not UTF-8")]
+    BadReason,
+}
+
+/// A bounds-checked reader over a byte slice: every read returns `Truncated` instead of
+/// panicking. (Hand-written: a dozen lines, and no parsing crate would bound better.)
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
+        match end {
+            Some(end) => {
+                let s = &self.buf[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(WireError::Truncated { got: self.buf.len(), need: self.pos.saturating_add(n) }),
+        }
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn digest(&mut self, algo: Option<Algo>) -> Result<Digest, WireError> {
+        let d = Digest(self.array()?);
+        if let Some(a) = algo {
+            if d.0[a.digest_len()..].iter().any(|b| *b != 0) {
+                return Err(WireError::BadDigestPadding(a));
+            }
+        } else if d.0.iter().any(|b| *b != 0) {
+            return Err(WireError::BadAlgo(0));
+        }
+        Ok(d)
+    }
+    fn finish(&self) -> Result<(), WireError> {
+        match self.buf.len() - self.pos {
+            0 => Ok(()),
+            extra => Err(WireError::Trailing { extra }),
+        }
+    }
+}
+
+fn algo_code(a: Algo) -> u8 {
+    // Algorithm codes are 1..=3 (see `Algo::code`); one byte on the wire.
+    u8::try_from(a.code()).unwrap_or(0)
+}
+
+fn algo_from(code: u8) -> Result<Algo, WireError> {
+    Algo::from_code(u32::from(code)).ok_or(WireError::BadAlgo(code))
+}
+
+/// `s` cut to at most `max` bytes at a char boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Cut to at most 255 bytes and return the length as a byte.
+fn short_str(s: &str) -> (u8, &str) {
+    let s = cut(s, 255);
+    (u8::try_from(s.len()).unwrap_or(u8::MAX), s)
+}
+
+impl Message {
+    /// The transaction id.
+    pub fn xid(&self) -> u32 {
+        match self {
+            Message::Discover(d) => d.xid,
+            Message::Offer(o) => o.xid,
+            Message::Download(d) => d.xid,
+            Message::Accept { xid, .. } | Message::Refuse { xid, .. } => *xid,
+        }
+    }
+
+    /// The bytes on the wire. An OFFER name longer than [`MAX_NAME`] bytes is cut at a char
+    /// boundary (an empty name is sent as `image`, since empty names are refused on decode).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64);
+        let kind = match self {
+            Message::Discover(_) => KIND_DISCOVER,
+            Message::Offer(_) => KIND_OFFER,
+            Message::Download(_) => KIND_DOWNLOAD,
+            Message::Accept { .. } => KIND_ACCEPT,
+            Message::Refuse { .. } => KIND_REFUSE,
+        };
+        b.extend_from_slice(&MAGIC);
+        b.push(VERSION);
+        b.push(kind);
+        b.extend_from_slice(&self.xid().to_le_bytes());
+        match self {
+            Message::Discover(d) => {
+                b.extend_from_slice(&d.mac);
+                match d.current {
+                    Some((a, dg)) => {
+                        b.push(algo_code(a));
+                        b.extend_from_slice(&canonical(a, dg).0);
+                    }
+                    None => {
+                        b.push(0);
+                        b.extend_from_slice(&[0; 32]);
+                    }
+                }
+            }
+            Message::Offer(o) => {
+                b.extend_from_slice(&o.size.to_le_bytes());
+                b.push(algo_code(o.algo));
+                b.extend_from_slice(&canonical(o.algo, o.digest).0);
+                b.extend_from_slice(&o.tcp_port.to_le_bytes());
+                b.extend_from_slice(&o.token.0);
+                let name = if o.name.is_empty() { "image" } else { o.name.as_str() };
+                let (len, name) = short_str(name);
+                b.push(len);
+                b.extend_from_slice(name.as_bytes());
+            }
+            Message::Download(d) => {
+                b.extend_from_slice(&d.token.0);
+                b.extend_from_slice(&d.size.to_le_bytes());
+            }
+            Message::Accept { size, .. } => b.extend_from_slice(&size.to_le_bytes()),
+            Message::Refuse { code, reason, .. } => {
+                b.push(code.code());
+                let (len, reason) = short_str(reason);
+                b.push(len);
+                b.extend_from_slice(reason.as_bytes());
+            }
+        }
+        b
+    }
+
+    /// Decode one message; any deviation from the format is a [`WireError`], never a panic.
+    pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
+        if buf.len() > MAX_MESSAGE {
+            return Err(WireError::TooLong(buf.len()));
+        }
+        let mut r = Reader { buf, pos: 0 };
+        if r.array::<4>()? != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(WireError::BadVersion(version));
+        }
+        let kind = r.u8()?;
+        let xid = r.u32()?;
+        let msg = match kind {
+            KIND_DISCOVER => {
+                let mac = r.array()?;
+                let current = match r.u8()? {
+                    0 => {
+                        r.digest(None)?;
+                        None
+                    }
+                    c => {
+                        let a = algo_from(c)?;
+                        Some((a, r.digest(Some(a))?))
+                    }
+                };
+                Message::Discover(Discover { xid, mac, current })
+            }
+            KIND_OFFER => {
+                let size = r.u64()?;
+                let algo = algo_from(r.u8()?)?;
+                let digest = r.digest(Some(algo))?;
+                let tcp_port = r.u16()?;
+                let token = Token(r.array()?);
+                let len = usize::from(r.u8()?);
+                let name = std::str::from_utf8(r.take(len)?).map_err(|_| WireError::BadName)?;
+                if name.is_empty() {
+                    return Err(WireError::BadName);
+                }
+                Message::Offer(Offer { xid, name: name.to_string(), size, algo, digest, tcp_port, token })
+            }
+            KIND_DOWNLOAD => Message::Download(Download { xid, token: Token(r.array()?), size: r.u64()? }),
+            KIND_ACCEPT => Message::Accept { xid, size: r.u64()? },
+            KIND_REFUSE => {
+                let code = RefuseCode::from_code(r.u8()?);
+                let len = usize::from(r.u8()?);
+                let reason = std::str::from_utf8(r.take(len)?).map_err(|_| WireError::BadReason)?;
+                Message::Refuse { xid, code, reason: reason.to_string() }
+            }
+            k => return Err(WireError::BadKind(k)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+
+    /// The message as a TCP frame: u16 length (LE), then [`Message::encode`].
+    pub fn frame(&self) -> Vec<u8> {
+        let body = self.encode();
+        // Every encoded message is at most MAX_MESSAGE (512) bytes: the length fits a u16.
+        let len = u16::try_from(body.len()).unwrap_or(u16::MAX);
+        let mut f = Vec::with_capacity(body.len() + 2);
+        f.extend_from_slice(&len.to_le_bytes());
+        f.extend_from_slice(&body);
+        f
+    }
+}
+
+/// The length announced by a TCP frame's 2-byte prefix, refused before anything is read when
+/// it is zero or above [`MAX_MESSAGE`].
+pub fn frame_len(prefix: [u8; 2]) -> Result<usize, WireError> {
+    match usize::from(u16::from_le_bytes(prefix)) {
+        0 => Err(WireError::Truncated { got: 0, need: HEADER_LEN }),
+        n if n > MAX_MESSAGE => Err(WireError::TooLong(n)),
+        n => Ok(n),
+    }
+}
+
+/// The digest with the bytes past `algo.digest_len()` zeroed (as the wire requires).
+fn canonical(algo: Algo, d: Digest) -> Digest {
+    let mut c = d;
+    c.0[algo.digest_len()..].fill(0);
+    c
+}
+
+// ---------------------------------------------------------------------------------------
+// The client (agent) side.
+// ---------------------------------------------------------------------------------------
+
+/// What the agent asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientConfig {
+    /// Transaction id (the driver picks a random one per boot).
+    pub xid: u32,
+    /// This machine's MAC.
+    pub mac: [u8; 6],
+    /// The image this machine already has (sent in DISCOVER; an OFFER of the same digest
+    /// ends the flow with [`Outcome::UpToDate`]).
+    pub current: Option<(Algo, Digest)>,
+    /// Rebroadcast the DISCOVER this often while nobody answers.
+    pub interval: Duration,
+    /// Give up (→ [`Outcome::NoServer`]) this long after the first DISCOVER.
+    pub give_up_after: Duration,
+    /// Refuse offers larger than this: the buffer is one allocation of the offered size,
+    /// and a forged or mistaken offer must not make the agent ask for absurd memory.
+    pub max_size: u64,
+}
+
+/// Inputs from the driver, each at a time `now` (any monotonic clock, same origin throughout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientInput<'a> {
+    /// Begin: broadcast the first DISCOVER.
+    Start,
+    /// A UDP datagram arrived (anything: it is decoded and checked here).
+    Datagram(&'a [u8]),
+    /// Time passed; check [`Client::deadline`].
+    Tick,
+    /// The buffer of the offered size is posted.
+    BufferPosted,
+    /// The buffer could not be allocated.
+    BufferFailed,
+    /// The server's reply frame to the DOWNLOAD (without the 2-byte length prefix).
+    Reply(&'a [u8]),
+    /// Exactly the accepted number of bytes landed in the buffer.
+    Received,
+    /// The connection failed before every byte landed (connect, I/O, timeout, short read);
+    /// the text says what happened.
+    TransferFailed(&'a str),
+    /// The driver computed the digest of the buffer with the offered algorithm.
+    Verified(Digest),
+}
+
+/// Actions for the driver, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClientAction {
+    /// Send this DISCOVER datagram to the server address (broadcast or unicast).
+    SendDiscover(Vec<u8>),
+    /// Allocate the receive buffer: exactly `size` bytes (seed: the pre-posted buffer).
+    PostBuffer {
+        /// Bytes.
+        size: u64,
+    },
+    /// Connect to `tcp_port` on the address the OFFER came from and send this frame, then
+    /// read the reply frame and feed it as [`ClientInput::Reply`].
+    RequestDownload {
+        /// The offering server's TCP port.
+        tcp_port: u16,
+        /// The framed DOWNLOAD.
+        frame: Vec<u8>,
+    },
+    /// Read exactly `size` bytes from the connection into the posted buffer.
+    Receive {
+        /// Bytes.
+        size: u64,
+    },
+    /// Compute the digest of the buffer with `algo`; feed [`ClientInput::Verified`].
+    Verify {
+        /// Algorithm.
+        algo: Algo,
+    },
+    /// The flow ended.
+    Finish(Outcome),
+}
+
+/// How the flow ended.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The buffer holds the offered block and it verified: hand it over.
+    Delivered(Offer),
+    /// The server offers the image this machine already has: boot it, nothing was transferred.
+    UpToDate(Offer),
+    /// Nobody answered within `give_up_after`: boot what the machine has.
+    NoServer {
+        /// Time from the first DISCOVER to giving up.
+        waited: Duration,
+        /// DISCOVERs sent.
+        discovers: u32,
+    },
+    /// The flow failed; the buffer must not be used.
+    Failed(ClientFailure),
+}
+
+/// Why the flow failed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum ClientFailure {
+    /// The offer is larger than the configured limit.
+    #[error(
+        "the boot server offers {name} of {size} bytes, above this agent's limit of {limit} bytes: raise the limit or offer a smaller image"
+    )]
+    TooLarge {
+        /// Offered image.
+        name: String,
+        /// Offered size.
+        size: u64,
+        /// Limit.
+        limit: u64,
+    },
+    /// The offer is for an empty image.
+    #[error("the boot server offers {0}, an empty image: fix the server's catalog")]
+    Empty(String),
+    /// The buffer could not be allocated.
+    #[error(
+        "cannot allocate a buffer of {0} bytes for the offered image: free memory or lower the image size"
+    )]
+    NoMemory(u64),
+    /// The server refused the download.
+    #[error("the boot server refused the download ({code:?}): {reason}")]
+    Refused {
+        /// Code.
+        code: RefuseCode,
+        /// Server's reason.
+        reason: String,
+    },
+    /// The server's reply was not an ACCEPT/REFUSE for this download, or announced another size.
+    #[error("the boot server's reply to the download makes no sense: {0}")]
+    Protocol(String),
+    /// The download failed (connect, I/O error, timeout, connection closed early).
+    #[error("the download of {name} failed: {reason}; nothing was handed over")]
+    Transfer {
+        /// Image.
+        name: String,
+        /// What happened.
+        reason: String,
+    },
+    /// What landed does not match the offered digest.
+    #[error("{name} arrived corrupted: {algo} digest {got} instead of {expected}; nothing was handed over")]
+    DigestMismatch {
+        /// Image.
+        name: String,
+        /// Algorithm.
+        algo: Algo,
+        /// Offered digest (hex).
+        expected: String,
+        /// Computed digest (hex).
+        got: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ClientState {
+    Idle,
+    Discovering { started: Duration, next_send: Duration, sent: u32 },
+    Posting(Offer),
+    Requesting(Offer),
+    Receiving(Offer),
+    Verifying(Offer),
+    Done,
+}
+
+/// The agent's side of the flow: Discovering (rebroadcast every `interval` until
+/// `give_up_after`) → Offered (buffer posted, download requested) → Downloading → Verifying →
+/// Done | NoServer | Failed.
+///
+/// Safety invariant: [`Outcome::Delivered`] is returned only after the driver fed a digest
+/// of the buffer equal to the offered one, computed after every offered byte landed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Client {
+    cfg: ClientConfig,
+    state: ClientState,
+    ignored: u32,
+}
+
+impl Client {
+    /// A client that has not started yet.
+    pub fn new(cfg: ClientConfig) -> Client {
+        Client { cfg, state: ClientState::Idle, ignored: 0 }
+    }
+
+    /// When to feed [`ClientInput::Tick`] at the latest (only while discovering).
+    pub fn deadline(&self) -> Option<Duration> {
+        match &self.state {
+            ClientState::Discovering { started, next_send, .. } => {
+                Some((*next_send).min(started.saturating_add(self.cfg.give_up_after)))
+            }
+            _ => None,
+        }
+    }
+
+    /// True once [`ClientAction::Finish`] has been returned.
+    pub fn is_done(&self) -> bool {
+        self.state == ClientState::Done
+    }
+
+    /// Datagrams ignored so far (garbage, other transactions, late offers): for diagnostics.
+    pub fn ignored(&self) -> u32 {
+        self.ignored
+    }
+
+    /// A short name of the current state, for events and logs.
+    pub fn phase(&self) -> &'static str {
+        match self.state {
+            ClientState::Idle => "idle",
+            ClientState::Discovering { .. } => "discovering",
+            ClientState::Posting(_) => "offered",
+            ClientState::Requesting(_) | ClientState::Receiving(_) => "downloading",
+            ClientState::Verifying(_) => "verifying",
+            ClientState::Done => "done",
+        }
+    }
+
+    fn discover(&self) -> Vec<u8> {
+        Message::Discover(Discover { xid: self.cfg.xid, mac: self.cfg.mac, current: self.cfg.current })
+            .encode()
+    }
+
+    fn finish(&mut self, o: Outcome) -> Vec<ClientAction> {
+        self.state = ClientState::Done;
+        vec![ClientAction::Finish(o)]
+    }
+
+    fn fail(&mut self, f: ClientFailure) -> Vec<ClientAction> {
+        self.finish(Outcome::Failed(f))
+    }
+
+    /// Feed one input at time `now`; returns the actions to carry out, in order. Inputs that
+    /// make no sense in the current state are ignored (no actions).
+    pub fn handle(&mut self, now: Duration, input: ClientInput<'_>) -> Vec<ClientAction> {
+        use ClientInput as I;
+        match (self.state.clone(), input) {
+            (ClientState::Idle, I::Start) => {
+                self.state = ClientState::Discovering {
+                    started: now,
+                    next_send: now.saturating_add(self.cfg.interval),
+                    sent: 1,
+                };
+                vec![ClientAction::SendDiscover(self.discover())]
+            }
+            (ClientState::Discovering { started, next_send, sent }, I::Tick) => {
+                if now >= started.saturating_add(self.cfg.give_up_after) {
+                    return self.finish(Outcome::NoServer { waited: now - started, discovers: sent });
+                }
+                if now < next_send {
+                    return vec![];
+                }
+                // A zero interval would spin: rebroadcast at most once per millisecond.
+                let step = self.cfg.interval.max(Duration::from_millis(1));
+                self.state = ClientState::Discovering {
+                    started,
+                    next_send: now.saturating_add(step),
+                    sent: sent.saturating_add(1),
+                };
+                vec![ClientAction::SendDiscover(self.discover())]
+            }
+            (ClientState::Discovering { .. }, I::Datagram(bytes)) => match Message::decode(bytes) {
+                Ok(Message::Offer(o)) if o.xid == self.cfg.xid => self.offered(o),
+                _ => {
+                    self.ignored = self.ignored.saturating_add(1);
+                    vec![]
+                }
+            },
+            (ClientState::Posting(o), I::BufferPosted) => {
+                let frame = Message::Download(Download { xid: o.xid, token: o.token, size: o.size }).frame();
+                let tcp_port = o.tcp_port;
+                self.state = ClientState::Requesting(o);
+                vec![ClientAction::RequestDownload { tcp_port, frame }]
+            }
+            (ClientState::Posting(o), I::BufferFailed) => self.fail(ClientFailure::NoMemory(o.size)),
+            (ClientState::Requesting(o), I::Reply(bytes)) => match Message::decode(bytes) {
+                Ok(Message::Accept { xid, size }) if xid == o.xid && size == o.size => {
+                    self.state = ClientState::Receiving(o);
+                    vec![ClientAction::Receive { size }]
+                }
+                Ok(Message::Accept { xid, size }) => self.fail(ClientFailure::Protocol(format!(
+                    "ACCEPT for xid {xid:#x} of {size} bytes, expected xid {:#x} of {} bytes",
+                    o.xid, o.size
+                ))),
+                Ok(Message::Refuse { code, reason, .. }) => {
+                    self.fail(ClientFailure::Refused { code, reason })
+                }
+                Ok(other) => self.fail(ClientFailure::Protocol(format!("unexpected {other:?}"))),
+                Err(e) => self.fail(ClientFailure::Protocol(e.to_string())),
+            },
+            (ClientState::Requesting(o) | ClientState::Receiving(o), I::TransferFailed(why)) => {
+                self.fail(ClientFailure::Transfer { name: o.name, reason: why.to_string() })
+            }
+            (ClientState::Receiving(o), I::Received) => {
+                let algo = o.algo;
+                self.state = ClientState::Verifying(o);
+                vec![ClientAction::Verify { algo }]
+            }
+            (ClientState::Verifying(o), I::Verified(got)) => {
+                if canonical(o.algo, got) == canonical(o.algo, o.digest) {
+                    self.finish(Outcome::Delivered(o))
+                } else {
+                    self.fail(ClientFailure::DigestMismatch {
+                        expected: o.digest.to_hex(o.algo),
+                        got: got.to_hex(o.algo),
+                        algo: o.algo,
+                        name: o.name,
+                    })
+                }
+            }
+            _ => vec![],
+        }
+    }
+
+    fn offered(&mut self, o: Offer) -> Vec<ClientAction> {
+        if o.size == 0 {
+            return self.fail(ClientFailure::Empty(o.name));
+        }
+        if o.size > self.cfg.max_size {
+            return self.fail(ClientFailure::TooLarge {
+                name: o.name,
+                size: o.size,
+                limit: self.cfg.max_size,
+            });
+        }
+        if let Some((algo, d)) = self.cfg.current {
+            if algo == o.algo && canonical(algo, d) == canonical(o.algo, o.digest) {
+                return self.finish(Outcome::UpToDate(o));
+            }
+        }
+        let size = o.size;
+        self.state = ClientState::Posting(o);
+        vec![ClientAction::PostBuffer { size }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn cfg() -> ClientConfig {
+        ClientConfig {
+            xid: 0x1234_5678,
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            current: None,
+            interval: ms(500),
+            give_up_after: ms(2000),
+            max_size: 1 << 30,
+        }
+    }
+
+    fn offer(data: &[u8]) -> Offer {
+        Offer {
+            xid: 0x1234_5678,
+            name: "payload.efi".into(),
+            size: data.len() as u64,
+            algo: Algo::Blake3,
+            digest: Algo::Blake3.digest(data),
+            tcp_port: 4012,
+            token: Token([7; 16]),
+        }
+    }
+
+    /// Drive a client through the whole happy path, with `landed` as what arrives.
+    fn run(c: &mut Client, o: &Offer, landed: &[u8]) -> Outcome {
+        assert!(matches!(c.handle(ms(0), ClientInput::Start)[..], [ClientAction::SendDiscover(_)]));
+        let a = c.handle(ms(10), ClientInput::Datagram(&Message::Offer(o.clone()).encode()));
+        assert_eq!(a, vec![ClientAction::PostBuffer { size: o.size }]);
+        let a = c.handle(ms(11), ClientInput::BufferPosted);
+        let [ClientAction::RequestDownload { tcp_port, frame }] = &a[..] else { panic!("{a:?}") };
+        assert_eq!(*tcp_port, 4012);
+        let len = frame_len([frame[0], frame[1]]).unwrap();
+        assert_eq!(
+            Message::decode(&frame[2..2 + len]).unwrap(),
+            Message::Download(Download { xid: o.xid, token: o.token, size: o.size })
+        );
+        let accept = Message::Accept { xid: o.xid, size: o.size }.encode();
+        assert_eq!(
+            c.handle(ms(12), ClientInput::Reply(&accept)),
+            vec![ClientAction::Receive { size: o.size }]
+        );
+        assert_eq!(c.handle(ms(20), ClientInput::Received), vec![ClientAction::Verify { algo: o.algo }]);
+        let a = c.handle(ms(30), ClientInput::Verified(o.algo.digest(landed)));
+        assert!(c.is_done());
+        let [ClientAction::Finish(out)] = &a[..] else { panic!("{a:?}") };
+        out.clone()
+    }
+
+    #[test]
+    fn happy_path_delivers() {
+        let data = b"kernel and initrd".to_vec();
+        let o = offer(&data);
+        assert_eq!(run(&mut Client::new(cfg()), &o, &data), Outcome::Delivered(o));
+    }
+
+    #[test]
+    fn corrupted_landing_is_never_delivered() {
+        let data = b"kernel and initrd".to_vec();
+        let o = offer(&data);
+        let mut bad = data.clone();
+        bad[3] ^= 1;
+        let out = run(&mut Client::new(cfg()), &o, &bad);
+        assert!(matches!(out, Outcome::Failed(ClientFailure::DigestMismatch { .. })), "{out:?}");
+        assert!(out_message(&out).contains("nothing was handed over"));
+    }
+
+    fn out_message(o: &Outcome) -> String {
+        match o {
+            Outcome::Failed(f) => f.to_string(),
+            o => format!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn rebroadcasts_then_gives_up() {
+        let mut c = Client::new(cfg());
+        let mut sent = c.handle(ms(0), ClientInput::Start).len();
+        let mut now;
+        let out = loop {
+            now = c.deadline().unwrap();
+            let a = c.handle(now, ClientInput::Tick);
+            match &a[..] {
+                [ClientAction::SendDiscover(_)] => sent += 1,
+                [ClientAction::Finish(o)] => break o.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        // Sends at 0, 500, 1000, 1500; gives up at 2000.
+        assert_eq!(sent, 4);
+        assert_eq!(now, ms(2000));
+        assert_eq!(out, Outcome::NoServer { waited: ms(2000), discovers: 4 });
+        assert!(c.is_done() && c.deadline().is_none());
+    }
+
+    #[test]
+    fn early_tick_does_nothing_and_garbage_is_ignored() {
+        let mut c = Client::new(cfg());
+        c.handle(ms(0), ClientInput::Start);
+        assert!(c.handle(ms(100), ClientInput::Tick).is_empty());
+        assert!(c.handle(ms(101), ClientInput::Datagram(b"garbage")).is_empty());
+        let mut other = offer(b"x");
+        other.xid = 1;
+        assert!(c.handle(ms(102), ClientInput::Datagram(&Message::Offer(other).encode())).is_empty());
+        assert_eq!(c.ignored(), 2);
+        assert_eq!(c.phase(), "discovering");
+    }
+
+    #[test]
+    fn too_large_empty_and_up_to_date_offers() {
+        let mut c = Client::new(ClientConfig { max_size: 4, ..cfg() });
+        c.handle(ms(0), ClientInput::Start);
+        let a = c.handle(ms(1), ClientInput::Datagram(&Message::Offer(offer(b"12345")).encode()));
+        assert!(matches!(
+            &a[..],
+            [ClientAction::Finish(Outcome::Failed(ClientFailure::TooLarge { size: 5, .. }))]
+        ));
+
+        let mut c = Client::new(cfg());
+        c.handle(ms(0), ClientInput::Start);
+        let a = c.handle(ms(1), ClientInput::Datagram(&Message::Offer(offer(b"")).encode()));
+        assert!(matches!(&a[..], [ClientAction::Finish(Outcome::Failed(ClientFailure::Empty(_)))]));
+
+        let o = offer(b"same image");
+        let mut c = Client::new(ClientConfig { current: Some((o.algo, o.digest)), ..cfg() });
+        c.handle(ms(0), ClientInput::Start);
+        let a = c.handle(ms(1), ClientInput::Datagram(&Message::Offer(o.clone()).encode()));
+        assert_eq!(a, vec![ClientAction::Finish(Outcome::UpToDate(o))]);
+    }
+
+    #[test]
+    fn refusals_and_bad_replies_fail() {
+        for (reply, want) in [
+            (
+                Message::Refuse { xid: 0x1234_5678, code: RefuseCode::BadToken, reason: "no".into() }
+                    .encode(),
+                "refused",
+            ),
+            (Message::Accept { xid: 0x1234_5678, size: 99 }.encode(), "makes no sense"),
+            (b"nonsense".to_vec(), "makes no sense"),
+        ] {
+            let o = offer(b"abc");
+            let mut c = Client::new(cfg());
+            c.handle(ms(0), ClientInput::Start);
+            c.handle(ms(1), ClientInput::Datagram(&Message::Offer(o).encode()));
+            c.handle(ms(2), ClientInput::BufferPosted);
+            let a = c.handle(ms(3), ClientInput::Reply(&reply));
+            let [ClientAction::Finish(out @ Outcome::Failed(_))] = &a[..] else { panic!("{a:?}") };
+            assert!(out_message(out).contains(want), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn buffer_and_transfer_failures() {
+        let o = offer(b"abc");
+        let mut c = Client::new(cfg());
+        c.handle(ms(0), ClientInput::Start);
+        c.handle(ms(1), ClientInput::Datagram(&Message::Offer(o.clone()).encode()));
+        let a = c.handle(ms(2), ClientInput::BufferFailed);
+        assert_eq!(a, vec![ClientAction::Finish(Outcome::Failed(ClientFailure::NoMemory(3)))]);
+
+        let mut c = Client::new(cfg());
+        c.handle(ms(0), ClientInput::Start);
+        c.handle(ms(1), ClientInput::Datagram(&Message::Offer(o.clone()).encode()));
+        c.handle(ms(2), ClientInput::BufferPosted);
+        c.handle(ms(3), ClientInput::Reply(&Message::Accept { xid: o.xid, size: 3 }.encode()));
+        let a = c.handle(ms(4), ClientInput::TransferFailed("connection reset"));
+        let [ClientAction::Finish(Outcome::Failed(f @ ClientFailure::Transfer { .. }))] = &a[..] else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            f.to_string(),
+            "the download of payload.efi failed: connection reset; nothing was handed over"
+        );
+    }
+
+    #[test]
+    fn wire_errors_are_specific() {
+        let good = Message::Accept { xid: 1, size: 2 }.encode();
+        assert_eq!(Message::decode(&good[..5]), Err(WireError::Truncated { got: 5, need: 6 }));
+        let mut g = good.clone();
+        g.push(0);
+        assert_eq!(Message::decode(&g), Err(WireError::Trailing { extra: 1 }));
+        let mut g = good.clone();
+        g[0] = b'X';
+        assert_eq!(Message::decode(&g), Err(WireError::BadMagic));
+        let mut g = good.clone();
+        g[4] = 9;
+        assert_eq!(Message::decode(&g), Err(WireError::BadVersion(9)));
+        let mut g = good.clone();
+        g[5] = 77;
+        assert_eq!(Message::decode(&g), Err(WireError::BadKind(77)));
+        assert_eq!(Message::decode(&[0; 600]), Err(WireError::TooLong(600)));
+        // A CRC-32C digest with junk past its 4 bytes.
+        let mut o = offer(b"abc");
+        o.algo = Algo::Crc32c;
+        o.digest = Algo::Crc32c.digest(b"abc");
+        let mut g = Message::Offer(o).encode();
+        g[HEADER_LEN + 8 + 1 + 10] = 1;
+        assert_eq!(Message::decode(&g), Err(WireError::BadDigestPadding(Algo::Crc32c)));
+        assert_eq!(frame_len([0, 0]).map_err(|_| ()), Err(()));
+        assert_eq!(frame_len([0x01, 0x02]), Err(WireError::TooLong(0x201)));
+        assert_eq!(frame_len([34, 0]), Ok(34));
+    }
+
+    #[test]
+    fn long_names_are_cut_at_a_char_boundary() {
+        let mut o = offer(b"abc");
+        o.name = "é".repeat(200); // 400 bytes
+        let Ok(Message::Offer(back)) = Message::decode(&Message::Offer(o).encode()) else { panic!() };
+        assert_eq!(back.name, "é".repeat(127));
+        assert!(Message::Offer(back).encode().len() <= MAX_MESSAGE);
+    }
+
+    fn arb_algo() -> impl Strategy<Value = Algo> {
+        prop::sample::select(Algo::ALL.to_vec())
+    }
+
+    fn arb_digest() -> impl Strategy<Value = (Algo, Digest)> {
+        (arb_algo(), any::<[u8; 32]>()).prop_map(|(a, d)| (a, canonical(a, Digest(d))))
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (any::<u32>(), any::<[u8; 6]>(), proptest::option::of(arb_digest()))
+                .prop_map(|(xid, mac, current)| Message::Discover(Discover { xid, mac, current })),
+            (
+                any::<u32>(),
+                "[a-z0-9._/-]{1,255}",
+                any::<u64>(),
+                arb_digest(),
+                any::<u16>(),
+                any::<[u8; 16]>()
+            )
+                .prop_map(|(xid, name, size, (algo, digest), tcp_port, t)| Message::Offer(
+                    Offer { xid, name, size, algo, digest, tcp_port, token: Token(t) }
+                )),
+            (any::<u32>(), any::<[u8; 16]>(), any::<u64>())
+                .prop_map(|(xid, t, size)| Message::Download(Download { xid, token: Token(t), size })),
+            (any::<u32>(), any::<u64>()).prop_map(|(xid, size)| Message::Accept { xid, size }),
+            (any::<u32>(), 1u8..=6, ".{0,60}").prop_map(|(xid, c, reason)| Message::Refuse {
+                xid,
+                code: RefuseCode::from_code(c),
+                reason: cut(&reason, MAX_REASON).to_string()
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+            let _ = Message::decode(&bytes);
+        }
+
+        #[test]
+        fn decode_never_panics_near_valid(m in arb_message(), cut_at in 0usize..400, flip in 0usize..400, bit in 0u8..8) {
+            let mut b = m.encode();
+            if !b.is_empty() {
+                let i = flip % b.len();
+                b[i] ^= 1 << bit;
+            }
+            let _ = Message::decode(&b);
+            let _ = Message::decode(&b[..cut_at.min(b.len())]);
+        }
+
+        #[test]
+        fn encode_decode_round_trip(m in arb_message()) {
+            let b = m.encode();
+            prop_assert!(b.len() <= MAX_MESSAGE);
+            prop_assert_eq!(Message::decode(&b), Ok(m.clone()));
+            let f = m.frame();
+            prop_assert_eq!(frame_len([f[0], f[1]]), Ok(b.len()));
+        }
+
+        /// Arbitrary inputs at arbitrary times never panic, and Delivered only ever follows a
+        /// Verified input carrying the offered digest, after Received.
+        #[test]
+        fn client_never_delivers_unverified(
+            steps in proptest::collection::vec((0u64..700, 0usize..9, any::<bool>()), 0..60),
+            data in proptest::collection::vec(any::<u8>(), 1..64),
+        ) {
+            let o = offer(&data);
+            let offer_bytes = Message::Offer(o.clone()).encode();
+            let accept = Message::Accept { xid: o.xid, size: o.size }.encode();
+            let mut c = Client::new(cfg());
+            let mut now = 0u64;
+            let mut received = false;
+            for (dt, which, good) in steps {
+                now += dt;
+                let wrong = o.algo.digest(b"something else");
+                let input = match which {
+                    0 => ClientInput::Start,
+                    1 => ClientInput::Tick,
+                    2 => ClientInput::Datagram(if good { &offer_bytes } else { b"junk" }),
+                    3 => ClientInput::BufferPosted,
+                    4 => ClientInput::Reply(if good { &accept } else { &offer_bytes }),
+                    5 => ClientInput::Received,
+                    6 => ClientInput::TransferFailed("reset"),
+                    7 => ClientInput::Verified(if good { o.digest } else { wrong }),
+                    _ => ClientInput::BufferFailed,
+                };
+                let was_receiving = c.phase() == "downloading";
+                let was_done = c.is_done();
+                let actions = c.handle(ms(now), input);
+                if was_done {
+                    prop_assert!(actions.is_empty());
+                }
+                if matches!(input, ClientInput::Received) && was_receiving {
+                    received = true;
+                }
+                for a in actions {
+                    if let ClientAction::Finish(Outcome::Delivered(d)) = a {
+                        prop_assert!(received);
+                        prop_assert_eq!(input, ClientInput::Verified(o.digest));
+                        prop_assert_eq!(d, o.clone());
+                    }
+                }
+            }
+        }
+
+        /// Without an answer the client gives up at exactly `give_up_after`, having sent one
+        /// DISCOVER per interval.
+        #[test]
+        fn no_server_bound(interval in 1u64..1000, give_up in 0u64..5000) {
+            let mut c = Client::new(ClientConfig { interval: ms(interval), give_up_after: ms(give_up), ..cfg() });
+            c.handle(ms(0), ClientInput::Start);
+            let mut sends = 1u32;
+            loop {
+                let d = c.deadline().unwrap();
+                prop_assert!(d <= ms(give_up));
+                match &c.handle(d, ClientInput::Tick)[..] {
+                    [ClientAction::SendDiscover(_)] => sends += 1,
+                    [ClientAction::Finish(Outcome::NoServer { waited, discovers })] => {
+                        prop_assert_eq!(*waited, ms(give_up));
+                        prop_assert_eq!(*discovers, sends);
+                        break;
+                    }
+                    [] => {}
+                    other => prop_assert!(false, "{:?}", other),
+                }
+            }
+            prop_assert_eq!(u64::from(sends), give_up.div_ceil(interval).max(1));
+        }
+    }
+}

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod output;
+mod netboot_cli;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use monarch_boot::agent::{self, AgentOptions};
@@ -78,6 +79,9 @@ not confirm.")]
     /// Secondaries that are QEMU VMs (launch = "qemu"): prepare their kernel and initramfs.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Network boot for machines with no window: DHCP/ProxyDHCP, TFTP, HTTP, discovery.
+    #[command(subcommand)]
+    Netboot(netboot_cli::NetbootCmd),
 }
 
 #[derive(Subcommand)]
@@ -325,6 +329,7 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Baseline(a)) => cmd_bench_baseline(a),
         Cmd::Vm(VmCmd::Prepare(a)) => cmd_vm_prepare(a),
         Cmd::Bench(BenchCmd::Vm(a)) => cmd_bench_vm(a),
+        Cmd::Netboot(c) => netboot_cli::run(c),
     }
 }
 

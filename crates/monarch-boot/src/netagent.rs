@@ -1,0 +1,226 @@
+//! The machine's side of seed 001: `monarch netboot agent` (and `recover`, `boot-disk`).
+//!
+//! Discovery → the server's offer (size + digest) → a buffer of exactly that size → the bulk
+//! transfer into it → verify ([`monarch_net::discovery::fetch`]). Then, as the seed's FIG. 4
+//! branches:
+//! - **diskless**: hand off to the verified bytes directly;
+//! - **with a disk**: install them into the inactive A/B slot ([`monarch_drivers::disk`]: the
+//!   commit record is written last), then restart and boot from the disk — the restart is an
+//!   exec of this program as `monarch netboot boot-disk`, a fresh process that reads the image
+//!   back from the disk and verifies it before handing off;
+//! - **no boot server** within the bounded wait, or the server offers what the disk already
+//!   holds: boot the installed image, and say so.
+//!
+//! A machine never hands off into bytes that did not verify: network bytes against the
+//! offer's digest, disk bytes against their commit record's digest.
+
+use monarch_drivers::disk::{BootImage, Target};
+use monarch_drivers::memimage::MemImage;
+use monarch_net::discovery::{FetchConfig, fetch};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// What runs after verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetHandoff {
+    /// Execute the verified bytes (sealed memfd, fexecve), replacing this process.
+    Exec,
+    /// Stop after verification (exit 0): for firmware that jumps by itself, and for tests.
+    None,
+}
+
+/// Everything the agent needs.
+#[derive(Debug, Clone)]
+pub struct NetAgentOptions {
+    /// Where to look for the boot server, how long, this machine's MAC.
+    pub fetch: FetchConfig,
+    /// The machine's disk (a block device or a file standing in for one); `None`: diskless.
+    pub disk: Option<PathBuf>,
+    /// Create the disk file with this size when it does not exist.
+    pub disk_size: Option<u64>,
+    /// Re-install even when the disk holds the offered image (`recover`).
+    pub force: bool,
+    /// What to do with the verified image.
+    pub handoff: NetHandoff,
+}
+
+/// How the image that is about to run got here.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetAgentReport {
+    /// `network` (diskless, handed off from the buffer), `installed` (fetched, installed,
+    /// restarting into the disk), `disk` (no new image: booting the installed one).
+    pub source: &'static str,
+    /// Why this path was taken, in words.
+    pub reason: String,
+    /// The image's name.
+    pub image: String,
+    /// Its size.
+    pub bytes: u64,
+    /// DISCOVERs sent.
+    pub discovers: u32,
+    /// Discovery, transfer and verification times (ms), when something was fetched.
+    pub fetch_ms: Option<[f64; 3]>,
+    /// The A/B slot installed or booted (`A`/`B`), with a disk.
+    pub slot: Option<String>,
+    /// That slot's generation.
+    pub generation: Option<u64>,
+}
+
+/// What the caller does next.
+pub enum Next {
+    /// Hand off to these verified bytes (diskless).
+    Run(Vec<u8>),
+    /// Restart and boot from the disk.
+    BootDisk(PathBuf),
+}
+
+fn open_target(path: &Path, size: Option<u64>) -> Result<Target, String> {
+    match (Target::open(path), size) {
+        (Ok(t), _) => Ok(t),
+        (Err(_), Some(size)) if !path.exists() => Target::create_file(path, size).map_err(|e| e.to_string()),
+        (Err(e), _) => Err(e.to_string()),
+    }
+}
+
+/// Run the flow up to the handoff; `progress` gets one line per step.
+pub fn run(opts: &NetAgentOptions, progress: &mut dyn FnMut(&str)) -> Result<(NetAgentReport, Next), String> {
+    let mut target = match &opts.disk {
+        Some(p) => Some(open_target(p, opts.disk_size)?),
+        None => None,
+    };
+    // What the disk holds now, verified (an unverifiable disk holds nothing usable).
+    let installed: Option<BootImage> = match &target {
+        Some(t) => match t.boot() {
+            Ok(b) => {
+                progress(&format!(
+                    "disk {}: slot {} holds {} (generation {}), verified",
+                    t.path().display(),
+                    b.slot.name(),
+                    b.name,
+                    b.generation
+                ));
+                Some(b)
+            }
+            Err(e) => {
+                progress(&format!("disk {}: {e}", t.path().display()));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut cfg = opts.fetch.clone();
+    cfg.current = if opts.force { None } else { installed.as_ref().map(|b| (b.algo, b.digest)) };
+    progress(&format!("discovering a boot server at {} (up to {:?})", cfg.server, cfg.give_up_after));
+    let boot_installed = |installed: Option<BootImage>, why: String| -> Result<(NetAgentReport, Next), String> {
+        match (installed, &opts.disk) {
+            (Some(b), Some(disk)) => Ok((
+                NetAgentReport {
+                    source: "disk",
+                    reason: why,
+                    image: b.name.clone(),
+                    bytes: b.bytes.len() as u64,
+                    discovers: 0,
+                    fetch_ms: None,
+                    slot: Some(b.slot.name().to_string()),
+                    generation: Some(b.generation),
+                },
+                Next::BootDisk(disk.clone()),
+            )),
+            (None, Some(disk)) => Err(format!(
+                "{why}; and disk {} holds no image that verifies: recover this machine from a boot server \
+                 (`monarch netboot recover --disk {}` once one is reachable)",
+                disk.display(),
+                disk.display()
+            )),
+            (_, None) => Err(format!("{why}; and this machine is diskless: nothing local to boot")),
+        }
+    };
+    let fetched = match fetch(&cfg) {
+        Ok(f) => f,
+        Err(e) if e.keeps_local_image() => return boot_installed(installed, e.to_string()),
+        Err(e) => {
+            let why = format!("the boot server's image could not be fetched: {e}");
+            progress(&why);
+            return boot_installed(installed, why);
+        }
+    };
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    progress(&format!(
+        "{} ({} bytes, {}) from {}: discovered in {:.0} ms, transferred in {:.0} ms, verified in {:.0} ms",
+        fetched.offer.name,
+        fetched.offer.size,
+        fetched.offer.algo.name(),
+        fetched.server,
+        ms(fetched.timings.discover),
+        ms(fetched.timings.transfer),
+        ms(fetched.timings.verify)
+    ));
+    let mut report = NetAgentReport {
+        source: "network",
+        reason: "diskless: handing off from the pre-posted buffer".into(),
+        image: fetched.offer.name.clone(),
+        bytes: fetched.offer.size,
+        discovers: fetched.discovers,
+        fetch_ms: Some([ms(fetched.timings.discover), ms(fetched.timings.transfer), ms(fetched.timings.verify)]),
+        slot: None,
+        generation: None,
+    };
+    let Some(t) = target.as_mut() else {
+        return Ok((report, Next::Run(fetched.bytes)));
+    };
+    let done = t
+        .install(&fetched.bytes, &fetched.offer.name, fetched.offer.algo)
+        .map_err(|e| format!("installing {} on {}: {e}", fetched.offer.name, t.path().display()))?;
+    progress(&format!(
+        "installed into slot {} (generation {}); restarting to boot from the disk",
+        done.slot.name(),
+        done.generation
+    ));
+    report.source = "installed";
+    report.reason = format!(
+        "{} the disk's image: installed, committed, restarting into the disk",
+        if installed.is_some() { "replaces" } else { "is" }
+    );
+    report.slot = Some(done.slot.name().to_string());
+    report.generation = Some(done.generation);
+    Ok((report, Next::BootDisk(t.path().to_path_buf())))
+}
+
+/// `boot-disk`: the verified image the disk boots (newest committed slot that verifies,
+/// else the other, saying so).
+pub fn boot_disk(disk: &Path, progress: &mut dyn FnMut(&str)) -> Result<BootImage, String> {
+    let t = Target::open(disk).map_err(|e| e.to_string())?;
+    let b = t.boot().map_err(|e| e.to_string())?;
+    if let Some(f) = &b.fell_back_from {
+        progress(&format!(
+            "slot {} ({}, generation {}) does not verify ({}): booting slot {} instead",
+            f.slot.name(),
+            f.name,
+            f.generation,
+            f.problem,
+            b.slot.name()
+        ));
+    }
+    progress(&format!(
+        "booting {} from disk {} slot {} (generation {}, {} bytes, verified)",
+        b.name,
+        disk.display(),
+        b.slot.name(),
+        b.generation,
+        b.bytes.len()
+    ));
+    Ok(b)
+}
+
+/// Replace this process with the verified `bytes` (they run without a window: the demo
+/// payload prints its report on standard output). Returns only on failure.
+pub fn exec_image(name: &str, bytes: &[u8]) -> String {
+    let mut img = match MemImage::new(name, bytes.len() as u64) {
+        Ok(i) => i,
+        Err(e) => return format!("cannot hold the image in memory: {e}"),
+    };
+    img.bytes_mut().copy_from_slice(bytes);
+    let e = img.exec(name, &[], &[]);
+    format!("cannot execute {name}: {e}")
+}

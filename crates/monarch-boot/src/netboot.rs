@@ -1,0 +1,367 @@
+//! `monarch netboot serve`: the network boot services of seed 001 started together on one
+//! interface, for machines that have no memory window.
+//!
+//! One command starts any of DHCP (a full server with persisted leases, or ProxyDHCP beside
+//! an existing DHCP server), TFTP, HTTP and the seed's discovery service, all serving the
+//! same root directory and the same [`Catalog`] (`ROOT/machines.toml`: what each machine
+//! boots). Every service's events come out as one stream of JSON objects, each tagged with
+//! its `service`, starting with a `ready` event that says where each service listens.
+
+use monarch_net::catalog::Catalog;
+use monarch_net::dhcp::{DhcpConfig, DhcpMode, DhcpServer};
+use monarch_net::discovery::{DiscoveryConfig, DiscoveryServer};
+use monarch_net::http::{HttpConfig, HttpServer};
+use monarch_net::tftp::{TftpConfig, TftpServer};
+use monarch_net::EventSink;
+use monarch_proto::dhcp::PoolConfig;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+/// Which DHCP service to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DhcpChoice {
+    /// None: another DHCP server hands out addresses and boot options.
+    Off,
+    /// A full DHCP server: addresses from `range`, leases persisted in `leases`.
+    Full {
+        /// First and last address handed out.
+        range: (Ipv4Addr, Ipv4Addr),
+        /// The lease file (written atomically after every change, read at start).
+        leases: PathBuf,
+    },
+    /// ProxyDHCP (PXE): boot options only, beside an existing DHCP server (ports 67 and 4011).
+    Proxy,
+}
+
+/// Everything `monarch netboot serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The served directory (kernels, initrds, images, `machines.toml`).
+    pub root: PathBuf,
+    /// The interface to serve on (DHCP answers only there).
+    pub interface: Option<String>,
+    /// The server's address on that interface (found from the interface when not given).
+    pub address: Option<Ipv4Addr>,
+    /// DHCP service.
+    pub dhcp: DhcpChoice,
+    /// TFTP port (None: no TFTP).
+    pub tftp_port: Option<u16>,
+    /// HTTP port (None: no HTTP).
+    pub http_port: Option<u16>,
+    /// The discovery service's port, UDP for discovery and TCP for the bulk transfer
+    /// (None: no discovery service).
+    pub discovery_port: Option<u16>,
+}
+
+/// Where each service ended up listening (the `ready` event).
+#[derive(Debug, Clone, Serialize)]
+pub struct Ready {
+    /// The served root (canonical).
+    pub root: PathBuf,
+    /// The server address clients are told about.
+    pub address: Option<Ipv4Addr>,
+    /// The interface.
+    pub interface: Option<String>,
+    /// `full on IF`, `proxy on IF`, or absent.
+    pub dhcp: Option<String>,
+    /// TFTP listen address.
+    pub tftp: Option<SocketAddr>,
+    /// HTTP base URL.
+    pub http: Option<String>,
+    /// Discovery listen address (UDP and TCP).
+    pub discovery: Option<SocketAddr>,
+    /// Machines listed in the catalog, and whether there is a default.
+    pub machines: usize,
+    /// Whether unlisted machines boot the catalog's default.
+    pub default: bool,
+}
+
+/// The IPv4 address of `interface`, as `ip -j -4 addr show dev IF` reports it.
+pub fn interface_address(interface: &str) -> Result<Ipv4Addr, String> {
+    let out = crate::host::run(
+        Command::new("ip").args(["-j", "-4", "addr", "show", "dev", interface]),
+        &format!("`ip addr show dev {interface}`"),
+    )
+    .map_err(|e| format!("{e}: is {interface} the name of an interface here (`ip link`)?"))?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| format!("cannot read `ip -j addr` output: {e}"))?;
+    v.get(0)
+        .and_then(|i| i["addr_info"].get(0))
+        .and_then(|a| a["local"].as_str())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("interface {interface} has no IPv4 address: add one or pass --address"))
+}
+
+fn sink<E: Serialize + 'static>(service: &'static str, emit: &Arc<dyn Fn(Value) + Send + Sync>) -> EventSink<E> {
+    let emit = emit.clone();
+    Arc::new(move |e: E| {
+        let mut v = serde_json::to_value(&e).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.insert("service".into(), Value::from(service));
+        }
+        emit(v);
+    })
+}
+
+/// Start every chosen service, emit `ready`, then serve until `stop` resolves (SIGINT or
+/// SIGTERM for the command). Any service that cannot start is an error naming it and the
+/// fix; nothing is left listening.
+pub async fn serve(
+    opts: &ServeOptions,
+    emit: Arc<dyn Fn(Value) + Send + Sync>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let catalog = Arc::new(Catalog::load(&opts.root).map_err(|e| e.to_string())?);
+    let address = match (opts.address, &opts.interface) {
+        (Some(a), _) => Some(a),
+        (None, Some(i)) => Some(interface_address(i)?),
+        (None, None) => None,
+    };
+    let bind_ip = IpAddr::V4(address.unwrap_or(Ipv4Addr::UNSPECIFIED));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ready = Ready {
+        root: catalog.root().to_path_buf(),
+        address,
+        interface: opts.interface.clone(),
+        dhcp: None,
+        tftp: None,
+        http: None,
+        discovery: None,
+        machines: catalog.machines().count(),
+        default: catalog.default_machine().is_some(),
+    };
+
+    if let Some(port) = opts.tftp_port {
+        let server = TftpServer::bind(TftpConfig::new(SocketAddr::new(bind_ip, port), catalog.root()))
+            .await
+            .map_err(|e| e.to_string())?;
+        ready.tftp = Some(server.local_addr());
+        tasks.spawn(server.run(sink("tftp", &emit)));
+    }
+    let mut http_base = None;
+    if let Some(port) = opts.http_port {
+        let server = HttpServer::bind(HttpConfig::new(SocketAddr::new(bind_ip, port), catalog.root(), catalog.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let local = server.local_addr();
+        let host = address.map_or_else(|| local.ip().to_string(), |a| a.to_string());
+        let base = format!("http://{host}:{}", local.port());
+        http_base = Some(base.clone());
+        ready.http = Some(base);
+        let events = sink("http", &emit);
+        tasks.spawn(async move {
+            if let Err(e) = server.run(events).await {
+                eprintln!("monarch netboot: HTTP service ended: {e}");
+            }
+        });
+    }
+    if let Some(port) = opts.discovery_port {
+        let mut cfg = DiscoveryConfig::new(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            SocketAddr::new(bind_ip, port),
+            catalog.clone(),
+        );
+        // Discovery is broadcast: listen on every address, but only on the boot interface.
+        cfg.interface = opts.interface.clone();
+        let server = DiscoveryServer::bind(cfg).await.map_err(|e| e.to_string())?;
+        ready.discovery = Some(server.local_tcp());
+        let events = sink("discovery", &emit);
+        tasks.spawn(async move {
+            if let Err(e) = server.run(events).await {
+                eprintln!("monarch netboot: discovery service ended: {e}");
+            }
+        });
+    }
+    if opts.dhcp != DhcpChoice::Off {
+        let (Some(interface), Some(server_ip)) = (opts.interface.clone(), address) else {
+            return Err("DHCP needs --interface (it answers on that interface only) and an IPv4 address \
+                        on it (or --address)"
+                .into());
+        };
+        let mode = match &opts.dhcp {
+            DhcpChoice::Full { range, leases } => {
+                DhcpMode::Full { pool: PoolConfig::new(range.0, range.1), lease_file: leases.clone() }
+            }
+            _ => DhcpMode::Proxy,
+        };
+        ready.dhcp = Some(format!(
+            "{} on {interface}",
+            if matches!(mode, DhcpMode::Proxy) { "proxy" } else { "full" }
+        ));
+        let mut cfg = DhcpConfig::new(Some(&interface), server_ip, mode);
+        cfg.http_base = http_base.clone();
+        let server = DhcpServer::bind(cfg).await.map_err(|e| e.to_string())?;
+        let events = sink("dhcp", &emit);
+        tasks.spawn(async move {
+            if let Err(e) = server.run(events).await {
+                eprintln!("monarch netboot: DHCP service ended: {e}");
+            }
+        });
+    }
+    if tasks.is_empty() {
+        return Err("no service chosen: enable at least one of DHCP, TFTP, HTTP, discovery".into());
+    }
+    let mut r = serde_json::to_value(&ready).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut r {
+        m.insert("service".into(), json!("netboot"));
+        m.insert("event".into(), json!("ready"));
+    }
+    emit(r);
+    tokio::select! {
+        () = stop => {}
+        Some(done) = tasks.join_next() => {
+            if let Err(e) = done {
+                return Err(format!("a network service stopped: {e}"));
+            }
+        }
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+/// Which operator command edits the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assign {
+    /// A machine's first OS: it must not be in the catalog with an image yet.
+    Provision,
+    /// Another image for a machine already in the catalog.
+    Repurpose,
+}
+
+/// What `provision` / `repurpose` changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Assigned {
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub machine: String,
+    /// The image now assigned (relative to the root).
+    pub image: String,
+    /// The image it had before (repurpose).
+    pub previous: Option<String>,
+    /// Set when the image was copied into the root first.
+    pub copied_from: Option<PathBuf>,
+    /// The catalog file written.
+    pub catalog: PathBuf,
+}
+
+/// `monarch netboot provision|repurpose`: assign `image` to machine `mac` in
+/// `ROOT/machines.toml` (kept as written: comments and order stay; replaced atomically).
+/// An image outside the root is copied into `ROOT/images/` first. The new catalog is loaded
+/// before it replaces the old one: a change that would not load is refused and the old file
+/// stays. The machine gets the image the next time it asks the discovery service.
+pub fn assign(
+    root: &std::path::Path,
+    mac: &str,
+    image: &std::path::Path,
+    name: Option<&str>,
+    how: Assign,
+) -> Result<Assigned, String> {
+    use monarch_net::catalog::{CATALOG_FILE, format_mac, parse_mac};
+    let mac = parse_mac(mac).map(format_mac).ok_or_else(|| {
+        format!("{mac:?} is not a MAC address: write it as aa:bb:cc:dd:ee:ff (or with dashes)")
+    })?;
+    let root = std::fs::canonicalize(root)
+        .map_err(|e| format!("boot root {}: {e}: create it or pass another --root", root.display()))?;
+    let file = root.join(CATALOG_FILE);
+    let old = match std::fs::read_to_string(&file) {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    };
+    let mut doc: toml_edit::DocumentMut = old
+        .as_deref()
+        .unwrap_or("")
+        .parse()
+        .map_err(|e| format!("{}: {e}: fix the file first", file.display()))?;
+    let previous = doc
+        .get("machine")
+        .and_then(|t| t.get(&mac))
+        .and_then(|m| m.get("image"))
+        .and_then(|i| i.as_str())
+        .map(str::to_string);
+    let listed = doc.get("machine").and_then(|t| t.get(&mac)).is_some();
+    match how {
+        Assign::Provision if previous.is_some() => {
+            return Err(format!(
+                "machine {mac} is already provisioned with {}: use `monarch netboot repurpose` to give it \
+                 another image",
+                previous.unwrap_or_default()
+            ));
+        }
+        Assign::Repurpose if !listed => {
+            return Err(format!(
+                "machine {mac} is not in {}: use `monarch netboot provision` for its first OS",
+                file.display()
+            ));
+        }
+        _ => {}
+    }
+    let (rel, copied_from) = image_in_root(&root, image)?;
+    let machines = doc
+        .entry("machine")
+        .or_insert_with(|| {
+            let mut t = toml_edit::Table::new();
+            t.set_implicit(true);
+            toml_edit::Item::Table(t)
+        })
+        .as_table_mut()
+        .ok_or_else(|| format!("{}: `machine` must be a table of machines", file.display()))?;
+    let entry = machines
+        .entry(&mac)
+        .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| format!("{}: machine.\"{mac}\" must be a table", file.display()))?;
+    if let Some(n) = name {
+        entry["name"] = toml_edit::value(n);
+    }
+    entry["image"] = toml_edit::value(rel.as_str());
+    let text = doc.to_string();
+    monarch_net::dhcp::write_atomically(&file, text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    if let Err(e) = Catalog::load(&root) {
+        // Put the old catalog back: a change that does not load must not stay.
+        let _ = match &old {
+            Some(o) => monarch_net::dhcp::write_atomically(&file, o.as_bytes()),
+            None => std::fs::remove_file(&file),
+        };
+        return Err(format!("the change was not made: {e}"));
+    }
+    Ok(Assigned { machine: mac, image: rel, previous, copied_from, catalog: file })
+}
+
+/// `image` as a path relative to `root`: as it is when it already lies inside the root,
+/// else copied into `root/images/` (refusing to replace a different file of that name).
+fn image_in_root(root: &std::path::Path, image: &std::path::Path) -> Result<(String, Option<PathBuf>), String> {
+    let canon = std::fs::canonicalize(image).map_err(|e| format!("image {}: {e}", image.display()))?;
+    if !canon.is_file() {
+        return Err(format!("image {} is not a file", image.display()));
+    }
+    if let Ok(rel) = canon.strip_prefix(root) {
+        return Ok((rel.to_string_lossy().into_owned(), None));
+    }
+    let name = canon.file_name().ok_or_else(|| format!("image {} names no file", image.display()))?;
+    let dir = root.join("images");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let dest = dir.join(name);
+    if dest.exists() {
+        let same = std::fs::read(&dest).ok() == std::fs::read(&canon).ok();
+        if !same {
+            return Err(format!(
+                "{} exists and differs from {}: rename the image or remove the old one",
+                dest.display(),
+                image.display()
+            ));
+        }
+    } else {
+        let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        std::fs::copy(&canon, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &dest))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                format!("cannot copy {} into {}: {e}", image.display(), dir.display())
+            })?;
+    }
+    Ok((format!("images/{}", name.to_string_lossy()), Some(canon)))
+}
