@@ -8,12 +8,12 @@
 
 use crate::bench::{WindowBenchOptions, deliver_once, pattern};
 use crate::host;
+use crate::netbench::{Guard, free_udp_port};
 use crate::topology::fmt_size;
 use monarch_proto::Algo;
 use serde::Serialize;
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One TFTP transfer.
@@ -45,20 +45,6 @@ pub struct Baseline {
 /// Install tftpd-hpa and atftp from Debian's repositories if they are missing.
 pub fn ensure_tools(progress: &mut dyn FnMut(&str)) -> Result<(), String> {
     host::ensure_packages(&[("in.tftpd", "tftpd-hpa"), ("atftp", "atftp"), ("ip", "iproute2")], progress)
-}
-
-fn free_udp_port() -> Result<u16, String> {
-    let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("no free UDP port: {e}"))?;
-    s.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
-}
-
-/// A process killed when dropped.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Network namespaces removed when dropped.
