@@ -7,7 +7,7 @@
 //! boots). Every service's events come out as one stream of JSON objects, each tagged with
 //! its `service`, starting with a `ready` event that says where each service listens.
 
-use monarch_net::catalog::Catalog;
+use monarch_net::catalog::{CATALOG_FILE, Catalog, SharedCatalog};
 use monarch_net::dhcp::{DhcpConfig, DhcpMode, DhcpServer};
 use monarch_net::discovery::{DiscoveryConfig, DiscoveryServer};
 use monarch_net::http::{HttpConfig, HttpServer};
@@ -115,6 +115,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let catalog = Arc::new(Catalog::load(&opts.root).map_err(|e| e.to_string())?);
+    let shared = SharedCatalog::from(catalog.clone());
     let address = match (opts.address, &opts.interface) {
         (Some(a), _) => Some(a),
         (None, Some(i)) => Some(interface_address(i)?),
@@ -143,7 +144,7 @@ pub async fn serve(
     }
     let mut http_base = None;
     if let Some(port) = opts.http_port {
-        let server = HttpServer::bind(HttpConfig::new(SocketAddr::new(bind_ip, port), catalog.root(), catalog.clone()))
+        let server = HttpServer::bind(HttpConfig::new(SocketAddr::new(bind_ip, port), catalog.root(), shared.clone()))
             .await
             .map_err(|e| e.to_string())?;
         let local = server.local_addr();
@@ -162,7 +163,7 @@ pub async fn serve(
         let mut cfg = DiscoveryConfig::new(
             SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
             SocketAddr::new(bind_ip, port),
-            catalog.clone(),
+            shared.clone(),
         );
         // Discovery is broadcast: listen on every address, but only on the boot interface.
         cfg.interface = opts.interface.clone();
@@ -204,6 +205,7 @@ pub async fn serve(
     if tasks.is_empty() {
         return Err("no service chosen: enable at least one of DHCP, TFTP, HTTP, discovery".into());
     }
+    tasks.spawn(watch_catalog(shared, emit.clone()));
     let mut r = serde_json::to_value(&ready).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut r {
         m.insert("service".into(), json!("netboot"));
@@ -220,6 +222,35 @@ pub async fn serve(
     }
     tasks.abort_all();
     Ok(())
+}
+
+/// Reload `machines.toml` when it changes (the operator commands replace it atomically), so a
+/// provisioned or repurposed machine gets its new image on its next boot without restarting
+/// the services. A catalog that does not load is reported and the previous one stays.
+async fn watch_catalog(shared: SharedCatalog, emit: Arc<dyn Fn(Value) + Send + Sync>) {
+    let root = shared.get().root().to_path_buf();
+    let file = root.join(CATALOG_FILE);
+    let stamp = |f: &std::path::Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+    let mut seen = stamp(&file);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = stamp(&file);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match Catalog::load(&root) {
+            Ok(c) => {
+                let machines = c.machines().count();
+                shared.replace(c);
+                emit(json!({"service": "netboot", "event": "catalog_reloaded", "machines": machines}));
+            }
+            Err(e) => emit(json!({
+                "service": "netboot", "event": "catalog_error",
+                "error": format!("{e}; still serving the previous catalog"),
+            })),
+        }
+    }
 }
 
 /// Which operator command edits the catalog.

@@ -122,6 +122,42 @@ pub fn resolve_in(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
     }
 }
 
+/// A catalog that can be replaced while the services run: `monarch netboot provision` and
+/// `repurpose` edit `machines.toml`, and `monarch netboot serve` reloads it. Readers take a
+/// snapshot per request ([`SharedCatalog::get`]), so a request never sees half an update.
+#[derive(Debug, Clone)]
+pub struct SharedCatalog(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Catalog>>>);
+
+impl SharedCatalog {
+    /// Share `catalog`.
+    pub fn new(catalog: Catalog) -> SharedCatalog {
+        SharedCatalog(std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(catalog))))
+    }
+
+    /// The current catalog.
+    pub fn get(&self) -> std::sync::Arc<Catalog> {
+        // A writer that panicked left a whole catalog behind (replacement is one store).
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Replace it; requests already running keep the snapshot they took.
+    pub fn replace(&self, catalog: Catalog) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(catalog);
+    }
+}
+
+impl From<Catalog> for SharedCatalog {
+    fn from(c: Catalog) -> Self {
+        SharedCatalog::new(c)
+    }
+}
+
+impl From<std::sync::Arc<Catalog>> for SharedCatalog {
+    fn from(c: std::sync::Arc<Catalog>) -> Self {
+        SharedCatalog(std::sync::Arc::new(std::sync::RwLock::new(c)))
+    }
+}
+
 /// Whether a catalog `kernel`/`initrd` value is a full URL for iPXE (`tftp://`, `http://`,
 /// `https://`) rather than a path under the root.
 pub fn is_url(s: &str) -> bool {

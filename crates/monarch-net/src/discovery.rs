@@ -20,7 +20,7 @@
 //! download).
 
 use crate::EventSink;
-use crate::catalog::{Catalog, format_mac};
+use crate::catalog::{SharedCatalog, format_mac};
 use monarch_proto::checksum::{Algo, Digest, Hasher};
 use monarch_proto::netboot::{
     Client, ClientAction, ClientConfig, ClientFailure, ClientInput, Download, MAX_MESSAGE, Message, Offer,
@@ -56,7 +56,7 @@ pub struct DiscoveryConfig {
     /// TCP address for downloads (its port goes into every OFFER).
     pub tcp: SocketAddr,
     /// Which machine gets which image (`image` field).
-    pub catalog: Arc<Catalog>,
+    pub catalog: SharedCatalog,
     /// Digest algorithm offered to agents.
     pub algo: Algo,
     /// Bind the UDP socket to this interface only (SO_BINDTODEVICE), so the service never
@@ -72,11 +72,11 @@ pub struct DiscoveryConfig {
 
 impl DiscoveryConfig {
     /// Defaults: BLAKE3 digests, sendfile, tokens valid 60 s, 32 transfers at once.
-    pub fn new(udp: SocketAddr, tcp: SocketAddr, catalog: Arc<Catalog>) -> DiscoveryConfig {
+    pub fn new(udp: SocketAddr, tcp: SocketAddr, catalog: impl Into<SharedCatalog>) -> DiscoveryConfig {
         DiscoveryConfig {
             udp,
             tcp,
-            catalog,
+            catalog: catalog.into(),
             algo: Algo::Blake3,
             interface: None,
             zero_copy: true,
@@ -180,7 +180,7 @@ struct Grant {
 type DigestKey = (PathBuf, u64, Option<SystemTime>, Algo);
 
 struct Shared {
-    catalog: Arc<Catalog>,
+    catalog: SharedCatalog,
     algo: Algo,
     zero_copy: bool,
     ttl: Duration,
@@ -305,11 +305,12 @@ async fn udp_loop(udp: Arc<UdpSocket>, st: Arc<Shared>) -> io::Result<()> {
 async fn answer(st: &Shared, udp: &UdpSocket, peer: SocketAddr, d: monarch_proto::netboot::Discover) {
     let ignore = |reason: String| (st.events)(DiscoveryEvent::Ignored { peer, reason });
     let mac = format_mac(d.mac);
-    let Some(image) = st.catalog.lookup(Some(d.mac)).and_then(|m| m.image.clone()) else {
+    let catalog = st.catalog.get();
+    let Some(image) = catalog.lookup(Some(d.mac)).and_then(|m| m.image.clone()) else {
         // Seed: a server with no data block for this machine stays silent.
         return ignore(format!("no image for {mac} in the catalog"));
     };
-    let path = match st.catalog.resolve(&image) {
+    let path = match catalog.resolve(&image) {
         Ok(p) => p,
         Err(e) => return ignore(format!("image {image} for {mac}: {e}")),
     };

@@ -25,7 +25,7 @@
 //! need neither.
 
 use crate::EventSink;
-use crate::catalog::{Catalog, PathError, parse_mac, resolve_in};
+use crate::catalog::{PathError, SharedCatalog, parse_mac, resolve_in};
 use axum::body::Body;
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
@@ -64,7 +64,7 @@ pub struct HttpConfig {
     /// Directory whose files are served.
     pub root: PathBuf,
     /// Boot instructions for `/ipxe/{mac}.ipxe`.
-    pub catalog: Arc<Catalog>,
+    pub catalog: SharedCatalog,
     /// Read chunk for file bodies served by axum ([`DEFAULT_CHUNK`]).
     pub chunk: usize,
     /// Serve plain whole-file requests with `sendfile` (default true; the bench turns it
@@ -74,8 +74,8 @@ pub struct HttpConfig {
 
 impl HttpConfig {
     /// A config with the defaults (zero-copy on, [`DEFAULT_CHUNK`]).
-    pub fn new(bind: SocketAddr, root: impl Into<PathBuf>, catalog: Arc<Catalog>) -> HttpConfig {
-        HttpConfig { bind, root: root.into(), catalog, chunk: DEFAULT_CHUNK, zero_copy: true }
+    pub fn new(bind: SocketAddr, root: impl Into<PathBuf>, catalog: impl Into<SharedCatalog>) -> HttpConfig {
+        HttpConfig { bind, root: root.into(), catalog: catalog.into(), chunk: DEFAULT_CHUNK, zero_copy: true }
     }
 }
 
@@ -126,7 +126,7 @@ pub enum HttpError {
 
 struct Shared {
     root: PathBuf,
-    catalog: Arc<Catalog>,
+    catalog: SharedCatalog,
     chunk: usize,
     zero_copy: bool,
     local: SocketAddr,
@@ -546,14 +546,15 @@ fn ipxe(st: &Shared, req: &Request, name: &str) -> Response {
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_alphanumeric() || b".-:[]".contains(&c)))
         .map_or_else(|| st.local.to_string(), str::to_string);
-    match st.catalog.ipxe_script(mac, &format!("http://{host}")) {
+    let catalog = st.catalog.get();
+    match catalog.ipxe_script(mac, &format!("http://{host}")) {
         Some(s) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], s).into_response(),
         None => text(
             StatusCode::NOT_FOUND,
             format!(
                 "no boot instructions for {name}: add [machine.\"{}\"] or a [default] with a kernel or an image to {}",
                 mac.map_or_else(|| "52:54:00:12:34:56".into(), crate::catalog::format_mac),
-                st.catalog.root().join(crate::catalog::CATALOG_FILE).display()
+                catalog.root().join(crate::catalog::CATALOG_FILE).display()
             ),
         ),
     }

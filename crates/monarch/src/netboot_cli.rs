@@ -31,6 +31,87 @@ name = \"node1\"                  # any field of [default]\n\n\
     Provision(AssignArgs),
     /// Give a machine another OS image (edits ROOT/machines.toml).
     Repurpose(AssignArgs),
+    /// The machine's side: discover a boot server, fetch and verify its image, then hand off
+    /// (diskless) or install it in an A/B slot and boot from the disk.
+    #[command(long_about = "The machine's side of the seed's network boot (run from its firmware or initramfs).\n\n\
+1. DISCOVER (UDP, --server: a boot server or a broadcast address), rebroadcast every --interval until --wait runs out;\n\
+2. the server's OFFER says the image's size and digest; the agent pre-posts a buffer of exactly that size;\n\
+3. DOWNLOAD over TCP: the server streams the image (sendfile) straight into the buffer;\n\
+4. verify the buffer against the offered digest (nothing unverified is ever handed off);\n\
+5. diskless: hand off to the image (--handoff exec runs it); with --disk: install it into the inactive A/B slot, commit record last (a power cut at any point leaves the previous image bootable), then restart as `monarch netboot boot-disk` and boot it from the disk.\n\n\
+If the disk already holds the offered image (same digest), nothing is transferred. If no boot server answers within --wait, the machine boots the image it has, and says so.")]
+    Agent(AgentArgs),
+    /// Re-provision a machine whose installed image fails verification (fetch, install, boot).
+    Recover(AgentArgs),
+    /// Boot the disk's image: the newest committed A/B slot that verifies (else the other).
+    BootDisk(BootDiskArgs),
+    /// Show both A/B slots of a disk and whether each verifies.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Where to send DISCOVERs: a boot server's HOST:PORT or a broadcast address.
+    #[arg(long, value_name = "ADDR", default_value = "255.255.255.255:4012")]
+    server: std::net::SocketAddr,
+    /// Use this interface (its MAC, and SO_BINDTODEVICE for broadcasts).
+    #[arg(long, value_name = "IF")]
+    interface: Option<String>,
+    /// This machine's MAC address [default: the interface's].
+    #[arg(long, value_name = "MAC")]
+    mac: Option<String>,
+    /// Give up on the boot server after this long and boot the local image.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    wait: std::time::Duration,
+    /// Rebroadcast the DISCOVER this often while nobody answers.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+    /// The machine's disk (block device or file); without it the machine is diskless.
+    #[arg(long, value_name = "TARGET")]
+    disk: Option<PathBuf>,
+    /// Create the disk file with this size if it does not exist (e.g. 256MiB).
+    #[arg(long, value_name = "SIZE")]
+    disk_size: Option<String>,
+    /// Refuse images larger than this.
+    #[arg(long, value_name = "SIZE", default_value = "4GiB")]
+    max_size: String,
+    /// What to do with the verified image: exec (run it) or none (exit 0).
+    #[arg(long, value_enum, default_value = "exec")]
+    handoff: HandoffArg,
+    /// One JSON object on stdout before the handoff.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HandoffArg {
+    /// Execute the verified image, replacing this process.
+    Exec,
+    /// Exit 0 after verification.
+    None,
+}
+
+#[derive(Args)]
+pub struct BootDiskArgs {
+    /// The machine's disk.
+    #[arg(long, value_name = "TARGET")]
+    disk: PathBuf,
+    /// What to do with the verified image.
+    #[arg(long, value_enum, default_value = "exec")]
+    handoff: HandoffArg,
+    /// One JSON object on stdout before the handoff.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The machine's disk.
+    #[arg(long, value_name = "TARGET")]
+    disk: PathBuf,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -91,6 +172,10 @@ pub fn run(cmd: NetbootCmd) -> ExitCode {
         NetbootCmd::Serve(a) => serve(a),
         NetbootCmd::Provision(a) => assign(a, Assign::Provision),
         NetbootCmd::Repurpose(a) => assign(a, Assign::Repurpose),
+        NetbootCmd::Agent(a) => agent(a, false),
+        NetbootCmd::Recover(a) => agent(a, true),
+        NetbootCmd::BootDisk(a) => boot_disk(&a.disk, a.handoff, a.json),
+        NetbootCmd::Status(a) => status(&a.disk, a.json),
     }
 }
 
@@ -202,4 +287,143 @@ fn assign(a: AssignArgs, how: Assign) -> ExitCode {
         }
         Err(e) => bad_input(&e),
     }
+}
+
+fn size_arg(flag: &str, s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{flag} {s:?}: {e}: write a size like 64MiB or 4GiB"))
+}
+
+fn mac_of(a: &AgentArgs) -> Result<[u8; 6], String> {
+    use monarch_net::catalog::parse_mac;
+    let text = match (&a.mac, &a.interface) {
+        (Some(m), _) => m.clone(),
+        (None, Some(i)) => std::fs::read_to_string(format!("/sys/class/net/{i}/address"))
+            .map_err(|e| format!("cannot read the MAC of interface {i}: {e}: check the name or pass --mac"))?
+            .trim()
+            .to_string(),
+        (None, None) => return Err("give --mac MAC or --interface IF (this machine's identity for the boot server)".into()),
+    };
+    parse_mac(&text).ok_or_else(|| format!("{text:?} is not a MAC address: write aa:bb:cc:dd:ee:ff"))
+}
+
+fn agent(a: AgentArgs, recover: bool) -> ExitCode {
+    use monarch_boot::netagent::{self, NetAgentOptions, NetHandoff, Next};
+    let parsed = (|| -> Result<NetAgentOptions, String> {
+        let mut fetch = monarch_net::discovery::FetchConfig::new(a.server, mac_of(&a)?);
+        fetch.interface = a.interface.clone();
+        fetch.give_up_after = a.wait;
+        fetch.interval = a.interval;
+        fetch.max_size = size_arg("--max-size", &a.max_size)?;
+        if recover && a.disk.is_none() {
+            return Err("recover needs --disk: it re-provisions the image installed on that disk".into());
+        }
+        Ok(NetAgentOptions {
+            fetch,
+            disk: a.disk.clone(),
+            disk_size: a.disk_size.as_deref().map(|s| size_arg("--disk-size", s)).transpose()?,
+            force: recover,
+            handoff: match a.handoff {
+                HandoffArg::Exec => NetHandoff::Exec,
+                HandoffArg::None => NetHandoff::None,
+            },
+        })
+    })();
+    let opts = match parsed {
+        Ok(o) => o,
+        Err(e) => return bad_input(&e),
+    };
+    if recover && let Some(disk) = &opts.disk {
+        if let Ok(t) = monarch_drivers::disk::Target::open(disk) {
+            for s in t.verify_all() {
+                eprintln!("netboot recover: before: {s}");
+            }
+        }
+    }
+    let mut progress = |m: &str| eprintln!("netboot agent: {m}");
+    match netagent::run(&opts, &mut progress) {
+        Ok((report, next)) => {
+            eprintln!("netboot agent: {} ({})", report.image, report.reason);
+            if a.json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            }
+            match next {
+                Next::Run(bytes) => handoff(&report.image, &bytes, a.handoff),
+                // The restart: a fresh process that reads the image back from the disk.
+                Next::BootDisk(disk) => restart_into_disk(&disk, a.handoff, a.json),
+            }
+        }
+        Err(e) => {
+            eprintln!("monarch: netboot agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn handoff(name: &str, bytes: &[u8], how: HandoffArg) -> ExitCode {
+    match how {
+        HandoffArg::None => {
+            eprintln!("netboot agent: {name} verified; handoff none: exiting");
+            ExitCode::SUCCESS
+        }
+        HandoffArg::Exec => {
+            let e = monarch_boot::netagent::exec_image(name, bytes);
+            eprintln!("monarch: netboot agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn restart_into_disk(disk: &std::path::Path, how: HandoffArg, json: bool) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg0("monarch").args(["netboot", "boot-disk", "--disk"]).arg(disk);
+    cmd.args(["--handoff", if matches!(how, HandoffArg::Exec) { "exec" } else { "none" }]);
+    if json {
+        cmd.arg("--json");
+    }
+    let e = cmd.exec();
+    eprintln!("monarch: netboot agent: cannot restart into the disk: {e}");
+    ExitCode::from(1)
+}
+
+fn boot_disk(disk: &std::path::Path, how: HandoffArg, json: bool) -> ExitCode {
+    let mut progress = |m: &str| eprintln!("netboot boot-disk: {m}");
+    match monarch_boot::netagent::boot_disk(disk, &mut progress) {
+        Ok(b) => {
+            if json {
+                let v = serde_json::json!({
+                    "source": "disk", "image": b.name, "bytes": b.bytes.len(), "slot": b.slot.name(),
+                    "generation": b.generation, "fell_back": b.fell_back_from.is_some(),
+                });
+                println!("{v}");
+            }
+            handoff(&b.name, &b.bytes, how)
+        }
+        Err(e) => {
+            eprintln!("monarch: netboot boot-disk: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn status(disk: &std::path::Path, json: bool) -> ExitCode {
+    let t = match monarch_drivers::disk::Target::open(disk) {
+        Ok(t) => t,
+        Err(e) => return bad_input(&e),
+    };
+    let all = t.verify_all();
+    if json {
+        let v: Vec<Value> = all
+            .iter()
+            .map(|s| serde_json::json!({"slot": s.slot.name(), "bootable": s.is_bootable(), "state": s.to_string()}))
+            .collect();
+        println!("{}", Value::Array(v));
+    } else {
+        for s in &all {
+            println!("{s}");
+        }
+    }
+    if all.iter().any(monarch_drivers::disk::SlotStatus::is_bootable) { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
