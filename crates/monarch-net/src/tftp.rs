@@ -17,11 +17,12 @@
 //!   canonical root, so a symlink pointing out is refused (error 2) while symlinks within the
 //!   root work; it is then opened with `openat2(RESOLVE_NO_SYMLINKS)`, so a symlink swapped in
 //!   between the check and the open is refused rather than followed. Only regular files.
-//! - Speed: the file is read with one `preadv` per ~2 MiB straight into a row of ready-made
-//!   DATA packets (see `Source`), so a packet is never copied in user space; a window goes
-//!   out in one `send` with UDP segmentation offload (GSO) where the kernel allows it. The
-//!   steady state makes one `recv` and one `send` per window and allocates nothing. Requests
-//!   beyond `max_transfers` running get "server busy".
+//! - Speed: the file is read with `preadv` straight into a row of ready-made DATA packets
+//!   (see `Source`; up to ~2 MiB at a time, or a few windows ahead while the client is busy
+//!   with the last one), so a packet is never copied in user space; a window goes out in one
+//!   `send` with UDP segmentation offload (GSO) where the kernel allows it. The steady state
+//!   makes one `recv` and one `send` per window and allocates nothing. Requests beyond
+//!   `max_transfers` running get "server busy".
 //!
 //! What the server does is reported through an [`EventSink`] of [`TftpEvent`]s.
 
@@ -416,8 +417,22 @@ impl Source {
         if self.has(i) {
             return Ok(());
         }
+        self.fill(i, usize::MAX)
+    }
+
+    /// Read blocks from `i` on (at most `count`) ahead of need, while the client is busy
+    /// with the window just sent, so the next window leaves as soon as its ACK arrives
+    /// instead of after a large read. A failure is left for [`Source::load`] to report.
+    fn prefetch(&mut self, i: u64, count: usize) {
+        if i < self.blocks && !self.has(i) {
+            let _ = self.fill(i, count);
+        }
+    }
+
+    /// Read up to `count` blocks (and at most the slots) from block `i` on.
+    fn fill(&mut self, i: u64, count: usize) -> io::Result<()> {
         let slots = self.buf.len() / self.seg();
-        let n = usize::try_from(self.blocks.saturating_sub(i)).unwrap_or(usize::MAX).min(slots);
+        let n = usize::try_from(self.blocks.saturating_sub(i)).unwrap_or(usize::MAX).min(slots).min(count);
         if n == 0 {
             return Err(io::Error::other(format!("block {i} is past the end of the file (a bug)")));
         }
@@ -505,23 +520,32 @@ impl Sender {
     /// Turn on UDP GSO (`UDP_SEGMENT`, Linux ≥ 4.18) with one segment per DATA packet, so a
     /// whole window goes out in one `send` and crosses the IP stack once: on this machine
     /// that halves the kernel's cost per packet, which is what a windowed transfer spends
-    /// its time on. Off for windows of one, blocks too big to batch, or where the kernel
-    /// refuses.
+    /// its time on. Off for windows of one, blocks too big to batch, packets larger than the
+    /// path MTU (GSO cannot fragment; plain sends can), or where the kernel refuses.
     fn new(sock: &std::net::UdpSocket, blksize: u16, windowsize: u16) -> Sender {
+        use nix::sys::socket::{getsockopt, setsockopt, sockopt};
         let seg = 4 + usize::from(blksize);
         let batch = usize::from(windowsize).min(GSO_MAX_SEGMENTS).min(GSO_MAX_BYTES / seg);
-        let on = batch >= 2
-            && nix::sys::socket::setsockopt(
-                sock,
-                nix::sys::socket::sockopt::UdpGsoSegment,
-                &(i32::from(blksize) + 4),
-            )
-            .is_ok();
+        // IPv4 tells the path MTU of the connected socket up front (20 + 8 header bytes);
+        // elsewhere the first refused send turns GSO off.
+        let fits = getsockopt(sock, sockopt::IpMtu)
+            .map_or(true, |mtu| seg + 28 <= usize::try_from(mtu).unwrap_or(0));
+        let on =
+            batch >= 2 && fits && setsockopt(sock, sockopt::UdpGsoSegment, &(i32::from(blksize) + 4)).is_ok();
         Sender { gso_batch: if on { batch } else { 0 }, run: Vec::with_capacity(usize::from(windowsize)) }
     }
 
-    /// GSO refused a send (EINVAL: a segment larger than the path MTU, which plain sends
-    /// fragment; EIO: no checksum offload): fall back to one datagram per block.
+    /// Whether `e` is the kernel refusing a GSO send: EMSGSIZE or EINVAL (a segment larger
+    /// than the path MTU), EIO (no checksum offload on the route).
+    fn gso_refused(&self, e: &io::Error) -> bool {
+        use rustix::io::Errno;
+        self.gso_batch > 0
+            && [Errno::MSGSIZE, Errno::INVAL, Errno::IO]
+                .iter()
+                .any(|x| e.raw_os_error() == Some(x.raw_os_error()))
+    }
+
+    /// GSO was refused: turn it off and send one datagram per block from now on.
     fn gso_off(&mut self, sock: &std::net::UdpSocket) {
         self.gso_batch = 0;
         let _ = nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::UdpGsoSegment, &0);
@@ -552,24 +576,17 @@ impl Sender {
             }
             let seg = src.seg();
             let pkts = src.packets(&self.run);
-            if self.run.len() == 1 {
-                send(sock, pkts)?;
-            } else {
-                match sock.send(pkts) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(CLIENT_GONE.into()),
-                    Err(e)
-                        if [rustix::io::Errno::INVAL, rustix::io::Errno::IO]
-                            .iter()
-                            .any(|x| e.raw_os_error() == Some(x.raw_os_error())) =>
-                    {
-                        self.gso_off(sock);
-                        for p in pkts.chunks(seg) {
-                            send(sock, p)?;
-                        }
+            match sock.send(pkts) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(CLIENT_GONE.into()),
+                Err(e) if self.gso_refused(&e) => {
+                    // With UDP_SEGMENT set even a single datagram is checked against it.
+                    self.gso_off(sock);
+                    for p in pkts.chunks(seg) {
+                        send(sock, p)?;
                     }
-                    Err(_) => {} // a lost window; the timer resends it
                 }
+                Err(_) => {} // lost (ENOBUFS…); the timer resends it
             }
             k = m;
         }
@@ -652,6 +669,7 @@ fn drive(
     let mut actions: Vec<Action> = Vec::with_capacity(usize::from(fsm.windowsize()) + 2);
     let mut blocks: Vec<(u16, u64)> = Vec::with_capacity(usize::from(fsm.windowsize()));
     let mut sender = Sender::new(sock, fsm.blksize(), fsm.windowsize());
+    let window = usize::from(fsm.windowsize());
     let mut pkt: Vec<u8> = Vec::with_capacity(512);
     let mut rbuf = vec![0u8; TRANSFER_BUF];
     let (mut last_report, mut reported) = (begun, 0u64);
@@ -685,9 +703,14 @@ fn drive(
                 }
             }
         }
-        if !blocks.is_empty() {
+        if let Some(&(_, last)) = blocks.last() {
             sender.send(sock, src, &blocks).inspect_err(|_| abort("server read error", &mut pkt))?;
             blocks.clear();
+            if window > 1 {
+                // A few windows' worth: small enough to finish before the client has
+                // processed the window in flight.
+                src.prefetch(last / src.blksize as u64 + 1, 4 * window);
+            }
         }
         if stop.load(Ordering::Relaxed) {
             abort("the server is shutting down", &mut pkt);

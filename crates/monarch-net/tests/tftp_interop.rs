@@ -327,6 +327,34 @@ async fn confinement_and_missing_files() {
     same(&s.out("alias"), &s.file("sub/deep.bin"), "symlink inside the root");
 }
 
+/// Over a veth pair with MTU 1500 (atftp in its own namespace): blocks that fill the MTU
+/// exactly with a window (segmentation offload at its limit), blocks bigger than the MTU
+/// with a window (the kernel refuses to offload them; the server falls back to one datagram
+/// per block, which IP fragments), and the largest blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn veth_mtu_1500() {
+    tools();
+    let veth = monarch_drivers::host::VethNs::new("tfv", "10.231.9.1", "10.231.9.2", 1500, false).unwrap();
+    let s = Server::start(&[("img", (2 << 20) + 333)], |c| c.bind = "10.231.9.1:0".parse().unwrap()).await;
+    for opts in [
+        &["blksize 1468", "windowsize 16"][..],
+        &["blksize 4096", "windowsize 8"],
+        &["blksize 65464", "windowsize 4"],
+    ] {
+        let local = s.out("v");
+        let _ = std::fs::remove_file(&local);
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &veth.ns, "atftp"]);
+        for o in opts {
+            c.args(["--option", o]);
+        }
+        c.args(["-g", "-r", "img", "-l"]).arg(&local).args(["10.231.9.1", &s.addr.port().to_string()]);
+        let out = run(&mut c).await;
+        assert!(out.ok, "{opts:?}: {}", out.text);
+        same(&local, &s.file("img"), &format!("veth {opts:?}"));
+    }
+}
+
 /// A UDP client made by hand, to misbehave precisely.
 struct Hand {
     sock: UdpSocket,
