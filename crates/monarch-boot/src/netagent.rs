@@ -112,7 +112,9 @@ pub fn run(opts: &NetAgentOptions, progress: &mut dyn FnMut(&str)) -> Result<(Ne
     let mut cfg = opts.fetch.clone();
     cfg.current = if opts.force { None } else { installed.as_ref().map(|b| (b.algo, b.digest)) };
     progress(&format!("discovering a boot server at {} (up to {:?})", cfg.server, cfg.give_up_after));
-    let boot_installed = |installed: Option<BootImage>, why: String| -> Result<(NetAgentReport, Next), String> {
+    let boot_installed = |installed: Option<BootImage>,
+                          why: String|
+     -> Result<(NetAgentReport, Next), String> {
         match (installed, &opts.disk) {
             (Some(b), Some(disk)) => Ok((
                 NetAgentReport {
@@ -162,7 +164,11 @@ pub fn run(opts: &NetAgentOptions, progress: &mut dyn FnMut(&str)) -> Result<(Ne
         image: fetched.offer.name.clone(),
         bytes: fetched.offer.size,
         discovers: fetched.discovers,
-        fetch_ms: Some([ms(fetched.timings.discover), ms(fetched.timings.transfer), ms(fetched.timings.verify)]),
+        fetch_ms: Some([
+            ms(fetched.timings.discover),
+            ms(fetched.timings.transfer),
+            ms(fetched.timings.verify),
+        ]),
         slot: None,
         generation: None,
     };

@@ -7,12 +7,12 @@
 //! boots). Every service's events come out as one stream of JSON objects, each tagged with
 //! its `service`, starting with a `ready` event that says where each service listens.
 
+use monarch_net::EventSink;
 use monarch_net::catalog::{CATALOG_FILE, Catalog, SharedCatalog};
 use monarch_net::dhcp::{DhcpConfig, DhcpMode, DhcpServer};
 use monarch_net::discovery::{DiscoveryConfig, DiscoveryServer};
 use monarch_net::http::{HttpConfig, HttpServer};
 use monarch_net::tftp::{TftpConfig, TftpServer};
-use monarch_net::EventSink;
 use monarch_proto::dhcp::PoolConfig;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -95,7 +95,10 @@ pub fn interface_address(interface: &str) -> Result<Ipv4Addr, String> {
         .ok_or_else(|| format!("interface {interface} has no IPv4 address: add one or pass --address"))
 }
 
-fn sink<E: Serialize + 'static>(service: &'static str, emit: &Arc<dyn Fn(Value) + Send + Sync>) -> EventSink<E> {
+fn sink<E: Serialize + 'static>(
+    service: &'static str,
+    emit: &Arc<dyn Fn(Value) + Send + Sync>,
+) -> EventSink<E> {
     let emit = emit.clone();
     Arc::new(move |e: E| {
         let mut v = serde_json::to_value(&e).unwrap_or(Value::Null);
@@ -144,9 +147,10 @@ pub async fn serve(
     }
     let mut http_base = None;
     if let Some(port) = opts.http_port {
-        let server = HttpServer::bind(HttpConfig::new(SocketAddr::new(bind_ip, port), catalog.root(), shared.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
+        let server =
+            HttpServer::bind(HttpConfig::new(SocketAddr::new(bind_ip, port), catalog.root(), shared.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
         let local = server.local_addr();
         let host = address.map_or_else(|| local.ip().to_string(), |a| a.to_string());
         let base = format!("http://{host}:{}", local.port());
@@ -364,7 +368,10 @@ pub fn assign(
 
 /// `image` as a path relative to `root`: as it is when it already lies inside the root,
 /// else copied into `root/images/` (refusing to replace a different file of that name).
-fn image_in_root(root: &std::path::Path, image: &std::path::Path) -> Result<(String, Option<PathBuf>), String> {
+fn image_in_root(
+    root: &std::path::Path,
+    image: &std::path::Path,
+) -> Result<(String, Option<PathBuf>), String> {
     let canon = std::fs::canonicalize(image).map_err(|e| format!("image {}: {e}", image.display()))?;
     if !canon.is_file() {
         return Err(format!("image {} is not a file", image.display()));
@@ -387,12 +394,10 @@ fn image_in_root(root: &std::path::Path, image: &std::path::Path) -> Result<(Str
         }
     } else {
         let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-        std::fs::copy(&canon, &tmp)
-            .and_then(|_| std::fs::rename(&tmp, &dest))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                format!("cannot copy {} into {}: {e}", image.display(), dir.display())
-            })?;
+        std::fs::copy(&canon, &tmp).and_then(|_| std::fs::rename(&tmp, &dest)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot copy {} into {}: {e}", image.display(), dir.display())
+        })?;
     }
     Ok((format!("images/{}", name.to_string_lossy()), Some(canon)))
 }

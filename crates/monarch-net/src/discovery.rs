@@ -5,7 +5,7 @@
 //! Messages and the agent's decisions live in [`monarch_proto::netboot`]; this module is the
 //! I/O around them:
 //! - [`DiscoveryServer`] (tokio): answers DISCOVER datagrams for machines that have an
-//!   `image` in the [`Catalog`] with an OFFER (size, digest — computed once per file version
+//!   `image` in the [`Catalog`](crate::catalog::Catalog) with an OFFER (size, digest — computed once per file version
 //!   and cached — TCP port, a random token), and serves the download on TCP: it checks the
 //!   token and streams exactly the offered number of bytes with `sendfile(2)` (the file's
 //!   pages go from the page cache to the socket without a copy through this process; the

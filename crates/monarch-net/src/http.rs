@@ -3,7 +3,7 @@
 //!
 //! Routes:
 //! - `GET /ipxe/{mac}.ipxe` (`mac` as `52-54-00-12-34-56` or with `:`; also `default.ipxe`):
-//!   the machine's iPXE script from the [`Catalog`]. This is the URL the DHCP service hands
+//!   the machine's iPXE script from the [`Catalog`](crate::catalog::Catalog). This is the URL the DHCP service hands
 //!   to iPXE clients.
 //! - `GET`/`HEAD /{path}`: the file `path` under the root, with Content-Length, single
 //!   `Range` requests (206 + Content-Range; 416 when unsatisfiable), Last-Modified/ETag.

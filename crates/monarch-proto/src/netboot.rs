@@ -16,9 +16,9 @@
 //!
 //! | kind | message  | body after the header                                                     |
 //! |------|----------|---------------------------------------------------------------------------|
-//! | 1    | DISCOVER | mac [6], algo code u8 (0 = no local image), digest [32]                   |
-//! | 2    | OFFER    | size u64, algo code u8, digest [32], tcp port u16, token [16], name len u8, name |
-//! | 3    | DOWNLOAD | token [16], size u64                                                      |
+//! | 1    | DISCOVER | mac \[6\], algo code u8 (0 = no local image), digest \[32\]                   |
+//! | 2    | OFFER    | size u64, algo code u8, digest \[32\], tcp port u16, token \[16\], name len u8, name |
+//! | 3    | DOWNLOAD | token \[16\], size u64                                                      |
 //! | 4    | ACCEPT   | size u64 (then exactly `size` raw bytes follow on the stream)             |
 //! | 5    | REFUSE   | code u8, reason len u8, reason (UTF-8)                                    |
 //!

@@ -1,8 +1,8 @@
 //! `monarch`: the command line. Thin: parse, wire, print. The work is in `monarch-boot`.
 #![forbid(unsafe_code)]
 
-mod output;
 mod netboot_cli;
+mod output;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use monarch_boot::agent::{self, AgentOptions};

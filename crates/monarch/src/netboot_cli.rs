@@ -33,13 +33,15 @@ name = \"node1\"                  # any field of [default]\n\n\
     Repurpose(AssignArgs),
     /// The machine's side: discover a boot server, fetch and verify its image, then hand off
     /// (diskless) or install it in an A/B slot and boot from the disk.
-    #[command(long_about = "The machine's side of the seed's network boot (run from its firmware or initramfs).\n\n\
+    #[command(
+        long_about = "The machine's side of the seed's network boot (run from its firmware or initramfs).\n\n\
 1. DISCOVER (UDP, --server: a boot server or a broadcast address), rebroadcast every --interval until --wait runs out;\n\
 2. the server's OFFER says the image's size and digest; the agent pre-posts a buffer of exactly that size;\n\
 3. DOWNLOAD over TCP: the server streams the image (sendfile) straight into the buffer;\n\
 4. verify the buffer against the offered digest (nothing unverified is ever handed off);\n\
 5. diskless: hand off to the image (--handoff exec runs it); with --disk: install it into the inactive A/B slot, commit record last (a power cut at any point leaves the previous image bootable), then restart as `monarch netboot boot-disk` and boot it from the disk.\n\n\
-If the disk already holds the offered image (same digest), nothing is transferred. If no boot server answers within --wait, the machine boots the image it has, and says so.")]
+If the disk already holds the offered image (same digest), nothing is transferred. If no boot server answers within --wait, the machine boots the image it has, and says so."
+    )]
     Agent(AgentArgs),
     /// Re-provision a machine whose installed image fails verification (fetch, install, boot).
     Recover(AgentArgs),
@@ -240,7 +242,8 @@ fn serve(a: ServeArgs) -> ExitCode {
 /// Resolves on SIGINT or SIGTERM.
 async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -303,7 +306,11 @@ fn mac_of(a: &AgentArgs) -> Result<[u8; 6], String> {
             .map_err(|e| format!("cannot read the MAC of interface {i}: {e}: check the name or pass --mac"))?
             .trim()
             .to_string(),
-        (None, None) => return Err("give --mac MAC or --interface IF (this machine's identity for the boot server)".into()),
+        (None, None) => {
+            return Err(
+                "give --mac MAC or --interface IF (this machine's identity for the boot server)".into()
+            );
+        }
     };
     parse_mac(&text).ok_or_else(|| format!("{text:?} is not a MAC address: write aa:bb:cc:dd:ee:ff"))
 }
@@ -425,5 +432,9 @@ fn status(disk: &std::path::Path, json: bool) -> ExitCode {
             println!("{s}");
         }
     }
-    if all.iter().any(monarch_drivers::disk::SlotStatus::is_bootable) { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if all.iter().any(monarch_drivers::disk::SlotStatus::is_bootable) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -57,7 +57,8 @@ impl Server {
         });
         let server = Server { child, port, events: rx };
         loop {
-            let e = server.events.recv_timeout(Duration::from_secs(30)).expect("netboot serve never got ready");
+            let e =
+                server.events.recv_timeout(Duration::from_secs(30)).expect("netboot serve never got ready");
             if e["event"] == "ready" {
                 break;
             }
@@ -106,10 +107,12 @@ fn a_diskless_machine_runs_the_image_from_its_pre_posted_buffer() {
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
     let img = build_image(&root, "os.img", "16MiB", "diskless demo");
-    let out = monarch(&["netboot", "provision", "--root", root.to_str().unwrap(), "--machine", MAC, "--image"]
-        .into_iter()
-        .chain([img.to_str().unwrap()])
-        .collect::<Vec<_>>());
+    let out = monarch(
+        &["netboot", "provision", "--root", root.to_str().unwrap(), "--machine", MAC, "--image"]
+            .into_iter()
+            .chain([img.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
     assert!(out.status.success(), "{}", text(&out).1);
     let server = Server::start(&root);
     let out = agent(&["--server", &server.addr(), "--json"]);
@@ -152,11 +155,20 @@ fn a_disk_machine_installs_restarts_into_the_disk_and_survives_repurpose_outage_
     };
     ok(monarch(&["netboot", "provision", "--root", r, "--machine", MAC, "--image", v1.to_str().unwrap()]));
     // Provisioning twice is refused and names the right command.
-    let again = monarch(&["netboot", "provision", "--root", r, "--machine", MAC, "--image", v2.to_str().unwrap()]);
+    let again =
+        monarch(&["netboot", "provision", "--root", r, "--machine", MAC, "--image", v2.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again).1.contains("use `monarch netboot repurpose`"), "{}", text(&again).1);
-    let unknown =
-        monarch(&["netboot", "repurpose", "--root", r, "--machine", "52:54:00:00:00:09", "--image", v2.to_str().unwrap()]);
+    let unknown = monarch(&[
+        "netboot",
+        "repurpose",
+        "--root",
+        r,
+        "--machine",
+        "52:54:00:00:00:09",
+        "--image",
+        v2.to_str().unwrap(),
+    ]);
     assert!(text(&unknown).1.contains("use `monarch netboot provision`"), "{}", text(&unknown).1);
 
     let server = Server::start(&root);
@@ -165,7 +177,11 @@ fn a_disk_machine_installs_restarts_into_the_disk_and_survives_repurpose_outage_
     let (out, err) = ok(agent(&["--server", &srv, "--disk", d, "--disk-size", "96MiB", "--json"]));
     let mut lines = out.lines();
     let report: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
-    assert_eq!((report["source"].as_str(), report["slot"].as_str()), (Some("installed"), Some("A")), "{report}");
+    assert_eq!(
+        (report["source"].as_str(), report["slot"].as_str()),
+        (Some("installed"), Some("A")),
+        "{report}"
+    );
     let booted: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!((booted["source"].as_str(), booted["slot"].as_str()), (Some("disk"), Some("A")), "{err}");
     assert!(out.contains(&format!("{MARKER} disk demo v1")), "{out}");
@@ -206,7 +222,8 @@ fn a_disk_machine_installs_restarts_into_the_disk_and_survives_repurpose_outage_
 
     // Recover with the server back: v2 is fetched again and installed over the rotten slot.
     let server = Server::start(&root);
-    let (out, err) = ok(monarch(&["netboot", "recover", "--mac", MAC, "--server", &server.addr(), "--disk", d]));
+    let (out, err) =
+        ok(monarch(&["netboot", "recover", "--mac", MAC, "--server", &server.addr(), "--disk", d]));
     assert!(err.contains("before: slot B") && err.contains("installed into slot B"), "{err}");
     assert!(out.contains(&format!("{MARKER} disk demo v2")), "{out}");
     let (status, _) = ok(monarch(&["netboot", "status", "--disk", d]));
