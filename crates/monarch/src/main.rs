@@ -142,6 +142,31 @@ time and the window path's speed-up. Installs tftpd-hpa and atftp with apt-get w
 Both clocks start at QEMU's spawn and stop when the delivered initramfs says it runs. Needs `monarch vm prepare` first."
     )]
     Vm(BenchVmArgs),
+    /// Network boot beside tftpd-hpa and nginx: TFTP (window 1 and 16) and HTTP, loopback and veth.
+    #[command(long_about = "Our network boot services beside the classic servers, measured in one run.\n\n\
+TFTP: the same file fetched by the same client (atftp, blksize 1468) from our server and from \
+Debian's tftpd-hpa, with windowsize 1 and with windowsize 16 (RFC 7440; tftpd-hpa ignores the \
+option and runs lock-step). HTTP: the same file fetched by curl from our server and from nginx \
+(sendfile on). Each over loopback and over a veth pair with MTU 1500 into a network namespace \
+the bench creates and removes. Prints MiB/s, the ratio to the reference and the target. \
+Installs tftpd-hpa, atftp, curl and nginx with apt-get when missing (needs root).")]
+    Netboot(BenchNetbootArgs),
+}
+
+#[derive(Args)]
+struct BenchNetbootArgs {
+    /// Size of the file fetched over TFTP.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    tftp_size: u64,
+    /// Size of the file fetched over HTTP.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    http_size: u64,
+    /// Transfers per figure; the best counts.
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -330,6 +355,16 @@ fn main() -> ExitCode {
         Cmd::Vm(VmCmd::Prepare(a)) => cmd_vm_prepare(a),
         Cmd::Bench(BenchCmd::Vm(a)) => cmd_bench_vm(a),
         Cmd::Netboot(c) => netboot_cli::run(c),
+        Cmd::Bench(BenchCmd::Netboot(a)) => {
+            let opts = monarch_boot::netbench::NetbenchOptions {
+                tftp_size: a.tftp_size,
+                http_size: a.http_size,
+                reps: a.reps.max(1),
+                ..Default::default()
+            };
+            let result = monarch_boot::netbench::netboot_bench(&opts, &mut bench_progress(a.json));
+            report_bench("netboot", a.json, result, monarch_boot::netbench::render)
+        }
     }
 }
 
