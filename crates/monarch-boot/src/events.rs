@@ -174,7 +174,7 @@ pub struct ProcessorSummary {
     pub bytes: u64,
     /// Image size.
     pub image_bytes: u64,
-    /// `push` or `pull`.
+    /// `push`, `pull` or `netboot`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// Checksum algorithm.

@@ -5,7 +5,9 @@
 //! [`image`] retrieves images and computes their retrieved checksums, [`stage`] drives one
 //! secondary's handshake from the monarch's side, [`agent`] is the secondary's side, and
 //! [`run`] executes a whole plan, streaming [`events`] to whatever front end is listening.
-//! [`vm`] makes secondaries of QEMU VMs (ivshmem window, `kexec` handoff of a [`bundle`]).
+//! [`netstage`] boots a secondary that has no window over the network (seed 001) with the
+//! same events and summary. [`vm`] makes secondaries of QEMU VMs (ivshmem window, `kexec`
+//! handoff of a [`bundle`]).
 //! The protocol decisions are `monarch-proto`'s; the memory and processes are
 //! `monarch-drivers`'.
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@ pub mod image;
 pub mod netagent;
 pub mod netbench;
 pub mod netboot;
+pub mod netstage;
 pub mod payload;
 pub mod plan;
 pub mod run;

@@ -116,23 +116,32 @@ impl Plan {
 }
 
 fn line(s: &Secondary) -> String {
+    let how = match &s.netboot {
+        // No window: the image goes over the network (launch = "netboot").
+        Some(nb) => format!(
+            "netboot mac {}{}  {} {}",
+            monarch_net::catalog::format_mac(nb.mac),
+            nb.disk.as_ref().map_or(String::new(), |d| format!(" disk {}", d.display())),
+            s.algo,
+            s.handoff.name(),
+        ),
+        None => format!(
+            "window {} ({})  {} {}  {} x{}",
+            s.window.path.display(),
+            fmt_size(s.window.data_size),
+            s.mode.name(),
+            s.algo,
+            s.handoff.name(),
+            s.attempts,
+        ),
+    };
     format!(
-        "{:<8} slot {:<3} prio {:<3} {:<34} window {} ({})  {} {}  {} x{}  launch {}{}",
+        "{:<8} slot {:<3} prio {:<3} {:<34} {how}  launch {}{}",
         s.id,
         s.slot.map_or("-".into(), |v| v.to_string()),
         s.priority,
         s.image.to_string(),
-        s.window.path.display(),
-        fmt_size(s.window.data_size),
-        s.mode.name(),
-        s.algo,
-        s.handoff.name(),
-        s.attempts,
-        match s.launch {
-            crate::topology::Launch::Process => "process",
-            crate::topology::Launch::External => "external",
-            crate::topology::Launch::Qemu => "qemu",
-        },
+        s.launch_name(),
         if s.required { "" } else { "  (optional)" },
     )
 }

@@ -49,6 +49,10 @@ fn ms(d: Duration) -> f64 {
 
 /// Stage one secondary from retrieval to its final state.
 pub fn stage(sec: &Secondary, ctx: &StageCtx<'_>) -> Staged {
+    if let Some(nb) = &sec.netboot {
+        // No window: booted over the network (seed 001), with the same events and summary.
+        return crate::netstage::stage(sec, nb, ctx);
+    }
     let mut st = Stage::new(sec, ctx);
     let result = st.run();
     st.finish(result)

@@ -89,6 +89,29 @@ pub enum Launch {
     Qemu,
 }
 
+/// `launch` as written in a topology file: the window launches plus `netboot`, which is not a
+/// way of starting a window agent but a different path altogether (no window; see
+/// [`NetbootSpec`]). It resolves to [`Launch::Process`] plus [`Secondary::netboot`], so code
+/// that matches on [`Launch`] stays exhaustive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum LaunchDef {
+    Process,
+    External,
+    Qemu,
+    Netboot,
+}
+
+impl LaunchDef {
+    fn launch(self) -> Launch {
+        match self {
+            LaunchDef::Process | LaunchDef::Netboot => Launch::Process,
+            LaunchDef::External => Launch::External,
+            LaunchDef::Qemu => Launch::Qemu,
+        }
+    }
+}
+
 /// What the secondary does after OK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -149,7 +172,7 @@ struct SwitchDef {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SettingsDef {
-    launch: Option<Launch>,
+    launch: Option<LaunchDef>,
     handoff: Option<Handoff>,
     mode: Option<Spanned<String>>,
     checksum: Option<Spanned<String>>,
@@ -212,9 +235,15 @@ struct ProcessorDef {
     window: Option<Spanned<WindowDef>>,
     fault: Option<FaultDef>,
     qemu: Option<Spanned<QemuDef>>,
+    /// launch = "netboot": the machine's MAC (its identity for the boot server).
+    mac: Option<Spanned<String>>,
+    /// launch = "netboot": the machine's disk (A/B install, then boot from the disk).
+    disk: Option<Spanned<String>>,
+    /// launch = "netboot": size of the disk file when it has to be created.
+    disk_size: Option<Spanned<SizeDef>>,
     // The per-processor settings (same names as in [defaults]); serde cannot combine
     // `flatten` with `deny_unknown_fields`, so they are listed here again.
-    launch: Option<Launch>,
+    launch: Option<LaunchDef>,
     handoff: Option<Handoff>,
     mode: Option<Spanned<String>>,
     checksum: Option<Spanned<String>>,
@@ -346,6 +375,45 @@ pub struct Secondary {
     pub faults: Faults,
     /// The VM, for launch = "qemu".
     pub qemu: Option<QemuSpec>,
+    /// For launch = "netboot": booted over the network with seed 001's flow instead of
+    /// through a window (`launch` is then [`Launch::Process`]: the monarch starts the agent
+    /// as a local process; `window` only names the log, `RUN_DIR/ID.log`).
+    pub netboot: Option<NetbootSpec>,
+}
+
+impl Secondary {
+    /// `launch` as written in the topology: `process`, `external`, `qemu` or `netboot`.
+    pub fn launch_name(&self) -> &'static str {
+        match (self.launch, &self.netboot) {
+            (_, Some(_)) => "netboot",
+            (Launch::Process, None) => "process",
+            (Launch::External, None) => "external",
+            (Launch::Qemu, None) => "qemu",
+        }
+    }
+}
+
+/// A secondary with no window, booted over the network (launch = "netboot", seed 001):
+/// the monarch serves its image with a discovery service and starts `monarch netboot agent`,
+/// which discovers the server, pre-posts a buffer of the offered size, has the image
+/// transferred into it, verifies it and hands off (diskless) or installs it A/B on `disk`
+/// and boots from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetbootSpec {
+    /// The machine's MAC: its identity for the boot server (`mac`, else derived from the id).
+    pub mac: [u8; 6],
+    /// The machine's disk (a block device or a file standing in for one); `None`: diskless.
+    pub disk: Option<PathBuf>,
+    /// Size to create the disk file with when it does not exist.
+    pub disk_size: Option<u64>,
+}
+
+/// The MAC a netboot secondary gets when the topology names none: QEMU's locally
+/// administered prefix `52:54:00` and three bytes of a hash of the id, so it is the same in
+/// every run (the boot server's catalog and a disk's A/B history key on it).
+pub fn derived_mac(id: &str) -> [u8; 6] {
+    let d = Algo::Blake3.digest(format!("monarch netboot mac {id}").as_bytes());
+    [0x52, 0x54, 0x00, d.0[0], d.0[1], d.0[2]]
 }
 
 /// A secondary that is a QEMU VM.
@@ -531,6 +599,8 @@ impl Topology {
         let vm_art = crate::vm::Artifacts::at(&vm_dir);
         let mut seen_ids: BTreeMap<String, ()> = BTreeMap::new();
         let mut seen_windows: HashMap<PathBuf, String> = HashMap::new();
+        let mut seen_macs: HashMap<[u8; 6], String> = HashMap::new();
+        let mut seen_disks: HashMap<PathBuf, String> = HashMap::new();
         let mut managers = Vec::new();
         let mut secondaries = Vec::new();
         for p in &file.processors {
@@ -556,6 +626,9 @@ impl Topology {
                     (p.image.is_some(), "image"),
                     (p.window.is_some(), "window"),
                     (p.fault.is_some(), "fault"),
+                    (p.mac.is_some(), "mac"),
+                    (p.disk.is_some(), "disk"),
+                    (p.disk_size.is_some(), "disk_size"),
                 ] {
                     if set {
                         cx.push(Some(p.id.span()), format!("{who}.{name}"), format!("a monarch has no {name}; remove the field or make the processor role = \"secondary\""));
@@ -646,7 +719,9 @@ impl Topology {
                 ImageSource::Builtin { size, .. } => Some(*size),
                 ImageSource::File(f) => std::fs::metadata(f).ok().map(|m| m.len()),
             };
-            let launch = s.launch.unwrap_or(Launch::Process);
+            let launch_def = s.launch.unwrap_or(LaunchDef::Process);
+            let launch = launch_def.launch();
+            let net = launch_def == LaunchDef::Netboot;
             let vm = launch == Launch::Qemu;
             if p.qemu.is_some() && !vm {
                 cx.push(
@@ -681,7 +756,7 @@ impl Topology {
             if vm && handoff == Handoff::Exec {
                 cx.push(Some(p.id.span()), format!("{who}.handoff"), "a VM hands off with \"kexec\" (a kernel bundle) or \"none\"; \"exec\" runs a program in the monarch's own kernel");
             }
-            if handoff == Handoff::Kexec && launch == Launch::Process {
+            if handoff == Handoff::Kexec && launch == Launch::Process && !net {
                 cx.push(Some(p.id.span()), format!("{who}.handoff"), "kexec replaces the running kernel: use it with launch = \"qemu\" (or an external agent on its own machine), never with launch = \"process\"");
             }
             let (wpath, wsize, wspan) = match &p.window {
@@ -837,6 +912,46 @@ impl Topology {
                 agent: cx.duration(&t.agent, &format!("{who}.timeouts.agent"), defaults::AGENT * slow),
             };
             let f = p.fault.clone().unwrap_or_default();
+            let netboot = if net {
+                let ctx = NetCheck { who: &who, id: &id, base, image_size, handoff };
+                let spec = netboot_spec(&mut cx, p, &f, &ctx);
+                if let Some(other) = seen_macs.insert(spec.mac, id.clone()) {
+                    cx.push(
+                        p.mac.as_ref().map_or(p.id.span(), Spanned::span).into(),
+                        format!("{who}.mac"),
+                        format!(
+                            "MAC {} is already used by \"{other}\"; a MAC is a machine's identity for the boot server: give each netboot secondary its own `mac`",
+                            monarch_net::catalog::format_mac(spec.mac)
+                        ),
+                    );
+                }
+                if let Some(d) = &spec.disk
+                    && let Some(other) = seen_disks.insert(d.clone(), id.clone())
+                {
+                    cx.push(
+                        p.disk.as_ref().map(Spanned::span),
+                        format!("{who}.disk"),
+                        format!(
+                            "disk {} is already used by \"{other}\"; every machine needs its own disk",
+                            d.display()
+                        ),
+                    );
+                }
+                Some(spec)
+            } else {
+                for (set, name) in [
+                    (p.mac.is_some(), "mac"),
+                    (p.disk.is_some(), "disk"),
+                    (p.disk_size.is_some(), "disk_size"),
+                ] {
+                    if set {
+                        cx.push(Some(p.id.span()), format!("{who}.{name}"), format!("{name} applies to a secondary booted over the network: set launch = \"netboot\" or remove {name}"));
+                    }
+                }
+                None
+            };
+            // No window, and one attempt: the agent verifies and a mismatch is a failure.
+            let (data_size, attempts) = if net { (0, 1) } else { (data_size, attempts) };
             if f.kill_agent_during_copy && launch == Launch::External {
                 cx.push(
                     Some(p.id.span()),
@@ -866,6 +981,7 @@ impl Topology {
                 },
                 chunk_size,
                 qemu,
+                netboot,
             });
         }
         if managers.is_empty() {
@@ -911,6 +1027,88 @@ impl Topology {
             Err(invalid(cx.problems))
         }
     }
+}
+
+/// What [`netboot_spec`] needs to know about the secondary besides its definition.
+struct NetCheck<'a> {
+    who: &'a str,
+    id: &'a str,
+    base: &'a Path,
+    image_size: Option<u64>,
+    handoff: Handoff,
+}
+
+/// Validate a launch = "netboot" secondary: its own fields (`mac`, `disk`, `disk_size`), and
+/// no field that only means something for a window.
+fn netboot_spec(cx: &mut Ctx<'_>, p: &ProcessorDef, f: &FaultDef, n: &NetCheck<'_>) -> NetbootSpec {
+    let who = n.who;
+    let id_span = Some(p.id.span());
+    // Fields set on the processor itself; from [defaults] they are simply not used.
+    for (span, name, why) in [
+        (
+            p.window.as_ref().map(Spanned::span),
+            "window",
+            "the agent pre-posts a buffer of the offered size instead; its log is RUN_DIR/ID.log",
+        ),
+        (
+            p.mode.as_ref().map(Spanned::span),
+            "mode",
+            "the image is transferred whole into the agent's pre-posted buffer",
+        ),
+        (
+            p.chunk_size.as_ref().map(Spanned::span),
+            "chunk_size",
+            "the image is transferred whole into the agent's pre-posted buffer",
+        ),
+    ] {
+        if let Some(span) = span {
+            cx.push(
+                Some(span),
+                format!("{who}.{name}"),
+                format!("a netboot secondary has no window ({why}); remove {name}"),
+            );
+        }
+    }
+    if let Some(a) = &p.attempts
+        && *a.get_ref() != 1
+    {
+        cx.push(Some(a.span()), format!("{who}.attempts"), "a netboot secondary makes one attempt: its agent verifies the image against the offered digest and a mismatch is a failure; remove attempts");
+    }
+    if f.kill_agent_during_copy || !f.corrupt_chunks.is_empty() || f.corrupt_attempts > 1 {
+        cx.push(id_span.clone(), format!("{who}.fault"), "a netboot secondary supports fault = { corrupt_attempts = 1 } only (a byte of the served image flips after the offer; the agent's verification must refuse it)");
+    }
+    if n.handoff == Handoff::Kexec {
+        cx.push(id_span.clone(), format!("{who}.handoff"), "a netboot secondary hands off with \"exec\" (run the verified image) or \"none\" (stop after verification)");
+    }
+    let mac = match &p.mac {
+        None => derived_mac(n.id),
+        Some(m) => match monarch_net::catalog::parse_mac(m.get_ref()) {
+            Some(mac) if mac[0] & 1 == 0 && mac != [0; 6] => mac,
+            Some(_) => {
+                cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is a multicast or all-zero address; a machine needs a unicast MAC such as \"52:54:00:12:34:56\"", m.get_ref()));
+                derived_mac(n.id)
+            }
+            None => {
+                cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is not a MAC address; write six hex bytes, e.g. \"52:54:00:12:34:56\" (or leave mac out: one is derived from the id)", m.get_ref()));
+                derived_mac(n.id)
+            }
+        },
+    };
+    let disk = p.disk.as_ref().map(|d| n.base.join(d.get_ref()));
+    let disk_size = p.disk_size.as_ref().and_then(|v| cx.size(v, &format!("{who}.disk_size")));
+    match (&disk, &p.disk_size) {
+        (None, Some(v)) => cx.push(Some(v.span()), format!("{who}.disk_size"), "disk_size is the size of the machine's disk file: set disk = \"path\" too, or remove disk_size (diskless)"),
+        (Some(d), None) if !d.exists() => cx.push(p.disk.as_ref().map(Spanned::span), format!("{who}.disk"), format!("{} does not exist; give disk_size (e.g. \"256MiB\") to have it created, or point disk at an existing block device or file", d.display())),
+        _ => {}
+    }
+    if let (Some(size), Some(img), Some(v)) = (disk_size, n.image_size, &p.disk_size) {
+        match monarch_proto::slots::Layout::min_target_len(img) {
+            Some(min) if size < min => cx.push(Some(v.span()), format!("{who}.disk_size"), format!("{} cannot hold two A/B slots of a {} image with their records; make disk_size at least {}", fmt_size(size), fmt_size(img), fmt_size(min.next_multiple_of(1 << 20)))),
+            Some(_) => {}
+            None => cx.push(Some(v.span()), format!("{who}.disk_size"), format!("a {} image is too large for an A/B disk", fmt_size(img))),
+        }
+    }
+    NetbootSpec { mac, disk, disk_size }
 }
 
 /// Data-area size that holds an image's manifest and the whole image as a ring of chunks.
@@ -1076,6 +1274,86 @@ mod tests {
         let e =
             errors(&format!("{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"nope.img\"\n"));
         assert!(e.contains("processor \"a\".image: cannot read /nonexistent/nope.img"), "{e}");
+    }
+
+    fn netboot(id: &str, extra: &str) -> String {
+        format!(
+            "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"8MiB\"\nlaunch = \"netboot\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn a_netboot_secondary_has_a_stable_mac_an_optional_disk_and_no_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = format!(
+            "{HEAD}[defaults]\nmode = \"pull\"\nattempts = 3\n{}{}{}",
+            netboot("nb0", ""),
+            netboot("nb1", "mac = \"52:54:00:AA:bb:01\"\ndisk = \"disks/nb1.img\"\ndisk_size = \"64MiB\""),
+            "[[processor]]\nid = \"w\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\n"
+        );
+        let t = Topology::parse(&src, Path::new("t.toml"), dir.path()).unwrap();
+        let [nb0, nb1, w] = &t.secondaries[..] else { panic!("three secondaries") };
+        let spec0 = nb0.netboot.as_ref().unwrap();
+        assert_eq!(spec0.mac, derived_mac("nb0"));
+        assert_eq!(&spec0.mac[..3], &[0x52, 0x54, 0x00]);
+        assert_ne!(derived_mac("nb0"), derived_mac("nb1"));
+        assert_eq!((spec0.disk.as_ref(), spec0.disk_size), (None, None));
+        assert_eq!((nb0.launch, nb0.launch_name(), nb0.handoff), (Launch::Process, "netboot", Handoff::Exec));
+        assert_eq!((nb0.window.data_size, nb0.attempts), (0, 1), "no window, one attempt");
+        assert_eq!(nb0.window.path.with_extension("log"), t.run_dir.join("nb0.log"));
+        let spec1 = nb1.netboot.as_ref().unwrap();
+        assert_eq!(spec1.mac, [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01]);
+        assert_eq!(
+            spec1.disk.as_deref(),
+            Some(dir.path().join("disks/nb1.img").as_path()),
+            "relative to the file"
+        );
+        assert_eq!(spec1.disk_size, Some(64 << 20));
+        assert_eq!((w.netboot.as_ref(), w.launch_name()), (None, "process"));
+    }
+
+    #[test]
+    fn window_fields_on_a_netboot_secondary_and_netboot_fields_elsewhere_are_refused() {
+        let e = errors(&format!(
+            "{HEAD}mac = \"52:54:00:00:00:01\"\n{}{}{}{}[[processor]]\nid = \"w\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\ndisk = \"x.img\"\n",
+            netboot("a", "window = { size = \"64MiB\" }\nmode = \"push\"\nattempts = 2\nhandoff = \"kexec\""),
+            netboot("b", "mac = \"01:00:5e:00:00:01\"\nfault = { kill_agent_during_copy = true }"),
+            netboot("c", "mac = \"nope\"\ndisk_size = \"64MiB\""),
+            netboot("d", "disk = \"missing.img\""),
+        ));
+        for needle in [
+            "processor \"mm\".mac: a monarch has no mac",
+            "processor \"a\".window: a netboot secondary has no window",
+            "processor \"a\".mode: a netboot secondary has no window",
+            "processor \"a\".attempts: a netboot secondary makes one attempt",
+            "processor \"a\".handoff: a netboot secondary hands off with \"exec\"",
+            "processor \"b\".mac: \"01:00:5e:00:00:01\" is a multicast",
+            "processor \"b\".fault: a netboot secondary supports fault = { corrupt_attempts = 1 } only",
+            "processor \"c\".mac: \"nope\" is not a MAC address",
+            "processor \"c\".disk_size: disk_size is the size of the machine's disk file: set disk",
+            "processor \"d\".disk: /nonexistent/missing.img does not exist; give disk_size",
+            "processor \"w\".disk: disk applies to a secondary booted over the network: set launch = \"netboot\"",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in\n{e}");
+        }
+        assert!(!e.contains("kexec replaces the running kernel"), "{e}");
+    }
+
+    #[test]
+    fn netboot_macs_and_disks_are_one_per_machine_and_a_disk_must_hold_two_slots() {
+        let e = errors(&format!(
+            "{HEAD}{}{}{}",
+            netboot("a", "mac = \"52:54:00:00:00:01\"\ndisk = \"d.img\"\ndisk_size = \"64MiB\""),
+            netboot("b", "mac = \"52:54:00:00:00:01\"\ndisk = \"d.img\"\ndisk_size = \"64MiB\""),
+            netboot("c", "disk = \"c.img\"\ndisk_size = \"4MiB\""),
+        ));
+        for needle in [
+            "processor \"b\".mac: MAC 52:54:00:00:00:01 is already used by \"a\"",
+            "processor \"b\".disk: disk /nonexistent/d.img is already used by \"a\"",
+            "processor \"c\".disk_size: 4MiB cannot hold two A/B slots of a 8MiB image",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in\n{e}");
+        }
     }
 
     #[test]
