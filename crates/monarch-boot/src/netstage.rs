@@ -32,8 +32,8 @@
 use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::image;
 use crate::payload::NETBOOT_MARKER;
-use crate::stage::{StageCtx, Staged};
-use crate::topology::{Handoff, ImageSource, NetbootSpec, PortPath, Secondary};
+use crate::stage::{StageCtx, Staged, announce_done, log_tail, ms, port_path};
+use crate::topology::{Handoff, ImageSource, NetbootSpec, Secondary};
 use monarch_net::EventSink;
 use monarch_net::catalog::{Catalog, Machine, format_mac};
 use monarch_net::discovery::{DiscoveryConfig, DiscoveryEvent, DiscoveryServer};
@@ -60,10 +60,6 @@ const REDISCOVER: Duration = Duration::from_millis(500);
 
 /// How long the agent may take to exit after its image stopped reporting (stdout closed).
 const EXIT_GRACE: Duration = Duration::from_secs(5);
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
 
 /// What the stage waits for: the boot server's events and the agent's standard output.
 enum Msg {
@@ -489,38 +485,24 @@ impl<'a, 'c> NetStage<'a, 'c> {
         drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.root);
         self.timings.total = ms(self.t0.elapsed());
-        self.emit(EventKind::Done {
-            id: sec.id.clone(),
-            state: state.into(),
+        let (path, switch) = port_path(sec);
+        let summary = ProcessorSummary {
+            path,
+            switch,
             attempts: self.attempts,
             bytes: self.bytes,
-            ms: self.timings.total,
+            image_bytes: self.image_bytes,
+            mode: Some("netboot".into()),
+            algo: Some(sec.algo.name().into()),
+            checksum: self.checksum.map(|d| d.to_hex(sec.algo)),
+            timings_ms: self.timings.clone(),
             report: self.report.clone(),
-            error: error.clone(),
-        });
-        let (path, switch) = match &sec.path {
-            PortPath::Direct => ("direct", None),
-            PortPath::Switch(s) => ("switch", Some(s.clone())),
+            error,
+            required: sec.required,
+            ..ProcessorSummary::new(&sec.id, "secondary", state)
         };
-        Staged {
-            summary: ProcessorSummary {
-                path: Some(path.into()),
-                switch,
-                attempts: self.attempts,
-                bytes: self.bytes,
-                image_bytes: self.image_bytes,
-                mode: Some("netboot".into()),
-                algo: Some(sec.algo.name().into()),
-                checksum: self.checksum.map(|d| d.to_hex(sec.algo)),
-                timings_ms: self.timings.clone(),
-                report: self.report.clone(),
-                error,
-                required: sec.required,
-                ..ProcessorSummary::new(&sec.id, "secondary", state)
-            },
-            child: self.child.take(),
-            window: None,
-        }
+        announce_done(self.ctx.emit, &summary);
+        Staged { summary, child: self.child.take(), window: None }
     }
 }
 
@@ -680,19 +662,6 @@ fn read_lines(out: ChildStdout, tx: &mpsc::Sender<Msg>) {
         }
     }
     let _ = tx.send(Msg::Eof);
-}
-
-/// The last non-empty line of the agent's log, trimmed and without control characters.
-fn log_tail(path: &Path) -> Option<String> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
-    let mut raw = Vec::new();
-    f.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    Some(line.trim().chars().filter(|c| !c.is_control()).take(300).collect())
 }
 
 #[cfg(test)]

@@ -43,7 +43,8 @@ pub struct Staged {
     pub window: Option<Window>,
 }
 
-fn ms(d: Duration) -> f64 {
+/// Milliseconds, to the microsecond (event and summary times).
+pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
@@ -638,50 +639,56 @@ impl<'a, 'c> Stage<'a, 'c> {
             }
         }
         self.timings.total = ms(self.t0.elapsed());
-        let image_bytes = self.image.as_ref().map_or(0, |i| i.len);
-        self.emit(EventKind::Done {
+        let (path, switch) = port_path(sec);
+        let summary = ProcessorSummary {
             id: sec.id.clone(),
+            role: "secondary".into(),
             state: state.into(),
+            path,
+            switch,
             attempts: self.attempts,
             bytes: self.bytes,
-            ms: self.timings.total,
+            image_bytes: self.image.as_ref().map_or(0, |i| i.len),
+            mode: Some(match sec.mode {
+                Mode::Push => "push".into(),
+                Mode::Pull => "pull".into(),
+            }),
+            algo: Some(sec.algo.name().into()),
+            checksum: self.image.as_ref().map(|i| i.digest.to_hex(sec.algo)),
+            timings_ms: self.timings.clone(),
             report: self.report.clone(),
-            error: error.clone(),
-        });
-        let (path, switch) = match &sec.path {
-            PortPath::Direct => ("direct", None),
-            PortPath::Switch(s) => ("switch", Some(s.clone())),
+            error,
+            required: sec.required,
+            repairs: self.repairs,
+            bytes_resent: self.bytes_resent,
         };
-        Staged {
-            summary: ProcessorSummary {
-                id: sec.id.clone(),
-                role: "secondary".into(),
-                state: state.into(),
-                path: Some(path.into()),
-                switch,
-                attempts: self.attempts,
-                bytes: self.bytes,
-                image_bytes,
-                mode: Some(match sec.mode {
-                    Mode::Push => "push".into(),
-                    Mode::Pull => "pull".into(),
-                }),
-                algo: Some(sec.algo.name().into()),
-                checksum: self.image.as_ref().map(|i| i.digest.to_hex(sec.algo)),
-                timings_ms: self.timings.clone(),
-                report: self.report.clone(),
-                error,
-                required: sec.required,
-                repairs: self.repairs,
-                bytes_resent: self.bytes_resent,
-            },
-            child: self.child.take(),
-            window: self.window.take(),
-        }
+        announce_done(self.ctx.emit, &summary);
+        Staged { summary, child: self.child.take(), window: self.window.take() }
     }
 }
 
-/// The last non-empty line of an agent log, trimmed (for error messages).
+/// `direct`, or `switch` and the switch's name, as a summary shows a secondary's port.
+pub(crate) fn port_path(sec: &Secondary) -> (Option<String>, Option<String>) {
+    match &sec.path {
+        PortPath::Direct => (Some("direct".into()), None),
+        PortPath::Switch(s) => (Some("switch".into()), Some(s.clone())),
+    }
+}
+
+/// The `Done` event of a secondary, read off the summary it ends with (window and netboot
+/// stages alike), so the event and the summary cannot disagree.
+pub(crate) fn announce_done(emit: &(dyn Fn(EventKind) + Sync), s: &ProcessorSummary) {
+    emit(EventKind::Done {
+        id: s.id.clone(),
+        state: s.state.clone(),
+        attempts: s.attempts,
+        bytes: s.bytes,
+        ms: s.timings_ms.total,
+        report: s.report.clone(),
+        error: s.error.clone(),
+    });
+}
+
 /// Start `cmd` with stdin closed and stdout + stderr going to a new file `log` (`what` names
 /// it in errors).
 fn spawn_logged(cmd: &mut Process, log: &Path, what: &str) -> Result<Child, String> {
@@ -690,9 +697,10 @@ fn spawn_logged(cmd: &mut Process, log: &Path, what: &str) -> Result<Child, Stri
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| e.to_string())
 }
 
+/// The last non-empty line of an agent log, trimmed (for error messages).
 /// Only the end of the file is read (a VM's console is the guest's to fill), decoded
 /// lossily, with control characters dropped before it reaches an operator's terminal.
-fn log_tail(path: &Path) -> Option<String> {
+pub(crate) fn log_tail(path: &Path) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
