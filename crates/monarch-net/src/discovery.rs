@@ -384,14 +384,7 @@ fn hash_file(path: &PathBuf, algo: Algo) -> io::Result<Digest> {
 
 async fn tcp_loop(listener: tokio::net::TcpListener, st: Arc<Shared>) -> io::Result<()> {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(_) => {
-                // Out of descriptors or a reset before accept: transient; do not spin.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = crate::accept(&listener).await;
         let st = st.clone();
         tokio::spawn(async move { download(&st, stream, peer).await });
     }

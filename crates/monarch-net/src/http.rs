@@ -188,15 +188,7 @@ async fn accept_loop(
     tx: mpsc::Sender<(Rewind, SocketAddr)>,
 ) -> io::Result<()> {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(_) => {
-                // Out of file descriptors or a connection reset before accept: transient;
-                // back off briefly instead of spinning (axum does the same).
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = crate::accept(&listener).await;
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(stream, peer, st.clone(), tx.clone()));
     }

@@ -27,3 +27,17 @@ pub type EventSink<E> = std::sync::Arc<dyn Fn(E) + Send + Sync>;
 pub fn discard<E>() -> EventSink<E> {
     std::sync::Arc::new(|_| {})
 }
+
+/// The next connection on `listener`. Accept errors (out of descriptors, a connection reset
+/// before it was accepted) are transient: back off briefly and try again instead of spinning
+/// or ending the service (axum does the same).
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
