@@ -1,5 +1,6 @@
 //! `monarch netboot …`: network boot for machines with no memory window (seed 001).
 
+use crate::bad_input;
 use clap::{Args, Subcommand};
 use monarch_boot::netboot::{self, Assign, DhcpChoice, ServeOptions};
 use serde_json::Value;
@@ -72,11 +73,11 @@ pub struct AgentArgs {
     #[arg(long, value_name = "TARGET")]
     disk: Option<PathBuf>,
     /// Create the disk file with this size if it does not exist (e.g. 256MiB).
-    #[arg(long, value_name = "SIZE")]
-    disk_size: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size)]
+    disk_size: Option<u64>,
     /// Refuse images larger than this.
-    #[arg(long, value_name = "SIZE", default_value = "4GiB")]
-    max_size: String,
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = crate::parse_size)]
+    max_size: u64,
     /// What to do with the verified image: exec (run it) or none (exit 0).
     #[arg(long, value_enum, default_value = "exec")]
     handoff: HandoffArg,
@@ -179,11 +180,6 @@ pub fn run(cmd: NetbootCmd) -> ExitCode {
         NetbootCmd::BootDisk(a) => boot_disk(&a.disk, a.handoff, a.json),
         NetbootCmd::Status(a) => status(&a.disk, a.json),
     }
-}
-
-fn bad_input(e: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("monarch: {e}");
-    ExitCode::from(2)
 }
 
 fn parse_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
@@ -292,12 +288,6 @@ fn assign(a: AssignArgs, how: Assign) -> ExitCode {
     }
 }
 
-fn size_arg(flag: &str, s: &str) -> Result<u64, String> {
-    s.parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("{flag} {s:?}: {e}: write a size like 64MiB or 4GiB"))
-}
-
 fn mac_of(a: &AgentArgs) -> Result<[u8; 6], String> {
     use monarch_net::catalog::parse_mac;
     let text = match (&a.mac, &a.interface) {
@@ -322,14 +312,14 @@ fn agent(a: AgentArgs, recover: bool) -> ExitCode {
         fetch.interface = a.interface.clone();
         fetch.give_up_after = a.wait;
         fetch.interval = a.interval;
-        fetch.max_size = size_arg("--max-size", &a.max_size)?;
+        fetch.max_size = a.max_size;
         if recover && a.disk.is_none() {
             return Err("recover needs --disk: it re-provisions the image installed on that disk".into());
         }
         Ok(NetAgentOptions {
             fetch,
             disk: a.disk.clone(),
-            disk_size: a.disk_size.as_deref().map(|s| size_arg("--disk-size", s)).transpose()?,
+            disk_size: a.disk_size,
             force: recover,
             handoff: match a.handoff {
                 HandoffArg::Exec => NetHandoff::Exec,
@@ -363,7 +353,7 @@ fn agent(a: AgentArgs, recover: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("monarch: netboot agent: {e}");
-            ExitCode::from(1)
+            ExitCode::from(crate::exit::BOOT_FAILED)
         }
     }
 }
@@ -377,7 +367,7 @@ fn handoff(name: &str, bytes: &[u8], how: HandoffArg) -> ExitCode {
         HandoffArg::Exec => {
             let e = monarch_boot::netagent::exec_image(name, bytes);
             eprintln!("monarch: netboot agent: {e}");
-            ExitCode::from(1)
+            ExitCode::from(crate::exit::BOOT_FAILED)
         }
     }
 }
@@ -392,7 +382,7 @@ fn restart_into_disk(disk: &std::path::Path, how: HandoffArg, json: bool) -> Exi
     }
     let e = cmd.exec();
     eprintln!("monarch: netboot agent: cannot restart into the disk: {e}");
-    ExitCode::from(1)
+    ExitCode::from(crate::exit::BOOT_FAILED)
 }
 
 fn boot_disk(disk: &std::path::Path, how: HandoffArg, json: bool) -> ExitCode {
@@ -410,7 +400,7 @@ fn boot_disk(disk: &std::path::Path, how: HandoffArg, json: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("monarch: netboot boot-disk: {e}");
-            ExitCode::from(1)
+            ExitCode::from(crate::exit::BOOT_FAILED)
         }
     }
 }
@@ -435,6 +425,6 @@ fn status(disk: &std::path::Path, json: bool) -> ExitCode {
     if all.iter().any(monarch_drivers::disk::SlotStatus::is_bootable) {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(crate::exit::BOOT_FAILED)
     }
 }
