@@ -12,9 +12,9 @@ use monarch_proto::Digest;
 use monarch_proto::checksum::Hasher;
 use monarch_proto::layout;
 use monarch_proto::msg::{self, Command, FailCode, Mode, RegisterError, Status, WindowConfig};
-use monarch_proto::secondary::{Secondary, SecondaryAction, SecondaryFailure, SecondaryInput};
+use monarch_proto::secondary::{Admit, Fence, Secondary, SecondaryAction, SecondaryFailure, SecondaryInput};
 use monarch_proto::stream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -59,6 +59,14 @@ pub enum AgentError {
         /// What is wrong.
         source: RegisterError,
     },
+    /// Another agent holds the window.
+    #[error(
+        "window {path}: another agent holds it (a secondary has exactly one agent); stop that agent or use another window"
+    )]
+    Busy {
+        /// Window.
+        path: PathBuf,
+    },
     /// The handshake failed.
     #[error("secondary {id}: {failure}")]
     Failed {
@@ -77,8 +85,40 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     if let Err(source) = msg::decode_header(&|r| window.load(r), window.data_size()) {
         return Err(AgentError::Header { path: opts.window.clone(), source });
     }
-    let mut agent = Agent { opts, window, status_seq: 0, staged: None };
+    lock(&window, opts, start)?;
+    // The epoch that configured the window: no older monarch is ever obeyed.
+    let fence = Fence::with_floor(window.load32(layout::CFG_EPOCH));
+    let mut agent = Agent { opts, window, status_seq: 0, staged: None, fence, block_seq: [0; BLOCKS] };
     agent.handshake()
+}
+
+/// Take the window's lock: one agent per window, and the sign a new monarch reads to know
+/// this secondary's agent is alive. A monarch probing the lock holds it for an instant, so
+/// retry briefly before calling the window taken.
+fn lock(window: &Window, opts: &AgentOptions, start: Instant) -> Result<(), AgentError> {
+    loop {
+        match window.try_lock() {
+            Ok(true) => return Ok(()),
+            // A window the kernel cannot lock (a PCI BAR resource file) has no rival agent here.
+            Err(_) => return Ok(()),
+            Ok(false) if start.elapsed() >= opts.timeout.min(Duration::from_secs(2)) => {
+                return Err(AgentError::Busy { path: opts.window.clone() });
+            }
+            Ok(false) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+const BLOCKS: usize = layout::CMD_BLOCKS;
+
+/// One new command read from one block.
+enum Heard {
+    /// From the monarch followed (or the first to speak, or a newer one taking over).
+    Command(Admit, Result<Command, RegisterError>),
+    /// Ignored: an older epoch, or a block that is not the one followed.
+    Fenced { block: usize, epoch: u32 },
+    /// Nothing new anywhere.
+    Nothing,
 }
 
 fn open_when_ready(opts: &AgentOptions, start: Instant) -> Result<Window, AgentError> {
@@ -92,7 +132,7 @@ fn open_when_ready(opts: &AgentOptions, start: Instant) -> Result<Window, AgentE
                 if last_magic == layout::MAGIC {
                     return Ok(w);
                 }
-                if last_magic != 0 && w.load(layout::CMD_SEQ) != 0 {
+                if last_magic != 0 && (0..BLOCKS).any(|k| w.load32(layout::cmd(k).seq) != 0) {
                     // Not zero, not ours, and a command posted: garbage, say so now.
                     return Err(AgentError::Header {
                         path: opts.window.clone(),
@@ -128,19 +168,60 @@ struct Agent<'a> {
     status_seq: u32,
     /// Pull mode: the image copied into our own memory during verification.
     staged: Option<MemImage>,
+    /// Which monarch this secondary obeys (seed 003's fencing).
+    fence: Fence,
+    /// Last message taken from each command block.
+    block_seq: [u32; BLOCKS],
 }
 
 impl Agent<'_> {
     fn post(&mut self, st: &Status) {
         self.status_seq = msg::next_seq(self.status_seq);
-        self.window.post(&msg::encode_status(self.status_seq, st), layout::DB_TO_PRIMARY);
+        self.window.post(&msg::encode_status(self.status_seq, self.fence.epoch(), st), layout::DB_TO_PRIMARY);
+    }
+
+    /// The next new command in any block, through the fence: the followed monarch's block
+    /// first, then the others (a newer epoch takes over; anything else is fenced).
+    fn hear(&mut self) -> Heard {
+        let first = self.fence.followed().map_or(0, |(b, _)| b);
+        for k in (0..BLOCKS).map(|i| (first + i) % BLOCKS) {
+            let dec = |r: &dyn Fn(layout::Reg) -> u64| msg::decode_command(k, r);
+            let (seq, stamped) = match self.window.read_message(layout::cmd(k).seq, self.block_seq[k], dec) {
+                Poll::Nothing => continue,
+                Poll::Message(seq, s) => (seq, s),
+                Poll::Garbage(seq, e) => (seq, msg::Stamped { epoch: 0, cmd: Err(e) }),
+            };
+            self.block_seq[k] = seq;
+            return match self.fence.admit(k, stamped.epoch) {
+                Admit::Stale => {
+                    self.window.store(layout::ST_FENCED, self.fence.fenced());
+                    Heard::Fenced { block: k, epoch: stamped.epoch }
+                }
+                admit => Heard::Command(admit, stamped.cmd),
+            };
+        }
+        Heard::Nothing
+    }
+
+    /// A new command was posted in the followed block, or a newer monarch spoke: whatever
+    /// this side is waiting for in the ring will not come.
+    fn interrupted(&self) -> bool {
+        let followed = self.fence.followed();
+        (0..BLOCKS).any(|k| {
+            let b = layout::cmd(k);
+            let seq = self.window.load32(b.seq);
+            seq != self.block_seq[k]
+                && match followed {
+                    Some((f, _)) if f == k => true,
+                    _ => self.window.load32(b.epoch) > self.fence.epoch(),
+                }
+        })
     }
 
     fn handshake(&mut self) -> Result<(), AgentError> {
         let pid = u64::from(std::process::id());
         let mut fsm = Secondary::new(pid, self.opts.timeout);
         let clock = Instant::now();
-        let mut cmd_seq = 0u32;
         let mut inputs = vec![SecondaryInput::Start];
         loop {
             for input in std::mem::take(&mut inputs) {
@@ -151,16 +232,20 @@ impl Agent<'_> {
                             let digest = self.verify(&config, attempt);
                             inputs.push(SecondaryInput::Verified { attempt, digest });
                         }
-                        SecondaryAction::Handoff { config, .. } => match self.handoff(&config) {
-                            Ok(()) => {
-                                for a in fsm.handed_off() {
-                                    if let SecondaryAction::Exit(Ok(())) = a {
-                                        return Ok(());
+                        SecondaryAction::Handoff { config, attempt, digest } => {
+                            self.record_release(attempt, &digest, &config);
+                            let handed = self.handoff(&config);
+                            match handed {
+                                Ok(()) => {
+                                    for a in fsm.handed_off() {
+                                        if let SecondaryAction::Exit(Ok(())) = a {
+                                            return Ok(());
+                                        }
                                     }
                                 }
+                                Err(code) => inputs.push(SecondaryInput::HandoffFailed(code)),
                             }
-                            Err(code) => inputs.push(SecondaryInput::HandoffFailed(code)),
-                        },
+                        }
                         SecondaryAction::Exit(Ok(())) => return Ok(()),
                         SecondaryAction::Exit(Err(failure)) => {
                             return Err(AgentError::Failed { id: self.opts.id.clone(), failure });
@@ -172,21 +257,39 @@ impl Agent<'_> {
                 continue;
             }
             let seen = self.window.bell_value(layout::DB_TO_SECONDARY);
-            match self.window.read_message(layout::CMD_SEQ, cmd_seq, msg::decode_command) {
-                Poll::Message(seq, Command::Release) => {
-                    cmd_seq = seq;
+            match self.hear() {
+                Heard::Command(admit, Ok(Command::Release)) => {
                     let cfg = msg::decode_config(&|r| self.window.load(r), self.window.data_size());
-                    inputs.push(SecondaryInput::Release(cfg));
+                    if admit == Admit::Takeover {
+                        eprintln!(
+                            "agent {}: a new monarch (epoch {}) released this secondary again; starting over with it",
+                            self.opts.id,
+                            self.fence.epoch()
+                        );
+                        // Its ring counts from zero.
+                        self.window.store(layout::STREAM_CONSUMED, 0);
+                        inputs.push(SecondaryInput::Restart(cfg));
+                    } else {
+                        inputs.push(SecondaryInput::Release(cfg));
+                    }
                 }
-                Poll::Message(seq, c) => {
-                    cmd_seq = seq;
+                Heard::Command(admit, Ok(c)) => {
+                    if admit == Admit::Takeover {
+                        eprintln!(
+                            "agent {}: a new monarch (epoch {}) took over",
+                            self.opts.id,
+                            self.fence.epoch()
+                        );
+                    }
                     inputs.push(SecondaryInput::Command(c));
                 }
-                Poll::Garbage(seq, e) => {
-                    cmd_seq = seq;
-                    inputs.push(SecondaryInput::Garbage(e));
-                }
-                Poll::Nothing => {
+                Heard::Command(_, Err(e)) => inputs.push(SecondaryInput::Garbage(e)),
+                Heard::Fenced { block, epoch } => eprintln!(
+                    "agent {}: ignored a command of epoch {epoch} (command block {block}): this secondary follows epoch {}",
+                    self.opts.id,
+                    self.fence.epoch()
+                ),
+                Heard::Nothing => {
                     let left = fsm
                         .deadline()
                         .map_or(Duration::from_millis(100), |d| d.saturating_sub(clock.elapsed()));
@@ -236,7 +339,7 @@ impl Agent<'_> {
     fn consume_stream(&mut self, cfg: &WindowConfig, attempt: u32) -> Result<Digest, String> {
         let geo = stream::Geometry::new(cfg);
         let chunks = geo.chunks();
-        let cmd_seq = self.window.load32(layout::CMD_SEQ);
+        let block = layout::cmd(self.fence.followed().map_or(0, |(b, _)| b));
         // The manifest, read once into our memory (the monarch wrote it before STAGED).
         let mlen = usize::try_from(chunks * stream::DIGEST_LEN).map_err(|e| e.to_string())?;
         let mut raw = vec![0u8; mlen];
@@ -269,7 +372,7 @@ impl Agent<'_> {
             let pos = geo.position(attempt, i);
             let (off, len) = geo.chunk(i);
             let n = usize::try_from(len).map_err(|e| e.to_string())?;
-            self.wait_for(cmd_seq, "chunk", |w| geo.may_consume(pos, w.load(layout::STREAM_PRODUCED)))?;
+            self.wait_for("chunk", |w| geo.may_consume(pos, w.load(block.produced)))?;
             loop {
                 let dst: &mut [u8] = match &mut image {
                     Some(img) => {
@@ -288,12 +391,12 @@ impl Agent<'_> {
                 }
                 // Ask for this chunk alone again, and wait for the repair.
                 eprintln!("agent {}: chunk {i} failed its digest; asking for it again", self.opts.id);
-                let repaired = self.window.load(layout::STREAM_REPAIRED);
+                let repaired = self.window.load(block.repaired);
                 self.window.store(layout::STREAM_NAK, i + 1);
                 let seq = self.window.load(layout::STREAM_NAK_SEQ);
                 self.window.store(layout::STREAM_NAK_SEQ, seq.wrapping_add(1));
                 self.window.ring(layout::DB_TO_PRIMARY);
-                self.wait_for(cmd_seq, "repair", |w| w.load(layout::STREAM_REPAIRED) != repaired)?;
+                self.wait_for("repair", |w| w.load(block.repaired) != repaired)?;
             }
             self.window.store(layout::STREAM_CONSUMED, pos + 1);
             self.window.store(layout::ST_PROGRESS, off + len);
@@ -304,15 +407,15 @@ impl Agent<'_> {
     }
 
     /// Wait (doorbell, bounded by the agent timeout) until `ready` holds; give up if the
-    /// monarch posts a new command meanwhile (an ABORT, typically).
-    fn wait_for(&self, cmd_seq: u32, what: &str, ready: impl Fn(&Window) -> bool) -> Result<(), String> {
+    /// monarch posts a new command meanwhile (an ABORT, typically), or a newer one speaks.
+    fn wait_for(&self, what: &str, ready: impl Fn(&Window) -> bool) -> Result<(), String> {
         let deadline = Instant::now() + self.opts.timeout;
         loop {
             let seen = self.window.bell_value(layout::DB_TO_SECONDARY);
             if ready(&self.window) {
                 return Ok(());
             }
-            if self.window.load32(layout::CMD_SEQ) != cmd_seq {
+            if self.interrupted() {
                 return Err(format!("the monarch posted a new command while this side waited for a {what}"));
             }
             let now = Instant::now();
@@ -323,6 +426,34 @@ impl Agent<'_> {
                 layout::DB_TO_SECONDARY,
                 seen,
                 (deadline - now).min(Duration::from_millis(100)),
+            );
+        }
+    }
+
+    /// Append this release to the file named by `MONARCH_RELEASE_LOG`, if any: one line per
+    /// handoff (`id epoch attempt checksum pid`), so a test can prove that no secondary was
+    /// released twice, nor into anything but the image it verified.
+    fn record_release(&self, attempt: u32, digest: &Digest, cfg: &WindowConfig) {
+        use std::io::Write as _;
+        let Some(path) = std::env::var_os("MONARCH_RELEASE_LOG") else { return };
+        let line = format!(
+            "{} {} {attempt} {} {}\n",
+            self.opts.id,
+            self.fence.epoch(),
+            digest.to_hex(cfg.algo),
+            std::process::id()
+        );
+        // One write(2) on an O_APPEND file: lines from agents running at once never interleave.
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = r {
+            eprintln!(
+                "agent {}: cannot append to MONARCH_RELEASE_LOG {}: {e}",
+                self.opts.id,
+                Path::new(&path).display()
             );
         }
     }

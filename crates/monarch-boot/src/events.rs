@@ -3,10 +3,10 @@
 //! `monarch up --json` prints each [`Event`] as one JSON object per line; the last line is
 //! the [`Summary`]. Field names are part of the CLI contract (see docs/cli.md).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One event, stamped with milliseconds since the run started.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// Milliseconds since `monarch up` started.
     pub t_ms: f64,
@@ -16,7 +16,7 @@ pub struct Event {
 }
 
 /// What happened.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     /// The run starts.
@@ -112,6 +112,61 @@ pub enum EventKind {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A management processor published itself on the backplane (seed 003).
+    Candidate {
+        /// Its id.
+        id: String,
+        /// Its slot.
+        slot: u32,
+        /// Its BOOT_ID.
+        boot_id: u32,
+        /// `healthy` or `failed self-test`.
+        health: String,
+        /// Its process id.
+        pid: u32,
+    },
+    /// A candidate became monarch.
+    Elected {
+        /// The new monarch.
+        monarch: String,
+        /// Its epoch (1 for the first monarch, +1 for every failover).
+        epoch: u32,
+        /// Why it won.
+        reason: String,
+    },
+    /// Serfs saw the monarch's heartbeat stall and deposed it.
+    Stalled {
+        /// The deposed monarch.
+        monarch: String,
+        /// Its epoch.
+        epoch: u32,
+        /// The serf that noticed.
+        by: String,
+        /// Time since the last heartbeat it saw move.
+        silent_ms: f64,
+    },
+    /// A new monarch took over the boot.
+    Failover {
+        /// The deposed monarch.
+        from: String,
+        /// The new one.
+        to: String,
+        /// The new epoch.
+        epoch: u32,
+        /// Why the new one won.
+        reason: String,
+        /// From the last heartbeat seen to the claim of the new epoch.
+        ms: f64,
+    },
+    /// A monarch found it was deposed (it had been paused) and stopped acting.
+    StoodDown {
+        /// Its id.
+        id: String,
+        /// Its (old) epoch.
+        epoch: u32,
+        /// What it found.
+        why: String,
+    },
     /// The final line.
     Summary(Summary),
 }
@@ -127,13 +182,19 @@ impl EventKind {
             | EventKind::Mismatch { id, .. }
             | EventKind::Repaired { id, .. }
             | EventKind::Done { id, .. } => Some(id),
-            EventKind::Start { .. } | EventKind::Summary(_) => None,
+            EventKind::Start { .. }
+            | EventKind::Candidate { .. }
+            | EventKind::Elected { .. }
+            | EventKind::Stalled { .. }
+            | EventKind::Failover { .. }
+            | EventKind::StoodDown { .. }
+            | EventKind::Summary(_) => None,
         }
     }
 }
 
 /// Per-phase times of one secondary, in milliseconds (0 where a phase did not happen).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Timings {
     /// Retrieving the image and computing its checksum.
     pub retrieve: f64,
@@ -154,7 +215,7 @@ pub struct Timings {
 }
 
 /// Final state of one processor.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessorSummary {
     /// Processor id.
     pub id: String,
@@ -197,6 +258,18 @@ pub struct ProcessorSummary {
     pub repairs: u64,
     /// Push: bytes re-sent by those repairs (included in `bytes`).
     pub bytes_resent: u64,
+    /// After a failover: what the new monarch found and did (`left running`, `adopted
+    /// verified attempt N (not staged again)`, `restarted …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<String>,
+    /// Commands this secondary ignored because they came from a deposed monarch (older
+    /// epoch), as its window counted them (`status.fenced`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fenced: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ProcessorSummary {
@@ -220,12 +293,14 @@ impl ProcessorSummary {
             required: true,
             repairs: 0,
             bytes_resent: 0,
+            resumed: None,
+            fenced: 0,
         }
     }
 }
 
 /// The run's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// True when every required secondary booted.
     pub ok: bool,
@@ -235,4 +310,35 @@ pub struct Summary {
     pub total_ms: f64,
     /// Every processor, the monarch first.
     pub processors: Vec<ProcessorSummary>,
+    /// With two or more management processors: who won, why, and every failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election: Option<ElectionSummary>,
+}
+
+/// The election of a run with several management processors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ElectionSummary {
+    /// The monarch that finished the boot.
+    pub monarch: String,
+    /// Its epoch.
+    pub epoch: u32,
+    /// Why it won (its last election).
+    pub reason: String,
+    /// Every failover, in order.
+    pub failovers: Vec<FailoverSummary>,
+}
+
+/// One failover.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailoverSummary {
+    /// The deposed monarch.
+    pub from: String,
+    /// The new one.
+    pub to: String,
+    /// The new epoch.
+    pub epoch: u32,
+    /// When the new monarch claimed, since the run started.
+    pub t_ms: f64,
+    /// From the last heartbeat seen to the claim.
+    pub ms: f64,
 }

@@ -16,6 +16,7 @@ pub mod agent;
 pub mod baseline;
 pub mod bench;
 pub mod bundle;
+pub mod chassis;
 pub mod events;
 /// The host's own tools (moved to the drivers; re-exported for existing callers).
 pub use monarch_drivers::host;

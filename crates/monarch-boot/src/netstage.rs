@@ -502,7 +502,7 @@ impl<'a, 'c> NetStage<'a, 'c> {
             ..ProcessorSummary::new(&sec.id, "secondary", state)
         };
         announce_done(self.ctx.emit, &summary);
-        Staged { summary, child: self.child.take(), window: None }
+        Staged { summary, child: self.child.take(), window: None, adopted_pid: None }
     }
 }
 

@@ -38,8 +38,14 @@ pub fn run() -> Result<(), String> {
         .unwrap_or(Duration::from_secs(3600));
     let w = Window::open(&path).map_err(|e| e.to_string())?;
     announce(&w, &report)?;
+    // Stop when the chassis goes away: the process named by MONARCH_SUPERVISOR (`monarch up`
+    // when several candidates may take turns as monarch), else the parent that started us.
+    let supervisor = std::env::var("MONARCH_SUPERVISOR").ok().and_then(|p| p.parse::<u32>().ok());
     let parent = rustix::process::getppid();
-    idle_until_shutdown(&w, linger, &|| rustix::process::getppid() != parent);
+    idle_until_shutdown(&w, linger, &|| match supervisor {
+        Some(pid) => !monarch_drivers::host::alive(pid),
+        None => rustix::process::getppid() != parent,
+    });
     Ok(())
 }
 
@@ -49,8 +55,10 @@ pub fn announce(w: &Window, report: &str) -> Result<(), String> {
         .map_err(|e| format!("window {}: {e}", w.path().display()))?;
     w.apply(&msg::encode_report(report));
     let seq = msg::next_seq(w.load32(layout::ST_SEQ));
+    // RUNNING answers the monarch the agent handed off under (its last status's epoch).
+    let epoch = w.load32(layout::ST_EPOCH);
     w.post(
-        &msg::encode_status(seq, &Status::Running { pid: u64::from(std::process::id()) }),
+        &msg::encode_status(seq, epoch, &Status::Running { pid: u64::from(std::process::id()) }),
         layout::DB_TO_PRIMARY,
     );
     Ok(())
@@ -58,15 +66,27 @@ pub fn announce(w: &Window, report: &str) -> Result<(), String> {
 
 /// Idle like a booted OS until the monarch posts SHUTDOWN, `gone()` says to stop, or
 /// `linger` has passed.
+///
+/// SHUTDOWN is taken from any command block whose epoch is at least the one the image was
+/// released under: the monarch that finishes the boot may not be the one that released it.
 pub fn idle_until_shutdown(w: &Window, linger: Duration, gone: &dyn Fn() -> bool) {
-    let cmd_seq = w.load32(layout::CMD_SEQ);
+    let blocks = layout::CMD_BLOCKS;
+    let mut seqs: Vec<u32> = (0..blocks).map(|k| w.load32(layout::cmd(k).seq)).collect();
+    let epoch = w.load32(layout::ST_EPOCH);
     let start = Instant::now();
     while start.elapsed() < linger {
         let seen = w.bell_value(layout::DB_TO_SECONDARY);
-        if let Poll::Message(_, Command::Shutdown) =
-            w.read_message(layout::CMD_SEQ, cmd_seq, msg::decode_command)
-        {
-            return;
+        for (k, last) in seqs.iter_mut().enumerate() {
+            let dec = |r: &dyn Fn(layout::Reg) -> u64| msg::decode_command(k, r);
+            if let Poll::Message(seq, stamped) = w.read_message(layout::cmd(k).seq, *last, dec) {
+                *last = seq;
+                if stamped.epoch < epoch {
+                    // A deposed monarch: ignored, and counted like the agent counts them.
+                    w.store(layout::ST_FENCED, w.load(layout::ST_FENCED) + 1);
+                } else if stamped.cmd == Ok(Command::Shutdown) {
+                    return;
+                }
+            }
         }
         if gone() {
             return;

@@ -3,7 +3,7 @@
 
 use crate::events::{Event, EventKind, ProcessorSummary, Summary};
 use crate::plan::Plan;
-use crate::stage::{StageCtx, Staged, stage};
+use crate::stage::{Authority, StageCtx, Staged, stage};
 use monarch_proto::layout;
 use monarch_proto::msg::{self, Command};
 use std::path::{Path, PathBuf};
@@ -43,7 +43,19 @@ pub fn remove_stale_run_dirs(parent: &Path) -> Vec<PathBuf> {
 
 /// Boot everything in `plan`, calling `on_event` for every event (the summary last).
 pub fn up(plan: &Plan, opts: &UpOptions, on_event: &mut dyn FnMut(&Event)) -> Summary {
-    let clock = Instant::now();
+    boot(plan, opts, &Authority::sole(), Instant::now(), on_event)
+}
+
+/// [`up`] on the authority of one monarch of several (seed 003): its command block and
+/// epoch, resuming what a previous monarch left, and stopping at once when deposed. Event
+/// times count from `clock`.
+pub fn boot(
+    plan: &Plan,
+    opts: &UpOptions,
+    authority: &Authority<'_>,
+    clock: Instant,
+    on_event: &mut dyn FnMut(&Event),
+) -> Summary {
     if plan.topology.run_dir_is_temporary
         && let Some(parent) = plan.topology.run_dir.parent()
     {
@@ -54,14 +66,17 @@ pub fn up(plan: &Plan, opts: &UpOptions, on_event: &mut dyn FnMut(&Event)) -> Su
     let send = |tx: &mpsc::Sender<Event>, kind| {
         let _ = tx.send(Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
     };
-    send(
-        &tx,
-        EventKind::Start {
-            chassis: t.name.clone(),
-            monarch: plan.monarch().into(),
-            secondaries: t.secondaries.len(),
-        },
-    );
+    let monarch_id = authority.name.unwrap_or(plan.monarch());
+    if !authority.resume {
+        send(
+            &tx,
+            EventKind::Start {
+                chassis: t.name.clone(),
+                monarch: monarch_id.into(),
+                secondaries: t.secondaries.len(),
+            },
+        );
+    }
     let mut staged: Vec<Option<Staged>> = (0..t.secondaries.len()).map(|_| None).collect();
     std::thread::scope(|scope| {
         let mut handles = Vec::new();
@@ -76,7 +91,8 @@ pub fn up(plan: &Plan, opts: &UpOptions, on_event: &mut dyn FnMut(&Event)) -> Su
                 let lane_start = Instant::now();
                 let mut out = Vec::new();
                 for i in members {
-                    let ctx = StageCtx { clock, emit: &emit, agent_exe, queued: lane_start.elapsed() };
+                    let ctx =
+                        StageCtx { clock, emit: &emit, agent_exe, queued: lane_start.elapsed(), authority };
                     out.push((i, stage(&t.secondaries[i], &ctx)));
                 }
                 out
@@ -101,8 +117,10 @@ pub fn up(plan: &Plan, opts: &UpOptions, on_event: &mut dyn FnMut(&Event)) -> Su
     });
     let total_ms = clock.elapsed().as_secs_f64() * 1e3;
     // End of the emulated run: ask running images to stop, then make sure they did.
-    shutdown(&mut staged, opts.shutdown_grace);
-    let mut monarch = ProcessorSummary::new(plan.monarch(), "monarch", "monarch");
+    if (authority.check)().is_ok() {
+        shutdown(&mut staged, opts.shutdown_grace, authority);
+    }
+    let mut monarch = ProcessorSummary::new(monarch_id, "monarch", "monarch");
     monarch.timings_ms.total = total_ms;
     let mut processors = vec![monarch];
     for (i, s) in staged.into_iter().enumerate() {
@@ -115,7 +133,7 @@ pub fn up(plan: &Plan, opts: &UpOptions, on_event: &mut dyn FnMut(&Event)) -> Su
         let _ = std::fs::remove_dir_all(&t.run_dir);
     }
     let ok = processors.iter().filter(|p| p.role == "secondary" && p.required).all(|p| p.state != "failed");
-    let summary = Summary { ok, chassis: t.name.clone(), total_ms, processors };
+    let summary = Summary { ok, chassis: t.name.clone(), total_ms, processors, election: None };
     on_event(&Event { t_ms: total_ms, kind: EventKind::Summary(summary.clone()) });
     summary
 }
@@ -124,14 +142,35 @@ fn failed_summary(id: &str, why: &str) -> ProcessorSummary {
     ProcessorSummary { error: Some(why.into()), ..ProcessorSummary::new(id, "secondary", "failed") }
 }
 
-fn shutdown(staged: &mut [Option<Staged>], grace: Duration) {
+fn shutdown(staged: &mut [Option<Staged>], grace: Duration, authority: &Authority<'_>) {
+    let block = layout::cmd(authority.block);
     for s in staged.iter().flatten() {
-        if let (Some(w), Some(_)) = (&s.window, &s.child) {
-            let seq = msg::next_seq(w.load32(layout::CMD_SEQ));
-            w.post(&msg::encode_command(seq, &Command::Shutdown), layout::DB_TO_SECONDARY);
+        if let (Some(w), true) = (&s.window, s.child.is_some() || s.adopted_pid.is_some()) {
+            let seq = msg::next_seq(w.load32(block.seq));
+            w.post(
+                &msg::encode_command(authority.block, seq, authority.epoch, &Command::Shutdown),
+                layout::DB_TO_SECONDARY,
+            );
         }
     }
     let deadline = Instant::now() + grace;
+    for s in staged.iter().flatten() {
+        // Images another monarch started are not our children: watch them by pid.
+        if let Some(pid) = s.adopted_pid {
+            while crate::host::alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // The pid came from the window (peer data): kill it only if it is that secondary's
+            // image, which the agent started as `monarch-image:ID`.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ours = cmdline.split(|b| *b == 0).next()
+                == Some(format!("monarch-image:{}", s.summary.id).as_bytes());
+            let target = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
+            if let (true, true, Some(target)) = (crate::host::alive(pid), ours, target) {
+                let _ = rustix::process::kill_process(target, rustix::process::Signal::KILL);
+            }
+        }
+    }
     for s in staged.iter_mut().flatten() {
         if let Some(c) = &mut s.child {
             loop {

@@ -31,6 +31,31 @@ pub struct StageCtx<'a> {
     pub agent_exe: &'a Path,
     /// Time spent queued behind a switch before this stage started.
     pub queued: Duration,
+    /// On whose authority the monarch acts (its command block and epoch).
+    pub authority: &'a Authority<'a>,
+}
+
+/// The monarch's authority over the windows (seed 003): the command block it writes, the
+/// epoch stamped on every command, whether it takes over a boot another monarch started,
+/// and the check, made before every command and every chunk, that it still is monarch.
+pub struct Authority<'a> {
+    /// The monarch's id (`None`: the topology's only management processor).
+    pub name: Option<&'a str>,
+    /// Its command block in every window (its candidate index).
+    pub block: usize,
+    /// Its epoch.
+    pub epoch: u32,
+    /// Take over what a previous monarch left in the windows instead of starting afresh.
+    pub resume: bool,
+    /// `Err(why)` once this process is no longer monarch: it stops acting at once.
+    pub check: &'a (dyn Fn() -> Result<(), String> + Sync),
+}
+
+impl Authority<'static> {
+    /// The only monarch there is: block 0, epoch 1, never deposed.
+    pub fn sole() -> Authority<'static> {
+        Authority { name: None, block: 0, epoch: 1, resume: false, check: &|| Ok(()) }
+    }
 }
 
 /// A staged secondary: its summary, and what keeps running afterwards.
@@ -41,6 +66,8 @@ pub struct Staged {
     pub child: Option<Child>,
     /// The window (to send SHUTDOWN at the end of an emulated run).
     pub window: Option<Window>,
+    /// The running image's pid when another monarch started it (not our child).
+    pub adopted_pid: Option<u32>,
 }
 
 /// Milliseconds, to the microsecond (event and summary times).
@@ -77,6 +104,15 @@ struct Stage<'a, 'c> {
     geometry: Option<stream::Geometry>,
     repairs: u64,
     bytes_resent: u64,
+    /// The agent is not our child (started by a monarch that was deposed): its liveness is
+    /// the window's agent lock.
+    foreign_agent: bool,
+    /// What the takeover found, for the summary.
+    resumed: Option<String>,
+    /// The running image's pid, from its RUNNING status, when it is not our child.
+    adopted_pid: Option<u32>,
+    /// We found we are no longer monarch: the secondary is another's now.
+    deposed: bool,
 }
 
 /// The producer side of one push attempt.
@@ -135,6 +171,10 @@ impl<'a, 'c> Stage<'a, 'c> {
             geometry: None,
             repairs: 0,
             bytes_resent: 0,
+            foreign_agent: false,
+            resumed: None,
+            adopted_pid: None,
+            deposed: false,
         }
     }
 
@@ -161,7 +201,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             })?),
         };
         let chunk_size = ring.map_or(0, |(c, _, _)| c);
-        let image = image::retrieve(&sec.image, sec.algo, chunk_size).map_err(|e| e.to_string())?;
+        let mut image = image::retrieve(&sec.image, sec.algo, chunk_size).map_err(|e| e.to_string())?;
         self.timings.retrieve = ms(t.elapsed());
         self.emit(EventKind::Retrieved {
             id: sec.id.clone(),
@@ -189,6 +229,15 @@ impl<'a, 'c> Stage<'a, 'c> {
         if let Some(dir) = sec.window.path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
+        if self.ctx.authority.resume {
+            let digest = image.digest;
+            self.image = Some(image);
+            if let Some(found) = self.attach(digest) {
+                return found;
+            }
+            image = self.image.take().ok_or("internal: image missing")?;
+        }
+        (self.ctx.authority.check)()?;
         let window = if sec.window.memfd {
             Window::create_memfd(&format!("monarch-window:{}", sec.id), sec.window.data_size)
         } else {
@@ -206,7 +255,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             load_offset,
             algo: sec.algo,
             mode: sec.mode,
-            epoch: 0,
+            epoch: self.ctx.authority.epoch,
             chunk_size,
             ring_size,
         };
@@ -228,7 +277,88 @@ impl<'a, 'c> Stage<'a, 'c> {
             }
             Launch::External => {}
         }
-        self.handshake(released)
+        self.handshake(released, None)
+    }
+
+    /// Take over this secondary's window from a previous monarch: leave a running image
+    /// alone, adopt a verified attempt (OK in our epoch, no second copy) or one handing
+    /// off, and restart anything else from RELEASE (our epoch makes the agent drop its
+    /// attempt) — launching a new agent only if none holds the window. `None`: the previous
+    /// monarch never configured it; stage it from scratch.
+    fn attach(&mut self, expected: monarch_proto::Digest) -> Option<Result<Phase, String>> {
+        let sec = self.sec;
+        let w = Window::open(&sec.window.path).ok()?;
+        msg::decode_header(&|r| w.load(r), w.data_size()).ok()?;
+        let found = match w.read_message(layout::ST_SEQ, 0, msg::decode_status) {
+            Poll::Message(seq, st) => Some((seq, st)),
+            _ => None,
+        };
+        let status_seq = found.as_ref().map_or(0, |(s, _)| *s);
+        let spec = self.primary_spec(expected);
+        let decision = monarch_proto::primary::resume(spec, found.as_ref().map(|(_, s)| s), Duration::ZERO);
+        let cfg = msg::decode_config(&|r| w.load(r), w.data_size()).ok();
+        self.geometry = cfg.map(|c| stream::Geometry::new(&c));
+        self.window = Some(w);
+        let released = Instant::now();
+        Some(match decision {
+            monarch_proto::primary::Resume::LeaveRunning => {
+                self.resumed = Some("left running".into());
+                if let Some((_, msg::Status::Running { pid })) = &found {
+                    self.adopted_pid = u32::try_from(*pid).ok().filter(|p| *p > 1);
+                }
+                self.report = Some(msg::decode_report(&|r| self.window().load(r)));
+                self.phase("adopted", 0);
+                Ok(Phase::Running)
+            }
+            monarch_proto::primary::Resume::Adopt(p, actions) => {
+                self.resumed = Some(format!("adopted verified attempt {} (not staged again)", p.attempt()));
+                self.attempts = p.attempt();
+                self.foreign_agent = true;
+                self.phase("adopted", p.attempt());
+                self.handshake(released, Some((p, actions, status_seq)))
+            }
+            monarch_proto::primary::Resume::Restart => {
+                let r = (|| {
+                    (self.ctx.authority.check)()?;
+                    let w = self.window();
+                    // Our config, stamped with our epoch: an agent started now ignores any
+                    // older monarch from its first command on.
+                    let mut c = cfg.ok_or("the previous monarch left an invalid config")?;
+                    c.epoch = self.ctx.authority.epoch;
+                    w.apply(&msg::encode_config(w.data_size(), &c));
+                    let alive = !w.try_lock().map_err(|e| format!("cannot probe the agent lock: {e}"))?;
+                    if alive {
+                        self.resumed = Some("restarted in flight (its agent kept)".into());
+                        self.foreign_agent = true;
+                    } else {
+                        w.unlock();
+                        self.resumed = Some("restarted (new agent)".into());
+                        self.phase("launching", 0);
+                        self.launch()?;
+                    }
+                    Ok::<(), String>(())
+                })();
+                match r {
+                    Ok(()) => self.handshake(released, None).map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+    }
+
+    fn primary_spec(&self, expected: monarch_proto::Digest) -> PrimarySpec {
+        let sec = self.sec;
+        PrimarySpec {
+            expected,
+            max_attempts: sec.attempts,
+            expect_running: sec.handoff != crate::topology::Handoff::None,
+            stream: sec.mode == Mode::Push,
+            timeouts: Timeouts {
+                rendezvous: sec.timeouts.rendezvous,
+                verify: sec.timeouts.verify,
+                handoff: sec.timeouts.handoff,
+            },
+        }
     }
 
     fn launch(&mut self) -> Result<(), String> {
@@ -302,15 +432,46 @@ impl<'a, 'c> Stage<'a, 'c> {
         self.window.as_ref().expect("window configured before the handshake")
     }
 
-    fn post(&mut self, cmd: &Command) {
+    /// Post a command in our block, stamped with our epoch — if we are still monarch.
+    fn post(&mut self, cmd: &Command) -> Result<(), String> {
+        let a = self.ctx.authority;
+        if let Err(e) = (a.check)() {
+            self.deposed = true;
+            return Err(e);
+        }
+        self.post_unchecked(cmd);
+        Ok(())
+    }
+
+    fn post_unchecked(&mut self, cmd: &Command) {
+        let a = self.ctx.authority;
         self.cmd_seq = msg::next_seq(self.cmd_seq);
-        let w = msg::encode_command(self.cmd_seq, cmd);
+        let w = msg::encode_command(a.block, self.cmd_seq, a.epoch, cmd);
         self.window().post(&w, layout::DB_TO_SECONDARY);
+    }
+
+    /// A stage that stops aborts its secondary. One that stops because it was deposed does
+    /// it too — it cannot be sure it was — with its old epoch, so the secondary, which
+    /// follows the new monarch by then, ignores it (docs/window-protocol.md, fencing).
+    fn abort(&mut self, reason: msg::AbortReason) {
+        let cmd = Command::Abort { reason };
+        if self.deposed || (self.ctx.authority.check)().is_err() {
+            self.deposed = true;
+            if self.window.is_some() {
+                self.post_unchecked(&cmd);
+            }
+        } else {
+            self.post_unchecked(&cmd);
+        }
     }
 
     /// Pull mode: put the whole image into the window before STAGED.
     fn copy_whole(&mut self, attempt: u32) -> Result<(), String> {
         let sec = self.sec;
+        if let Err(e) = (self.ctx.authority.check)() {
+            self.deposed = true;
+            return Err(e);
+        }
         let t = Instant::now();
         let (w, image) = self.parts()?;
         let len = image.len;
@@ -411,7 +572,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                 .copy_into(w, geo.slot_offset(geo.position(st.attempt, k)), off, len)
                 .map_err(|e| e.to_string())?;
             st.repairs += 1;
-            w.store(layout::STREAM_REPAIRED, st.repairs);
+            w.store(layout::cmd(self.ctx.authority.block).repaired, st.repairs);
             w.ring(layout::DB_TO_SECONDARY);
             self.repairs += 1;
             self.bytes_resent += len;
@@ -419,9 +580,13 @@ impl<'a, 'c> Stage<'a, 'c> {
             self.emit(EventKind::Repaired { id: sec.id.clone(), attempt: st.attempt, chunk: k, bytes: len });
             did = true;
         }
-        // Then new chunks, as far as the ring has free slots.
+        // Then new chunks, as far as the ring has free slots, while we are still monarch.
         let chunks = geo.chunks();
         while st.next < chunks {
+            if let Err(e) = (self.ctx.authority.check)() {
+                self.deposed = true;
+                return Err(e);
+            }
             let pos = geo.position(st.attempt, st.next);
             let (w, image) = self.parts()?;
             if !geo.may_produce(pos, w.load(layout::STREAM_CONSUMED)) {
@@ -435,7 +600,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             if whole_fault || chunk_fault {
                 flip_byte(w, slot + len / 2)?;
             }
-            w.store(layout::STREAM_PRODUCED, pos + 1);
+            w.store(layout::cmd(self.ctx.authority.block).produced, pos + 1);
             w.ring(layout::DB_TO_SECONDARY);
             st.next += 1;
             did = true;
@@ -451,7 +616,17 @@ impl<'a, 'c> Stage<'a, 'c> {
         Ok(did)
     }
 
-    fn agent_exit(&mut self) -> Option<String> {
+    fn agent_exit(&mut self, phase: Phase) -> Option<String> {
+        if self.foreign_agent && matches!(phase, Phase::Rendezvous | Phase::Verifying) {
+            // Not our child: its agent lock tells (it goes away with the agent, or at the exec
+            // of the image, which cannot happen before our OK).
+            let w = self.window.as_ref()?;
+            if w.try_lock().ok()? {
+                w.unlock();
+                return Some("the agent (started by the previous monarch) is gone".into());
+            }
+            return None;
+        }
         let c = self.child.as_mut()?;
         match c.try_wait() {
             Ok(Some(status)) if self.sec.launch == Launch::Qemu => {
@@ -464,30 +639,40 @@ impl<'a, 'c> Stage<'a, 'c> {
         }
     }
 
-    fn handshake(&mut self, released: Instant) -> Result<Phase, String> {
+    /// Drive the handshake: from RELEASE, or (`adopted`) from a machine a takeover resumed,
+    /// with its first actions and the status already seen.
+    fn handshake(
+        &mut self,
+        released: Instant,
+        adopted: Option<(Primary, Vec<PrimaryAction>, u32)>,
+    ) -> Result<Phase, String> {
         let sec = self.sec;
         let expected = self.image.as_ref().map(|i| i.digest).unwrap_or_default();
-        let mut p = Primary::new(PrimarySpec {
-            expected,
-            max_attempts: sec.attempts,
-            expect_running: sec.handoff != crate::topology::Handoff::None,
-            stream: sec.mode == Mode::Push,
-            timeouts: Timeouts {
-                rendezvous: sec.timeouts.rendezvous,
-                verify: sec.timeouts.verify,
-                handoff: sec.timeouts.handoff,
-            },
-        });
+        let epoch = self.ctx.authority.epoch;
         let clock = Instant::now();
-        let mut status_seq = 0u32;
-        let mut inputs = vec![PrimaryInput::Start];
+        // Statuses already in the window answer someone else: start after them.
+        let mut status_seq = self.window().load32(layout::ST_SEQ) & !msg::SEQ_BUSY;
+        let (mut p, mut pending, mut inputs) = match adopted {
+            Some((p, actions, seq)) => {
+                status_seq = seq;
+                (p, actions, Vec::new())
+            }
+            None => (Primary::new(self.primary_spec(expected)), Vec::new(), vec![PrimaryInput::Start]),
+        };
         let mut phase_started = released;
         let mut last_phase = Phase::Idle;
         let mut streamer: Option<Streamer> = None;
         loop {
             // Feed what we have, carry out the actions.
+            let mut batches = Vec::new();
+            if !pending.is_empty() {
+                batches.push(std::mem::take(&mut pending));
+            }
             for input in std::mem::take(&mut inputs) {
-                for action in p.handle(clock.elapsed(), input) {
+                batches.push(p.handle(clock.elapsed(), input));
+            }
+            for batch in batches {
+                for action in batch {
                     let step = match action {
                         PrimaryAction::Post(cmd) => {
                             let manifest = match cmd {
@@ -496,8 +681,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                                 }
                                 _ => Ok(()),
                             };
-                            self.post(&cmd);
-                            manifest
+                            manifest.and_then(|()| self.post(&cmd))
                         }
                         PrimaryAction::Copy { attempt } => {
                             // Copy time is accounted on its own, not in the phase it interrupts.
@@ -531,7 +715,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                         }
                     };
                     if let Err(e) = step {
-                        self.post(&Command::Abort { reason: msg::AbortReason::Stopped });
+                        self.abort(msg::AbortReason::Stopped);
                         return Err(e);
                     }
                 }
@@ -562,7 +746,12 @@ impl<'a, 'c> Stage<'a, 'c> {
                 match self.pump(st) {
                     Ok(did) => busy = did,
                     Err(e) => {
-                        self.post(&Command::Abort { reason: msg::AbortReason::ProtocolError });
+                        let reason = if self.deposed || (self.ctx.authority.check)().is_err() {
+                            msg::AbortReason::Stopped
+                        } else {
+                            msg::AbortReason::ProtocolError
+                        };
+                        self.abort(reason);
                         return Err(e);
                     }
                 }
@@ -571,10 +760,26 @@ impl<'a, 'c> Stage<'a, 'c> {
                 }
             }
             let w = self.window();
-            match w.read_message(layout::ST_SEQ, status_seq, msg::decode_status) {
-                Poll::Message(seq, st) => {
+            let decode = |r: &dyn Fn(layout::Reg) -> u64| {
+                msg::decode_status(r)
+                    .map(|st| (u32::try_from(r(layout::ST_EPOCH) & 0xffff_ffff).unwrap_or(0), st))
+            };
+            match w.read_message(layout::ST_SEQ, status_seq, decode) {
+                // READY, VERIFIED and FAILED answer the commands of one epoch: another's are
+                // not ours (a secondary still finishing what a deposed monarch asked).
+                // HANDING_OFF and RUNNING are facts, whoever said OK.
+                Poll::Message(seq, (e, st))
+                    if e != epoch
+                        && !matches!(st, msg::Status::HandingOff { .. } | msg::Status::Running { .. }) =>
+                {
                     status_seq = seq;
-                    if let msg::Status::Running { .. } = st {
+                }
+                Poll::Message(seq, (_, st)) => {
+                    status_seq = seq;
+                    if let msg::Status::Running { pid } = st {
+                        if self.child.is_none() {
+                            self.adopted_pid = u32::try_from(pid).ok().filter(|p| *p > 1);
+                        }
                         self.report = Some(msg::decode_report(&|r| self.window().load(r)));
                     }
                     inputs.push(PrimaryInput::Status(st));
@@ -585,7 +790,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                 }
                 Poll::Nothing if busy || !inputs.is_empty() => {}
                 Poll::Nothing => {
-                    if let Some(why) = self.agent_exit() {
+                    if let Some(why) = self.agent_exit(p.phase()) {
                         inputs.push(PrimaryInput::PeerGone(why));
                         continue;
                     }
@@ -614,7 +819,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                 "written checksum never matched the retrieved checksum in {attempts} attempt(s); aborted (raise `attempts` or check the link)"
             );
         }
-        if let Some(why) = self.agent_exit() {
+        if let Some(why) = self.agent_exit(Phase::Failed) {
             s.push_str(&format!("; {why}"));
         }
         if let Some(tail) = self.log.as_deref().and_then(log_tail) {
@@ -631,7 +836,10 @@ impl<'a, 'c> Stage<'a, 'c> {
             Ok(_) => ("released", None),
             Err(e) => ("failed", Some(e.clone())),
         };
-        if result.is_err() {
+        if result.is_err() && (self.deposed || (self.ctx.authority.check)().is_err()) {
+            // Deposed: the secondary and its agent are the new monarch's now; leave them be.
+            self.child = None;
+        } else if result.is_err() {
             // A failed secondary is stopped, and never left holding a half-done handshake.
             if let Some(mut c) = self.child.take() {
                 let _ = c.kill();
@@ -661,9 +869,16 @@ impl<'a, 'c> Stage<'a, 'c> {
             required: sec.required,
             repairs: self.repairs,
             bytes_resent: self.bytes_resent,
+            resumed: self.resumed.clone(),
+            fenced: 0,
         };
         announce_done(self.ctx.emit, &summary);
-        Staged { summary, child: self.child.take(), window: self.window.take() }
+        Staged {
+            summary,
+            child: self.child.take(),
+            window: self.window.take(),
+            adopted_pid: self.adopted_pid,
+        }
     }
 }
 

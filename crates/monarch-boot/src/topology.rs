@@ -148,6 +148,8 @@ enum SizeDef {
 struct FileDef {
     chassis: ChassisDef,
     #[serde(default)]
+    election: ElectionDef,
+    #[serde(default)]
     defaults: SettingsDef,
     #[serde(default, rename = "switch")]
     switches: Vec<SwitchDef>,
@@ -161,6 +163,16 @@ struct ChassisDef {
     name: String,
     run_dir: Option<String>,
     vm_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ElectionDef {
+    /// The operator's choice of monarch (the seed's Boot Console Handler).
+    monarch: Option<Spanned<String>>,
+    heartbeat: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rendezvous: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +239,9 @@ struct ProcessorDef {
     role: Role,
     boot_id: Option<u32>,
     slot: Option<u32>,
+    /// A management processor's self-test result: "pass" (default) or "fail" (deconfigured,
+    /// never monarch; seed 003's PDC_CONFIG), for exercising the rule.
+    self_test: Option<Spanned<String>>,
     switch: Option<Spanned<String>>,
     priority: Option<i32>,
     image: Option<Spanned<String>>,
@@ -438,6 +453,35 @@ pub struct Manager {
     pub slot: Option<u32>,
     /// BOOT_ID.
     pub boot_id: Option<u32>,
+    /// It fails its self-test (`self_test = "fail"`): deconfigured, never monarch.
+    pub fails_self_test: bool,
+}
+
+impl Manager {
+    /// As arbitration sees it (seed 003: BOOT_ID defaults to 2, the factory setting; a
+    /// missing slot counts as its position in the file).
+    pub fn candidate(&self, index: usize) -> monarch_proto::election::Candidate {
+        use monarch_proto::election::{Candidate, Health};
+        Candidate {
+            index,
+            slot: self.slot.unwrap_or(u32::try_from(index).unwrap_or(u32::MAX)),
+            boot_id: self.boot_id.unwrap_or(defaults::BOOT_ID),
+            health: if self.fails_self_test { Health::FailedSelfTest } else { Health::Healthy },
+        }
+    }
+}
+
+/// How the management processors elect the monarch and watch it (the `[election]` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Election {
+    /// Index (in `managers`) of the monarch the operator pinned.
+    pub pinned: Option<usize>,
+    /// How often the monarch beats on the backplane.
+    pub heartbeat: Duration,
+    /// Beats missed for this long: the serfs depose the monarch.
+    pub timeout: Duration,
+    /// How long candidates wait for each other before the first arbitration.
+    pub rendezvous: Duration,
 }
 
 /// A validated topology.
@@ -451,6 +495,8 @@ pub struct Topology {
     pub run_dir_is_temporary: bool,
     /// Management processors (monarch candidates), in file order.
     pub managers: Vec<Manager>,
+    /// Election settings (used when there are two or more managers).
+    pub election: Election,
     /// Switches, in file order.
     pub switches: Vec<String>,
     /// Secondaries, in file order.
@@ -529,9 +575,28 @@ pub mod defaults {
     pub const VM_SLOWDOWN: u32 = 6;
     /// Builtin image size: the seed's 30 MB image.
     pub const IMAGE_SIZE: u64 = 30 << 20;
+    /// BOOT_ID of a management processor that sets none (the seed's factory default).
+    pub const BOOT_ID: u32 = 2;
+    /// The monarch's heartbeat period on the backplane.
+    pub const HEARTBEAT: Duration = Duration::from_millis(50);
+    /// Heartbeat silence after which serfs depose the monarch.
+    pub const FAILOVER: Duration = Duration::from_millis(500);
+    /// Candidates' wait for each other before the first arbitration.
+    pub const ELECTION_RENDEZVOUS: Duration = Duration::from_secs(5);
 }
 
 impl Topology {
+    /// Move the run folder to `dir` (windows that live in it move with it): every candidate
+    /// process of one chassis parses the topology itself, and must find the same windows.
+    pub fn relocate(&mut self, dir: &Path) {
+        for s in &mut self.secondaries {
+            if let Ok(rest) = s.window.path.strip_prefix(&self.run_dir) {
+                s.window.path = dir.join(rest);
+            }
+        }
+        self.run_dir = dir.to_path_buf();
+    }
+
     /// The built-in default chassis.
     pub fn builtin() -> Result<Topology, TopologyError> {
         Topology::parse(DEFAULT_TOPOLOGY, Path::new("<built-in default chassis>"), Path::new("."))
@@ -620,7 +685,22 @@ impl Topology {
                     "duplicate processor id; every [[processor]] needs its own id",
                 );
             }
+            if p.role != Role::Monarch && p.self_test.is_some() {
+                cx.push(p.self_test.as_ref().map(Spanned::span), format!("{who}.self_test"), "only a management processor (role = \"monarch\") runs the election self-test; remove the field");
+            }
             if p.role == Role::Monarch {
+                let fails_self_test = match p.self_test.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
+                    None | Some(("pass", _)) => false,
+                    Some(("fail", _)) => true,
+                    Some((other, span)) => {
+                        cx.push(
+                            Some(span),
+                            format!("{who}.self_test"),
+                            format!("unknown self_test \"{other}\"; use \"pass\" or \"fail\""),
+                        );
+                        false
+                    }
+                };
                 for (set, name) in [
                     (p.switch.is_some(), "switch"),
                     (p.image.is_some(), "image"),
@@ -634,7 +714,7 @@ impl Topology {
                         cx.push(Some(p.id.span()), format!("{who}.{name}"), format!("a monarch has no {name}; remove the field or make the processor role = \"secondary\""));
                     }
                 }
-                managers.push(Manager { id, slot: p.slot, boot_id: p.boot_id });
+                managers.push(Manager { id, slot: p.slot, boot_id: p.boot_id, fails_self_test });
                 continue;
             }
             // --- a secondary ---
@@ -1003,6 +1083,7 @@ impl Topology {
                 );
             }
         }
+        let election = election_spec(&mut cx, &file.election, &managers, &secondaries);
         let mut slots: HashMap<u32, &str> = HashMap::new();
         for (id, slot) in
             managers.iter().map(|m| (&m.id, m.slot)).chain(secondaries.iter().map(|s| (&s.id, s.slot)))
@@ -1020,6 +1101,7 @@ impl Topology {
                 run_dir,
                 run_dir_is_temporary,
                 managers,
+                election,
                 switches,
                 secondaries,
             })
@@ -1027,6 +1109,68 @@ impl Topology {
             Err(invalid(cx.problems))
         }
     }
+}
+
+/// The `[election]` table, and what failover needs of the secondaries: a new monarch must
+/// be able to open every window by its path and tell whether its agent is alive (the agent
+/// holds the window's lock), which rules out memfd windows (handed down by one monarch
+/// process), VMs (their agent is in another kernel) and network boots (no window).
+fn election_spec(
+    cx: &mut Ctx<'_>,
+    e: &ElectionDef,
+    managers: &[Manager],
+    secondaries: &[Secondary],
+) -> Election {
+    let heartbeat = cx.duration(&e.heartbeat, "election.heartbeat", defaults::HEARTBEAT);
+    let timeout = cx.duration(&e.timeout, "election.timeout", defaults::FAILOVER);
+    let rendezvous = cx.duration(&e.rendezvous, "election.rendezvous", defaults::ELECTION_RENDEZVOUS);
+    if timeout < heartbeat * 3 {
+        cx.push(e.timeout.as_ref().map(Spanned::span), "election.timeout", format!("the failover timeout ({}) must be at least 3 heartbeats ({}), or a busy monarch is deposed by mistake", humantime::format_duration(timeout), humantime::format_duration(heartbeat * 3)));
+    }
+    let pinned = e.monarch.as_ref().and_then(|m| {
+        let i = managers.iter().position(|x| &x.id == m.get_ref());
+        if i.is_none() {
+            let known: Vec<&str> = managers.iter().map(|m| m.id.as_str()).collect();
+            cx.push(
+                Some(m.span()),
+                "election.monarch",
+                format!(
+                    "\"{}\" is not a management processor; use one of: {}",
+                    m.get_ref(),
+                    known.join(", ")
+                ),
+            );
+        }
+        i
+    });
+    if managers.len() > monarch_proto::election::MAX_CANDIDATES {
+        cx.push(
+            None,
+            "processor",
+            format!(
+                "{} management processors; a window has command blocks for at most {}",
+                managers.len(),
+                monarch_proto::election::MAX_CANDIDATES
+            ),
+        );
+    }
+    if managers.len() > 1 {
+        for s in secondaries {
+            let why = if s.netboot.is_some() {
+                Some("is booted over the network")
+            } else if s.launch == Launch::Qemu {
+                Some("is a VM (its agent's liveness cannot be probed from here)")
+            } else if s.window.memfd {
+                Some("has a memfd window (only the monarch that made it can hand it over)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                cx.push(None, format!("processor \"{}\"", s.id), format!("it {why}, so a new monarch could not take it over; with two or more management processors every secondary needs a window file (launch = \"process\" or \"external\"), or keep one management processor"));
+            }
+        }
+    }
+    Election { pinned, heartbeat, timeout, rendezvous }
 }
 
 /// What [`netboot_spec`] needs to know about the secondary besides its definition.
@@ -1170,7 +1314,10 @@ mod tests {
     #[test]
     fn the_builtin_chassis_is_the_seeds() {
         let t = Topology::builtin().unwrap();
-        assert_eq!(t.managers.len(), 1);
+        assert_eq!(t.managers.len(), 2, "two management modules (seed 003)");
+        let table: Vec<_> = t.managers.iter().enumerate().map(|(i, m)| m.candidate(i)).collect();
+        let v = monarch_proto::election::arbitrate(&table, t.election.pinned).unwrap();
+        assert_eq!(t.managers[v.winner].id, "mgmt", "equal BOOT_IDs: the lowest slot wins");
         assert_eq!(t.secondaries.len(), 5);
         let direct = t.secondaries.iter().filter(|s| s.path == PortPath::Direct).count();
         assert_eq!(direct, 3, "route card + two line cards on direct ports");
@@ -1267,6 +1414,37 @@ mod tests {
             "{HEAD}slot = 1\n[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nslot = 1\n"
         ));
         assert!(e.contains("slot 1 is already taken by \"mm\""), "{e}");
+    }
+
+    #[test]
+    fn election_settings_are_checked() {
+        const TWO: &str = "[chassis]\nname = \"t\"\n[[processor]]\nid = \"m0\"\nrole = \"monarch\"\nslot = 0\n[[processor]]\nid = \"m1\"\nrole = \"monarch\"\nslot = 1\nboot_id = 5\nself_test = \"fail\"\n";
+        let sec = "[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\n";
+        let t = parse(&format!(
+            "{TWO}{sec}[election]\nmonarch = \"m1\"\nheartbeat = \"20ms\"\ntimeout = \"100ms\"\n"
+        ))
+        .unwrap();
+        assert_eq!(t.election.pinned, Some(1));
+        assert_eq!(t.election.heartbeat, Duration::from_millis(20));
+        assert!(t.managers[1].fails_self_test);
+        let table: Vec<_> = t.managers.iter().enumerate().map(|(i, m)| m.candidate(i)).collect();
+        let v = monarch_proto::election::arbitrate(&table, t.election.pinned).unwrap();
+        assert_eq!(v.winner, 0, "the pinned candidate failed its self-test");
+
+        let e = errors(&format!(
+            "{TWO}{sec}[election]\nmonarch = \"nope\"\ntimeout = \"60ms\"\nheartbeat = \"50ms\"\n"
+        ));
+        assert!(
+            e.contains("election.monarch: \"nope\" is not a management processor; use one of: m0, m1"),
+            "{e}"
+        );
+        assert!(e.contains("must be at least 3 heartbeats"), "{e}");
+        let e = errors(&format!("{TWO}{sec}self_test = \"fail\"\n"));
+        assert!(e.contains("only a management processor"), "{e}");
+        let e = errors(&format!("{TWO}{sec}window = {{ memfd = true }}\n"));
+        assert!(e.contains("a new monarch could not take it over"), "{e}");
+        let e = errors(&format!("{HEAD}self_test = \"maybe\"\n{sec}"));
+        assert!(e.contains("unknown self_test \"maybe\""), "{e}");
     }
 
     #[test]

@@ -44,6 +44,16 @@ pub fn ensure_packages(wanted: &[(&str, &str)], progress: &mut dyn FnMut(&str)) 
     }
 }
 
+/// Whether process `pid` exists and is not a zombie (it may not be our child: a monarch
+/// that took over watches processes another monarch started).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may contain spaces.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
 /// Run `cmd` (stdin closed) to completion; its stdout, or an error naming `what`, the exit
 /// status and what it printed on stderr.
 pub fn run(cmd: &mut Command, what: &str) -> Result<String, String> {

@@ -239,6 +239,40 @@ impl Window {
         }
     }
 
+    /// Compare-and-swap a register (AcqRel): `Ok(previous)` when it held `current` and now
+    /// holds `new`, `Err(actual)` otherwise. The backplane's claim and deconfigure steps.
+    pub fn compare_exchange(&self, r: Reg, current: u64, new: u64) -> Result<u64, u64> {
+        match r.width {
+            Width::W32 => {
+                let (Ok(c), Ok(n)) = (u32::try_from(current), u32::try_from(new)) else {
+                    return Err(self.load(r));
+                };
+                self.word32(r)
+                    .compare_exchange(c, n, Ordering::AcqRel, Ordering::Acquire)
+                    .map(u64::from)
+                    .map_err(u64::from)
+            }
+            Width::W64 => self.word64(r).compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire),
+        }
+    }
+
+    /// Take the window's exclusive lock without waiting (`flock`): true if taken. An agent
+    /// holds it for its whole life, so there is never more than one agent on a window, and
+    /// a new monarch can tell whether a secondary's agent is still alive (the lock goes
+    /// with the last descriptor, when the agent exits or execs its image).
+    pub fn try_lock(&self) -> std::io::Result<bool> {
+        match rustix::fs::flock(&self._file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Release the lock taken with [`Window::try_lock`].
+    pub fn unlock(&self) {
+        let _ = rustix::fs::flock(&self._file, rustix::fs::FlockOperation::Unlock);
+    }
+
     /// Apply register writes in order (each a Release store).
     pub fn apply(&self, writes: &[msg::Write]) {
         for (r, v) in writes {
@@ -447,10 +481,10 @@ mod tests {
     fn registers_are_little_endian_at_their_offsets_in_the_file() {
         let (dir, w) = tmp_window(4096);
         w.store(layout::HDR_MAGIC, layout::MAGIC);
-        w.store(layout::CMD_ATTEMPT, 0x0102_0304);
+        w.store(layout::cmd(0).attempt, 0x0102_0304);
         let bytes = std::fs::read(dir.path().join("w.win")).unwrap();
         assert_eq!(&bytes[0..8], b"MNRCHWIN");
-        assert_eq!(&bytes[0x88..0x8C], &[4, 3, 2, 1]);
+        assert_eq!(&bytes[0x408..0x40C], &[4, 3, 2, 1]);
     }
 
     #[test]
@@ -458,14 +492,15 @@ mod tests {
         let (dir, a) = tmp_window(4096);
         let b = Window::open(&dir.path().join("w.win")).unwrap();
         assert_eq!(b.data_size(), 4096);
-        a.post(&encode_command(1, &Command::Staged { attempt: 1 }), layout::DB_TO_SECONDARY);
+        a.post(&encode_command(0, 1, 1, &Command::Staged { attempt: 1 }), layout::DB_TO_SECONDARY);
         assert_eq!(b.bell_value(layout::DB_TO_SECONDARY), 1);
+        let dec = |r: &dyn Fn(layout::Reg) -> u64| msg::decode_command(0, r);
         assert_eq!(
-            b.read_message(layout::CMD_SEQ, 0, msg::decode_command),
-            Poll::Message(1, Command::Staged { attempt: 1 })
+            b.read_message(layout::cmd(0).seq, 0, dec),
+            Poll::Message(1, msg::Stamped { epoch: 1, cmd: Ok(Command::Staged { attempt: 1 }) })
         );
-        assert_eq!(b.read_message(layout::CMD_SEQ, 1, msg::decode_command), Poll::Nothing);
-        b.post(&encode_status(1, &Status::Ready { pid: 5 }), layout::DB_TO_PRIMARY);
+        assert_eq!(b.read_message(layout::cmd(0).seq, 1, dec), Poll::Nothing);
+        b.post(&encode_status(1, 1, &Status::Ready { pid: 5 }), layout::DB_TO_PRIMARY);
         assert_eq!(
             a.read_message(layout::ST_SEQ, 0, msg::decode_status),
             Poll::Message(1, Status::Ready { pid: 5 })
@@ -540,5 +575,22 @@ mod tests {
         std::fs::write(&p, [0u8; 100]).unwrap();
         let e = Window::open(&p).unwrap_err();
         assert!(e.to_string().contains("smaller than the 4096-byte register page"), "{e}");
+    }
+
+    #[test]
+    fn compare_exchange_and_the_agent_lock() {
+        let (dir, a) = tmp_window(4096);
+        let b = Window::open(&dir.path().join("w.win")).unwrap();
+        let r = layout::ST_FENCED;
+        assert_eq!(a.compare_exchange(r, 0, 7), Ok(0));
+        assert_eq!(b.compare_exchange(r, 0, 9), Err(7), "only one of two claims wins");
+        assert_eq!(b.load(r), 7);
+        // One lock per window, across mappings (flock is per open file).
+        assert!(a.try_lock().unwrap());
+        assert!(!b.try_lock().unwrap());
+        a.unlock();
+        assert!(b.try_lock().unwrap());
+        drop(b);
+        assert!(a.try_lock().unwrap(), "the lock goes with its holder");
     }
 }

@@ -1,4 +1,4 @@
-//! The window register page: offsets, widths and constants (protocol version 1).
+//! The window register page: offsets, widths and constants (protocol version 2).
 //!
 //! A window is a register page of [`REGS_SIZE`] bytes followed by the data area. All
 //! registers are little-endian, naturally aligned 32- or 64-bit words. The primary (monarch)
@@ -9,7 +9,7 @@
 /// `b"MNRCHWIN"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MNRCHWIN");
 /// Protocol version this crate speaks.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Size of the register page; the data area starts at this offset in the window.
 pub const REGS_SIZE: usize = 4096;
 
@@ -33,10 +33,10 @@ pub struct Reg {
     pub name: &'static str,
 }
 
-const fn r32(offset: usize, name: &'static str) -> Reg {
+pub(crate) const fn r32(offset: usize, name: &'static str) -> Reg {
     Reg { offset, width: Width::W32, name }
 }
-const fn r64(offset: usize, name: &'static str) -> Reg {
+pub(crate) const fn r64(offset: usize, name: &'static str) -> Reg {
     Reg { offset, width: Width::W64, name }
 }
 
@@ -66,22 +66,80 @@ pub const CFG_CHUNK_SIZE: Reg = r64(0x060, "cfg.chunk_size");
 /// Push (streaming): bytes of ring at `cfg.load_offset`, a whole number of chunks.
 pub const CFG_RING_SIZE: Reg = r64(0x068, "cfg.ring_size");
 
-// --- Command block: the primary's message register ---------------------------------------
-/// Publication word: incremented (never 0 once posted) after the rest of the block is written.
-pub const CMD_SEQ: Reg = r32(0x080, "cmd.seq");
-/// Command code, see [`crate::msg::command_code`].
-pub const CMD_CODE: Reg = r32(0x084, "cmd.code");
-/// Attempt number the command refers to (1-based).
-pub const CMD_ATTEMPT: Reg = r32(0x088, "cmd.attempt");
-/// Reason code for ABORT.
-pub const CMD_REASON: Reg = r32(0x08C, "cmd.reason");
-/// Accepted checksum (OK only): 4 little-endian u64 words, 32 bytes.
-pub const CMD_DIGEST: [Reg; 4] = [
-    r64(0x090, "cmd.digest[0]"),
-    r64(0x098, "cmd.digest[1]"),
-    r64(0x0A0, "cmd.digest[2]"),
-    r64(0x0A8, "cmd.digest[3]"),
-];
+// --- Command blocks: one per monarch candidate ------------------------------------------
+// Version 2 gives every candidate its own command block so that each register still has one
+// writer when a new monarch takes over while the old one is only paused (seed 003): a
+// seqlock with two writers can tear. Every command carries the writer's epoch; a secondary
+// follows the block of the highest epoch it has seen and ignores (fences) the others.
+
+/// Number of command blocks, i.e. of monarch candidates a window can serve.
+pub const CMD_BLOCKS: usize = 8;
+/// Offset of command block 0.
+pub const CMD_BLOCK_BASE: usize = 0x400;
+/// Bytes between command blocks.
+pub const CMD_BLOCK_STRIDE: usize = 0x80;
+
+/// The registers of one command block (candidate `k` writes block `k`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CmdBlock {
+    /// Publication word: incremented (never 0 once posted) after the rest of the block is written.
+    pub seq: Reg,
+    /// Command code, see [`crate::msg::command_code`].
+    pub code: Reg,
+    /// Attempt number the command refers to (1-based).
+    pub attempt: Reg,
+    /// Reason code for ABORT.
+    pub reason: Reg,
+    /// The writer's monarch epoch (generation); part of every command.
+    pub epoch: Reg,
+    /// Accepted checksum (OK only): 4 little-endian u64 words, 32 bytes.
+    pub digest: [Reg; 4],
+    /// Push: chunk positions this writer published into the ring.
+    pub produced: Reg,
+    /// Push: repairs this writer did (incremented after re-writing a refused chunk).
+    pub repaired: Reg,
+}
+
+/// Command block `k` (`k < CMD_BLOCKS`; larger values wrap, so a bad index from a peer can
+/// never address outside the page).
+pub const fn cmd(k: usize) -> CmdBlock {
+    let b = CMD_BLOCK_BASE + (k % CMD_BLOCKS) * CMD_BLOCK_STRIDE;
+    CmdBlock {
+        seq: r32(b, "cmd.seq"),
+        code: r32(b + 0x04, "cmd.code"),
+        attempt: r32(b + 0x08, "cmd.attempt"),
+        reason: r32(b + 0x0C, "cmd.reason"),
+        epoch: r32(b + 0x10, "cmd.epoch"),
+        digest: [
+            r64(b + 0x18, "cmd.digest[0]"),
+            r64(b + 0x20, "cmd.digest[1]"),
+            r64(b + 0x28, "cmd.digest[2]"),
+            r64(b + 0x30, "cmd.digest[3]"),
+        ],
+        produced: r64(b + 0x40, "stream.produced"),
+        repaired: r64(b + 0x48, "stream.repaired"),
+    }
+}
+
+impl CmdBlock {
+    /// Every register of the block.
+    pub const fn regs(&self) -> [Reg; 11] {
+        let d = self.digest;
+        [
+            self.seq,
+            self.code,
+            self.attempt,
+            self.reason,
+            self.epoch,
+            d[0],
+            d[1],
+            d[2],
+            d[3],
+            self.produced,
+            self.repaired,
+        ]
+    }
+}
 
 // --- Status block: the secondary's message register --------------------------------------
 /// Publication word, as [`CMD_SEQ`].
@@ -103,6 +161,11 @@ pub const ST_DIGEST: [Reg; 4] = [
 ];
 /// Progress: bytes of the current attempt verified so far (advisory, not sequenced).
 pub const ST_PROGRESS: Reg = r64(0x138, "status.progress");
+/// The epoch of the monarch this status answers (part of every status).
+pub const ST_EPOCH: Reg = r32(0x140, "status.epoch");
+/// Commands ignored because they came from an older epoch or a deposed monarch's block
+/// (advisory counter, not sequenced).
+pub const ST_FENCED: Reg = r64(0x148, "status.fenced");
 
 // --- Report block: free text from the running image (secondary) -------------------------
 /// Length in bytes of the report text (at most [`REPORT_MAX`]).
@@ -112,11 +175,8 @@ pub const REPORT_TEXT: usize = 0x188;
 /// Maximum report length in bytes.
 pub const REPORT_MAX: usize = 256;
 
-// --- Stream block (push mode): the ring's producer and consumer counters -----------------
-/// Primary: chunks published into the ring, counted over the whole handshake.
-pub const STREAM_PRODUCED: Reg = r64(0x2C0, "stream.produced");
-/// Primary: repairs done (incremented after re-writing a chunk the secondary refused).
-pub const STREAM_REPAIRED: Reg = r64(0x2C8, "stream.repaired");
+// --- Stream block (push mode): the ring's consumer counters (the producer's are in each
+// command block) ---------------------------------------------------------------------------
 /// Secondary: chunks verified and released (their ring slots are free again), counted over
 /// the whole handshake.
 pub const STREAM_CONSUMED: Reg = r64(0x380, "stream.consumed");
@@ -144,14 +204,6 @@ pub const ALL: &[Reg] = &[
     CFG_EPOCH,
     CFG_CHUNK_SIZE,
     CFG_RING_SIZE,
-    CMD_SEQ,
-    CMD_CODE,
-    CMD_ATTEMPT,
-    CMD_REASON,
-    CMD_DIGEST[0],
-    CMD_DIGEST[1],
-    CMD_DIGEST[2],
-    CMD_DIGEST[3],
     ST_SEQ,
     ST_CODE,
     ST_ATTEMPT,
@@ -162,9 +214,9 @@ pub const ALL: &[Reg] = &[
     ST_DIGEST[2],
     ST_DIGEST[3],
     ST_PROGRESS,
+    ST_EPOCH,
+    ST_FENCED,
     REPORT_LEN,
-    STREAM_PRODUCED,
-    STREAM_REPAIRED,
     STREAM_CONSUMED,
     STREAM_NAK,
     STREAM_NAK_SEQ,
@@ -184,7 +236,8 @@ mod tests {
     #[test]
     fn registers_are_aligned_inside_the_page_and_disjoint() {
         let mut used = [false; REGS_SIZE];
-        for r in ALL {
+        let blocks: Vec<Reg> = (0..CMD_BLOCKS).flat_map(|k| cmd(k).regs()).collect();
+        for r in ALL.iter().chain(&blocks) {
             let w = match r.width {
                 Width::W32 => 4,
                 Width::W64 => 8,
@@ -196,7 +249,9 @@ mod tests {
                 *b = true;
             }
         }
-        const { assert!(REPORT_TEXT + REPORT_MAX <= STREAM_PRODUCED.offset) };
+        const { assert!(REPORT_TEXT + REPORT_MAX <= DB_TO_SECONDARY.offset) };
+        const { assert!(CMD_BLOCK_BASE + CMD_BLOCKS * CMD_BLOCK_STRIDE <= REGS_SIZE) };
+        assert_eq!(cmd(CMD_BLOCKS), cmd(0), "a block index from a peer wraps inside the page");
         assert_eq!(REPORT_TEXT % 8, 0);
     }
 

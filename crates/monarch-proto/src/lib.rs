@@ -13,6 +13,7 @@
 
 pub mod checksum;
 pub mod dhcp;
+pub mod election;
 pub mod layout;
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)] // the model stores 32-bit registers in u64 slots

@@ -39,15 +39,19 @@ const CFG: WindowConfig = WindowConfig {
 
 /// The registers of a page, compactly (the model clones and hashes millions of these).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
-struct Page([u64; layout::ALL.len()]);
+/// The model has one monarch: the fixed registers plus its command block, block 0.
+struct Page([u64; layout::ALL.len() + BLOCK0.len()]);
+
+const BLOCK0: [Reg; 11] = layout::cmd(0).regs();
 
 impl Page {
     fn new() -> Page {
-        Page([0; layout::ALL.len()])
+        Page([0; layout::ALL.len() + BLOCK0.len()])
     }
     fn index(r: Reg) -> usize {
         layout::ALL
             .iter()
+            .chain(BLOCK0.iter())
             .position(|x| *x == r)
             .unwrap_or_else(|| panic!("{} is not a model register", r.name))
     }
@@ -182,11 +186,11 @@ pub(crate) struct Config {
 fn payload_regs(cmd_block: bool) -> Vec<Reg> {
     // The registers a reader of the block reads, publication word excluded.
     let sample = if cmd_block {
-        msg::encode_command(1, &Command::Release)
+        msg::encode_command(0, 1, 1, &Command::Release)
     } else {
-        msg::encode_status(1, &Status::Ready { pid: 0 })
+        msg::encode_status(1, 1, &Status::Ready { pid: 0 })
     };
-    sample.into_iter().map(|(r, _)| r).filter(|r| *r != layout::CMD_SEQ && *r != layout::ST_SEQ).collect()
+    sample.into_iter().map(|(r, _)| r).filter(|r| *r != layout::cmd(0).seq && *r != layout::ST_SEQ).collect()
 }
 
 impl World {
@@ -208,7 +212,7 @@ impl World {
         // Record what a reader must see for this seq: the payload as posted.
         let mut expect = Page::new();
         expect.apply(&writes);
-        let seq_reg = if primary { layout::CMD_SEQ } else { layout::ST_SEQ };
+        let seq_reg = if primary { layout::cmd(0).seq } else { layout::ST_SEQ };
         expect.write(seq_reg, u64::from(side.next_seq));
         self.posted.push((primary, side.next_seq, expect));
         side.next_seq += 1;
@@ -221,7 +225,7 @@ impl World {
             match a {
                 PrimaryAction::Post(c) => {
                     let seq = self.ps.next_seq;
-                    self.post(true, cfg, msg::encode_command(seq, &c));
+                    self.post(true, cfg, msg::encode_command(0, seq, 1, &c));
                 }
                 PrimaryAction::Copy { attempt } => {
                     self.ps.ops.push_back(Op::CopyBegin(attempt));
@@ -238,7 +242,7 @@ impl World {
             match a {
                 SecondaryAction::Post(st) => {
                     let seq = self.ss.next_seq;
-                    self.post(false, cfg, msg::encode_status(seq, &st));
+                    self.post(false, cfg, msg::encode_status(seq, 1, &st));
                 }
                 SecondaryAction::Verify { attempt, .. } => self.ss.ops.push_back(Op::Verify(attempt)),
                 SecondaryAction::Handoff { .. } => {
@@ -290,7 +294,7 @@ impl World {
         let side = if primary { &mut w.ps } else { &mut w.ss };
         if let Some(Op::Verify(attempt)) = side.ops.front().cloned()
             && cfg.stream
-            && w.page.read(layout::STREAM_PRODUCED) < u64::from(attempt)
+            && w.page.read(layout::cmd(0).produced) < u64::from(attempt)
         {
             // Streaming: the secondary reads only what the primary has produced for this
             // attempt. Until then it can only time out, which yields a checksum that cannot
@@ -312,7 +316,7 @@ impl World {
                 Op::CopyEnd(attempt) => {
                     if cfg.stream {
                         // The ring's producer counter, reduced to "attempt n fully produced".
-                        w.page.write(layout::STREAM_PRODUCED, u64::from(attempt));
+                        w.page.write(layout::cmd(0).produced, u64::from(attempt));
                     }
                     let mut outs = Vec::new();
                     if w.corruptions_left > 0 {
@@ -343,7 +347,7 @@ impl World {
                     if cfg.expect_running {
                         // The delivered image runs and reports through the window.
                         let seq = w.ss.next_seq;
-                        w.post(false, cfg, msg::encode_status(seq, &Status::Running { pid: 1 }));
+                        w.post(false, cfg, msg::encode_status(seq, 1, &Status::Running { pid: 1 }));
                     }
                 }
                 Op::Done(r) => w.outcome = Some(r),
@@ -354,7 +358,7 @@ impl World {
         let (seq_reg, bell_reg) = if primary {
             (layout::ST_SEQ, layout::DB_TO_PRIMARY)
         } else {
-            (layout::CMD_SEQ, layout::DB_TO_SECONDARY)
+            (layout::cmd(0).seq, layout::DB_TO_SECONDARY)
         };
         let regs = payload_regs(!primary);
         match side.read.clone() {
@@ -389,10 +393,10 @@ impl World {
                     let a = w.p.handle(now, input);
                     w.primary_actions(cfg, a);
                 } else {
-                    let input = match msg::decode_command(&read) {
-                        Ok(Command::Release) => SecondaryInput::Release(Ok(CFG)),
-                        Ok(c) => SecondaryInput::Command(c),
-                        Err(e) => SecondaryInput::Garbage(e),
+                    let input = match msg::decode_command(0, &read).map(|s| s.cmd) {
+                        Ok(Ok(Command::Release)) => SecondaryInput::Release(Ok(CFG)),
+                        Ok(Ok(c)) => SecondaryInput::Command(c),
+                        Ok(Err(e)) | Err(e) => SecondaryInput::Garbage(e),
                     };
                     let now = w.ss.now;
                     let a = w.s.handle(now, input);

@@ -494,10 +494,12 @@ fn read_digest(read: &dyn Fn(Reg) -> u64, regs: [Reg; 4]) -> Digest {
     Digest::from_words(regs.map(read))
 }
 
-/// The writes that post `cmd` as message number `seq` (seqlock order, see [`SEQ_BUSY`]).
-pub fn encode_command(seq: u32, cmd: &Command) -> Vec<Write> {
+/// The writes that post `cmd` as message number `seq` in command block `block`, stamped
+/// with the writer's `epoch` (seqlock order, see [`SEQ_BUSY`]).
+pub fn encode_command(block: usize, seq: u32, epoch: u32, cmd: &Command) -> Vec<Write> {
     use command_code as c;
-    let mut w: Vec<Write> = Vec::with_capacity(8);
+    let b = layout::cmd(block);
+    let mut w: Vec<Write> = Vec::with_capacity(9);
     let (code, attempt, reason, digest) = match *cmd {
         Command::Release => (c::RELEASE, 0, 0, Digest::default()),
         Command::Staged { attempt } => (c::STAGED, attempt, 0, Digest::default()),
@@ -505,33 +507,49 @@ pub fn encode_command(seq: u32, cmd: &Command) -> Vec<Write> {
         Command::Abort { reason } => (c::ABORT, 0, reason.code(), Digest::default()),
         Command::Shutdown => (c::SHUTDOWN, 0, 0, Digest::default()),
     };
-    w.push((layout::CMD_CODE, u64::from(code)));
-    w.push((layout::CMD_ATTEMPT, u64::from(attempt)));
-    w.push((layout::CMD_REASON, u64::from(reason)));
-    w.extend(digest_writes(layout::CMD_DIGEST, &digest));
-    publish(layout::CMD_SEQ, seq, w)
+    w.push((b.code, u64::from(code)));
+    w.push((b.attempt, u64::from(attempt)));
+    w.push((b.reason, u64::from(reason)));
+    w.push((b.epoch, u64::from(epoch)));
+    w.extend(digest_writes(b.digest, &digest));
+    publish(b.seq, seq, w)
 }
 
-/// Decode the command block (the caller has read `cmd.seq` before and after).
-pub fn decode_command(read: &dyn Fn(Reg) -> u64) -> Result<Command, RegisterError> {
+/// A command with the epoch of the monarch that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Stamped {
+    /// The writer's epoch.
+    pub epoch: u32,
+    /// The command, or why it does not decode (the epoch decodes whatever the code says, so
+    /// garbage from a deposed monarch's block can be fenced like any of its commands).
+    pub cmd: Result<Command, RegisterError>,
+}
+
+/// Decode command block `block` (the caller has read its `seq` before and after).
+pub fn decode_command(block: usize, read: &dyn Fn(Reg) -> u64) -> Result<Stamped, RegisterError> {
     use command_code as c;
-    let code = read32(read, layout::CMD_CODE);
-    let attempt = read32(read, layout::CMD_ATTEMPT);
-    let need_attempt = || {
-        if attempt == 0 { Err(RegisterError::ZeroAttempt(layout::CMD_ATTEMPT.name)) } else { Ok(attempt) }
-    };
-    Ok(match code {
-        c::RELEASE => Command::Release,
-        c::STAGED => Command::Staged { attempt: need_attempt()? },
-        c::OK => Command::Ok { attempt: need_attempt()?, digest: read_digest(read, layout::CMD_DIGEST) },
-        c::ABORT => Command::Abort { reason: AbortReason::from_code(read32(read, layout::CMD_REASON)) },
-        c::SHUTDOWN => Command::Shutdown,
-        other => return Err(RegisterError::UnknownCommand(other)),
-    })
+    let b = layout::cmd(block);
+    let epoch = read32(read, b.epoch);
+    let code = read32(read, b.code);
+    let attempt = read32(read, b.attempt);
+    let need_attempt =
+        || if attempt == 0 { Err(RegisterError::ZeroAttempt(b.attempt.name)) } else { Ok(attempt) };
+    let cmd = (|| {
+        Ok(match code {
+            c::RELEASE => Command::Release,
+            c::STAGED => Command::Staged { attempt: need_attempt()? },
+            c::OK => Command::Ok { attempt: need_attempt()?, digest: read_digest(read, b.digest) },
+            c::ABORT => Command::Abort { reason: AbortReason::from_code(read32(read, b.reason)) },
+            c::SHUTDOWN => Command::Shutdown,
+            other => return Err(RegisterError::UnknownCommand(other)),
+        })
+    })();
+    Ok(Stamped { epoch, cmd })
 }
 
-/// The writes that post `st` as message number `seq` (seqlock order, see [`SEQ_BUSY`]).
-pub fn encode_status(seq: u32, st: &Status) -> Vec<Write> {
+/// The writes that post `st` as message number `seq`, answering the monarch of `epoch`
+/// (seqlock order, see [`SEQ_BUSY`]).
+pub fn encode_status(seq: u32, epoch: u32, st: &Status) -> Vec<Write> {
     use status_code as s;
     let (code, attempt, error, pid, digest) = match *st {
         Status::Ready { pid } => (s::READY, 0, 0, pid, Digest::default()),
@@ -545,6 +563,7 @@ pub fn encode_status(seq: u32, st: &Status) -> Vec<Write> {
         (layout::ST_ATTEMPT, u64::from(attempt)),
         (layout::ST_ERROR, u64::from(error)),
         (layout::ST_PID, pid),
+        (layout::ST_EPOCH, u64::from(epoch)),
     ];
     w.extend(digest_writes(layout::ST_DIGEST, &digest));
     publish(layout::ST_SEQ, seq, w)
@@ -631,18 +650,23 @@ mod tests {
 
     proptest! {
         #[test]
-        fn commands_round_trip(cmd in arb_command(), seq in 1u32..SEQ_BUSY) {
+        fn commands_round_trip(cmd in arb_command(), seq in 1u32..SEQ_BUSY, block in 0..layout::CMD_BLOCKS, epoch in any::<u32>()) {
             let mut p = Page::new();
-            p.apply(&encode_command(seq, &cmd));
-            prop_assert_eq!(p.read(layout::CMD_SEQ), u64::from(seq));
-            prop_assert_eq!(decode_command(&|r| p.read(r)), Ok(cmd));
+            p.apply(&encode_command(block, seq, epoch, &cmd));
+            prop_assert_eq!(p.read(layout::cmd(block).seq), u64::from(seq));
+            prop_assert_eq!(decode_command(block, &|r| p.read(r)), Ok(Stamped { epoch, cmd: Ok(cmd) }));
+            // The other blocks are untouched: one writer per block.
+            for other in (0..layout::CMD_BLOCKS).filter(|k| *k != block) {
+                prop_assert!(layout::cmd(other).regs().iter().all(|r| p.read(*r) == 0));
+            }
         }
 
         #[test]
         fn statuses_round_trip(st in arb_status(), seq in 1u32..SEQ_BUSY) {
             let mut p = Page::new();
-            p.apply(&encode_status(seq, &st));
+            p.apply(&encode_status(seq, 4, &st));
             prop_assert_eq!(decode_status(&|r| p.read(r)), Ok(st));
+            prop_assert_eq!(p.read(layout::ST_EPOCH), 4);
         }
 
         #[test]
@@ -654,7 +678,9 @@ mod tests {
                 prop_assert!(cfg.load_offset + cfg.image_size <= data_size);
                 prop_assert!(cfg.image_size > 0);
             }
-            let _ = decode_command(&read);
+            for k in 0..layout::CMD_BLOCKS {
+                let _ = decode_command(k, &read);
+            }
             let _ = decode_status(&read);
             prop_assert!(decode_report(&read).len() <= 3 * layout::REPORT_MAX);
         }
@@ -670,10 +696,10 @@ mod tests {
 
     #[test]
     fn publication_word_is_marked_busy_first_and_published_last() {
-        let w = encode_command(7, &Command::Staged { attempt: 1 });
-        assert_eq!(w.first(), Some(&(layout::CMD_SEQ, u64::from(7 | SEQ_BUSY))));
-        assert_eq!(w.last(), Some(&(layout::CMD_SEQ, 7)));
-        let w = encode_status(7, &Status::Ready { pid: 1 });
+        let w = encode_command(1, 7, 1, &Command::Staged { attempt: 1 });
+        assert_eq!(w.first(), Some(&(layout::cmd(1).seq, u64::from(7 | SEQ_BUSY))));
+        assert_eq!(w.last(), Some(&(layout::cmd(1).seq, 7)));
+        let w = encode_status(7, 1, &Status::Ready { pid: 1 });
         assert_eq!(w.first(), Some(&(layout::ST_SEQ, u64::from(7 | SEQ_BUSY))));
         assert_eq!(w.last(), Some(&(layout::ST_SEQ, 7)));
         let w = encode_config(

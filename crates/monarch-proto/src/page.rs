@@ -98,7 +98,7 @@ mod golden {
         p.apply(&encode_config(0x0400_0000, &cfg));
         assert_eq!(
             hex(&p.bytes()[0x00..0x18]),
-            "4d 4e 52 43 48 57 49 4e 01 00 00 00 00 10 00 00 00 00 00 04 00 00 00 00"
+            "4d 4e 52 43 48 57 49 4e 02 00 00 00 00 10 00 00 00 00 00 04 00 00 00 00"
         );
         assert_eq!(
             hex(&p.bytes()[0x40..0x5c]),
@@ -112,19 +112,24 @@ mod golden {
         let mut p = Page::new();
         let mut d = [0u8; 32];
         d[..4].copy_from_slice(&[0xe3, 0x06, 0x92, 0x83]);
-        p.apply(&encode_command(5, &Command::Ok { attempt: 2, digest: Digest(d) }));
+        // Candidate 1's block (0x480), epoch 7.
+        p.apply(&encode_command(1, 5, 7, &Command::Ok { attempt: 2, digest: Digest(d) }));
         assert_eq!(
-            hex(&p.bytes()[0x80..0x98]),
-            "05 00 00 00 03 00 00 00 02 00 00 00 00 00 00 00 e3 06 92 83 00 00 00 00"
+            hex(&p.bytes()[0x480..0x4a0]),
+            "05 00 00 00 03 00 00 00 02 00 00 00 00 00 00 00 07 00 00 00 00 00 00 00 e3 06 92 83 00 00 00 00"
         );
-        assert!(p.bytes()[0x98..0xB0].iter().all(|b| *b == 0));
+        assert!(p.bytes()[0x4a0..0x4b8].iter().all(|b| *b == 0));
+        assert!(p.bytes()[..0x480].iter().all(|b| *b == 0), "only block 1 is written");
     }
 
     #[test]
     fn abort_command_block() {
         let mut p = Page::new();
-        p.apply(&encode_command(9, &Command::Abort { reason: AbortReason::ChecksumMismatch }));
-        assert_eq!(hex(&p.bytes()[0x80..0x90]), "09 00 00 00 04 00 00 00 00 00 00 00 01 00 00 00");
+        p.apply(&encode_command(0, 9, 1, &Command::Abort { reason: AbortReason::ChecksumMismatch }));
+        assert_eq!(
+            hex(&p.bytes()[0x400..0x414]),
+            "09 00 00 00 04 00 00 00 00 00 00 00 01 00 00 00 01 00 00 00"
+        );
     }
 
     #[test]
@@ -132,7 +137,8 @@ mod golden {
         let mut p = Page::new();
         let mut d = [0u8; 32];
         d[..8].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
-        p.apply(&encode_status(2, &Status::Verified { attempt: 1, digest: Digest(d) }));
+        p.apply(&encode_status(2, 3, &Status::Verified { attempt: 1, digest: Digest(d) }));
+        assert_eq!(hex(&p.bytes()[0x140..0x144]), "03 00 00 00");
         assert_eq!(
             hex(&p.bytes()[0x100..0x120]),
             "02 00 00 00 02 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 88 77 66 55 44 33 22 11"
@@ -142,12 +148,12 @@ mod golden {
     #[test]
     fn ready_and_failed_status_blocks() {
         let mut p = Page::new();
-        p.apply(&encode_status(1, &Status::Ready { pid: 0x1234 }));
+        p.apply(&encode_status(1, 0, &Status::Ready { pid: 0x1234 }));
         assert_eq!(
             hex(&p.bytes()[0x100..0x118]),
             "01 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 34 12 00 00 00 00 00 00"
         );
-        p.apply(&encode_status(2, &Status::Failed { attempt: 3, error: FailCode::OkMismatch }));
+        p.apply(&encode_status(2, 0, &Status::Failed { attempt: 3, error: FailCode::OkMismatch }));
         assert_eq!(hex(&p.bytes()[0x100..0x110]), "02 00 00 00 03 00 00 00 03 00 00 00 04 00 00 00");
     }
 

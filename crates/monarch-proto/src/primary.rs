@@ -293,6 +293,46 @@ impl Primary {
     }
 }
 
+/// What a new monarch does with a secondary it finds in a window after a takeover
+/// (seed 003: the serf that usurps the monarch resumes the boot, it does not redo it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// The delivered image is running: leave it alone.
+    LeaveRunning,
+    /// Handing off, or verified with the retrieved checksum: not staged again. The machine
+    /// waits for the handoff; the actions (an OK in the new epoch, for a verified attempt)
+    /// are for the driver to carry out.
+    Adopt(Primary, Vec<PrimaryAction>),
+    /// In flight, failed or never started: stage it again from RELEASE (the new epoch
+    /// makes the secondary drop whatever attempt it had).
+    Restart,
+}
+
+/// Decide how to take over one secondary, from the last status found in its window
+/// (`None`: no status posted yet, or none that decodes).
+pub fn resume(spec: PrimarySpec, found: Option<&Status>, now: Duration) -> Resume {
+    let mut p = Primary::new(spec);
+    match found {
+        Some(Status::Running { .. }) => Resume::LeaveRunning,
+        Some(Status::HandingOff { attempt }) => {
+            p.attempt = *attempt;
+            if p.spec.expect_running {
+                p.wait(Phase::Handoff, now, p.spec.timeouts.handoff);
+                Resume::Adopt(p, Vec::new())
+            } else {
+                let a = p.succeed(Phase::Released);
+                Resume::Adopt(p, a)
+            }
+        }
+        Some(Status::Verified { attempt, digest }) if *digest == p.spec.expected => {
+            p.attempt = *attempt;
+            p.wait(Phase::Handoff, now, p.spec.timeouts.handoff);
+            Resume::Adopt(p, vec![PrimaryAction::Post(Command::Ok { attempt: *attempt, digest: *digest })])
+        }
+        _ => Resume::Restart,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,6 +541,45 @@ mod tests {
             }
             prop_assert!(done <= 1);
             prop_assert_eq!(done == 1, p.is_done());
+        }
+    }
+
+    #[test]
+    fn takeover_leaves_running_adopts_verified_and_restarts_the_rest() {
+        assert_eq!(resume(spec(3, true), Some(&Status::Running { pid: 4 }), ms(0)), Resume::LeaveRunning);
+        // Verified with the retrieved checksum: OK in the new epoch, no second copy.
+        let Resume::Adopt(mut p, a) =
+            resume(spec(3, true), Some(&Status::Verified { attempt: 2, digest: d(7) }), ms(0))
+        else {
+            panic!("a verified secondary is adopted")
+        };
+        assert_eq!(a, vec![PrimaryAction::Post(Command::Ok { attempt: 2, digest: d(7) })]);
+        assert_eq!(p.phase(), Phase::Handoff);
+        assert!(p.handle(ms(1), PrimaryInput::Status(Status::HandingOff { attempt: 2 })).is_empty());
+        assert_eq!(
+            p.handle(ms(2), PrimaryInput::Status(Status::Running { pid: 5 })),
+            vec![PrimaryAction::Done(Ok(Phase::Running))]
+        );
+        // Handing off: wait for RUNNING, or done at once for handoff "none".
+        let Resume::Adopt(p, a) = resume(spec(3, true), Some(&Status::HandingOff { attempt: 1 }), ms(0))
+        else {
+            panic!("handing off is adopted")
+        };
+        assert!(a.is_empty());
+        assert_eq!(p.phase(), Phase::Handoff);
+        let Resume::Adopt(_, a) = resume(spec(3, false), Some(&Status::HandingOff { attempt: 1 }), ms(0))
+        else {
+            panic!("handing off is adopted")
+        };
+        assert_eq!(a, vec![PrimaryAction::Done(Ok(Phase::Released))]);
+        // Everything else starts over.
+        for found in [
+            None,
+            Some(Status::Ready { pid: 1 }),
+            Some(Status::Verified { attempt: 1, digest: d(1) }),
+            Some(Status::Failed { attempt: 1, error: FailCode::Timeout }),
+        ] {
+            assert_eq!(resume(spec(3, true), found.as_ref(), ms(0)), Resume::Restart, "{found:?}");
         }
     }
 }

@@ -16,6 +16,9 @@ pub enum SecondaryInput {
     Start,
     /// The primary posted RELEASE; the config block decoded (or not).
     Release(Result<WindowConfig, RegisterError>),
+    /// A new monarch (a higher epoch, see [`Fence`]) posted RELEASE: start the handshake
+    /// over with it, dropping whatever attempt was in flight. Ignored once handing off.
+    Restart(Result<WindowConfig, RegisterError>),
     /// Any other new command from the primary.
     Command(Command),
     /// The command block could not be decoded.
@@ -76,6 +79,77 @@ impl std::fmt::Display for SecondaryFailure {
             SecondaryFailure::Aborted(r) => write!(f, "the monarch aborted this secondary ({r:?})"),
             SecondaryFailure::Protocol(e) => write!(f, "{e}"),
         }
+    }
+}
+
+/// What the secondary does with a command, given the epoch it carries (seed 003's
+/// fencing): see [`Fence::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Admit {
+    /// From the monarch this secondary follows: handle it.
+    Current,
+    /// From a newer monarch: follow it from now on, then handle the command (a RELEASE
+    /// becomes [`SecondaryInput::Restart`]).
+    Takeover,
+    /// From an older epoch, or another block claiming the current epoch: ignore it.
+    Stale,
+}
+
+/// Fencing: which monarch a secondary obeys. Every command carries its writer's epoch and
+/// comes from the writer's own command block. The secondary follows the block of the
+/// highest epoch it has seen; a monarch that was deposed while paused and wakes up writes
+/// into its old block with its old epoch, and is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Fence {
+    followed: Option<(usize, u32)>,
+    fenced: u64,
+    floor: u32,
+}
+
+impl Fence {
+    /// A fence that also refuses anything older than `floor`: the epoch of the monarch that
+    /// configured the window (`cfg.epoch`), so an agent started by a new monarch never obeys
+    /// a deposed one, even if the deposed one speaks first.
+    pub fn with_floor(floor: u32) -> Fence {
+        Fence { floor, ..Fence::default() }
+    }
+
+    /// Decide on a command from command block `block` stamped with `epoch`.
+    pub fn admit(&mut self, block: usize, epoch: u32) -> Admit {
+        if epoch < self.floor {
+            self.fenced += 1;
+            return Admit::Stale;
+        }
+        match self.followed {
+            None => {
+                self.followed = Some((block, epoch));
+                Admit::Current
+            }
+            Some((b, e)) if b == block && e == epoch => Admit::Current,
+            Some((_, e)) if epoch > e => {
+                self.followed = Some((block, epoch));
+                Admit::Takeover
+            }
+            Some(_) => {
+                self.fenced += 1;
+                Admit::Stale
+            }
+        }
+    }
+
+    /// The block and epoch followed, once a monarch has spoken.
+    pub fn followed(&self) -> Option<(usize, u32)> {
+        self.followed
+    }
+
+    /// The epoch followed (0 before any command).
+    pub fn epoch(&self) -> u32 {
+        self.followed.map_or(0, |(_, e)| e)
+    }
+
+    /// Commands ignored so far.
+    pub fn fenced(&self) -> u64 {
+        self.fenced
     }
 }
 
@@ -175,9 +249,16 @@ impl Secondary {
                 self.wait(State::AwaitStaged { config, last_attempt: 0 }, now);
                 vec![SecondaryAction::Post(Status::Ready { pid: self.pid })]
             }
-            (State::AwaitRelease, I::Release(Err(e))) => {
+            (State::AwaitRelease, I::Release(Err(e)) | I::Restart(Err(e))) => {
                 self.fail(0, FailCode::BadConfig, SecondaryFailure::Protocol(e))
             }
+            (_, I::Restart(Ok(config))) => {
+                // Nothing verified so far is handed off: the new monarch stages again (or
+                // adopts a verified attempt with OK instead of restarting; see `Fence`).
+                self.wait(State::AwaitStaged { config, last_attempt: 0 }, now);
+                vec![SecondaryAction::Post(Status::Ready { pid: self.pid })]
+            }
+            (_, I::Restart(Err(e))) => self.fail(attempt, FailCode::BadConfig, SecondaryFailure::Protocol(e)),
             (State::AwaitStaged { config, last_attempt }, I::Command(Command::Staged { attempt: a }))
             | (
                 State::AwaitDecision { config, attempt: last_attempt, .. },
@@ -356,6 +437,67 @@ mod tests {
         assert_eq!(a[0], SecondaryAction::Post(Status::Failed { attempt: 1, error: FailCode::ImageChanged }));
     }
 
+    #[test]
+    fn a_new_monarch_restarts_an_attempt_in_flight_but_not_a_handoff() {
+        let mut s = verified(d(1));
+        let a = s.handle(ms(4), SecondaryInput::Restart(Ok(CFG)));
+        assert_eq!(a, vec![SecondaryAction::Post(Status::Ready { pid: 42 })]);
+        // Attempts count again from 1 for the new monarch.
+        let a = s.handle(ms(5), SecondaryInput::Command(Command::Staged { attempt: 1 }));
+        assert_eq!(a, vec![SecondaryAction::Verify { attempt: 1, config: CFG }]);
+
+        let mut s = verified(d(7));
+        s.handle(ms(4), SecondaryInput::Command(Command::Ok { attempt: 1, digest: d(7) }));
+        assert!(s.is_handing_off());
+        assert!(s.handle(ms(5), SecondaryInput::Restart(Ok(CFG))).is_empty());
+        assert!(s.is_handing_off());
+    }
+
+    #[test]
+    fn fence_follows_the_highest_epoch_and_ignores_the_rest() {
+        let mut f = Fence::default();
+        assert_eq!(f.admit(0, 1), Admit::Current);
+        assert_eq!(f.admit(0, 1), Admit::Current);
+        assert_eq!(f.admit(1, 2), Admit::Takeover);
+        assert_eq!(f.followed(), Some((1, 2)));
+        // The deposed monarch wakes up: its block, its old epoch.
+        assert_eq!(f.admit(0, 1), Admit::Stale);
+        // A block that claims the current epoch without owning it.
+        assert_eq!(f.admit(2, 2), Admit::Stale);
+        assert_eq!(f.admit(1, 2), Admit::Current);
+        assert_eq!(f.fenced(), 2);
+        assert_eq!(f.admit(0, 3), Admit::Takeover);
+        assert_eq!(f.epoch(), 3);
+
+        let mut f = Fence::with_floor(2);
+        assert_eq!(f.admit(0, 1), Admit::Stale, "older than the window's config");
+        assert_eq!(f.followed(), None);
+        assert_eq!(f.admit(1, 2), Admit::Current);
+    }
+
+    proptest! {
+        /// Fencing under any mix of blocks and epochs: once a command of epoch e was admitted,
+        /// no command of an epoch below e is ever admitted again, and at any time every
+        /// admitted command of the current epoch comes from one block.
+        #[test]
+        fn fenced_commands_never_get_through(cmds in proptest::collection::vec((0usize..3, 0u32..5), 0..60)) {
+            let mut f = Fence::default();
+            let mut high = 0u32;
+            let mut owner: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+            for (block, epoch) in cmds {
+                match f.admit(block, epoch) {
+                    Admit::Current | Admit::Takeover => {
+                        prop_assert!(epoch >= high, "epoch {epoch} admitted after {high}");
+                        high = epoch;
+                        let o = *owner.entry(epoch).or_insert(block);
+                        prop_assert_eq!(o, block, "two blocks admitted for epoch {}", epoch);
+                    }
+                    Admit::Stale => prop_assert!(epoch < high || owner.get(&epoch) != Some(&block)),
+                }
+            }
+        }
+    }
+
     fn arb_input() -> impl Strategy<Value = SecondaryInput> {
         let dg = prop_oneof![Just(d(7)), Just(d(1))];
         let dg2 = dg.clone();
@@ -364,6 +506,7 @@ mod tests {
             Just(SecondaryInput::Tick),
             Just(SecondaryInput::Release(Ok(CFG))),
             Just(SecondaryInput::Release(Err(RegisterError::EmptyImage))),
+            Just(SecondaryInput::Restart(Ok(CFG))),
             (1u32..4).prop_map(|attempt| SecondaryInput::Command(Command::Staged { attempt })),
             ((1u32..4), dg)
                 .prop_map(|(attempt, digest)| SecondaryInput::Command(Command::Ok { attempt, digest })),

@@ -6,6 +6,7 @@ mod output;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use monarch_boot::agent::{self, AgentOptions};
+use monarch_boot::chassis;
 use monarch_boot::plan::Plan;
 use monarch_boot::run::{self, UpOptions};
 use monarch_boot::topology::{self, Handoff, Topology};
@@ -67,6 +68,9 @@ delivered bytes themselves (sealed memfd, fexecve); `none` exits 0 for firmware 
 itself. It never hands off into an image whose checksum it did not compute and the monarch did \
 not confirm.")]
     Agent(AgentArgs),
+    /// One management processor of a chassis with several (started by `monarch up`).
+    #[command(hide = true)]
+    Candidate(CandidateArgs),
     /// Topology helpers.
     #[command(subcommand)]
     Topology(TopologyCmd),
@@ -245,6 +249,31 @@ struct UpArgs {
     /// How long running images get to stop at the end of the run.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+    /// Pin the monarch: this management processor wins the election if it passes its
+    /// self-test (overrides the topology's [election] monarch; seed 003's operator choice).
+    #[arg(long, value_name = "ID")]
+    monarch: Option<String>,
+}
+
+#[derive(Args)]
+struct CandidateArgs {
+    #[command(flatten)]
+    topo: TopologyOpt,
+    /// This candidate's index among the topology's management processors.
+    #[arg(long)]
+    index: usize,
+    /// The backplane `monarch up` created.
+    #[arg(long, value_name = "FILE")]
+    backplane: PathBuf,
+    /// The chassis' run folder (windows without a path live there).
+    #[arg(long, value_name = "DIR")]
+    run_dir: PathBuf,
+    /// The chassis' start, in Unix nanoseconds (event times count from it).
+    #[arg(long)]
+    t0_unix_ns: u128,
+    /// As for `monarch up`.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
 }
 
 #[derive(Args)]
@@ -338,6 +367,7 @@ fn main() -> ExitCode {
             Err(e) => bad_input(&e),
         },
         Cmd::Agent(a) => cmd_agent(a),
+        Cmd::Candidate(a) => cmd_candidate(a),
         Cmd::Topology(TopologyCmd::Default) => {
             print!("{}", topology::DEFAULT_TOPOLOGY);
             ExitCode::SUCCESS
@@ -384,10 +414,76 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         Err(code) => return code,
     };
     let opts = UpOptions { agent_exe, shutdown_grace: a.shutdown_grace };
+    let managers = &plan.topology.managers;
+    let pinned = match &a.monarch {
+        None => None,
+        Some(m) => match managers.iter().position(|x| &x.id == m) {
+            Some(i) => Some(i),
+            None => {
+                let known: Vec<&str> = managers.iter().map(|m| m.id.as_str()).collect();
+                return bad_input(&format!(
+                    "--monarch {m}: no management processor has that id; use one of: {}",
+                    known.join(", ")
+                ));
+            }
+        },
+    };
     let mut out = output::Output::new(a.json, &plan);
-    let summary = run::up(&plan, &opts, &mut |ev| out.event(ev));
+    let summary = if managers.len() > 1 {
+        let source = match &a.topo.topology {
+            Some(f) => chassis::TopologySource::File(f.clone()),
+            None => chassis::TopologySource::Builtin,
+        };
+        chassis::up(&plan, &source, &opts, pinned, &mut |ev| out.event(ev))
+    } else {
+        run::up(&plan, &opts, &mut |ev| out.event(ev))
+    };
     out.finish(&summary);
     if summary.ok { ExitCode::SUCCESS } else { ExitCode::from(exit::BOOT_FAILED) }
+}
+
+/// One candidate of a chassis: events as JSON lines on stdout for `monarch up` to relay.
+/// Exit status: 0 the boot finished (as monarch, or by another), 1 it finished with a
+/// failed secondary, 3 it stood down (deposed), 4 deconfigured, 2 bad input or no monarch.
+fn cmd_candidate(a: CandidateArgs) -> ExitCode {
+    let mut topology = match load(&a.topo) {
+        Ok(t) => t,
+        Err(e) => return bad_input(&e),
+    };
+    topology.relocate(&a.run_dir);
+    // The chassis owns the run folder; the candidates only use it.
+    topology.run_dir_is_temporary = false;
+    let agent_exe = match own_exe() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let o = chassis::CandidateOptions {
+        plan: Plan::new(topology),
+        index: a.index,
+        backplane: a.backplane,
+        up: UpOptions { agent_exe, shutdown_grace: a.shutdown_grace },
+        clock: chassis::instant_at(a.t0_unix_ns),
+    };
+    let outcome = chassis::run_candidate(&o, &mut |ev| {
+        if let Ok(line) = serde_json::to_string(ev) {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    });
+    match outcome {
+        chassis::CandidateOutcome::Finished { ok: true } | chassis::CandidateOutcome::Serf => {
+            ExitCode::SUCCESS
+        }
+        chassis::CandidateOutcome::Finished { ok: false } => ExitCode::from(exit::BOOT_FAILED),
+        chassis::CandidateOutcome::StoodDown => ExitCode::from(3),
+        chassis::CandidateOutcome::Deconfigured => ExitCode::from(4),
+        chassis::CandidateOutcome::Failed(e) => {
+            eprintln!("monarch candidate: {e}");
+            ExitCode::from(exit::BAD_INPUT)
+        }
+    }
 }
 
 fn cmd_agent(a: AgentArgs) -> ExitCode {

@@ -125,6 +125,21 @@ fn describe(k: &EventKind) -> String {
             }
             (None, None) => format!("{} after {attempts} attempt(s), {ms:.1} ms", state.to_uppercase()),
         },
+        EventKind::Candidate { id, slot, boot_id, health, pid } => {
+            format!("candidate {id} (slot {slot}, BOOT_ID {boot_id}, pid {pid}): {health}")
+        }
+        EventKind::Elected { monarch, epoch, reason } => {
+            format!("{monarch} is monarch (epoch {epoch}): {reason}")
+        }
+        EventKind::Stalled { monarch, epoch, by, silent_ms } => {
+            format!("monarch {monarch} (epoch {epoch}) silent for {silent_ms:.0} ms: {by} deposes it")
+        }
+        EventKind::Failover { from, to, epoch, reason, ms } => {
+            format!(
+                "FAILOVER: {to} takes over from {from} (epoch {epoch}, {ms:.0} ms after the last heartbeat): {reason}"
+            )
+        }
+        EventKind::StoodDown { id, epoch, why } => format!("{id} (epoch {epoch}) stands down: {why}"),
         EventKind::Summary(_) => String::new(),
     }
 }
@@ -161,8 +176,8 @@ pub fn table(s: &Summary) -> String {
         "total"
     ));
     for p in &s.processors {
-        if p.role == "monarch" {
-            out.push_str(&format!("{:<8} {:<9} {:<16}\n", p.id, "monarch", "-"));
+        if p.role != "secondary" {
+            out.push_str(&format!("{:<8} {:<9} {:<16}\n", p.id, p.state, "-"));
             continue;
         }
         let path = match (&p.path, &p.switch) {
@@ -190,11 +205,26 @@ pub fn table(s: &Summary) -> String {
         .processors
         .iter()
         .filter_map(|p| match (&p.error, &p.report) {
+            (Some(e), _) if p.role != "secondary" => Some(format!("  {}: {e}", p.id)),
             (Some(e), _) => Some(format!("  {}: FAILED: {e}", p.id)),
             (None, Some(r)) => Some(format!("  {}: {r}", p.id)),
             _ => None,
         })
         .collect();
+    if let Some(e) = &s.election {
+        out.push_str(&format!("\nmonarch {} (epoch {}): {}\n", e.monarch, e.epoch, e.reason));
+        for f in &e.failovers {
+            out.push_str(&format!(
+                "  failover at {:.1} ms: {} took over from {} (epoch {}), {:.0} ms after its last heartbeat\n",
+                f.t_ms, f.to, f.from, f.epoch, f.ms
+            ));
+        }
+        for p in s.processors.iter().filter(|p| p.role != "secondary") {
+            if let Some(r) = &p.resumed {
+                out.push_str(&format!("  {}: {r}\n", p.id));
+            }
+        }
+    }
     if !notes.is_empty() {
         out.push_str("\nwhat each secondary reported:\n");
         for n in notes {

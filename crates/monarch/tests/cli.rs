@@ -208,7 +208,7 @@ fn garbage_in_the_register_page_fails_that_secondary_only_with_a_clear_error() {
         while start.elapsed() < Duration::from_secs(20) {
             if let Ok(w) = Window::open(&win)
                 && w.load(layout::HDR_MAGIC) == layout::MAGIC
-                && w.load(layout::CMD_SEQ) != 0
+                && w.load(layout::cmd(0).seq) != 0
             {
                 w.store(layout::ST_CODE, 0xdead_beef);
                 w.store(layout::ST_ATTEMPT, 0xffff_ffff);
