@@ -1,0 +1,392 @@
+//! Monarch election against a real etcd (Debian's etcd-server) that each test starts on
+//! loopback with free ports and a temporary data directory, and kills when it ends. Tests 3
+//! and 5 take etcd away mid-leadership (SIGSTOP: a hung server; SIGKILL and restart: a crashed
+//! one).
+//!
+//! Timing: bounds are generous (the point is the order of events, not speed), and the
+//! safety assertion is on the order of recorded instants: the intervals during which each
+//! candidate's `check()` said Ok never overlap.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use monarch_etcd::{Candidate, Config, Error, Leadership};
+
+/// A private etcd on 127.0.0.1; killed (even when stopped) on drop.
+struct Etcd {
+    child: Child,
+    endpoint: String,
+    log: PathBuf,
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn spawn_etcd(args: &[String], log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("etcd log file");
+    Command::new("etcd")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn etcd")
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        monarch_drivers::host::ensure_packages(&[("etcd", "etcd-server")], &mut |m| eprintln!("{m}"))
+            .expect("etcd is needed for this test");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = dir.path().join("etcd.log");
+        let args: Vec<String> = [
+            "--name",
+            "monarch-test",
+            "--data-dir",
+            &dir.path().join("data").display().to_string(),
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("monarch-test={peer_url}"),
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+            "--log-outputs",
+            "stderr",
+        ]
+        .map(String::from)
+        .to_vec();
+        let child = spawn_etcd(&args, &log);
+        let mut etcd = Etcd { child, endpoint, log, args, _dir: dir };
+        etcd.wait_ready();
+        etcd
+    }
+
+    /// Kill etcd outright (no chance to flush or say goodbye).
+    fn kill(&mut self) {
+        self.child.kill().expect("kill etcd");
+        self.child.wait().expect("reap etcd");
+    }
+
+    /// Start etcd again on the same ports and data directory; returns when it answers.
+    fn restart(&mut self) {
+        self.child = spawn_etcd(&self.args, &self.log);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("etcd exited with {status}: {}", self.log_text());
+            }
+            let mut cfg = Config::new(vec![self.endpoint.clone()], "monarch/ready", "probe");
+            cfg.connect_timeout = Duration::from_millis(500);
+            if Candidate::connect(cfg).and_then(|c| c.leader()).is_ok() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "etcd not ready after 20 s: {}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, signal).expect("signal etcd");
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn config(&self, election: &str, candidate: &str, ttl: Duration) -> Config {
+        Config::new(vec![self.endpoint.clone()], election, candidate).with_ttl(ttl)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+}
+
+/// The instants around the calls to `check()` that said Ok: from just before the first to
+/// just after the last.
+#[derive(Debug, Clone)]
+struct Reign {
+    who: &'static str,
+    epoch: u64,
+    first_ok: Instant,
+    last_ok: Instant,
+    /// When `check()` first said Err (None if we resigned while still Ok).
+    lost_at: Option<Instant>,
+}
+
+/// Act as monarch: check every 10 ms until lost or `max` passes, then resign if still ours.
+fn reign(who: &'static str, l: Leadership, max: Option<Duration>) -> Reign {
+    let start = Instant::now();
+    let (mut first_ok, mut last_ok, mut lost_at) = (None, start, None);
+    loop {
+        let before = Instant::now();
+        match l.check() {
+            Ok(epoch) => {
+                assert_eq!(epoch, l.epoch());
+                first_ok.get_or_insert(before);
+                last_ok = Instant::now();
+            }
+            Err(lost) => {
+                eprintln!("{who}: {lost}");
+                lost_at = Some(Instant::now());
+                break;
+            }
+        }
+        if max.is_some_and(|m| start.elapsed() >= m) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let epoch = l.epoch();
+    if lost_at.is_none() {
+        l.resign().expect("resign");
+    }
+    Reign { who, epoch, first_ok: first_ok.expect("check() was Ok at least once"), last_ok, lost_at }
+}
+
+/// Print each reign relative to `origin` (when etcd went away).
+fn print_reigns(reigns: &[Reign], origin: Instant) {
+    for r in reigns {
+        eprintln!(
+            "{} epoch {}: Ok from +{:?} to +{:?}, lost at {:?}",
+            r.who,
+            r.epoch,
+            r.first_ok.saturating_duration_since(origin),
+            r.last_ok.saturating_duration_since(origin),
+            r.lost_at.map(|t| t.saturating_duration_since(origin))
+        );
+    }
+}
+
+fn assert_never_two_monarchs(reigns: &[Reign]) {
+    let mut sorted = reigns.to_vec();
+    sorted.sort_by_key(|r| r.first_ok);
+    for pair in sorted.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(a.last_ok < b.first_ok, "two monarchs at once: {a:?} and {b:?}");
+        assert!(a.epoch < b.epoch, "epochs must increase from one monarch to the next: {a:?} then {b:?}");
+    }
+}
+
+#[test]
+fn one_leader_and_handover_on_resign() {
+    let etcd = Etcd::start();
+    let ttl = Duration::from_secs(3);
+    let a = Candidate::connect(etcd.config("monarch/chassis-1", "a", ttl)).expect("connect a");
+    let b = Candidate::connect(etcd.config("monarch/chassis-1", "b", ttl)).expect("connect b");
+    assert_eq!(a.leader().expect("leader"), None);
+
+    let la = a.campaign(Some(Duration::from_secs(10))).expect("a campaigns");
+    let epoch_a = la.check().expect("a leads");
+    assert_eq!(a.leader().expect("leader"), Some(("a".to_string(), epoch_a)));
+
+    let (won_tx, won_rx) = mpsc::channel();
+    let b_thread = thread::spawn(move || {
+        let r = b.campaign(Some(Duration::from_secs(20)));
+        won_tx.send(Instant::now()).expect("send");
+        (b, r)
+    });
+    assert!(won_rx.recv_timeout(Duration::from_millis(1500)).is_err(), "b won while a leads");
+    la.check().expect("a still leads while b waits");
+
+    let resigned_at = Instant::now();
+    la.resign().expect("a resigns");
+    let won_at = won_rx.recv_timeout(Duration::from_secs(10)).expect("b wins after a resigns");
+    let (b, lb) = b_thread.join().expect("b thread");
+    let lb = lb.expect("b leads");
+    assert!(won_at > resigned_at);
+    let epoch_b = lb.check().expect("b leads");
+    assert!(epoch_b > epoch_a, "epoch {epoch_b} after {epoch_a}");
+    assert_eq!(a.leader().expect("leader"), Some(("b".to_string(), epoch_b)));
+
+    // A bounded campaign gives up and names the monarch.
+    let gave_up = a.campaign(Some(Duration::from_millis(500))).expect_err("b still leads");
+    assert!(matches!(&gave_up, Error::GaveUp { leader: Some((who, e)), .. } if who == "b" && *e == epoch_b));
+    assert!(gave_up.to_string().contains("b is monarch"), "{gave_up}");
+
+    // The same candidate campaigns again and wins after b hands over.
+    lb.resign().expect("b resigns");
+    let la2 = a.campaign(Some(Duration::from_secs(10))).expect("a again");
+    assert!(la2.epoch() > epoch_b);
+    drop(b);
+    la2.resign().expect("resign");
+    assert_eq!(a.leader().expect("leader"), None);
+}
+
+#[test]
+fn dead_leader_is_usurped_after_the_ttl() {
+    let etcd = Etcd::start();
+
+    // etcd's floor on lease TTLs: ask for 1 s and see what it grants.
+    let probe =
+        Candidate::connect(etcd.config("monarch/ttl-probe", "p", Duration::from_secs(1))).expect("probe");
+    let granted = probe.granted_ttl().expect("idle lease");
+    eprintln!("etcd granted a {granted:?} lease when asked for 1s");
+    assert!(granted >= Duration::from_secs(1));
+    drop(probe);
+
+    let ttl = Duration::from_secs(2);
+    let a = Candidate::connect(etcd.config("monarch/chassis-2", "a", ttl)).expect("connect a");
+    let b = Candidate::connect(etcd.config("monarch/chassis-2", "b", ttl)).expect("connect b");
+    let la = a.campaign(Some(Duration::from_secs(10))).expect("a campaigns");
+    let epoch_a = la.epoch();
+
+    let b_thread = thread::spawn(move || {
+        let lb = b.campaign(Some(Duration::from_secs(20)));
+        (Instant::now(), lb)
+    });
+    thread::sleep(Duration::from_millis(800));
+    assert!(!b_thread.is_finished(), "b won while a leads");
+
+    // a's process is gone: no resign, no revoke, its keep-alives just stop.
+    let died_at = Instant::now();
+    drop(la);
+    drop(a);
+    let (won_at, lb) = b_thread.join().expect("b thread");
+    let lb = lb.expect("b usurps");
+    let waited = won_at - died_at;
+    eprintln!("b took over {waited:?} after a died (TTL {ttl:?})");
+    assert!(lb.epoch() > epoch_a);
+    // a's last keep-alive was at most TTL/3 before it died; etcd checks expiry every 500 ms.
+    assert!(waited >= ttl / 2, "b won after {waited:?}: before a's lease could expire");
+    assert!(waited <= ttl + Duration::from_secs(3), "b won only after {waited:?}");
+    lb.resign().expect("resign");
+}
+
+#[test]
+fn etcd_stopped_mid_leadership_never_two_monarchs() {
+    let etcd = Etcd::start();
+    let ttl = Duration::from_secs(2);
+    let a = Candidate::connect(etcd.config("monarch/chassis-3", "a", ttl)).expect("connect a");
+    let b = Candidate::connect(etcd.config("monarch/chassis-3", "b", ttl)).expect("connect b");
+    let la = a.campaign(Some(Duration::from_secs(10))).expect("a campaigns");
+
+    // a reigns until it loses leadership, then campaigns again and reigns briefly.
+    let a_thread = thread::spawn(move || {
+        let first = reign("a", la, None);
+        let again = a.campaign(Some(Duration::from_secs(30))).expect("a campaigns again");
+        vec![first, reign("a", again, Some(Duration::from_millis(700)))]
+    });
+    let b_thread = thread::spawn(move || {
+        let lb = b.campaign(Some(Duration::from_secs(30))).expect("b campaigns");
+        vec![reign("b", lb, Some(Duration::from_millis(700)))]
+    });
+
+    thread::sleep(Duration::from_millis(1000));
+    let stopped_at = Instant::now();
+    etcd.signal(rustix::process::Signal::STOP);
+    thread::sleep(Duration::from_secs(3));
+    let continued_at = Instant::now();
+    etcd.signal(rustix::process::Signal::CONT);
+
+    let mut reigns = a_thread.join().expect("a thread");
+    reigns.extend(b_thread.join().expect("b thread"));
+    print_reigns(&reigns, stopped_at);
+    let first = &reigns[0];
+    let lost_at = first.lost_at.expect("a lost leadership while etcd was stopped");
+    assert!(lost_at > stopped_at);
+    assert!(
+        lost_at - stopped_at <= ttl + Duration::from_secs(1),
+        "a stood down only after {:?}",
+        lost_at - stopped_at
+    );
+    assert!(lost_at < continued_at, "a must stand down while etcd is still stopped");
+    for later in &reigns[1..] {
+        assert!(later.first_ok > continued_at, "nobody may win while etcd is stopped: {later:?}");
+    }
+    assert_never_two_monarchs(&reigns);
+}
+
+#[test]
+fn etcd_killed_and_restarted_mid_leadership_never_two_monarchs() {
+    let mut etcd = Etcd::start();
+    let ttl = Duration::from_secs(2);
+    let a = Candidate::connect(etcd.config("monarch/chassis-5", "a", ttl)).expect("connect a");
+    let b = Candidate::connect(etcd.config("monarch/chassis-5", "b", ttl)).expect("connect b");
+    let la = a.campaign(Some(Duration::from_secs(10))).expect("a campaigns");
+
+    let a_thread = thread::spawn(move || {
+        let first = reign("a", la, None);
+        let again = a.campaign(Some(Duration::from_secs(30))).expect("a campaigns again");
+        vec![first, reign("a", again, Some(Duration::from_millis(700)))]
+    });
+    let b_thread = thread::spawn(move || {
+        let lb = b.campaign(Some(Duration::from_secs(30))).expect("b campaigns");
+        vec![reign("b", lb, Some(Duration::from_millis(700)))]
+    });
+
+    thread::sleep(Duration::from_millis(1000));
+    let killed_at = Instant::now();
+    etcd.kill();
+    thread::sleep(Duration::from_millis(2500));
+    let restarting_at = Instant::now();
+    etcd.restart();
+
+    let mut reigns = a_thread.join().expect("a thread");
+    reigns.extend(b_thread.join().expect("b thread"));
+    print_reigns(&reigns, killed_at);
+    let lost_at = reigns[0].lost_at.expect("a lost leadership while etcd was down");
+    assert!(lost_at > killed_at);
+    assert!(
+        lost_at - killed_at <= ttl + Duration::from_secs(1),
+        "a stood down only after {:?}",
+        lost_at - killed_at
+    );
+    assert!(lost_at < restarting_at, "a must stand down while etcd is down");
+    for later in &reigns[1..] {
+        assert!(later.first_ok > restarting_at, "nobody may win while etcd is down: {later:?}");
+    }
+    assert_never_two_monarchs(&reigns);
+}
+
+#[test]
+fn unreachable_etcd_names_the_endpoint_and_the_fix() {
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let mut cfg = Config::new(vec![endpoint.clone()], "monarch/chassis-4", "a");
+    cfg.connect_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let err = Candidate::connect(cfg).expect_err("nothing listens there");
+    let msg = err.to_string();
+    eprintln!("{msg} (after {:?})", started.elapsed());
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
+    assert!(msg.contains(&endpoint), "{msg}");
+    assert!(msg.contains("start etcd"), "{msg}");
+    assert!(msg.contains("--etcd"), "{msg}");
+    assert!(msg.to_lowercase().contains("refused"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A configuration mistake is caught before any network traffic, naming the fix.
+    let bad = Config::new(vec![endpoint], "monarch/", "a");
+    let err = Candidate::connect(bad).expect_err("trailing slash");
+    assert!(err.to_string().contains("must not end in '/'"), "{err}");
+}
