@@ -111,6 +111,9 @@ fn lock(window: &Window, opts: &AgentOptions, start: Instant) -> Result<(), Agen
 
 const BLOCKS: usize = layout::CMD_BLOCKS;
 
+/// Exit status of an agent that found another agent holding its window (EX_TEMPFAIL).
+pub const EXIT_BUSY: i32 = 75;
+
 /// One new command read from one block.
 enum Heard {
     /// From the monarch followed (or the first to speak, or a newer one taking over).
@@ -192,6 +195,9 @@ impl Agent<'_> {
                 Poll::Garbage(seq, e) => (seq, msg::Stamped { epoch: 0, cmd: Err(e) }),
             };
             self.block_seq[k] = seq;
+            // Read after the command: a window claimed by a newer monarch (cfg.epoch raised)
+            // before this command was read fences its older writers, the one followed too.
+            self.fence.raise_floor(self.window.load32(layout::CFG_EPOCH));
             return match self.fence.admit(k, stamped.epoch) {
                 Admit::Stale => {
                     self.window.store(layout::ST_FENCED, self.fence.fenced());
@@ -285,8 +291,9 @@ impl Agent<'_> {
                 }
                 Heard::Command(_, Err(e)) => inputs.push(SecondaryInput::Garbage(e)),
                 Heard::Fenced { block, epoch } => eprintln!(
-                    "agent {}: ignored a command of epoch {epoch} (command block {block}): this secondary follows epoch {}",
+                    "agent {}: ignored a command of epoch {epoch} (command block {block}): the window is claimed by epoch {}, this secondary follows epoch {}",
                     self.opts.id,
+                    self.fence.floor(),
                     self.fence.epoch()
                 ),
                 Heard::Nothing => {

@@ -208,7 +208,7 @@ pub fn run_candidate(o: &CandidateOptions, on_event: &mut dyn FnMut(&Event)) -> 
                 if v.winner == me {
                     if bp.try_claim(0, 1, me) {
                         let reason = v.describe(&name);
-                        return serve(o, &bp, 1, reason, false, &mut emit);
+                        return serve(o, &bp, 1, reason, None, &mut emit);
                     }
                 } else if dog.observe(0, now) {
                     // The winner never claimed: it is gone before it began.
@@ -249,14 +249,8 @@ pub fn run_candidate(o: &CandidateOptions, on_event: &mut dyn FnMut(&Event)) -> 
                         && bp.try_claim(el::claim_word(epoch, holder), epoch + 1, me)
                     {
                         let reason = v.describe(&name);
-                        emit(EventKind::Failover {
-                            from: name(holder),
-                            to: mgr.id.clone(),
-                            epoch: epoch + 1,
-                            reason: reason.clone(),
-                            ms: silent_ms + detected.elapsed().as_secs_f64() * 1e3,
-                        });
-                        return serve(o, &bp, epoch + 1, reason, true, &mut emit);
+                        let from = Takeover { from: name(holder), silent_ms, detected };
+                        return serve(o, &bp, epoch + 1, reason, Some(from), &mut emit);
                     }
                     dog.reset();
                 }
@@ -266,17 +260,54 @@ pub fn run_candidate(o: &CandidateOptions, on_event: &mut dyn FnMut(&Event)) -> 
     }
 }
 
-/// Serve as monarch of `epoch`: beat, boot (or take the boot over), mark it done.
+/// A serf taking the boot over from a monarch that stalled.
+struct Takeover {
+    /// The deposed monarch.
+    from: String,
+    /// How long it had been silent when the serf gave up on it.
+    silent_ms: f64,
+    /// When the serf gave up on it.
+    detected: Instant,
+}
+
+/// Claim every secondary's window for `epoch` before acting (see [`crate::stage::claim`]):
+/// from here on the secondaries ignore every older monarch.
+fn claim_windows(plan: &Plan, epoch: u32) -> Result<usize, String> {
+    let mut n = 0;
+    for sec in &plan.topology.secondaries {
+        n += usize::from(crate::stage::claim(sec, epoch)?);
+    }
+    Ok(n)
+}
+
+/// Serve as monarch of `epoch`: claim the windows, beat, boot (or take the boot over from
+/// `takeover`'s monarch), mark it done.
 fn serve(
     o: &CandidateOptions,
     bp: &Backplane,
     epoch: u32,
     reason: String,
-    resume: bool,
+    takeover: Option<Takeover>,
     emit: &mut dyn FnMut(EventKind),
 ) -> CandidateOutcome {
     let me = o.index;
     let id = o.plan.topology.managers[me].id.clone();
+    let resume = takeover.is_some();
+    // The takeover is complete once every window is ours: only then is it announced.
+    let claimed = claim_windows(&o.plan, epoch);
+    if let Some(t) = takeover {
+        emit(EventKind::Failover {
+            from: t.from,
+            to: id.clone(),
+            epoch,
+            reason: reason.clone(),
+            ms: t.silent_ms + t.detected.elapsed().as_secs_f64() * 1e3,
+        });
+    }
+    if let Err(why) = claimed {
+        emit(EventKind::StoodDown { id, epoch, why, aborted: Vec::new() });
+        return CandidateOutcome::StoodDown;
+    }
     emit(EventKind::Elected { monarch: id.clone(), epoch, reason });
     let word = el::claim_word(epoch, me);
     let deposed = Arc::new(AtomicBool::new(false));
@@ -306,25 +337,16 @@ fn serve(
                 std::thread::sleep(period);
             }
         });
-        let authority = Authority { name: Some(&id), block: me, epoch, resume, check: &check };
+        let authority = Authority { name: Some(&id), block: me, epoch, resume, check: &check, shared: true };
         let mut relay = |ev: &Event| emit(ev.kind.clone());
         let s = run::boot(&o.plan, &o.up, &authority, o.clock, &mut relay);
         stop.store(true, Ordering::Release);
         s
     });
     if let Err(why) = check() {
-        let aborted: Vec<String> = summary
-            .processors
-            .iter()
-            .filter(|p| p.error.as_deref().is_some_and(|e| e.contains("no longer monarch")))
-            .map(|p| p.id.clone())
-            .collect();
-        let why = if aborted.is_empty() {
-            why
-        } else {
-            format!("{why}; its last commands (ABORT, epoch {epoch}) to {} are fenced", aborted.join(", "))
-        };
-        emit(EventKind::StoodDown { id, epoch, why });
+        let aborted: Vec<String> =
+            summary.processors.iter().filter(|p| p.late_command).map(|p| p.id.clone()).collect();
+        emit(EventKind::StoodDown { id, epoch, why, aborted });
         return CandidateOutcome::StoodDown;
     }
     // Only the holder of the claim marks the boot done (a plain store: nobody else writes it).
@@ -437,6 +459,7 @@ pub fn up(
                         id: m.id.clone(),
                         epoch: 0,
                         why: format!("cannot start its candidate process {}: {e}", opts.agent_exe.display()),
+                        aborted: Vec::new(),
                     },
                 });
                 children.push(None);

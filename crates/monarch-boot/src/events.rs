@@ -155,7 +155,8 @@ pub enum EventKind {
         epoch: u32,
         /// Why the new one won.
         reason: String,
-        /// From the last heartbeat seen to the claim of the new epoch.
+        /// From the last heartbeat seen to the takeover: the new epoch claimed on the
+        /// backplane and in every secondary's window.
         ms: f64,
     },
     /// A monarch found it was deposed (it had been paused) and stopped acting.
@@ -166,6 +167,10 @@ pub enum EventKind {
         epoch: u32,
         /// What it found.
         why: String,
+        /// Secondaries it was staging when it stopped: its last command to each (ABORT, at
+        /// its old epoch) is ignored by them.
+        #[serde(default)]
+        aborted: Vec<String>,
     },
     /// The final line.
     Summary(Summary),
@@ -266,6 +271,10 @@ pub struct ProcessorSummary {
     /// epoch), as its window counted them (`status.fenced`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fenced: u64,
+    /// This monarch was deposed while staging it and still posted its stopping ABORT (at
+    /// its old epoch) into the window: the secondary must have ignored it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late_command: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -295,6 +304,7 @@ impl ProcessorSummary {
             bytes_resent: 0,
             resumed: None,
             fenced: 0,
+            late_command: false,
         }
     }
 }

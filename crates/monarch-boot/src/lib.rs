@@ -18,6 +18,7 @@ pub mod bench;
 pub mod bundle;
 pub mod chassis;
 pub mod events;
+pub mod failbench;
 /// The host's own tools (moved to the drivers; re-exported for existing callers).
 pub use monarch_drivers::host;
 pub mod image;

@@ -132,7 +132,10 @@ pub fn boot(
     if t.run_dir_is_temporary {
         let _ = std::fs::remove_dir_all(&t.run_dir);
     }
-    let ok = processors.iter().filter(|p| p.role == "secondary" && p.required).all(|p| p.state != "failed");
+    let ok = processors
+        .iter()
+        .filter(|p| p.role == "secondary" && p.required)
+        .all(|p| matches!(p.state.as_str(), "running" | "released"));
     let summary = Summary { ok, chassis: t.name.clone(), total_ms, processors, election: None };
     on_event(&Event { t_ms: total_ms, kind: EventKind::Summary(summary.clone()) });
     summary

@@ -49,12 +49,16 @@ pub struct Authority<'a> {
     pub resume: bool,
     /// `Err(why)` once this process is no longer monarch: it stops acting at once.
     pub check: &'a (dyn Fn() -> Result<(), String> + Sync),
+    /// One of several monarchs: never zero a window's registers (the chassis did at power-on;
+    /// a newer monarch may be using them), and claim each window's `cfg.epoch` by
+    /// compare-and-swap before configuring it.
+    pub shared: bool,
 }
 
 impl Authority<'static> {
     /// The only monarch there is: block 0, epoch 1, never deposed.
     pub fn sole() -> Authority<'static> {
-        Authority { name: None, block: 0, epoch: 1, resume: false, check: &|| Ok(()) }
+        Authority { name: None, block: 0, epoch: 1, resume: false, check: &|| Ok(()), shared: false }
     }
 }
 
@@ -68,6 +72,42 @@ pub struct Staged {
     pub window: Option<Window>,
     /// The running image's pid when another monarch started it (not our child).
     pub adopted_pid: Option<u32>,
+}
+
+/// Raise a window's `cfg.epoch` to `epoch` by compare-and-swap (it only ever grows). `Err`
+/// when a newer monarch holds it already.
+fn raise_epoch(w: &Window, epoch: u32) -> Result<(), String> {
+    let ours = u64::from(epoch);
+    loop {
+        let cur = w.load(layout::CFG_EPOCH);
+        if cur > ours {
+            return Err(format!(
+                "a newer monarch (epoch {cur}) claimed this window; this one (epoch {ours}) leaves it alone"
+            ));
+        }
+        if cur == ours || w.compare_exchange(layout::CFG_EPOCH, cur, ours).is_ok() {
+            return Ok(());
+        }
+    }
+}
+
+/// Claim a secondary's window for a new monarch's `epoch` before it acts (seed 003): map it
+/// (creating it at its configured size if no monarch has yet, registers untouched) and raise
+/// `cfg.epoch`. From then on the secondary ignores every command of an older epoch — the
+/// deposed monarch's included, even if it is the one the secondary followed until now —
+/// because it reads `cfg.epoch` after each command. `Ok(false)`: nothing to claim (no
+/// window file: a network-booted or memfd secondary).
+pub fn claim(sec: &Secondary, epoch: u32) -> Result<bool, String> {
+    if sec.netboot.is_some() || sec.window.memfd {
+        return Ok(false);
+    }
+    if let Some(dir) = sec.window.path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let w = Window::create_keep(&sec.window.path, sec.window.data_size)
+        .map_err(|e| format!("cannot claim the window of {}: {e}", sec.id))?;
+    raise_epoch(&w, epoch).map_err(|e| format!("{}: {e}", sec.id))?;
+    Ok(true)
 }
 
 /// Milliseconds, to the microsecond (event and summary times).
@@ -113,6 +153,10 @@ struct Stage<'a, 'c> {
     adopted_pid: Option<u32>,
     /// We found we are no longer monarch: the secondary is another's now.
     deposed: bool,
+    /// A command was posted after that (the stopping ABORT, fenced by the secondary).
+    late_command: bool,
+    /// The secondary said HANDING_OFF (its agent may now be gone: it became the image).
+    handing_off: bool,
 }
 
 /// The producer side of one push attempt.
@@ -175,6 +219,8 @@ impl<'a, 'c> Stage<'a, 'c> {
             resumed: None,
             adopted_pid: None,
             deposed: false,
+            late_command: false,
+            handing_off: false,
         }
     }
 
@@ -240,10 +286,15 @@ impl<'a, 'c> Stage<'a, 'c> {
         (self.ctx.authority.check)()?;
         let window = if sec.window.memfd {
             Window::create_memfd(&format!("monarch-window:{}", sec.id), sec.window.data_size)
+        } else if self.ctx.authority.shared {
+            Window::create_keep(&sec.window.path, sec.window.data_size)
         } else {
             Window::create(&sec.window.path, sec.window.data_size)
         }
         .map_err(|e| e.to_string())?;
+        if self.ctx.authority.shared {
+            self.claim_window(&window)?;
+        }
         let mut window = window;
         if sec.launch == Launch::Qemu {
             // The agent is in another kernel: it cannot futex-wake us, and we cannot wake it.
@@ -259,7 +310,14 @@ impl<'a, 'c> Stage<'a, 'c> {
             chunk_size,
             ring_size,
         };
-        window.apply(&msg::encode_config(sec.window.data_size, &cfg));
+        let writes = msg::encode_config(sec.window.data_size, &cfg);
+        // Shared: cfg.epoch is ours by CAS already; rewriting it could undo a newer claim.
+        let writes: Vec<_> = if self.ctx.authority.shared {
+            writes.into_iter().filter(|(r, _)| *r != layout::CFG_EPOCH).collect()
+        } else {
+            writes
+        };
+        window.apply(&writes);
         self.timings.configure = ms(t.elapsed());
         self.geometry = Some(stream::Geometry::new(&cfg));
         self.window = Some(window);
@@ -269,6 +327,10 @@ impl<'a, 'c> Stage<'a, 'c> {
         match sec.launch {
             Launch::Process => {
                 self.phase("launching", 0);
+                if let Err(e) = (self.ctx.authority.check)() {
+                    self.deposed = true;
+                    return Err(e);
+                }
                 self.launch()?;
             }
             Launch::Qemu => {
@@ -320,11 +382,16 @@ impl<'a, 'c> Stage<'a, 'c> {
             monarch_proto::primary::Resume::Restart => {
                 let r = (|| {
                     (self.ctx.authority.check)()?;
-                    let w = self.window();
                     // Our config, stamped with our epoch: an agent started now ignores any
                     // older monarch from its first command on.
                     let mut c = cfg.ok_or("the previous monarch left an invalid config")?;
                     c.epoch = self.ctx.authority.epoch;
+                    if let Some(w) = self.window.take() {
+                        let claimed = self.claim_window(&w);
+                        self.window = Some(w);
+                        claimed?;
+                    }
+                    let w = self.window();
                     w.apply(&msg::encode_config(w.data_size(), &c));
                     let alive = !w.try_lock().map_err(|e| format!("cannot probe the agent lock: {e}"))?;
                     if alive {
@@ -344,6 +411,17 @@ impl<'a, 'c> Stage<'a, 'c> {
                 }
             }
         })
+    }
+
+    /// Claim the window for our epoch: `cfg.epoch` only ever grows, by compare-and-swap, so
+    /// a deposed monarch that wakes up between its check and its configuration cannot take
+    /// a window back from a newer one (what it writes after losing the CAS is refused).
+    fn claim_window(&mut self, w: &Window) -> Result<(), String> {
+        if let Err(e) = raise_epoch(w, self.ctx.authority.epoch) {
+            self.deposed = true;
+            return Err(e);
+        }
+        (self.ctx.authority.check)().inspect_err(|_| self.deposed = true)
     }
 
     fn primary_spec(&self, expected: monarch_proto::Digest) -> PrimarySpec {
@@ -450,15 +528,20 @@ impl<'a, 'c> Stage<'a, 'c> {
         self.window().post(&w, layout::DB_TO_SECONDARY);
     }
 
-    /// A stage that stops aborts its secondary. One that stops because it was deposed does
-    /// it too — it cannot be sure it was — with its old epoch, so the secondary, which
-    /// follows the new monarch by then, ignores it (docs/window-protocol.md, fencing).
+    /// A stage that stops aborts its secondary. One that stops because it was deposed posts
+    /// its ABORT (with its old epoch) only into a window a newer monarch has already claimed
+    /// (`cfg.epoch` above ours, which never goes down again): the secondary then ignores it
+    /// and counts it in `status.fenced`, a parting command that shows the fence at work and
+    /// can do no harm (docs/window-protocol.md, fencing). A window not yet claimed is left
+    /// alone: its new monarch will be there in a moment.
     fn abort(&mut self, reason: msg::AbortReason) {
         let cmd = Command::Abort { reason };
         if self.deposed || (self.ctx.authority.check)().is_err() {
             self.deposed = true;
-            if self.window.is_some() {
+            let ours = u64::from(self.ctx.authority.epoch);
+            if self.window.as_ref().is_some_and(|w| w.load(layout::CFG_EPOCH) > ours) {
                 self.post_unchecked(&cmd);
+                self.late_command = true;
             }
         } else {
             self.post_unchecked(&cmd);
@@ -616,13 +699,18 @@ impl<'a, 'c> Stage<'a, 'c> {
         Ok(did)
     }
 
-    fn agent_exit(&mut self, phase: Phase) -> Option<String> {
-        if self.foreign_agent && matches!(phase, Phase::Rendezvous | Phase::Verifying) {
-            // Not our child: its agent lock tells (it goes away with the agent, or at the exec
-            // of the image, which cannot happen before our OK).
+    fn agent_exit(&mut self, phase: Phase, status_seq: u32) -> Option<String> {
+        if self.foreign_agent && matches!(phase, Phase::Rendezvous | Phase::Verifying | Phase::Handoff) {
+            // Not our child: its agent lock tells. The lock goes with the agent, or at the
+            // exec of the image, which comes after our OK and the agent's HANDING_OFF: so a
+            // free lock means a dead agent unless a status we have not read yet is waiting.
             let w = self.window.as_ref()?;
             if w.try_lock().ok()? {
                 w.unlock();
+                let pending = w.load32(layout::ST_SEQ) & !msg::SEQ_BUSY != status_seq;
+                if pending || self.handing_off {
+                    return None;
+                }
                 return Some("the agent (started by the previous monarch) is gone".into());
             }
             return None;
@@ -633,6 +721,15 @@ impl<'a, 'c> Stage<'a, 'c> {
                 let said =
                     self.qemu_log.as_deref().and_then(log_tail).map(|t| format!(": {t}")).unwrap_or_default();
                 Some(format!("the VM (qemu pid {}) ended ({status}){said}", c.id()))
+            }
+            Ok(Some(status))
+                if status.code() == Some(crate::agent::EXIT_BUSY) && self.ctx.authority.shared =>
+            {
+                // Another agent holds the window (one a deposed monarch started late): it is
+                // this secondary's agent as well as ours would be; watch it by its lock.
+                self.child = None;
+                self.foreign_agent = true;
+                None
             }
             Ok(Some(status)) => Some(format!("agent process {} exited ({status})", c.id())),
             _ => None,
@@ -776,6 +873,9 @@ impl<'a, 'c> Stage<'a, 'c> {
                 }
                 Poll::Message(seq, (_, st)) => {
                     status_seq = seq;
+                    if matches!(st, msg::Status::HandingOff { .. }) {
+                        self.handing_off = true;
+                    }
                     if let msg::Status::Running { pid } = st {
                         if self.child.is_none() {
                             self.adopted_pid = u32::try_from(pid).ok().filter(|p| *p > 1);
@@ -790,7 +890,13 @@ impl<'a, 'c> Stage<'a, 'c> {
                 }
                 Poll::Nothing if busy || !inputs.is_empty() => {}
                 Poll::Nothing => {
-                    if let Some(why) = self.agent_exit(p.phase()) {
+                    // Waiting is acting too: a monarch that lost its mandate stops here.
+                    if let Err(e) = (self.ctx.authority.check)() {
+                        self.deposed = true;
+                        self.abort(msg::AbortReason::Stopped);
+                        return Err(e);
+                    }
+                    if let Some(why) = self.agent_exit(p.phase(), status_seq) {
                         inputs.push(PrimaryInput::PeerGone(why));
                         continue;
                     }
@@ -819,7 +925,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                 "written checksum never matched the retrieved checksum in {attempts} attempt(s); aborted (raise `attempts` or check the link)"
             );
         }
-        if let Some(why) = self.agent_exit(Phase::Failed) {
+        if let Some(why) = self.agent_exit(Phase::Failed, 0) {
             s.push_str(&format!("; {why}"));
         }
         if let Some(tail) = self.log.as_deref().and_then(log_tail) {
@@ -831,12 +937,15 @@ impl<'a, 'c> Stage<'a, 'c> {
 
     fn finish(mut self, result: Result<Phase, String>) -> Staged {
         let sec = self.sec;
+        let deposed = result.is_err() && (self.deposed || (self.ctx.authority.check)().is_err());
         let (state, error) = match &result {
             Ok(Phase::Running) => ("running", None),
             Ok(_) => ("released", None),
+            // Not a failure of the secondary: it is the new monarch's to finish.
+            Err(e) if deposed => ("handed over", Some(e.clone())),
             Err(e) => ("failed", Some(e.clone())),
         };
-        if result.is_err() && (self.deposed || (self.ctx.authority.check)().is_err()) {
+        if deposed {
             // Deposed: the secondary and its agent are the new monarch's now; leave them be.
             self.child = None;
         } else if result.is_err() {
@@ -871,6 +980,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             bytes_resent: self.bytes_resent,
             resumed: self.resumed.clone(),
             fenced: 0,
+            late_command: self.late_command,
         };
         announce_done(self.ctx.emit, &summary);
         Staged {

@@ -105,6 +105,15 @@ impl Window {
     /// resized in place, not replaced, so an external agent that already waits on that
     /// path keeps seeing the same memory.
     pub fn create(path: &Path, data_size: u64) -> Result<Window, WindowError> {
+        let w = Self::create_keep(path, data_size)?;
+        w.clear_registers();
+        Ok(w)
+    }
+
+    /// [`Window::create`] without zeroing the register page: for a monarch of several, whose
+    /// chassis zeroed every window at power-on, and which must not wipe what a newer monarch
+    /// may have written since.
+    pub fn create_keep(path: &Path, data_size: u64) -> Result<Window, WindowError> {
         let io = |what| move |source| WindowError::Io { path: path.to_path_buf(), what, source };
         let len = layout::window_len(data_size).ok_or(WindowError::TooSmall { path: path.into(), len: 0 })?;
         let file = OpenOptions::new()
@@ -115,9 +124,7 @@ impl Window {
             .open(path)
             .map_err(io("create"))?;
         file.set_len(len).map_err(io("set size"))?;
-        let w = Self::map(file, path.to_path_buf(), len)?;
-        w.clear_registers();
-        Ok(w)
+        Self::map(file, path.to_path_buf(), len)
     }
 
     /// Create an anonymous window (a memfd) with `data_size` bytes of data area, for a child

@@ -142,7 +142,7 @@ impl CmdBlock {
 }
 
 // --- Status block: the secondary's message register --------------------------------------
-/// Publication word, as [`CMD_SEQ`].
+/// Publication word, as a command block's [`CmdBlock::seq`].
 pub const ST_SEQ: Reg = r32(0x100, "status.seq");
 /// Status code, see [`crate::msg::status_code`].
 pub const ST_CODE: Reg = r32(0x104, "status.code");

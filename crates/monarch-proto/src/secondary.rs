@@ -114,6 +114,19 @@ impl Fence {
         Fence { floor, ..Fence::default() }
     }
 
+    /// Raise the floor to `floor` (never lowers it). A new monarch claims every window by
+    /// raising `cfg.epoch` before it posts anything; the secondary reads `cfg.epoch` after
+    /// each command it reads and raises its floor, so from the moment a window is claimed
+    /// no command of an older epoch is obeyed, not even from the monarch followed until then.
+    pub fn raise_floor(&mut self, floor: u32) {
+        self.floor = self.floor.max(floor);
+    }
+
+    /// The lowest epoch still obeyed.
+    pub fn floor(&self) -> u32 {
+        self.floor
+    }
+
     /// Decide on a command from command block `block` stamped with `epoch`.
     pub fn admit(&mut self, block: usize, epoch: u32) -> Admit {
         if epoch < self.floor {
@@ -475,24 +488,53 @@ mod tests {
         assert_eq!(f.admit(1, 2), Admit::Current);
     }
 
+    #[test]
+    fn a_claimed_window_ignores_the_monarch_it_followed() {
+        // Regression: a paused monarch woke up after its successor was elected but before the
+        // successor had written to this window; its ABORT came from the block the secondary
+        // still followed, and was obeyed. The successor claims cfg.epoch first: that fences it.
+        let mut f = Fence::with_floor(1);
+        assert_eq!(f.admit(0, 1), Admit::Current);
+        f.raise_floor(2);
+        assert_eq!(f.admit(0, 1), Admit::Stale, "the deposed monarch, though followed");
+        assert_eq!(f.admit(1, 2), Admit::Takeover);
+        f.raise_floor(1);
+        assert_eq!(f.floor(), 2, "a floor never goes down");
+        assert_eq!(f.fenced(), 1);
+    }
+
     proptest! {
         /// Fencing under any mix of blocks and epochs: once a command of epoch e was admitted,
         /// no command of an epoch below e is ever admitted again, and at any time every
         /// admitted command of the current epoch comes from one block.
         #[test]
-        fn fenced_commands_never_get_through(cmds in proptest::collection::vec((0usize..3, 0u32..5), 0..60)) {
+        fn fenced_commands_never_get_through(
+            cmds in proptest::collection::vec((0usize..3, 0u32..5, proptest::option::of(0u32..5)), 0..60)
+        ) {
             let mut f = Fence::default();
             let mut high = 0u32;
+            let mut claimed = 0u32;
             let mut owner: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
-            for (block, epoch) in cmds {
-                match f.admit(block, epoch) {
+            for (block, epoch, claim) in cmds {
+                if let Some(c) = claim {
+                    // A monarch claims the window (cfg.epoch only grows).
+                    claimed = claimed.max(c);
+                    f.raise_floor(claimed);
+                }
+                let admitted = f.admit(block, epoch);
+                if admitted != Admit::Stale {
+                    prop_assert!(epoch >= claimed, "epoch {epoch} admitted in a window claimed by {claimed}");
+                }
+                match admitted {
                     Admit::Current | Admit::Takeover => {
                         prop_assert!(epoch >= high, "epoch {epoch} admitted after {high}");
                         high = epoch;
                         let o = *owner.entry(epoch).or_insert(block);
                         prop_assert_eq!(o, block, "two blocks admitted for epoch {}", epoch);
                     }
-                    Admit::Stale => prop_assert!(epoch < high || owner.get(&epoch) != Some(&block)),
+                    Admit::Stale => prop_assert!(
+                        epoch < high || epoch < claimed || owner.get(&epoch) != Some(&block)
+                    ),
                 }
             }
         }

@@ -155,6 +155,28 @@ option and runs lock-step). HTTP: the same file fetched by curl from our server 
 the bench creates and removes. Prints MiB/s, the ratio to the reference and the target. \
 Installs tftpd-hpa, atftp, curl and nginx with apt-get when missing (needs root).")]
     Netboot(BenchNetbootArgs),
+    /// Failover: kill the monarch at random points of the boot; failover time p50/p99.
+    #[command(long_about = "Failover under fire (seed 003), measured in real runs.\n\n\
+An undisturbed `monarch up` of the topology (which needs two or more management processors; \
+the built-in chassis has two) calibrates how long a boot takes; then each trial boots it again \
+and SIGKILLs the monarch at a uniformly random moment of the boot. A trial is ok when every \
+secondary ends RUNNING, each was released exactly once, and only into the image whose checksum \
+the monarch retrieved (every agent logs its handoff). Failover time: from the SIGKILL to the \
+new monarch's claim of the next epoch; its floor is the heartbeat timeout ([election] timeout), \
+which the report prints beside it.")]
+    Failover(BenchFailoverArgs),
+}
+
+#[derive(Args)]
+struct BenchFailoverArgs {
+    #[command(flatten)]
+    topo: TopologyOpt,
+    /// Trials (each a full boot with the monarch killed at a random point).
+    #[arg(long, default_value_t = 20)]
+    trials: usize,
+    /// One JSON object on stdout: trials, ok, failovers, p50_ms, p99_ms, max_ms, timeout_ms, boot_ms.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -249,9 +271,12 @@ struct UpArgs {
     /// How long running images get to stop at the end of the run.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     shutdown_grace: Duration,
-    /// Pin the monarch: this management processor wins the election if it passes its
-    /// self-test (overrides the topology's [election] monarch; seed 003's operator choice).
-    #[arg(long, value_name = "ID")]
+    #[arg(
+        long,
+        value_name = "ID",
+        help = "Pin the monarch: this management processor wins the election if it passes its \
+self-test (overrides the topology's [election] monarch; seed 003's operator choice)"
+    )]
     monarch: Option<String>,
 }
 
@@ -385,6 +410,7 @@ fn main() -> ExitCode {
         Cmd::Vm(VmCmd::Prepare(a)) => cmd_vm_prepare(a),
         Cmd::Bench(BenchCmd::Vm(a)) => cmd_bench_vm(a),
         Cmd::Netboot(c) => netboot_cli::run(c),
+        Cmd::Bench(BenchCmd::Failover(a)) => cmd_bench_failover(a),
         Cmd::Bench(BenchCmd::Netboot(a)) => {
             let opts = monarch_boot::netbench::NetbenchOptions {
                 tftp_size: a.tftp_size,
@@ -440,6 +466,42 @@ fn cmd_up(a: UpArgs) -> ExitCode {
     };
     out.finish(&summary);
     if summary.ok { ExitCode::SUCCESS } else { ExitCode::from(exit::BOOT_FAILED) }
+}
+
+fn cmd_bench_failover(a: BenchFailoverArgs) -> ExitCode {
+    let exe = match own_exe() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let json = a.json;
+    let r = monarch_boot::failbench::bench(&exe, a.topo.topology.as_deref(), a.trials, &mut |i, t| {
+        if !json {
+            let what = match (t.struck, t.failover_ms) {
+                (true, Some(ms)) => format!("killed the monarch; failover in {ms:.0} ms"),
+                (true, None) => "killed the monarch; no failover seen".into(),
+                (false, _) => "the boot ended before the kill".into(),
+            };
+            let verdict = if t.ok { "ok".to_string() } else { format!("NOT OK: {}", t.problems.join("; ")) };
+            eprintln!("trial {:>3}: {what}: {verdict}", i + 1);
+        }
+    });
+    match r {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "\nmonarch bench failover: {} trials, {} ok (all secondaries RUNNING, each released once, into its verified image)\n  {} failovers: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms  (heartbeat timeout {:.0} ms; an undisturbed boot takes {:.0} ms from the election)",
+                    r.trials, r.ok, r.failovers, r.p50_ms, r.p99_ms, r.max_ms, r.timeout_ms, r.boot_ms
+                );
+                for f in &r.failures {
+                    println!("  {f}");
+                }
+            }
+            if r.ok == r.trials { ExitCode::SUCCESS } else { ExitCode::from(exit::BOOT_FAILED) }
+        }
+        Err(e) => bad_input(&e),
+    }
 }
 
 /// One candidate of a chassis: events as JSON lines on stdout for `monarch up` to relay.
@@ -516,6 +578,10 @@ fn cmd_agent(a: AgentArgs) -> ExitCode {
             eprintln!("agent {}: verified and released (handoff none)", opts.id);
             eprintln!("agent {}: peak memory {} kB", opts.id, monarch_boot::bench::vm_hwm_bytes() / 1024);
             ExitCode::SUCCESS
+        }
+        Err(e @ agent::AgentError::Busy { .. }) => {
+            eprintln!("agent: {e}");
+            ExitCode::from(u8::try_from(agent::EXIT_BUSY).unwrap_or(exit::BOOT_FAILED))
         }
         Err(e) => {
             eprintln!("agent: {e}");

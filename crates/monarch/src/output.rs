@@ -139,7 +139,13 @@ fn describe(k: &EventKind) -> String {
                 "FAILOVER: {to} takes over from {from} (epoch {epoch}, {ms:.0} ms after the last heartbeat): {reason}"
             )
         }
-        EventKind::StoodDown { id, epoch, why } => format!("{id} (epoch {epoch}) stands down: {why}"),
+        EventKind::StoodDown { id, epoch, why, aborted } if aborted.is_empty() => {
+            format!("{id} (epoch {epoch}) stands down: {why}")
+        }
+        EventKind::StoodDown { id, epoch, why, aborted } => format!(
+            "{id} (epoch {epoch}) stands down: {why}; its last commands (ABORT at epoch {epoch}) to {} are ignored by them",
+            aborted.join(", ")
+        ),
         EventKind::Summary(_) => String::new(),
     }
 }
@@ -152,7 +158,7 @@ fn mib_s(bytes: u64, ms: f64) -> f64 {
 pub fn table(s: &Summary) -> String {
     let mut out = String::new();
     let secs: Vec<_> = s.processors.iter().filter(|p| p.role == "secondary").collect();
-    let up = secs.iter().filter(|p| p.state != "failed").count();
+    let up = secs.iter().filter(|p| matches!(p.state.as_str(), "running" | "released")).count();
     out.push_str(&format!(
         "\n{}: chassis \"{}\" {} in {:.1} ms: {up}/{} secondaries up\n\n",
         if s.ok { "OK" } else { "FAILED" },

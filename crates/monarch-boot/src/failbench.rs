@@ -1,0 +1,328 @@
+//! Failover trials (seed 003): boot a chassis with two or more management processors,
+//! kill (SIGKILL) or pause (SIGSTOP, then SIGCONT once a new monarch took over) the monarch
+//! at a random point of the boot, and check the outcome from outside: every secondary
+//! RUNNING, each released exactly once, and only into the image whose checksum the monarch
+//! retrieved. `monarch bench failover` runs many and prints the failover time's p50/p99;
+//! the test suite runs a few of each kind.
+//!
+//! Every fact is read from a real run: the events `monarch up --json` prints, and the
+//! release log every agent appends to just before its handoff (`MONARCH_RELEASE_LOG`).
+
+use crate::events::{Event, EventKind, Summary};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What is done to the monarch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Nothing: an undisturbed boot (calibrates how long a boot takes).
+    None,
+    /// SIGKILL it.
+    Kill,
+    /// SIGSTOP it, and SIGCONT it as soon as a new monarch took over (split brain).
+    Pause,
+}
+
+/// One trial.
+#[derive(Debug, Clone)]
+pub struct TrialSpec {
+    /// The `monarch` binary.
+    pub exe: PathBuf,
+    /// Topology file (`None`: the built-in chassis, which has two management processors).
+    pub topology: Option<PathBuf>,
+    /// What to do to the monarch.
+    pub fault: Fault,
+    /// When, counted from its election.
+    pub after: Duration,
+    /// Give up on the run after this long (it is then killed, and the trial fails).
+    pub limit: Duration,
+}
+
+/// What a trial found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    /// The fault was applied (false: the boot was over before the chosen moment).
+    pub struck: bool,
+    /// Milliseconds from the fault to the new monarch's claim, if there was a failover.
+    pub failover_ms: Option<f64>,
+    /// Every secondary RUNNING, each released once, into its verified image, exit status 0.
+    pub ok: bool,
+    /// What was wrong, if anything.
+    pub problems: Vec<String>,
+    /// The monarch that finished the boot, and its epoch.
+    pub monarch: Option<(String, u32)>,
+    /// Secondaries a deposed monarch sent its last commands to (split brain), and how many
+    /// commands each secondary ignored (`status.fenced`).
+    pub fenced: BTreeMap<String, (bool, u64)>,
+    /// A paused monarch said it stood down.
+    pub stood_down: bool,
+    /// From the first election to the last secondary's final state.
+    pub boot_ms: Option<f64>,
+    /// The final summary.
+    #[serde(skip)]
+    pub summary: Option<Summary>,
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// Run one trial.
+pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
+    let scratch = tempfile::tempdir().map_err(|e| format!("cannot make a scratch folder: {e}"))?;
+    let release_log = scratch.path().join("released.log");
+    let mut cmd = Command::new(&spec.exe);
+    cmd.arg("up").arg("--json").arg("--shutdown-grace").arg("2s");
+    if let Some(t) = &spec.topology {
+        cmd.arg("--topology").arg(t);
+    }
+    let mut child = cmd
+        .env("MONARCH_RELEASE_LOG", &release_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", spec.exe.display()))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<Event>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(ev) = serde_json::from_str::<Event>(&line) {
+                let _ = tx.send(ev);
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut pids: BTreeMap<String, u32> = BTreeMap::new();
+    let mut t = Trial {
+        struck: false,
+        failover_ms: None,
+        ok: false,
+        problems: Vec::new(),
+        monarch: None,
+        fenced: BTreeMap::new(),
+        stood_down: false,
+        boot_ms: None,
+        summary: None,
+    };
+    let mut elected_at: Option<Instant> = None;
+    let mut victim: Option<(u32, Instant)> = None; // (pid, when to strike)
+    let mut struck_at: Option<Instant> = None;
+    let mut paused: Option<u32> = None;
+    let mut aborted: Vec<String> = Vec::new();
+    loop {
+        let wait = match victim {
+            Some((_, at)) => at.saturating_duration_since(Instant::now()).min(Duration::from_millis(20)),
+            None => Duration::from_millis(50),
+        };
+        match rx.recv_timeout(wait) {
+            Ok(ev) => match ev.kind {
+                EventKind::Candidate { id, pid, .. } => {
+                    pids.insert(id, pid);
+                }
+                EventKind::Done { .. } => {
+                    t.boot_ms = elected_at.map(|e| e.elapsed().as_secs_f64() * 1e3);
+                }
+                EventKind::Elected { monarch, epoch, .. } => {
+                    elected_at.get_or_insert_with(Instant::now);
+                    if epoch == 1
+                        && spec.fault != Fault::None
+                        && let Some(pid) = pids.get(&monarch)
+                    {
+                        victim = Some((*pid, Instant::now() + spec.after));
+                    }
+                    t.monarch = Some((monarch, epoch));
+                }
+                EventKind::Failover { .. } => {
+                    if let Some(at) = struck_at
+                        && t.failover_ms.is_none()
+                    {
+                        t.failover_ms = Some(at.elapsed().as_secs_f64() * 1e3);
+                    }
+                    if let Some(pid) = paused.take() {
+                        signal(pid, rustix::process::Signal::CONT);
+                    }
+                }
+                EventKind::StoodDown { aborted: a, .. } => {
+                    t.stood_down = true;
+                    aborted = a;
+                }
+                EventKind::Summary(s) => t.summary = Some(s),
+                _ => {}
+            },
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some((pid, at)) = victim
+            && Instant::now() >= at
+        {
+            victim = None;
+            if t.summary.is_none() && crate::host::alive(pid) {
+                match spec.fault {
+                    Fault::Kill => signal(pid, rustix::process::Signal::KILL),
+                    Fault::Pause => {
+                        signal(pid, rustix::process::Signal::STOP);
+                        paused = Some(pid);
+                    }
+                    Fault::None => {}
+                }
+                t.struck = true;
+                struck_at = Some(Instant::now());
+            }
+        }
+        if start.elapsed() > spec.limit {
+            let _ = child.kill();
+            t.problems.push(format!("the run did not end within {:?}", spec.limit));
+            break;
+        }
+    }
+    if let Some(pid) = paused {
+        signal(pid, rustix::process::Signal::CONT);
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let _ = reader.join();
+    check(&mut t, &release_log, status.success(), &aborted);
+    Ok(t)
+}
+
+/// Judge a finished trial by its summary and release log.
+fn check(t: &mut Trial, release_log: &Path, exited_ok: bool, aborted: &[String]) {
+    let Some(s) = &t.summary else {
+        t.problems.push("no summary".into());
+        return;
+    };
+    if !exited_ok {
+        t.problems.push("monarch up exited with a failure".into());
+    }
+    let log = std::fs::read_to_string(release_log).unwrap_or_default();
+    let mut released: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for line in log.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let [id, _epoch, _attempt, checksum, _pid] = f.as_slice() {
+            released.entry(id).or_default().push(checksum);
+        } else {
+            t.problems.push(format!("bad release log line {line:?}"));
+        }
+    }
+    for p in s.processors.iter().filter(|p| p.role == "secondary") {
+        if p.state != "running" {
+            t.problems.push(format!("{} ended {}: {}", p.id, p.state, p.error.clone().unwrap_or_default()));
+        }
+        let r = released.get(p.id.as_str()).cloned().unwrap_or_default();
+        if r.len() != 1 {
+            t.problems.push(format!("{} was released {} times", p.id, r.len()));
+        }
+        if let Some(c) = &p.checksum
+            && r.iter().any(|x| x != c)
+        {
+            t.problems.push(format!("{} was released into {r:?}, not its verified image {c}", p.id));
+        }
+        t.fenced.insert(p.id.clone(), (aborted.contains(&p.id), p.fenced));
+    }
+    for id in aborted {
+        if t.fenced.get(id).is_none_or(|(_, n)| *n == 0) {
+            t.problems
+                .push(format!("{id} got the deposed monarch's last command but did not count it as fenced"));
+        }
+    }
+    if let Some(e) = &s.election {
+        t.monarch = Some((e.monarch.clone(), e.epoch));
+    }
+    t.ok = t.problems.is_empty() && s.ok;
+}
+
+/// `monarch bench failover`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverBench {
+    /// Trials run.
+    pub trials: usize,
+    /// Trials that ended with every secondary RUNNING, released once, into its image.
+    pub ok: usize,
+    /// Trials where the monarch died before the boot was over (a failover happened).
+    pub failovers: usize,
+    /// Failover time (SIGKILL of the monarch → the new monarch's claim), median.
+    pub p50_ms: f64,
+    /// … 99th percentile.
+    pub p99_ms: f64,
+    /// Worst.
+    pub max_ms: f64,
+    /// The configured heartbeat timeout (failover time is about this, less the time since
+    /// the last beat before the kill, plus the claim).
+    pub timeout_ms: f64,
+    /// An undisturbed boot, from election to summary (the range kill points are drawn from).
+    pub boot_ms: f64,
+    /// The trials that were not ok, with what was wrong.
+    pub failures: Vec<String>,
+}
+
+/// Run `trials` SIGKILL trials at uniformly random points of the boot. `progress` hears
+/// each trial's outcome.
+pub fn bench(
+    exe: &Path,
+    topology: Option<&Path>,
+    trials: usize,
+    progress: &mut dyn FnMut(usize, &Trial),
+) -> Result<FailoverBench, String> {
+    let plan_topology = match topology {
+        Some(t) => crate::topology::Topology::load(t).map_err(|e| e.to_string())?,
+        None => crate::topology::Topology::builtin().map_err(|e| e.to_string())?,
+    };
+    if plan_topology.managers.len() < 2 {
+        return Err(
+            "failover needs two or more management processors (role = \"monarch\") in the topology".into()
+        );
+    }
+    let spec = |fault, after| TrialSpec {
+        exe: exe.to_path_buf(),
+        topology: topology.map(Path::to_path_buf),
+        fault,
+        after,
+        limit: Duration::from_secs(120),
+    };
+    // Calibrate: how long does an undisturbed boot take from the election on?
+    let calm = trial(&spec(Fault::None, Duration::ZERO))?;
+    if !calm.ok {
+        return Err(format!("an undisturbed boot already fails: {}", calm.problems.join("; ")));
+    }
+    let boot_ms = calm.boot_ms.unwrap_or(500.0);
+    let boot = Duration::from_secs_f64(boot_ms / 1e3);
+    let mut times = Vec::new();
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for i in 0..trials {
+        let after = boot.mul_f64(fastrand::f64());
+        let t = trial(&spec(Fault::Kill, after))?;
+        if t.ok {
+            ok += 1;
+        } else {
+            failures.push(format!("trial {i} (kill after {after:?}): {}", t.problems.join("; ")));
+        }
+        if let Some(ms) = t.failover_ms {
+            times.push(ms);
+        }
+        progress(i, &t);
+    }
+    times.sort_by(f64::total_cmp);
+    // Nearest rank: the smallest time with at least `p` percent of the trials at or below it.
+    let pct = |p: usize| match times.len() {
+        0 => 0.0,
+        n => times[(n * p).div_ceil(100).clamp(1, n) - 1],
+    };
+    Ok(FailoverBench {
+        trials,
+        ok,
+        failovers: times.len(),
+        p50_ms: pct(50),
+        p99_ms: pct(99),
+        max_ms: times.last().copied().unwrap_or(0.0),
+        timeout_ms: plan_topology.election.timeout.as_secs_f64() * 1e3,
+        boot_ms,
+        failures,
+    })
+}

@@ -1,0 +1,134 @@
+//! Seed 003 end to end, with real processes: the built-in chassis has two management
+//! processors; the monarch is killed (SIGKILL) or paused (SIGSTOP, then SIGCONT) at random
+//! points of the boot, and every trial must end with every secondary RUNNING, released
+//! exactly once, into its verified image. The paused monarch must stand down, and its late
+//! commands must be ignored by the secondaries (each counts them in `status.fenced`).
+//! `monarch bench failover --trials N` runs more trials than the test suite does
+//! (MONARCH_FAILOVER_TRIALS sets the count here, default 8).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use monarch_boot::failbench::{self, Fault, TrialSpec};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_monarch"))
+}
+
+fn trials() -> usize {
+    std::env::var("MONARCH_FAILOVER_TRIALS").ok().and_then(|s| s.parse().ok()).unwrap_or(8)
+}
+
+#[test]
+fn the_monarch_killed_at_random_points_never_costs_a_secondary() {
+    let n = trials();
+    let r = failbench::bench(&exe(), None, n, &mut |i, t| {
+        eprintln!("trial {i}: struck {} failover {:?} ok {} {:?}", t.struck, t.failover_ms, t.ok, t.problems);
+    })
+    .unwrap();
+    assert_eq!(r.ok, n, "failed trials: {:#?}", r.failures);
+    // Kill points are drawn inside the boot: most trials must really fail over.
+    assert!(r.failovers * 2 >= n, "only {} of {n} trials failed over", r.failovers);
+    eprintln!(
+        "failover p50 {:.0} ms p99 {:.0} ms over {} failovers (timeout {:.0} ms)",
+        r.p50_ms, r.p99_ms, r.failovers, r.timeout_ms
+    );
+}
+
+#[test]
+fn a_paused_monarch_is_fenced_and_stands_down() {
+    let mut fenced_seen = 0;
+    let mut stood_down = 0;
+    // Early in the boot (secondaries in flight) through late.
+    for (i, ms) in [40u64, 120, 200, 280].into_iter().enumerate() {
+        let t = failbench::trial(&TrialSpec {
+            exe: exe(),
+            topology: None,
+            fault: Fault::Pause,
+            after: Duration::from_millis(ms),
+            limit: Duration::from_secs(120),
+        })
+        .unwrap();
+        eprintln!("pause after {ms} ms: {t:?}");
+        assert!(t.ok, "trial {i}: {:?}", t.problems);
+        if t.failover_ms.is_some() {
+            assert!(t.stood_down, "trial {i}: the paused monarch never said it stood down");
+            assert_eq!(t.monarch.as_ref().map(|(m, e)| (m.as_str(), *e)), Some(("mgmt1", 2)));
+            stood_down += 1;
+        }
+        // Every secondary the deposed monarch still wrote to ignored it (checked in trial()).
+        fenced_seen += t.fenced.values().filter(|(aborted, n)| *aborted && *n > 0).count();
+    }
+    assert!(stood_down >= 2, "the pause landed after the boot in too many trials");
+    assert!(fenced_seen > 0, "no paused monarch wrote a late command: the fence was never exercised");
+}
+
+fn up(topology: &str, extra: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.toml");
+    std::fs::write(&f, topology).unwrap();
+    let out =
+        Command::new(exe()).arg("up").arg("--json").arg("--topology").arg(&f).args(extra).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(last).unwrap()
+}
+
+const THREE: &str = r#"
+[chassis]
+name = "three"
+[election]
+heartbeat = "20ms"
+timeout = "200ms"
+[[processor]]
+id = "m0"
+role = "monarch"
+slot = 0
+[[processor]]
+id = "m1"
+role = "monarch"
+slot = 1
+boot_id = 9
+self_test = "fail"
+[[processor]]
+id = "m2"
+role = "monarch"
+slot = 2
+boot_id = 3
+[[processor]]
+id = "lc"
+role = "secondary"
+image = "builtin:payload"
+image_size = "16MiB"
+"#;
+
+#[test]
+fn the_seeds_rules_pick_the_monarch_and_the_operator_can_pin_it() {
+    let s = up(THREE, &[]);
+    let e = &s["election"];
+    assert_eq!(e["monarch"], "m2", "{s}");
+    assert_eq!(e["reason"], "highest BOOT_ID (3)", "m1 has 9 but failed its self-test: {s}");
+    let state = |id: &str| {
+        s["processors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .map(|p| p["state"].clone())
+            .unwrap()
+    };
+    assert_eq!(state("m2"), "monarch");
+    assert_eq!(state("m1"), "deconfigured");
+    assert_eq!(state("m0"), "serf");
+    assert_eq!(state("lc"), "running");
+    assert_eq!(s["processors"][0]["id"], "m2", "the monarch comes first");
+
+    let s = up(THREE, &["--monarch", "m0"]);
+    assert_eq!(s["election"]["monarch"], "m0", "{s}");
+    assert_eq!(s["election"]["reason"], "pinned by the operator");
+    let s = up(THREE, &["--monarch", "m1"]);
+    assert_eq!(s["election"]["monarch"], "m2", "{s}");
+    assert!(s["election"]["reason"].as_str().unwrap().contains("the pinned m1 cannot be monarch"), "{s}");
+}
