@@ -19,6 +19,7 @@ use crate::events::{ElectionSummary, Event, EventKind, FailoverSummary, Processo
 use crate::plan::Plan;
 use crate::run::{self, UpOptions};
 use crate::stage::Authority;
+use crate::topology::ElectionBackend;
 use monarch_drivers::Window;
 use monarch_proto::election::{self as el, Candidate, Health, Watchdog};
 use monarch_proto::layout;
@@ -118,8 +119,12 @@ pub struct CandidateOptions {
     pub plan: Plan,
     /// Its index among the management processors.
     pub index: usize,
-    /// The backplane file.
-    pub backplane: PathBuf,
+    /// The backplane file (backplane elections).
+    pub backplane: Option<PathBuf>,
+    /// Names this boot in etcd (etcd elections): every candidate of one boot uses the same.
+    pub session: String,
+    /// The operator's choice of monarch (`--monarch`), over the topology's.
+    pub pinned: Option<usize>,
     /// As for `monarch up`.
     pub up: UpOptions,
     /// The chassis' start, which event times count from.
@@ -157,15 +162,36 @@ pub fn instant_at(t0: u128) -> Instant {
 }
 
 /// Run one candidate: publish, rendezvous, arbitrate, then serve as monarch or wait as serf
-/// (and usurp a stalled monarch). Events go to `on_event`.
+/// (and usurp a stalled monarch), on the topology's election backend. Events go to
+/// `on_event`.
 pub fn run_candidate(o: &CandidateOptions, on_event: &mut dyn FnMut(&Event)) -> CandidateOutcome {
     let clock = o.clock;
     let mut emit = |kind| on_event(&Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
-    let t = &o.plan.topology;
-    let Some(mgr) = t.managers.get(o.index) else {
+    if o.plan.topology.managers.get(o.index).is_none() {
         return CandidateOutcome::Failed(format!("no management processor with index {}", o.index));
+    }
+    let outcome = match &o.plan.topology.election.backend {
+        ElectionBackend::Backplane => run_on_backplane(o, &mut emit),
+        #[cfg(feature = "etcd")]
+        ElectionBackend::Etcd(e) => crate::etcd_chassis::run_candidate(o, e, &mut emit),
+        #[cfg(not(feature = "etcd"))]
+        ElectionBackend::Etcd(_) => CandidateOutcome::Failed(
+            "this monarch was built without etcd support: rebuild with `--features etcd`".into(),
+        ),
     };
-    let bp = match Backplane::open(&o.backplane) {
+    if let CandidateOutcome::Failed(why) = &outcome {
+        emit(EventKind::GaveUp { id: o.plan.topology.managers[o.index].id.clone(), why: why.clone() });
+    }
+    outcome
+}
+
+fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -> CandidateOutcome {
+    let t = &o.plan.topology;
+    let mgr = &t.managers[o.index];
+    let Some(path) = &o.backplane else {
+        return CandidateOutcome::Failed("a backplane election needs --backplane FILE".into());
+    };
+    let bp = match Backplane::open(path) {
         Ok(b) => b,
         Err(e) => return CandidateOutcome::Failed(e),
     };
@@ -208,7 +234,7 @@ pub fn run_candidate(o: &CandidateOptions, on_event: &mut dyn FnMut(&Event)) -> 
                 if v.winner == me {
                     if bp.try_claim(0, 1, me) {
                         let reason = v.describe(&name);
-                        return serve(o, &bp, 1, reason, None, &mut emit);
+                        return serve(o, &bp, 1, reason, None, emit);
                     }
                 } else if dog.observe(0, now) {
                     // The winner never claimed: it is gone before it began.
@@ -250,7 +276,7 @@ pub fn run_candidate(o: &CandidateOptions, on_event: &mut dyn FnMut(&Event)) -> 
                     {
                         let reason = v.describe(&name);
                         let from = Takeover { from: name(holder), silent_ms, detected };
-                        return serve(o, &bp, epoch + 1, reason, Some(from), &mut emit);
+                        return serve(o, &bp, epoch + 1, reason, Some(from), emit);
                     }
                     dog.reset();
                 }
@@ -261,13 +287,13 @@ pub fn run_candidate(o: &CandidateOptions, on_event: &mut dyn FnMut(&Event)) -> 
 }
 
 /// A serf taking the boot over from a monarch that stalled.
-struct Takeover {
+pub(crate) struct Takeover {
     /// The deposed monarch.
-    from: String,
+    pub from: String,
     /// How long it had been silent when the serf gave up on it.
-    silent_ms: f64,
+    pub silent_ms: f64,
     /// When the serf gave up on it.
-    detected: Instant,
+    pub detected: Instant,
 }
 
 /// Claim every secondary's window for `epoch` before acting (see [`crate::stage::claim`]):
@@ -280,21 +306,23 @@ fn claim_windows(plan: &Plan, epoch: u32) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Serve as monarch of `epoch`: claim the windows, beat, boot (or take the boot over from
-/// `takeover`'s monarch), mark it done.
-fn serve(
+/// One term as monarch of `epoch`, whatever the election backend: claim every window,
+/// announce the takeover (from `takeover`'s monarch) and the election, then boot — or take
+/// the boot over from the windows — acting only while `check` says so. `Some(summary)` when
+/// the boot ran to its end with the mandate intact; `None` when the mandate was lost (the
+/// candidate said so in a StoodDown event).
+pub(crate) fn reign(
     o: &CandidateOptions,
-    bp: &Backplane,
     epoch: u32,
     reason: String,
     takeover: Option<Takeover>,
+    check: &(dyn Fn() -> Result<(), String> + Sync),
     emit: &mut dyn FnMut(EventKind),
-) -> CandidateOutcome {
-    let me = o.index;
-    let id = o.plan.topology.managers[me].id.clone();
+) -> Option<Summary> {
+    let id = o.plan.topology.managers[o.index].id.clone();
     let resume = takeover.is_some();
     // The takeover is complete once every window is ours: only then is it announced.
-    let claimed = claim_windows(&o.plan, epoch);
+    let claimed = claim_windows(&o.plan, epoch).and_then(|_| check());
     if let Some(t) = takeover {
         emit(EventKind::Failover {
             from: t.from,
@@ -306,9 +334,31 @@ fn serve(
     }
     if let Err(why) = claimed {
         emit(EventKind::StoodDown { id, epoch, why, aborted: Vec::new() });
-        return CandidateOutcome::StoodDown;
+        return None;
     }
     emit(EventKind::Elected { monarch: id.clone(), epoch, reason });
+    let authority = Authority { name: Some(&id), block: o.index, epoch, resume, check, shared: true };
+    let summary = run::boot(&o.plan, &o.up, &authority, o.clock, &mut |ev: &Event| emit(ev.kind.clone()));
+    if let Err(why) = check() {
+        let aborted = summary.processors.iter().filter(|p| p.late_command).map(|p| p.id.clone()).collect();
+        emit(EventKind::StoodDown { id, epoch, why, aborted });
+        return None;
+    }
+    Some(summary)
+}
+
+/// Serve as monarch of `epoch` on the backplane: beat while the claim is ours, reign, mark
+/// the boot done.
+fn serve(
+    o: &CandidateOptions,
+    bp: &Backplane,
+    epoch: u32,
+    reason: String,
+    takeover: Option<Takeover>,
+    emit: &mut dyn FnMut(EventKind),
+) -> CandidateOutcome {
+    let me = o.index;
+    let id = o.plan.topology.managers[me].id.clone();
     let word = el::claim_word(epoch, me);
     let deposed = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -337,20 +387,14 @@ fn serve(
                 std::thread::sleep(period);
             }
         });
-        let authority = Authority { name: Some(&id), block: me, epoch, resume, check: &check, shared: true };
-        let mut relay = |ev: &Event| emit(ev.kind.clone());
-        let s = run::boot(&o.plan, &o.up, &authority, o.clock, &mut relay);
+        let s = reign(o, epoch, reason, takeover, &check, emit);
         stop.store(true, Ordering::Release);
         s
     });
-    if let Err(why) = check() {
-        let aborted: Vec<String> =
-            summary.processors.iter().filter(|p| p.late_command).map(|p| p.id.clone()).collect();
-        emit(EventKind::StoodDown { id, epoch, why, aborted });
-        return CandidateOutcome::StoodDown;
-    }
+    let Some(summary) = summary else { return CandidateOutcome::StoodDown };
     // Only the holder of the claim marks the boot done (a plain store: nobody else writes it).
     bp.w.store(el::BP_DONE, el::done_word(epoch, summary.ok));
+    emit(EventKind::Finished { id, epoch, ok: summary.ok });
     CandidateOutcome::Finished { ok: summary.ok }
 }
 
@@ -387,10 +431,11 @@ pub fn up(
         chassis: t.name.clone(),
         total_ms: clock.elapsed().as_secs_f64() * 1e3,
         processors: vec![ProcessorSummary {
-            error: Some(why),
+            error: Some(why.clone()),
             ..ProcessorSummary::new(plan.monarch(), "monarch", "failed")
         }],
         election: None,
+        error: Some(why),
     };
     if let Err(e) = std::fs::create_dir_all(&t.run_dir) {
         return fail(format!("cannot create the run folder {}: {e}", t.run_dir.display()));
@@ -402,11 +447,15 @@ pub fn up(
             w.clear_registers();
         }
     }
-    let bp_path = t.run_dir.join("backplane.bp");
     let pinned = pinned.or(t.election.pinned);
-    let bp = match Backplane::create(&bp_path, t.managers.len(), pinned) {
-        Ok(b) => b,
-        Err(e) => return fail(format!("cannot create the backplane: {e}")),
+    let bp_path = t.run_dir.join("backplane.bp");
+    // Keep the backplane mapped for the whole run (its file lives in the run folder).
+    let _bp = match t.election.backend {
+        ElectionBackend::Backplane => match Backplane::create(&bp_path, t.managers.len(), pinned) {
+            Ok(b) => Some(b),
+            Err(e) => return fail(format!("cannot create the backplane: {e}")),
+        },
+        ElectionBackend::Etcd(_) => None,
     };
     // Orphans of a killed monarch (its agents, now running images) come to us, so the last
     // monarch's SHUTDOWN ends them and nothing outlives the chassis.
@@ -420,11 +469,16 @@ pub fn up(
         if let TopologySource::File(f) = source {
             cmd.arg("--topology").arg(f);
         }
-        cmd.arg("--index")
-            .arg(k.to_string())
-            .arg("--backplane")
-            .arg(&bp_path)
-            .arg("--run-dir")
+        cmd.arg("--index").arg(k.to_string());
+        match t.election.backend {
+            ElectionBackend::Backplane => cmd.arg("--backplane").arg(&bp_path),
+            // One election per run: this run's start names it.
+            ElectionBackend::Etcd(_) => cmd.arg("--session").arg(t0.to_string()),
+        };
+        if let Some(p) = pinned.and_then(|p| t.managers.get(p)) {
+            cmd.arg("--monarch").arg(&p.id);
+        }
+        cmd.arg("--run-dir")
             .arg(&t.run_dir)
             .arg("--t0-unix-ns")
             .arg(t0.to_string())
@@ -455,11 +509,9 @@ pub fn up(
             Err(e) => {
                 on_event(&Event {
                     t_ms: clock.elapsed().as_secs_f64() * 1e3,
-                    kind: EventKind::StoodDown {
+                    kind: EventKind::GaveUp {
                         id: m.id.clone(),
-                        epoch: 0,
                         why: format!("cannot start its candidate process {}: {e}", opts.agent_exe.display()),
-                        aborted: Vec::new(),
                     },
                 });
                 children.push(None);
@@ -469,7 +521,9 @@ pub fn up(
     drop(tx);
     let mut summaries: Vec<Option<Summary>> = t.managers.iter().map(|_| None).collect();
     let mut state: Vec<&str> = t.managers.iter().map(|_| "serf").collect();
-    let mut elected: Option<(String, u32, String)> = None;
+    let mut elected: Option<(usize, String, u32, String)> = None;
+    let mut finished: Option<(usize, u32, bool)> = None;
+    let mut gave_up: Vec<String> = Vec::new();
     let mut failovers = Vec::new();
     for (k, ev) in rx {
         match &ev.kind {
@@ -479,7 +533,8 @@ pub fn up(
             }
             EventKind::Candidate { health, .. } if health != "healthy" => state[k] = "deconfigured",
             EventKind::Elected { monarch, epoch, reason } => {
-                elected = Some((monarch.clone(), *epoch, reason.clone()));
+                elected = Some((k, monarch.clone(), *epoch, reason.clone()));
+                state[k] = "monarch";
             }
             EventKind::Stalled { monarch, .. } => {
                 if let Some(i) = t.managers.iter().position(|m| &m.id == monarch) {
@@ -494,6 +549,11 @@ pub fn up(
                 ms: *ms,
             }),
             EventKind::StoodDown { .. } => state[k] = "stood down",
+            EventKind::Finished { epoch, ok, .. } => finished = Some((k, *epoch, *ok)),
+            EventKind::GaveUp { id, why } => {
+                state[k] = "gave up";
+                gave_up.push(format!("{id}: {why}"));
+            }
             _ => {}
         }
         on_event(&ev);
@@ -505,47 +565,67 @@ pub fn up(
     for c in children.iter_mut() {
         exits.push(c.as_mut().and_then(|c| c.wait().ok()));
     }
-    // Reap what the candidates left us (orphaned images the last monarch shut down).
+    // What the candidates left us: orphaned images nobody shut down (the boot did not
+    // finish, or a deposed monarch's agents) are stopped; nothing outlives the chassis.
+    for pid in monarch_drivers::host::children_of(std::process::id()) {
+        if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
     while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
     let total_ms = clock.elapsed().as_secs_f64() * 1e3;
-    let done = bp.done();
-    let holder = bp.claim().map(|(_, h)| h);
-    let mut summary = match (done, holder.and_then(|h| summaries.get(h).cloned().flatten())) {
-        (Some((_, _)), Some(s)) => s,
-        _ => {
-            let why = match holder {
-                Some(h) => format!(
-                    "monarch {} did not finish the boot and no candidate took over (its process: {}); see {}",
-                    t.managers[h].id,
-                    exits.get(h).copied().flatten().map_or("not started".into(), |s| s.to_string()),
-                    t.run_dir.join(format!("{}.candidate.log", t.managers[h].id)).display()
-                ),
-                None => "no candidate became monarch (see the candidates' logs in the run folder)".into(),
+    let last_monarch = elected.as_ref().map(|(k, ..)| *k);
+    let mut summary = match finished.and_then(|(k, ..)| summaries[k].clone()) {
+        Some(s) => s,
+        None => {
+            // Nobody finished: say why, and report each secondary as the last monarch saw it
+            // (running ones are running; anything else did not boot).
+            let why = if !gave_up.is_empty() {
+                format!("no monarch finished the boot: {}", gave_up.join("; "))
+            } else {
+                match last_monarch {
+                    Some(h) => format!(
+                        "monarch {} did not finish the boot and no candidate took over (its process: {}); see {}",
+                        t.managers[h].id,
+                        exits.get(h).copied().flatten().map_or("not started".into(), |s| s.to_string()),
+                        t.run_dir.join(format!("{}.candidate.log", t.managers[h].id)).display()
+                    ),
+                    None => "no candidate became monarch (see the candidates' logs in the run folder)".into(),
+                }
             };
-            let mut s = fail(why);
-            s.processors.clear();
-            s.processors.push(ProcessorSummary {
-                error: s.processors.first().and_then(|p| p.error.clone()),
-                ..ProcessorSummary::new(plan.monarch(), "monarch", "failed")
-            });
-            s.processors.extend(t.secondaries.iter().map(|sec| ProcessorSummary {
-                error: Some("not booted: the boot did not finish".into()),
-                required: sec.required,
-                ..ProcessorSummary::new(&sec.id, "secondary", "failed")
+            let seen = last_monarch.and_then(|h| summaries[h].clone());
+            let mut s = fail(why.clone());
+            s.processors.extend(t.secondaries.iter().map(|sec| {
+                let last = seen.as_ref().and_then(|x| x.processors.iter().find(|p| p.id == sec.id));
+                match last {
+                    Some(p) if p.state == "running" => p.clone(),
+                    Some(p) => ProcessorSummary {
+                        state: "failed".into(),
+                        error: Some(format!("not booted: {why}")),
+                        ..p.clone()
+                    },
+                    None => ProcessorSummary {
+                        error: Some(format!("not booted: {why}")),
+                        required: sec.required,
+                        ..ProcessorSummary::new(&sec.id, "secondary", "failed")
+                    },
+                }
             }));
             s
         }
     };
     // The candidates, the final monarch first (it is the summary's first line already).
     summary.processors.retain(|p| p.role == "secondary");
+    let holder = finished.map(|(k, ..)| k);
     for (k, m) in t.managers.iter().enumerate().rev() {
-        let p = if Some(k) == holder && done.is_some() {
+        let p = if Some(k) == holder {
             ProcessorSummary {
                 timings_ms: crate::events::Timings { total: total_ms, ..Default::default() },
                 ..ProcessorSummary::new(&m.id, "monarch", "monarch")
             }
         } else {
-            ProcessorSummary { required: false, ..ProcessorSummary::new(&m.id, "candidate", state[k]) }
+            let st = if state[k] == "monarch" { "failed" } else { state[k] };
+            ProcessorSummary { required: false, ..ProcessorSummary::new(&m.id, "candidate", st) }
         };
         summary.processors.insert(0, p);
     }
@@ -561,10 +641,15 @@ pub fn up(
             p.fenced = w.load(layout::ST_FENCED);
         }
     }
-    summary.election =
-        elected.map(|(monarch, epoch, reason)| ElectionSummary { monarch, epoch, reason, failovers });
+    summary.election = elected.map(|(k, monarch, epoch, reason)| {
+        let (monarch, epoch, reason) = match finished {
+            Some((f, e, _)) if f != k => (t.managers[f].id.clone(), e, reason),
+            _ => (monarch, epoch, reason),
+        };
+        ElectionSummary { monarch, epoch, reason, failovers }
+    });
     summary.total_ms = total_ms;
-    summary.ok = summary.ok && done.is_some_and(|(_, ok)| ok);
+    summary.ok = summary.ok && finished.is_some_and(|(_, _, ok)| ok);
     if t.run_dir_is_temporary {
         let _ = std::fs::remove_dir_all(&t.run_dir);
     }

@@ -159,7 +159,7 @@ pub enum EventKind {
         /// backplane and in every secondary's window.
         ms: f64,
     },
-    /// A monarch found it was deposed (it had been paused) and stopped acting.
+    /// A monarch found it was deposed (it had been paused, or lost etcd) and stopped acting.
     StoodDown {
         /// Its id.
         id: String,
@@ -171,6 +171,24 @@ pub enum EventKind {
         /// its old epoch) is ignored by them.
         #[serde(default)]
         aborted: Vec<String>,
+    },
+    /// The monarch finished the boot and marked it done (on the backplane, or in etcd): the
+    /// chassis' result is its summary.
+    Finished {
+        /// The monarch.
+        id: String,
+        /// Its epoch.
+        epoch: u32,
+        /// Every required secondary booted.
+        ok: bool,
+    },
+    /// A candidate gave the boot up (etcd out of reach for too long, no candidate able to
+    /// be monarch): the chassis reports why.
+    GaveUp {
+        /// The candidate.
+        id: String,
+        /// Why, with the fix where there is one.
+        why: String,
     },
     /// The final line.
     Summary(Summary),
@@ -193,6 +211,8 @@ impl EventKind {
             | EventKind::Stalled { .. }
             | EventKind::Failover { .. }
             | EventKind::StoodDown { .. }
+            | EventKind::Finished { .. }
+            | EventKind::GaveUp { .. }
             | EventKind::Summary(_) => None,
         }
     }
@@ -323,6 +343,9 @@ pub struct Summary {
     /// With two or more management processors: who won, why, and every failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub election: Option<ElectionSummary>,
+    /// Why the boot as a whole did not finish (no monarch could finish it), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The election of a run with several management processors.

@@ -25,6 +25,14 @@ pub enum Fault {
     Kill,
     /// SIGSTOP it, and SIGCONT it as soon as a new monarch took over (split brain).
     Pause,
+    /// Not the monarch: another process the boot depends on (the etcd server). SIGSTOP it
+    /// and SIGCONT it after `resume_after`, or SIGKILL it for good (`None`).
+    Outside {
+        /// Its pid.
+        pid: u32,
+        /// How long it stays stopped; `None`: killed.
+        resume_after: Option<Duration>,
+    },
 }
 
 /// One trial.
@@ -65,6 +73,11 @@ pub struct Trial {
     /// The final summary.
     #[serde(skip)]
     pub summary: Option<Summary>,
+    /// Every event, with the trial's own times (ms since the fault) beside them.
+    #[serde(skip)]
+    pub events: Vec<(Option<f64>, Event)>,
+    /// How long `monarch up` ran.
+    pub run_ms: f64,
 }
 
 fn signal(pid: u32, sig: rustix::process::Signal) {
@@ -110,7 +123,10 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
         stood_down: false,
         boot_ms: None,
         summary: None,
+        events: Vec::new(),
+        run_ms: 0.0,
     };
+    let mut resume_outside: Option<(u32, Instant)> = None;
     let mut elected_at: Option<Instant> = None;
     let mut victim: Option<(u32, Instant)> = None; // (pid, when to strike)
     let mut struck_at: Option<Instant> = None;
@@ -121,7 +137,11 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
             Some((_, at)) => at.saturating_duration_since(Instant::now()).min(Duration::from_millis(20)),
             None => Duration::from_millis(50),
         };
-        match rx.recv_timeout(wait) {
+        let got = rx.recv_timeout(wait);
+        if let Ok(ev) = &got {
+            t.events.push((struck_at.map(|at| at.elapsed().as_secs_f64() * 1e3), ev.clone()));
+        }
+        match got {
             Ok(ev) => match ev.kind {
                 EventKind::Candidate { id, pid, .. } => {
                     pids.insert(id, pid);
@@ -131,7 +151,8 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
                 }
                 EventKind::Elected { monarch, epoch, .. } => {
                     elected_at.get_or_insert_with(Instant::now);
-                    if epoch == 1
+                    if victim.is_none()
+                        && !t.struck
                         && spec.fault != Fault::None
                         && let Some(pid) = pids.get(&monarch)
                     {
@@ -170,11 +191,22 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
                         signal(pid, rustix::process::Signal::STOP);
                         paused = Some(pid);
                     }
+                    Fault::Outside { pid, resume_after: Some(d) } => {
+                        signal(pid, rustix::process::Signal::STOP);
+                        resume_outside = Some((pid, Instant::now() + d));
+                    }
+                    Fault::Outside { pid, resume_after: None } => signal(pid, rustix::process::Signal::KILL),
                     Fault::None => {}
                 }
                 t.struck = true;
                 struck_at = Some(Instant::now());
             }
+        }
+        if let Some((pid, at)) = resume_outside
+            && Instant::now() >= at
+        {
+            signal(pid, rustix::process::Signal::CONT);
+            resume_outside = None;
         }
         if start.elapsed() > spec.limit {
             let _ = child.kill();
@@ -182,10 +214,11 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
             break;
         }
     }
-    if let Some(pid) = paused {
+    if let Some(pid) = paused.or(resume_outside.map(|(p, _)| p)) {
         signal(pid, rustix::process::Signal::CONT);
     }
     let status = child.wait().map_err(|e| e.to_string())?;
+    t.run_ms = start.elapsed().as_secs_f64() * 1e3;
     let _ = reader.join();
     check(&mut t, &release_log, status.success(), &aborted);
     Ok(t)

@@ -17,7 +17,12 @@ pub mod baseline;
 pub mod bench;
 pub mod bundle;
 pub mod chassis;
+#[cfg(feature = "etcd")]
+pub mod etcd_chassis;
 pub mod events;
+/// The etcd election (feature `etcd`), for callers that need its types or a local server.
+#[cfg(feature = "etcd")]
+pub use monarch_etcd;
 pub mod failbench;
 /// The host's own tools (moved to the drivers; re-exported for existing callers).
 pub use monarch_drivers::host;

@@ -136,7 +136,7 @@ pub fn boot(
         .iter()
         .filter(|p| p.role == "secondary" && p.required)
         .all(|p| matches!(p.state.as_str(), "running" | "released"));
-    let summary = Summary { ok, chassis: t.name.clone(), total_ms, processors, election: None };
+    let summary = Summary { ok, chassis: t.name.clone(), total_ms, processors, election: None, error: None };
     on_event(&Event { t_ms: total_ms, kind: EventKind::Summary(summary.clone()) });
     summary
 }

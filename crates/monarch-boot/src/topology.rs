@@ -173,6 +173,20 @@ struct ElectionDef {
     heartbeat: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     rendezvous: Option<Spanned<String>>,
+    /// etcd client URLs: elect over etcd instead of the backplane (candidates on machines
+    /// that share no backplane).
+    etcd: Option<Spanned<EndpointsDef>>,
+    /// etcd lease TTL.
+    ttl: Option<Spanned<String>>,
+    /// How long a candidate may be cut off from etcd before it gives the boot up.
+    etcd_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EndpointsDef {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -482,6 +496,29 @@ pub struct Election {
     pub timeout: Duration,
     /// How long candidates wait for each other before the first arbitration.
     pub rendezvous: Duration,
+    /// Where the election runs.
+    pub backend: ElectionBackend,
+}
+
+/// Where the candidates elect the monarch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElectionBackend {
+    /// The backplane: a register page every candidate on this machine maps (CAS claim,
+    /// heartbeat, serfs watching it).
+    Backplane,
+    /// etcd (`[election] etcd = [...]`): for candidates on machines that share no backplane.
+    Etcd(EtcdElection),
+}
+
+/// An election on etcd (feature `etcd`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdElection {
+    /// Client URLs (`http://host:2379`).
+    pub endpoints: Vec<String>,
+    /// Lease TTL: a dead monarch is replaced about this long after its last keep-alive.
+    pub ttl: Duration,
+    /// A candidate cut off from etcd for this long gives the boot up (with a clear error).
+    pub timeout: Duration,
 }
 
 /// A validated topology.
@@ -583,6 +620,10 @@ pub mod defaults {
     pub const FAILOVER: Duration = Duration::from_millis(500);
     /// Candidates' wait for each other before the first arbitration.
     pub const ELECTION_RENDEZVOUS: Duration = Duration::from_secs(5);
+    /// etcd lease TTL (etcd grants at least 2 s with its default timing).
+    pub const ETCD_TTL: Duration = Duration::from_secs(3);
+    /// How long a candidate may be cut off from etcd before it gives the boot up.
+    pub const ETCD_TIMEOUT: Duration = Duration::from_secs(15);
 }
 
 impl Topology {
@@ -1170,7 +1211,57 @@ fn election_spec(
             }
         }
     }
-    Election { pinned, heartbeat, timeout, rendezvous }
+    let backend = match &e.etcd {
+        None => {
+            for (v, f) in [(&e.ttl, "election.ttl"), (&e.etcd_timeout, "election.etcd_timeout")] {
+                if let Some(v) = v {
+                    cx.push(
+                        Some(v.span()),
+                        f,
+                        "only an etcd election has it: set election.etcd, or remove the field",
+                    );
+                }
+            }
+            ElectionBackend::Backplane
+        }
+        Some(ep) => {
+            let endpoints = match ep.get_ref() {
+                EndpointsDef::One(u) => vec![u.clone()],
+                EndpointsDef::Many(v) => v.clone(),
+            };
+            if endpoints.is_empty() || endpoints.iter().any(|u| u.trim().is_empty()) {
+                cx.push(
+                    Some(ep.span()),
+                    "election.etcd",
+                    "give etcd's client URLs, e.g. [\"http://10.0.0.1:2379\"]",
+                );
+            }
+            if let Some(bad) = endpoints.iter().find(|u| u.starts_with("https://")) {
+                cx.push(
+                    Some(ep.span()),
+                    "election.etcd",
+                    format!("{bad}: TLS is not supported; use an http:// endpoint"),
+                );
+            }
+            if !cfg!(feature = "etcd") {
+                cx.push(Some(ep.span()), "election.etcd", "this monarch was built without etcd support: rebuild with `cargo build --release --features etcd` (its build needs `apt-get install protobuf-compiler libprotobuf-dev`)");
+            }
+            let ttl = cx.duration(&e.ttl, "election.ttl", defaults::ETCD_TTL);
+            if ttl < Duration::from_secs(1) {
+                cx.push(
+                    e.ttl.as_ref().map(Spanned::span),
+                    "election.ttl",
+                    "etcd leases count whole seconds: use \"2s\" or more",
+                );
+            }
+            let timeout = cx.duration(&e.etcd_timeout, "election.etcd_timeout", defaults::ETCD_TIMEOUT);
+            if timeout < ttl {
+                cx.push(e.etcd_timeout.as_ref().map(Spanned::span), "election.etcd_timeout", format!("must be at least the lease TTL ({}), or a candidate gives up before a dead monarch's lease can expire", humantime::format_duration(ttl)));
+            }
+            ElectionBackend::Etcd(EtcdElection { endpoints, ttl, timeout })
+        }
+    };
+    Election { pinned, heartbeat, timeout, rendezvous, backend }
 }
 
 /// What [`netboot_spec`] needs to know about the secondary besides its definition.

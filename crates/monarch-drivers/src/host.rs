@@ -54,6 +54,23 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// The processes whose parent is `parent` (read from /proc; processes that vanish while
+/// it is read are skipped).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+                // Fields after the command name (in parentheses, maybe with spaces): state, ppid.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
 /// Run `cmd` (stdin closed) to completion; its stdout, or an error naming `what`, the exit
 /// status and what it printed on stderr.
 pub fn run(cmd: &mut Command, what: &str) -> Result<String, String> {

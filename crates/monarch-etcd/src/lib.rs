@@ -25,6 +25,7 @@
 //! [`Candidate::leader`] reads the same lowest key directly.
 
 pub mod proof;
+pub mod server;
 mod session;
 
 use std::fmt;
@@ -154,6 +155,17 @@ pub enum Error {
     /// The private tokio runtime could not start (out of threads or memory).
     #[error("cannot start the etcd client's runtime: {0}")]
     Runtime(#[source] std::io::Error),
+}
+
+/// Why [`Leadership::record`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// We no longer lead (or cannot prove it): nothing was written.
+    #[error(transparent)]
+    Lost(Lost),
+    /// etcd could not be asked; the record may or may not have been written.
+    #[error(transparent)]
+    Etcd(Error),
 }
 
 fn describe_leader(leader: &Option<(String, u64)>) -> String {
@@ -343,6 +355,28 @@ impl Candidate {
             cause: format!("leader key has an invalid create revision {}", kv.create_revision()),
         })?;
         Ok(Some((proof::display_candidate(kv.value()), epoch)))
+    }
+
+    /// Read a plain key (a record a monarch wrote with [`Leadership::record`]); `None` if it
+    /// does not exist. The value is untrusted text (lossy UTF-8, at most 4 KiB kept).
+    pub fn read(&self, key: &str) -> Result<Option<String>, Error> {
+        let got = self.rt.block_on(async {
+            let mut kv = self.client.kv_client();
+            match tokio::time::timeout(self.cfg.connect_timeout, kv.get(key, None)).await {
+                Err(_) => {
+                    Err(RpcFailure::Unreachable(format!("no answer within {:?}", self.cfg.connect_timeout)))
+                }
+                Ok(Err(e)) => Err(classify(&e)),
+                Ok(Ok(resp)) => Ok(resp),
+            }
+        });
+        match got {
+            Ok(resp) => Ok(resp.kvs().first().map(|kv| {
+                let v = kv.value();
+                String::from_utf8_lossy(&v[..v.len().min(4096)]).into_owned()
+            })),
+            Err(f) => Err(self.rt.block_on(failure(&self.cfg, f, "read a record"))),
+        }
     }
 
     /// The idle session if it is still provably alive, else a fresh lease.
@@ -581,6 +615,38 @@ impl Leadership {
     /// taken by two monarchs; a step must finish within the configured margin.
     pub fn check(&self) -> Result<u64, Lost> {
         self.handle.session.check(Instant::now()).map(|()| self.epoch)
+    }
+
+    /// Write `key = value` only while we lead: one transaction that puts the key if and only
+    /// if our leader key still exists with the create revision of our epoch, so a monarch
+    /// that lost its lease (even one that does not know it yet) cannot write. The key is not
+    /// attached to the lease: it outlives this monarch (for the next one to read).
+    pub fn record(&self, key: &str, value: &str) -> Result<(), RecordError> {
+        self.check().map_err(RecordError::Lost)?;
+        let rev = i64::try_from(self.epoch).unwrap_or(i64::MAX);
+        let txn = Txn::new()
+            .when([Compare::create_revision(self.key.key(), CompareOp::Equal, rev)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let rpc_timeout = self.cfg.connect_timeout;
+        let done = self.rt.block_on(async {
+            let mut kv = self.client.kv_client();
+            match tokio::time::timeout(rpc_timeout, kv.txn(txn)).await {
+                Err(_) => Err(RpcFailure::Unreachable(format!("no answer within {rpc_timeout:?}"))),
+                Ok(Err(e)) => Err(classify(&e)),
+                Ok(Ok(resp)) => Ok(resp.succeeded()),
+            }
+        });
+        match done {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RecordError::Lost(Lost {
+                why: format!(
+                    "our leader key {} (epoch {}) is gone from etcd: another monarch may lead",
+                    proof::display_candidate(self.key.key()),
+                    self.epoch
+                ),
+            })),
+            Err(f) => Err(RecordError::Etcd(self.rt.block_on(failure(&self.cfg, f, "write a record")))),
+        }
     }
 
     /// Block until leadership is lost (returns why) or `timeout` passes (`None`). Wakes at

@@ -8,123 +8,35 @@
 //! candidate's `check()` said Ok never overlap.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use monarch_etcd::{Candidate, Config, Error, Leadership};
+use monarch_etcd::server::LocalEtcd;
+use monarch_etcd::{Candidate, Config, Error, Leadership, RecordError};
 
-/// A private etcd on 127.0.0.1; killed (even when stopped) on drop.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    log: PathBuf,
-    args: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-fn spawn_etcd(args: &[String], log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("etcd log file");
-    Command::new("etcd")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn etcd")
-}
+/// The test's etcd: [`LocalEtcd`] with the tests' own shorthands.
+struct Etcd(LocalEtcd);
 
 impl Etcd {
     fn start() -> Etcd {
-        monarch_drivers::host::ensure_packages(&[("etcd", "etcd-server")], &mut |m| eprintln!("{m}"))
-            .expect("etcd is needed for this test");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = dir.path().join("etcd.log");
-        let args: Vec<String> = [
-            "--name",
-            "monarch-test",
-            "--data-dir",
-            &dir.path().join("data").display().to_string(),
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("monarch-test={peer_url}"),
-            "--logger",
-            "zap",
-            "--log-level",
-            "warn",
-            "--log-outputs",
-            "stderr",
-        ]
-        .map(String::from)
-        .to_vec();
-        let child = spawn_etcd(&args, &log);
-        let mut etcd = Etcd { child, endpoint, log, args, _dir: dir };
-        etcd.wait_ready();
-        etcd
+        Etcd(LocalEtcd::start().expect("a local etcd"))
     }
 
-    /// Kill etcd outright (no chance to flush or say goodbye).
     fn kill(&mut self) {
-        self.child.kill().expect("kill etcd");
-        self.child.wait().expect("reap etcd");
+        self.0.kill();
     }
 
-    /// Start etcd again on the same ports and data directory; returns when it answers.
     fn restart(&mut self) {
-        self.child = spawn_etcd(&self.args, &self.log);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("etcd exited with {status}: {}", self.log_text());
-            }
-            let mut cfg = Config::new(vec![self.endpoint.clone()], "monarch/ready", "probe");
-            cfg.connect_timeout = Duration::from_millis(500);
-            if Candidate::connect(cfg).and_then(|c| c.leader()).is_ok() {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "etcd not ready after 20 s: {}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        self.0.restart().expect("etcd restarts");
     }
 
     fn signal(&self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, signal).expect("signal etcd");
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.signal(signal).expect("signal etcd");
     }
 
     fn config(&self, election: &str, candidate: &str, ttl: Duration) -> Config {
-        Config::new(vec![self.endpoint.clone()], election, candidate).with_ttl(ttl)
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Config::new(vec![self.0.endpoint().to_string()], election, candidate).with_ttl(ttl)
     }
 }
 
@@ -389,4 +301,32 @@ fn unreachable_etcd_names_the_endpoint_and_the_fix() {
     let bad = Config::new(vec![endpoint], "monarch/", "a");
     let err = Candidate::connect(bad).expect_err("trailing slash");
     assert!(err.to_string().contains("must not end in '/'"), "{err}");
+}
+
+#[test]
+fn only_the_leader_writes_records() {
+    let etcd = Etcd::start();
+    let ttl = Duration::from_secs(2);
+    let a = Candidate::connect(etcd.config("monarch/chassis-6/election", "a", ttl)).expect("connect a");
+    let b = Candidate::connect(etcd.config("monarch/chassis-6/election", "b", ttl)).expect("connect b");
+    let la = a.campaign(Some(Duration::from_secs(10))).expect("a campaigns");
+    la.record("monarch/chassis-6/monarch", "a 1").expect("the leader records");
+    assert_eq!(b.read("monarch/chassis-6/monarch").expect("read").as_deref(), Some("a 1"));
+    assert_eq!(b.read("monarch/chassis-6/nothing").expect("read"), None);
+
+    // a's lease runs out on the server while a still holds its Leadership (a process that
+    // was paused): b leads, and a's record is refused by etcd itself.
+    let b_thread = thread::spawn(move || b.campaign(Some(Duration::from_secs(20))).map(|l| (b, l)));
+    etcd.signal(rustix::process::Signal::STOP);
+    thread::sleep(ttl + Duration::from_millis(500));
+    assert!(la.check().is_err(), "a cannot prove its lease while etcd is stopped");
+    etcd.signal(rustix::process::Signal::CONT);
+    let (b, lb) = b_thread.join().expect("b thread").expect("b leads");
+    match la.record("monarch/chassis-6/monarch", "a again") {
+        Err(RecordError::Lost(_)) => {}
+        other => panic!("a deposed leader wrote a record: {other:?}"),
+    }
+    lb.record("monarch/chassis-6/monarch", "b 2").expect("the new leader records");
+    assert_eq!(a.read("monarch/chassis-6/monarch").expect("read").as_deref(), Some("b 2"));
+    drop(b);
 }

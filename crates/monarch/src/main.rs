@@ -287,9 +287,16 @@ struct CandidateArgs {
     /// This candidate's index among the topology's management processors.
     #[arg(long)]
     index: usize,
-    /// The backplane `monarch up` created.
+    /// The backplane `monarch up` created (a backplane election).
     #[arg(long, value_name = "FILE")]
-    backplane: PathBuf,
+    backplane: Option<PathBuf>,
+    /// Names this boot in etcd (an etcd election): every candidate of one boot passes the
+    /// same value.
+    #[arg(long, value_name = "NAME", default_value = "boot")]
+    session: String,
+    /// The operator's choice of monarch (a management processor's id).
+    #[arg(long, value_name = "ID")]
+    monarch: Option<String>,
     /// The chassis' run folder (windows without a path live there).
     #[arg(long, value_name = "DIR")]
     run_dir: PathBuf,
@@ -519,10 +526,22 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let pinned = match a.monarch.as_deref().map(|m| topology.managers.iter().position(|x| x.id == m)) {
+        Some(None) => {
+            return bad_input(&format!(
+                "--monarch {:?} is not a management processor of the topology",
+                a.monarch
+            ));
+        }
+        Some(p) => p,
+        None => None,
+    };
     let o = chassis::CandidateOptions {
         plan: Plan::new(topology),
         index: a.index,
+        pinned,
         backplane: a.backplane,
+        session: a.session,
         up: UpOptions { agent_exe, shutdown_grace: a.shutdown_grace },
         clock: chassis::instant_at(a.t0_unix_ns),
     };

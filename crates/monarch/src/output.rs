@@ -136,7 +136,7 @@ fn describe(k: &EventKind) -> String {
         }
         EventKind::Failover { from, to, epoch, reason, ms } => {
             format!(
-                "FAILOVER: {to} takes over from {from} (epoch {epoch}, {ms:.0} ms after the last heartbeat): {reason}"
+                "FAILOVER: {to} takes over from {from} (epoch {epoch}, {ms:.0} ms after it was last seen alive): {reason}"
             )
         }
         EventKind::StoodDown { id, epoch, why, aborted } if aborted.is_empty() => {
@@ -146,6 +146,11 @@ fn describe(k: &EventKind) -> String {
             "{id} (epoch {epoch}) stands down: {why}; its last commands (ABORT at epoch {epoch}) to {} are ignored by them",
             aborted.join(", ")
         ),
+        EventKind::Finished { id, epoch, ok: true } => format!("{id} (epoch {epoch}) finished the boot"),
+        EventKind::Finished { id, epoch, ok: false } => {
+            format!("{id} (epoch {epoch}) finished the boot, with failed secondaries")
+        }
+        EventKind::GaveUp { id, why } => format!("{id} gives up: {why}"),
         EventKind::Summary(_) => String::new(),
     }
 }
@@ -167,6 +172,9 @@ pub fn table(s: &Summary) -> String {
         s.total_ms,
         secs.len()
     ));
+    if let Some(e) = &s.error {
+        out.push_str(&format!("why: {e}\n\n"));
+    }
     out.push_str(&format!(
         "{:<8} {:<9} {:<16} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
         "id",
@@ -221,7 +229,7 @@ pub fn table(s: &Summary) -> String {
         out.push_str(&format!("\nmonarch {} (epoch {}): {}\n", e.monarch, e.epoch, e.reason));
         for f in &e.failovers {
             out.push_str(&format!(
-                "  failover at {:.1} ms: {} took over from {} (epoch {}), {:.0} ms after its last heartbeat\n",
+                "  failover at {:.1} ms: {} took over from {} (epoch {}), {:.0} ms after it was last seen alive\n",
                 f.t_ms, f.to, f.from, f.epoch, f.ms
             ));
         }

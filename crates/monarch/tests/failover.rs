@@ -101,7 +101,6 @@ boot_id = 3
 id = "lc"
 role = "secondary"
 image = "builtin:payload"
-image_size = "16MiB"
 "#;
 
 #[test]
