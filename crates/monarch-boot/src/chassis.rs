@@ -185,6 +185,21 @@ pub fn run_candidate(o: &CandidateOptions, on_event: &mut dyn FnMut(&Event)) -> 
     outcome
 }
 
+/// The candidate's self-test result, as an event; false when it failed (the seed's
+/// PDC_CONFIG deconfigures it: it never becomes monarch).
+pub(crate) fn announce(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -> bool {
+    let mgr = &o.plan.topology.managers[o.index];
+    let mine = mgr.candidate(o.index);
+    emit(EventKind::Candidate {
+        id: mgr.id.clone(),
+        slot: mine.slot,
+        boot_id: mine.boot_id,
+        health: mine.health.name().into(),
+        pid: std::process::id(),
+    });
+    mine.health == Health::Healthy
+}
+
 fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -> CandidateOutcome {
     let t = &o.plan.topology;
     let mgr = &t.managers[o.index];
@@ -197,17 +212,9 @@ fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -> Ca
     };
     let me = o.index;
     let name = |k: usize| t.managers.get(k).map_or_else(|| format!("candidate {k}"), |m| m.id.clone());
-    // Self-test, then publish (the seed's PDC_CONFIG deconfigures a failing processor).
     let mine = mgr.candidate(me);
     bp.publish(&mine, std::process::id());
-    emit(EventKind::Candidate {
-        id: mgr.id.clone(),
-        slot: mine.slot,
-        boot_id: mine.boot_id,
-        health: mine.health.name().into(),
-        pid: std::process::id(),
-    });
-    if mine.health != Health::Healthy {
+    if !announce(o, emit) {
         return CandidateOutcome::Deconfigured;
     }
     let e = &t.election;
@@ -443,7 +450,9 @@ pub fn up(
     // Power-on: every window's registers start from zero, so no candidate takes a previous
     // run's RUNNING for this one's.
     for s in &t.secondaries {
-        if let Ok(w) = Window::open(&s.window.path) {
+        if s.window.path.exists()
+            && let Ok(w) = Window::registers_of(&s.window.path, s.window.data_size)
+        {
             w.clear_registers();
         }
     }
@@ -636,7 +645,8 @@ pub fn up(
     // What the deposed monarch's late commands did: every secondary counted them, ignored.
     for p in summary.processors.iter_mut().filter(|p| p.role == "secondary") {
         if let Some(sec) = t.secondaries.iter().find(|s| s.id == p.id)
-            && let Ok(w) = Window::open(&sec.window.path)
+            && sec.window.path.exists()
+            && let Ok(w) = Window::registers_of(&sec.window.path, sec.window.data_size)
         {
             p.fenced = w.load(layout::ST_FENCED);
         }

@@ -72,15 +72,7 @@ pub(crate) fn run_candidate(
     let t = &o.plan.topology;
     let me = o.index;
     let mgr = &t.managers[me];
-    let mine = mgr.candidate(me);
-    emit(EventKind::Candidate {
-        id: mgr.id.clone(),
-        slot: mine.slot,
-        boot_id: mine.boot_id,
-        health: mine.health.name().into(),
-        pid: std::process::id(),
-    });
-    if mine.health != Health::Healthy {
+    if !chassis::announce(o, emit) {
         return CandidateOutcome::Deconfigured;
     }
     let table: Vec<el::Candidate> = t.managers.iter().enumerate().map(|(k, m)| m.candidate(k)).collect();

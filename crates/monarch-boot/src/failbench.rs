@@ -273,6 +273,13 @@ fn check(t: &mut Trial, release_log: &Path, exited_ok: bool, aborted: &[String])
 /// `monarch bench failover`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FailoverBench {
+    /// What was done to the monarch: `kill` (SIGKILL) or `pause` (SIGSTOP, SIGCONT after the
+    /// takeover: split brain).
+    pub fault: &'static str,
+    /// Trials in which the (paused) monarch said it stood down.
+    pub stood_down: usize,
+    /// Commands of deposed monarchs the secondaries ignored, over all trials.
+    pub fenced_commands: u64,
     /// Trials run.
     pub trials: usize,
     /// Trials that ended with every secondary RUNNING, released once, into its image.
@@ -285,8 +292,9 @@ pub struct FailoverBench {
     pub p99_ms: f64,
     /// Worst.
     pub max_ms: f64,
-    /// The configured heartbeat timeout (failover time is about this, less the time since
-    /// the last beat before the kill, plus the claim).
+    /// The configured failover floor: the heartbeat timeout on a backplane, the lease TTL on
+    /// etcd (failover time is about this, less the time since the last beat or keep-alive
+    /// before the kill, plus the takeover).
     pub timeout_ms: f64,
     /// An undisturbed boot, from election to summary (the range kill points are drawn from).
     pub boot_ms: f64,
@@ -294,12 +302,14 @@ pub struct FailoverBench {
     pub failures: Vec<String>,
 }
 
-/// Run `trials` SIGKILL trials at uniformly random points of the boot. `progress` hears
-/// each trial's outcome.
+/// Run `trials` trials, each SIGKILLing (or, with `pause`, SIGSTOPping until the takeover)
+/// the monarch at a uniformly random point of the boot. `progress` hears each trial's
+/// outcome.
 pub fn bench(
     exe: &Path,
     topology: Option<&Path>,
     trials: usize,
+    pause: bool,
     progress: &mut dyn FnMut(usize, &Trial),
 ) -> Result<FailoverBench, String> {
     let plan_topology = match topology {
@@ -328,14 +338,18 @@ pub fn bench(
     let mut times = Vec::new();
     let mut ok = 0;
     let mut failures = Vec::new();
+    let (mut stood_down, mut fenced_commands) = (0, 0);
+    let (fault, verb) = if pause { (Fault::Pause, "pause") } else { (Fault::Kill, "kill") };
     for i in 0..trials {
         let after = boot.mul_f64(fastrand::f64());
-        let t = trial(&spec(Fault::Kill, after))?;
+        let t = trial(&spec(fault, after))?;
         if t.ok {
             ok += 1;
         } else {
-            failures.push(format!("trial {i} (kill after {after:?}): {}", t.problems.join("; ")));
+            failures.push(format!("trial {i} ({verb} after {after:?}): {}", t.problems.join("; ")));
         }
+        stood_down += usize::from(t.stood_down);
+        fenced_commands += t.fenced.values().map(|(_, n)| n).sum::<u64>();
         if let Some(ms) = t.failover_ms {
             times.push(ms);
         }
@@ -348,13 +362,21 @@ pub fn bench(
         n => times[(n * p).div_ceil(100).clamp(1, n) - 1],
     };
     Ok(FailoverBench {
+        fault: verb,
+        stood_down,
+        fenced_commands,
         trials,
         ok,
         failovers: times.len(),
         p50_ms: pct(50),
         p99_ms: pct(99),
         max_ms: times.last().copied().unwrap_or(0.0),
-        timeout_ms: plan_topology.election.timeout.as_secs_f64() * 1e3,
+        timeout_ms: match &plan_topology.election.backend {
+            crate::topology::ElectionBackend::Backplane => plan_topology.election.timeout,
+            crate::topology::ElectionBackend::Etcd(e) => e.ttl,
+        }
+        .as_secs_f64()
+            * 1e3,
         boot_ms,
         failures,
     })

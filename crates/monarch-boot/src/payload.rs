@@ -37,22 +37,30 @@ pub fn run() -> Result<(), String> {
         .and_then(|s| humantime::parse_duration(&s).ok())
         .unwrap_or(Duration::from_secs(3600));
     let w = Window::open(&path).map_err(|e| e.to_string())?;
-    announce(&w, &report)?;
+    let since = announce(&w, &report)?;
     // Stop when the chassis goes away: the process named by MONARCH_SUPERVISOR (`monarch up`
     // when several candidates may take turns as monarch), else the parent that started us.
     let supervisor = std::env::var("MONARCH_SUPERVISOR").ok().and_then(|p| p.parse::<u32>().ok());
     let parent = rustix::process::getppid();
-    idle_until_shutdown(&w, linger, &|| match supervisor {
+    idle_until_shutdown(&w, &since, linger, &|| match supervisor {
         Some(pid) => !monarch_drivers::host::alive(pid),
         None => rustix::process::getppid() != parent,
     });
     Ok(())
 }
 
+/// Where every command block stood just before RUNNING was posted: commands after it are
+/// for the running image (see [`idle_until_shutdown`]).
+pub struct Since(Vec<u32>);
+
 /// Check the window's header, write `report` into its report block and post RUNNING.
-pub fn announce(w: &Window, report: &str) -> Result<(), String> {
+pub fn announce(w: &Window, report: &str) -> Result<Since, String> {
     msg::decode_header(&|r| w.load(r), w.data_size())
         .map_err(|e| format!("window {}: {e}", w.path().display()))?;
+    // Taken before RUNNING: a monarch that sees it may post SHUTDOWN at once (regression:
+    // taken after, under load, that SHUTDOWN was counted as already seen, and the image
+    // idled until the monarch's grace ran out and it was killed).
+    let since = Since((0..layout::CMD_BLOCKS).map(|k| w.load32(layout::cmd(k).seq)).collect());
     w.apply(&msg::encode_report(report));
     let seq = msg::next_seq(w.load32(layout::ST_SEQ));
     // RUNNING answers the monarch the agent handed off under (its last status's epoch).
@@ -61,18 +69,19 @@ pub fn announce(w: &Window, report: &str) -> Result<(), String> {
         &msg::encode_status(seq, epoch, &Status::Running { pid: u64::from(std::process::id()) }),
         layout::DB_TO_PRIMARY,
     );
-    Ok(())
+    Ok(since)
 }
 
 /// Idle like a booted OS until the monarch posts SHUTDOWN, `gone()` says to stop, or
 /// `linger` has passed.
 ///
 /// SHUTDOWN is taken from any command block whose epoch is at least the one the image was
-/// released under: the monarch that finishes the boot may not be the one that released it.
-pub fn idle_until_shutdown(w: &Window, linger: Duration, gone: &dyn Fn() -> bool) {
-    let blocks = layout::CMD_BLOCKS;
-    let mut seqs: Vec<u32> = (0..blocks).map(|k| w.load32(layout::cmd(k).seq)).collect();
-    let epoch = w.load32(layout::ST_EPOCH);
+/// released under (and the window's claim, `cfg.epoch`): the monarch that finishes the boot
+/// may not be the one that released it. Commands are counted from `since`, what
+/// [`announce`] saw before it posted RUNNING.
+pub fn idle_until_shutdown(w: &Window, since: &Since, linger: Duration, gone: &dyn Fn() -> bool) {
+    let mut seqs = since.0.clone();
+    let released = w.load32(layout::ST_EPOCH);
     let start = Instant::now();
     while start.elapsed() < linger {
         let seen = w.bell_value(layout::DB_TO_SECONDARY);
@@ -80,7 +89,7 @@ pub fn idle_until_shutdown(w: &Window, linger: Duration, gone: &dyn Fn() -> bool
             let dec = |r: &dyn Fn(layout::Reg) -> u64| msg::decode_command(k, r);
             if let Poll::Message(seq, stamped) = w.read_message(layout::cmd(k).seq, *last, dec) {
                 *last = seq;
-                if stamped.epoch < epoch {
+                if stamped.epoch < released.max(w.load32(layout::CFG_EPOCH)) {
                     // A deposed monarch: ignored, and counted like the agent counts them.
                     w.store(layout::ST_FENCED, w.load(layout::ST_FENCED) + 1);
                 } else if stamped.cmd == Ok(Command::Shutdown) {

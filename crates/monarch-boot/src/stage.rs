@@ -104,7 +104,7 @@ pub fn claim(sec: &Secondary, epoch: u32) -> Result<bool, String> {
     if let Some(dir) = sec.window.path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let w = Window::create_keep(&sec.window.path, sec.window.data_size)
+    let w = Window::registers_of(&sec.window.path, sec.window.data_size)
         .map_err(|e| format!("cannot claim the window of {}: {e}", sec.id))?;
     raise_epoch(&w, epoch).map_err(|e| format!("{}: {e}", sec.id))?;
     Ok(true)

@@ -562,11 +562,14 @@ fn delivered(cmdline: &str) {
             return;
         }
     };
-    if let Err(e) = payload::announce(&window, &report) {
-        say(&format!("monarch payload: {e}"));
-        return;
-    }
-    payload::idle_until_shutdown(&window, Duration::MAX, &|| false);
+    let since = match payload::announce(&window, &report) {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!("monarch payload: {e}"));
+            return;
+        }
+    };
+    payload::idle_until_shutdown(&window, &since, Duration::MAX, &|| false);
     say("monarch payload: SHUTDOWN received; powering off");
     let e = kexec::power_off();
     say(&format!("monarch payload: power off failed: {e}"));

@@ -166,6 +166,27 @@ impl Window {
         Self::map(file, path.to_path_buf(), len)
     }
 
+    /// [`Window::create_keep`], but map only the register page: nothing of the data area is
+    /// mapped or faulted in, so it is fast whatever the window's size. For touching registers
+    /// only (a new monarch claiming `cfg.epoch` in every window before it acts); data access
+    /// through it is refused (its data area is empty).
+    pub fn registers_of(path: &Path, data_size: u64) -> Result<Window, WindowError> {
+        let io = |what| move |source| WindowError::Io { path: path.to_path_buf(), what, source };
+        let len = layout::window_len(data_size).ok_or(WindowError::TooSmall { path: path.into(), len: 0 })?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io("create"))?;
+        if file.metadata().map_err(io("stat"))?.len() < len {
+            file.set_len(len).map_err(io("set size"))?;
+        }
+        let map = MmapOptions::new().len(layout::REGS_SIZE).map_raw(&file).map_err(io("mmap"))?;
+        Ok(Window { map, _file: file, path: path.to_path_buf(), data_size: 0, bell: Doorbell::detect() })
+    }
+
     fn map(file: File, path: PathBuf, len: u64) -> Result<Window, WindowError> {
         if len < layout::REGS_SIZE as u64 {
             return Err(WindowError::TooSmall { path, len });

@@ -195,12 +195,14 @@ fn dead_leader_is_usurped_after_the_ttl() {
     lb.resign().expect("resign");
 }
 
-#[test]
-fn etcd_stopped_mid_leadership_never_two_monarchs() {
-    let etcd = Etcd::start();
+/// a leads, b waits; etcd goes away (`outage` returns when it went and when it was back);
+/// then a campaigns again. a must stand down while etcd is away, nobody may win before it is
+/// back, and no two reigns overlap.
+fn etcd_away_mid_leadership(election: &str, outage: impl FnOnce(&mut Etcd) -> (Instant, Instant)) {
+    let mut etcd = Etcd::start();
     let ttl = Duration::from_secs(2);
-    let a = Candidate::connect(etcd.config("monarch/chassis-3", "a", ttl)).expect("connect a");
-    let b = Candidate::connect(etcd.config("monarch/chassis-3", "b", ttl)).expect("connect b");
+    let a = Candidate::connect(etcd.config(election, "a", ttl)).expect("connect a");
+    let b = Candidate::connect(etcd.config(election, "b", ttl)).expect("connect b");
     let la = a.campaign(Some(Duration::from_secs(10))).expect("a campaigns");
 
     // a reigns until it loses leadership, then campaigns again and reigns briefly.
@@ -215,70 +217,47 @@ fn etcd_stopped_mid_leadership_never_two_monarchs() {
     });
 
     thread::sleep(Duration::from_millis(1000));
-    let stopped_at = Instant::now();
-    etcd.signal(rustix::process::Signal::STOP);
-    thread::sleep(Duration::from_secs(3));
-    let continued_at = Instant::now();
-    etcd.signal(rustix::process::Signal::CONT);
+    let (away_at, back_at) = outage(&mut etcd);
 
     let mut reigns = a_thread.join().expect("a thread");
     reigns.extend(b_thread.join().expect("b thread"));
-    print_reigns(&reigns, stopped_at);
-    let first = &reigns[0];
-    let lost_at = first.lost_at.expect("a lost leadership while etcd was stopped");
-    assert!(lost_at > stopped_at);
+    print_reigns(&reigns, away_at);
+    let lost_at = reigns[0].lost_at.expect("a lost leadership while etcd was away");
+    assert!(lost_at > away_at);
     assert!(
-        lost_at - stopped_at <= ttl + Duration::from_secs(1),
+        lost_at - away_at <= ttl + Duration::from_secs(1),
         "a stood down only after {:?}",
-        lost_at - stopped_at
+        lost_at - away_at
     );
-    assert!(lost_at < continued_at, "a must stand down while etcd is still stopped");
+    assert!(lost_at < back_at, "a must stand down while etcd is still away");
     for later in &reigns[1..] {
-        assert!(later.first_ok > continued_at, "nobody may win while etcd is stopped: {later:?}");
+        assert!(later.first_ok > back_at, "nobody may win while etcd is away: {later:?}");
     }
     assert_never_two_monarchs(&reigns);
 }
 
 #[test]
+fn etcd_stopped_mid_leadership_never_two_monarchs() {
+    etcd_away_mid_leadership("monarch/chassis-3", |etcd| {
+        let stopped_at = Instant::now();
+        etcd.signal(rustix::process::Signal::STOP);
+        thread::sleep(Duration::from_secs(3));
+        let continued_at = Instant::now();
+        etcd.signal(rustix::process::Signal::CONT);
+        (stopped_at, continued_at)
+    });
+}
+
+#[test]
 fn etcd_killed_and_restarted_mid_leadership_never_two_monarchs() {
-    let mut etcd = Etcd::start();
-    let ttl = Duration::from_secs(2);
-    let a = Candidate::connect(etcd.config("monarch/chassis-5", "a", ttl)).expect("connect a");
-    let b = Candidate::connect(etcd.config("monarch/chassis-5", "b", ttl)).expect("connect b");
-    let la = a.campaign(Some(Duration::from_secs(10))).expect("a campaigns");
-
-    let a_thread = thread::spawn(move || {
-        let first = reign("a", la, None);
-        let again = a.campaign(Some(Duration::from_secs(30))).expect("a campaigns again");
-        vec![first, reign("a", again, Some(Duration::from_millis(700)))]
+    etcd_away_mid_leadership("monarch/chassis-5", |etcd| {
+        let killed_at = Instant::now();
+        etcd.kill();
+        thread::sleep(Duration::from_millis(2500));
+        let restarting_at = Instant::now();
+        etcd.restart();
+        (killed_at, restarting_at)
     });
-    let b_thread = thread::spawn(move || {
-        let lb = b.campaign(Some(Duration::from_secs(30))).expect("b campaigns");
-        vec![reign("b", lb, Some(Duration::from_millis(700)))]
-    });
-
-    thread::sleep(Duration::from_millis(1000));
-    let killed_at = Instant::now();
-    etcd.kill();
-    thread::sleep(Duration::from_millis(2500));
-    let restarting_at = Instant::now();
-    etcd.restart();
-
-    let mut reigns = a_thread.join().expect("a thread");
-    reigns.extend(b_thread.join().expect("b thread"));
-    print_reigns(&reigns, killed_at);
-    let lost_at = reigns[0].lost_at.expect("a lost leadership while etcd was down");
-    assert!(lost_at > killed_at);
-    assert!(
-        lost_at - killed_at <= ttl + Duration::from_secs(1),
-        "a stood down only after {:?}",
-        lost_at - killed_at
-    );
-    assert!(lost_at < restarting_at, "a must stand down while etcd is down");
-    for later in &reigns[1..] {
-        assert!(later.first_ok > restarting_at, "nobody may win while etcd is down: {later:?}");
-    }
-    assert_never_two_monarchs(&reigns);
 }
 
 #[test]

@@ -162,7 +162,8 @@ the built-in chassis has two) calibrates how long a boot takes; then each trial 
 and SIGKILLs the monarch at a uniformly random moment of the boot. A trial is ok when every \
 secondary ends RUNNING, each was released exactly once, and only into the image whose checksum \
 the monarch retrieved (every agent logs its handoff). Failover time: from the SIGKILL to the \
-new monarch's claim of the next epoch; its floor is the heartbeat timeout ([election] timeout), \
+new monarch's takeover (next epoch claimed on the backplane or in etcd, and in every window); its \
+floor is the heartbeat timeout ([election] timeout), or the lease TTL on etcd ([election] ttl), \
 which the report prints beside it.")]
     Failover(BenchFailoverArgs),
 }
@@ -174,7 +175,12 @@ struct BenchFailoverArgs {
     /// Trials (each a full boot with the monarch killed at a random point).
     #[arg(long, default_value_t = 20)]
     trials: usize,
-    /// One JSON object on stdout: trials, ok, failovers, p50_ms, p99_ms, max_ms, timeout_ms, boot_ms.
+    /// Split brain: SIGSTOP the monarch instead, and SIGCONT it once a new monarch took over;
+    /// it must stand down, and the secondaries must ignore what it still writes.
+    #[arg(long)]
+    pause: bool,
+    /// One JSON object on stdout: trials, ok, failovers, p50_ms, p99_ms, max_ms, timeout_ms,
+    /// boot_ms, fault, stood_down, fenced_commands.
     #[arg(long)]
     json: bool,
 }
@@ -481,26 +487,35 @@ fn cmd_bench_failover(a: BenchFailoverArgs) -> ExitCode {
         Err(code) => return code,
     };
     let json = a.json;
-    let r = monarch_boot::failbench::bench(&exe, a.topo.topology.as_deref(), a.trials, &mut |i, t| {
-        if !json {
-            let what = match (t.struck, t.failover_ms) {
-                (true, Some(ms)) => format!("killed the monarch; failover in {ms:.0} ms"),
-                (true, None) => "killed the monarch; no failover seen".into(),
-                (false, _) => "the boot ended before the kill".into(),
-            };
-            let verdict = if t.ok { "ok".to_string() } else { format!("NOT OK: {}", t.problems.join("; ")) };
-            eprintln!("trial {:>3}: {what}: {verdict}", i + 1);
-        }
-    });
+    let did = if a.pause { "paused" } else { "killed" };
+    let r =
+        monarch_boot::failbench::bench(&exe, a.topo.topology.as_deref(), a.trials, a.pause, &mut |i, t| {
+            if !json {
+                let what = match (t.struck, t.failover_ms) {
+                    (true, Some(ms)) => format!("{did} the monarch; failover in {ms:.0} ms"),
+                    (true, None) => format!("{did} the monarch; no failover seen"),
+                    (false, _) => "the boot ended before the fault".into(),
+                };
+                let verdict =
+                    if t.ok { "ok".to_string() } else { format!("NOT OK: {}", t.problems.join("; ")) };
+                eprintln!("trial {:>3}: {what}: {verdict}", i + 1);
+            }
+        });
     match r {
         Ok(r) => {
             if json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 println!(
-                    "\nmonarch bench failover: {} trials, {} ok (all secondaries RUNNING, each released once, into its verified image)\n  {} failovers: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms  (heartbeat timeout {:.0} ms; an undisturbed boot takes {:.0} ms from the election)",
+                    "\nmonarch bench failover ({did} monarch): {} trials, {} ok (all secondaries RUNNING, each released once, into its verified image)\n  {} failovers: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms  (failover timeout {:.0} ms; an undisturbed boot takes {:.0} ms from the election)",
                     r.trials, r.ok, r.failovers, r.p50_ms, r.p99_ms, r.max_ms, r.timeout_ms, r.boot_ms
                 );
+                if a.pause {
+                    println!(
+                        "  split brain: the paused monarch stood down in {} trials; {} of its late commands were ignored by the secondaries",
+                        r.stood_down, r.fenced_commands
+                    );
+                }
                 for f in &r.failures {
                     println!("  {f}");
                 }

@@ -176,7 +176,7 @@ pub fn table(s: &Summary) -> String {
         out.push_str(&format!("why: {e}\n\n"));
     }
     out.push_str(&format!(
-        "{:<8} {:<9} {:<16} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+        "{:<8} {:<11} {:<16} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
         "id",
         "state",
         "path",
@@ -191,7 +191,7 @@ pub fn table(s: &Summary) -> String {
     ));
     for p in &s.processors {
         if p.role != "secondary" {
-            out.push_str(&format!("{:<8} {:<9} {:<16}\n", p.id, p.state, "-"));
+            out.push_str(&format!("{:<8} {:<11} {:<16}\n", p.id, p.state, "-"));
             continue;
         }
         let path = match (&p.path, &p.switch) {
@@ -201,7 +201,7 @@ pub fn table(s: &Summary) -> String {
         };
         let t = &p.timings_ms;
         out.push_str(&format!(
-            "{:<8} {:<9} {:<16} {:>8} {:>9} {:>7.1}ms {:>8.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms\n",
+            "{:<8} {:<11} {:<16} {:>8} {:>9} {:>7.1}ms {:>8.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms\n",
             p.id,
             p.state,
             path,

@@ -23,7 +23,7 @@ fn trials() -> usize {
 #[test]
 fn the_monarch_killed_at_random_points_never_costs_a_secondary() {
     let n = trials();
-    let r = failbench::bench(&exe(), None, n, &mut |i, t| {
+    let r = failbench::bench(&exe(), None, n, false, &mut |i, t| {
         eprintln!("trial {i}: struck {} failover {:?} ok {} {:?}", t.struck, t.failover_ms, t.ok, t.problems);
     })
     .unwrap();
