@@ -109,7 +109,7 @@ impl Backplane {
 
     /// `(epoch, ok)` once a monarch finished the boot.
     pub fn done(&self) -> Option<(u32, bool)> {
-        el::decode_done(self.w.load(el::BP_DONE))
+        el::decode_done(self.w.load(el::BP_CLAIM))
     }
 }
 
@@ -399,8 +399,13 @@ fn serve(
         s
     });
     let Some(summary) = summary else { return CandidateOutcome::StoodDown };
-    // Only the holder of the claim marks the boot done (a plain store: nobody else writes it).
-    bp.w.store(el::BP_DONE, el::done_word(epoch, summary.ok));
+    // Done is a flag of our own claim word, set by CAS: if we were deposed after our last
+    // check (paused right here), the CAS fails and we stand down instead.
+    if bp.w.compare_exchange(el::BP_CLAIM, word, el::done_word(word, summary.ok)).is_err() {
+        let why = check().err().unwrap_or_else(|| "the claim changed".into());
+        emit(EventKind::StoodDown { id, epoch, why, aborted: Vec::new() });
+        return CandidateOutcome::StoodDown;
+    }
     emit(EventKind::Finished { id, epoch, ok: summary.ok });
     CandidateOutcome::Finished { ok: summary.ok }
 }

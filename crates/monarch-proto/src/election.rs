@@ -172,32 +172,36 @@ impl Watchdog {
     }
 }
 
-/// The claim word: who is monarch, in which epoch. 0 = nobody yet.
+/// The claim word: who is monarch, in which epoch, and whether it finished the boot.
+/// `epoch << 32 | flags << 16 | (holder + 1)`; 0 = nobody yet.
 pub fn claim_word(epoch: u32, holder: usize) -> u64 {
-    (u64::from(epoch) << 32) | (holder as u64 + 1)
+    (u64::from(epoch) << 32) | ((holder as u64 + 1) & HOLDER_MASK)
 }
+
+const HOLDER_MASK: u64 = 0xffff;
+/// Claim flag: the holder finished the boot.
+const DONE: u64 = 1 << 16;
+/// Claim flag, with [`DONE`]: some required secondary failed.
+const FAILED: u64 = 1 << 17;
 
 /// Decode the claim word: `(epoch, holder)`, or `None` if nobody claimed (or garbage).
 pub fn decode_claim(word: u64) -> Option<(u32, usize)> {
     let epoch = u32::try_from(word >> 32).ok()?;
-    let holder = usize::try_from(word & 0xffff_ffff).ok()?.checked_sub(1)?;
+    let holder = usize::try_from(word & HOLDER_MASK).ok()?.checked_sub(1)?;
     (epoch > 0 && holder < MAX_CANDIDATES).then_some((epoch, holder))
 }
 
-/// The done word: the epoch of the monarch that finished the boot, and whether every
-/// required secondary booted.
-pub fn done_word(epoch: u32, ok: bool) -> u64 {
-    (u64::from(epoch) << 32) | if ok { 1 } else { 2 }
+/// The claim word of `claim` once its holder finished the boot (`ok`: every required
+/// secondary booted). A monarch marks the boot done by compare-and-swap from its own claim
+/// word to this one, so a deposed monarch that wakes up cannot mark a boot it no longer owns.
+pub fn done_word(claim: u64, ok: bool) -> u64 {
+    claim | DONE | if ok { 0 } else { FAILED }
 }
 
-/// Decode the done word: `(epoch, ok)` once the boot is finished.
+/// `(epoch, ok)` of a finished boot, from the claim word; `None` while it runs.
 pub fn decode_done(word: u64) -> Option<(u32, bool)> {
-    let epoch = u32::try_from(word >> 32).ok()?;
-    match word & 0xffff_ffff {
-        1 => Some((epoch, true)),
-        2 => Some((epoch, false)),
-        _ => None,
-    }
+    let (epoch, _) = decode_claim(word)?;
+    (word & DONE != 0).then_some((epoch, word & FAILED == 0))
 }
 
 // --- The backplane register page --------------------------------------------------------
@@ -206,8 +210,8 @@ pub fn decode_done(word: u64) -> Option<(u32, bool)> {
 pub const MAX_CANDIDATES: usize = crate::layout::CMD_BLOCKS;
 /// `b"MNRCHBPL"` as a little-endian u64.
 pub const BP_MAGIC_VALUE: u64 = u64::from_le_bytes(*b"MNRCHBPL");
-/// Backplane layout version.
-pub const BP_VERSION_VALUE: u32 = 1;
+/// Backplane layout version (2: the boot's end is a flag of the claim word).
+pub const BP_VERSION_VALUE: u32 = 2;
 
 /// Magic, written last by whoever creates the backplane.
 pub const BP_MAGIC: Reg = r64(0x000, "bp.magic");
@@ -217,12 +221,10 @@ pub const BP_VERSION: Reg = r32(0x008, "bp.version");
 pub const BP_CANDIDATES: Reg = r32(0x00C, "bp.candidates");
 /// 1 + index of the candidate the operator pinned; 0 for none.
 pub const BP_PINNED: Reg = r32(0x010, "bp.pinned");
-/// The claim word ([`claim_word`]): changed only by compare-and-swap.
+/// The claim word ([`claim_word`], [`done_word`]): changed only by compare-and-swap.
 pub const BP_CLAIM: Reg = r64(0x040, "bp.claim");
 /// Incremented by the monarch while it lives.
 pub const BP_HEARTBEAT: Reg = r64(0x048, "bp.heartbeat");
-/// The done word ([`done_word`]): written by the monarch that finished the boot.
-pub const BP_DONE: Reg = r64(0x050, "bp.done");
 
 /// The registers of candidate `k` on the backplane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -412,8 +414,11 @@ mod tests {
 
         #[test]
         fn claim_and_done_words_round_trip(epoch in 1u32.., holder in 0usize..MAX_CANDIDATES, ok in any::<bool>()) {
-            prop_assert_eq!(decode_claim(claim_word(epoch, holder)), Some((epoch, holder)));
-            prop_assert_eq!(decode_done(done_word(epoch, ok)), Some((epoch, ok)));
+            let claim = claim_word(epoch, holder);
+            prop_assert_eq!(decode_claim(claim), Some((epoch, holder)));
+            prop_assert_eq!(decode_done(claim), None, "a fresh claim is not done");
+            prop_assert_eq!(decode_done(done_word(claim, ok)), Some((epoch, ok)));
+            prop_assert_eq!(decode_claim(done_word(claim, ok)), Some((epoch, holder)), "done keeps the holder");
         }
     }
 
@@ -423,6 +428,7 @@ mod tests {
         assert_eq!(decode_claim(5), None, "epoch 0 is never claimed");
         assert_eq!(decode_claim(claim_word(1, 0) + 100), None, "holder out of range");
         assert_eq!(decode_done(0), None);
+        assert_eq!(decode_done(1 << 16), None, "done without a claim is nobody's");
     }
 
     #[test]
@@ -440,7 +446,7 @@ mod tests {
 
     #[test]
     fn backplane_registers_are_aligned_and_disjoint() {
-        let mut regs = vec![BP_MAGIC, BP_VERSION, BP_CANDIDATES, BP_PINNED, BP_CLAIM, BP_HEARTBEAT, BP_DONE];
+        let mut regs = vec![BP_MAGIC, BP_VERSION, BP_CANDIDATES, BP_PINNED, BP_CLAIM, BP_HEARTBEAT];
         for k in 0..MAX_CANDIDATES {
             let c = candidate(k);
             regs.extend([c.state, c.boot_id, c.slot, c.pid]);
