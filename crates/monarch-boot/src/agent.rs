@@ -192,7 +192,11 @@ impl Agent<'_> {
             let (seq, stamped) = match self.window.read_message(layout::cmd(k).seq, self.block_seq[k], dec) {
                 Poll::Nothing => continue,
                 Poll::Message(seq, s) => (seq, s),
-                Poll::Garbage(seq, e) => (seq, msg::Stamped { epoch: 0, cmd: Err(e) }),
+                // Garbage still comes from some epoch: the block's own register says which,
+                // so a deposed monarch's garbage is fenced and the followed one's reported.
+                Poll::Garbage(seq, e) => {
+                    (seq, msg::Stamped { epoch: self.window.load32(layout::cmd(k).epoch), cmd: Err(e) })
+                }
             };
             self.block_seq[k] = seq;
             // Read after the command: a window claimed by a newer monarch (cfg.epoch raised)
@@ -266,14 +270,16 @@ impl Agent<'_> {
             match self.hear() {
                 Heard::Command(admit, Ok(Command::Release)) => {
                     let cfg = msg::decode_config(&|r| self.window.load(r), self.window.data_size());
+                    // Every handshake's ring counts from zero; this window may have served
+                    // an agent before (a new monarch restarting it with a new agent: the
+                    // old count would let it overwrite chunks nobody has read).
+                    self.window.store(layout::STREAM_CONSUMED, 0);
                     if admit == Admit::Takeover {
                         eprintln!(
                             "agent {}: a new monarch (epoch {}) released this secondary again; starting over with it",
                             self.opts.id,
                             self.fence.epoch()
                         );
-                        // Its ring counts from zero.
-                        self.window.store(layout::STREAM_CONSUMED, 0);
                         inputs.push(SecondaryInput::Restart(cfg));
                     } else {
                         inputs.push(SecondaryInput::Release(cfg));
@@ -290,11 +296,16 @@ impl Agent<'_> {
                     inputs.push(SecondaryInput::Command(c));
                 }
                 Heard::Command(_, Err(e)) => inputs.push(SecondaryInput::Garbage(e)),
-                Heard::Fenced { block, epoch } => eprintln!(
-                    "agent {}: ignored a command of epoch {epoch} (command block {block}): the window is claimed by epoch {}, this secondary follows epoch {}",
+                Heard::Fenced { block, epoch } if epoch < self.fence.floor() => eprintln!(
+                    "agent {}: ignored a command of epoch {epoch} (command block {block}): the window is claimed by epoch {}",
                     self.opts.id,
-                    self.fence.floor(),
-                    self.fence.epoch()
+                    self.fence.floor()
+                ),
+                Heard::Fenced { block, epoch } => eprintln!(
+                    "agent {}: ignored a command of epoch {epoch} (command block {block}): this secondary follows epoch {} in block {}",
+                    self.opts.id,
+                    self.fence.epoch(),
+                    self.fence.followed().map_or(0, |(b, _)| b)
                 ),
                 Heard::Nothing => {
                     let left = fsm

@@ -222,6 +222,8 @@ fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -> Ca
     let start = Instant::now();
     let mut dog = Watchdog::new(e.timeout);
     let mut last_claim = None;
+    // The claim word this serf has already waited a whole timeout on (its monarch deposed).
+    let mut waited_on: Option<u64> = None;
     loop {
         if bp.done().is_some() {
             return CandidateOutcome::Serf;
@@ -276,6 +278,23 @@ fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -> Ca
                             silent_ms,
                         });
                     }
+                    let word = el::claim_word(epoch, holder);
+                    if waited_on == Some(word)
+                        && let Some(v) = el::arbitrate(&bp.table(), bp.pinned())
+                        && v.winner != me
+                        && bp.depose(v.winner)
+                    {
+                        // A whole timeout after the monarch was deposed nobody has claimed:
+                        // the serf the rules name is gone too (regression: with three
+                        // candidates and a dead serf, the others waited for it for ever).
+                        emit(EventKind::Stalled {
+                            monarch: name(v.winner),
+                            epoch: 0,
+                            by: mgr.id.clone(),
+                            silent_ms,
+                        });
+                    }
+                    waited_on = Some(word);
                     let detected = Instant::now();
                     if let Some(v) = el::arbitrate(&bp.table(), bp.pinned())
                         && v.winner == me
@@ -329,7 +348,10 @@ pub(crate) fn reign(
     let id = o.plan.topology.managers[o.index].id.clone();
     let resume = takeover.is_some();
     // The takeover is complete once every window is ours: only then is it announced.
-    let claimed = claim_windows(&o.plan, epoch).and_then(|_| check());
+    if let Err(why) = claim_windows(&o.plan, epoch).and_then(|_| check()) {
+        emit(EventKind::StoodDown { id, epoch, why, aborted: Vec::new() });
+        return None;
+    }
     if let Some(t) = takeover {
         emit(EventKind::Failover {
             from: t.from,
@@ -338,10 +360,6 @@ pub(crate) fn reign(
             reason: reason.clone(),
             ms: t.silent_ms + t.detected.elapsed().as_secs_f64() * 1e3,
         });
-    }
-    if let Err(why) = claimed {
-        emit(EventKind::StoodDown { id, epoch, why, aborted: Vec::new() });
-        return None;
     }
     emit(EventKind::Elected { monarch: id.clone(), epoch, reason });
     let authority = Authority { name: Some(&id), block: o.index, epoch, resume, check, shared: true };

@@ -90,8 +90,9 @@ pub(crate) fn run_candidate(
             Err(err) => return CandidateOutcome::Failed(gave_up(&err.to_string(), e)),
         }
     };
-    // The seed's order of arrival in etcd's queue.
-    std::thread::sleep((STAGGER * u32::try_from(rank).unwrap_or(u32::MAX)).saturating_sub(started.elapsed()));
+    // The seed's order of arrival in etcd's queue, counted from when etcd answered (so a
+    // late etcd does not let everyone in at once).
+    std::thread::sleep(STAGGER * u32::try_from(rank).unwrap_or(u32::MAX));
     loop {
         let (leadership, last_seen) = match campaign(&etcd, &keys, e) {
             Campaign::Won(l, seen) => (*l, seen),
@@ -112,8 +113,12 @@ pub(crate) fn run_candidate(
         }
         let previous = match etcd.read(&keys.monarch) {
             Ok(p) => p,
-            // etcd went away right after the win: campaign again (or give up in time).
-            Err(_) => continue,
+            // etcd went away right after the win: campaign again (or give up in time); hand
+            // the key back at once if etcd still hears us, not a TTL later.
+            Err(_) => {
+                let _ = leadership.resign();
+                continue;
+            }
         };
         if let Err(err) = leadership.record(&keys.monarch, &format!("{} {epoch}", mgr.id)) {
             emit(EventKind::StoodDown {
@@ -122,6 +127,7 @@ pub(crate) fn run_candidate(
                 why: err.to_string(),
                 aborted: Vec::new(),
             });
+            let _ = leadership.resign();
             continue;
         }
         let takeover = previous.map(|rec| {

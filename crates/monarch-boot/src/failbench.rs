@@ -80,6 +80,16 @@ pub struct Trial {
     pub run_ms: f64,
 }
 
+/// How long a paused monarch stays stopped when nobody takes over from it.
+const PAUSE_AT_MOST: Duration = Duration::from_secs(10);
+
+/// SIGKILL the process group `pgid` (a stopped member dies too).
+fn kill_group(pgid: u32) {
+    if let Some(p) = i32::try_from(pgid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+    }
+}
+
 fn signal(pid: u32, sig: rustix::process::Signal) {
     if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
         let _ = rustix::process::kill_process(p, sig);
@@ -95,6 +105,8 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
     if let Some(t) = &spec.topology {
         cmd.arg("--topology").arg(t);
     }
+    // Its own process group, so that a run that hangs can be stopped whole.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .env("MONARCH_RELEASE_LOG", &release_log)
         .stdin(Stdio::null())
@@ -208,8 +220,17 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
             signal(pid, rustix::process::Signal::CONT);
             resume_outside = None;
         }
+        // A monarch paused when there was nothing left to take over (it had just marked the
+        // boot done): nobody fails over, so it is resumed after a while instead.
+        if let (Some(pid), Some(at)) = (paused, struck_at)
+            && at.elapsed() > PAUSE_AT_MOST
+        {
+            signal(pid, rustix::process::Signal::CONT);
+            paused = None;
+        }
         if start.elapsed() > spec.limit {
-            let _ = child.kill();
+            // The whole run: `monarch up`, its candidates and their agents and images.
+            kill_group(child.id());
             t.problems.push(format!("the run did not end within {:?}", spec.limit));
             break;
         }

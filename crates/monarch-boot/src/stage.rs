@@ -21,6 +21,9 @@ const MEMFD_CHILD_FD: i32 = 3;
 /// Longest single sleep in the wait loop: how often a launched agent's liveness is checked.
 const SLICE: Duration = Duration::from_millis(50);
 
+/// How long a new monarch waits for a status word caught busy to settle.
+const SETTLE: Duration = Duration::from_millis(500);
+
 /// What the stage needs from the run.
 pub struct StageCtx<'a> {
     /// Start of the run (event timestamps).
@@ -72,6 +75,12 @@ pub struct Staged {
     pub window: Option<Window>,
     /// The running image's pid when another monarch started it (not our child).
     pub adopted_pid: Option<u32>,
+}
+
+/// The config's register writes without `cfg.epoch`, which only [`raise_epoch`] changes
+/// where several monarchs may take turns.
+fn config_writes(data_size: u64, cfg: &WindowConfig) -> Vec<msg::Write> {
+    msg::encode_config(data_size, cfg).into_iter().filter(|(r, _)| *r != layout::CFG_EPOCH).collect()
 }
 
 /// Raise a window's `cfg.epoch` to `epoch` by compare-and-swap (it only ever grows). `Err`
@@ -140,7 +149,6 @@ struct Stage<'a, 'c> {
     /// QEMU's own messages (launch = "qemu").
     qemu_log: Option<PathBuf>,
     report: Option<String>,
-    cmd_seq: u32,
     geometry: Option<stream::Geometry>,
     repairs: u64,
     bytes_resent: u64,
@@ -211,7 +219,6 @@ impl<'a, 'c> Stage<'a, 'c> {
             log: None,
             qemu_log: None,
             report: None,
-            cmd_seq: 0,
             geometry: None,
             repairs: 0,
             bytes_resent: 0,
@@ -310,14 +317,12 @@ impl<'a, 'c> Stage<'a, 'c> {
             chunk_size,
             ring_size,
         };
-        let writes = msg::encode_config(sec.window.data_size, &cfg);
-        // Shared: cfg.epoch is ours by CAS already; rewriting it could undo a newer claim.
-        let writes: Vec<_> = if self.ctx.authority.shared {
-            writes.into_iter().filter(|(r, _)| *r != layout::CFG_EPOCH).collect()
+        if self.ctx.authority.shared {
+            // cfg.epoch is ours by CAS already; rewriting it could undo a newer claim.
+            window.apply(&config_writes(sec.window.data_size, &cfg));
         } else {
-            writes
-        };
-        window.apply(&writes);
+            window.apply(&msg::encode_config(sec.window.data_size, &cfg));
+        }
         self.timings.configure = ms(t.elapsed());
         self.geometry = Some(stream::Geometry::new(&cfg));
         self.window = Some(window);
@@ -351,9 +356,19 @@ impl<'a, 'c> Stage<'a, 'c> {
         let sec = self.sec;
         let w = Window::open(&sec.window.path).ok()?;
         msg::decode_header(&|r| w.load(r), w.data_size()).ok()?;
-        let found = match w.read_message(layout::ST_SEQ, 0, msg::decode_status) {
-            Poll::Message(seq, st) => Some((seq, st)),
-            _ => None,
+        // The last status, read until it is stable: a status word caught busy (the agent, or
+        // its image, posting at this very moment) must not pass for "nothing posted", which
+        // would restart — and release a second time — a secondary that is handing off or
+        // running. A word that never settles is garbage: start over.
+        let settle = Instant::now();
+        let found = loop {
+            match w.read_message(layout::ST_SEQ, 0, msg::decode_status) {
+                Poll::Message(seq, st) => break Some((seq, st)),
+                Poll::Nothing if w.load32(layout::ST_SEQ) != 0 && settle.elapsed() < SETTLE => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                _ => break None,
+            }
         };
         let status_seq = found.as_ref().map_or(0, |(s, _)| *s);
         let spec = self.primary_spec(expected);
@@ -392,7 +407,8 @@ impl<'a, 'c> Stage<'a, 'c> {
                         claimed?;
                     }
                     let w = self.window();
-                    w.apply(&msg::encode_config(w.data_size(), &c));
+                    // cfg.epoch is ours by CAS already: a plain store could lower a newer claim.
+                    w.apply(&config_writes(w.data_size(), &c));
                     let alive = !w.try_lock().map_err(|e| format!("cannot probe the agent lock: {e}"))?;
                     if alive {
                         self.resumed = Some("restarted in flight (its agent kept)".into());
@@ -401,6 +417,10 @@ impl<'a, 'c> Stage<'a, 'c> {
                         w.unlock();
                         self.resumed = Some("restarted (new agent)".into());
                         self.phase("launching", 0);
+                        if let Err(e) = (self.ctx.authority.check)() {
+                            self.deposed = true;
+                            return Err(e);
+                        }
                         self.launch()?;
                     }
                     Ok::<(), String>(())
@@ -523,8 +543,11 @@ impl<'a, 'c> Stage<'a, 'c> {
 
     fn post_unchecked(&mut self, cmd: &Command) {
         let a = self.ctx.authority;
-        self.cmd_seq = msg::next_seq(self.cmd_seq);
-        let w = msg::encode_command(a.block, self.cmd_seq, a.epoch, cmd);
+        // Continue from what our block holds: the same candidate may be monarch again (a
+        // later term, on etcd) and the agent has seen its earlier numbers (regression: the
+        // new term's RELEASE reused seq 1 and the agent never saw it).
+        let seq = msg::next_seq(self.window().load32(layout::cmd(a.block).seq) & !msg::SEQ_BUSY);
+        let w = msg::encode_command(a.block, seq, a.epoch, cmd);
         self.window().post(&w, layout::DB_TO_SECONDARY);
     }
 

@@ -131,3 +131,81 @@ fn the_seeds_rules_pick_the_monarch_and_the_operator_can_pin_it() {
     assert_eq!(s["election"]["monarch"], "m2", "{s}");
     assert!(s["election"]["reason"].as_str().unwrap().contains("the pinned m1 cannot be monarch"), "{s}");
 }
+
+/// Regression: with three candidates, the serf next in line was dead when the monarch died;
+/// the last one waited for it for ever instead of deposing it too and taking over.
+#[test]
+fn a_dead_serf_next_in_line_is_passed_over() {
+    use std::io::BufRead;
+    let topology = r#"
+[chassis]
+name = "three-down"
+[election]
+heartbeat = "20ms"
+timeout = "200ms"
+[[processor]]
+id = "m0"
+role = "monarch"
+boot_id = 3
+[[processor]]
+id = "m1"
+role = "monarch"
+boot_id = 2
+[[processor]]
+id = "m2"
+role = "monarch"
+boot_id = 1
+[[processor]]
+id = "lc"
+role = "secondary"
+image = "builtin:payload"
+[processor.fault]
+corrupt_attempts = 1
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.toml");
+    std::fs::write(&f, topology).unwrap();
+    let mut cmd = Command::new(exe());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .args(["up", "--json", "--topology"])
+        .arg(&f)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Before the fix this boot never ended: stop the whole run after a minute, so the test
+    // fails instead of hanging.
+    let group = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    });
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let kill = |pid: u64| {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    };
+    let mut pids = std::collections::HashMap::new();
+    let mut last = serde_json::Value::Null;
+    let mut events = Vec::new();
+    for line in out.lines().map_while(Result::ok) {
+        let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+        events.push(ev["event"].as_str().unwrap_or_default().to_string());
+        if ev["event"] == "candidate" {
+            pids.insert(ev["id"].as_str().unwrap().to_string(), ev["pid"].as_u64().unwrap());
+        }
+        // As soon as m0 reigns: the serf next in line dies, then the monarch.
+        if ev["event"] == "elected" && ev["monarch"] == "m0" {
+            kill(pids["m1"]);
+            kill(pids["m0"]);
+        }
+        last = ev;
+    }
+    assert!(child.wait().unwrap().success(), "{last}");
+    assert_eq!(last["event"], "summary");
+    assert_eq!(last["election"]["monarch"], "m2", "{last}");
+    let lc = last["processors"].as_array().unwrap().iter().find(|p| p["id"] == "lc").unwrap();
+    assert_eq!(lc["state"], "running", "{last}");
+    let stalled = events.iter().filter(|e| *e == "stalled").count();
+    assert!(stalled >= 2, "m0 and then m1 were deposed: {events:?}");
+}
