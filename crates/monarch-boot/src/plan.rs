@@ -69,9 +69,15 @@ impl Plan {
         Plan { topology, lanes }
     }
 
-    /// The monarch (first management processor until election lands).
+    /// The monarch: the only management processor, or the one seed 003's rules would elect
+    /// if every candidate shows up (the topology's pin, self-tests, BOOT_ID, slot).
     pub fn monarch(&self) -> &str {
-        self.topology.managers.first().map_or("monarch", |m| m.id.as_str())
+        let t = &self.topology;
+        let table: Vec<_> = t.managers.iter().enumerate().map(|(k, m)| m.candidate(k)).collect();
+        monarch_proto::election::arbitrate(&table, t.election.pinned)
+            .and_then(|v| t.managers.get(v.winner))
+            .or(t.managers.first())
+            .map_or("monarch", |m| m.id.as_str())
     }
 
     /// A human rendering, as `monarch plan` prints it.
@@ -85,6 +91,36 @@ impl Plan {
             self.monarch(),
             t.secondaries.len()
         );
+        if t.managers.len() > 1 {
+            let table: Vec<_> = t.managers.iter().enumerate().map(|(k, m)| m.candidate(k)).collect();
+            let name =
+                |k: usize| t.managers.get(k).map_or_else(|| format!("candidate {k}"), |m| m.id.clone());
+            let why = monarch_proto::election::arbitrate(&table, t.election.pinned)
+                .map_or_else(|| "no candidate can be monarch".into(), |v| v.describe(&name));
+            let on = match &t.election.backend {
+                crate::topology::ElectionBackend::Backplane => format!(
+                    "on the backplane (heartbeat {}, failover after {})",
+                    humantime::format_duration(t.election.heartbeat),
+                    humantime::format_duration(t.election.timeout)
+                ),
+                crate::topology::ElectionBackend::Etcd(e) => format!(
+                    "on etcd {} (lease TTL {})",
+                    e.endpoints.join(","),
+                    humantime::format_duration(e.ttl)
+                ),
+            };
+            let _ = writeln!(s, "election {on}: {why}");
+            for (k, c) in table.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "  {:<8} slot {:<3} BOOT_ID {:<3} {}",
+                    name(k),
+                    c.slot,
+                    c.boot_id,
+                    c.health.name()
+                );
+            }
+        }
         let _ = writeln!(
             s,
             "windows in {}{}",

@@ -53,8 +53,12 @@ highest priority first. Each secondary: retrieve the image (size + retrieved che
 its window (size limit, load offset) → release it (start its agent) → copy → the agent posts the \
 written checksum → compare → OK (or rewrite, up to `attempts`) → the secondary hands off and the \
 running image reports RUNNING. A failed secondary never stops the others.\n\n\
+With two or more management processors (role = \"monarch\"), one candidate process each elects \
+the monarch by seed 003's rules (self-test, --monarch pin, highest BOOT_ID, lowest slot) on a \
+shared backplane, or on etcd ([election] etcd); if the monarch dies, a serf takes the boot over \
+from the windows under a higher epoch, and secondaries ignore the old one (docs/election.md).\n\n\
 Without --topology, boots the built-in emulated chassis (`monarch topology default` prints it): \
-one management processor, a route card and four line cards, two behind a switch, each a real \
+two management processors, a route card and four line cards, two behind a switch, each a real \
 process with a 30 MiB image in a shared-memory window.")]
     Up(UpArgs),
     /// Show the resolved plan: who is staged in parallel, who waits behind which switch.
