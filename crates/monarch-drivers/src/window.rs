@@ -114,6 +114,14 @@ impl Window {
     /// chassis zeroed every window at power-on, and which must not wipe what a newer monarch
     /// may have written since.
     pub fn create_keep(path: &Path, data_size: u64) -> Result<Window, WindowError> {
+        let (file, len) = Self::open_sized(path, data_size, true)?;
+        Self::map(file, path.to_path_buf(), len)
+    }
+
+    /// Open (or create) the window file at `path` and give it the length of a window with
+    /// `data_size` bytes of data area: exactly (`exact`), or at least. In place, never
+    /// replaced.
+    fn open_sized(path: &Path, data_size: u64, exact: bool) -> Result<(File, u64), WindowError> {
         let io = |what| move |source| WindowError::Io { path: path.to_path_buf(), what, source };
         let len = layout::window_len(data_size).ok_or(WindowError::TooSmall { path: path.into(), len: 0 })?;
         let file = OpenOptions::new()
@@ -123,8 +131,10 @@ impl Window {
             .truncate(false)
             .open(path)
             .map_err(io("create"))?;
-        file.set_len(len).map_err(io("set size"))?;
-        Self::map(file, path.to_path_buf(), len)
+        if exact || file.metadata().map_err(io("stat"))?.len() < len {
+            file.set_len(len).map_err(io("set size"))?;
+        }
+        Ok((file, len))
     }
 
     /// Create an anonymous window (a memfd) with `data_size` bytes of data area, for a child
@@ -171,19 +181,11 @@ impl Window {
     /// only (a new monarch claiming `cfg.epoch` in every window before it acts); data access
     /// through it is refused (its data area is empty).
     pub fn registers_of(path: &Path, data_size: u64) -> Result<Window, WindowError> {
-        let io = |what| move |source| WindowError::Io { path: path.to_path_buf(), what, source };
-        let len = layout::window_len(data_size).ok_or(WindowError::TooSmall { path: path.into(), len: 0 })?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io("create"))?;
-        if file.metadata().map_err(io("stat"))?.len() < len {
-            file.set_len(len).map_err(io("set size"))?;
-        }
-        let map = MmapOptions::new().len(layout::REGS_SIZE).map_raw(&file).map_err(io("mmap"))?;
+        let (file, _) = Self::open_sized(path, data_size, false)?;
+        let map = MmapOptions::new()
+            .len(layout::REGS_SIZE)
+            .map_raw(&file)
+            .map_err(|source| WindowError::Io { path: path.to_path_buf(), what: "mmap", source })?;
         Ok(Window { map, _file: file, path: path.to_path_buf(), data_size: 0, bell: Doorbell::detect() })
     }
 
