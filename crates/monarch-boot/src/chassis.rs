@@ -211,7 +211,7 @@ fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -> Ca
         Err(e) => return CandidateOutcome::Failed(e),
     };
     let me = o.index;
-    let name = |k: usize| t.managers.get(k).map_or_else(|| format!("candidate {k}"), |m| m.id.clone());
+    let name = |k: usize| t.manager_name(k);
     let mine = mgr.candidate(me);
     bp.publish(&mine, std::process::id());
     if !announce(o, emit) {

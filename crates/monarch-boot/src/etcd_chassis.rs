@@ -75,11 +75,11 @@ pub(crate) fn run_candidate(
     if !chassis::announce(o, emit) {
         return CandidateOutcome::Deconfigured;
     }
-    let table: Vec<el::Candidate> = t.managers.iter().enumerate().map(|(k, m)| m.candidate(k)).collect();
+    let table = t.candidates();
     let pinned = o.pinned.or(t.election.pinned);
     let order = arbitration_order(&table, pinned);
     let rank = order.iter().position(|k| *k == me).unwrap_or(order.len());
-    let name = |k: usize| t.managers.get(k).map_or_else(|| format!("candidate {k}"), |m| m.id.clone());
+    let name = |k: usize| t.manager_name(k);
     let keys = Keys::new(&t.name, &o.session);
     let cfg = Config::new(e.endpoints.clone(), keys.election.clone(), mgr.id.clone()).with_ttl(e.ttl);
     let started = Instant::now();

@@ -73,11 +73,15 @@ impl Plan {
     /// if every candidate shows up (the topology's pin, self-tests, BOOT_ID, slot).
     pub fn monarch(&self) -> &str {
         let t = &self.topology;
-        let table: Vec<_> = t.managers.iter().enumerate().map(|(k, m)| m.candidate(k)).collect();
-        monarch_proto::election::arbitrate(&table, t.election.pinned)
+        self.verdict()
             .and_then(|v| t.managers.get(v.winner))
             .or(t.managers.first())
             .map_or("monarch", |m| m.id.as_str())
+    }
+
+    /// Seed 003's arbitration over every management processor, all present.
+    fn verdict(&self) -> Option<monarch_proto::election::Verdict> {
+        monarch_proto::election::arbitrate(&self.topology.candidates(), self.topology.election.pinned)
     }
 
     /// A human rendering, as `monarch plan` prints it.
@@ -92,11 +96,9 @@ impl Plan {
             t.secondaries.len()
         );
         if t.managers.len() > 1 {
-            let table: Vec<_> = t.managers.iter().enumerate().map(|(k, m)| m.candidate(k)).collect();
-            let name =
-                |k: usize| t.managers.get(k).map_or_else(|| format!("candidate {k}"), |m| m.id.clone());
-            let why = monarch_proto::election::arbitrate(&table, t.election.pinned)
-                .map_or_else(|| "no candidate can be monarch".into(), |v| v.describe(&name));
+            let name = |k: usize| t.manager_name(k);
+            let why =
+                self.verdict().map_or_else(|| "no candidate can be monarch".into(), |v| v.describe(&name));
             let on = match &t.election.backend {
                 crate::topology::ElectionBackend::Backplane => format!(
                     "on the backplane (heartbeat {}, failover after {})",
@@ -110,7 +112,7 @@ impl Plan {
                 ),
             };
             let _ = writeln!(s, "election {on}: {why}");
-            for (k, c) in table.iter().enumerate() {
+            for (k, c) in t.candidates().iter().enumerate() {
                 let _ = writeln!(
                     s,
                     "  {:<8} slot {:<3} BOOT_ID {:<3} {}",

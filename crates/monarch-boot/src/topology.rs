@@ -627,6 +627,17 @@ pub mod defaults {
 }
 
 impl Topology {
+    /// Every management processor as arbitration sees it (index = position in the file).
+    pub fn candidates(&self) -> Vec<monarch_proto::election::Candidate> {
+        self.managers.iter().enumerate().map(|(k, m)| m.candidate(k)).collect()
+    }
+
+    /// The id of management processor `k`, for events and messages (`candidate K` for an
+    /// index that names none).
+    pub fn manager_name(&self, k: usize) -> String {
+        self.managers.get(k).map_or_else(|| format!("candidate {k}"), |m| m.id.clone())
+    }
+
     /// Move the run folder to `dir` (windows that live in it move with it): every candidate
     /// process of one chassis parses the topology itself, and must find the same windows.
     pub fn relocate(&mut self, dir: &Path) {
