@@ -600,9 +600,7 @@ pub fn up(
     // What the candidates left us: orphaned images nobody shut down (the boot did not
     // finish, or a deposed monarch's agents) are stopped; nothing outlives the chassis.
     for pid in monarch_drivers::host::children_of(std::process::id()) {
-        if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-        }
+        monarch_drivers::host::signal(pid, rustix::process::Signal::KILL);
     }
     while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
     let total_ms = clock.elapsed().as_secs_f64() * 1e3;

@@ -9,6 +9,7 @@
 //! release log every agent appends to just before its handoff (`MONARCH_RELEASE_LOG`).
 
 use crate::events::{Event, EventKind, Summary};
+use crate::host::signal;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -82,19 +83,6 @@ pub struct Trial {
 
 /// How long a paused monarch stays stopped when nobody takes over from it.
 const PAUSE_AT_MOST: Duration = Duration::from_secs(10);
-
-/// SIGKILL the process group `pgid` (a stopped member dies too).
-fn kill_group(pgid: u32) {
-    if let Some(p) = i32::try_from(pgid).ok().and_then(rustix::process::Pid::from_raw) {
-        let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
-    }
-}
-
-fn signal(pid: u32, sig: rustix::process::Signal) {
-    if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
-        let _ = rustix::process::kill_process(p, sig);
-    }
-}
 
 /// Run one trial.
 pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
@@ -230,7 +218,7 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
         }
         if start.elapsed() > spec.limit {
             // The whole run: `monarch up`, its candidates and their agents and images.
-            kill_group(child.id());
+            crate::host::signal_group(child.id(), rustix::process::Signal::KILL);
             t.problems.push(format!("the run did not end within {:?}", spec.limit));
             break;
         }

@@ -168,9 +168,8 @@ fn shutdown(staged: &mut [Option<Staged>], grace: Duration, authority: &Authorit
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let ours = cmdline.split(|b| *b == 0).next()
                 == Some(format!("monarch-image:{}", s.summary.id).as_bytes());
-            let target = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
-            if let (true, true, Some(target)) = (crate::host::alive(pid), ours, target) {
-                let _ = rustix::process::kill_process(target, rustix::process::Signal::KILL);
+            if crate::host::alive(pid) && ours {
+                crate::host::signal(pid, rustix::process::Signal::KILL);
             }
         }
     }

@@ -54,6 +54,20 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Send `sig` to process `pid` (best effort: a pid that names no process is ignored).
+pub fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// Send `sig` to every process of process group `pgid` (best effort).
+pub fn signal_group(pgid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = i32::try_from(pgid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(p, sig);
+    }
+}
+
 /// The processes whose parent is `parent` (read from /proc; processes that vanish while
 /// it is read are skipped).
 pub fn children_of(parent: u32) -> Vec<u32> {
