@@ -53,7 +53,7 @@ pub struct Authority<'a> {
     /// `Err(why)` once this process is no longer monarch: it stops acting at once.
     pub check: &'a (dyn Fn() -> Result<(), String> + Sync),
     /// One of several monarchs: never zero a window's registers (the chassis did at power-on;
-    /// a newer monarch may be using them), and claim each window's `cfg.epoch` by
+    /// a newer monarch may be using them). Every monarch claims each window's `cfg.epoch` by
     /// compare-and-swap before configuring it.
     pub shared: bool,
 }
@@ -78,7 +78,7 @@ pub struct Staged {
 }
 
 /// The config's register writes without `cfg.epoch`, which only [`raise_epoch`] changes
-/// where several monarchs may take turns.
+/// (several monarchs may take turns).
 fn config_writes(data_size: u64, cfg: &WindowConfig) -> Vec<msg::Write> {
     msg::encode_config(data_size, cfg).into_iter().filter(|(r, _)| *r != layout::CFG_EPOCH).collect()
 }
@@ -290,7 +290,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             }
             image = self.image.take().ok_or("internal: image missing")?;
         }
-        (self.ctx.authority.check)()?;
+        self.mandate()?;
         let window = if sec.window.memfd {
             Window::create_memfd(&format!("monarch-window:{}", sec.id), sec.window.data_size)
         } else if self.ctx.authority.shared {
@@ -299,9 +299,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             Window::create(&sec.window.path, sec.window.data_size)
         }
         .map_err(|e| e.to_string())?;
-        if self.ctx.authority.shared {
-            self.claim_window(&window)?;
-        }
+        self.claim_window(&window)?;
         let mut window = window;
         if sec.launch == Launch::Qemu {
             // The agent is in another kernel: it cannot futex-wake us, and we cannot wake it.
@@ -317,12 +315,8 @@ impl<'a, 'c> Stage<'a, 'c> {
             chunk_size,
             ring_size,
         };
-        if self.ctx.authority.shared {
-            // cfg.epoch is ours by CAS already; rewriting it could undo a newer claim.
-            window.apply(&config_writes(sec.window.data_size, &cfg));
-        } else {
-            window.apply(&msg::encode_config(sec.window.data_size, &cfg));
-        }
+        // cfg.epoch is ours by CAS already; rewriting it could undo a newer claim.
+        window.apply(&config_writes(sec.window.data_size, &cfg));
         self.timings.configure = ms(t.elapsed());
         self.geometry = Some(stream::Geometry::new(&cfg));
         self.window = Some(window);
@@ -332,10 +326,7 @@ impl<'a, 'c> Stage<'a, 'c> {
         match sec.launch {
             Launch::Process => {
                 self.phase("launching", 0);
-                if let Err(e) = (self.ctx.authority.check)() {
-                    self.deposed = true;
-                    return Err(e);
-                }
+                self.mandate()?;
                 self.launch()?;
             }
             Launch::Qemu => {
@@ -396,7 +387,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             }
             monarch_proto::primary::Resume::Restart => {
                 let r = (|| {
-                    (self.ctx.authority.check)()?;
+                    self.mandate()?;
                     // Our config, stamped with our epoch: an agent started now ignores any
                     // older monarch from its first command on.
                     let mut c = cfg.ok_or("the previous monarch left an invalid config")?;
@@ -417,10 +408,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                         w.unlock();
                         self.resumed = Some("restarted (new agent)".into());
                         self.phase("launching", 0);
-                        if let Err(e) = (self.ctx.authority.check)() {
-                            self.deposed = true;
-                            return Err(e);
-                        }
+                        self.mandate()?;
                         self.launch()?;
                     }
                     Ok::<(), String>(())
@@ -441,7 +429,18 @@ impl<'a, 'c> Stage<'a, 'c> {
             self.deposed = true;
             return Err(e);
         }
+        self.mandate()
+    }
+
+    /// `Err(why)` once we are no longer monarch (and remember it): checked before every
+    /// step that acts on the secondary.
+    fn mandate(&mut self) -> Result<(), String> {
         (self.ctx.authority.check)().inspect_err(|_| self.deposed = true)
+    }
+
+    /// Whether we were deposed (known already, or found now).
+    fn is_deposed(&mut self) -> bool {
+        self.deposed || self.mandate().is_err()
     }
 
     fn primary_spec(&self, expected: monarch_proto::Digest) -> PrimarySpec {
@@ -532,11 +531,7 @@ impl<'a, 'c> Stage<'a, 'c> {
 
     /// Post a command in our block, stamped with our epoch — if we are still monarch.
     fn post(&mut self, cmd: &Command) -> Result<(), String> {
-        let a = self.ctx.authority;
-        if let Err(e) = (a.check)() {
-            self.deposed = true;
-            return Err(e);
-        }
+        self.mandate()?;
         self.post_unchecked(cmd);
         Ok(())
     }
@@ -559,8 +554,7 @@ impl<'a, 'c> Stage<'a, 'c> {
     /// alone: its new monarch will be there in a moment.
     fn abort(&mut self, reason: msg::AbortReason) {
         let cmd = Command::Abort { reason };
-        if self.deposed || (self.ctx.authority.check)().is_err() {
-            self.deposed = true;
+        if self.is_deposed() {
             let ours = u64::from(self.ctx.authority.epoch);
             if self.window.as_ref().is_some_and(|w| w.load(layout::CFG_EPOCH) > ours) {
                 self.post_unchecked(&cmd);
@@ -574,10 +568,7 @@ impl<'a, 'c> Stage<'a, 'c> {
     /// Pull mode: put the whole image into the window before STAGED.
     fn copy_whole(&mut self, attempt: u32) -> Result<(), String> {
         let sec = self.sec;
-        if let Err(e) = (self.ctx.authority.check)() {
-            self.deposed = true;
-            return Err(e);
-        }
+        self.mandate()?;
         let t = Instant::now();
         let (w, image) = self.parts()?;
         let len = image.len;
@@ -689,10 +680,7 @@ impl<'a, 'c> Stage<'a, 'c> {
         // Then new chunks, as far as the ring has free slots, while we are still monarch.
         let chunks = geo.chunks();
         while st.next < chunks {
-            if let Err(e) = (self.ctx.authority.check)() {
-                self.deposed = true;
-                return Err(e);
-            }
+            self.mandate()?;
             let pos = geo.position(st.attempt, st.next);
             let (w, image) = self.parts()?;
             if !geo.may_produce(pos, w.load(layout::STREAM_CONSUMED)) {
@@ -866,7 +854,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                 match self.pump(st) {
                     Ok(did) => busy = did,
                     Err(e) => {
-                        let reason = if self.deposed || (self.ctx.authority.check)().is_err() {
+                        let reason = if self.is_deposed() {
                             msg::AbortReason::Stopped
                         } else {
                             msg::AbortReason::ProtocolError
@@ -914,8 +902,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                 Poll::Nothing if busy || !inputs.is_empty() => {}
                 Poll::Nothing => {
                     // Waiting is acting too: a monarch that lost its mandate stops here.
-                    if let Err(e) = (self.ctx.authority.check)() {
-                        self.deposed = true;
+                    if let Err(e) = self.mandate() {
                         self.abort(msg::AbortReason::Stopped);
                         return Err(e);
                     }
@@ -960,7 +947,7 @@ impl<'a, 'c> Stage<'a, 'c> {
 
     fn finish(mut self, result: Result<Phase, String>) -> Staged {
         let sec = self.sec;
-        let deposed = result.is_err() && (self.deposed || (self.ctx.authority.check)().is_err());
+        let deposed = result.is_err() && self.is_deposed();
         let (state, error) = match &result {
             Ok(Phase::Running) => ("running", None),
             Ok(_) => ("released", None),
