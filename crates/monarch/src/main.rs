@@ -458,18 +458,9 @@ fn cmd_up(a: UpArgs) -> ExitCode {
     };
     let opts = UpOptions { agent_exe, shutdown_grace: a.shutdown_grace };
     let managers = &plan.topology.managers;
-    let pinned = match &a.monarch {
-        None => None,
-        Some(m) => match managers.iter().position(|x| &x.id == m) {
-            Some(i) => Some(i),
-            None => {
-                let known: Vec<&str> = managers.iter().map(|m| m.id.as_str()).collect();
-                return bad_input(&format!(
-                    "--monarch {m}: no management processor has that id; use one of: {}",
-                    known.join(", ")
-                ));
-            }
-        },
+    let pinned = match pinned_manager(&plan.topology, a.monarch.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return bad_input(&e),
     };
     let mut out = output::Output::new(a.json, &plan);
     let summary = if managers.len() > 1 {
@@ -483,6 +474,21 @@ fn cmd_up(a: UpArgs) -> ExitCode {
     };
     out.finish(&summary);
     if summary.ok { ExitCode::SUCCESS } else { ExitCode::from(exit::BOOT_FAILED) }
+}
+
+/// `--monarch ID` as the index of that management processor (`None` without the option).
+fn pinned_manager(t: &monarch_boot::topology::Topology, id: Option<&str>) -> Result<Option<usize>, String> {
+    let Some(m) = id else { return Ok(None) };
+    match t.managers.iter().position(|x| x.id == m) {
+        Some(i) => Ok(Some(i)),
+        None => {
+            let known: Vec<&str> = t.managers.iter().map(|m| m.id.as_str()).collect();
+            Err(format!(
+                "--monarch {m}: no management processor has that id; use one of: {}",
+                known.join(", ")
+            ))
+        }
+    }
 }
 
 fn cmd_bench_failover(a: BenchFailoverArgs) -> ExitCode {
@@ -545,15 +551,9 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let pinned = match a.monarch.as_deref().map(|m| topology.managers.iter().position(|x| x.id == m)) {
-        Some(None) => {
-            return bad_input(&format!(
-                "--monarch {:?} is not a management processor of the topology",
-                a.monarch
-            ));
-        }
-        Some(p) => p,
-        None => None,
+    let pinned = match pinned_manager(&topology, a.monarch.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return bad_input(&e),
     };
     let o = chassis::CandidateOptions {
         plan: Plan::new(topology),
