@@ -36,6 +36,16 @@ pub enum Fault {
     },
 }
 
+/// When the fault strikes, counted from the first election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// After this long.
+    Time(Duration),
+    /// Right after this many of the boot's events: a point of its progress, whatever its
+    /// speed (a boot slower or faster than the calibration run is struck as far into it).
+    Events(usize),
+}
+
 /// One trial.
 #[derive(Debug, Clone)]
 pub struct TrialSpec {
@@ -46,7 +56,7 @@ pub struct TrialSpec {
     /// What to do to the monarch.
     pub fault: Fault,
     /// When, counted from its election.
-    pub after: Duration,
+    pub after: When,
     /// Give up on the run after this long (it is then killed, and the trial fails).
     pub limit: Duration,
 }
@@ -71,6 +81,8 @@ pub struct Trial {
     pub stood_down: bool,
     /// From the first election to the last secondary's final state.
     pub boot_ms: Option<f64>,
+    /// Events from the first election to the last secondary's final state.
+    pub boot_events: usize,
     /// The final summary.
     #[serde(skip)]
     pub summary: Option<Summary>,
@@ -122,24 +134,29 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
         fenced: BTreeMap::new(),
         stood_down: false,
         boot_ms: None,
+        boot_events: 0,
         summary: None,
         events: Vec::new(),
         run_ms: 0.0,
     };
     let mut resume_outside: Option<(u32, Instant)> = None;
     let mut elected_at: Option<Instant> = None;
-    let mut victim: Option<(u32, Instant)> = None; // (pid, when to strike)
+    let mut victim: Option<(u32, When)> = None; // (pid, when to strike, from the election)
+    let mut progress = 0usize; // events since the first election
     let mut struck_at: Option<Instant> = None;
     let mut paused: Option<u32> = None;
     let mut aborted: Vec<String> = Vec::new();
     loop {
         let wait = match victim {
-            Some((_, at)) => at.saturating_duration_since(Instant::now()).min(Duration::from_millis(20)),
-            None => Duration::from_millis(50),
+            Some((_, When::Time(d))) => elected_at
+                .map_or(d, |e| (e + d).saturating_duration_since(Instant::now()))
+                .min(Duration::from_millis(20)),
+            _ => Duration::from_millis(50),
         };
         let got = rx.recv_timeout(wait);
         if let Ok(ev) = &got {
             t.events.push((struck_at.map(|at| at.elapsed().as_secs_f64() * 1e3), ev.clone()));
+            progress += usize::from(elected_at.is_some());
         }
         match got {
             Ok(ev) => match ev.kind {
@@ -148,6 +165,7 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
                 }
                 EventKind::Done { .. } => {
                     t.boot_ms = elected_at.map(|e| e.elapsed().as_secs_f64() * 1e3);
+                    t.boot_events = progress;
                 }
                 EventKind::Elected { monarch, epoch, .. } => {
                     elected_at.get_or_insert_with(Instant::now);
@@ -156,7 +174,7 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
                         && spec.fault != Fault::None
                         && let Some(pid) = pids.get(&monarch)
                     {
-                        victim = Some((*pid, Instant::now() + spec.after));
+                        victim = Some((*pid, spec.after));
                     }
                     t.monarch = Some((monarch, epoch));
                 }
@@ -180,8 +198,13 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        if let Some((pid, at)) = victim
-            && Instant::now() >= at
+        let due = match victim {
+            Some((_, When::Time(d))) => elected_at.is_some_and(|e| e.elapsed() >= d),
+            Some((_, When::Events(n))) => progress >= n,
+            None => false,
+        };
+        if let Some((pid, _)) = victim
+            && due
         {
             victim = None;
             if t.summary.is_none() && crate::host::alive(pid) {
@@ -305,14 +328,15 @@ pub struct FailoverBench {
     /// etcd (failover time is about this, less the time since the last beat or keep-alive
     /// before the kill, plus the takeover).
     pub timeout_ms: f64,
-    /// An undisturbed boot, from election to summary (the range kill points are drawn from).
+    /// An undisturbed boot, from election to the last secondary's final state.
     pub boot_ms: f64,
     /// The trials that were not ok, with what was wrong.
     pub failures: Vec<String>,
 }
 
 /// Run `trials` trials, each SIGKILLing (or, with `pause`, SIGSTOPping until the takeover)
-/// the monarch at a uniformly random point of the boot. `progress` hears each trial's
+/// the monarch at a uniformly random point of the boot's progress (after one of the events
+/// an undisturbed boot has). `progress` hears each trial's
 /// outcome.
 pub fn bench(
     exe: &Path,
@@ -330,7 +354,7 @@ pub fn bench(
             "failover needs two or more management processors (role = \"monarch\") in the topology".into()
         );
     }
-    let spec = |fault, after| TrialSpec {
+    let spec = |fault, after: When| TrialSpec {
         exe: exe.to_path_buf(),
         topology: topology.map(Path::to_path_buf),
         fault,
@@ -338,24 +362,24 @@ pub fn bench(
         limit: Duration::from_secs(120),
     };
     // Calibrate: how long does an undisturbed boot take from the election on?
-    let calm = trial(&spec(Fault::None, Duration::ZERO))?;
+    let calm = trial(&spec(Fault::None, When::Time(Duration::ZERO)))?;
     if !calm.ok {
         return Err(format!("an undisturbed boot already fails: {}", calm.problems.join("; ")));
     }
     let boot_ms = calm.boot_ms.unwrap_or(500.0);
-    let boot = Duration::from_secs_f64(boot_ms / 1e3);
     let mut times = Vec::new();
     let mut ok = 0;
     let mut failures = Vec::new();
     let (mut stood_down, mut fenced_commands) = (0, 0);
     let (fault, verb) = if pause { (Fault::Pause, "pause") } else { (Fault::Kill, "kill") };
     for i in 0..trials {
-        let after = boot.mul_f64(fastrand::f64());
-        let t = trial(&spec(fault, after))?;
+        // A uniformly random point of the boot's progress: after one of its events.
+        let n = fastrand::usize(..calm.boot_events.max(1));
+        let t = trial(&spec(fault, When::Events(n)))?;
         if t.ok {
             ok += 1;
         } else {
-            failures.push(format!("trial {i} ({verb} after {after:?}): {}", t.problems.join("; ")));
+            failures.push(format!("trial {i} ({verb} after {n} events): {}", t.problems.join("; ")));
         }
         stood_down += usize::from(t.stood_down);
         fenced_commands += t.fenced.values().map(|(_, n)| n).sum::<u64>();

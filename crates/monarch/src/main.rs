@@ -163,7 +163,8 @@ Installs tftpd-hpa, atftp, curl and nginx with apt-get when missing (needs root)
     #[command(long_about = "Failover under fire (seed 003), measured in real runs.\n\n\
 An undisturbed `monarch up` of the topology (which needs two or more management processors; \
 the built-in chassis has two) calibrates how long a boot takes; then each trial boots it again \
-and SIGKILLs the monarch at a uniformly random moment of the boot. A trial is ok when every \
+and SIGKILLs the monarch at a uniformly random point of its progress (after the n-th of the \
+events an undisturbed boot has, n drawn uniformly). A trial is ok when every \
 secondary ends RUNNING, each was released exactly once, and only into the image whose checksum \
 the monarch retrieved (every agent logs its handoff). Failover time: from the SIGKILL to the \
 new monarch's takeover (next epoch claimed on the backplane or in etcd, and in every window); its \

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use monarch_boot::events::EventKind;
-use monarch_boot::failbench::{self, Fault, Trial, TrialSpec};
+use monarch_boot::failbench::{self, Fault, Trial, TrialSpec, When};
 use monarch_boot::monarch_etcd::server::LocalEtcd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,7 +39,7 @@ fn trial(topology: &Path, fault: Fault, after_ms: u64) -> Trial {
         exe: exe(),
         topology: Some(topology.to_path_buf()),
         fault,
-        after: Duration::from_millis(after_ms),
+        after: When::Time(Duration::from_millis(after_ms)),
         limit: Duration::from_secs(120),
     })
     .unwrap();

@@ -7,7 +7,7 @@
 //! (MONARCH_FAILOVER_TRIALS sets the count here, default 8).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use monarch_boot::failbench::{self, Fault, TrialSpec};
+use monarch_boot::failbench::{self, Fault, TrialSpec, When};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -46,7 +46,7 @@ fn a_paused_monarch_is_fenced_and_stands_down() {
             exe: exe(),
             topology: None,
             fault: Fault::Pause,
-            after: Duration::from_millis(ms),
+            after: When::Time(Duration::from_millis(ms)),
             limit: Duration::from_secs(120),
         })
         .unwrap();
@@ -188,20 +188,28 @@ corrupt_attempts = 1
     let mut pids = std::collections::HashMap::new();
     let mut last = serde_json::Value::Null;
     let mut events = Vec::new();
+    let (mut strike, mut struck) = (false, false);
     for line in out.lines().map_while(Result::ok) {
         let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
         events.push(ev["event"].as_str().unwrap_or_default().to_string());
         if ev["event"] == "candidate" {
             pids.insert(ev["id"].as_str().unwrap().to_string(), ev["pid"].as_u64().unwrap());
         }
-        // As soon as m0 reigns: the serf next in line dies, then the monarch.
-        if ev["event"] == "elected" && ev["monarch"] == "m0" {
-            kill(pids["m1"]);
-            kill(pids["m0"]);
+        // As soon as m0 reigns: the serf next in line dies, then the monarch (once both
+        // candidates' events are in: they come from two processes, in either order).
+        strike |= ev["event"] == "elected" && ev["monarch"] == "m0";
+        if strike
+            && !struck
+            && let (Some(m1), Some(m0)) = (pids.get("m1"), pids.get("m0"))
+        {
+            kill(*m1);
+            kill(*m0);
+            struck = true;
         }
         last = ev;
     }
     assert!(child.wait().unwrap().success(), "{last}");
+    assert!(struck, "m0 was never elected with both candidates known: {events:?}");
     assert_eq!(last["event"], "summary");
     assert_eq!(last["election"]["monarch"], "m2", "{last}");
     let lc = last["processors"].as_array().unwrap().iter().find(|p| p["id"] == "lc").unwrap();
