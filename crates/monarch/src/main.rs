@@ -198,8 +198,9 @@ struct BenchNetbootArgs {
     /// Size of the file fetched over HTTP.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     http_size: u64,
-    /// Transfers per figure; the best counts.
-    #[arg(long, default_value_t = 3)]
+    /// Transfers per server and figure, ours and the reference alternating; the medians
+    /// are compared (the best run is shown beside each).
+    #[arg(long, default_value_t = monarch_boot::netbench::DEFAULT_REPS)]
     reps: u32,
     /// One JSON object on stdout.
     #[arg(long)]
