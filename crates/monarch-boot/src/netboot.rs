@@ -50,6 +50,9 @@ pub struct ServeOptions {
     pub dhcp: DhcpChoice,
     /// TFTP port (None: no TFTP).
     pub tftp_port: Option<u16>,
+    /// How long a TFTP transfer polls for each ACK before sleeping
+    /// ([`monarch_net::tftp::DEFAULT_SPIN`]; zero: never).
+    pub tftp_spin: std::time::Duration,
     /// HTTP port (None: no HTTP).
     pub http_port: Option<u16>,
     /// The discovery service's port, UDP for discovery and TCP for the bulk transfer
@@ -139,9 +142,11 @@ pub async fn serve(
     };
 
     if let Some(port) = opts.tftp_port {
-        let server = TftpServer::bind(TftpConfig::new(SocketAddr::new(bind_ip, port), catalog.root()))
-            .await
-            .map_err(|e| e.to_string())?;
+        let cfg = TftpConfig {
+            spin: opts.tftp_spin,
+            ..TftpConfig::new(SocketAddr::new(bind_ip, port), catalog.root())
+        };
+        let server = TftpServer::bind(cfg).await.map_err(|e| e.to_string())?;
         ready.tftp = Some(server.local_addr());
         tasks.spawn(server.run(sink("tftp", &emit)));
     }

@@ -23,6 +23,10 @@
 //!   `send` with UDP segmentation offload (GSO) where the kernel allows it. The steady state
 //!   makes one `recv` and one `send` per window and allocates nothing. Requests beyond
 //!   `max_transfers` running get "server busy".
+//! - Latency: after sending, a transfer polls its socket for the ACK for a moment
+//!   ([`DEFAULT_SPIN`], at most `max_spinning` transfers at once) before sleeping, so it is
+//!   already awake when the ACK lands; on a VM that halves the wake-ups of a lock-step
+//!   transfer, which is what bounds it.
 //!
 //! What the server does is reported through an [`EventSink`] of [`TftpEvent`]s.
 
@@ -36,7 +40,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
@@ -71,7 +75,30 @@ pub struct TftpConfig {
     pub retries: u32,
     /// Transfers running at once; more requests get TFTP error 0 "server busy".
     pub max_transfers: usize,
+    /// How long a transfer polls its socket for the client's ACK before sleeping in `recv`
+    /// (zero: never poll). See [`DEFAULT_SPIN`].
+    pub spin: Duration,
+    /// Transfers that may poll at the same time; the others sleep in `recv` from the start.
+    /// Default: one less than the cores (at least one), so the clients and the rest of the
+    /// machine keep a core.
+    pub max_spinning: usize,
 }
+
+/// How long a transfer polls for an ACK before it sleeps: a little more than a fast client
+/// takes to answer a window (atftp: ~60–120 µs for 16 blocks here).
+///
+/// Why poll at all: a lock-step transfer is two wake-ups per block (or per window), one on
+/// each side, and on a virtual machine a vCPU that went idle takes 20–40 µs to wake (it
+/// halts, and the hypervisor must deliver an interrupt): that, not CPU, bounded both this
+/// server and tftpd-hpa at window 1. A transfer that keeps polling for a moment sees the
+/// ACK the instant the client's `sendto` queues it and sends the next block without
+/// sleeping, so only the client's wake-up is left. The price is the polling core, which is
+/// why the time is short, the number of polling transfers is capped
+/// ([`TftpConfig::max_spinning`]), and a transfer whose client is slower than the budget
+/// simply sleeps as before.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(DEFAULT_SPIN_MICROS);
+/// [`DEFAULT_SPIN`] in microseconds (the command line's unit).
+pub const DEFAULT_SPIN_MICROS: u64 = 250;
 
 impl TftpConfig {
     /// Serve `root` on `bind` with the defaults of [`ServerConfig`] (blksize up to 65464,
@@ -86,6 +113,9 @@ impl TftpConfig {
             timeout: d.timeout,
             retries: d.retries,
             max_transfers: 128,
+            spin: DEFAULT_SPIN,
+            max_spinning: std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1).max(1)),
         }
     }
 
@@ -191,6 +221,8 @@ pub struct TftpServer {
     local: SocketAddr,
     root: Arc<PathBuf>,
     cfg: TftpConfig,
+    /// Transfers polling right now (at most `cfg.max_spinning`).
+    spinning: Arc<AtomicUsize>,
 }
 
 impl TftpServer {
@@ -208,7 +240,7 @@ impl TftpServer {
         let socket =
             UdpSocket::bind(cfg.bind).await.map_err(|source| TftpError::Bind { addr: cfg.bind, source })?;
         let local = socket.local_addr().map_err(|source| TftpError::Bind { addr: cfg.bind, source })?;
-        Ok(TftpServer { socket, local, root: Arc::new(root), cfg })
+        Ok(TftpServer { socket, local, root: Arc::new(root), cfg, spinning: Arc::new(AtomicUsize::new(0)) })
     }
 
     /// The address requests go to (with the port the OS chose, if the config said 0).
@@ -249,6 +281,7 @@ impl TftpServer {
                             cfg: self.cfg.clone(),
                             local_ip: self.local.ip(),
                             events: Arc::clone(&events),
+                            spinning: Arc::clone(&self.spinning),
                         };
                         let stop = Arc::clone(&stop.0);
                         transfers.spawn_blocking(move || t.run(stop));
@@ -312,6 +345,7 @@ struct Transfer {
     cfg: TftpConfig,
     local_ip: IpAddr,
     events: EventSink<TftpEvent>,
+    spinning: Arc<AtomicUsize>,
 }
 
 /// Resolve `rel` beneath `root` and open it for reading, or say which TFTP error to send.
@@ -635,7 +669,8 @@ impl Transfer {
             windowsize: fsm.windowsize(),
         });
         let mut src = Source::new(f, size, fsm.blksize());
-        let outcome = drive(&sock, &mut fsm, &mut src, begun, &stop, |bytes| {
+        let spin = SpinSlot::take(&self.spinning, self.cfg.max_spinning, self.cfg.spin);
+        let outcome = drive(&sock, &mut fsm, &mut src, begun, &stop, spin.budget(), |bytes| {
             events(TftpEvent::Progress { peer, file: file.clone(), bytes, total: size })
         });
         let bytes = fsm.acked_bytes();
@@ -657,6 +692,56 @@ fn tick(timeout: Duration) -> Duration {
     (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(100))
 }
 
+/// The right to poll for ACKs, held by at most `max` transfers at once; given back when
+/// dropped.
+struct SpinSlot<'a> {
+    count: Option<&'a AtomicUsize>,
+    spin: Duration,
+}
+
+impl<'a> SpinSlot<'a> {
+    fn take(count: &'a AtomicUsize, max: usize, spin: Duration) -> SpinSlot<'a> {
+        let got = !spin.is_zero()
+            && count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+                .is_ok();
+        SpinSlot { count: got.then_some(count), spin }
+    }
+
+    /// How long to poll before each `recv` (zero without a slot).
+    fn budget(&self) -> Duration {
+        if self.count.is_some() { self.spin } else { Duration::ZERO }
+    }
+}
+
+impl Drop for SpinSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.count {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Receive one datagram: poll for up to `spin` first (see [`DEFAULT_SPIN`]), then sleep in
+/// `recv` (until the socket's read timeout).
+fn recv(sock: &std::net::UdpSocket, buf: &mut [u8], spin: Duration) -> io::Result<usize> {
+    if !spin.is_zero() {
+        let t = std::time::Instant::now();
+        loop {
+            match rustix::net::recv(sock, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
+                Ok((n, _)) => return Ok(n),
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if t.elapsed() >= spin {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    sock.recv(buf)
+}
+
 /// Run the machine to its end: `Ok(bytes)` when the client acknowledged everything.
 fn drive(
     sock: &std::net::UdpSocket,
@@ -664,6 +749,7 @@ fn drive(
     src: &mut Source,
     begun: std::time::Instant,
     stop: &AtomicBool,
+    spin: Duration,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, String> {
     let mut actions: Vec<Action> = Vec::with_capacity(usize::from(fsm.windowsize()) + 2);
@@ -716,7 +802,7 @@ fn drive(
             abort("the server is shutting down", &mut pkt);
             return Err("the server stopped".into());
         }
-        match sock.recv(&mut rbuf) {
+        match recv(sock, &mut rbuf, spin) {
             // Garbage from the client's own port is ignored; the timer covers it.
             Ok(n) => {
                 if let Ok(p) = proto::parse(&rbuf[..n]) {
@@ -739,5 +825,50 @@ fn drive(
                 (last_report, reported) = (now, bytes);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_max_spinning_transfers_poll_at_once() {
+        let count = AtomicUsize::new(0);
+        let spin = Duration::from_micros(100);
+        let a = SpinSlot::take(&count, 1, spin);
+        let b = SpinSlot::take(&count, 1, spin);
+        assert_eq!((a.budget(), b.budget()), (spin, Duration::ZERO));
+        drop(b);
+        assert_eq!(count.load(Ordering::Relaxed), 1, "a transfer without a slot gives none back");
+        drop(a);
+        assert_eq!(SpinSlot::take(&count, 1, spin).budget(), spin, "the slot is free again");
+        assert_eq!(SpinSlot::take(&count, 1, Duration::ZERO).budget(), Duration::ZERO, "zero: never poll");
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_polling_receive_gets_what_arrives_and_then_sleeps_to_the_timeout() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        b.connect(a.local_addr().unwrap()).unwrap();
+        a.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut buf = [0u8; 16];
+        // Nothing comes: the poll gives up and the blocking recv times out.
+        let e = recv(&a, &mut buf, Duration::from_micros(200)).unwrap_err();
+        assert!(is_timeout(&e), "{e}");
+        // Already queued: seen by the first poll.
+        b.send(b"ack").unwrap();
+        assert_eq!(recv(&a, &mut buf, Duration::from_millis(50)).unwrap(), 3);
+        // Arrives while sleeping after the poll.
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            b.send(b"late").unwrap();
+        });
+        a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(recv(&a, &mut buf, Duration::from_micros(10)).unwrap(), 4);
+        sender.join().unwrap();
+        assert_eq!(&buf[..4], b"late");
     }
 }

@@ -140,6 +140,12 @@ pub struct ServeArgs {
     /// TFTP port (0: no TFTP).
     #[arg(long, value_name = "PORT", default_value_t = 69)]
     tftp_port: u16,
+    /// How long, in microseconds, a TFTP transfer polls for each ACK before it sleeps (0:
+    /// never). Polling saves a wake-up per block or window, which on a VM is most of a
+    /// lock-step transfer's time; it costs a core while a transfer runs, and only one less
+    /// than the cores' count of transfers poll at once.
+    #[arg(long, value_name = "US", default_value_t = monarch_net::tftp::DEFAULT_SPIN_MICROS)]
+    tftp_spin_us: u64,
     /// HTTP port (0: no HTTP).
     #[arg(long, value_name = "PORT", default_value_t = 8080)]
     http_port: u16,
@@ -213,6 +219,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         address: a.address,
         dhcp,
         tftp_port: port(a.tftp_port),
+        tftp_spin: std::time::Duration::from_micros(a.tftp_spin_us),
         http_port: port(a.http_port),
         discovery_port: port(a.discovery_port),
     };
