@@ -95,7 +95,7 @@ pub struct TftpConfig {
 /// sleeping, so only the client's wake-up is left. The price is the polling core, which is
 /// why the time is short, the number of polling transfers is capped
 /// ([`TftpConfig::max_spinning`]), and a transfer whose client is slower than the budget
-/// simply sleeps as before.
+/// (8 polls in a row that missed) sleeps as before, polling again only now and then.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(DEFAULT_SPIN_MICROS);
 /// [`DEFAULT_SPIN`] in microseconds (the command line's unit).
 pub const DEFAULT_SPIN_MICROS: u64 = 250;
@@ -722,24 +722,62 @@ impl Drop for SpinSlot<'_> {
     }
 }
 
-/// Receive one datagram: poll for up to `spin` first (see [`DEFAULT_SPIN`]), then sleep in
-/// `recv` (until the socket's read timeout).
-fn recv(sock: &std::net::UdpSocket, buf: &mut [u8], spin: Duration) -> io::Result<usize> {
-    if !spin.is_zero() {
-        let t = std::time::Instant::now();
-        loop {
-            match rustix::net::recv(sock, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
-                Ok((n, _)) => return Ok(n),
-                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            if t.elapsed() >= spin {
-                break;
-            }
-            std::hint::spin_loop();
-        }
+/// Polls in a row that ran out before the ACK came, after which a transfer stops polling:
+/// its client is slower than the budget (a real NIC, firmware, an emulated machine), and
+/// polling would only burn the core for nothing.
+const MISSES_BEFORE_BACKING_OFF: u32 = 8;
+/// While backed off, one `recv` in this many polls again, in case the client sped up.
+const PROBE_EVERY: u32 = 64;
+
+/// How a transfer waits for the client: it polls for up to `budget` before sleeping in
+/// `recv` (see [`DEFAULT_SPIN`]), unless polling keeps missing.
+struct Waiter {
+    budget: Duration,
+    misses: u32,
+    calls: u32,
+}
+
+impl Waiter {
+    fn new(budget: Duration) -> Waiter {
+        Waiter { budget, misses: 0, calls: 0 }
     }
-    sock.recv(buf)
+
+    /// Whether the next `recv` polls first.
+    fn polls(&mut self) -> bool {
+        self.calls = self.calls.wrapping_add(1);
+        !self.budget.is_zero()
+            && (self.misses < MISSES_BEFORE_BACKING_OFF || self.calls.is_multiple_of(PROBE_EVERY))
+    }
+
+    /// Receive one datagram (until the socket's read timeout).
+    fn recv(&mut self, sock: &std::net::UdpSocket, buf: &mut [u8]) -> io::Result<usize> {
+        if self.polls() {
+            match poll(sock, buf, self.budget) {
+                Some(r) => {
+                    self.misses = 0;
+                    return r;
+                }
+                None => self.misses = self.misses.saturating_add(1),
+            }
+        }
+        sock.recv(buf)
+    }
+}
+
+/// Poll `sock` for a datagram for up to `budget`: `None` if none came.
+fn poll(sock: &std::net::UdpSocket, buf: &mut [u8], budget: Duration) -> Option<io::Result<usize>> {
+    let t = std::time::Instant::now();
+    loop {
+        match rustix::net::recv(sock, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) => return Some(Ok(n)),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+            Err(e) => return Some(Err(e.into())),
+        }
+        if t.elapsed() >= budget {
+            return None;
+        }
+        std::hint::spin_loop();
+    }
 }
 
 /// Run the machine to its end: `Ok(bytes)` when the client acknowledged everything.
@@ -758,6 +796,7 @@ fn drive(
     let window = usize::from(fsm.windowsize());
     let mut pkt: Vec<u8> = Vec::with_capacity(512);
     let mut rbuf = vec![0u8; TRANSFER_BUF];
+    let mut waiter = Waiter::new(spin);
     let (mut last_report, mut reported) = (begun, 0u64);
     // Tell the client why before giving up on a read error or a stop.
     let abort = |why: &str, pkt: &mut Vec<u8>| {
@@ -802,7 +841,7 @@ fn drive(
             abort("the server is shutting down", &mut pkt);
             return Err("the server stopped".into());
         }
-        match recv(sock, &mut rbuf, spin) {
+        match waiter.recv(sock, &mut rbuf) {
             // Garbage from the client's own port is ignored; the timer covers it.
             Ok(n) => {
                 if let Ok(p) = proto::parse(&rbuf[..n]) {
@@ -855,20 +894,35 @@ mod tests {
         b.connect(a.local_addr().unwrap()).unwrap();
         a.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         let mut buf = [0u8; 16];
+        let mut w = Waiter::new(Duration::from_micros(200));
         // Nothing comes: the poll gives up and the blocking recv times out.
-        let e = recv(&a, &mut buf, Duration::from_micros(200)).unwrap_err();
+        let e = w.recv(&a, &mut buf).unwrap_err();
         assert!(is_timeout(&e), "{e}");
+        assert_eq!(w.misses, 1);
         // Already queued: seen by the first poll.
         b.send(b"ack").unwrap();
-        assert_eq!(recv(&a, &mut buf, Duration::from_millis(50)).unwrap(), 3);
-        // Arrives while sleeping after the poll.
+        assert_eq!(w.recv(&a, &mut buf).unwrap(), 3);
+        assert_eq!(w.misses, 0, "a hit forgives the misses");
+        // Arrives while sleeping after a short poll.
         let sender = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(5));
             b.send(b"late").unwrap();
         });
         a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        assert_eq!(recv(&a, &mut buf, Duration::from_micros(10)).unwrap(), 4);
+        let mut w = Waiter::new(Duration::from_micros(10));
+        assert_eq!(w.recv(&a, &mut buf).unwrap(), 4);
         sender.join().unwrap();
         assert_eq!(&buf[..4], b"late");
+    }
+
+    #[test]
+    fn a_client_slower_than_the_budget_is_not_polled_for() {
+        let mut w = Waiter::new(Duration::from_micros(100));
+        w.misses = MISSES_BEFORE_BACKING_OFF - 1;
+        assert!(w.polls(), "still polling before the last miss");
+        w.misses = MISSES_BEFORE_BACKING_OFF;
+        let polled = (0..PROBE_EVERY * 4).filter(|_| w.polls()).count();
+        assert_eq!(polled, 4, "backed off: one probe in {PROBE_EVERY}");
+        assert!(!(0..1000).any(|_| Waiter::new(Duration::ZERO).polls()), "a zero budget never polls");
     }
 }
