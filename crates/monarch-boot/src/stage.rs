@@ -1024,13 +1024,32 @@ pub(crate) fn announce_done(emit: &(dyn Fn(EventKind) + Sync), s: &ProcessorSumm
     });
 }
 
-/// Start `cmd` with stdin closed and stdout + stderr going to a new file `log` (`what` names
-/// it in errors).
+/// Start `cmd` with stdin closed and stdout + stderr appended to `log` (`what` names it in
+/// errors).
+///
+/// The log is opened for appending, not truncated: a spare agent launched for a window (a
+/// new monarch's, or a relaunch) must not wipe the log of an agent still writing to it,
+/// whose next write would then land at its old offset behind a hole of NUL bytes. A log
+/// over [`LOG_CAP`] is emptied first, so a fixed `run_dir` cannot grow one without bound;
+/// with every writer appending, that leaves no hole either.
 fn spawn_logged(cmd: &mut Process, log: &Path, what: &str) -> Result<Child, String> {
-    let out = File::create(log).map_err(|e| format!("cannot create {what} {}: {e}", log.display()))?;
+    let out = File::options()
+        .append(true)
+        .create(true)
+        .open(log)
+        .and_then(|f| {
+            if f.metadata()?.len() > LOG_CAP {
+                f.set_len(0)?;
+            }
+            Ok(f)
+        })
+        .map_err(|e| format!("cannot create {what} {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| format!("cannot share {what} {}: {e}", log.display()))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| e.to_string())
 }
+
+/// Size above which a log is emptied when the next process is started on it.
+const LOG_CAP: u64 = 4 << 20;
 
 /// The last non-empty line of an agent log, trimmed (for error messages).
 /// Only the end of the file is read (a VM's console is the guest's to fill), decoded
@@ -1045,4 +1064,38 @@ pub(crate) fn log_tail(path: &Path) -> Option<String> {
     let text = String::from_utf8_lossy(&raw);
     let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
     Some(line.trim().chars().filter(|c| !c.is_control()).take(300).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spare_process_on_a_log_keeps_what_the_live_one_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("agent.log");
+        let go = dir.path().join("go");
+        let script = format!("echo first; while [ ! -e {} ]; do sleep 0.01; done; echo late", go.display());
+        let mut live = spawn_logged(Process::new("sh").args(["-c", &script]), &log, "log").unwrap();
+        // Wait for the live one's first line, then start a spare on the same log.
+        let t = std::time::Instant::now();
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("first") {
+            assert!(t.elapsed() < Duration::from_secs(10), "the first process never wrote");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut spare = spawn_logged(Process::new("sh").args(["-c", "echo spare"]), &log, "log").unwrap();
+        assert!(spare.wait().unwrap().success());
+        std::fs::write(&go, b"").unwrap();
+        assert!(live.wait().unwrap().success());
+        let text = std::fs::read(&log).unwrap();
+        assert!(!text.contains(&0), "a hole of NUL bytes: {text:?}");
+        let text = String::from_utf8(text).unwrap();
+        assert_eq!(text.lines().collect::<Vec<_>>(), ["first", "spare", "late"], "{text}");
+        assert_eq!(log_tail(&log).as_deref(), Some("late"));
+        // An oversized log is emptied when the next process starts on it.
+        std::fs::write(&log, vec![b'x'; usize::try_from(LOG_CAP).unwrap() + 1]).unwrap();
+        let mut next = spawn_logged(Process::new("sh").args(["-c", "echo fresh"]), &log, "log").unwrap();
+        assert!(next.wait().unwrap().success());
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "fresh\n");
+    }
 }
