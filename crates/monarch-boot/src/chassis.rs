@@ -23,6 +23,7 @@ use crate::topology::ElectionBackend;
 use monarch_drivers::Window;
 use monarch_proto::election::{self as el, Candidate, Health, Watchdog};
 use monarch_proto::layout;
+use rustix::process::Signal;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -227,6 +228,10 @@ fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -> Ca
     loop {
         if bp.done().is_some() {
             return CandidateOutcome::Serf;
+        }
+        if let Some(sig) = crate::interrupt::received() {
+            // The operator stopped the boot: a serf does not take it over.
+            return CandidateOutcome::Failed(format!("interrupted by {sig}: stopped waiting as a serf"));
         }
         let now = start.elapsed();
         match bp.claim() {
@@ -551,6 +556,26 @@ pub fn up(
         }
     }
     drop(tx);
+    // The operator's stop (crate::interrupt) is passed on to every candidate, as the same
+    // signal: the monarch stops staging and shuts down what runs, serfs stop waiting. (From
+    // a terminal they had the signal already; a second one changes nothing.)
+    let pids: Vec<u32> = children.iter().flatten().map(Child::id).collect();
+    let ended = Arc::new(AtomicBool::new(false));
+    let relay = {
+        let ended = Arc::clone(&ended);
+        std::thread::spawn(move || {
+            while !ended.load(Ordering::Acquire) {
+                if let Some(sig) = crate::interrupt::received() {
+                    let sig = if sig == "SIGINT" { Signal::INT } else { Signal::TERM };
+                    for &pid in &pids {
+                        monarch_drivers::host::signal(pid, sig);
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
     let mut summaries: Vec<Option<Summary>> = t.managers.iter().map(|_| None).collect();
     let mut state: Vec<&str> = t.managers.iter().map(|_| "serf").collect();
     let mut elected: Option<(usize, String, u32, String)> = None;
@@ -593,6 +618,8 @@ pub fn up(
     for r in readers {
         let _ = r.join();
     }
+    ended.store(true, Ordering::Release);
+    let _ = relay.join();
     let mut exits = Vec::new();
     for c in children.iter_mut() {
         exits.push(c.as_mut().and_then(|c| c.wait().ok()));

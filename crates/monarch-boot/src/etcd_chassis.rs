@@ -202,6 +202,9 @@ fn campaign(etcd: &Arc<Candidate>, keys: &Keys, e: &EtcdElection) -> Campaign {
     let mut last_seen: Option<(String, Instant)> = None;
     let mut unreachable_since: Option<Instant> = None;
     loop {
+        if let Some(sig) = crate::interrupt::received() {
+            return Campaign::GaveUp(format!("interrupted by {sig}: stopped campaigning"));
+        }
         match rx.recv_timeout(POLL) {
             Ok(Ok(l)) => return Campaign::Won(Box::new(l), last_seen),
             Ok(Err(err)) => return Campaign::GaveUp(gave_up(&err.to_string(), e)),

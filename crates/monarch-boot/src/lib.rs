@@ -27,6 +27,7 @@ pub mod failbench;
 /// The host's own tools (moved to the drivers; re-exported for existing callers).
 pub use monarch_drivers::host;
 pub mod image;
+pub mod interrupt;
 pub mod netagent;
 pub mod netbench;
 pub mod netboot;

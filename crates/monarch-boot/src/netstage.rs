@@ -89,10 +89,14 @@ pub fn stage(sec: &Secondary, nb: &NetbootSpec, ctx: &StageCtx<'_>) -> Staged {
         root: sec.window.path.with_extension("netboot"),
         log: sec.window.path.with_extension("log"),
         server_said: None,
+        interrupted: false,
     };
     let result = st.run();
     st.finish(result)
 }
+
+/// Longest wait between two looks at the interruption flag.
+const INTERRUPT_SLICE: Duration = Duration::from_millis(100);
 
 struct NetStage<'a, 'c> {
     sec: &'a Secondary,
@@ -113,6 +117,8 @@ struct NetStage<'a, 'c> {
     log: PathBuf,
     /// The boot server's last refusal or failed transfer (for error messages).
     server_said: Option<String>,
+    /// Stopped by SIGINT/SIGTERM ([`crate::interrupt`]).
+    interrupted: bool,
 }
 
 /// Where the stage is, what ends it, and which timeout bounds it.
@@ -246,6 +252,8 @@ impl<'a, 'c> NetStage<'a, 'c> {
         let sec = self.sec;
         let exe = self.ctx.agent_exe;
         let mut cmd = Command::new(exe);
+        // The terminal's Ctrl-C is ours to act on, not the agent's (crate::interrupt).
+        monarch_drivers::host::ignore_sigint_in(&mut cmd);
         cmd.args(["netboot", "agent", "--server"])
             .arg(udp.to_string())
             .arg("--mac")
@@ -301,9 +309,16 @@ impl<'a, 'c> NetStage<'a, 'c> {
             let Some(left) = deadline.checked_duration_since(now).filter(|d| !d.is_zero()) else {
                 return Err(self.timed_out(step));
             };
-            let msg = match rx.recv_timeout(left) {
+            // In slices, so the operator's interruption is seen within one.
+            let msg = match rx.recv_timeout(left.min(INTERRUPT_SLICE)) {
                 Ok(m) => m,
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(sig) = crate::interrupt::received() {
+                        self.interrupted = true;
+                        return Err(format!("interrupted by {sig} before it booted"));
+                    }
+                    continue;
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => Msg::Eof,
             };
             match msg {
@@ -471,6 +486,7 @@ impl<'a, 'c> NetStage<'a, 'c> {
         let sec = self.sec;
         let (state, error) = match &result {
             Ok(s) => (*s, None),
+            Err(e) if self.interrupted => ("interrupted", Some(e.clone())),
             Err(e) => ("failed", Some(e.clone())),
         };
         if result.is_err()

@@ -136,7 +136,14 @@ pub fn boot(
         .iter()
         .filter(|p| p.role == "secondary" && p.required)
         .all(|p| matches!(p.state.as_str(), "running" | "released"));
-    let summary = Summary { ok, chassis: t.name.clone(), total_ms, processors, election: None, error: None };
+    // The operator's stop, said once for the whole run (each secondary it cut short says so too).
+    let error = processors.iter().any(|p| p.state == "interrupted").then(|| {
+        format!(
+            "interrupted by {}: staging stopped, what was running was shut down",
+            crate::interrupt::received().unwrap_or("a stop signal")
+        )
+    });
+    let summary = Summary { ok, chassis: t.name.clone(), total_ms, processors, election: None, error };
     on_event(&Event { t_ms: total_ms, kind: EventKind::Summary(summary.clone()) });
     summary
 }

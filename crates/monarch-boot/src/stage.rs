@@ -161,6 +161,8 @@ struct Stage<'a, 'c> {
     adopted_pid: Option<u32>,
     /// We found we are no longer monarch: the secondary is another's now.
     deposed: bool,
+    /// Stopped by SIGINT/SIGTERM ([`crate::interrupt`]) before it was released.
+    interrupted: bool,
     /// A command was posted after that (the stopping ABORT, fenced by the secondary).
     late_command: bool,
     /// The secondary said HANDING_OFF (its agent may now be gone: it became the image).
@@ -226,6 +228,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             resumed: None,
             adopted_pid: None,
             deposed: false,
+            interrupted: false,
             late_command: false,
             handing_off: false,
         }
@@ -432,15 +435,25 @@ impl<'a, 'c> Stage<'a, 'c> {
         self.mandate()
     }
 
-    /// `Err(why)` once we are no longer monarch (and remember it): checked before every
-    /// step that acts on the secondary.
+    /// `Err(why)` once we may not go on: no longer monarch (remembered as deposed), or the
+    /// operator asked the boot to stop (SIGINT/SIGTERM, remembered as interrupted). Checked
+    /// before every step that acts on the secondary.
     fn mandate(&mut self) -> Result<(), String> {
+        if let Some(sig) = crate::interrupt::received() {
+            self.interrupted = true;
+            return Err(format!("interrupted by {sig} before it was released"));
+        }
+        self.authority_check()
+    }
+
+    /// The election's half of [`Self::mandate`].
+    fn authority_check(&mut self) -> Result<(), String> {
         (self.ctx.authority.check)().inspect_err(|_| self.deposed = true)
     }
 
     /// Whether we were deposed (known already, or found now).
     fn is_deposed(&mut self) -> bool {
-        self.deposed || self.mandate().is_err()
+        self.deposed || self.authority_check().is_err()
     }
 
     fn primary_spec(&self, expected: monarch_proto::Digest) -> PrimarySpec {
@@ -476,6 +489,8 @@ impl<'a, 'c> Stage<'a, 'c> {
         } else {
             cmd.arg(&sec.window.path);
         }
+        // The terminal's Ctrl-C is ours to act on, not the agent's (crate::interrupt).
+        monarch_drivers::host::ignore_sigint_in(&mut cmd);
         cmd.arg("--id")
             .arg(&sec.id)
             .arg("--handoff")
@@ -510,6 +525,9 @@ impl<'a, 'c> Stage<'a, 'c> {
         let qemu_log = sec.window.path.with_extension("qemu.log");
         let mut cmd = crate::vm::qemu_command(&spec);
         cmd.arg("-pidfile").arg(&pidfile);
+        // Out of the terminal's process group: its Ctrl-C is ours to act on (QEMU would quit
+        // on it); the stage and the run folder's pid files stop the VM.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = spawn_logged(&mut cmd, &qemu_log, "QEMU log").map_err(|e| {
             format!("cannot start qemu-system-x86_64 ({e}); run `monarch vm prepare`, which installs QEMU")
         })?;
@@ -953,6 +971,8 @@ impl<'a, 'c> Stage<'a, 'c> {
             Ok(_) => ("released", None),
             // Not a failure of the secondary: it is the new monarch's to finish.
             Err(e) if deposed => ("handed over", Some(e.clone())),
+            // Nor this: the operator stopped the boot.
+            Err(e) if self.interrupted => ("interrupted", Some(e.clone())),
             Err(e) => ("failed", Some(e.clone())),
         };
         if deposed {

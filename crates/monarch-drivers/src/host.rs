@@ -61,6 +61,24 @@ pub fn signal(pid: u32, sig: rustix::process::Signal) {
     }
 }
 
+/// Start `cmd`'s program with SIGINT ignored: the terminal's Ctrl-C, which reaches the whole
+/// foreground process group, then leaves it alone (SIGTERM and SIGKILL still end it). An
+/// ignored signal stays ignored across `exec` — the program's and any it executes in turn,
+/// such as an agent's handoff to its image — where a handler would be reset to the default.
+pub fn ignore_sigint_in(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before `exec`, where only
+    // async-signal-safe calls are allowed: `signal` is one, and nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Send `sig` to every process of process group `pgid` (best effort).
 pub fn signal_group(pgid: u32, sig: rustix::process::Signal) {
     if let Some(p) = i32::try_from(pgid).ok().and_then(rustix::process::Pid::from_raw) {

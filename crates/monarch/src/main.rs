@@ -37,7 +37,7 @@ secondary to jump into the image.\n\n\
 Start here:\n  monarch up                      boot the built-in emulated chassis\n  \
 monarch plan                    show what `up` would do, without booting\n  \
 monarch topology default        print the built-in topology, to edit for your chassis",
-    after_help = "Exit status: 0 every required secondary booted; 1 a secondary failed; 2 bad input (topology, arguments)."
+    after_help = "Exit status: 0 every required secondary booted; 1 a secondary failed; 2 bad input (topology, arguments); 130/143 stopped by SIGINT/SIGTERM."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -57,6 +57,10 @@ With two or more management processors (role = \"monarch\"), one candidate proce
 the monarch by seed 003's rules (self-test, --monarch pin, highest BOOT_ID, lowest slot) on a \
 shared backplane, or on etcd ([election] etcd); if the monarch dies, a serf takes the boot over \
 from the windows under a higher epoch, and secondaries ignore the old one (docs/election.md).\n\n\
+Ctrl-C (SIGINT) or SIGTERM stops the boot cleanly: secondaries not yet released are aborted and \
+reported `interrupted`, running images get SHUTDOWN and --shutdown-grace, the run folder is \
+removed, the summary printed, and the exit status is 130 (143 for SIGTERM); a second Ctrl-C exits \
+at once.\n\n\
 Without --topology, boots the built-in emulated chassis (`monarch topology default` prints it): \
 two management processors, a route card and four line cards, two behind a switch, each a real \
 process with a 30 MiB image in a shared-memory window.")]
@@ -464,6 +468,10 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return bad_input(&e),
     };
+    // Ctrl-C / SIGTERM: stop staging, shut down what runs, report (a second one: at once).
+    if let Err(e) = monarch_boot::interrupt::install(true) {
+        eprintln!("monarch: warning: cannot catch SIGINT/SIGTERM ({e}): an interruption will not be clean");
+    }
     let mut out = output::Output::new(a.json, &plan);
     let summary = if managers.len() > 1 {
         let source = match &a.topo.topology {
@@ -475,6 +483,10 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         run::up(&plan, &opts, &mut |ev| out.event(ev))
     };
     out.finish(&summary);
+    if let Some(code) = monarch_boot::interrupt::exit_status() {
+        // Interrupted: 128 + the signal's number, as a shell reports a program it stopped.
+        return ExitCode::from(code);
+    }
     if summary.ok { ExitCode::SUCCESS } else { ExitCode::from(exit::BOOT_FAILED) }
 }
 
@@ -557,6 +569,12 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return bad_input(&e),
     };
+    // Stopped by `monarch up` (or the terminal) with SIGINT/SIGTERM: stop cleanly. No exit
+    // on a second signal: from a terminal the candidate gets the Ctrl-C and `monarch up`'s
+    // relay of it.
+    if let Err(e) = monarch_boot::interrupt::install(false) {
+        eprintln!("monarch candidate: warning: cannot catch SIGINT/SIGTERM: {e}");
+    }
     let o = chassis::CandidateOptions {
         plan: Plan::new(topology),
         index: a.index,

@@ -220,6 +220,7 @@ pub fn table(s: &Summary) -> String {
         .iter()
         .filter_map(|p| match (&p.error, &p.report) {
             (Some(e), _) if p.role != "secondary" => Some(format!("  {}: {e}", p.id)),
+            (Some(e), _) if p.state == "interrupted" => Some(format!("  {}: INTERRUPTED: {e}", p.id)),
             (Some(e), _) => Some(format!("  {}: FAILED: {e}", p.id)),
             (None, Some(r)) => Some(format!("  {}: {r}", p.id)),
             _ => None,

@@ -451,3 +451,64 @@ fn the_tftp_baseline_runs_real_servers_and_cleans_up_its_namespaces() {
     let pid_tag = "monarch-bl-";
     assert!(!String::from_utf8_lossy(&netns.stdout).contains(pid_tag), "namespaces left behind");
 }
+
+/// Ctrl-C as a terminal sends it, to the whole process group, once the first secondary
+/// runs: exit 130, every secondary either running (then shut down) or `interrupted`, the
+/// summary says why, and nothing is left behind: no process of the group, no run folder.
+fn interrupt_the_boot(topology: Option<&Path>, temporary_run_dir: impl FnOnce(u32) -> Option<PathBuf>) {
+    use std::io::BufRead;
+    let mut cmd = Command::new(MONARCH);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.args(["up", "--json"]);
+    if let Some(t) = topology {
+        cmd.arg("--topology").arg(t);
+    }
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let group = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut sent = false;
+    for line in out.lines().map_while(Result::ok) {
+        let ev: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if !sent && ev["event"] == "done" && ev["state"] == "running" {
+            rustix::process::kill_process_group(group, rustix::process::Signal::INT).unwrap();
+            sent = true;
+        }
+        lines.push(ev);
+    }
+    let status = child.wait().unwrap();
+    assert!(sent, "no secondary ever ran: {lines:?}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["event"], "summary", "{lines:?}");
+    assert_eq!(status.code(), Some(130), "{summary}");
+    for p in summary["processors"].as_array().unwrap().iter().filter(|p| p["role"] == "secondary") {
+        let state = p["state"].as_str().unwrap();
+        assert!(state == "running" || state == "interrupted", "{p}");
+        if state == "interrupted" {
+            assert!(p["error"].as_str().unwrap().contains("interrupted by SIGINT"), "{p}");
+        }
+    }
+    if summary["processors"].as_array().unwrap().iter().any(|p| p["state"] == "interrupted") {
+        assert!(summary["error"].as_str().unwrap().contains("interrupted by SIGINT"), "{summary}");
+    }
+    let t = Instant::now();
+    while rustix::process::test_kill_process_group(group).is_ok() {
+        assert!(t.elapsed() < Duration::from_secs(10), "processes of the run outlived it");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(dir) = temporary_run_dir(child.id()) {
+        assert!(!dir.exists(), "{} was left behind", dir.display());
+    }
+}
+
+#[test]
+fn ctrl_c_stops_the_default_chassis_cleanly() {
+    interrupt_the_boot(None, |pid| Some(PathBuf::from(format!("/dev/shm/monarch-default-{pid}"))));
+}
+
+#[test]
+fn ctrl_c_stops_a_single_monarch_cleanly() {
+    let t = Topo::new(&(1..=4).map(|k| secondary(&format!("s{k}"), "")).collect::<String>());
+    // Its run folder is the topology's own, kept; its agents and images are what must go.
+    interrupt_the_boot(Some(&t.path()), |_| None);
+}
