@@ -872,7 +872,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                 match self.pump(st) {
                     Ok(did) => busy = did,
                     Err(e) => {
-                        let reason = if self.is_deposed() {
+                        let reason = if self.interrupted || self.is_deposed() {
                             msg::AbortReason::Stopped
                         } else {
                             msg::AbortReason::ProtocolError

@@ -745,8 +745,7 @@ impl Waiter {
     /// Whether the next `recv` polls first.
     fn polls(&mut self) -> bool {
         self.calls = self.calls.wrapping_add(1);
-        !self.budget.is_zero()
-            && (self.misses < MISSES_BEFORE_BACKING_OFF || self.calls % PROBE_EVERY == 0)
+        !self.budget.is_zero() && (self.misses < MISSES_BEFORE_BACKING_OFF || self.calls % PROBE_EVERY == 0)
     }
 
     /// Receive one datagram (until the socket's read timeout).
