@@ -787,6 +787,58 @@ fn drive(
     begun: std::time::Instant,
     stop: &AtomicBool,
     spin: Duration,
+    progress: impl FnMut(u64),
+) -> Result<u64, String> {
+    match run_transfer(sock, fsm, src, begun, stop, spin, progress) {
+        Err(e) if e == CLIENT_GONE => last_word(sock, fsm, begun),
+        r => r,
+    }
+}
+
+/// The client's port is closed, but it may have said its last word first: the kernel
+/// reports the ICMP error of a send to the closed port ahead of datagrams already queued,
+/// and a client that got the whole file sends its final ACK and exits. That is routine with
+/// windows: the client acknowledges a gap, then the retransmission, and is gone by the time
+/// the server answers the first ACK with a window nobody receives. So what is queued is
+/// read (and nothing more sent) before the transfer is called failed.
+fn last_word(
+    sock: &std::net::UdpSocket,
+    fsm: &mut ReadTransfer,
+    begun: std::time::Instant,
+) -> Result<u64, String> {
+    let mut buf = [0u8; TRANSFER_BUF];
+    let mut actions = Vec::new();
+    // Bounded: each datagram or error is reported once, but a flood must not hold us here.
+    for _ in 0..1024 {
+        match rustix::net::recv(sock, &mut buf[..], rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) => {
+                let Ok(p) = proto::parse(&buf[..n.min(TRANSFER_BUF)]) else { continue };
+                actions.clear();
+                fsm.handle(begun.elapsed(), Input::Packet(p), &mut actions);
+                // Only the end counts: windows answering older ACKs would go nowhere.
+                for a in actions.drain(..) {
+                    match a {
+                        Action::Done { bytes } => return Ok(bytes),
+                        Action::Failed(f) => return Err(f.to_string()),
+                        _ => {}
+                    }
+                }
+            }
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNREFUSED) => {}
+            Err(_) => break, // nothing more queued
+        }
+    }
+    Err(CLIENT_GONE.into())
+}
+
+/// [`drive`] until the end or the first error.
+fn run_transfer(
+    sock: &std::net::UdpSocket,
+    fsm: &mut ReadTransfer,
+    src: &mut Source,
+    begun: std::time::Instant,
+    stop: &AtomicBool,
+    spin: Duration,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, String> {
     let mut actions: Vec<Action> = Vec::with_capacity(usize::from(fsm.windowsize()) + 2);
@@ -912,6 +964,42 @@ mod tests {
         assert_eq!(w.recv(&a, &mut buf).unwrap(), 4);
         sender.join().unwrap();
         assert_eq!(&buf[..4], b"late");
+    }
+
+    /// The client took the whole window, sent an ACK for an early block and then its final
+    /// ACK, and exited before the server read either: the server's answer to the first hits
+    /// the closed port, and the kernel reports that ahead of the final ACK (regression: such
+    /// transfers were reported failed although the client had everything; seen in CI).
+    #[test]
+    fn a_final_ack_queued_behind_the_closed_port_error_completes_the_transfer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 1100]).unwrap(); // blocks 1, 2, 3 at 512 bytes
+        let mut rrq = Vec::new();
+        proto::encode_request(false, "f", proto::Mode::Octet, &[("windowsize", "4")], &mut rrq);
+        let Ok(Packet::Rrq(req)) = proto::parse(&rrq) else { panic!("not an RRQ") };
+        // The client's ACKs, queued at the server before it reads any; then it is gone.
+        let transfer = |acks: &[u16]| {
+            let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            server.connect(client.local_addr().unwrap()).unwrap();
+            server.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            client.connect(server.local_addr().unwrap()).unwrap();
+            for &block in acks {
+                let mut ack = Vec::new();
+                Packet::Ack { block }.encode(&mut ack);
+                client.send(&ack).unwrap();
+            }
+            drop(client);
+            let mut fsm = ReadTransfer::new(req.options, 1100, &ServerConfig::default());
+            let mut src = Source::new(std::fs::File::open(&path).unwrap(), 1100, fsm.blksize());
+            let stop = AtomicBool::new(false);
+            drive(&server, &mut fsm, &mut src, std::time::Instant::now(), &stop, Duration::ZERO, |_| {})
+        };
+        // OACK acknowledged (0), a gap acknowledged (1), then everything (3).
+        assert_eq!(transfer(&[0, 1, 3]), Ok(1100));
+        // Without the final ACK it is a client that went away.
+        assert_eq!(transfer(&[0, 1]), Err(CLIENT_GONE.to_string()));
     }
 
     #[test]
