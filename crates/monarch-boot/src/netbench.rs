@@ -99,24 +99,17 @@ impl Default for NetbenchOptions {
     }
 }
 
-/// One TFTP comparison.
+/// Our server against its reference on one figure: the fields both kinds of figure share
+/// (flattened into their JSON objects).
 #[derive(Debug, Clone, Serialize)]
-pub struct TftpFigure {
-    /// `loopback` or `veth (MTU 1500)`.
-    pub path: String,
-    /// Block size asked for (and granted by both servers).
-    pub blksize: u16,
-    /// Window size the client asked for (tftpd-hpa ignores it and runs with 1).
-    pub windowsize: u16,
-    /// Window size our server reports it negotiated with the client.
-    pub monarch_windowsize: u16,
+pub struct Comparison {
     /// Our server's speed, MiB/s (median of the runs).
     pub monarch_mib_s: f64,
     /// Our server's fastest run, MiB/s.
     pub monarch_best_mib_s: f64,
     /// Every run of ours, MiB/s, in order.
     pub monarch_runs_mib_s: Vec<f64>,
-    /// Always `tftpd-hpa`.
+    /// `tftpd-hpa` or `nginx`.
     pub reference: &'static str,
     /// The reference's speed, MiB/s (median of the runs).
     pub reference_mib_s: f64,
@@ -132,6 +125,52 @@ pub struct TftpFigure {
     pub met: bool,
 }
 
+impl Comparison {
+    fn new(runs: Runs, reference: &'static str, target: f64) -> Comparison {
+        let ratio = median(&runs.ours) / median(&runs.reference).max(1e-9);
+        Comparison {
+            monarch_mib_s: median(&runs.ours),
+            monarch_best_mib_s: best(&runs.ours),
+            monarch_runs_mib_s: runs.ours,
+            reference,
+            reference_mib_s: median(&runs.reference),
+            reference_best_mib_s: best(&runs.reference),
+            reference_runs_mib_s: runs.reference,
+            ratio,
+            target,
+            met: ratio >= target,
+        }
+    }
+
+    /// The table's last columns: both speeds as `median [best]`, the ratio, the target.
+    fn cells(&self) -> String {
+        format!(
+            "{} {} {:>6.2}x {:>5.1}x {}",
+            speed(self.monarch_mib_s, self.monarch_best_mib_s),
+            speed(self.reference_mib_s, self.reference_best_mib_s),
+            self.ratio,
+            self.target,
+            if self.met { "met" } else { "NOT MET" }
+        )
+    }
+}
+
+/// One TFTP comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct TftpFigure {
+    /// `loopback` or `veth (MTU 1500)`.
+    pub path: String,
+    /// Block size asked for (and granted by both servers).
+    pub blksize: u16,
+    /// Window size the client asked for (tftpd-hpa ignores it and runs with 1).
+    pub windowsize: u16,
+    /// Window size our server reports it negotiated with the client.
+    pub monarch_windowsize: u16,
+    /// Ours against tftpd-hpa.
+    #[serde(flatten)]
+    pub cmp: Comparison,
+}
+
 /// One HTTP comparison.
 #[derive(Debug, Clone, Serialize)]
 pub struct HttpFigure {
@@ -139,26 +178,9 @@ pub struct HttpFigure {
     pub path: String,
     /// Bytes fetched.
     pub size: u64,
-    /// Our server's speed, MiB/s (median of the runs).
-    pub monarch_mib_s: f64,
-    /// Our server's fastest run, MiB/s.
-    pub monarch_best_mib_s: f64,
-    /// Every run of ours, MiB/s, in order.
-    pub monarch_runs_mib_s: Vec<f64>,
-    /// Always `nginx`.
-    pub reference: &'static str,
-    /// The reference's speed, MiB/s (median of the runs).
-    pub reference_mib_s: f64,
-    /// The reference's fastest run, MiB/s.
-    pub reference_best_mib_s: f64,
-    /// Every run of the reference, MiB/s, in order.
-    pub reference_runs_mib_s: Vec<f64>,
-    /// `monarch_mib_s / reference_mib_s` (the medians).
-    pub ratio: f64,
-    /// The ratio wanted.
-    pub target: f64,
-    /// `ratio >= target`.
-    pub met: bool,
+    /// Ours against nginx.
+    #[serde(flatten)]
+    pub cmp: Comparison,
 }
 
 /// Everything `monarch bench netboot` measured.
@@ -618,11 +640,6 @@ impl Runs {
         }
         Ok(r)
     }
-
-    /// Median of ours over median of the reference.
-    fn ratio(&self) -> f64 {
-        median(&self.ours) / median(&self.reference).max(1e-9)
-    }
 }
 
 /// The median (the mean of the middle two for an even count; 0 for none).
@@ -682,22 +699,12 @@ fn measure_path(
             },
             || tftp_once(net, refs.tftp, files, opts.tftp_size, window),
         )?;
-        let ratio = runs.ratio();
         tftp.push(TftpFigure {
             path: net.label().into(),
             blksize: BLKSIZE,
             windowsize: window,
             monarch_windowsize: negotiated.1,
-            monarch_mib_s: median(&runs.ours),
-            monarch_best_mib_s: best(&runs.ours),
-            reference: "tftpd-hpa",
-            reference_mib_s: median(&runs.reference),
-            reference_best_mib_s: best(&runs.reference),
-            monarch_runs_mib_s: runs.ours,
-            reference_runs_mib_s: runs.reference,
-            ratio,
-            target,
-            met: ratio >= target,
+            cmp: Comparison::new(runs, "tftpd-hpa", target),
         });
     }
 
@@ -711,20 +718,10 @@ fn measure_path(
         || http_once(net, ours.http, opts.http_size),
         || http_once(net, refs.http, opts.http_size),
     )?;
-    let ratio = runs.ratio();
     let http = HttpFigure {
         path: net.label().into(),
         size: opts.http_size,
-        monarch_mib_s: median(&runs.ours),
-        monarch_best_mib_s: best(&runs.ours),
-        reference: "nginx",
-        reference_mib_s: median(&runs.reference),
-        reference_best_mib_s: best(&runs.reference),
-        monarch_runs_mib_s: runs.ours,
-        reference_runs_mib_s: runs.reference,
-        ratio,
-        target: TARGET_HTTP,
-        met: ratio >= TARGET_HTTP,
+        cmp: Comparison::new(runs, "nginx", TARGET_HTTP),
     };
     Ok((tftp, http))
 }
@@ -802,7 +799,7 @@ pub fn netboot_bench(opts: &NetbenchOptions, progress: &mut dyn FnMut(&str)) -> 
         }
         drop(veth);
 
-        let all_met = tftp.iter().all(|f| f.met) && http.iter().all(|f| f.met);
+        let all_met = tftp.iter().all(|f| f.cmp.met) && http.iter().all(|f| f.cmp.met);
         Ok(Netbench {
             bench: "netboot",
             tftp_size: opts.tftp_size,
@@ -868,16 +865,7 @@ pub fn render(b: &Netbench) -> String {
     );
     for f in &b.tftp {
         let window = if f.windowsize == 1 { "1".to_string() } else { format!("{} (asked)", f.windowsize) };
-        s += &format!(
-            "  {:<16} {:<11} {} {} {:>6.2}x {:>5.1}x {}\n",
-            f.path,
-            window,
-            speed(f.monarch_mib_s, f.monarch_best_mib_s),
-            speed(f.reference_mib_s, f.reference_best_mib_s),
-            f.ratio,
-            f.target,
-            if f.met { "met" } else { "NOT MET" }
-        );
+        s += &format!("  {:<16} {:<11} {}\n", f.path, window, f.cmp.cells());
     }
     s += "  (tftpd-hpa ignores windowsize: it is fetched with the same command and runs with window 1)\n";
     s += &format!("HTTP: {} fetched by {}\n", fmt_size(b.http_size), b.http_client);
@@ -886,15 +874,7 @@ pub fn render(b: &Netbench) -> String {
         "path", "monarch MiB/s", "nginx MiB/s", "ratio", "target"
     );
     for f in &b.http {
-        s += &format!(
-            "  {:<28} {} {} {:>6.2}x {:>5.1}x {}\n",
-            f.path,
-            speed(f.monarch_mib_s, f.monarch_best_mib_s),
-            speed(f.reference_mib_s, f.reference_best_mib_s),
-            f.ratio,
-            f.target,
-            if f.met { "met" } else { "NOT MET" }
-        );
+        s += &format!("  {:<28} {}\n", f.path, f.cmp.cells());
     }
     s += if b.all_met { "all targets met\n" } else { "some targets NOT met\n" };
     s
@@ -948,30 +928,34 @@ mod tests {
                 blksize: BLKSIZE,
                 windowsize: 16,
                 monarch_windowsize: 16,
-                monarch_mib_s: 600.0,
-                monarch_best_mib_s: 610.0,
-                monarch_runs_mib_s: vec![590.0, 600.0, 610.0],
-                reference: "tftpd-hpa",
-                reference_mib_s: 100.0,
-                reference_best_mib_s: 120.0,
-                reference_runs_mib_s: vec![120.0, 100.0, 90.0],
-                ratio: 6.0,
-                target: 5.0,
-                met: true,
+                cmp: Comparison {
+                    monarch_mib_s: 600.0,
+                    monarch_best_mib_s: 610.0,
+                    monarch_runs_mib_s: vec![590.0, 600.0, 610.0],
+                    reference: "tftpd-hpa",
+                    reference_mib_s: 100.0,
+                    reference_best_mib_s: 120.0,
+                    reference_runs_mib_s: vec![120.0, 100.0, 90.0],
+                    ratio: 6.0,
+                    target: 5.0,
+                    met: true,
+                },
             }],
             http: vec![HttpFigure {
                 path: VETH.into(),
                 size: 1 << 30,
-                monarch_mib_s: 800.0,
-                monarch_best_mib_s: 800.0,
-                monarch_runs_mib_s: vec![800.0],
-                reference: "nginx",
-                reference_mib_s: 1000.0,
-                reference_best_mib_s: 1000.0,
-                reference_runs_mib_s: vec![1000.0],
-                ratio: 0.8,
-                target: 0.9,
-                met: false,
+                cmp: Comparison {
+                    monarch_mib_s: 800.0,
+                    monarch_best_mib_s: 800.0,
+                    monarch_runs_mib_s: vec![800.0],
+                    reference: "nginx",
+                    reference_mib_s: 1000.0,
+                    reference_best_mib_s: 1000.0,
+                    reference_runs_mib_s: vec![1000.0],
+                    ratio: 0.8,
+                    target: 0.9,
+                    met: false,
+                },
             }],
             all_met: false,
         };
@@ -991,8 +975,9 @@ mod tests {
         assert_eq!(median(&[]), 0.0);
         // One lucky run of the reference does not decide the figure.
         let r = Runs { ours: vec![10.0, 11.0, 12.0], reference: vec![9.0, 30.0, 10.0] };
-        assert!((r.ratio() - 1.1).abs() < 1e-9);
-        assert_eq!(best(&r.reference), 30.0);
+        let c = Comparison::new(r, "nginx", 0.9);
+        assert!((c.ratio - 1.1).abs() < 1e-9);
+        assert_eq!(c.reference_best_mib_s, 30.0);
     }
 
     /// The real bench, by hand (as root):
