@@ -23,7 +23,6 @@ use crate::topology::ElectionBackend;
 use monarch_drivers::Window;
 use monarch_proto::election::{self as el, Candidate, Health, Watchdog};
 use monarch_proto::layout;
-use rustix::process::Signal;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -565,8 +564,7 @@ pub fn up(
         let ended = Arc::clone(&ended);
         std::thread::spawn(move || {
             while !ended.load(Ordering::Acquire) {
-                if let Some(sig) = crate::interrupt::received() {
-                    let sig = if sig == "SIGINT" { Signal::INT } else { Signal::TERM };
+                if let Some(sig) = crate::interrupt::signal() {
                     for &pid in &pids {
                         monarch_drivers::host::signal(pid, sig);
                     }

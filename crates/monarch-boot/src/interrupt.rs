@@ -13,6 +13,7 @@
 //! ([`monarch_drivers::host::ignore_sigint_in`]; SIGTERM and SIGKILL still end them), and
 //! QEMU, which would install its own handler, in a process group of its own.
 
+use rustix::process::Signal;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The last stop signal received (0: none).
@@ -37,14 +38,18 @@ pub fn install(second_exits: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The stop signal received (`"SIGINT"`, `"SIGTERM"`; the latest if several), if any.
-pub fn received() -> Option<&'static str> {
+/// The stop signal received (the latest if several), if any.
+pub fn signal() -> Option<Signal> {
     match i32::try_from(RECEIVED.load(Ordering::SeqCst)).unwrap_or(-1) {
-        0 => None,
-        signal_hook::consts::SIGINT => Some("SIGINT"),
-        signal_hook::consts::SIGTERM => Some("SIGTERM"),
-        _ => Some("a stop signal"),
+        signal_hook::consts::SIGINT => Some(Signal::INT),
+        signal_hook::consts::SIGTERM => Some(Signal::TERM),
+        _ => None,
     }
+}
+
+/// [`signal`]'s name (`"SIGINT"`, `"SIGTERM"`), for messages.
+pub fn received() -> Option<&'static str> {
+    signal().map(|s| if s == Signal::INT { "SIGINT" } else { "SIGTERM" })
 }
 
 /// The exit status for a run stopped by [`received`]'s signal: 128 + its number.
