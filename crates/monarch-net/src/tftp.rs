@@ -763,13 +763,15 @@ impl Waiter {
     }
 }
 
-/// Poll `sock` for a datagram for up to `budget`: `None` if none came.
+/// Poll `sock` for a datagram for up to `budget` (one look at least: a zero budget reads
+/// what is queued): `None` if none came.
 fn poll(sock: &std::net::UdpSocket, buf: &mut [u8], budget: Duration) -> Option<io::Result<usize>> {
     let t = std::time::Instant::now();
     loop {
         match rustix::net::recv(sock, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
             Ok((n, _)) => return Some(Ok(n)),
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::INTR) => continue, // not an answer: look again
+            Err(rustix::io::Errno::AGAIN) => {}
             Err(e) => return Some(Err(e.into())),
         }
         if t.elapsed() >= budget {
@@ -810,9 +812,9 @@ fn last_word(
     let mut actions = Vec::new();
     // Bounded: each datagram or error is reported once, but a flood must not hold us here.
     for _ in 0..1024 {
-        match rustix::net::recv(sock, &mut buf[..], rustix::net::RecvFlags::DONTWAIT) {
-            Ok((n, _)) => {
-                let Ok(p) = proto::parse(&buf[..n.min(TRANSFER_BUF)]) else { continue };
+        match poll(sock, &mut buf, Duration::ZERO) {
+            Some(Ok(n)) => {
+                let Ok(p) = proto::parse(&buf[..n]) else { continue };
                 actions.clear();
                 fsm.handle(begun.elapsed(), Input::Packet(p), &mut actions);
                 // Only the end counts: windows answering older ACKs would go nowhere.
@@ -824,8 +826,8 @@ fn last_word(
                     }
                 }
             }
-            Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNREFUSED) => {}
-            Err(_) => break, // nothing more queued
+            Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            _ => break, // nothing more queued
         }
     }
     Err(CLIENT_GONE.into())
