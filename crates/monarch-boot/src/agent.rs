@@ -31,6 +31,12 @@ pub struct AgentOptions {
     pub timeout: Duration,
     /// Doorbell kind.
     pub doorbell: Doorbell,
+    /// The epoch of the monarch that started this agent (`monarch up` passes it). If the
+    /// window has been claimed by a newer monarch by the time the agent holds it, that
+    /// monarch was deposed while starting us: leave the window alone
+    /// ([`AgentError::Superseded`]). `None` (an agent started by hand): obey whoever
+    /// configured the window.
+    pub epoch: Option<u32>,
 }
 
 /// Why the agent stopped without handing off.
@@ -67,6 +73,30 @@ pub enum AgentError {
         /// Window.
         path: PathBuf,
     },
+    /// The monarch that started this agent was deposed before the agent got going: the
+    /// window belongs to a newer monarch, which runs (or ran) its own agent.
+    #[error(
+        "window {path}: started by the monarch of epoch {started_by}, but the window is claimed by epoch {claimed}; this agent leaves it to the newer monarch's agent (nothing to do)"
+    )]
+    Superseded {
+        /// Window.
+        path: PathBuf,
+        /// The epoch that started this agent.
+        started_by: u32,
+        /// The epoch that holds the window now.
+        claimed: u32,
+    },
+    /// Another agent already handed this secondary off to its image (it holds the window
+    /// no longer, so the lock was free): the image owns the window now.
+    #[error(
+        "window {path}: this secondary was already handed off to its image (status {status}); a second agent must not touch it"
+    )]
+    AlreadyHandedOff {
+        /// Window.
+        path: PathBuf,
+        /// The status found.
+        status: &'static str,
+    },
     /// The handshake failed.
     #[error("secondary {id}: {failure}")]
     Failed {
@@ -86,8 +116,19 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
         return Err(AgentError::Header { path: opts.window.clone(), source });
     }
     lock(&window, opts, start)?;
+    // Read only now that we hold the lock: a new monarch raises cfg.epoch *before* it probes
+    // the lock, so either it saw us alive (and kept us), or we see its claim here.
+    let claimed = window.load32(layout::CFG_EPOCH);
+    if let Some(started_by) = opts.epoch
+        && claimed > started_by
+    {
+        return Err(AgentError::Superseded { path: opts.window.clone(), started_by, claimed });
+    }
+    if let Some(status) = handed_off(&window) {
+        return Err(AgentError::AlreadyHandedOff { path: opts.window.clone(), status });
+    }
     // The epoch that configured the window: no older monarch is ever obeyed.
-    let fence = Fence::with_floor(window.load32(layout::CFG_EPOCH));
+    let fence = Fence::with_floor(claimed.max(opts.epoch.unwrap_or(0)));
     let mut agent = Agent { opts, window, status_seq: 0, staged: None, fence, block_seq: [0; BLOCKS] };
     agent.handshake()
 }
@@ -109,9 +150,21 @@ fn lock(window: &Window, opts: &AgentOptions, start: Instant) -> Result<(), Agen
     }
 }
 
+/// The status an earlier agent (or the image it handed off to) left, if it says the
+/// secondary is past its handshake. A status caught mid-write is read again; one that never
+/// settles says nothing (the handshake's own checks deal with it).
+fn handed_off(window: &Window) -> Option<&'static str> {
+    match window.read_message(layout::ST_SEQ, 0, msg::decode_status) {
+        Poll::Message(_, Status::HandingOff { .. }) => Some("HANDING_OFF"),
+        Poll::Message(_, Status::Running { .. }) => Some("RUNNING"),
+        _ => None,
+    }
+}
+
 const BLOCKS: usize = layout::CMD_BLOCKS;
 
-/// Exit status of an agent that found another agent holding its window (EX_TEMPFAIL).
+/// Exit status of an agent that leaves the window to someone else (EX_TEMPFAIL): another
+/// agent holds it, a newer monarch claimed it, or the secondary already runs its image.
 pub const EXIT_BUSY: i32 = 75;
 
 /// One new command read from one block.
@@ -527,6 +580,91 @@ impl Agent<'_> {
                 let e = monarch_drivers::kexec::reboot_into_loaded();
                 eprintln!("agent {id}: reboot into the delivered kernel failed: {e}");
                 Err(FailCode::HandoffFailed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use monarch_proto::checksum::Algo;
+
+    /// A window as a monarch of `epoch` configures it, with `cmd` posted in command block 0.
+    fn configured(dir: &Path, epoch: u32, cmd: &Command) -> (PathBuf, Window) {
+        let path = dir.join("sec.win");
+        let w = Window::create(&path, 1 << 16).unwrap();
+        let cfg = WindowConfig {
+            image_size: 4096,
+            load_offset: 0,
+            algo: Algo::Crc32c,
+            mode: Mode::Pull,
+            epoch,
+            chunk_size: 0,
+            ring_size: 0,
+        };
+        w.apply(&msg::encode_config(w.data_size(), &cfg));
+        w.post(&msg::encode_command(0, 1, epoch, cmd), layout::DB_TO_SECONDARY);
+        (path, w)
+    }
+
+    fn opts(window: PathBuf, epoch: Option<u32>) -> AgentOptions {
+        AgentOptions {
+            window,
+            id: "t".into(),
+            handoff: Handoff::None,
+            timeout: Duration::from_millis(300),
+            doorbell: Doorbell::Poll { max_sleep: Duration::from_millis(1) },
+            epoch,
+        }
+    }
+
+    /// The registers an agent could write: the status block and its fence counter.
+    fn agent_side(w: &Window) -> (u32, u64) {
+        (w.load32(layout::ST_SEQ), w.load(layout::ST_FENCED))
+    }
+
+    #[test]
+    fn an_agent_started_by_a_deposed_monarch_leaves_the_window_to_the_newer_one() {
+        // Regression (CI, a loaded host): a monarch deposed while spawning an agent got
+        // that agent running after the new monarch's own agent had handed off; it took
+        // the free lock, read the new monarch's OK as its first command and failed the
+        // secondary with "the monarch posted an invalid command".
+        let dir = tempfile::tempdir().unwrap();
+        let (path, w) = configured(dir.path(), 2, &Command::Release);
+        match run(&opts(path.clone(), Some(1))) {
+            Err(AgentError::Superseded { started_by: 1, claimed: 2, .. }) => {}
+            other => panic!("expected Superseded, got {other:?}"),
+        }
+        assert_eq!(agent_side(&w), (0, 0), "a superseded agent posts nothing");
+        assert!(w.try_lock().unwrap(), "and it let go of the lock");
+        w.unlock();
+
+        // The claiming monarch's own agent does take it: it answers RELEASE with READY.
+        match run(&opts(path, Some(2))) {
+            Err(AgentError::Failed { failure: SecondaryFailure::Failed(FailCode::Timeout), .. }) => {}
+            other => panic!("expected the handshake to run (and time out), got {other:?}"),
+        }
+        assert_ne!(agent_side(&w).0, 0, "it posted READY");
+    }
+
+    #[test]
+    fn a_second_agent_on_a_window_whose_image_runs_touches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = Digest::default();
+        let (path, w) = configured(dir.path(), 1, &Command::Ok { attempt: 1, digest });
+        for (seq, st, name) in [
+            (5, Status::HandingOff { attempt: 1 }, "HANDING_OFF"),
+            (7, Status::Running { pid: 4242 }, "RUNNING"),
+        ] {
+            w.post(&msg::encode_status(seq, 1, &st), layout::DB_TO_PRIMARY);
+            for epoch in [None, Some(1)] {
+                match run(&opts(path.clone(), epoch)) {
+                    Err(AgentError::AlreadyHandedOff { status, .. }) => assert_eq!(status, name),
+                    other => panic!("expected AlreadyHandedOff, got {other:?}"),
+                }
+                assert_eq!(agent_side(&w), (seq, 0), "the image's status is left as it was");
             }
         }
     }

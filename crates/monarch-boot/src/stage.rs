@@ -403,16 +403,35 @@ impl<'a, 'c> Stage<'a, 'c> {
                     let w = self.window();
                     // cfg.epoch is ours by CAS already: a plain store could lower a newer claim.
                     w.apply(&config_writes(w.data_size(), &c));
-                    let alive = !w.try_lock().map_err(|e| format!("cannot probe the agent lock: {e}"))?;
+                    let alive = match sec.launch {
+                        Launch::Process => {
+                            let free =
+                                w.try_lock().map_err(|e| format!("cannot probe the agent lock: {e}"))?;
+                            if free {
+                                w.unlock();
+                            }
+                            !free
+                        }
+                        // The VM's agent cannot lock the host's file: its QEMU tells.
+                        Launch::Qemu => {
+                            crate::vm::running_qemu(&sec.window.path.with_extension("qemu.pid")).is_some()
+                        }
+                        // The operator's agent: it answers our RELEASE (or the rendezvous
+                        // times out and says so); we have nothing to start.
+                        Launch::External => true,
+                    };
                     if alive {
                         self.resumed = Some("restarted in flight (its agent kept)".into());
-                        self.foreign_agent = true;
+                        self.foreign_agent = sec.launch == Launch::Process;
                     } else {
-                        w.unlock();
                         self.resumed = Some("restarted (new agent)".into());
                         self.phase("launching", 0);
                         self.mandate()?;
-                        self.launch()?;
+                        if sec.launch == Launch::Qemu {
+                            self.launch_vm()?;
+                        } else {
+                            self.launch()?;
+                        }
                     }
                     Ok::<(), String>(())
                 })();
@@ -496,7 +515,11 @@ impl<'a, 'c> Stage<'a, 'c> {
             .arg("--handoff")
             .arg(sec.handoff.name())
             .arg("--timeout")
-            .arg(humantime::format_duration(sec.timeouts.agent).to_string());
+            .arg(humantime::format_duration(sec.timeouts.agent).to_string())
+            // Spawning can take long on a loaded host; if we are deposed meanwhile, the agent
+            // sees the newer claim and leaves the window to the new monarch's agent.
+            .arg("--epoch")
+            .arg(self.ctx.authority.epoch.to_string());
         let child = spawn_logged(&mut cmd, &log, "agent log")
             .map_err(|e| format!("cannot start agent {}: {e}", self.ctx.agent_exe.display()))?;
         self.emit(EventKind::Launched { id: sec.id.clone(), pid: child.id(), console: None });
@@ -517,7 +540,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             accel: q.accel.clone(),
             kernel: q.kernel.clone(),
             initrd: q.initrd.clone(),
-            cmdline: crate::vm::stage1_cmdline(&sec.id, sec.timeouts.agent),
+            cmdline: crate::vm::stage1_cmdline(&sec.id, sec.timeouts.agent, self.ctx.authority.epoch),
             window: Some((sec.window.path.clone(), len)),
             console: console.clone(),
         };

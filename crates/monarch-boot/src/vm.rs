@@ -396,16 +396,18 @@ pub fn kill_orphans(run_dir: &Path) {
         if !e.file_name().to_string_lossy().ends_with(".qemu.pid") {
             continue;
         }
-        let Some(pid) = std::fs::read_to_string(e.path()).ok().and_then(|p| p.trim().parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let is_qemu = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .is_ok_and(|exe| exe.file_name().is_some_and(|n| n.to_string_lossy().starts_with("qemu-system")));
-        if let (true, Some(pid)) = (is_qemu, rustix::process::Pid::from_raw(pid)) {
+        if let Some(pid) = running_qemu(&e.path()).and_then(rustix::process::Pid::from_raw) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }
+}
+
+/// The pid in QEMU pid file `pidfile`, if that process still is a QEMU (a pid file outlives
+/// its VM, and its number may have been reused).
+pub fn running_qemu(pidfile: &Path) -> Option<i32> {
+    let pid = std::fs::read_to_string(pidfile).ok()?.trim().parse::<i32>().ok()?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    exe.file_name().is_some_and(|n| n.to_string_lossy().starts_with("qemu-system")).then_some(pid)
 }
 
 /// QEMU escapes commas in option values by doubling them.
@@ -441,9 +443,9 @@ pub fn qemu_machine(memory_mib: u64, accel: &str, console: &Path) -> Command {
 }
 
 /// The stage-1 command line for secondary `id`.
-pub fn stage1_cmdline(id: &str, agent_timeout: Duration) -> String {
+pub fn stage1_cmdline(id: &str, agent_timeout: Duration, epoch: u32) -> String {
     format!(
-        "console=ttyS0 quiet panic=-1 monarch.role=agent monarch.id={id} monarch.timeout={}s",
+        "console=ttyS0 quiet panic=-1 monarch.role=agent monarch.id={id} monarch.timeout={}s monarch.epoch={epoch}",
         agent_timeout.as_secs().max(1)
     )
 }
@@ -534,6 +536,7 @@ fn stage1(param: &dyn Fn(&str) -> Option<String>) {
         handoff: Handoff::Kexec,
         timeout,
         doorbell: Doorbell::Poll { max_sleep: Duration::from_millis(1) },
+        epoch: param("monarch.epoch").and_then(|e| e.parse().ok()),
     };
     match agent::run(&opts) {
         Ok(()) => say(&format!("{STAGE1_MARKER} agent {id} verified its image; staying in stage 1")),
@@ -644,7 +647,7 @@ mod tests {
             accel: "tcg".into(),
             kernel: "/k".into(),
             initrd: "/i".into(),
-            cmdline: stage1_cmdline("lc,1", Duration::from_secs(60)),
+            cmdline: stage1_cmdline("lc,1", Duration::from_secs(60), 3),
             window: Some(("/dev/shm/a,b.win".into(), 1 << 25)),
             console: "/tmp/c.log".into(),
         };
@@ -657,7 +660,7 @@ mod tests {
         );
         assert!(joined.contains("-device ivshmem-plain,memdev=window"));
         assert!(joined.contains("-serial file:/tmp/c.log"));
-        assert!(joined.contains("monarch.role=agent monarch.id=lc,1 monarch.timeout=60s"));
+        assert!(joined.contains("monarch.role=agent monarch.id=lc,1 monarch.timeout=60s monarch.epoch=3"));
         assert!(args.contains(&"-no-reboot".to_string()));
     }
 }

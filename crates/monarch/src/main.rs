@@ -358,6 +358,12 @@ struct AgentArgs {
     /// Poll the doorbell (for windows shared across kernels) instead of futex waits.
     #[arg(long)]
     poll: bool,
+    /// The epoch of the monarch starting this agent (`monarch up` passes it): if a newer
+    /// monarch has claimed the window by the time the agent holds it, the agent leaves it
+    /// alone and exits with status 75. Without it, the agent obeys whoever configured the
+    /// window.
+    #[arg(long, value_name = "N")]
+    epoch: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -630,6 +636,7 @@ fn cmd_agent(a: AgentArgs) -> ExitCode {
         } else {
             Doorbell::detect()
         },
+        epoch: a.epoch,
     };
     match agent::run(&opts) {
         Ok(()) => {
@@ -637,7 +644,11 @@ fn cmd_agent(a: AgentArgs) -> ExitCode {
             eprintln!("agent {}: peak memory {} kB", opts.id, monarch_boot::bench::vm_hwm_bytes() / 1024);
             ExitCode::SUCCESS
         }
-        Err(e @ agent::AgentError::Busy { .. }) => {
+        Err(
+            e @ (agent::AgentError::Busy { .. }
+            | agent::AgentError::Superseded { .. }
+            | agent::AgentError::AlreadyHandedOff { .. }),
+        ) => {
             eprintln!("agent: {e}");
             ExitCode::from(u8::try_from(agent::EXIT_BUSY).unwrap_or(exit::BOOT_FAILED))
         }
