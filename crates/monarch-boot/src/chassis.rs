@@ -220,7 +220,10 @@ fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -> Ca
     let e = &t.election;
     let tick = (e.heartbeat / 2).clamp(Duration::from_millis(1), Duration::from_millis(10));
     let start = Instant::now();
-    let mut dog = Watchdog::new(e.timeout);
+    // Silence counts only while this serf watched: a host stalled for everyone (the monarch's
+    // heartbeat thread too) is not a dead monarch. Watching every `tick`, two readings two
+    // heartbeats apart mean this serf itself was not running.
+    let mut dog = Watchdog::new(e.timeout).with_max_gap(e.heartbeat.saturating_mul(2).max(tick * 4));
     let mut last_claim = None;
     // The claim word this serf has already waited a whole timeout on (its monarch deposed).
     let mut waited_on: Option<u64> = None;

@@ -143,24 +143,45 @@ pub fn arbitrate(candidates: &[Candidate], pinned: Option<usize>) -> Option<Verd
 
 /// A serf's view of the monarch's heartbeat: stalled when the counter has not moved for
 /// `timeout`.
+///
+/// With [`Watchdog::with_max_gap`], silence is counted only while the serf itself was
+/// watching: two observations further apart than `max_gap` (the serf was not scheduled —
+/// a loaded host starves everyone at once) count as `max_gap`. A monarch whose heartbeat
+/// thread was starved by the same stall beats again as soon as the host recovers, and
+/// keeps its mandate; a dead monarch is still deposed, a little later if the serf keeps
+/// being starved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Watchdog {
     timeout: Duration,
+    max_gap: Duration,
+    /// The beat last seen, and the time of the last observation.
     last: Option<(u64, Duration)>,
+    /// Silence counted since that beat.
+    silent: Duration,
 }
 
 impl Watchdog {
     /// A watchdog that declares a stall after `timeout` without a beat.
     pub fn new(timeout: Duration) -> Watchdog {
-        Watchdog { timeout, last: None }
+        Watchdog { timeout, max_gap: Duration::MAX, last: None, silent: Duration::ZERO }
+    }
+
+    /// Count at most `max_gap` of silence between two observations.
+    pub fn with_max_gap(self, max_gap: Duration) -> Watchdog {
+        Watchdog { max_gap, ..self }
     }
 
     /// Feed the heartbeat counter read at `now`; true when the monarch has stalled.
     pub fn observe(&mut self, beat: u64, now: Duration) -> bool {
         match self.last {
-            Some((b, since)) if b == beat => now.saturating_sub(since) >= self.timeout,
+            Some((b, prev)) if b == beat => {
+                self.silent = self.silent.saturating_add(now.saturating_sub(prev).min(self.max_gap));
+                self.last = Some((b, now));
+                self.silent >= self.timeout
+            }
             _ => {
                 self.last = Some((beat, now));
+                self.silent = Duration::ZERO;
                 false
             }
         }
@@ -169,6 +190,7 @@ impl Watchdog {
     /// Forget the last beat (a new monarch took over: give it a full timeout).
     pub fn reset(&mut self) {
         self.last = None;
+        self.silent = Duration::ZERO;
     }
 }
 
@@ -442,6 +464,50 @@ mod tests {
         assert!(w.observe(2, ms(250)));
         w.reset();
         assert!(!w.observe(2, ms(251)));
+    }
+
+    #[test]
+    fn a_starved_watchdog_counts_only_the_silence_it_watched() {
+        let ms = Duration::from_millis;
+        let mut w = Watchdog::new(ms(500)).with_max_gap(ms(100));
+        assert!(!w.observe(7, ms(0)));
+        // The serf slept 800 ms (the host stalled): that is 100 ms of watched silence.
+        assert!(!w.observe(7, ms(800)));
+        // Watching every 10 ms again, the monarch that beats as the host recovers is fine.
+        assert!(!w.observe(7, ms(810)));
+        assert!(!w.observe(8, ms(820)));
+        // A monarch that never beats again is deposed after 500 ms of watching.
+        let mut t = 820;
+        while !w.observe(8, ms(t)) {
+            t += 10;
+            assert!(t < 2000, "never declared the stall");
+        }
+        assert_eq!(t, 1320);
+    }
+
+    proptest::proptest! {
+        /// However the serf is scheduled, a stall needs `timeout` of real silence, and is
+        /// declared at the latest `timeout / max_gap` observations after the last beat.
+        #[test]
+        fn watchdog_stalls_are_never_early_and_never_lost(gaps in proptest::collection::vec(1u64..400, 1..64)) {
+            let ms = Duration::from_millis;
+            let mut w = Watchdog::new(ms(500)).with_max_gap(ms(100));
+            let mut now = 0;
+            proptest::prop_assert!(!w.observe(1, ms(0)));
+            for (k, g) in gaps.iter().enumerate() {
+                now += g;
+                let stalled = w.observe(1, ms(now));
+                if now < 500 {
+                    proptest::prop_assert!(!stalled, "stall after {now} ms of silence");
+                }
+                if k + 1 >= 5 && gaps[..=k].iter().all(|g| *g >= 100) {
+                    proptest::prop_assert!(stalled, "no stall after {} observations of 100 ms or more", k + 1);
+                }
+                if stalled {
+                    break;
+                }
+            }
+        }
     }
 
     #[test]
