@@ -234,7 +234,9 @@ pub fn table(s: &Summary) -> String {
                 f.t_ms, f.to, f.from, f.epoch, f.ms
             ));
         }
-        for p in s.processors.iter().filter(|p| p.role != "secondary") {
+        // How the new monarch took each secondary over (its attempts and bytes columns
+        // count only what this monarch did).
+        for p in s.processors.iter().filter(|p| p.role == "secondary") {
             if let Some(r) = &p.resumed {
                 out.push_str(&format!("  {}: {r}\n", p.id));
             }

@@ -80,11 +80,17 @@ fn the_default_chassis_prints_a_line_per_processor_with_path_attempts_bytes_and_
             .find(|l| l.starts_with(&format!("{id} ")) && l.contains("running"))
             .unwrap_or_else(|| panic!("no line for {id}:\n{text}"));
         assert!(
-            line.contains("30MiB")
-                && line.contains("ms")
-                && (line.contains("direct") || line.contains("switch pcie-sw0")),
+            line.contains("ms") && (line.contains("direct") || line.contains("switch pcie-sw0")),
             "{line}"
         );
+        // A loaded host may starve the monarch past its heartbeat timeout: then mgmt1 takes
+        // over, and a secondary it found running (or verified) is not copied again — its
+        // line counts only the new monarch's work, and the failover section says why.
+        let taken_over = text.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with(&format!("{id}: left running")) || l.starts_with(&format!("{id}: adopted verified"))
+        });
+        assert!(line.contains("30MiB") || taken_over, "{line}\n{text}");
     }
     assert!(text.contains("OK: chassis \"default\" booted"), "{text}");
 }
