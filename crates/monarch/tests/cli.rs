@@ -55,8 +55,14 @@ fn the_default_chassis_boots_every_secondary() {
     assert_eq!(secs.len(), 5);
     for p in &secs {
         assert_eq!(p["state"], "running", "{p}");
-        assert_eq!(p["attempts"], 1);
-        assert_eq!(p["bytes"], 30 << 20);
+        // A loaded host may starve the monarch past its heartbeat timeout: mgmt1 takes over,
+        // and counts only its own work for a secondary it found running or verified.
+        let reused =
+            p["resumed"].as_str().is_some_and(|r| r.starts_with("left running") || r.starts_with("adopted"));
+        if !reused {
+            assert_eq!(p["attempts"], 1, "{p}");
+            assert_eq!(p["bytes"], 30 << 20, "{p}");
+        }
         assert!(p["timings_ms"]["total"].as_f64().unwrap() > 0.0);
         let report = p["report"].as_str().unwrap();
         assert!(report.contains(&format!("crc32c {}", p["checksum"].as_str().unwrap())), "{report}");
@@ -64,9 +70,12 @@ fn the_default_chassis_boots_every_secondary() {
     let paths: Vec<&str> = secs.iter().map(|p| p["path"].as_str().unwrap()).collect();
     assert_eq!(paths.iter().filter(|p| **p == "direct").count(), 3);
     assert_eq!(paths.iter().filter(|p| **p == "switch").count(), 2);
-    // Behind the switch: lc3 (priority 10) is done before lc4 starts.
-    let t = |id: &str, ev: &str| r.events_of(id, ev).first().map(|e| e["t_ms"].as_f64().unwrap()).unwrap();
-    assert!(t("lc3", "done") <= t("lc4", "retrieved"), "lc4 must wait behind lc3 on the switch");
+    // Behind the switch: lc3 (priority 10) is done before lc4 starts. After a failover both
+    // monarchs' events are in the stream: lc3 running, and the last monarch's start of lc4.
+    let time = |e: &Value| e["t_ms"].as_f64().unwrap();
+    let lc3_up = r.events_of("lc3", "done").into_iter().find(|e| e["state"] == "running").map(time).unwrap();
+    let lc4_start = r.events_of("lc4", "retrieved").into_iter().map(time).fold(0.0, f64::max);
+    assert!(lc3_up <= lc4_start, "lc4 must wait behind lc3 on the switch");
 }
 
 #[test]
