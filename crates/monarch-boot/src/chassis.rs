@@ -527,7 +527,7 @@ pub fn up(
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         let log = t.run_dir.join(format!("{}.candidate.log", m.id));
-        match std::fs::File::create(&log) {
+        match crate::stage::open_log(&log) {
             Ok(f) => cmd.stderr(f),
             Err(_) => cmd.stderr(Stdio::null()),
         };

@@ -41,7 +41,6 @@ use monarch_proto::Algo;
 use monarch_proto::checksum::Digest;
 use monarch_proto::netboot::{Discover, Message, Offer};
 use serde_json::Value;
-use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -275,7 +274,8 @@ impl<'a, 'c> NetStage<'a, 'c> {
         }
         // The payload reports through a window when it sees one; this one has none.
         cmd.env_remove("MONARCH_WINDOW");
-        let log = File::create(&self.log)
+        // Appended to, like a window agent's log: a relaunch keeps what the first run said.
+        let log = crate::stage::open_log(&self.log)
             .map_err(|e| format!("cannot create agent log {}: {e}; check run_dir", self.log.display()))?;
         let mut child = cmd
             .stdin(Stdio::null())

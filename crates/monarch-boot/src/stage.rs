@@ -1076,19 +1076,19 @@ pub(crate) fn announce_done(emit: &(dyn Fn(EventKind) + Sync), s: &ProcessorSumm
 /// over [`LOG_CAP`] is emptied first, so a fixed `run_dir` cannot grow one without bound;
 /// with every writer appending, that leaves no hole either.
 fn spawn_logged(cmd: &mut Process, log: &Path, what: &str) -> Result<Child, String> {
-    let out = File::options()
-        .append(true)
-        .create(true)
-        .open(log)
-        .and_then(|f| {
-            if f.metadata()?.len() > LOG_CAP {
-                f.set_len(0)?;
-            }
-            Ok(f)
-        })
-        .map_err(|e| format!("cannot create {what} {}: {e}", log.display()))?;
+    let out = open_log(log).map_err(|e| format!("cannot create {what} {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| format!("cannot share {what} {}: {e}", log.display()))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| e.to_string())
+}
+
+/// Open a process's log for appending (see [`spawn_logged`] for why not truncating), emptied
+/// first if it is over [`LOG_CAP`].
+pub(crate) fn open_log(log: &Path) -> std::io::Result<File> {
+    let f = File::options().append(true).create(true).open(log)?;
+    if f.metadata()?.len() > LOG_CAP {
+        f.set_len(0)?;
+    }
+    Ok(f)
 }
 
 /// Size above which a log is emptied when the next process is started on it.
