@@ -403,26 +403,32 @@ impl<'a, 'c> Stage<'a, 'c> {
                     let w = self.window();
                     // cfg.epoch is ours by CAS already: a plain store could lower a newer claim.
                     w.apply(&config_writes(w.data_size(), &c));
-                    let alive = match sec.launch {
+                    // Whether an agent holds the window's lock now (then we watch it by it).
+                    let probe = || -> Result<bool, String> {
+                        let free = w.try_lock().map_err(|e| format!("cannot probe the agent lock: {e}"))?;
+                        if free {
+                            w.unlock();
+                        }
+                        Ok(!free)
+                    };
+                    let (alive, locked) = match sec.launch {
                         Launch::Process => {
-                            let free =
-                                w.try_lock().map_err(|e| format!("cannot probe the agent lock: {e}"))?;
-                            if free {
-                                w.unlock();
-                            }
-                            !free
+                            let locked = probe()?;
+                            (locked, locked)
                         }
                         // The VM's agent cannot lock the host's file: its QEMU tells.
-                        Launch::Qemu => {
-                            crate::vm::running_qemu(&sec.window.path.with_extension("qemu.pid")).is_some()
-                        }
+                        Launch::Qemu => (
+                            crate::vm::running_qemu(&sec.window.path.with_extension("qemu.pid")).is_some(),
+                            false,
+                        ),
                         // The operator's agent: it answers our RELEASE (or the rendezvous
-                        // times out and says so); we have nothing to start.
-                        Launch::External => true,
+                        // times out and says so); we have nothing to start. On this host it
+                        // holds the lock, and we watch it by it; across kernels it cannot.
+                        Launch::External => (true, probe().unwrap_or(false)),
                     };
                     if alive {
                         self.resumed = Some("restarted in flight (its agent kept)".into());
-                        self.foreign_agent = sec.launch == Launch::Process;
+                        self.foreign_agent = locked;
                     } else {
                         self.resumed = Some("restarted (new agent)".into());
                         self.phase("launching", 0);
