@@ -219,3 +219,103 @@ corrupt_attempts = 1
     let stalled = events.iter().filter(|e| *e == "stalled").count();
     assert!(stalled >= 2, "m0 and then m1 were deposed: {events:?}");
 }
+
+/// A takeover restarts a secondary by what its topology says launches it: for an external
+/// one, the operator's agent (here started only after the takeover, as firmware that boots
+/// late would), never a host agent of the new monarch's. Regression: the restart path
+/// started `monarch agent` for any window whose lock was free, whatever its launch mode.
+#[test]
+fn a_takeover_of_an_external_secondary_starts_no_agent_of_its_own() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let window = dir.path().join("ext.win");
+    let topology = format!(
+        r#"
+[chassis]
+name = "ext-takeover"
+[election]
+heartbeat = "20ms"
+timeout = "1s"
+[defaults]
+timeouts = {{ rendezvous = "30s", verify = "20s", handoff = "20s", agent = "30s" }}
+[[processor]]
+id = "m0"
+role = "monarch"
+boot_id = 3
+[[processor]]
+id = "m1"
+role = "monarch"
+boot_id = 2
+[[processor]]
+id = "ext"
+role = "secondary"
+image = "builtin:payload"
+image_size = "16MiB"
+launch = "external"
+handoff = "none"
+mode = "pull"
+window = {{ path = "{}" }}
+"#,
+        window.display()
+    );
+    let f = dir.path().join("t.toml");
+    std::fs::write(&f, topology).unwrap();
+    let mut cmd = Command::new(exe());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .args(["up", "--json", "--topology"])
+        .arg(&f)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let group = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(90));
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    });
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut pids = std::collections::HashMap::new();
+    let mut events = Vec::new();
+    let (mut killed, mut agent) = (false, None);
+    let mut last = serde_json::Value::Null;
+    for line in out.lines().map_while(Result::ok) {
+        let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if ev["event"] == "candidate" {
+            pids.insert(ev["id"].as_str().unwrap().to_string(), ev["pid"].as_u64().unwrap());
+        }
+        let rendezvous = ev["event"] == "phase" && ev["id"] == "ext" && ev["phase"] == "rendezvous";
+        if rendezvous && !killed {
+            // m0 configured and released the window and waits for an agent: kill it there.
+            let m0 = pids.get("m0").copied().expect("m0 announced itself before it booted");
+            let pid = rustix::process::Pid::from_raw(i32::try_from(m0).unwrap()).unwrap();
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            killed = true;
+        } else if rendezvous && agent.is_none() {
+            // m1 took over and restarted ext (without an agent: it is the operator's to
+            // start); it waits at the rendezvous, where the operator's agent now comes up.
+            agent = Some(
+                Command::new(exe())
+                    .args(["agent", "--window"])
+                    .arg(&window)
+                    .args(["--id", "ext", "--handoff", "none", "--timeout", "30s"])
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        events.push(ev.clone());
+        last = ev;
+    }
+    let status = child.wait().unwrap();
+    let agent = agent.expect("m1 never waited for ext's agent").wait_with_output().unwrap();
+    assert!(killed, "ext never reached its rendezvous: {events:?}");
+    assert!(status.success(), "{last}");
+    assert!(agent.status.success(), "the external agent: {}", String::from_utf8_lossy(&agent.stderr));
+    assert_eq!(last["election"]["monarch"], "m1", "{last}");
+    let ext = last["processors"].as_array().unwrap().iter().find(|p| p["id"] == "ext").unwrap();
+    assert_eq!(ext["state"], "released", "{last}");
+    assert_eq!(ext["resumed"], "restarted in flight (its agent kept)", "{last}");
+    assert!(events.iter().any(|e| e["event"] == "failover"), "{events:?}");
+    let launched: Vec<_> = events.iter().filter(|e| e["event"] == "launched").collect();
+    assert!(launched.is_empty(), "no monarch may start an agent for an external secondary: {launched:?}");
+}
