@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use monarch_boot::failbench::{self, Fault, TrialSpec, When};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -76,6 +76,38 @@ fn up(topology: &str, extra: &[&str]) -> serde_json::Value {
     serde_json::from_str(last).unwrap()
 }
 
+/// `monarch up --json --topology FILE` in a process group of its own, killed whole after
+/// `limit` (a boot that never ends fails its test instead of hanging it): the child, and its
+/// events as they come.
+fn spawn_up(
+    topology: &Path,
+    limit: Duration,
+) -> (std::process::Child, impl Iterator<Item = serde_json::Value>) {
+    use std::io::BufRead;
+    let mut cmd = Command::new(exe());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .args(["up", "--json", "--topology"])
+        .arg(topology)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let group = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    });
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let events = out.lines().map_while(Result::ok).map(|line| serde_json::from_str(&line).unwrap());
+    (child, events)
+}
+
+/// SIGKILL process `pid` (a candidate, by the pid its `candidate` event gave).
+fn sigkill(pid: u64) -> rustix::io::Result<()> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL)
+}
+
 // The election rules, not failover: a timeout long enough that a loaded CI host cannot
 // depose the elected monarch and change the answer.
 const THREE: &str = r#"
@@ -138,7 +170,6 @@ fn the_seeds_rules_pick_the_monarch_and_the_operator_can_pin_it() {
 /// the last one waited for it for ever instead of deposing it too and taking over.
 #[test]
 fn a_dead_serf_next_in_line_is_passed_over() {
-    use std::io::BufRead;
     let topology = r#"
 [chassis]
 name = "three-down"
@@ -167,32 +198,15 @@ corrupt_attempts = 1
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("t.toml");
     std::fs::write(&f, topology).unwrap();
-    let mut cmd = Command::new(exe());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .args(["up", "--json", "--topology"])
-        .arg(&f)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Before the fix this boot never ended: stop the whole run after a minute, so the test
     // fails instead of hanging.
-    let group = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-    });
-    let out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let kill = |pid: u64| {
-        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-    };
+    let (mut child, out) = spawn_up(&f, Duration::from_secs(60));
+    let kill = |pid: u64| sigkill(pid).unwrap();
     let mut pids = std::collections::HashMap::new();
     let mut last = serde_json::Value::Null;
     let mut events = Vec::new();
     let (mut strike, mut struck) = (false, false);
-    for line in out.lines().map_while(Result::ok) {
-        let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+    for ev in out {
         events.push(ev["event"].as_str().unwrap_or_default().to_string());
         if ev["event"] == "candidate" {
             pids.insert(ev["id"].as_str().unwrap().to_string(), ev["pid"].as_u64().unwrap());
@@ -226,7 +240,6 @@ corrupt_attempts = 1
 /// started `monarch agent` for any window whose lock was free, whatever its launch mode.
 #[test]
 fn a_takeover_of_an_external_secondary_starts_no_agent_of_its_own() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let window = dir.path().join("ext.win");
     let topology = format!(
@@ -260,26 +273,12 @@ window = {{ path = "{}" }}
     );
     let f = dir.path().join("t.toml");
     std::fs::write(&f, topology).unwrap();
-    let mut cmd = Command::new(exe());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .args(["up", "--json", "--topology"])
-        .arg(&f)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let group = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(90));
-        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-    });
-    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut child, out) = spawn_up(&f, Duration::from_secs(90));
     let mut pids = std::collections::HashMap::new();
     let mut events = Vec::new();
     let (mut killed, mut agent) = (false, None);
     let mut last = serde_json::Value::Null;
-    for line in out.lines().map_while(Result::ok) {
-        let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+    for ev in out {
         if ev["event"] == "candidate" {
             pids.insert(ev["id"].as_str().unwrap().to_string(), ev["pid"].as_u64().unwrap());
         }
@@ -287,8 +286,7 @@ window = {{ path = "{}" }}
         if rendezvous && !killed {
             // m0 configured and released the window and waits for an agent: kill it there.
             let m0 = pids.get("m0").copied().expect("m0 announced itself before it booted");
-            let pid = rustix::process::Pid::from_raw(i32::try_from(m0).unwrap()).unwrap();
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let _ = sigkill(m0); // it may have stood down already (deposed on a loaded host)
             killed = true;
         } else if rendezvous && agent.is_none() {
             // m1 took over and restarted ext (without an agent: it is the operator's to
