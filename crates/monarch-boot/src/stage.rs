@@ -417,10 +417,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                             (locked, locked)
                         }
                         // The VM's agent cannot lock the host's file: its QEMU tells.
-                        Launch::Qemu => (
-                            crate::vm::running_qemu(&sec.window.path.with_extension("qemu.pid")).is_some(),
-                            false,
-                        ),
+                        Launch::Qemu => (crate::vm::running_qemu(&qemu_pidfile(sec)).is_some(), false),
                         // The operator's agent: it answers our RELEASE (or the rendezvous
                         // times out and says so); we have nothing to start. On this host it
                         // holds the lock, and we watch it by it; across kernels it cannot.
@@ -550,7 +547,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             window: Some((sec.window.path.clone(), len)),
             console: console.clone(),
         };
-        let pidfile = sec.window.path.with_extension("qemu.pid");
+        let pidfile = qemu_pidfile(sec);
         let qemu_log = sec.window.path.with_extension("qemu.log");
         let mut cmd = crate::vm::qemu_command(&spec);
         cmd.arg("-pidfile").arg(&pidfile);
@@ -1085,6 +1082,12 @@ fn spawn_logged(cmd: &mut Process, log: &Path, what: &str) -> Result<Child, Stri
     let out = open_log(log).map_err(|e| format!("cannot create {what} {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| format!("cannot share {what} {}: {e}", log.display()))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| e.to_string())
+}
+
+/// Where the QEMU of VM secondary `sec` writes its pid (`-pidfile`): what a new monarch
+/// reads to tell whether the VM is still there, and what `vm::kill_orphans` cleans up.
+fn qemu_pidfile(sec: &Secondary) -> PathBuf {
+    sec.window.path.with_extension("qemu.pid")
 }
 
 /// Open a process's log for appending (see [`spawn_logged`] for why not truncating), emptied
