@@ -224,7 +224,7 @@ struct Agent<'a> {
     status_seq: u32,
     /// Pull mode: the image copied into our own memory during verification.
     staged: Option<MemImage>,
-    /// Which monarch this secondary obeys (seed 003's fencing).
+    /// Which monarch this secondary obeys (monarch fencing).
     fence: Fence,
     /// Last message taken from each command block.
     block_seq: [u32; BLOCKS],

@@ -1,4 +1,4 @@
-//! `monarch bench baseline`: seed 000's classic path measured beside the window path.
+//! `monarch bench baseline`: the classic path (BIOS and TFTP) measured beside the window path.
 //!
 //! The same image is fetched over TFTP with 512-byte blocks (RFC 1350, no options: the
 //! classic firmware path) from Debian's tftpd-hpa by a real client (atftp), on loopback and

@@ -1,8 +1,8 @@
-//! Several management processors (seed 003): election on a shared backplane, a monarch
+//! Several management processors (monarch election): election on a shared backplane, a monarch
 //! that beats, serfs that usurp it when it stalls, and a boot that survives it.
 //!
 //! `monarch up` with two or more management processors in the topology is the *chassis*
-//! ([`up`]): it creates the backplane (a register page in the run folder, the seed's
+//! ([`up`]): it creates the backplane (a register page in the run folder, the reference design's
 //! central bus), starts one `monarch candidate` process per management processor, relays
 //! their events and builds the summary. Each candidate ([`run_candidate`]) publishes its
 //! BOOT_ID, slot and self-test result, waits for the others (rendezvous), and arbitrates
@@ -185,7 +185,7 @@ pub fn run_candidate(o: &CandidateOptions, on_event: &mut dyn FnMut(&Event)) -> 
     outcome
 }
 
-/// The candidate's self-test result, as an event; false when it failed (the seed's
+/// The candidate's self-test result, as an event; false when it failed (the reference design's
 /// PDC_CONFIG deconfigures it: it never becomes monarch).
 pub(crate) fn announce(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -> bool {
     let mgr = &o.plan.topology.managers[o.index];

@@ -1,8 +1,8 @@
 //! The monarch election on etcd, for candidates on machines that share no backplane
-//! (seed 003 across machines; feature `etcd`).
+//! (monarch election across machines; feature `etcd`).
 //!
 //! Each candidate connects to etcd and campaigns in one election per boot (keys under
-//! `monarch/CHASSIS/SESSION/`). etcd's election queues campaigners by arrival, so the seed's
+//! `monarch/CHASSIS/SESSION/`). etcd's election queues campaigners by arrival, so the reference design's
 //! rules decide the order of arrival: a candidate that failed its self-test never campaigns,
 //! and the others campaign [`STAGGER`] apart in the order [`monarch_proto::election::arbitrate`]
 //! ranks them (the pinned one, then the highest BOOT_ID, then the lowest slot). The leader is
@@ -50,7 +50,7 @@ impl Keys {
     }
 }
 
-/// The healthy candidates in the order the seed's arbitration ranks them.
+/// The healthy candidates in the order the reference design's arbitration ranks them.
 pub fn arbitration_order(table: &[el::Candidate], pinned: Option<usize>) -> Vec<usize> {
     let mut left = table.to_vec();
     let mut order = Vec::new();
@@ -90,7 +90,7 @@ pub(crate) fn run_candidate(
             Err(err) => return CandidateOutcome::Failed(gave_up(&err.to_string(), e)),
         }
     };
-    // The seed's order of arrival in etcd's queue, counted from when etcd answered (so a
+    // The reference design's order of arrival in etcd's queue, counted from when etcd answered (so a
     // late etcd does not let everyone in at once).
     std::thread::sleep(STAGGER * u32::try_from(rank).unwrap_or(u32::MAX));
     loop {

@@ -112,7 +112,7 @@ pub enum EventKind {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// A management processor published itself on the backplane (seed 003).
+    /// A management processor published itself on the backplane.
     Candidate {
         /// Its id.
         id: String,

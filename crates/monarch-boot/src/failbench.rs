@@ -1,4 +1,4 @@
-//! Failover trials (seed 003): boot a chassis with two or more management processors,
+//! Failover trials (monarch election): boot a chassis with two or more management processors,
 //! kill (SIGKILL) or pause (SIGSTOP, then SIGCONT once a new monarch took over) the monarch
 //! at a random point of the boot, and check the outcome from outside: every secondary
 //! RUNNING, each released exactly once, and only into the image whose checksum the monarch

@@ -1,4 +1,4 @@
-//! Image retrieval (the seed's "retrieve the OS image, determine its size and checksum") and
+//! Image retrieval (the reference design's "retrieve the OS image, determine its size and checksum") and
 //! the built-in demo payload.
 //!
 //! The demo payload is the small `monarch-payload` program padded to the requested size,
@@ -209,7 +209,7 @@ pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Ima
                 return Err(ImageError::Empty { path: path.clone() });
             }
             if len <= IN_MEMORY_MAX {
-                // The seed's way: the image is stored in the monarch's memory, and copied from
+                // The reference design's way: the image is stored in the monarch's memory, and copied from
                 // there at memory speed.
                 let mut b = vec![0u8; idx(len)];
                 f.read_exact_at(&mut b, 0).map_err(read_err)?;

@@ -5,7 +5,7 @@
 //! [`image`] retrieves images and computes their retrieved checksums, [`stage`] drives one
 //! secondary's handshake from the monarch's side, [`agent`] is the secondary's side, and
 //! [`run`] executes a whole plan, streaming [`events`] to whatever front end is listening.
-//! [`netstage`] boots a secondary that has no window over the network (seed 001) with the
+//! [`netstage`] boots a secondary that has no window over the network with the
 //! same events and summary. [`vm`] makes secondaries of QEMU VMs (ivshmem window, `kexec`
 //! handoff of a [`bundle`]).
 //! The protocol decisions are `monarch-proto`'s; the memory and processes are

@@ -1,7 +1,7 @@
-//! The machine's side of seed 001: `monarch netboot agent` (and `recover`, `boot-disk`).
+//! The machine's side of network boot: `monarch netboot agent` (and `recover`, `boot-disk`).
 //!
 //! Discovery → the server's offer (size + digest) → a buffer of exactly that size → the bulk
-//! transfer into it → verify ([`monarch_net::discovery::fetch`]). Then, as the seed's FIG. 4
+//! transfer into it → verify ([`monarch_net::discovery::fetch`]). Then, as the reference design's FIG. 4
 //! branches:
 //! - **diskless**: hand off to the verified bytes directly;
 //! - **with a disk**: install them into the inactive A/B slot ([`monarch_drivers::disk`]: the

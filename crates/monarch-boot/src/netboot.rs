@@ -1,8 +1,8 @@
-//! `monarch netboot serve`: the network boot services of seed 001 started together on one
+//! `monarch netboot serve`: the network boot services started together on one
 //! interface, for machines that have no memory window.
 //!
 //! One command starts any of DHCP (a full server with persisted leases, or ProxyDHCP beside
-//! an existing DHCP server), TFTP, HTTP and the seed's discovery service, all serving the
+//! an existing DHCP server), TFTP, HTTP and the reference design's discovery service, all serving the
 //! same root directory and the same [`Catalog`] (`ROOT/machines.toml`: what each machine
 //! boots). Every service's events come out as one stream of JSON objects, each tagged with
 //! its `service`, starting with a `ready` event that says where each service listens.

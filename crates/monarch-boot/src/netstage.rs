@@ -1,5 +1,5 @@
 //! The monarch's side of a secondary with no window (`launch = "netboot"`): boot it over the
-//! network with seed 001's flow, reporting the same events and summary as a window secondary.
+//! network with the network boot flow, reporting the same events and summary as a window secondary.
 //!
 //! One secondary's life, as [`crate::stage::stage`] has it for windows:
 //! 1. **retrieve**: the image is put in `RUN_DIR/ID.netboot/` (a builtin payload is built

@@ -1,6 +1,6 @@
 //! The plan: which secondaries are staged in parallel and which wait behind a switch.
 //!
-//! Seed 000: secondaries on their own (direct) ports are staged in parallel; secondaries
+//! Window boot: secondaries on their own (direct) ports are staged in parallel; secondaries
 //! that share a switch go one after another, the higher priority first (ties: lower slot,
 //! then file order). Each direct secondary is its own *lane*; each switch is one lane.
 
@@ -69,7 +69,7 @@ impl Plan {
         Plan { topology, lanes }
     }
 
-    /// The monarch: the only management processor, or the one seed 003's rules would elect
+    /// The monarch: the only management processor, or the one the monarch election rules would elect
     /// if every candidate shows up (the topology's pin, self-tests, BOOT_ID, slot).
     pub fn monarch(&self) -> &str {
         let t = &self.topology;
@@ -79,7 +79,7 @@ impl Plan {
             .map_or("monarch", |m| m.id.as_str())
     }
 
-    /// Seed 003's arbitration over every management processor, all present.
+    /// The monarch election's arbitration over every management processor, all present.
     fn verdict(&self) -> Option<monarch_proto::election::Verdict> {
         monarch_proto::election::arbitrate(&self.topology.candidates(), self.topology.election.pinned)
     }

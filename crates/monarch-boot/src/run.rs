@@ -46,7 +46,7 @@ pub fn up(plan: &Plan, opts: &UpOptions, on_event: &mut dyn FnMut(&Event)) -> Su
     boot(plan, opts, &Authority::sole(), Instant::now(), on_event)
 }
 
-/// [`up`] on the authority of one monarch of several (seed 003): its command block and
+/// [`up`] on the authority of one monarch of several (monarch election): its command block and
 /// epoch, resuming what a previous monarch left, and stopping at once when deposed. Event
 /// times count from `clock`.
 pub fn boot(

@@ -38,7 +38,7 @@ pub struct StageCtx<'a> {
     pub authority: &'a Authority<'a>,
 }
 
-/// The monarch's authority over the windows (seed 003): the command block it writes, the
+/// The monarch's authority over the windows (monarch election): the command block it writes, the
 /// epoch stamped on every command, whether it takes over a boot another monarch started,
 /// and the check, made before every command and every chunk, that it still is monarch.
 pub struct Authority<'a> {
@@ -100,7 +100,7 @@ fn raise_epoch(w: &Window, epoch: u32) -> Result<(), String> {
     }
 }
 
-/// Claim a secondary's window for a new monarch's `epoch` before it acts (seed 003): map it
+/// Claim a secondary's window for a new monarch's `epoch` before it acts (monarch election): map it
 /// (creating it at its configured size if no monarch has yet, registers untouched) and raise
 /// `cfg.epoch`. From then on the secondary ignores every command of an older epoch — the
 /// deposed monarch's included, even if it is the one the secondary followed until now —
@@ -127,7 +127,7 @@ pub(crate) fn ms(d: Duration) -> f64 {
 /// Stage one secondary from retrieval to its final state.
 pub fn stage(sec: &Secondary, ctx: &StageCtx<'_>) -> Staged {
     if let Some(nb) = &sec.netboot {
-        // No window: booted over the network (seed 001), with the same events and summary.
+        // No window: booted over the network, with the same events and summary.
         return crate::netstage::stage(sec, nb, ctx);
     }
     let mut st = Stage::new(sec, ctx);

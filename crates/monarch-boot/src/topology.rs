@@ -15,7 +15,7 @@ use std::time::Duration;
 use thiserror::Error;
 use toml::Spanned;
 
-/// The built-in chassis (seed 000's switch): a management processor, a route card and four
+/// The built-in chassis (a PCIe switch in front of the management processor): a management processor, a route card and four
 /// line cards, two on direct ports and two behind one switch.
 pub const DEFAULT_TOPOLOGY: &str = include_str!("default-chassis.toml");
 
@@ -168,7 +168,7 @@ struct ChassisDef {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ElectionDef {
-    /// The operator's choice of monarch (the seed's Boot Console Handler).
+    /// The operator's choice of monarch (the reference design's Boot Console Handler).
     monarch: Option<Spanned<String>>,
     heartbeat: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
@@ -254,7 +254,7 @@ struct ProcessorDef {
     boot_id: Option<u32>,
     slot: Option<u32>,
     /// A management processor's self-test result: "pass" (default) or "fail" (deconfigured,
-    /// never monarch; seed 003's PDC_CONFIG), for exercising the rule.
+    /// never monarch; the PDC_CONFIG self-test result), for exercising the rule.
     self_test: Option<Spanned<String>>,
     switch: Option<Spanned<String>>,
     priority: Option<i32>,
@@ -404,7 +404,7 @@ pub struct Secondary {
     pub faults: Faults,
     /// The VM, for launch = "qemu".
     pub qemu: Option<QemuSpec>,
-    /// For launch = "netboot": booted over the network with seed 001's flow instead of
+    /// For launch = "netboot": booted over the network with the network boot flow instead of
     /// through a window (`launch` is then [`Launch::Process`]: the monarch starts the agent
     /// as a local process; `window` only names the log, `RUN_DIR/ID.log`).
     pub netboot: Option<NetbootSpec>,
@@ -422,7 +422,7 @@ impl Secondary {
     }
 }
 
-/// A secondary with no window, booted over the network (launch = "netboot", seed 001):
+/// A secondary with no window, booted over the network (launch = "netboot"):
 /// the monarch serves its image with a discovery service and starts `monarch netboot agent`,
 /// which discovers the server, pre-posts a buffer of the offered size, has the image
 /// transferred into it, verifies it and hands off (diskless) or installs it A/B on `disk`
@@ -472,7 +472,7 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// As arbitration sees it (seed 003: BOOT_ID defaults to 2, the factory setting; a
+    /// As arbitration sees it (monarch election: BOOT_ID defaults to 2, the factory setting; a
     /// missing slot counts as its position in the file).
     pub fn candidate(&self, index: usize) -> monarch_proto::election::Candidate {
         use monarch_proto::election::{Candidate, Health};
@@ -610,9 +610,9 @@ pub mod defaults {
     /// A VM secondary's timeouts are the defaults times this (it boots a kernel under
     /// emulation before its agent answers, and another one after the handoff).
     pub const VM_SLOWDOWN: u32 = 6;
-    /// Builtin image size: the seed's 30 MB image.
+    /// Builtin image size: the reference design's 30 MB image.
     pub const IMAGE_SIZE: u64 = 30 << 20;
-    /// BOOT_ID of a management processor that sets none (the seed's factory default).
+    /// BOOT_ID of a management processor that sets none (the reference design's factory default).
     pub const BOOT_ID: u32 = 2;
     /// The monarch's heartbeat period on the backplane.
     pub const HEARTBEAT: Duration = Duration::from_millis(50);
@@ -1414,9 +1414,9 @@ mod tests {
     const HEAD: &str = "[chassis]\nname = \"t\"\n[[processor]]\nid = \"mm\"\nrole = \"monarch\"\n";
 
     #[test]
-    fn the_builtin_chassis_is_the_seeds() {
+    fn the_builtin_chassis_is_the_reference_design() {
         let t = Topology::builtin().unwrap();
-        assert_eq!(t.managers.len(), 2, "two management modules (seed 003)");
+        assert_eq!(t.managers.len(), 2, "two management modules (monarch election)");
         let table: Vec<_> = t.managers.iter().enumerate().map(|(i, m)| m.candidate(i)).collect();
         let v = monarch_proto::election::arbitrate(&table, t.election.pinned).unwrap();
         assert_eq!(t.managers[v.winner].id, "mgmt", "equal BOOT_IDs: the lowest slot wins");

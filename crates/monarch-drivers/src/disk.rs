@@ -1,4 +1,4 @@
-//! Disk installs in A/B slots: the write-to-disk handoff of seed 001.
+//! Disk installs in A/B slots: the write-to-disk handoff of network boot.
 //!
 //! A machine with a disk installs the delivered image, restarts and boots it from the disk.
 //! A [`Target`] is the disk (a block device, or a regular file standing in for one) laid out

@@ -380,7 +380,7 @@ impl Window {
         Ok(unsafe { self.map.as_mut_ptr().add(layout::REGS_SIZE + idx(offset)) })
     }
 
-    /// Copy `src` into the data area at `offset` (the seed's memcpy into the BAR).
+    /// Copy `src` into the data area at `offset` (the reference design's memcpy into the BAR).
     pub fn write_data(&self, offset: u64, src: &[u8]) -> Result<(), WindowError> {
         let dst = self.data_ptr(offset, src.len())?;
         // SAFETY: `dst..dst+len` is inside the mapping (data_ptr), `src` is our own memory

@@ -1,6 +1,6 @@
 //! Monarch election across machines, on etcd.
 //!
-//! Where candidates share no backplane (seed 003's arbitration cannot see them all), the
+//! Where candidates share no backplane (the backplane arbitration cannot see them all), the
 //! monarch is whoever holds an etcd election: every candidate holds a *lease* that it keeps
 //! alive, campaigns with a key attached to that lease, and the candidate whose key has the
 //! lowest create revision leads. A monarch that dies stops keeping its lease alive; etcd

@@ -7,7 +7,7 @@
 //! kernel = "vmlinuz"             # paths relative to the served root
 //! initrd = "initrd.img"
 //! cmdline = "console=ttyS0"
-//! image = "payload.efi"          # the data block offered to monarch agents (seed 001 flow)
+//! image = "payload.efi"          # the data block offered to monarch agents (network boot)
 //! [machine."52:54:00:12:34:56"]  # by MAC; any field of [default], plus name = "node1"
 //! name = "node1"
 //! kernel = "node1/vmlinuz"
@@ -43,7 +43,7 @@ pub struct Machine {
     /// Kernel command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
-    /// The data block offered to monarch agents by the discovery service (seed 001).
+    /// The data block offered to monarch agents by the discovery service (network boot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 }

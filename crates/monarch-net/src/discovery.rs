@@ -1,4 +1,4 @@
-//! The seed-001 flow for monarch agents, on real sockets: discovery → offer with size and
+//! The network boot discovery flow for monarch agents, on real sockets: discovery → offer with size and
 //! digest → the agent pre-posts a buffer of exactly that size → download request → bulk
 //! transfer straight into the buffer → verify → hand over.
 //!
@@ -9,7 +9,7 @@
 //!   and cached — TCP port, a random token), and serves the download on TCP: it checks the
 //!   token and streams exactly the offered number of bytes with `sendfile(2)` (the file's
 //!   pages go from the page cache to the socket without a copy through this process; the
-//!   seed's RDMA offload is the hardware version of the same idea).
+//!   reference design's RDMA offload is the hardware version of the same idea).
 //! - [`fetch`] (blocking, std sockets: the agent is a plain binary and needs no runtime):
 //!   broadcasts/unicasts DISCOVER, rebroadcasting every `interval` until `give_up_after`,
 //!   allocates one buffer of the offered size, reads the TCP stream straight into it,
@@ -656,7 +656,7 @@ impl FetchError {
     }
 }
 
-/// Run the seed's flow as the agent: discover, pre-post a buffer of the offered size, download
+/// Run the reference design's flow as the agent: discover, pre-post a buffer of the offered size, download
 /// straight into it, verify. Blocking (std sockets, no runtime): call it from a plain binary,
 /// or from `spawn_blocking`.
 pub fn fetch(cfg: &FetchConfig) -> Result<Fetched, FetchError> {
@@ -714,7 +714,7 @@ pub fn fetch(cfg: &FetchConfig) -> Result<Fetched, FetchError> {
             ClientAction::PostBuffer { size } => {
                 timings.discover = t0.elapsed();
                 mark = Instant::now();
-                // The seed's pre-posted buffer: one allocation of exactly the offered size,
+                // The reference design's pre-posted buffer: one allocation of exactly the offered size,
                 // made before the download is requested (try_reserve: a failure is an error,
                 // not an abort).
                 match usize::try_from(size).ok().filter(|s| buf.try_reserve_exact(*s).is_ok()) {

@@ -1,13 +1,13 @@
 //! # monarch-net: network boot services (drivers layer)
 //!
-//! For machines with no memory window, the monarch boots them over the network (seed 001).
+//! For machines with no memory window, the monarch boots them over the network.
 //! The wire protocols' decisions are sans-IO in `monarch-proto` ([`monarch_proto::tftp`],
 //! [`monarch_proto::dhcp`], [`monarch_proto::netboot`]); this crate puts them on tokio
 //! sockets:
 //! - [`tftp`]: a read-only TFTP server (RFC 1350 + options 2347/2348/2349 and 7440 windowsize).
 //! - [`dhcp`]: a DHCP server with persisted leases, and a ProxyDHCP mode (ports 67/4011).
 //! - [`http`]: HTTP boot (images with Content-Length and Range, per-machine iPXE scripts).
-//! - [`discovery`]: the seed's flow for monarch agents: discovery, size + digest, pre-posted
+//! - [`discovery`]: the reference design's flow for monarch agents: discovery, size + digest, pre-posted
 //!   buffer, bulk transfer straight into it.
 //! - [`catalog`]: what each machine boots (from a directory and/or the topology).
 //!

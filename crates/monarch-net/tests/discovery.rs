@@ -1,4 +1,4 @@
-//! The seed-001 flow end to end on real sockets: our discovery server and our agent-side
+//! The network boot discovery flow end to end on real sockets: our discovery server and our agent-side
 //! `fetch`, over loopback (and, when network namespaces are available, by broadcast over a
 //! veth pair from inside a namespace).
 //!

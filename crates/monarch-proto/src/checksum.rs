@@ -186,7 +186,7 @@ mod tests {
             Algo::Blake3.digest(b"").to_hex(Algo::Blake3),
             "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         );
-        // XXH3-64 of the empty input with seed 0.
+        // XXH3-64 of the empty input with seed value 0.
         assert_eq!(Algo::Xxh3.digest(b"").0[..8], 0x2D06800538D394C2u64.to_le_bytes());
     }
 

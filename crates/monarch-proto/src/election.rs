@@ -1,10 +1,10 @@
-//! Monarch selection and failover (seed 003), sans-IO.
+//! Monarch selection and failover, sans-IO.
 //!
-//! - [`arbitrate`]: who of the candidates becomes monarch. The seed's rules: a candidate that
+//! - [`arbitrate`]: who of the candidates becomes monarch. The reference design's rules: a candidate that
 //!   did not pass its self-test is deconfigured and never considered; an operator may pin the
-//!   monarch (the seed's Boot Console Handler); otherwise the highest BOOT_ID wins, and among
+//!   monarch (the reference design's Boot Console Handler); otherwise the highest BOOT_ID wins, and among
 //!   equal BOOT_IDs the lowest slot.
-//! - The **backplane** (the seed's central bus): a register page every candidate on one
+//! - The **backplane** (the reference design's central bus): a register page every candidate on one
 //!   machine maps. Candidates publish their BOOT_ID, slot and self-test result; the winner
 //!   *claims* the monarchy with one compare-and-swap on [`BP_CLAIM`], which also bumps the
 //!   **epoch**; the monarch increments [`BP_HEARTBEAT`]; serfs wait in rendezvous and watch
@@ -23,7 +23,7 @@ pub enum Health {
     Absent,
     /// Passed its self-test: may be monarch.
     Healthy,
-    /// Failed its self-test: deconfigured (seed: PDC_CONFIG), never monarch.
+    /// Failed its self-test: deconfigured (PDC_CONFIG), never monarch.
     FailedSelfTest,
     /// Was monarch and stopped answering: deconfigured by the serfs that usurped it.
     Deposed,
@@ -66,7 +66,7 @@ pub struct Candidate {
     pub index: usize,
     /// Its slot on the bus.
     pub slot: u32,
-    /// Its BOOT_ID (the factory default is 2, per the seed).
+    /// Its BOOT_ID (the factory default is 2, per the reference design).
     pub boot_id: u32,
     /// Its state.
     pub health: Health,
@@ -120,7 +120,7 @@ impl Verdict {
     }
 }
 
-/// Arbitrate among `candidates` (seed 003). `None` when no candidate may be monarch.
+/// Arbitrate among `candidates` (monarch election). `None` when no candidate may be monarch.
 pub fn arbitrate(candidates: &[Candidate], pinned: Option<usize>) -> Option<Verdict> {
     let eligible: Vec<&Candidate> = candidates.iter().filter(|c| c.health == Health::Healthy).collect();
     let pin_ignored = pinned.filter(|p| !eligible.iter().any(|c| c.index == *p));
@@ -282,7 +282,7 @@ mod tests {
     }
     use Health::*;
 
-    /// The seed's rules, one row each.
+    /// The reference design's rules, one row each.
     #[test]
     fn arbitration_table() {
         struct Row {
@@ -301,7 +301,7 @@ mod tests {
                 reason: Some(Reason::HighestBootId { boot_id: 5 }),
             },
             Row {
-                what: "factory default: every BOOT_ID 2, the lowest slot wins (the seed's figure)",
+                what: "factory default: every BOOT_ID 2, the lowest slot wins (the reference design's figure)",
                 cands: vec![
                     c(0, 3, 2, Healthy),
                     c(1, 0, 2, Healthy),

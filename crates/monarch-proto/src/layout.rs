@@ -51,9 +51,9 @@ pub const HDR_REGS_SIZE: Reg = r32(0x00C, "hdr.regs_size");
 pub const HDR_DATA_SIZE: Reg = r64(0x010, "hdr.data_size");
 
 // --- Config block (primary, written before the secondary is released) -------------------
-/// Size limit: the image size in bytes (the seed's BAR size).
+/// Size limit: the image size in bytes (the reference design's BAR size).
 pub const CFG_IMAGE_SIZE: Reg = r64(0x040, "cfg.image_size");
-/// Load offset of the image inside the data area (the seed's address translation).
+/// Load offset of the image inside the data area (the reference design's address translation).
 pub const CFG_LOAD_OFFSET: Reg = r64(0x048, "cfg.load_offset");
 /// Checksum algorithm the secondary must use for the written checksum.
 pub const CFG_ALGO: Reg = r32(0x050, "cfg.algo");
@@ -68,7 +68,7 @@ pub const CFG_RING_SIZE: Reg = r64(0x068, "cfg.ring_size");
 
 // --- Command blocks: one per monarch candidate ------------------------------------------
 // Version 2 gives every candidate its own command block so that each register still has one
-// writer when a new monarch takes over while the old one is only paused (seed 003): a
+// writer when a new monarch takes over while the old one is only paused (monarch election): a
 // seqlock with two writers can tear. Every command carries the writer's epoch; a secondary
 // follows the block of the highest epoch it has seen and ignores (fences) the others.
 

@@ -3,7 +3,7 @@
 //! Everything monarch decides about a window boot, with no clock, socket, thread or
 //! memory map in sight: the register layout of a window ([`layout`]), the messages carried
 //! in it ([`msg`]), the checksums ([`checksum`]), and the two handshake state machines of
-//! seed 000 — the monarch's ([`primary`]) and the secondary's ([`secondary`]). Drivers
+//! the window boot — the monarch's ([`primary`]) and the secondary's ([`secondary`]). Drivers
 //! (`monarch-drivers`) move bytes and ring doorbells; the orchestrator (`monarch-boot`)
 //! decides which secondaries run when. Both feed inputs into these machines with an
 //! explicit `now` and carry out the actions they return, so every path — success, retry,

@@ -13,7 +13,7 @@ use thiserror::Error;
 /// Who copies the image across the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
-    /// The primary copies the image into the secondary's memory (the seed's main path).
+    /// The primary copies the image into the secondary's memory (the reference design's main path).
     Push,
     /// The primary exposes the image; the secondary copies it into its own memory.
     Pull,

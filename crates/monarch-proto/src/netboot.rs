@@ -1,11 +1,11 @@
-//! The seed-001 network boot flow for monarch agents, sans-IO: messages and the client
+//! The network boot discovery flow for monarch agents, sans-IO: messages and the client
 //! (agent) side as a state machine.
 //!
-//! Seed 001 (FIG. 4/5): a machine that has no memory window broadcasts a *boot server
+//! Network boot: a machine that has no memory window broadcasts a *boot server
 //! discovery*; a boot server that holds a data block for it answers with the block's *size*;
 //! the machine *pre-posts a buffer of exactly that size*, sends a *download request*, and the
 //! server transfers the block straight into the buffer. No answer within a bounded wait: the
-//! machine goes on booting what it already has. We add what the seed leaves to the
+//! machine goes on booting what it already has. We add what the reference design leaves to the
 //! implementer: a transaction id, a digest of the block (the agent verifies before handing
 //! off: the safety invariant of the whole product), a token that ties the download to the
 //! offer, and the digest of the image the machine already has (so an up-to-date machine is
@@ -61,7 +61,7 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// A machine's request for a boot server (seed FIG. 5, signal 520).
+/// A machine's request for a boot server (the reference design's signal 520).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Discover {
     /// Transaction id chosen by the machine; the OFFER echoes it.
@@ -72,7 +72,7 @@ pub struct Discover {
     pub current: Option<(Algo, Digest)>,
 }
 
-/// A boot server's answer: it has a data block for this machine (seed FIG. 5, signal 525).
+/// A boot server's answer: it has a data block for this machine (the reference design's signal 525).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Offer {
     /// The DISCOVER's transaction id.
@@ -91,7 +91,7 @@ pub struct Offer {
     pub token: Token,
 }
 
-/// The machine asks for the offered block on TCP (seed FIG. 5, signal 530).
+/// The machine asks for the offered block on TCP (the reference design's signal 530).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Download {
     /// The OFFER's transaction id.
@@ -494,7 +494,7 @@ pub enum ClientInput<'a> {
 pub enum ClientAction {
     /// Send this DISCOVER datagram to the server address (broadcast or unicast).
     SendDiscover(Vec<u8>),
-    /// Allocate the receive buffer: exactly `size` bytes (seed: the pre-posted buffer).
+    /// Allocate the receive buffer: exactly `size` bytes (the pre-posted buffer).
     PostBuffer {
         /// Bytes.
         size: u64,

@@ -2,7 +2,7 @@
 //!
 //! The driver feeds [`PrimaryInput`]s with the current time and carries out the returned
 //! [`PrimaryAction`]s (post a command, copy the image, report the outcome). The machine owns
-//! every decision of seed 000: configure → release → rendezvous → copy → compare the written
+//! every decision of the window boot: configure → release → rendezvous → copy → compare the written
 //! checksum with the retrieved one → OK, or rewrite up to `max_attempts` times, then abort.
 
 use crate::checksum::Digest;
@@ -294,7 +294,7 @@ impl Primary {
 }
 
 /// What a new monarch does with a secondary it finds in a window after a takeover
-/// (seed 003: the serf that usurps the monarch resumes the boot, it does not redo it).
+/// (monarch failover: the serf that usurps the monarch resumes the boot, it does not redo it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resume {
     /// The delivered image is running: leave it alone.

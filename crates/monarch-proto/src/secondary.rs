@@ -82,7 +82,7 @@ impl std::fmt::Display for SecondaryFailure {
     }
 }
 
-/// What the secondary does with a command, given the epoch it carries (seed 003's
+/// What the secondary does with a command, given the epoch it carries (the fencing rules'
 /// fencing): see [`Fence::admit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Admit {

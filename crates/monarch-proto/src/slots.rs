@@ -1,6 +1,6 @@
 //! A/B slots on a disk target: the on-disk layout, the commit records and the install order.
 //!
-//! Seed 001 lets a machine with a disk install the delivered image and boot it from the disk.
+//! Network boot lets a machine with a disk install the delivered image and boot it from the disk.
 //! The hard part is not writing bytes but surviving a power cut at any point of the write:
 //! the machine must still boot *a* verified image — the previous one or the new one, never a
 //! torn one. The classic answer, used here, is two slots (A and B) and a commit record per slot:

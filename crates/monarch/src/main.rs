@@ -54,7 +54,7 @@ its window (size limit, load offset) → release it (start its agent) → copy �
 written checksum → compare → OK (or rewrite, up to `attempts`) → the secondary hands off and the \
 running image reports RUNNING. A failed secondary never stops the others.\n\n\
 With two or more management processors (role = \"monarch\"), one candidate process each elects \
-the monarch by seed 003's rules (self-test, --monarch pin, highest BOOT_ID, lowest slot) on a \
+the monarch by the monarch election rules (self-test, --monarch pin, highest BOOT_ID, lowest slot) on a \
 shared backplane, or on etcd ([election] etcd); if the monarch dies, a serf takes the boot over \
 from the windows under a higher epoch, and secondaries ignore the old one (docs/election.md).\n\n\
 Ctrl-C (SIGINT) or SIGTERM stops the boot cleanly: secondaries not yet released are aborted and \
@@ -138,8 +138,8 @@ processes on direct ports (handoff none), timed from the start of each copy to t
 the written checksum. Prints GiB/s and the ratio to the reference for each figure, and the \
 throughput of each checksum algorithm.")]
     Window(BenchWindowArgs),
-    /// Seed 000's classic path beside the window: TFTP with 512-byte blocks from tftpd-hpa.
-    #[command(long_about = "The seed's baseline, measured beside the window path in one run.\n\n\
+    /// the classic path (BIOS and TFTP) beside the window: TFTP with 512-byte blocks from tftpd-hpa.
+    #[command(long_about = "The reference design's baseline, measured beside the window path in one run.\n\n\
 The same image is fetched with a real TFTP client (atftp) from Debian's tftpd-hpa with \
 512-byte blocks, on loopback and over a veth pair with MTU 1500 between two network namespaces \
 the bench creates and removes; then delivered and verified through a window. Prints each \
@@ -164,7 +164,7 @@ the bench creates and removes. Prints MiB/s, the ratio to the reference and the 
 Installs tftpd-hpa, atftp, curl and nginx with apt-get when missing (needs root).")]
     Netboot(BenchNetbootArgs),
     /// Failover: kill the monarch at random points of the boot; failover time p50/p99.
-    #[command(long_about = "Failover under fire (seed 003), measured in real runs.\n\n\
+    #[command(long_about = "Failover under fire, measured in real runs.\n\n\
 An undisturbed `monarch up` of the topology (which needs two or more management processors; \
 the built-in chassis has two) calibrates how long a boot takes; then each trial boots it again \
 and SIGKILLs the monarch at a uniformly random point of its progress (after the n-th of the \
@@ -291,7 +291,7 @@ struct UpArgs {
         long,
         value_name = "ID",
         help = "Pin the monarch: this management processor wins the election if it passes its \
-self-test (overrides the topology's [election] monarch; seed 003's operator choice)"
+self-test (overrides the topology's [election] monarch; the operator's choice)"
     )]
     monarch: Option<String>,
 }

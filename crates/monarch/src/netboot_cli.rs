@@ -1,4 +1,4 @@
-//! `monarch netboot …`: network boot for machines with no memory window (seed 001).
+//! `monarch netboot …`: network boot for machines with no memory window.
 
 use crate::bad_input;
 use clap::{Args, Subcommand};
@@ -17,7 +17,7 @@ pub enum NetbootCmd {
 - ProxyDHCP (--dhcp proxy): beside an existing DHCP server, boot options only (ports 67 and 4011);\n\
 - TFTP (port 69): read-only, confined to ROOT, with blksize/tsize/timeout/windowsize;\n\
 - HTTP (port 8080): files from ROOT with Content-Length and Range, and /ipxe/MAC.ipxe scripts;\n\
-- discovery (port 4012, UDP + TCP): the seed's flow for `monarch netboot agent`: size and digest first, then the bulk transfer into the agent's pre-posted buffer.\n\n\
+- discovery (port 4012, UDP + TCP): the reference design's flow for `monarch netboot agent`: size and digest first, then the bulk transfer into the agent's pre-posted buffer.\n\n\
 What each machine boots is ROOT/machines.toml:\n\n\
   [default]                       # every machine not listed\n  \
 kernel = \"vmlinuz\"              # for iPXE: paths under ROOT, or tftp:// / http:// URLs\n  \
@@ -35,7 +35,7 @@ name = \"node1\"                  # any field of [default]\n\n\
     /// The machine's side: discover a boot server, fetch and verify its image, then hand off
     /// (diskless) or install it in an A/B slot and boot from the disk.
     #[command(
-        long_about = "The machine's side of the seed's network boot (run from its firmware or initramfs).\n\n\
+        long_about = "The machine's side of the reference design's network boot (run from its firmware or initramfs).\n\n\
 1. DISCOVER (UDP, --server: a boot server or a broadcast address), rebroadcast every --interval until --wait runs out;\n\
 2. the server's OFFER says the image's size and digest; the agent pre-posts a buffer of exactly that size;\n\
 3. DOWNLOAD over TCP: the server streams the image (sendfile) straight into the buffer;\n\

@@ -443,7 +443,7 @@ fn an_image_larger_than_its_window_streams_through_the_ring_and_runs() {
     assert!(report.contains(&format!("crc32c {}", p["checksum"].as_str().unwrap())), "{report}");
 }
 
-/// The seed's baseline with real tftpd-hpa and atftp, installed by the bench if missing, on
+/// The reference design's baseline with real tftpd-hpa and atftp, installed by the bench if missing, on
 /// loopback and over a veth pair between two namespaces the bench makes and removes.
 #[test]
 fn the_tftp_baseline_runs_real_servers_and_cleans_up_its_namespaces() {

@@ -1,4 +1,4 @@
-//! Seed 003 across machines: the built-in chassis' two management processors elect the
+//! Monarch election across machines: the built-in chassis' two management processors elect the
 //! monarch on a real etcd (Debian's etcd-server, started by each test on loopback) instead
 //! of the backplane, and `monarch up` boots through it — with the monarch SIGKILLed
 //! mid-boot, with etcd stopped (SIGSTOP) mid-boot for longer than a lease, and with etcd
@@ -83,7 +83,7 @@ fn the_monarch_killed_mid_boot_is_replaced_through_etcd() {
     assert_eq!(
         e.first().map(|x| x.0.as_str()),
         Some("mgmt"),
-        "the seed's rules: equal BOOT_IDs, lowest slot"
+        "the reference design's rules: equal BOOT_IDs, lowest slot"
     );
     let (last, last_epoch, _) = e.last().cloned().unwrap();
     assert_eq!(last, "mgmt1", "the serf took over: {e:?}");

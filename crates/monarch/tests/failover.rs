@@ -1,4 +1,4 @@
-//! Seed 003 end to end, with real processes: the built-in chassis has two management
+//! Monarch election and failover end to end, with real processes: the built-in chassis has two management
 //! processors; the monarch is killed (SIGKILL) or paused (SIGSTOP, then SIGCONT) at random
 //! points of the boot, and every trial must end with every secondary RUNNING, released
 //! exactly once, into its verified image. The paused monarch must stand down, and its late

@@ -1,4 +1,4 @@
-//! The seed-001 flow end to end with real processes on loopback: `monarch netboot serve`
+//! The network boot discovery flow end to end with real processes on loopback: `monarch netboot serve`
 //! (discovery service) and `monarch netboot agent` machines — diskless handoff, A/B disk
 //! installs that restart into the disk, no transfer when the disk is current, booting the
 //! installed image when no server answers, repurpose, fallback from a corrupted slot, and

@@ -1,5 +1,5 @@
 //! `monarch up` with secondaries that have no window (`launch = "netboot"`): booted over the
-//! network with seed 001's flow (real discovery service on loopback, real `monarch netboot
+//! network with the network boot flow (real discovery service on loopback, real `monarch netboot
 //! agent` processes, real A/B disk file), side by side with a window secondary, with the same
 //! events and summary — and a failing one that never affects the others.
 
