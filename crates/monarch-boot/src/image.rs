@@ -7,7 +7,8 @@
 //! the delivered memfd) and reports the banner and its own checksum, which proves that what
 //! runs is what was delivered.
 
-use crate::topology::{ImageSource, fmt_size};
+use crate::topology::ImageSource;
+use crate::values::fmt_size;
 use monarch_drivers::{Window, WindowError};
 use monarch_proto::checksum::Hasher;
 use monarch_proto::{Algo, Digest};

@@ -13,23 +13,19 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
-pub mod baseline;
-pub mod bench;
 pub mod bundle;
 pub mod chassis;
 #[cfg(feature = "etcd")]
 pub mod etcd_chassis;
 pub mod events;
+/// The host's own tools (moved to the drivers; re-exported for existing callers).
+pub use monarch_drivers::host;
 /// The etcd election (feature `etcd`), for callers that need its types or a local server.
 #[cfg(feature = "etcd")]
 pub use monarch_etcd;
-pub mod failbench;
-/// The host's own tools (moved to the drivers; re-exported for existing callers).
-pub use monarch_drivers::host;
 pub mod image;
 pub mod interrupt;
 pub mod netagent;
-pub mod netbench;
 pub mod netboot;
 pub mod netstage;
 pub mod payload;
@@ -37,5 +33,5 @@ pub mod plan;
 pub mod run;
 pub mod stage;
 pub mod topology;
+pub mod values;
 pub mod vm;
-pub mod vmbench;

@@ -4,7 +4,8 @@
 //! that share a switch go one after another, the higher priority first (ties: lower slot,
 //! then file order). Each direct secondary is its own *lane*; each switch is one lane.
 
-use crate::topology::{PortPath, Secondary, Topology, fmt_size};
+use crate::topology::{PortPath, Secondary, Topology};
+use crate::values::fmt_size;
 use serde::Serialize;
 use std::fmt::Write as _;
 

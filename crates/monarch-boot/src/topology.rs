@@ -5,6 +5,7 @@
 //! `monarch topology default` prints the built-in chassis as a starting point, and
 //! `docs/topology.md` documents every field.
 
+use crate::values::fmt_size;
 use bytesize::ByteSize;
 use monarch_proto::{Algo, Mode, layout, stream};
 use serde::Deserialize;
@@ -1383,16 +1384,6 @@ fn merge(p: &SettingsDef, d: &SettingsDef) -> SettingsDef {
         required: p.required.or(d.required),
         chunk_size: p.chunk_size.clone().or_else(|| d.chunk_size.clone()),
     }
-}
-
-/// A size as a person would write it in a topology: exact units where they fit.
-pub fn fmt_size(b: u64) -> String {
-    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if b >= 1 << shift && b % (1 << shift) == 0 {
-            return format!("{}{unit}", b >> shift);
-        }
-    }
-    format!("{b} bytes")
 }
 
 fn sanitize(s: &str) -> String {

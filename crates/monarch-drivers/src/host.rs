@@ -117,6 +117,18 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// This process's peak resident memory (VmHWM) in bytes; unlike getrusage's, it starts
+/// afresh at exec, so an agent's figure is its own and not its parent's.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
 /// Seconds since this machine's kernel started, as `/proc/uptime` prints them (for console
 /// lines that show where a VM's boot time goes); `?` if unknown.
 pub fn uptime() -> String {

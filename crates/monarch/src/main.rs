@@ -10,6 +10,7 @@ use monarch_boot::chassis;
 use monarch_boot::plan::Plan;
 use monarch_boot::run::{self, UpOptions};
 use monarch_boot::topology::{self, Handoff, Topology};
+use monarch_boot::values;
 use monarch_drivers::Doorbell;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,7 +88,7 @@ not confirm.")]
     Image(ImageCmd),
     /// Measurements, each printed beside a reference measured in the same run.
     #[command(subcommand)]
-    Bench(BenchCmd),
+    Bench(monarch_bench::cli::BenchCmd),
     /// Secondaries that are QEMU VMs (launch = "qemu"): prepare their kernel and initramfs.
     #[command(subcommand)]
     Vm(VmCmd),
@@ -128,148 +129,6 @@ struct VmPrepareArgs {
     json: bool,
 }
 
-#[derive(Subcommand)]
-enum BenchCmd {
-    /// The window path beside its limit: memcpy bandwidth into a shared mapping.
-    #[command(long_about = "The window path beside its physical limit, measured in one run.\n\n\
-Reference: memcpy of the image into a populated shared mapping (one core, best of --reps). \
-Then the real delivery: the monarch stages the same image to --secondaries real agent \
-processes on direct ports (handoff none), timed from the start of each copy to the arrival of \
-the written checksum. Prints GiB/s and the ratio to the reference for each figure, and the \
-throughput of each checksum algorithm.")]
-    Window(BenchWindowArgs),
-    /// the classic path (BIOS and TFTP) beside the window: TFTP with 512-byte blocks from tftpd-hpa.
-    #[command(long_about = "The reference design's baseline, measured beside the window path in one run.\n\n\
-The same image is fetched with a real TFTP client (atftp) from Debian's tftpd-hpa with \
-512-byte blocks, on loopback and over a veth pair with MTU 1500 between two network namespaces \
-the bench creates and removes; then delivered and verified through a window. Prints each \
-time and the window path's speed-up. Installs tftpd-hpa and atftp with apt-get when missing \
-(needs root, as do the namespaces).")]
-    Baseline(BenchBaselineArgs),
-    /// VM start to the delivered kernel running: the window (stage 1 + kexec) beside iPXE/TFTP.
-    #[command(
-        long_about = "Time from starting a QEMU VM to the delivered kernel running, two ways, in one run:\n\n\
-- through the window: stage 1 boots, its agent verifies the bundle in the ivshmem BAR, kexec (the path of launch = \"qemu\");\n\
-- over the network: QEMU's own iPXE fetches the same kernel and initramfs from QEMU's built-in TFTP server (-netdev user,tftp=…,bootfile=…) with the same command line.\n\n\
-Both clocks start at QEMU's spawn and stop when the delivered initramfs says it runs. Needs `monarch vm prepare` first."
-    )]
-    Vm(BenchVmArgs),
-    /// Network boot beside tftpd-hpa and nginx: TFTP (window 1 and 16) and HTTP, loopback and veth.
-    #[command(long_about = "Our network boot services beside the classic servers, measured in one run.\n\n\
-TFTP: the same file fetched by the same client (atftp, blksize 1468) from our server and from \
-Debian's tftpd-hpa, with windowsize 1 and with windowsize 16 (RFC 7440; tftpd-hpa ignores the \
-option and runs lock-step). HTTP: the same file fetched by curl from our server and from nginx \
-(sendfile on). Each over loopback and over a veth pair with MTU 1500 into a network namespace \
-the bench creates and removes. Prints MiB/s, the ratio to the reference and the target. \
-Installs tftpd-hpa, atftp, curl and nginx with apt-get when missing (needs root).")]
-    Netboot(BenchNetbootArgs),
-    /// Failover: kill the monarch at random points of the boot; failover time p50/p99.
-    #[command(long_about = "Failover under fire, measured in real runs.\n\n\
-An undisturbed `monarch up` of the topology (which needs two or more management processors; \
-the built-in chassis has two) calibrates how long a boot takes; then each trial boots it again \
-and SIGKILLs the monarch at a uniformly random point of its progress (after the n-th of the \
-events an undisturbed boot has, n drawn uniformly). A trial is ok when every \
-secondary ends RUNNING, each was released exactly once, and only into the image whose checksum \
-the monarch retrieved (every agent logs its handoff). Failover time: from the SIGKILL to the \
-new monarch's takeover (next epoch claimed on the backplane or in etcd, and in every window); its \
-floor is the heartbeat timeout ([election] timeout), or the lease TTL on etcd ([election] ttl), \
-which the report prints beside it.")]
-    Failover(BenchFailoverArgs),
-}
-
-#[derive(Args)]
-struct BenchFailoverArgs {
-    #[command(flatten)]
-    topo: TopologyOpt,
-    /// Trials (each a full boot with the monarch killed at a random point).
-    #[arg(long, default_value_t = 20)]
-    trials: usize,
-    /// Split brain: SIGSTOP the monarch instead, and SIGCONT it once a new monarch took over;
-    /// it must stand down, and the secondaries must ignore what it still writes.
-    #[arg(long)]
-    pause: bool,
-    /// One JSON object on stdout: trials, ok, failovers, p50_ms, p99_ms, max_ms, timeout_ms,
-    /// boot_ms, fault, stood_down, fenced_commands.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct BenchNetbootArgs {
-    /// Size of the file fetched over TFTP.
-    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
-    tftp_size: u64,
-    /// Size of the file fetched over HTTP.
-    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
-    http_size: u64,
-    /// Transfers per server and figure, ours and the reference alternating; the medians
-    /// are compared (the best run is shown beside each).
-    #[arg(long, default_value_t = monarch_boot::netbench::DEFAULT_REPS)]
-    reps: u32,
-    /// One JSON object on stdout.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct BenchVmArgs {
-    /// Boots of each kind; the best is kept.
-    #[arg(long, default_value_t = 1)]
-    reps: u32,
-    /// VM artifacts folder [default: $MONARCH_VM_DIR, else /var/cache/monarch/vm].
-    #[arg(long, value_name = "DIR")]
-    dir: Option<PathBuf>,
-    /// One JSON object on stdout.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct BenchBaselineArgs {
-    /// Image size.
-    #[arg(long, default_value = "30MiB", value_parser = parse_size)]
-    size: u64,
-    /// Runs of the window delivery; the best is kept.
-    #[arg(long, default_value_t = 3)]
-    reps: u32,
-    /// One JSON object on stdout.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct BenchWindowArgs {
-    /// Image size.
-    #[arg(long, default_value = "30MiB", value_parser = parse_size)]
-    size: u64,
-    /// Secondaries on direct ports, staged in parallel.
-    #[arg(long, default_value_t = 1)]
-    secondaries: u32,
-    /// Window data-area size (default: the image size).
-    #[arg(long, value_parser = parse_size)]
-    window: Option<u64>,
-    /// Written-checksum algorithm: crc32c, xxh3, blake3.
-    #[arg(long, default_value = "crc32c", value_parser = parse_algo)]
-    checksum: monarch_proto::Algo,
-    /// Repetitions of each measurement; the best is reported.
-    #[arg(long, default_value_t = 3)]
-    reps: u32,
-    /// One JSON object on stdout.
-    #[arg(long)]
-    json: bool,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    s.parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|_| format!("{s:?} is not a size; write e.g. 30MiB, 1GiB"))
-}
-
-fn parse_algo(s: &str) -> Result<monarch_proto::Algo, String> {
-    monarch_proto::Algo::from_name(s)
-        .ok_or_else(|| format!("unknown checksum {s:?}; use crc32c, xxh3 or blake3"))
-}
-
 #[derive(Args)]
 struct TopologyOpt {
     /// Topology file (TOML, see docs/topology.md). Default: the built-in emulated chassis.
@@ -285,7 +144,7 @@ struct UpArgs {
     #[arg(long)]
     json: bool,
     /// How long running images get to stop at the end of the run.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = values::parse_duration)]
     shutdown_grace: Duration,
     #[arg(
         long,
@@ -320,7 +179,7 @@ struct CandidateArgs {
     #[arg(long)]
     t0_unix_ns: u128,
     /// As for `monarch up`.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = values::parse_duration)]
     shutdown_grace: Duration,
 }
 
@@ -353,7 +212,7 @@ struct AgentArgs {
     #[arg(long, value_enum, default_value = "exec")]
     handoff: HandoffArg,
     /// Longest wait for the window to appear and for each command of the monarch.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = values::parse_duration)]
     timeout: Duration,
     /// Poll the doorbell (for windows shared across kernels) instead of futex waits.
     #[arg(long)]
@@ -393,10 +252,6 @@ enum ImageCmd {
     },
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e}; write e.g. 500ms, 5s, 2m"))
-}
-
 fn load(topo: &TopologyOpt) -> Result<Topology, topology::TopologyError> {
     match &topo.topology {
         Some(f) => Topology::load(f),
@@ -434,21 +289,23 @@ fn main() -> ExitCode {
             Err(e) => bad_input(&e),
         },
         Cmd::Image(ImageCmd::Build { size, banner, out }) => cmd_image_build(&size, &banner, &out),
-        Cmd::Bench(BenchCmd::Window(a)) => cmd_bench_window(a),
-        Cmd::Bench(BenchCmd::Baseline(a)) => cmd_bench_baseline(a),
+        Cmd::Bench(c) => cmd_bench(c),
         Cmd::Vm(VmCmd::Prepare(a)) => cmd_vm_prepare(a),
-        Cmd::Bench(BenchCmd::Vm(a)) => cmd_bench_vm(a),
         Cmd::Netboot(c) => netboot_cli::run(c),
-        Cmd::Bench(BenchCmd::Failover(a)) => cmd_bench_failover(a),
-        Cmd::Bench(BenchCmd::Netboot(a)) => {
-            let opts = monarch_boot::netbench::NetbenchOptions {
-                tftp_size: a.tftp_size,
-                http_size: a.http_size,
-                reps: a.reps.max(1),
-                ..Default::default()
-            };
-            let result = monarch_boot::netbench::netboot_bench(&opts, &mut bench_progress(a.json));
-            report_bench("netboot", a.json, result, monarch_boot::netbench::render)
+    }
+}
+
+fn cmd_bench(c: monarch_bench::cli::BenchCmd) -> ExitCode {
+    let exe = match own_exe() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match monarch_bench::cli::run(c, &exe) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(monarch_bench::cli::BenchError::BadInput(e)) => bad_input(&e),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(exit::BOOT_FAILED)
         }
     }
 }
@@ -508,51 +365,6 @@ fn pinned_manager(t: &monarch_boot::topology::Topology, id: Option<&str>) -> Res
                 known.join(", ")
             ))
         }
-    }
-}
-
-fn cmd_bench_failover(a: BenchFailoverArgs) -> ExitCode {
-    let exe = match own_exe() {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let json = a.json;
-    let did = if a.pause { "paused" } else { "killed" };
-    let r =
-        monarch_boot::failbench::bench(&exe, a.topo.topology.as_deref(), a.trials, a.pause, &mut |i, t| {
-            if !json {
-                let what = match (t.struck, t.failover_ms) {
-                    (true, Some(ms)) => format!("{did} the monarch; failover in {ms:.0} ms"),
-                    (true, None) => format!("{did} the monarch; no failover seen"),
-                    (false, _) => "the boot ended before the fault".into(),
-                };
-                let verdict =
-                    if t.ok { "ok".to_string() } else { format!("NOT OK: {}", t.problems.join("; ")) };
-                eprintln!("trial {:>3}: {what}: {verdict}", i + 1);
-            }
-        });
-    match r {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                println!(
-                    "\nmonarch bench failover ({did} monarch): {} trials, {} ok (all secondaries RUNNING, each released once, into its verified image)\n  {} failovers: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms  (failover timeout {:.0} ms; an undisturbed boot takes {:.0} ms from the election)",
-                    r.trials, r.ok, r.failovers, r.p50_ms, r.p99_ms, r.max_ms, r.timeout_ms, r.boot_ms
-                );
-                if a.pause {
-                    println!(
-                        "  split brain: the paused monarch stood down in {} trials; {} of its late commands were ignored by the secondaries",
-                        r.stood_down, r.fenced_commands
-                    );
-                }
-                for f in &r.failures {
-                    println!("  {f}");
-                }
-            }
-            if r.ok == r.trials { ExitCode::SUCCESS } else { ExitCode::from(exit::BOOT_FAILED) }
-        }
-        Err(e) => bad_input(&e),
     }
 }
 
@@ -641,7 +453,7 @@ fn cmd_agent(a: AgentArgs) -> ExitCode {
     match agent::run(&opts) {
         Ok(()) => {
             eprintln!("agent {}: verified and released (handoff none)", opts.id);
-            eprintln!("agent {}: peak memory {} kB", opts.id, monarch_boot::bench::vm_hwm_bytes() / 1024);
+            eprintln!("agent {}: peak memory {} kB", opts.id, monarch_drivers::host::peak_rss_bytes() / 1024);
             ExitCode::SUCCESS
         }
         Err(
@@ -675,50 +487,6 @@ fn cmd_image_build(size: &str, banner: &str, out: &PathBuf) -> ExitCode {
         },
         Err(e) => bad_input(&e),
     }
-}
-
-fn cmd_bench_window(a: BenchWindowArgs) -> ExitCode {
-    let agent_exe = match own_exe() {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let opts = monarch_boot::bench::WindowBenchOptions {
-        size: a.size,
-        secondaries: a.secondaries.max(1),
-        window: a.window.unwrap_or(a.size),
-        algo: a.checksum,
-        reps: a.reps.max(1),
-        agent_exe,
-    };
-    let json = a.json;
-    report_bench(
-        "window",
-        json,
-        monarch_boot::bench::window(&opts, &mut bench_progress(json)),
-        output::bench_window,
-    )
-}
-
-fn cmd_bench_baseline(a: BenchBaselineArgs) -> ExitCode {
-    let agent_exe = match own_exe() {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let json = a.json;
-    let result =
-        monarch_boot::baseline::baseline(a.size, a.reps.max(1), agent_exe, &mut bench_progress(json));
-    report_bench("baseline", json, result, output::bench_baseline)
-}
-
-fn cmd_bench_vm(a: BenchVmArgs) -> ExitCode {
-    let agent_exe = match own_exe() {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let dir = a.dir.unwrap_or_else(monarch_boot::vm::default_dir);
-    let json = a.json;
-    let result = monarch_boot::vmbench::vm_bench(&dir, a.reps.max(1), agent_exe, &mut bench_progress(json));
-    report_bench("vm", json, result, output::bench_vm)
 }
 
 fn cmd_vm_prepare(a: VmPrepareArgs) -> ExitCode {
@@ -765,36 +533,4 @@ fn cmd_vm_prepare(a: VmPrepareArgs) -> ExitCode {
 fn own_exe() -> Result<PathBuf, ExitCode> {
     std::env::current_exe()
         .map_err(|e| bad_input(&format!("cannot find my own executable to start agents: {e}")))
-}
-
-/// Progress lines of a bench on stderr, unless the output is JSON.
-fn bench_progress(json: bool) -> impl FnMut(&str) {
-    move |m: &str| {
-        if !json {
-            eprintln!("bench: {m}");
-        }
-    }
-}
-
-/// Print a bench result as JSON or for people; its error with the bench's name.
-fn report_bench<T: serde::Serialize>(
-    name: &str,
-    json: bool,
-    result: Result<T, String>,
-    human: fn(&T) -> String,
-) -> ExitCode {
-    match result {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                print!("{}", human(&r));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("monarch bench {name}: {e}");
-            ExitCode::from(exit::BOOT_FAILED)
-        }
-    }
 }

@@ -73,10 +73,10 @@ pub struct AgentArgs {
     #[arg(long, value_name = "TARGET")]
     disk: Option<PathBuf>,
     /// Create the disk file with this size if it does not exist (e.g. 256MiB).
-    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = monarch_boot::values::parse_size)]
     disk_size: Option<u64>,
     /// Refuse images larger than this.
-    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = crate::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = monarch_boot::values::parse_size)]
     max_size: u64,
     /// What to do with the verified image: exec (run it) or none (exit 0).
     #[arg(long, value_enum, default_value = "exec")]

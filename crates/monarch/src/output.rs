@@ -4,7 +4,7 @@
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use monarch_boot::events::{Event, EventKind, Summary};
 use monarch_boot::plan::Plan;
-use monarch_boot::topology::fmt_size;
+use monarch_boot::values::fmt_size;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 
@@ -250,96 +250,4 @@ pub fn table(s: &Summary) -> String {
         }
     }
     out
-}
-
-/// `monarch bench window` for people.
-pub fn bench_window(r: &monarch_boot::bench::WindowBench) -> String {
-    let mut out = format!(
-        "\nmonarch bench window: {} image, {} secondar{}, {} window, {}\n\n",
-        fmt_size(r.size),
-        r.secondaries,
-        if r.secondaries == 1 { "y" } else { "ies" },
-        fmt_size(r.window),
-        r.algo
-    );
-    out.push_str(&format!(
-        "  reference  memcpy into a fresh shared mapping, one core        {:>7.2} GiB/s  (as each delivery's window is)\n",
-        r.memcpy_gib_s
-    ));
-    out.push_str(&format!(
-        "  best case  memcpy into a cache-warm shared mapping, one core   {:>7.2} GiB/s  (the same window rewritten)\n\n",
-        r.memcpy_warm_gib_s
-    ));
-    for c in &r.checksums {
-        out.push_str(&format!(
-            "  checksum   {:<8} {:>7.2} GiB/s   {:.2}x memcpy\n",
-            c.algo, c.gib_s, c.ratio_to_memcpy
-        ));
-    }
-    out.push('\n');
-    for f in &r.figures {
-        out.push_str(&format!(
-            "  {}\n      {:.2} GiB/s = {:.2}x the reference ({}: {:.2} GiB/s), {:.2}x the best case ({:.2} GiB/s)\n\n",
-            f.what, f.gib_s, f.ratio, f.reference, f.reference_gib_s, f.ratio_to_warm, f.warm_reference_gib_s
-        ));
-    }
-    out.push_str(&format!(
-        "  peak memory: monarch side {} (bench buffers and the window mapping included), largest agent {}\n",
-        fmt_size(r.monarch_peak_rss.next_multiple_of(1 << 20)),
-        fmt_size(r.agent_peak_rss.next_multiple_of(1 << 20))
-    ));
-    out
-}
-
-/// `monarch bench baseline` for people.
-pub fn bench_baseline(r: &monarch_boot::baseline::Baseline) -> String {
-    let mut out = format!("\nmonarch bench baseline: {} image\n\n", fmt_size(r.size));
-    out.push_str(&format!(
-        "  window path (delivered + verified, crc32c)   {:>10.2} ms\n",
-        r.window_seconds * 1e3
-    ));
-    for t in &r.tftp {
-        out.push_str(&format!(
-            "  TFTP 512-byte blocks, {:<40} {:>10.2} ms  ({:.1} MiB/s)   window is {:.0}x faster\n\n",
-            t.path,
-            t.seconds * 1e3,
-            t.mib_s,
-            t.window_speedup
-        ));
-    }
-    out
-}
-
-pub fn bench_vm(r: &monarch_boot::vmbench::VmBench) -> String {
-    let w = &r.window;
-    format!(
-        "\nmonarch bench vm: QEMU ({}) start → delivered kernel running, best of {}\n\
-         kernel {}, bundle {} bytes (UKI: kernel + initramfs + cmdline)\n\n  \
-         window (stage 1 + ivshmem BAR + kexec)   {:>8.2} s\n    \
-         stage-1 boot to READY                  {:>8.2} s\n    \
-         copy into the window                   {:>8.3} s\n    \
-         verify in the VM                       {:>8.2} s\n    \
-         kexec + delivered kernel to RUNNING    {:>8.2} s\n  \
-         network boot (QEMU's iPXE over TFTP)     {:>8.2} s\n\n  \
-         {}\n",
-        r.accel,
-        r.reps,
-        r.kernel_package,
-        r.bundle_bytes,
-        w.total_s,
-        w.stage1_s,
-        w.copy_s,
-        w.verify_s,
-        w.handoff_s,
-        r.ipxe_tftp_s,
-        if r.speedup >= 1.0 {
-            format!("the window path is {:.2}x faster (speedup {:.2})", r.speedup, r.speedup)
-        } else {
-            format!(
-                "the window path takes {:.2}x the network boot's time (speedup {:.2}): it boots two kernels",
-                1.0 / r.speedup,
-                r.speedup
-            )
-        }
-    )
 }

@@ -7,8 +7,8 @@
 #![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+use monarch_bench::failover::{self, Fault, Trial, TrialSpec, When};
 use monarch_boot::events::EventKind;
-use monarch_boot::failbench::{self, Fault, Trial, TrialSpec, When};
 use monarch_boot::monarch_etcd::server::LocalEtcd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,7 +35,7 @@ fn topology(dir: &Path, etcd: &LocalEtcd, etcd_timeout: &str) -> PathBuf {
 }
 
 fn trial(topology: &Path, fault: Fault, after_ms: u64) -> Trial {
-    let t = failbench::trial(&TrialSpec {
+    let t = failover::trial(&TrialSpec {
         exe: exe(),
         topology: Some(topology.to_path_buf()),
         fault,

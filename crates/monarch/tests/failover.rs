@@ -7,7 +7,7 @@
 //! (MONARCH_FAILOVER_TRIALS sets the count here, default 8).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use monarch_boot::failbench::{self, Fault, TrialSpec, When};
+use monarch_bench::failover::{self, Fault, TrialSpec, When};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -23,7 +23,7 @@ fn trials() -> usize {
 #[test]
 fn the_monarch_killed_at_random_points_never_costs_a_secondary() {
     let n = trials();
-    let r = failbench::bench(&exe(), None, n, false, &mut |i, t| {
+    let r = failover::bench(&exe(), None, n, false, &mut |i, t| {
         eprintln!("trial {i}: struck {} failover {:?} ok {} {:?}", t.struck, t.failover_ms, t.ok, t.problems);
     })
     .unwrap();
@@ -42,7 +42,7 @@ fn a_paused_monarch_is_fenced_and_stands_down() {
     let mut stood_down = 0;
     // Early in the boot (secondaries in flight) through late.
     for (i, ms) in [40u64, 120, 200, 280].into_iter().enumerate() {
-        let t = failbench::trial(&TrialSpec {
+        let t = failover::trial(&TrialSpec {
             exe: exe(),
             topology: None,
             fault: Fault::Pause,

@@ -8,8 +8,8 @@
 //! Every fact is read from a real run: the events `monarch up --json` prints, and the
 //! release log every agent appends to just before its handoff (`MONARCH_RELEASE_LOG`).
 
-use crate::events::{Event, EventKind, Summary};
-use crate::host::signal;
+use monarch_boot::events::{Event, EventKind, Summary};
+use monarch_drivers::host::signal;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -207,7 +207,7 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
             && due
         {
             victim = None;
-            if t.summary.is_none() && crate::host::alive(pid) {
+            if t.summary.is_none() && monarch_drivers::host::alive(pid) {
                 match spec.fault {
                     Fault::Kill => signal(pid, rustix::process::Signal::KILL),
                     Fault::Pause => {
@@ -241,7 +241,7 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
         }
         if start.elapsed() > spec.limit {
             // The whole run: `monarch up`, its candidates and their agents and images.
-            crate::host::signal_group(child.id(), rustix::process::Signal::KILL);
+            monarch_drivers::host::signal_group(child.id(), rustix::process::Signal::KILL);
             t.problems.push(format!("the run did not end within {:?}", spec.limit));
             break;
         }
@@ -346,8 +346,8 @@ pub fn bench(
     progress: &mut dyn FnMut(usize, &Trial),
 ) -> Result<FailoverBench, String> {
     let plan_topology = match topology {
-        Some(t) => crate::topology::Topology::load(t).map_err(|e| e.to_string())?,
-        None => crate::topology::Topology::builtin().map_err(|e| e.to_string())?,
+        Some(t) => monarch_boot::topology::Topology::load(t).map_err(|e| e.to_string())?,
+        None => monarch_boot::topology::Topology::builtin().map_err(|e| e.to_string())?,
     };
     if plan_topology.managers.len() < 2 {
         return Err(
@@ -405,8 +405,8 @@ pub fn bench(
         p99_ms: pct(99),
         max_ms: times.last().copied().unwrap_or(0.0),
         timeout_ms: match &plan_topology.election.backend {
-            crate::topology::ElectionBackend::Backplane => plan_topology.election.timeout,
-            crate::topology::ElectionBackend::Etcd(e) => e.ttl,
+            monarch_boot::topology::ElectionBackend::Backplane => plan_topology.election.timeout,
+            monarch_boot::topology::ElectionBackend::Etcd(e) => e.ttl,
         }
         .as_secs_f64()
             * 1e3,

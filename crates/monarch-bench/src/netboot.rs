@@ -31,9 +31,9 @@
 //! installed with apt-get; servers, the namespace and the scratch folder are removed however
 //! the bench ends.
 
-use crate::bench::pattern;
-use crate::host::{self, VethNs};
-use crate::topology::fmt_size;
+use crate::window::pattern;
+use monarch_boot::values::fmt_size;
+use monarch_drivers::host::{self, VethNs};
 use monarch_net::catalog::Catalog;
 use monarch_net::http::{HttpConfig, HttpServer};
 use monarch_net::tftp::{TftpConfig, TftpEvent, TftpServer};

@@ -10,10 +10,11 @@
 //! delivery and its verification is timed), from the start of the copy to the written
 //! checksum's arrival. Every figure is printed beside the reference and their ratio.
 
-use crate::events::EventKind;
-use crate::plan::Plan;
-use crate::run::{UpOptions, up};
-use crate::topology::{Topology, fmt_size};
+use monarch_boot::events::EventKind;
+use monarch_boot::plan::Plan;
+use monarch_boot::run::{UpOptions, up};
+use monarch_boot::topology::Topology;
+use monarch_boot::values::fmt_size;
 use monarch_drivers::Window;
 use monarch_proto::Algo;
 use serde::Serialize;
@@ -112,18 +113,6 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     }
     v.truncate(len);
     v
-}
-
-/// This process's peak resident memory (VmHWM) in bytes; unlike getrusage's, it starts
-/// afresh at exec, so an agent's figure is its own and not its parent's.
-pub fn vm_hwm_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .unwrap_or(0)
-        * 1024
 }
 
 /// The largest `peak memory N kB` an agent logged in `run_dir`.
@@ -225,7 +214,7 @@ pub fn checksum_figures(data: &[u8], reps: u32, memcpy: f64) -> Vec<ChecksumFigu
 
 /// Run the window bench.
 pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<WindowBench, String> {
-    crate::host::with_scratch(Path::new("/dev/shm"), "bench", |dir| {
+    monarch_drivers::host::with_scratch(Path::new("/dev/shm"), "bench", |dir| {
         // Memory stays bounded by the window: the image is written to its file in pieces,
         // and the reference copies a window-sized buffer as often as the image needs.
         progress(&format!("making a {} image", fmt_size(opts.size)));
@@ -289,7 +278,7 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
             memcpy_warm_gib_s: warm,
             checksums,
             figures,
-            monarch_peak_rss: vm_hwm_bytes(),
+            monarch_peak_rss: monarch_drivers::host::peak_rss_bytes(),
             agent_peak_rss: agent_peak(&dir.join("run")),
         })
     })
@@ -350,4 +339,43 @@ fn deliver(opts: &WindowBenchOptions, dir: &Path, image: &Path) -> Result<(f64, 
     }
     let total = u64::from(opts.secondaries) * opts.size;
     Ok((slowest, gib_s(total, Duration::from_secs_f64((last - first).max(1e-6) / 1e3))))
+}
+
+/// `monarch bench window` for people.
+pub fn render(r: &WindowBench) -> String {
+    let mut out = format!(
+        "\nmonarch bench window: {} image, {} secondar{}, {} window, {}\n\n",
+        fmt_size(r.size),
+        r.secondaries,
+        if r.secondaries == 1 { "y" } else { "ies" },
+        fmt_size(r.window),
+        r.algo
+    );
+    out.push_str(&format!(
+        "  reference  memcpy into a fresh shared mapping, one core        {:>7.2} GiB/s  (as each delivery's window is)\n",
+        r.memcpy_gib_s
+    ));
+    out.push_str(&format!(
+        "  best case  memcpy into a cache-warm shared mapping, one core   {:>7.2} GiB/s  (the same window rewritten)\n\n",
+        r.memcpy_warm_gib_s
+    ));
+    for c in &r.checksums {
+        out.push_str(&format!(
+            "  checksum   {:<8} {:>7.2} GiB/s   {:.2}x memcpy\n",
+            c.algo, c.gib_s, c.ratio_to_memcpy
+        ));
+    }
+    out.push('\n');
+    for f in &r.figures {
+        out.push_str(&format!(
+            "  {}\n      {:.2} GiB/s = {:.2}x the reference ({}: {:.2} GiB/s), {:.2}x the best case ({:.2} GiB/s)\n\n",
+            f.what, f.gib_s, f.ratio, f.reference, f.reference_gib_s, f.ratio_to_warm, f.warm_reference_gib_s
+        ));
+    }
+    out.push_str(&format!(
+        "  peak memory: monarch side {} (bench buffers and the window mapping included), largest agent {}\n",
+        fmt_size(r.monarch_peak_rss.next_multiple_of(1 << 20)),
+        fmt_size(r.agent_peak_rss.next_multiple_of(1 << 20))
+    ));
+    out
 }

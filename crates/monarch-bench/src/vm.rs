@@ -6,11 +6,11 @@
 //! runs: through the window (RUNNING, the moment it prints its serial marker), and for the
 //! network boot at the serial marker itself.
 
-use crate::events::EventKind;
-use crate::plan::Plan;
-use crate::run::{self, UpOptions};
-use crate::topology::Topology;
-use crate::vm::{self, Artifacts, PAYLOAD_CMDLINE, PAYLOAD_MARKER};
+use monarch_boot::events::EventKind;
+use monarch_boot::plan::Plan;
+use monarch_boot::run::{self, UpOptions};
+use monarch_boot::topology::Topology;
+use monarch_boot::vm::{self, Artifacts, PAYLOAD_CMDLINE, PAYLOAD_MARKER};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -63,9 +63,10 @@ pub fn vm_bench(
     let art = Artifacts::at(dir);
     art.check()?;
     // Windows, kernel copies and consoles go with the scratch folder, boots failed or not.
-    let (window, best_net) = crate::host::with_scratch(&std::env::temp_dir(), "bench-vm", |scratch| {
-        measure(&art, scratch, reps, &agent_exe, progress)
-    })?;
+    let (window, best_net) =
+        monarch_drivers::host::with_scratch(&std::env::temp_dir(), "bench-vm", |scratch| {
+            measure(&art, scratch, reps, &agent_exe, progress)
+        })?;
     Ok(VmBench {
         kernel_package: std::fs::read_to_string(dir.join("kernel.package")).unwrap_or_default().trim().into(),
         bundle_bytes: std::fs::metadata(&art.bundle).map_or(0, |m| m.len()),
@@ -174,4 +175,39 @@ fn ipxe_boot(art: &Artifacts, dir: &Path) -> Result<f64, String> {
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// `monarch bench vm` for people.
+pub fn render(r: &VmBench) -> String {
+    let w = &r.window;
+    format!(
+        "\nmonarch bench vm: QEMU ({}) start → delivered kernel running, best of {}\n\
+         kernel {}, bundle {} bytes (UKI: kernel + initramfs + cmdline)\n\n  \
+         window (stage 1 + ivshmem BAR + kexec)   {:>8.2} s\n    \
+         stage-1 boot to READY                  {:>8.2} s\n    \
+         copy into the window                   {:>8.3} s\n    \
+         verify in the VM                       {:>8.2} s\n    \
+         kexec + delivered kernel to RUNNING    {:>8.2} s\n  \
+         network boot (QEMU's iPXE over TFTP)     {:>8.2} s\n\n  \
+         {}\n",
+        r.accel,
+        r.reps,
+        r.kernel_package,
+        r.bundle_bytes,
+        w.total_s,
+        w.stage1_s,
+        w.copy_s,
+        w.verify_s,
+        w.handoff_s,
+        r.ipxe_tftp_s,
+        if r.speedup >= 1.0 {
+            format!("the window path is {:.2}x faster (speedup {:.2})", r.speedup, r.speedup)
+        } else {
+            format!(
+                "the window path takes {:.2}x the network boot's time (speedup {:.2}): it boots two kernels",
+                1.0 / r.speedup,
+                r.speedup
+            )
+        }
+    )
 }

@@ -6,10 +6,10 @@
 //! removes); then delivered and verified through a window. The tools are installed with
 //! apt-get when missing.
 
-use crate::bench::{WindowBenchOptions, deliver_once, pattern};
-use crate::host;
-use crate::netbench::{Guard, free_udp_port};
-use crate::topology::fmt_size;
+use crate::netboot::{Guard, free_udp_port};
+use crate::window::{WindowBenchOptions, deliver_once, pattern};
+use monarch_boot::values::fmt_size;
+use monarch_drivers::host;
 use monarch_proto::Algo;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -212,4 +212,23 @@ fn figure(path: &str, size: u64, took: Duration, window_seconds: f64) -> TftpFig
         mib_s: size as f64 / (1u64 << 20) as f64 / s.max(1e-9),
         window_speedup: s / window_seconds.max(1e-9),
     }
+}
+
+/// `monarch bench baseline` for people.
+pub fn render(r: &Baseline) -> String {
+    let mut out = format!("\nmonarch bench baseline: {} image\n\n", fmt_size(r.size));
+    out.push_str(&format!(
+        "  window path (delivered + verified, crc32c)   {:>10.2} ms\n",
+        r.window_seconds * 1e3
+    ));
+    for t in &r.tftp {
+        out.push_str(&format!(
+            "  TFTP 512-byte blocks, {:<40} {:>10.2} ms  ({:.1} MiB/s)   window is {:.0}x faster\n\n",
+            t.path,
+            t.seconds * 1e3,
+            t.mib_s,
+            t.window_speedup
+        ));
+    }
+    out
 }
