@@ -5,7 +5,7 @@
 //! config is bounds-checked, commands are decoded strictly, and the handoff loads only bytes
 //! whose checksum it computed itself and the monarch confirmed.
 
-use crate::topology::Handoff;
+use crate::handoff::Handoff;
 use monarch_drivers::memimage::MemImage;
 use monarch_drivers::{Doorbell, Poll, Window, WindowError};
 use monarch_proto::Digest;
@@ -297,7 +297,7 @@ impl Agent<'_> {
                         }
                         SecondaryAction::Handoff { config, attempt, digest } => {
                             self.record_release(attempt, &digest, &config);
-                            let handed = self.handoff(&config);
+                            let handed = self.handoff();
                             match handed {
                                 Ok(()) => {
                                     for a in fsm.handed_off() {
@@ -529,56 +529,30 @@ impl Agent<'_> {
         }
     }
 
-    fn handoff(&mut self, cfg: &WindowConfig) -> Result<(), FailCode> {
-        match self.opts.handoff {
-            Handoff::None => Ok(()),
-            Handoff::Exec => {
-                // The image is in our own memory already: filled during verification, each
-                // byte of it checked (push: chunk digests and the whole-image checksum the
-                // monarch confirmed; pull: the whole-image checksum).
-                let Some(image) = self.staged.take() else {
-                    eprintln!("agent {}: no verified image in memory to hand off into", self.opts.id);
-                    return Err(FailCode::HandoffFailed);
-                };
-                let id = &self.opts.id;
-                let env = vec![
-                    ("MONARCH_WINDOW".to_string(), self.opts.window.display().to_string()),
-                    ("MONARCH_ID".to_string(), id.clone()),
-                ];
-                eprintln!("agent {id}: handing off into the verified image ({} bytes)", cfg.image_size);
-                let e = image.exec(&format!("monarch-image:{id}"), &[], &env);
-                eprintln!("agent {id}: exec of the delivered image failed: {e}");
-                Err(FailCode::HandoffFailed)
-            }
-            Handoff::Kexec => {
-                let id = &self.opts.id;
-                let Some(image) = self.staged.take() else {
-                    eprintln!("agent {id}: no verified image in memory to hand off into");
-                    return Err(FailCode::HandoffFailed);
-                };
-                // Only the verified bytes in our own memory are parsed and loaded.
-                let b = crate::bundle::parse(image.bytes()).map_err(|e| {
-                    eprintln!("agent {id}: the verified image is not a kernel bundle: {e}");
-                    FailCode::HandoffFailed
-                })?;
-                eprintln!(
-                    "agent {id}: kexec: loading the verified kernel ({} bytes) and initrd ({} bytes), cmdline {:?}",
-                    b.linux.len(),
-                    b.initrd.len(),
-                    b.cmdline
-                );
-                if let Err(e) = monarch_drivers::kexec::load(b.linux, b.initrd, &b.cmdline) {
-                    eprintln!(
-                        "agent {id}: kexec_file_load failed: {e} (the kernel needs CONFIG_KEXEC_FILE, the bundle's .linux must be a bzImage, and a kernel in lockdown only loads signed ones)"
-                    );
-                    return Err(FailCode::HandoffFailed);
-                }
-                eprintln!(
-                    "agent {id}: handing off: rebooting into the delivered kernel (kernel up {} s)",
-                    crate::host::uptime()
-                );
-                let e = monarch_drivers::kexec::reboot_into_loaded();
-                eprintln!("agent {id}: reboot into the delivered kernel failed: {e}");
+    fn handoff(&mut self) -> Result<(), FailCode> {
+        let id = &self.opts.id;
+        if self.opts.handoff == Handoff::None {
+            return Ok(());
+        }
+        // The image is in our own memory already: filled during verification, each byte of
+        // it checked (push: chunk digests and the whole-image checksum the monarch
+        // confirmed; pull: the whole-image checksum).
+        let Some(image) = self.staged.take() else {
+            eprintln!("agent {id}: no verified image in memory to hand off into");
+            return Err(FailCode::HandoffFailed);
+        };
+        let env = vec![
+            ("MONARCH_WINDOW".to_string(), self.opts.window.display().to_string()),
+            ("MONARCH_ID".to_string(), id.clone()),
+        ];
+        let r = self
+            .opts
+            .handoff
+            .run(image, &format!("monarch-image:{id}"), &env, &mut |line| eprintln!("agent {id}: {line}"));
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                eprintln!("agent {id}: {e}");
                 Err(FailCode::HandoffFailed)
             }
         }

@@ -23,6 +23,7 @@ pub use monarch_drivers::host;
 /// The etcd election (feature `etcd`), for callers that need its types or a local server.
 #[cfg(feature = "etcd")]
 pub use monarch_etcd;
+pub mod handoff;
 pub mod image;
 pub mod interrupt;
 pub mod netagent;

@@ -14,21 +14,11 @@
 //! A machine never hands off into bytes that did not verify: network bytes against the
 //! offer's digest, disk bytes against their commit record's digest.
 
+use crate::handoff::Handoff;
 use monarch_drivers::disk::{BootImage, Target};
-use monarch_drivers::memimage::MemImage;
 use monarch_net::discovery::{FetchConfig, fetch};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-
-/// What runs after verification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NetHandoff {
-    /// Execute the verified bytes (sealed memfd, fexecve), replacing this process.
-    Exec,
-    /// Stop after verification (exit 0): for firmware that jumps by itself, and for tests.
-    None,
-}
 
 /// Everything the agent needs.
 #[derive(Debug, Clone)]
@@ -42,7 +32,7 @@ pub struct NetAgentOptions {
     /// Re-install even when the disk holds the offered image (`recover`).
     pub force: bool,
     /// What to do with the verified image.
-    pub handoff: NetHandoff,
+    pub handoff: Handoff,
 }
 
 /// How the image that is about to run got here.
@@ -217,16 +207,4 @@ pub fn boot_disk(disk: &Path, progress: &mut dyn FnMut(&str)) -> Result<BootImag
         b.bytes.len()
     ));
     Ok(b)
-}
-
-/// Replace this process with the verified `bytes` (they run without a window: the demo
-/// payload prints its report on standard output). Returns only on failure.
-pub fn exec_image(name: &str, bytes: &[u8]) -> String {
-    let mut img = match MemImage::new(name, bytes.len() as u64) {
-        Ok(i) => i,
-        Err(e) => return format!("cannot hold the image in memory: {e}"),
-    };
-    img.bytes_mut().copy_from_slice(bytes);
-    let e = img.exec(name, &[], &[]);
-    format!("cannot execute {name}: {e}")
 }

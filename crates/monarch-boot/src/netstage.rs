@@ -30,10 +30,11 @@
 //! per netboot secondary for the duration of its boot.
 
 use crate::events::{EventKind, ProcessorSummary, Timings};
+use crate::handoff::Handoff;
 use crate::image;
 use crate::payload::NETBOOT_MARKER;
 use crate::stage::{StageCtx, Staged, announce_done, log_tail, ms, port_path};
-use crate::topology::{Handoff, ImageSource, NetbootSpec, Secondary};
+use crate::topology::{ImageSource, NetbootSpec, Secondary};
 use monarch_net::EventSink;
 use monarch_net::catalog::{Catalog, Machine, format_mac};
 use monarch_net::discovery::{DiscoveryConfig, DiscoveryEvent, DiscoveryServer};

@@ -2,8 +2,9 @@
 //! and drive [`monarch_proto::primary::Primary`] with real registers, copies and doorbells.
 
 use crate::events::{EventKind, ProcessorSummary, Timings};
+use crate::handoff::Handoff;
 use crate::image::{self, Image};
-use crate::topology::{Handoff, Launch, PortPath, Secondary};
+use crate::topology::{Launch, PortPath, Secondary};
 use command_fds::{CommandFdExt, FdMapping};
 use monarch_drivers::{Doorbell, Poll, Window};
 use monarch_proto::layout;
@@ -417,7 +418,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                             (locked, locked)
                         }
                         // The VM's agent cannot lock the host's file: its QEMU tells.
-                        Launch::Qemu => (crate::vm::running_qemu(&qemu_pidfile(sec)).is_some(), false),
+                        Launch::Qemu => (crate::vm::qemu::running_qemu(&qemu_pidfile(sec)).is_some(), false),
                         // The operator's agent: it answers our RELEASE (or the rendezvous
                         // times out and says so); we have nothing to start. On this host it
                         // holds the lock, and we watch it by it; across kernels it cannot.
@@ -483,7 +484,7 @@ impl<'a, 'c> Stage<'a, 'c> {
         PrimarySpec {
             expected,
             max_attempts: sec.attempts,
-            expect_running: sec.handoff != crate::topology::Handoff::None,
+            expect_running: sec.handoff != Handoff::None,
             stream: sec.mode == Mode::Push,
             timeouts: Timeouts {
                 rendezvous: sec.timeouts.rendezvous,
@@ -538,18 +539,18 @@ impl<'a, 'c> Stage<'a, 'c> {
         let q = sec.qemu.as_ref().ok_or("internal: launch = qemu without a [qemu] spec")?;
         let console = sec.window.path.with_extension("console.log");
         let len = self.window().data_size() + layout::REGS_SIZE as u64;
-        let spec = crate::vm::VmSpec {
+        let spec = crate::vm::qemu::VmSpec {
             memory_mib: q.memory_mib,
             accel: q.accel.clone(),
             kernel: q.kernel.clone(),
             initrd: q.initrd.clone(),
-            cmdline: crate::vm::stage1_cmdline(&sec.id, sec.timeouts.agent, self.ctx.authority.epoch),
+            cmdline: crate::vm::qemu::stage1_cmdline(&sec.id, sec.timeouts.agent, self.ctx.authority.epoch),
             window: Some((sec.window.path.clone(), len)),
             console: console.clone(),
         };
         let pidfile = qemu_pidfile(sec);
         let qemu_log = sec.window.path.with_extension("qemu.log");
-        let mut cmd = crate::vm::qemu_command(&spec);
+        let mut cmd = crate::vm::qemu::qemu_command(&spec);
         cmd.arg("-pidfile").arg(&pidfile);
         // Out of the terminal's process group: its Ctrl-C is ours to act on (QEMU would quit
         // on it); the stage and the run folder's pid files stop the VM.
@@ -1085,7 +1086,7 @@ fn spawn_logged(cmd: &mut Process, log: &Path, what: &str) -> Result<Child, Stri
 }
 
 /// Where the QEMU of VM secondary `sec` writes its pid (`-pidfile`): what a new monarch
-/// reads to tell whether the VM is still there, and what `vm::kill_orphans` cleans up.
+/// reads to tell whether the VM is still there, and what `vm::qemu::kill_orphans` cleans up.
 fn qemu_pidfile(sec: &Secondary) -> PathBuf {
     sec.window.path.with_extension("qemu.pid")
 }

@@ -5,6 +5,7 @@
 //! `monarch topology default` prints the built-in chassis as a starting point, and
 //! `docs/topology.md` documents every field.
 
+use crate::handoff::Handoff;
 use crate::values::fmt_size;
 use bytesize::ByteSize;
 use monarch_proto::{Algo, Mode, layout, stream};
@@ -109,30 +110,6 @@ impl LaunchDef {
             LaunchDef::Process | LaunchDef::Netboot => Launch::Process,
             LaunchDef::External => Launch::External,
             LaunchDef::Qemu => Launch::Qemu,
-        }
-    }
-}
-
-/// What the secondary does after OK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Handoff {
-    /// Execute the delivered bytes; the running image reports RUNNING.
-    Exec,
-    /// Stop after verification (firmware that jumps by itself).
-    None,
-    /// The image is a kernel bundle (UKI): load its kernel, initrd and command line with
-    /// `kexec_file_load` and reboot into it; the delivered system reports RUNNING.
-    Kexec,
-}
-
-impl Handoff {
-    /// Name in topology files and on the agent's command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Handoff::Exec => "exec",
-            Handoff::None => "none",
-            Handoff::Kexec => "kexec",
         }
     }
 }
@@ -713,8 +690,9 @@ impl Topology {
             ),
         };
 
-        let vm_dir = file.chassis.vm_dir.as_ref().map_or_else(crate::vm::default_dir, |d| base.join(d));
-        let vm_art = crate::vm::Artifacts::at(&vm_dir);
+        let vm_dir =
+            file.chassis.vm_dir.as_ref().map_or_else(crate::vm::artifacts::default_dir, |d| base.join(d));
+        let vm_art = crate::vm::artifacts::Artifacts::at(&vm_dir);
         let mut seen_ids: BTreeMap<String, ()> = BTreeMap::new();
         let mut seen_windows: HashMap<PathBuf, String> = HashMap::new();
         let mut seen_macs: HashMap<[u8; 6], String> = HashMap::new();

@@ -4,12 +4,13 @@
 mod netboot_cli;
 mod output;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use monarch_boot::agent::{self, AgentOptions};
 use monarch_boot::chassis;
+use monarch_boot::handoff::Handoff;
 use monarch_boot::plan::Plan;
 use monarch_boot::run::{self, UpOptions};
-use monarch_boot::topology::{self, Handoff, Topology};
+use monarch_boot::topology::{self, Topology};
 use monarch_boot::values;
 use monarch_drivers::Doorbell;
 use std::path::PathBuf;
@@ -189,16 +190,6 @@ struct PlanArgs {
     topo: TopologyOpt,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum HandoffArg {
-    /// Execute the delivered bytes.
-    Exec,
-    /// Exit after the monarch's OK.
-    None,
-    /// Boot the delivered kernel bundle (UKI) with kexec (inside a VM or on a secondary machine).
-    Kexec,
-}
-
 #[derive(Args)]
 struct AgentArgs {
     /// The window: a file both sides map (e.g. /dev/shm/…, or a PCI BAR's resourceN), or
@@ -210,7 +201,7 @@ struct AgentArgs {
     id: String,
     /// What to do after OK.
     #[arg(long, value_enum, default_value = "exec")]
-    handoff: HandoffArg,
+    handoff: Handoff,
     /// Longest wait for the window to appear and for each command of the monarch.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = values::parse_duration)]
     timeout: Duration,
@@ -263,7 +254,7 @@ fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     if std::process::id() == 1 && std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "init") {
         // PID 1 of a VM's initramfs: stage 1 or the delivered payload (docs/vm.md).
-        monarch_boot::vm::init_main();
+        monarch_boot::vm::stage1::init_main();
     }
     let cli = Cli::parse();
     match cli.cmd {
@@ -427,7 +418,7 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
 fn cmd_agent(a: AgentArgs) -> ExitCode {
     let ivshmem = a.window.as_os_str() == "ivshmem";
     let window = if ivshmem {
-        match monarch_boot::vm::find_ivshmem() {
+        match monarch_boot::vm::stage1::find_ivshmem() {
             Ok(p) => p,
             Err(e) => return bad_input(&e),
         }
@@ -437,11 +428,7 @@ fn cmd_agent(a: AgentArgs) -> ExitCode {
     let opts = AgentOptions {
         window,
         id: a.id,
-        handoff: match a.handoff {
-            HandoffArg::Exec => Handoff::Exec,
-            HandoffArg::None => Handoff::None,
-            HandoffArg::Kexec => Handoff::Kexec,
-        },
+        handoff: a.handoff,
         timeout: a.timeout,
         doorbell: if a.poll || ivshmem {
             Doorbell::Poll { max_sleep: Duration::from_millis(1) }
@@ -490,19 +477,19 @@ fn cmd_image_build(size: &str, banner: &str, out: &PathBuf) -> ExitCode {
 }
 
 fn cmd_vm_prepare(a: VmPrepareArgs) -> ExitCode {
-    let opts = monarch_boot::vm::PrepareOptions {
-        dir: a.dir.unwrap_or_else(monarch_boot::vm::default_dir),
+    let opts = monarch_boot::vm::artifacts::PrepareOptions {
+        dir: a.dir.unwrap_or_else(monarch_boot::vm::artifacts::default_dir),
         agent: a.agent,
         force: a.force,
     };
     let mut progress = |m: &str| eprintln!("vm prepare: {m}");
-    match monarch_boot::vm::prepare(&opts, &mut progress) {
+    match monarch_boot::vm::artifacts::prepare(&opts, &mut progress) {
         Ok(p) if a.json => {
             println!("{}", serde_json::to_string(&p).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Ok(p) => {
-            let art = monarch_boot::vm::Artifacts::at(&opts.dir);
+            let art = monarch_boot::vm::artifacts::Artifacts::at(&opts.dir);
             println!("VM artifacts in {}:", opts.dir.display());
             println!("  kernel   {} ({}, {} bytes)", art.kernel.display(), p.kernel_package, p.kernel_bytes);
             println!(

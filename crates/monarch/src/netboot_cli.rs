@@ -2,6 +2,7 @@
 
 use crate::bad_input;
 use clap::{Args, Subcommand};
+use monarch_boot::handoff::Handoff;
 use monarch_boot::netboot::{self, Assign, DhcpChoice, ServeOptions};
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -80,18 +81,10 @@ pub struct AgentArgs {
     max_size: u64,
     /// What to do with the verified image: exec (run it) or none (exit 0).
     #[arg(long, value_enum, default_value = "exec")]
-    handoff: HandoffArg,
+    handoff: Handoff,
     /// One JSON object on stdout before the handoff.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum HandoffArg {
-    /// Execute the verified image, replacing this process.
-    Exec,
-    /// Exit 0 after verification.
-    None,
 }
 
 #[derive(Args)]
@@ -101,7 +94,7 @@ pub struct BootDiskArgs {
     disk: PathBuf,
     /// What to do with the verified image.
     #[arg(long, value_enum, default_value = "exec")]
-    handoff: HandoffArg,
+    handoff: Handoff,
     /// One JSON object on stdout before the handoff.
     #[arg(long)]
     json: bool,
@@ -313,7 +306,7 @@ fn mac_of(a: &AgentArgs) -> Result<[u8; 6], String> {
 }
 
 fn agent(a: AgentArgs, recover: bool) -> ExitCode {
-    use monarch_boot::netagent::{self, NetAgentOptions, NetHandoff, Next};
+    use monarch_boot::netagent::{self, NetAgentOptions, Next};
     let parsed = (|| -> Result<NetAgentOptions, String> {
         let mut fetch = monarch_net::discovery::FetchConfig::new(a.server, mac_of(&a)?);
         fetch.interface = a.interface.clone();
@@ -328,10 +321,7 @@ fn agent(a: AgentArgs, recover: bool) -> ExitCode {
             disk: a.disk.clone(),
             disk_size: a.disk_size,
             force: recover,
-            handoff: match a.handoff {
-                HandoffArg::Exec => NetHandoff::Exec,
-                HandoffArg::None => NetHandoff::None,
-            },
+            handoff: a.handoff,
         })
     })();
     let opts = match parsed {
@@ -365,25 +355,27 @@ fn agent(a: AgentArgs, recover: bool) -> ExitCode {
     }
 }
 
-fn handoff(name: &str, bytes: &[u8], how: HandoffArg) -> ExitCode {
-    match how {
-        HandoffArg::None => {
-            eprintln!("netboot agent: {name} verified; handoff none: exiting");
-            ExitCode::SUCCESS
-        }
-        HandoffArg::Exec => {
-            let e = monarch_boot::netagent::exec_image(name, bytes);
-            eprintln!("monarch: netboot agent: {e}");
-            ExitCode::from(crate::exit::BOOT_FAILED)
-        }
+fn handoff(name: &str, bytes: &[u8], how: Handoff) -> ExitCode {
+    if how == Handoff::None {
+        eprintln!("netboot agent: {name} verified; handoff none: exiting");
+        return ExitCode::SUCCESS;
     }
+    let e = match monarch_boot::handoff::image_of(name, bytes) {
+        Ok(image) => match how.run(image, name, &[], &mut |line| eprintln!("netboot agent: {line}")) {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(e) => e.to_string(),
+        },
+        Err(e) => format!("cannot hold the image in memory: {e}"),
+    };
+    eprintln!("monarch: netboot agent: {e}");
+    ExitCode::from(crate::exit::BOOT_FAILED)
 }
 
-fn restart_into_disk(disk: &std::path::Path, how: HandoffArg, json: bool) -> ExitCode {
+fn restart_into_disk(disk: &std::path::Path, how: Handoff, json: bool) -> ExitCode {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.arg0("monarch").args(["netboot", "boot-disk", "--disk"]).arg(disk);
-    cmd.args(["--handoff", if matches!(how, HandoffArg::Exec) { "exec" } else { "none" }]);
+    cmd.args(["--handoff", how.name()]);
     if json {
         cmd.arg("--json");
     }
@@ -392,7 +384,7 @@ fn restart_into_disk(disk: &std::path::Path, how: HandoffArg, json: bool) -> Exi
     ExitCode::from(crate::exit::BOOT_FAILED)
 }
 
-fn boot_disk(disk: &std::path::Path, how: HandoffArg, json: bool) -> ExitCode {
+fn boot_disk(disk: &std::path::Path, how: Handoff, json: bool) -> ExitCode {
     let mut progress = |m: &str| eprintln!("netboot boot-disk: {m}");
     match monarch_boot::netagent::boot_disk(disk, &mut progress) {
         Ok(b) => {
