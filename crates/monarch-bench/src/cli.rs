@@ -262,7 +262,7 @@ fn baseline(a: BenchBaselineArgs, exe: &Path) -> Result<(), BenchError> {
 
 fn vm(a: BenchVmArgs, exe: &Path) -> Result<(), BenchError> {
     let agent_exe = exe.to_path_buf();
-    let dir = a.dir.unwrap_or_else(monarch_boot::vm::default_dir);
+    let dir = a.dir.unwrap_or_else(monarch_boot::vm::artifacts::default_dir);
     let json = a.json;
     let result = crate::vm::vm_bench(&dir, a.reps.max(1), agent_exe, &mut bench_progress(json));
     report_bench("vm", json, result, crate::vm::render)

@@ -10,7 +10,7 @@ use monarch_boot::events::EventKind;
 use monarch_boot::plan::Plan;
 use monarch_boot::run::{self, UpOptions};
 use monarch_boot::topology::Topology;
-use monarch_boot::vm::{self, Artifacts, PAYLOAD_CMDLINE, PAYLOAD_MARKER};
+use monarch_boot::vm::{self, PAYLOAD_CMDLINE, PAYLOAD_MARKER, artifacts::Artifacts};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -148,7 +148,7 @@ fn ipxe_boot(art: &Artifacts, dir: &Path) -> Result<f64, String> {
     let script = format!("#!ipxe\nkernel vmlinuz {PAYLOAD_CMDLINE}\ninitrd initrd.cpio\nboot\n");
     std::fs::write(root.join("boot.ipxe"), script).map_err(|e| e.to_string())?;
     let console = dir.join("console.log");
-    let mut cmd = vm::qemu_machine(512, "tcg", &console);
+    let mut cmd = vm::qemu::qemu_machine(512, "tcg", &console);
     cmd.arg("-netdev")
         .arg(format!("user,id=net0,tftp={},bootfile=boot.ipxe", root.display()))
         .args(["-device", "virtio-net-pci,netdev=net0", "-boot", "n"])

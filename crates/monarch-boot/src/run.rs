@@ -33,7 +33,7 @@ pub fn remove_stale_run_dirs(parent: &Path) -> Vec<PathBuf> {
         }
         // VMs outlive a monarch that was killed (QEMU has no parent-death signal of its own):
         // stop the ones it started, found by their pid files.
-        crate::vm::kill_orphans(&e.path());
+        crate::vm::qemu::kill_orphans(&e.path());
         if e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::remove_dir_all(e.path()).is_ok() {
             removed.push(e.path());
         }

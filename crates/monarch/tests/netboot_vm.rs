@@ -9,7 +9,7 @@
 
 mod common;
 use common::{MONARCH, monarch};
-use monarch_boot::vm::{self, Artifacts, PAYLOAD_CMDLINE, PAYLOAD_MARKER};
+use monarch_boot::vm::{self, PAYLOAD_CMDLINE, PAYLOAD_MARKER, artifacts::Artifacts};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -73,7 +73,7 @@ impl Drop for Killed {
 fn qemu_ipxe_boots_the_initrd_over_dhcp_tftp_and_http_from_netboot_serve() {
     let out = monarch(&["vm", "prepare"]);
     assert!(out.status.success(), "monarch vm prepare: {}", String::from_utf8_lossy(&out.stderr));
-    let art = Artifacts::at(&vm::default_dir());
+    let art = Artifacts::at(&vm::artifacts::default_dir());
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
@@ -122,7 +122,7 @@ fn qemu_ipxe_boots_the_initrd_over_dhcp_tftp_and_http_from_netboot_serve() {
     }
 
     let console = dir.path().join("console.log");
-    let machine = vm::qemu_machine(512, "tcg", &console);
+    let machine = vm::qemu::qemu_machine(512, "tcg", &console);
     let mut qemu = net.exec("qemu-system-x86_64");
     qemu.args(machine.get_args())
         .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])

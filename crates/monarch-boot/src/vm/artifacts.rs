@@ -1,46 +1,18 @@
-//! Secondaries that are QEMU virtual machines: the window is an `ivshmem-plain` PCI device
-//! whose memory is the window file, the agent runs as PID 1 of a stage-1 initramfs, and the
-//! handoff is a real `kexec` into the delivered kernel.
-//!
-//! - [`prepare`] builds everything from Debian's packages and the project's own static
-//!   binary: a guest kernel (`apt-get download` + `dpkg -x`), systemd's EFI stub (for the
-//!   bundle), the stage-1 initramfs (`/init` = the static `monarch`), and the demo payload
-//!   bundle (a UKI: that kernel, that initramfs, a command line saying `monarch.role=payload`).
-//!   It caches in [`default_dir`] and rebuilds only what changed.
-//! - [`qemu_command`] is how the monarch starts one VM.
-//! - [`init_main`] is the static binary's life as PID 1 inside a VM: stage 1 (the agent on
-//!   the ivshmem BAR) or the delivered payload (reports RUNNING through the same BAR and on
-//!   the serial console, powers off on SHUTDOWN).
+//! The VM artifacts: a guest kernel from Debian's packages, the stage-1 initramfs around a
+//! static `monarch`, and the demo payload bundle, built by [`prepare`] and cached in
+//! [`default_dir`].
 
-use crate::agent::{self, AgentOptions};
-use crate::host;
-use crate::payload;
-use crate::topology::Handoff;
-use monarch_drivers::{Doorbell, Window, kexec};
+use monarch_drivers::host;
 use monarch_proto::Algo;
 use std::io::Write as _;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
-
-/// Command line of the demo payload bundle's kernel.
-pub const PAYLOAD_CMDLINE: &str = "console=ttyS0 quiet panic=-1 monarch.role=payload";
-
-/// The line the delivered payload prints on the serial console once it runs.
-pub const PAYLOAD_MARKER: &str = "MONARCH-PAYLOAD RUNNING";
-
-/// Prefix of every line stage 1 prints on the serial console.
-pub const STAGE1_MARKER: &str = "monarch stage 1:";
 
 /// Debian's meta-package whose dependency is the guest kernel: the cloud flavour, small and
 /// quick to boot, with everything used here built in (PCI, 8250 console, devtmpfs,
 /// `CONFIG_KEXEC_FILE`).
 const KERNEL_META: &str = "linux-image-cloud-amd64";
-
-/// PCI ids of QEMU's ivshmem device.
-const IVSHMEM_VENDOR: &str = "0x1af4";
-const IVSHMEM_DEVICE: &str = "0x1110";
 
 /// Where prepared artifacts live: `$MONARCH_VM_DIR`, else `/var/cache/monarch/vm`.
 pub fn default_dir() -> PathBuf {
@@ -179,7 +151,7 @@ pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(&str)) -> Result<
     let agent = find_static_agent(opts.agent.as_deref(), progress)?;
     let agent_bytes = std::fs::read(&agent).map_err(|e| format!("cannot read {}: {e}", agent.display()))?;
     let b3 = |b: &[u8]| Algo::Blake3.digest(b).to_hex(Algo::Blake3);
-    let key = format!("{} {kernel_package} {}", b3(&agent_bytes), b3(PAYLOAD_CMDLINE.as_bytes()));
+    let key = format!("{} {kernel_package} {}", b3(&agent_bytes), b3(super::PAYLOAD_CMDLINE.as_bytes()));
     let key_file = dir.join("artifacts.key");
     if !opts.force
         && std::fs::read_to_string(&key_file).is_ok_and(|k| k == key)
@@ -194,7 +166,7 @@ pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(&str)) -> Result<
         write_atomic(&art.initrd, &cpio)?;
         progress("building the demo payload bundle (UKI: kernel + initramfs + command line)");
         let tmp = art.bundle.with_extension("efi.tmp");
-        crate::bundle::build(&stub, &art.kernel, &art.initrd, PAYLOAD_CMDLINE, &tmp)?;
+        crate::bundle::build(&stub, &art.kernel, &art.initrd, super::PAYLOAD_CMDLINE, &tmp)?;
         std::fs::rename(&tmp, &art.bundle)
             .map_err(|e| format!("cannot write {}: {e}", art.bundle.display()))?;
         write_atomic(&key_file, key.as_bytes())?;
@@ -369,219 +341,9 @@ pub fn initramfs(init: &[u8]) -> std::io::Result<Vec<u8>> {
     trailer(out)
 }
 
-/// One VM to start.
-#[derive(Debug, Clone)]
-pub struct VmSpec {
-    /// Guest memory in MiB.
-    pub memory_mib: u64,
-    /// QEMU accelerator (`tcg`, or `kvm` where it works).
-    pub accel: String,
-    /// Kernel and initramfs of stage 1.
-    pub kernel: PathBuf,
-    /// Stage-1 initramfs.
-    pub initrd: PathBuf,
-    /// Kernel command line.
-    pub cmdline: String,
-    /// The window file that backs the ivshmem BAR (`None`: no window, e.g. for netboot).
-    pub window: Option<(PathBuf, u64)>,
-    /// Where the serial console goes.
-    pub console: PathBuf,
-}
-
-/// Kill the QEMU processes whose pid files (`*.qemu.pid`) are in `run_dir`: VMs a killed
-/// monarch left running. A pid is killed only if it still is a QEMU.
-pub fn kill_orphans(run_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(run_dir) else { return };
-    for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().ends_with(".qemu.pid") {
-            continue;
-        }
-        if let Some(pid) = running_qemu(&e.path()).and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-/// The pid in QEMU pid file `pidfile`, if that process still is a QEMU (a pid file outlives
-/// its VM, and its number may have been reused).
-pub fn running_qemu(pidfile: &Path) -> Option<i32> {
-    let pid = std::fs::read_to_string(pidfile).ok()?.trim().parse::<i32>().ok()?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    exe.file_name().is_some_and(|n| n.to_string_lossy().starts_with("qemu-system")).then_some(pid)
-}
-
-/// QEMU escapes commas in option values by doubling them.
-fn qemu_escape(p: &Path) -> String {
-    p.display().to_string().replace(',', ",,")
-}
-
-/// The QEMU command line for one VM: no default devices, serial console to a file, the
-/// window as an `ivshmem-plain` device backed by the window file (`share=on`: the VM and
-/// the monarch see the same pages), and no reboot (a panicking guest ends QEMU).
-pub fn qemu_command(spec: &VmSpec) -> Command {
-    let mut cmd = qemu_machine(spec.memory_mib, &spec.accel, &spec.console);
-    cmd.arg("-kernel").arg(&spec.kernel).arg("-initrd").arg(&spec.initrd).arg("-append").arg(&spec.cmdline);
-    if let Some((path, len)) = &spec.window {
-        cmd.arg("-object")
-            .arg(format!("memory-backend-file,id=window,mem-path={},size={len},share=on", qemu_escape(path)))
-            .args(["-device", "ivshmem-plain,memdev=window"]);
-    }
-    cmd
-}
-
-/// A one-CPU machine with no default devices, its serial console in `console`, that ends
-/// instead of rebooting. What boots in it is up to the caller.
-pub fn qemu_machine(memory_mib: u64, accel: &str, console: &Path) -> Command {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", accel, "-cpu", "max", "-smp", "1"])
-        .args(["-m", &format!("{memory_mib}M")])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
-        .arg("-serial")
-        // (`-serial file:` takes the rest of the argument literally: no comma escaping.)
-        .arg(format!("file:{}", console.display()));
-    cmd
-}
-
-/// The stage-1 command line for secondary `id`.
-pub fn stage1_cmdline(id: &str, agent_timeout: Duration, epoch: u32) -> String {
-    format!(
-        "console=ttyS0 quiet panic=-1 monarch.role=agent monarch.id={id} monarch.timeout={}s monarch.epoch={epoch}",
-        agent_timeout.as_secs().max(1)
-    )
-}
-
-/// The first ivshmem device in sysfs: its BAR2 (`resource2`), with memory decoding enabled.
-pub fn find_ivshmem() -> Result<PathBuf, String> {
-    let root = Path::new("/sys/bus/pci/devices");
-    let mut devs: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(|e| format!("cannot list {}: {e} (is sysfs mounted?)", root.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    devs.sort();
-    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
-    let dev = devs
-        .into_iter()
-        .find(|d| read(d.join("vendor")) == IVSHMEM_VENDOR && read(d.join("device")) == IVSHMEM_DEVICE)
-        .ok_or(format!(
-            "no ivshmem device (PCI {IVSHMEM_VENDOR}:{IVSHMEM_DEVICE}) in {}; start the VM with -device ivshmem-plain",
-            root.display()
-        ))?;
-    // Firmware usually leaves memory decoding on; make sure, since no driver binds it.
-    let _ = std::fs::write(dev.join("enable"), "1");
-    Ok(dev.join("resource2"))
-}
-
-fn say(line: &str) {
-    // PID 1's stdout is /dev/console: the serial log the monarch keeps.
-    println!("{line}");
-    let _ = std::io::stdout().flush();
-}
-
-fn idle_forever() -> ! {
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
-}
-
-/// `monarch` as PID 1 of a VM. Never returns: PID 1 exiting panics the kernel.
-pub fn init_main() -> ! {
-    use rustix::mount::{MountFlags, mount};
-    for (src, dst, fs) in
-        [("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"), ("devtmpfs", "/dev", "devtmpfs")]
-    {
-        let _ = std::fs::create_dir_all(dst);
-        if let Err(e) = mount(src, dst, fs, MountFlags::empty(), None) {
-            say(&format!("monarch init: cannot mount {fs} on {dst}: {e}"));
-        }
-    }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let param = |key: &str| {
-        cmdline
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-            .map(str::to_string)
-    };
-    match param("monarch.role").as_deref() {
-        Some("agent") => stage1(&param),
-        Some("payload") => delivered(cmdline.trim()),
-        other => {
-            say(&format!("monarch init: no role for me (monarch.role={other:?} in the kernel command line)"))
-        }
-    }
-    idle_forever()
-}
-
-fn kernel_release() -> String {
-    rustix::system::uname().release().to_string_lossy().into_owned()
-}
-
-fn stage1(param: &dyn Fn(&str) -> Option<String>) {
-    let id = param("monarch.id").unwrap_or_else(|| "vm".into());
-    let timeout = param("monarch.timeout")
-        .and_then(|t| humantime::parse_duration(&t).ok())
-        .unwrap_or(Duration::from_secs(60));
-    say(&format!("{STAGE1_MARKER} agent {id} on Linux {}, kernel up {} s", kernel_release(), host::uptime()));
-    let window = match find_ivshmem() {
-        Ok(w) => w,
-        Err(e) => {
-            say(&format!("{STAGE1_MARKER} {e}; staying in stage 1"));
-            return;
-        }
-    };
-    say(&format!("{STAGE1_MARKER} window {}", window.display()));
-    let opts = AgentOptions {
-        window,
-        id: id.clone(),
-        handoff: Handoff::Kexec,
-        timeout,
-        doorbell: Doorbell::Poll { max_sleep: Duration::from_millis(1) },
-        epoch: param("monarch.epoch").and_then(|e| e.parse().ok()),
-    };
-    match agent::run(&opts) {
-        Ok(()) => say(&format!("{STAGE1_MARKER} agent {id} verified its image; staying in stage 1")),
-        Err(e) => say(&format!("{STAGE1_MARKER} agent {id}: {e}; staying in stage 1")),
-    }
-}
-
-/// The delivered kernel's initramfs: prove it runs (serial marker, and RUNNING with a report
-/// through the window when there is one), then wait for SHUTDOWN and power off.
-fn delivered(cmdline: &str) {
-    let report = format!(
-        "delivered kernel Linux {} running (up {} s); cmdline: {cmdline}",
-        kernel_release(),
-        host::uptime()
-    );
-    say(&format!("{PAYLOAD_MARKER} {report}"));
-    let window = match find_ivshmem().and_then(|p| Window::open(&p).map_err(|e| e.to_string())) {
-        Ok(mut w) => {
-            w.set_doorbell(Doorbell::Poll { max_sleep: Duration::from_millis(20) });
-            w
-        }
-        Err(e) => {
-            say(&format!(
-                "monarch payload: no window to report through ({e}); the serial line above is the report"
-            ));
-            return;
-        }
-    };
-    let since = match payload::announce(&window, &report) {
-        Ok(s) => s,
-        Err(e) => {
-            say(&format!("monarch payload: {e}"));
-            return;
-        }
-    };
-    payload::idle_until_shutdown(&window, &since, Duration::MAX, &|| false);
-    say("monarch payload: SHUTDOWN received; powering off");
-    let e = kexec::power_off();
-    say(&format!("monarch payload: power off failed: {e}"));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
     #[test]
     fn the_initramfs_holds_init_and_a_console_and_reads_back_with_a_cpio_reader() {
         let cpio = initramfs(b"\x7fELF fake init").unwrap();
@@ -612,55 +374,10 @@ mod tests {
     }
 
     #[test]
-    fn orphan_cleanup_kills_only_qemu_processes() {
-        let dir = tempfile::tempdir().unwrap();
-        // A live process that is not QEMU (this test), and a pid that is not running.
-        std::fs::write(dir.path().join("a.qemu.pid"), format!("{}\n", std::process::id())).unwrap();
-        std::fs::write(dir.path().join("b.qemu.pid"), "4194399\n").unwrap();
-        let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
-        std::fs::write(dir.path().join("c.qemu.pid"), sleeper.id().to_string()).unwrap();
-        // And one that is a QEMU by its executable's name.
-        let fake = dir.path().join("qemu-system-x86_64");
-        std::fs::copy("/bin/sleep", &fake).unwrap();
-        let mut qemu = Command::new(&fake).arg("30").spawn().unwrap();
-        std::fs::write(dir.path().join("d.qemu.pid"), qemu.id().to_string()).unwrap();
-        kill_orphans(dir.path());
-        let status = qemu.wait().unwrap();
-        assert!(!status.success(), "the orphaned QEMU was killed: {status}");
-        assert!(sleeper.try_wait().unwrap().is_none(), "`sleep` is no QEMU: left alone");
-        let _ = sleeper.kill();
-        let _ = sleeper.wait();
-    }
-
-    #[test]
     fn static_and_dynamic_executables_are_told_apart() {
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         // Test binaries are built without crt-static.
         assert!(!is_static_elf(&me));
         assert!(!is_static_elf(b"#!/bin/sh\n"));
-    }
-
-    #[test]
-    fn qemu_gets_the_window_as_a_shared_ivshmem_backend_and_escapes_commas() {
-        let spec = VmSpec {
-            memory_mib: 256,
-            accel: "tcg".into(),
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            cmdline: stage1_cmdline("lc,1", Duration::from_secs(60), 3),
-            window: Some(("/dev/shm/a,b.win".into(), 1 << 25)),
-            console: "/tmp/c.log".into(),
-        };
-        let args: Vec<String> =
-            qemu_command(&spec).get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-        let joined = args.join(" ");
-        assert!(
-            joined
-                .contains("memory-backend-file,id=window,mem-path=/dev/shm/a,,b.win,size=33554432,share=on")
-        );
-        assert!(joined.contains("-device ivshmem-plain,memdev=window"));
-        assert!(joined.contains("-serial file:/tmp/c.log"));
-        assert!(joined.contains("monarch.role=agent monarch.id=lc,1 monarch.timeout=60s monarch.epoch=3"));
-        assert!(args.contains(&"-no-reboot".to_string()));
     }
 }
