@@ -1,22 +1,24 @@
 //! # monarch-boot: orchestration
 //!
-//! Turns a topology into a boot: [`topology`] parses and validates the chassis description,
-//! [`plan`] decides who is staged in parallel and who waits behind which switch,
-//! [`image`] retrieves images and computes their retrieved checksums, [`stage`] drives one
-//! secondary's handshake from the monarch's side, [`agent`] is the secondary's side, and
-//! [`run`] executes a whole plan, streaming [`events`] to whatever front end is listening.
-//! [`netstage`] boots a secondary that has no window over the network with the
-//! same events and summary. [`vm`] makes secondaries of QEMU VMs (ivshmem window, `kexec`
-//! handoff of a [`bundle`]).
+//! Turns a topology into a boot, by concept:
+//! - the monarch's side: [`topology`] (the chassis description, parsed and checked),
+//!   [`plan`] (who is staged in parallel, who waits behind which switch), [`image`] (images
+//!   retrieved and their checksums), [`stage`] (one secondary, through its window or over
+//!   the network), [`run`] (a whole plan), [`election`] (several management processors:
+//!   candidates, backplane, etcd, the chassis), [`netboot`] (`monarch netboot serve`);
+//! - the secondary's side: [`agent`] (window agent), [`netagent`] (network agent),
+//!   [`handoff`] (what either does with its verified image), [`payload`] (the demo image);
+//! - both: [`events`] (what every front end reads), [`vm`] (QEMU secondaries: artifacts,
+//!   the monarch's QEMU command, PID 1 inside the VM, the [`bundle`] it kexecs),
+//!   [`values`] (sizes, durations, checksum names), [`interrupt`] (Ctrl-C and SIGTERM).
+//!
 //! The protocol decisions are `monarch-proto`'s; the memory and processes are
-//! `monarch-drivers`'.
+//! `monarch-drivers`'. `docs/architecture.md` maps every concept to its files.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod bundle;
-pub mod chassis;
-#[cfg(feature = "etcd")]
-pub mod etcd_chassis;
+pub mod election;
 pub mod events;
 /// The host's own tools (moved to the drivers; re-exported for existing callers).
 pub use monarch_drivers::host;
@@ -28,7 +30,6 @@ pub mod image;
 pub mod interrupt;
 pub mod netagent;
 pub mod netboot;
-pub mod netstage;
 pub mod payload;
 pub mod plan;
 pub mod run;

@@ -6,7 +6,7 @@ mod output;
 
 use clap::{Args, Parser, Subcommand};
 use monarch_boot::agent::{self, AgentOptions};
-use monarch_boot::chassis;
+use monarch_boot::election;
 use monarch_boot::handoff::Handoff;
 use monarch_boot::plan::Plan;
 use monarch_boot::run::{self, UpOptions};
@@ -329,10 +329,10 @@ fn cmd_up(a: UpArgs) -> ExitCode {
     let mut out = output::Output::new(a.json, &plan);
     let summary = if managers.len() > 1 {
         let source = match &a.topo.topology {
-            Some(f) => chassis::TopologySource::File(f.clone()),
-            None => chassis::TopologySource::Builtin,
+            Some(f) => election::TopologySource::File(f.clone()),
+            None => election::TopologySource::Builtin,
         };
-        chassis::up(&plan, &source, &opts, pinned, &mut |ev| out.event(ev))
+        election::up(&plan, &source, &opts, pinned, &mut |ev| out.event(ev))
     } else {
         run::up(&plan, &opts, &mut |ev| out.event(ev))
     };
@@ -384,16 +384,16 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
     if let Err(e) = monarch_boot::interrupt::install(false) {
         eprintln!("monarch candidate: warning: cannot catch SIGINT/SIGTERM: {e}");
     }
-    let o = chassis::CandidateOptions {
+    let o = election::CandidateOptions {
         plan: Plan::new(topology),
         index: a.index,
         pinned,
         backplane: a.backplane,
         session: a.session,
         up: UpOptions { agent_exe, shutdown_grace: a.shutdown_grace },
-        clock: chassis::instant_at(a.t0_unix_ns),
+        clock: election::instant_at(a.t0_unix_ns),
     };
-    let outcome = chassis::run_candidate(&o, &mut |ev| {
+    let outcome = election::run_candidate(&o, &mut |ev| {
         if let Ok(line) = serde_json::to_string(ev) {
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
@@ -402,13 +402,13 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
         }
     });
     match outcome {
-        chassis::CandidateOutcome::Finished { ok: true } | chassis::CandidateOutcome::Serf => {
+        election::CandidateOutcome::Finished { ok: true } | election::CandidateOutcome::Serf => {
             ExitCode::SUCCESS
         }
-        chassis::CandidateOutcome::Finished { ok: false } => ExitCode::from(exit::BOOT_FAILED),
-        chassis::CandidateOutcome::StoodDown => ExitCode::from(3),
-        chassis::CandidateOutcome::Deconfigured => ExitCode::from(4),
-        chassis::CandidateOutcome::Failed(e) => {
+        election::CandidateOutcome::Finished { ok: false } => ExitCode::from(exit::BOOT_FAILED),
+        election::CandidateOutcome::StoodDown => ExitCode::from(3),
+        election::CandidateOutcome::Deconfigured => ExitCode::from(4),
+        election::CandidateOutcome::Failed(e) => {
             eprintln!("monarch candidate: {e}");
             ExitCode::from(exit::BAD_INPUT)
         }

@@ -29,11 +29,11 @@
 //! secondary, and `run.rs` needs no change. The cost is one thread and two loopback sockets
 //! per netboot secondary for the duration of its boot.
 
+use super::context::{StageCtx, Staged, announce_done, log_tail, ms, port_path};
 use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::handoff::Handoff;
 use crate::image;
 use crate::payload::NETBOOT_MARKER;
-use crate::stage::{StageCtx, Staged, announce_done, log_tail, ms, port_path};
 use crate::topology::{ImageSource, NetbootSpec, Secondary};
 use monarch_net::EventSink;
 use monarch_net::catalog::{Catalog, Machine, format_mac};
@@ -276,7 +276,7 @@ impl<'a, 'c> NetStage<'a, 'c> {
         // The payload reports through a window when it sees one; this one has none.
         cmd.env_remove("MONARCH_WINDOW");
         // Appended to, like a window agent's log: a relaunch keeps what the first run said.
-        let log = crate::stage::open_log(&self.log)
+        let log = super::context::open_log(&self.log)
             .map_err(|e| format!("cannot create agent log {}: {e}; check run_dir", self.log.display()))?;
         let mut child = cmd
             .stdin(Stdio::null())

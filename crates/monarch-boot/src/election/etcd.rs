@@ -10,14 +10,14 @@
 //!
 //! A monarch that dies stops renewing its lease; etcd deletes its key when the lease runs
 //! out and the next in the queue leads, takes the boot over from the windows (see
-//! [`crate::chassis`]) and records itself. A monarch cut off from etcd proves locally that
+//! [`crate::election`]) and records itself. A monarch cut off from etcd proves locally that
 //! its lease still lives ([`monarch_etcd::Leadership::check`]) and stops acting *before* the
 //! server could let anyone else in; then it campaigns again. Only the leader can write the
 //! boot's records (one transaction guarded by its leader key): `monarch` (who reigns, for a
 //! successor to name) and `done` (the boot is over: serfs leave). A candidate that cannot
 //! reach etcd for `[election] etcd_timeout` gives the boot up with an error that names etcd.
 
-use crate::chassis::{self, CandidateOptions, CandidateOutcome, Takeover};
+use super::candidate::{self, CandidateOptions, CandidateOutcome, Takeover};
 use crate::events::EventKind;
 use crate::topology::EtcdElection;
 use monarch_etcd::{Candidate, Config, Error, Leadership, RecordError};
@@ -72,7 +72,7 @@ pub(crate) fn run_candidate(
     let t = &o.plan.topology;
     let me = o.index;
     let mgr = &t.managers[me];
-    if !chassis::announce(o, emit) {
+    if !candidate::announce(o, emit) {
         return CandidateOutcome::Deconfigured;
     }
     let table = t.candidates();
@@ -151,7 +151,7 @@ pub(crate) fn run_candidate(
                 format!("{id} is no longer monarch (epoch {epoch}): {lost}; it stopped acting")
             })
         };
-        let Some(summary) = chassis::reign(o, epoch, reason, takeover, &check, emit) else {
+        let Some(summary) = candidate::reign(o, epoch, reason, takeover, &check, emit) else {
             // Lost the lease (etcd out of reach, or paused): campaign again, resume if we win.
             continue;
         };
