@@ -61,7 +61,7 @@ pub fn vm_bench(
     progress: &mut dyn FnMut(&str),
 ) -> Result<VmBench, String> {
     let art = Artifacts::at(dir);
-    art.check()?;
+    art.check().map_err(|e| e.to_string())?;
     // Windows, kernel copies and consoles go with the scratch folder, boots failed or not.
     let (window, best_net) =
         monarch_drivers::host::with_scratch(&std::env::temp_dir(), "bench-vm", |scratch| {

@@ -74,7 +74,13 @@ pub fn parse(bytes: &[u8]) -> Result<Bundle<'_>, BundleError> {
 /// Build a UKI at `out` from systemd's EFI stub and the three parts, with binutils'
 /// `objcopy` (the recipe of the UKI specification, which `ukify` automates). Sections are
 /// placed after the stub's last section, each on a 64 KiB boundary.
-pub fn build(stub: &Path, kernel: &Path, initrd: &Path, cmdline: &str, out: &Path) -> Result<(), String> {
+pub(crate) fn build(
+    stub: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    out: &Path,
+) -> Result<(), String> {
     let stub_bytes =
         std::fs::read(stub).map_err(|e| format!("cannot read the EFI stub {}: {e}", stub.display()))?;
     let pe = PeFile64::parse(&*stub_bytes).map_err(|e| {

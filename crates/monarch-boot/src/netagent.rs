@@ -20,6 +20,17 @@ use monarch_net::discovery::{FetchConfig, fetch};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+/// Why the network agent stopped before its handoff: the step that failed (discovery, transfer, verification, disk install, disk boot) and its cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NetAgentError(pub String);
+
+impl From<String> for NetAgentError {
+    fn from(message: String) -> NetAgentError {
+        NetAgentError(message)
+    }
+}
+
 /// Everything the agent needs.
 #[derive(Debug, Clone)]
 pub struct NetAgentOptions {
@@ -74,7 +85,10 @@ fn open_target(path: &Path, size: Option<u64>) -> Result<Target, String> {
 }
 
 /// Run the flow up to the handoff; `progress` gets one line per step.
-pub fn run(opts: &NetAgentOptions, progress: &mut dyn FnMut(&str)) -> Result<(NetAgentReport, Next), String> {
+pub fn run(
+    opts: &NetAgentOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(NetAgentReport, Next), NetAgentError> {
     let mut target = match &opts.disk {
         Some(p) => Some(open_target(p, opts.disk_size)?),
         None => None,
@@ -130,11 +144,11 @@ pub fn run(opts: &NetAgentOptions, progress: &mut dyn FnMut(&str)) -> Result<(Ne
     };
     let fetched = match fetch(&cfg) {
         Ok(f) => f,
-        Err(e) if e.keeps_local_image() => return boot_installed(installed, e.to_string()),
+        Err(e) if e.keeps_local_image() => return Ok(boot_installed(installed, e.to_string())?),
         Err(e) => {
             let why = format!("the boot server's image could not be fetched: {e}");
             progress(&why);
-            return boot_installed(installed, why);
+            return Ok(boot_installed(installed, why)?);
         }
     };
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
@@ -185,7 +199,7 @@ pub fn run(opts: &NetAgentOptions, progress: &mut dyn FnMut(&str)) -> Result<(Ne
 
 /// `boot-disk`: the verified image the disk boots (newest committed slot that verifies,
 /// else the other, saying so).
-pub fn boot_disk(disk: &Path, progress: &mut dyn FnMut(&str)) -> Result<BootImage, String> {
+pub fn boot_disk(disk: &Path, progress: &mut dyn FnMut(&str)) -> Result<BootImage, NetAgentError> {
     let t = Target::open(disk).map_err(|e| e.to_string())?;
     let b = t.boot().map_err(|e| e.to_string())?;
     if let Some(f) = &b.fell_back_from {

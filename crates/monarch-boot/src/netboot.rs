@@ -84,7 +84,7 @@ pub struct Ready {
 }
 
 /// The IPv4 address of `interface`, as `ip -j -4 addr show dev IF` reports it.
-pub fn interface_address(interface: &str) -> Result<Ipv4Addr, String> {
+pub(crate) fn interface_address(interface: &str) -> Result<Ipv4Addr, String> {
     let out = crate::host::run(
         Command::new("ip").args(["-j", "-4", "addr", "show", "dev", interface]),
         &format!("`ip addr show dev {interface}`"),

@@ -17,8 +17,19 @@ use std::time::{Duration, Instant};
 /// network boot), followed by its report.
 pub const NETBOOT_MARKER: &str = "MONARCH-PAYLOAD RUNNING";
 
+/// Why the demo payload could not report: no window, or a window it could not use.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PayloadError(pub String);
+
+impl From<String> for PayloadError {
+    fn from(message: String) -> PayloadError {
+        PayloadError(message)
+    }
+}
+
 /// Run the payload; the error is printed by the binary.
-pub fn run() -> Result<(), String> {
+pub fn run() -> Result<(), PayloadError> {
     let me = std::fs::read("/proc/self/exe").map_err(|e| format!("cannot read my own image: {e}"))?;
     let banner = image::read_banner(&me).unwrap_or_else(|| "(no banner)".into());
     let report = format!(
@@ -54,7 +65,7 @@ pub fn run() -> Result<(), String> {
 pub struct Since(Vec<u32>);
 
 /// Check the window's header, write `report` into its report block and post RUNNING.
-pub fn announce(w: &Window, report: &str) -> Result<Since, String> {
+pub(crate) fn announce(w: &Window, report: &str) -> Result<Since, String> {
     msg::decode_header(&|r| w.load(r), w.data_size())
         .map_err(|e| format!("window {}: {e}", w.path().display()))?;
     // Taken before RUNNING: a monarch that sees it may post SHUTDOWN at once (regression:
@@ -78,7 +89,7 @@ pub fn announce(w: &Window, report: &str) -> Result<Since, String> {
 /// SHUTDOWN is taken from any command block whose epoch is at least the one the image was
 /// released under (and the window's claim, `cfg.epoch`): the monarch that finishes the boot
 /// may not be the one that released it. Commands are counted from `since`, what
-/// [`announce`] saw before it posted RUNNING.
+/// `announce` saw before it posted RUNNING.
 pub fn idle_until_shutdown(w: &Window, since: &Since, linger: Duration, gone: &dyn Fn() -> bool) {
     let mut seqs = since.0.clone();
     let released = w.load32(layout::ST_EPOCH);

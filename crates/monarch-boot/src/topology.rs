@@ -786,7 +786,7 @@ impl Topology {
                 }
                 Some(i) if i.get_ref() == "vm:payload" => {
                     if let Err(e) = vm_art.check() {
-                        cx.push(Some(i.span()), format!("{who}.image"), e);
+                        cx.push(Some(i.span()), format!("{who}.image"), e.to_string());
                     }
                     ImageSource::File(vm_art.bundle.clone())
                 }

@@ -3,12 +3,28 @@
 use crate::events::EventKind;
 use monarch_drivers::Window;
 use monarch_proto::election::{self as el, Candidate, Health, Watchdog};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::candidate::{CandidateOptions, CandidateOutcome, Takeover, announce, reign};
+
+/// Why the backplane could not be made or mapped.
+#[derive(Debug, thiserror::Error)]
+pub enum BackplaneError {
+    /// The register page could not be created or mapped.
+    #[error(transparent)]
+    Window(#[from] monarch_drivers::WindowError),
+    /// The file holds something else.
+    #[error("{} is not a monarch backplane (version {version}); it is made by `monarch up`", path.display())]
+    NotABackplane {
+        /// The file.
+        path: PathBuf,
+        /// The version this monarch speaks.
+        version: u32,
+    },
+}
 
 /// The backplane: one register page every candidate of the chassis maps.
 pub struct Backplane {
@@ -17,8 +33,12 @@ pub struct Backplane {
 
 impl Backplane {
     /// Create it for `candidates` candidates (the chassis does, before starting them).
-    pub fn create(path: &Path, candidates: usize, pinned: Option<usize>) -> Result<Backplane, String> {
-        let w = Window::create(path, 0).map_err(|e| e.to_string())?;
+    pub fn create(
+        path: &Path,
+        candidates: usize,
+        pinned: Option<usize>,
+    ) -> Result<Backplane, BackplaneError> {
+        let w = Window::create(path, 0)?;
         w.store(el::BP_VERSION, u64::from(el::BP_VERSION_VALUE));
         w.store(el::BP_CANDIDATES, candidates as u64);
         w.store(el::BP_PINNED, pinned.map_or(0, |p| p as u64 + 1));
@@ -27,14 +47,13 @@ impl Backplane {
     }
 
     /// Map the backplane the chassis created.
-    pub fn open(path: &Path) -> Result<Backplane, String> {
-        let w = Window::open(path).map_err(|e| e.to_string())?;
+    pub fn open(path: &Path) -> Result<Backplane, BackplaneError> {
+        let w = Window::open(path)?;
         if w.load(el::BP_MAGIC) != el::BP_MAGIC_VALUE || w.load32(el::BP_VERSION) != el::BP_VERSION_VALUE {
-            return Err(format!(
-                "{} is not a monarch backplane (version {}); it is made by `monarch up`",
-                path.display(),
-                el::BP_VERSION_VALUE
-            ));
+            return Err(BackplaneError::NotABackplane {
+                path: path.to_path_buf(),
+                version: el::BP_VERSION_VALUE,
+            });
         }
         Ok(Backplane { w })
     }
@@ -103,7 +122,7 @@ pub fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -
     };
     let bp = match Backplane::open(path) {
         Ok(b) => b,
-        Err(e) => return CandidateOutcome::Failed(e),
+        Err(e) => return CandidateOutcome::Failed(e.to_string()),
     };
     let me = o.index;
     let name = |k: usize| t.manager_name(k);

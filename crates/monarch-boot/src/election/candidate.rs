@@ -86,7 +86,7 @@ pub struct Takeover {
 fn claim_windows(plan: &Plan, epoch: u32) -> Result<usize, String> {
     let mut n = 0;
     for sec in &plan.topology.secondaries {
-        n += usize::from(crate::stage::claim(sec, epoch)?);
+        n += usize::from(crate::stage::claim(sec, epoch).map_err(|e| e.to_string())?);
     }
     Ok(n)
 }

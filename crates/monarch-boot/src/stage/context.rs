@@ -97,13 +97,13 @@ pub fn announce_done(emit: &(dyn Fn(EventKind) + Sync), s: &ProcessorSummary) {
 /// whose next write would then land at its old offset behind a hole of NUL bytes. A log
 /// over [`LOG_CAP`] is emptied first, so a fixed `run_dir` cannot grow one without bound;
 /// with every writer appending, that leaves no hole either.
-pub fn spawn_logged(cmd: &mut Process, log: &Path, what: &str) -> Result<Child, String> {
+pub(crate) fn spawn_logged(cmd: &mut Process, log: &Path, what: &str) -> Result<Child, String> {
     let out = open_log(log).map_err(|e| format!("cannot create {what} {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| format!("cannot share {what} {}: {e}", log.display()))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| e.to_string())
 }
 
-/// Open a process's log for appending (see [`spawn_logged`] for why not truncating), emptied
+/// Open a process's log for appending (see `spawn_logged` for why not truncating), emptied
 /// first if it is over [`LOG_CAP`].
 pub fn open_log(log: &Path) -> std::io::Result<File> {
     let f = File::options().append(true).create(true).open(log)?;

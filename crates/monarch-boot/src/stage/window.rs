@@ -350,7 +350,7 @@ impl<'a, 'c> Stage<'a, 'c> {
     fn claim_window(&mut self, w: &Window) -> Result<(), String> {
         if let Err(e) = raise_epoch(w, self.ctx.authority.epoch) {
             self.deposed = true;
-            return Err(e);
+            return Err(e.to_string());
         }
         self.mandate()
     }

@@ -44,14 +44,14 @@ impl Artifacts {
     }
 
     /// The first missing artifact, if any, as an error that says how to make it.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), super::VmError> {
         for p in [&self.kernel, &self.initrd, &self.bundle] {
             if !p.is_file() {
-                return Err(format!(
+                return Err(super::VmError(format!(
                     "{} is missing; run `monarch vm prepare` (add --dir {} if that is not the default) to build the VM artifacts",
                     p.display(),
                     self.dir.display()
-                ));
+                )));
             }
         }
         Ok(())
@@ -90,7 +90,7 @@ pub struct Prepared {
 /// Build (or reuse) every VM artifact in `opts.dir`. Installs QEMU, iPXE's ROMs and
 /// binutils with apt-get when missing. Serialised with a lock file, so parallel tests share
 /// one preparation.
-pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(&str)) -> Result<Prepared, String> {
+pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(&str)) -> Result<Prepared, super::VmError> {
     let dir = &opts.dir;
     std::fs::create_dir_all(dir).map_err(|e| {
         format!(

@@ -18,6 +18,17 @@ pub mod artifacts;
 pub mod qemu;
 pub mod stage1;
 
+/// Why VM artifacts could not be prepared or found, or stage 1 found no window: the step that failed and its cause, as the operator reads them.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct VmError(pub String);
+
+impl From<String> for VmError {
+    fn from(message: String) -> VmError {
+        VmError(message)
+    }
+}
+
 /// Command line of the demo payload bundle's kernel.
 pub const PAYLOAD_CMDLINE: &str = "console=ttyS0 quiet panic=-1 monarch.role=payload";
 

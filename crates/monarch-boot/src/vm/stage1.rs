@@ -16,7 +16,7 @@ const IVSHMEM_VENDOR: &str = "0x1af4";
 const IVSHMEM_DEVICE: &str = "0x1110";
 
 /// The first ivshmem device in sysfs: its BAR2 (`resource2`), with memory decoding enabled.
-pub fn find_ivshmem() -> Result<PathBuf, String> {
+pub fn find_ivshmem() -> Result<PathBuf, super::VmError> {
     let root = Path::new("/sys/bus/pci/devices");
     let mut devs: Vec<PathBuf> = std::fs::read_dir(root)
         .map_err(|e| format!("cannot list {}: {e} (is sysfs mounted?)", root.display()))?
@@ -118,18 +118,19 @@ fn delivered(cmdline: &str) {
         host::uptime()
     );
     say(&format!("{PAYLOAD_MARKER} {report}"));
-    let window = match find_ivshmem().and_then(|p| Window::open(&p).map_err(|e| e.to_string())) {
-        Ok(mut w) => {
-            w.set_doorbell(Doorbell::Poll { max_sleep: Duration::from_millis(20) });
-            w
-        }
-        Err(e) => {
-            say(&format!(
-                "monarch payload: no window to report through ({e}); the serial line above is the report"
-            ));
-            return;
-        }
-    };
+    let window =
+        match find_ivshmem().and_then(|p| Window::open(&p).map_err(|e| super::VmError(e.to_string()))) {
+            Ok(mut w) => {
+                w.set_doorbell(Doorbell::Poll { max_sleep: Duration::from_millis(20) });
+                w
+            }
+            Err(e) => {
+                say(&format!(
+                    "monarch payload: no window to report through ({e}); the serial line above is the report"
+                ));
+                return;
+            }
+        };
     let since = match payload::announce(&window, &report) {
         Ok(s) => s,
         Err(e) => {
