@@ -139,12 +139,14 @@ the written checksum. Prints GiB/s and the ratio to the reference for each figur
 throughput of each checksum algorithm.")]
     Window(BenchWindowArgs),
     /// the classic path (BIOS and TFTP) beside the window: TFTP with 512-byte blocks from tftpd-hpa.
-    #[command(long_about = "The reference design's baseline, measured beside the window path in one run.\n\n\
+    #[command(
+        long_about = "The reference design's baseline, measured beside the window path in one run.\n\n\
 The same image is fetched with a real TFTP client (atftp) from Debian's tftpd-hpa with \
 512-byte blocks, on loopback and over a veth pair with MTU 1500 between two network namespaces \
 the bench creates and removes; then delivered and verified through a window. Prints each \
 time and the window path's speed-up. Installs tftpd-hpa and atftp with apt-get when missing \
-(needs root, as do the namespaces).")]
+(needs root, as do the namespaces)."
+    )]
     Baseline(BenchBaselineArgs),
     /// VM start to the delivered kernel running: the window (stage 1 + kexec) beside iPXE/TFTP.
     #[command(
