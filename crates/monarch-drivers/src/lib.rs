@@ -1,8 +1,9 @@
 //! # monarch-drivers: where bytes move
 //!
 //! The only crate of monarch with `unsafe` code, each block with a `// SAFETY:` comment.
-//! - [`window`]: shared-memory windows (file, `/dev/shm`, memfd, PCI BAR resource file),
-//!   register access by atomics only, seqlock message reads, bulk data copies.
+//! - [`window`]: shared-memory windows: the [`WindowMemory`] trait the protocol uses, over
+//!   a mapped file (`/dev/shm`, memfd, PCI BAR resource file: [`Window`]); registers and data
+//!   copies by atomics only, seqlock message reads.
 //! - [`doorbell`]: futex doorbells, bounded polling where there is no shared kernel.
 //! - [`memimage`]: an image held in a sealed memfd, and the `exec` handoff that runs the
 //!   delivered bytes themselves.
@@ -18,4 +19,4 @@ pub mod memimage;
 pub mod window;
 
 pub use doorbell::Doorbell;
-pub use window::{Poll, Window, WindowError};
+pub use window::{Poll, Window, WindowError, WindowMemory};
