@@ -2,8 +2,9 @@
 //!
 //! The only crate of monarch with `unsafe` code, each block with a `// SAFETY:` comment.
 //! - [`window`]: shared-memory windows: the [`WindowMemory`] trait the protocol uses, over
-//!   a mapped file (`/dev/shm`, memfd, PCI BAR resource file: [`Window`]); registers and data
-//!   copies by atomics only, seqlock message reads.
+//!   a mapped file (`/dev/shm`, memfd, PCI BAR resource file: [`Window`]) or heap memory
+//!   shared between threads ([`MemWindow`]); registers and data copies by atomics only,
+//!   seqlock message reads.
 //! - [`doorbell`]: futex doorbells, bounded polling where there is no shared kernel.
 //! - [`memimage`]: an image held in a sealed memfd, and the `exec` handoff that runs the
 //!   delivered bytes themselves.
@@ -19,4 +20,4 @@ pub mod memimage;
 pub mod window;
 
 pub use doorbell::Doorbell;
-pub use window::{Poll, Window, WindowError, WindowMemory};
+pub use window::{MemWindow, Poll, Window, WindowError, WindowMemory};

@@ -2,10 +2,13 @@
 //!
 //! What the protocol does with a window is the consumer-side trait [`WindowMemory`]:
 //! registers (atomic loads, stores, compare-and-swap), seqlock messages, doorbells, and
-//! copies into and out of the data area, with and without a checksum. A backend only says
-//! where the memory is: [`Window`] is a mapped file (under `/dev/shm` for RAM, or any path,
-//! e.g. a PCI BAR's `resourceN` in sysfs) or a memfd handed to a child, and its peer is
-//! another process, or a device.
+//! copies into and out of the data area, with and without a checksum. Its backends only
+//! say where the memory is:
+//! - [`Window`]: a mapped file (under `/dev/shm` for RAM, or any path, e.g. a PCI BAR's
+//!   `resourceN` in sysfs) or a memfd handed to a child; the peer is another process, or a
+//!   device;
+//! - [`MemWindow`]: a heap allocation shared between threads of one process, so that both
+//!   sides of the handshake can be tested in one process.
 //!
 //! Every value read from the window is the peer's and untrusted: the drivers hand raw words
 //! to `monarch-proto` to validate; the data area's size comes from the backend (the mapping),
@@ -44,9 +47,11 @@
 //!
 //! What the copies cost next to memcpy is measured by the `hot_paths` bench.
 
+mod heap;
 mod mmap;
 mod shared;
 
+pub use heap::MemWindow;
 pub use mmap::Window;
 pub use shared::SharedBytes;
 
@@ -76,7 +81,8 @@ pub const CHUNK: usize = 32 << 10;
 /// Errors opening or using a window.
 #[derive(Debug, Error)]
 pub enum WindowError {
-    /// The backing file could not be created, opened, sized or mapped.
+    /// The backing file could not be created, opened, sized or mapped (or the memory of an
+    /// in-memory window allocated).
     #[error("window {path}: {what}: {source}")]
     Io {
         /// The window's path.
@@ -158,7 +164,7 @@ pub trait WindowMemory {
     /// The window's bytes: register page, then data area.
     fn memory(&self) -> SharedBytes<'_>;
 
-    /// The window's name: its file's path or `memfd:NAME`. For messages.
+    /// The window's name: its file's path, `memfd:NAME` or `memory:NAME`. For messages.
     fn path(&self) -> &Path;
 
     /// How waits on this window's doorbells are done.
@@ -398,3 +404,6 @@ pub trait WindowMemory {
         Ok(h.finish())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -300,7 +300,6 @@ impl WindowMemory for Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::CHUNK;
     use monarch_proto::msg::{Command, Status, encode_command, encode_status};
 
     fn tmp_window(data: u64) -> (tempfile::TempDir, Window) {
@@ -354,67 +353,6 @@ mod tests {
             a.read_message(layout::ST_SEQ, 0, msg::decode_status),
             Poll::Message(1, Status::Ready { pid: 5 })
         );
-    }
-
-    #[test]
-    fn a_busy_publication_word_is_not_a_message() {
-        let (_d, w) = tmp_window(4096);
-        w.store(layout::ST_SEQ, u64::from(3 | msg::SEQ_BUSY));
-        assert_eq!(w.read_message(layout::ST_SEQ, 0, msg::decode_status), Poll::Nothing);
-    }
-
-    #[test]
-    fn garbage_status_is_reported_not_panicked() {
-        let (_d, w) = tmp_window(4096);
-        w.store(layout::ST_CODE, 0xdead_beef);
-        w.store(layout::ST_SEQ, 1);
-        assert_eq!(
-            w.read_message(layout::ST_SEQ, 0, msg::decode_status),
-            Poll::Garbage(1, RegisterError::UnknownStatus(0xdead_beef))
-        );
-    }
-
-    #[test]
-    fn data_access_is_bounds_checked() {
-        let (_d, w) = tmp_window(100);
-        assert!(w.write_data(0, &[1; 100]).is_ok());
-        assert!(matches!(w.write_data(1, &[1; 100]), Err(WindowError::OutOfBounds { .. })));
-        assert!(matches!(w.write_data(u64::MAX, &[1]), Err(WindowError::OutOfBounds { .. })));
-        let mut buf = [0u8; 100];
-        w.read_data(0, &mut buf).unwrap();
-        assert_eq!(buf, [1; 100]);
-        assert!(w.digest_data(50, 51, Algo::Crc32c, |_| {}).is_err());
-    }
-
-    #[test]
-    fn digests_in_place_and_while_copying_agree_with_the_one_shot_digest() {
-        let (_d, w) = tmp_window(3 * CHUNK as u64 + 17);
-        let img: Vec<u8> = (0..(2 * CHUNK + 5)).map(|i| u8::try_from(i * 7 % 251).unwrap()).collect();
-        w.write_data(9, &img).unwrap();
-        for algo in Algo::ALL {
-            let mut last = 0;
-            let d = w.digest_data(9, img.len() as u64, algo, |n| last = n).unwrap();
-            assert_eq!(d, algo.digest(&img));
-            assert_eq!(last, img.len() as u64);
-            let mut out = vec![0u8; img.len()];
-            assert_eq!(w.copy_out_digest(9, &mut out, algo, |_| {}).unwrap(), algo.digest(&img));
-            assert_eq!(out, img);
-        }
-    }
-
-    #[test]
-    fn filling_from_a_file_lands_the_file_bytes() {
-        let (dir, w) = tmp_window(10_000);
-        let src = dir.path().join("src");
-        let bytes: Vec<u8> = (0..9000u32).map(|i| u8::try_from(i % 253).unwrap()).collect();
-        std::fs::write(&src, &bytes).unwrap();
-        let f = File::open(&src).unwrap();
-        w.fill_from_file(100, &f, 1000, 8000).unwrap();
-        let mut out = vec![0u8; 8000];
-        w.read_data(100, &mut out).unwrap();
-        assert_eq!(out, &bytes[1000..9000]);
-        assert!(w.fill_from_file(5000, &f, 0, 8000).is_err(), "past the data area");
-        assert!(w.fill_from_file(0, &f, 8000, 2000).is_err(), "past the end of the file");
     }
 
     #[test]
