@@ -8,12 +8,14 @@
 //! - [`doorbell`]: futex doorbells, bounded polling where there is no shared kernel.
 //! - [`memimage`]: an image held in a sealed memfd, and the `exec` handoff that runs the
 //!   delivered bytes themselves.
+//! - [`fs`]: files replaced atomically (temporary beside, fsync, rename, fsync the folder).
 //! - [`kexec`]: the `kexec` handoff (a verified kernel + initrd replace the running kernel).
 //!
 //! The protocol decisions live in `monarch-proto`; the orchestration in `monarch-boot`.
 
 pub mod disk;
 pub mod doorbell;
+pub mod fs;
 pub mod host;
 pub mod kexec;
 pub mod memimage;
