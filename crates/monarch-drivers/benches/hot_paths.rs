@@ -1,6 +1,10 @@
 //! Hot paths of the window driver, each beside its reference in the same criterion group:
 //! - copy into a window vs memcpy between two private buffers;
 //! - copy-out-and-checksum of a chunk vs checksumming the same bytes in private memory;
+//! - an image-sized (32 MiB) write into, read out of and copy-out-and-checksum of the data
+//!   area vs memcpy between private buffers and vs a plain memcpy into and out of a second
+//!   mapping of the same window file (how the window copied before its copies became
+//!   atomic word copies; kept here only as a yardstick);
 //! - a command/status round trip through registers and futex doorbells between two threads
 //!   vs the same round trip over a pair of std channels.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -8,6 +12,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use monarch_drivers::Window;
 use monarch_proto::Algo;
+use monarch_proto::checksum::{Digest, Hasher};
 use monarch_proto::layout;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -32,6 +37,60 @@ fn copy(c: &mut Criterion) {
         b.iter(|| dst.copy_from_slice(black_box(&src)))
     });
     g.bench_function("window write_data", |b| b.iter(|| w.write_data(0, black_box(&src)).unwrap()));
+    g.finish();
+}
+
+const IMAGE: usize = 32 << 20;
+
+/// A second, plain mapping of the window file: the yardstick for the window's own copies.
+fn plain_mapping(path: &std::path::Path) -> memmap2::MmapMut {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    // SAFETY: the file is this benchmark's own, in its own temporary folder; nothing else
+    // resizes it while mapped, and only this thread touches the window while a benchmark
+    // runs, so the slice the mapping derefs to is never written by anyone else meanwhile.
+    unsafe { memmap2::MmapOptions::new().populate().map_mut(&f) }.unwrap()
+}
+
+/// The former `copy_out_digest`: plain copies out of the mapping, 32 KiB at a time, each
+/// hashed right after it is copied.
+fn plain_copy_out_digest(data: &[u8], dst: &mut [u8], algo: Algo) -> Digest {
+    let mut h = Hasher::new(algo);
+    for (i, chunk) in dst.chunks_mut(monarch_drivers::window::CHUNK).enumerate() {
+        let at = i * monarch_drivers::window::CHUNK;
+        chunk.copy_from_slice(&data[at..at + chunk.len()]);
+        h.update(chunk);
+    }
+    h.finish()
+}
+
+fn image(c: &mut Criterion) {
+    let (dir, w) = window(IMAGE as u64);
+    let mut plain = plain_mapping(&dir.path().join("w.win"));
+    let src: Vec<u8> = (0..IMAGE).map(|i| u8::try_from(i % 251).unwrap()).collect();
+    let mut dst = vec![0u8; IMAGE];
+    let mut g = c.benchmark_group("image 32 MiB");
+    g.throughput(Throughput::Bytes(IMAGE as u64));
+    g.sample_size(30);
+    g.bench_function("reference: memcpy between private buffers", |b| {
+        b.iter(|| dst.copy_from_slice(black_box(&src)))
+    });
+    g.bench_function("reference: plain memcpy into a mapping", |b| {
+        b.iter(|| plain[layout::REGS_SIZE..].copy_from_slice(black_box(&src)))
+    });
+    g.bench_function("window write_data", |b| b.iter(|| w.write_data(0, black_box(&src)).unwrap()));
+    g.bench_function("reference: plain memcpy out of a mapping", |b| {
+        b.iter(|| dst.copy_from_slice(black_box(&plain[layout::REGS_SIZE..])))
+    });
+    g.bench_function("window read_data", |b| b.iter(|| w.read_data(0, black_box(&mut dst)).unwrap()));
+    g.bench_function("reference: checksum private memory/crc32c", |b| {
+        b.iter(|| Algo::Crc32c.digest(black_box(&src)))
+    });
+    g.bench_function("reference: plain copy out of a mapping + checksum/crc32c", |b| {
+        b.iter(|| plain_copy_out_digest(&plain[layout::REGS_SIZE..], &mut dst, Algo::Crc32c))
+    });
+    g.bench_function("window copy_out_digest/crc32c", |b| {
+        b.iter(|| w.copy_out_digest(0, &mut dst, Algo::Crc32c, |_| {}).unwrap())
+    });
     g.finish();
 }
 
@@ -101,5 +160,5 @@ fn round_trip(c: &mut Criterion) {
     echo.join().unwrap();
 }
 
-criterion_group!(benches, copy, chunk_verify, round_trip);
+criterion_group!(benches, copy, chunk_verify, image, round_trip);
 criterion_main!(benches);

@@ -1,21 +1,25 @@
 //! # monarch-drivers: where bytes move
 //!
 //! The only crate of monarch with `unsafe` code, each block with a `// SAFETY:` comment.
-//! - [`window`]: shared-memory windows (file, `/dev/shm`, memfd, PCI BAR resource file),
-//!   register access by atomics only, seqlock message reads, bulk data copies.
+//! - [`window`]: shared-memory windows: the [`WindowMemory`] trait the protocol uses, over
+//!   a mapped file (`/dev/shm`, memfd, PCI BAR resource file: [`Window`]) or heap memory
+//!   shared between threads ([`MemWindow`]); registers and data copies by atomics only,
+//!   seqlock message reads.
 //! - [`doorbell`]: futex doorbells, bounded polling where there is no shared kernel.
 //! - [`memimage`]: an image held in a sealed memfd, and the `exec` handoff that runs the
 //!   delivered bytes themselves.
+//! - [`fs`]: files replaced atomically (temporary beside, fsync, rename, fsync the folder).
 //! - [`kexec`]: the `kexec` handoff (a verified kernel + initrd replace the running kernel).
 //!
 //! The protocol decisions live in `monarch-proto`; the orchestration in `monarch-boot`.
 
 pub mod disk;
 pub mod doorbell;
+pub mod fs;
 pub mod host;
 pub mod kexec;
 pub mod memimage;
 pub mod window;
 
 pub use doorbell::Doorbell;
-pub use window::{Poll, Window, WindowError};
+pub use window::{MemWindow, Poll, Window, WindowError, WindowMemory};
