@@ -79,7 +79,7 @@ pub struct Staged {
 
 /// The config's register writes without `cfg.epoch`, which only [`raise_epoch`] changes
 /// (several monarchs may take turns).
-fn config_writes(data_size: u64, cfg: &WindowConfig) -> Vec<msg::Write> {
+fn config_writes(data_size: u64, cfg: &WindowConfig) -> Vec<layout::Write> {
     msg::encode_config(data_size, cfg).into_iter().filter(|(r, _)| *r != layout::CFG_EPOCH).collect()
 }
 

@@ -15,7 +15,7 @@ use crate::doorbell::{self, Doorbell};
 use memmap2::{MmapOptions, MmapRaw};
 use monarch_proto::checksum::{Algo, Digest, Hasher};
 use monarch_proto::layout::{self, Reg, Width};
-use monarch_proto::msg::{self, RegisterError, SeqWord};
+use monarch_proto::msg::{RegisterError, SeqWord};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -304,7 +304,7 @@ impl Window {
     }
 
     /// Apply register writes in order (each a Release store).
-    pub fn apply(&self, writes: &[msg::Write]) {
+    pub fn apply(&self, writes: &[layout::Write]) {
         for (r, v) in writes {
             self.store(*r, *v);
         }
@@ -355,7 +355,7 @@ impl Window {
     }
 
     /// Post a message with the writes from `monarch_proto::msg::encode_*`, then ring.
-    pub fn post(&self, writes: &[msg::Write], bell: Reg) {
+    pub fn post(&self, writes: &[layout::Write], bell: Reg) {
         self.apply(writes);
         self.ring(bell);
     }
@@ -499,7 +499,7 @@ pub use doorbell::Doorbell as DoorbellKind;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monarch_proto::msg::{Command, Status, encode_command, encode_status};
+    use monarch_proto::msg::{self, Command, Status, encode_command, encode_status};
 
     fn tmp_window(data: u64) -> (tempfile::TempDir, Window) {
         let dir = tempfile::tempdir().unwrap();

@@ -65,7 +65,7 @@ impl Page {
         };
         self.0[Self::index(r)] = v;
     }
-    fn apply(&mut self, writes: &[msg::Write]) {
+    fn apply(&mut self, writes: &[layout::Write]) {
         for (r, v) in writes {
             self.write(*r, *v);
         }
@@ -194,7 +194,7 @@ fn payload_regs(cmd_block: bool) -> Vec<Reg> {
 }
 
 impl World {
-    fn post(&mut self, primary: bool, cfg: &Config, writes: Vec<msg::Write>) {
+    fn post(&mut self, primary: bool, cfg: &Config, writes: Vec<layout::Write>) {
         let side = if primary { &mut self.ps } else { &mut self.ss };
         let mut writes = writes;
         match cfg.publication {
