@@ -22,7 +22,7 @@ use crate::stage::Authority;
 use crate::topology::ElectionBackend;
 use monarch_drivers::Window;
 use monarch_proto::election::{self as el, Candidate, Health, Watchdog};
-use monarch_proto::layout;
+use monarch_proto::window::layout;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,15 +1,17 @@
 //! The monarch's side of one secondary: configure its window, release it (start its agent),
-//! and drive [`monarch_proto::primary::Primary`] with real registers, copies and doorbells.
+//! and drive [`monarch_proto::window::primary::Primary`] with real registers, copies and doorbells.
 
 use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::image::{self, Image};
 use crate::topology::{Handoff, Launch, PortPath, Secondary};
 use command_fds::{CommandFdExt, FdMapping};
 use monarch_drivers::{Doorbell, Poll, Window};
-use monarch_proto::layout;
-use monarch_proto::msg::{self, Command, Mode, WindowConfig};
-use monarch_proto::primary::{Failure, Phase, Primary, PrimaryAction, PrimaryInput, PrimarySpec, Timeouts};
-use monarch_proto::stream;
+use monarch_proto::window::layout;
+use monarch_proto::window::msg::{self, Command, Mode, WindowConfig};
+use monarch_proto::window::primary::{
+    Failure, Phase, Primary, PrimaryAction, PrimaryInput, PrimarySpec, Timeouts,
+};
+use monarch_proto::window::stream;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
@@ -366,13 +368,14 @@ impl<'a, 'c> Stage<'a, 'c> {
         };
         let status_seq = found.as_ref().map_or(0, |(s, _)| *s);
         let spec = self.primary_spec(expected);
-        let decision = monarch_proto::primary::resume(spec, found.as_ref().map(|(_, s)| s), Duration::ZERO);
+        let decision =
+            monarch_proto::window::primary::resume(spec, found.as_ref().map(|(_, s)| s), Duration::ZERO);
         let cfg = msg::decode_config(&|r| w.load(r), w.data_size()).ok();
         self.geometry = cfg.map(|c| stream::Geometry::new(&c));
         self.window = Some(w);
         let released = Instant::now();
         Some(match decision {
-            monarch_proto::primary::Resume::LeaveRunning => {
+            monarch_proto::window::primary::Resume::LeaveRunning => {
                 self.resumed = Some("left running".into());
                 if let Some((_, msg::Status::Running { pid })) = &found {
                     self.adopted_pid = u32::try_from(*pid).ok().filter(|p| *p > 1);
@@ -381,14 +384,14 @@ impl<'a, 'c> Stage<'a, 'c> {
                 self.phase("adopted", 0);
                 Ok(Phase::Running)
             }
-            monarch_proto::primary::Resume::Adopt(p, actions) => {
+            monarch_proto::window::primary::Resume::Adopt(p, actions) => {
                 self.resumed = Some(format!("adopted verified attempt {} (not staged again)", p.attempt()));
                 self.attempts = p.attempt();
                 self.foreign_agent = true;
                 self.phase("adopted", p.attempt());
                 self.handshake(released, Some((p, actions, status_seq)))
             }
-            monarch_proto::primary::Resume::Restart => {
+            monarch_proto::window::primary::Resume::Restart => {
                 let r = (|| {
                     self.mandate()?;
                     // Our config, stamped with our epoch: an agent started now ignores any

@@ -6,7 +6,7 @@
 //! `docs/topology.md` documents every field.
 
 use bytesize::ByteSize;
-use monarch_proto::{Algo, Mode, layout, stream};
+use monarch_proto::{Algo, window::layout, window::msg::Mode, window::stream};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -8,7 +8,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use monarch_drivers::Window;
 use monarch_proto::Algo;
-use monarch_proto::layout;
+use monarch_proto::window::layout;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

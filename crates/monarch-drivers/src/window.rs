@@ -14,8 +14,8 @@
 use crate::doorbell::{self, Doorbell};
 use memmap2::{MmapOptions, MmapRaw};
 use monarch_proto::checksum::{Algo, Digest, Hasher};
-use monarch_proto::layout::{self, Reg, Width};
-use monarch_proto::msg::{RegisterError, SeqWord};
+use monarch_proto::window::layout::{self, Reg, Width};
+use monarch_proto::window::msg::{RegisterError, SeqWord};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -354,7 +354,7 @@ impl Window {
         Poll::Garbage(last_seq, RegisterError::Unstable(seq_reg.name))
     }
 
-    /// Post a message with the writes from `monarch_proto::msg::encode_*`, then ring.
+    /// Post a message with the writes from `monarch_proto::window::msg::encode_*`, then ring.
     pub fn post(&self, writes: &[layout::Write], bell: Reg) {
         self.apply(writes);
         self.ring(bell);
@@ -499,7 +499,7 @@ pub use doorbell::Doorbell as DoorbellKind;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monarch_proto::msg::{self, Command, Status, encode_command, encode_status};
+    use monarch_proto::window::msg::{self, Command, Status, encode_command, encode_status};
 
     fn tmp_window(data: u64) -> (tempfile::TempDir, Window) {
         let dir = tempfile::tempdir().unwrap();

@@ -7,8 +7,8 @@
 //! codes, impossible sizes and zero attempts are [`RegisterError`]s, never panics.
 
 use crate::checksum::{Algo, Digest};
-use crate::layout::{self, Reg, Write};
-use crate::stream::Geometry;
+use crate::window::layout::{self, Reg, Write};
+use crate::window::stream::Geometry;
 use thiserror::Error;
 
 /// Who copies the image across the window.
@@ -631,7 +631,7 @@ pub fn decode_report(read: &dyn Fn(Reg) -> u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page::Page;
+    use crate::window::page::Page;
     use proptest::prelude::*;
 
     fn arb_digest() -> impl Strategy<Value = Digest> {
@@ -805,7 +805,7 @@ mod golden {
     //! Golden bytes: the register page as another implementation (firmware, a C agent)
     //! must see it. If one of these fails, the wire format changed: bump `VERSION`.
     use super::*;
-    use crate::page::Page;
+    use crate::window::page::Page;
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")

@@ -15,12 +15,12 @@
 //! memory orderings too, but it cannot run the futex or a second process; this search runs
 //! the real decision code, which is where the protocol's bugs would live.
 
+use crate::Algo;
 use crate::checksum::Digest;
-use crate::layout::{self, Reg};
-use crate::msg::{self, Command, Status, WindowConfig};
-use crate::primary::{Phase, Primary, PrimaryAction, PrimaryInput, PrimarySpec, Timeouts};
-use crate::secondary::{Secondary, SecondaryAction, SecondaryInput};
-use crate::{Algo, Mode};
+use crate::window::layout::{self, Reg};
+use crate::window::msg::{self, Command, Mode, Status, WindowConfig};
+use crate::window::primary::{Phase, Primary, PrimaryAction, PrimaryInput, PrimarySpec, Timeouts};
+use crate::window::secondary::{Secondary, SecondaryAction, SecondaryInput};
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! An in-memory register page: the reference model of the layout, used by the golden-byte
 //! tests, the model checker and any test that needs a window without shared memory.
 
-use crate::layout::{self, Reg, Width, Write};
+use crate::window::layout::{self, Reg, Width, Write};
 
 /// A register page held in ordinary memory.
 #[derive(Clone, PartialEq, Eq, Hash)]
