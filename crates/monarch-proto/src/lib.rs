@@ -12,12 +12,14 @@
 //!   secondary's — with a model check (test-only) of every interleaving of the register
 //!   protocol.
 //! - [`tftp`], [`dhcp`], [`netboot`]: the network boot's protocols.
-//! - [`checksum`], [`election`], [`slots`]: checksums, monarch election and the A/B disk slots.
+//! - [`checksum`], [`mac`], [`election`], [`slots`]: checksums, MAC addresses, monarch
+//!   election and the A/B disk slots.
 #![forbid(unsafe_code)]
 
 pub mod checksum;
 pub mod dhcp;
 pub mod election;
+pub mod mac;
 pub mod netboot;
 pub mod slots;
 pub mod tftp;
