@@ -1,5 +1,5 @@
 //! The secondary's side: `monarch agent`. Rendezvous → receive → verify → report → wait for
-//! OK → hand off, driving [`monarch_proto::secondary::Secondary`] with the real window.
+//! OK → hand off, driving [`monarch_proto::window::secondary::Secondary`] with the real window.
 //!
 //! The agent trusts nothing in the window: the header is validated against the mapping, the
 //! config is bounds-checked, commands are decoded strictly, and the handoff loads only bytes
@@ -10,10 +10,12 @@ use monarch_drivers::memimage::MemImage;
 use monarch_drivers::{Doorbell, Poll, Window, WindowError};
 use monarch_proto::Digest;
 use monarch_proto::checksum::Hasher;
-use monarch_proto::layout;
-use monarch_proto::msg::{self, Command, FailCode, Mode, RegisterError, Status, WindowConfig};
-use monarch_proto::secondary::{Admit, Fence, Secondary, SecondaryAction, SecondaryFailure, SecondaryInput};
-use monarch_proto::stream;
+use monarch_proto::window::layout;
+use monarch_proto::window::msg::{self, Command, FailCode, Mode, RegisterError, Status, WindowConfig};
+use monarch_proto::window::secondary::{
+    Admit, Fence, Secondary, SecondaryAction, SecondaryFailure, SecondaryInput,
+};
+use monarch_proto::window::stream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use thiserror::Error;

@@ -298,8 +298,9 @@ pub fn assign(
     name: Option<&str>,
     how: Assign,
 ) -> Result<Assigned, String> {
-    use monarch_net::catalog::{CATALOG_FILE, format_mac, parse_mac};
-    let mac = parse_mac(mac).map(format_mac).ok_or_else(|| {
+    use monarch_net::catalog::CATALOG_FILE;
+    use monarch_proto::mac::Mac;
+    let mac = mac.parse::<Mac>().ok().map(|m| m.to_string()).ok_or_else(|| {
         format!("{mac:?} is not a MAC address: write it as aa:bb:cc:dd:ee:ff (or with dashes)")
     })?;
     let root = std::fs::canonicalize(root)

@@ -8,8 +8,8 @@
 use crate::image;
 use monarch_drivers::{Poll, Window};
 use monarch_proto::Algo;
-use monarch_proto::layout;
-use monarch_proto::msg::{self, Command, Status};
+use monarch_proto::window::layout;
+use monarch_proto::window::msg::{self, Command, Status};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,8 @@
 use crate::events::{Event, EventKind, ProcessorSummary, Summary};
 use crate::plan::Plan;
 use crate::stage::{Authority, StageCtx, Staged, stage};
-use monarch_proto::layout;
-use monarch_proto::msg::{self, Command};
+use monarch_proto::window::layout;
+use monarch_proto::window::msg::{self, Command};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 use crate::handoff::Handoff;
 use crate::values::fmt_size;
 use bytesize::ByteSize;
-use monarch_proto::{Algo, Mode, layout, stream};
+use monarch_proto::{Algo, window::layout, window::msg::Mode, window::stream};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -1032,7 +1032,7 @@ impl Topology {
                         format!("{who}.mac"),
                         format!(
                             "MAC {} is already used by \"{other}\"; a MAC is a machine's identity for the boot server: give each netboot secondary its own `mac`",
-                            monarch_net::catalog::format_mac(spec.mac)
+                            monarch_proto::mac::Mac::from(spec.mac)
                         ),
                     );
                 }
@@ -1307,17 +1307,19 @@ fn netboot_spec(cx: &mut Ctx<'_>, p: &ProcessorDef, f: &FaultDef, n: &NetCheck<'
     }
     let mac = match &p.mac {
         None => derived_mac(n.id),
-        Some(m) => match monarch_net::catalog::parse_mac(m.get_ref()) {
-            Some(mac) if mac[0] & 1 == 0 && mac != [0; 6] => mac,
-            Some(_) => {
-                cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is a multicast or all-zero address; a machine needs a unicast MAC such as \"52:54:00:12:34:56\"", m.get_ref()));
-                derived_mac(n.id)
+        Some(m) => {
+            match m.get_ref().parse::<monarch_proto::mac::Mac>().ok().map(monarch_proto::mac::Mac::octets) {
+                Some(mac) if mac[0] & 1 == 0 && mac != [0; 6] => mac,
+                Some(_) => {
+                    cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is a multicast or all-zero address; a machine needs a unicast MAC such as \"52:54:00:12:34:56\"", m.get_ref()));
+                    derived_mac(n.id)
+                }
+                None => {
+                    cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is not a MAC address; write six hex bytes, e.g. \"52:54:00:12:34:56\" (or leave mac out: one is derived from the id)", m.get_ref()));
+                    derived_mac(n.id)
+                }
             }
-            None => {
-                cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is not a MAC address; write six hex bytes, e.g. \"52:54:00:12:34:56\" (or leave mac out: one is derived from the id)", m.get_ref()));
-                derived_mac(n.id)
-            }
-        },
+        }
     };
     let disk = p.disk.as_ref().map(|d| n.base.join(d.get_ref()));
     let disk_size = p.disk_size.as_ref().and_then(|v| cx.size(v, &format!("{who}.disk_size")));

@@ -13,7 +13,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use monarch_drivers::Window;
 use monarch_proto::Algo;
 use monarch_proto::checksum::{Digest, Hasher};
-use monarch_proto::layout;
+use monarch_proto::window::layout;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -57,8 +57,8 @@ pub use shared::SharedBytes;
 
 use crate::doorbell::{self, Doorbell};
 use monarch_proto::checksum::{Algo, Digest, Hasher};
-use monarch_proto::layout::{self, Reg, Width};
-use monarch_proto::msg::{self, RegisterError, SeqWord};
+use monarch_proto::window::layout::{self, Reg, Width};
+use monarch_proto::window::msg::{RegisterError, SeqWord};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -132,7 +132,7 @@ pub enum Poll<T> {
 pub use doorbell::Doorbell as DoorbellKind;
 
 /// The register of `r` (a 32-bit one inside the page). Panics on a bad register: registers
-/// are constants of `monarch_proto::layout`, never values from the peer.
+/// are constants of `monarch_proto::window::layout`, never values from the peer.
 fn reg32(mem: SharedBytes<'_>, r: Reg) -> &AtomicU32 {
     assert!(r.width == Width::W32 && r.offset + 4 <= layout::REGS_SIZE, "bad register {r:?}");
     mem.u32_at(r.offset)
@@ -236,7 +236,7 @@ pub trait WindowMemory {
     }
 
     /// Apply register writes in order (each a Release store).
-    fn apply(&self, writes: &[msg::Write]) {
+    fn apply(&self, writes: &[layout::Write]) {
         for (r, v) in writes {
             self.store(*r, *v);
         }
@@ -286,8 +286,8 @@ pub trait WindowMemory {
         Poll::Garbage(last_seq, RegisterError::Unstable(seq_reg.name))
     }
 
-    /// Post a message with the writes from `monarch_proto::msg::encode_*`, then ring.
-    fn post(&self, writes: &[msg::Write], bell: Reg) {
+    /// Post a message with the writes from `monarch_proto::window::msg::encode_*`, then ring.
+    fn post(&self, writes: &[layout::Write], bell: Reg) {
         self.apply(writes);
         self.ring(bell);
     }

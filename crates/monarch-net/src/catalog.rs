@@ -19,6 +19,7 @@
 //! files can change under a running server. The same checks ([`resolve_in`]) confine the
 //! HTTP service's plain file requests.
 
+use monarch_proto::mac::Mac;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -164,43 +165,6 @@ pub fn is_url(s: &str) -> bool {
     ["tftp://", "http://", "https://"].iter().any(|scheme| s.starts_with(scheme))
 }
 
-/// Parse a MAC address written `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff` (either case).
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let sep = if s.contains(':') { ':' } else { '-' };
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(sep);
-    for b in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 || !part.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return None;
-        }
-        *b = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-/// `aa:bb:cc:dd:ee:ff` (lowercase), as people and config files write it.
-pub fn format_mac(mac: [u8; 6]) -> String {
-    join_mac(mac, ':')
-}
-
-/// `aa-bb-cc-dd-ee-ff` (lowercase), as it appears in URLs (`/ipxe/{mac}.ipxe`): the DHCP
-/// service hands iPXE clients exactly this form.
-pub fn mac_for_url(mac: [u8; 6]) -> String {
-    join_mac(mac, '-')
-}
-
-fn join_mac(mac: [u8; 6], sep: char) -> String {
-    let mut s = String::with_capacity(17);
-    for (i, b) in mac.iter().enumerate() {
-        if i > 0 {
-            s.push(sep);
-        }
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 /// Why a catalog could not be made. Each names the file (and line when known) and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -300,7 +264,7 @@ pub struct Catalog {
     root: PathBuf,
     default: Option<Machine>,
     /// Listed machines, already merged with the default.
-    machines: BTreeMap<[u8; 6], Machine>,
+    machines: BTreeMap<Mac, Machine>,
 }
 
 impl Catalog {
@@ -327,7 +291,7 @@ impl Catalog {
         let mut machines = Vec::new();
         for (key, m) in parsed.machine {
             let line = line_of(key.span());
-            let mac = parse_mac(key.get_ref()).ok_or_else(|| CatalogError::BadMac {
+            let mac = key.get_ref().parse::<Mac>().map_err(|_| CatalogError::BadMac {
                 file: file.clone(),
                 line: Some(line),
                 key: key.get_ref().clone(),
@@ -343,7 +307,7 @@ impl Catalog {
     pub fn from_parts(
         root: &Path,
         default: Option<Machine>,
-        machines: impl IntoIterator<Item = ([u8; 6], Machine)>,
+        machines: impl IntoIterator<Item = (Mac, Machine)>,
     ) -> Result<Catalog, CatalogError> {
         let canon = canonical_root(root)?;
         let machines = machines.into_iter().map(|(mac, m)| (mac, 0, m)).collect();
@@ -354,7 +318,7 @@ impl Catalog {
         root: PathBuf,
         file: Option<&Path>,
         default: Option<(usize, Machine)>,
-        machines: Vec<([u8; 6], usize, Machine)>,
+        machines: Vec<(Mac, usize, Machine)>,
     ) -> Result<Catalog, CatalogError> {
         let line = |l: usize| (l > 0).then_some(l);
         let check = |section: String, l: usize, m: &Machine| -> Result<(), CatalogError> {
@@ -384,12 +348,12 @@ impl Catalog {
         let mut merged = BTreeMap::new();
         for (mac, l, m) in machines {
             let m = m.inherit(&base);
-            check(format!("[machine.\"{}\"]", format_mac(mac)), l, &m)?;
+            check(format!("[machine.\"{mac}\"]"), l, &m)?;
             if merged.insert(mac, m).is_some() {
                 return Err(CatalogError::Duplicate {
                     file: file.map_or_else(|| PathBuf::from("the boot catalog"), Path::to_path_buf),
                     line: line(l),
-                    mac: format_mac(mac),
+                    mac: mac.to_string(),
                 });
             }
         }
@@ -407,13 +371,13 @@ impl Catalog {
     }
 
     /// Listed machines (merged with the default), by MAC.
-    pub fn machines(&self) -> impl Iterator<Item = ([u8; 6], &Machine)> {
+    pub fn machines(&self) -> impl Iterator<Item = (Mac, &Machine)> {
         self.machines.iter().map(|(k, v)| (*k, v))
     }
 
     /// What `mac` boots: its own entry, else the default; `None` when neither exists.
     /// `lookup(None)` is the default.
-    pub fn lookup(&self, mac: Option<[u8; 6]>) -> Option<&Machine> {
+    pub fn lookup(&self, mac: Option<Mac>) -> Option<&Machine> {
         mac.and_then(|m| self.machines.get(&m)).or(self.default.as_ref())
     }
 
@@ -429,7 +393,7 @@ impl Catalog {
     ///
     /// The initrd is loaded under its own name and the command line says `initrd=NAME`:
     /// EFI kernels read their initrd through that argument, BIOS boots ignore it.
-    pub fn ipxe_script(&self, mac: Option<[u8; 6]>, base_url: &str) -> Option<String> {
+    pub fn ipxe_script(&self, mac: Option<Mac>, base_url: &str) -> Option<String> {
         let m = self.lookup(mac)?;
         let base = base_url.trim_end_matches('/');
         let url = |p: &str| {
@@ -437,8 +401,8 @@ impl Catalog {
         };
         let mut s = String::from("#!ipxe\n");
         let who = match (mac, &m.name) {
-            (Some(mac), Some(n)) => format!("{n} ({})", format_mac(mac)),
-            (Some(mac), None) => format_mac(mac),
+            (Some(mac), Some(n)) => format!("{n} ({mac})"),
+            (Some(mac), None) => mac.to_string(),
             (None, Some(n)) => n.clone(),
             (None, None) => "default".into(),
         };
@@ -508,7 +472,7 @@ fn url_path(p: &str) -> String {
 mod tests {
     use super::*;
 
-    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    const MAC: Mac = Mac::new([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 
     fn root() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -516,21 +480,6 @@ mod tests {
             std::fs::write(d.path().join(f), f).unwrap();
         }
         d
-    }
-
-    #[test]
-    fn macs_parse_and_format() {
-        assert_eq!(parse_mac("52:54:00:12:34:56"), Some(MAC));
-        assert_eq!(parse_mac("52-54-00-12-34-56"), Some(MAC));
-        assert_eq!(parse_mac("52:54:00:12:34:5G"), None);
-        assert_eq!(parse_mac("52:54:00:12:34"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
-        assert_eq!(parse_mac("52:54:00-12:34:56"), None);
-        assert_eq!(parse_mac("5:54:00:12:34:56"), None);
-        assert_eq!(parse_mac("AA:BB:CC:DD:EE:FF"), Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]));
-        assert_eq!(parse_mac("+a:bb:cc:dd:ee:ff"), None);
-        assert_eq!(format_mac(MAC), "52:54:00:12:34:56");
-        assert_eq!(mac_for_url([0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF]), "aa-bb-cc-dd-ee-ff");
     }
 
     #[test]
@@ -556,7 +505,7 @@ kernel = "node1-vmlinuz"
         assert_eq!(m.name.as_deref(), Some("node1"));
         assert_eq!(m.kernel.as_deref(), Some("node1-vmlinuz"));
         assert_eq!(m.initrd.as_deref(), Some("initrd.img"));
-        assert_eq!(c.lookup(Some([1; 6])).unwrap().kernel.as_deref(), Some("vmlinuz"));
+        assert_eq!(c.lookup(Some(Mac::new([1; 6]))).unwrap().kernel.as_deref(), Some("vmlinuz"));
         assert_eq!(c.lookup(None), c.default_machine());
         let s = c.ipxe_script(Some(MAC), "http://10.0.0.1:8080/").unwrap();
         assert_eq!(
@@ -642,8 +591,8 @@ kernel = "node1-vmlinuz"
             c.ipxe_script(Some(MAC), "http://h:1").unwrap(),
             "#!ipxe\n# monarch netboot: 52:54:00:12:34:56\nchain http://h:1/payload.efi\n"
         );
-        assert!(c.lookup(Some([9; 6])).is_none());
-        assert!(c.ipxe_script(Some([9; 6]), "http://h:1").is_none());
+        assert!(c.lookup(Some(Mac::new([9; 6]))).is_none());
+        assert!(c.ipxe_script(Some(Mac::new([9; 6])), "http://h:1").is_none());
         assert_eq!(url_path("a b/ü$.img"), "a%20b/%C3%BC%24.img");
     }
 

@@ -20,8 +20,9 @@
 //! download).
 
 use crate::EventSink;
-use crate::catalog::{SharedCatalog, format_mac};
+use crate::catalog::SharedCatalog;
 use monarch_proto::checksum::{Algo, Digest, Hasher};
+use monarch_proto::mac::Mac;
 use monarch_proto::netboot::{
     Client, ClientAction, ClientConfig, ClientFailure, ClientInput, Download, MAX_MESSAGE, Message, Offer,
     Outcome, RefuseCode, Token, frame_len,
@@ -304,7 +305,7 @@ async fn udp_loop(udp: Arc<UdpSocket>, st: Arc<Shared>) -> io::Result<()> {
 /// Answer one DISCOVER (or say why not in an event).
 async fn answer(st: &Shared, udp: &UdpSocket, peer: SocketAddr, d: monarch_proto::netboot::Discover) {
     let ignore = |reason: String| (st.events)(DiscoveryEvent::Ignored { peer, reason });
-    let mac = format_mac(d.mac);
+    let mac = d.mac.to_string();
     let catalog = st.catalog.get();
     let Some(image) = catalog.lookup(Some(d.mac)).and_then(|m| m.image.clone()) else {
         // Seed: a server with no data block for this machine stays silent.
@@ -559,7 +560,7 @@ pub struct FetchConfig {
     /// `255.255.255.255` on a machine with several interfaces).
     pub interface: Option<String>,
     /// This machine's MAC (the catalog key).
-    pub mac: [u8; 6],
+    pub mac: Mac,
     /// The image the machine already has: an offer of the same digest ends the fetch with
     /// [`FetchError::UpToDate`] and nothing is transferred.
     pub current: Option<(Algo, Digest)>,
@@ -575,7 +576,7 @@ pub struct FetchConfig {
 
 impl FetchConfig {
     /// Rebroadcast every second, give up after 10 s, images up to 4 GiB, 30 s I/O timeout.
-    pub fn new(server: SocketAddr, mac: [u8; 6]) -> FetchConfig {
+    pub fn new(server: SocketAddr, mac: Mac) -> FetchConfig {
         FetchConfig {
             server,
             interface: None,

@@ -25,7 +25,7 @@
 //! need neither.
 
 use crate::EventSink;
-use crate::catalog::{PathError, SharedCatalog, parse_mac, resolve_in};
+use crate::catalog::{PathError, SharedCatalog, resolve_in};
 use axum::body::Body;
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
@@ -33,6 +33,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::serve::IncomingStream;
 use futures_util::StreamExt;
+use monarch_proto::mac::Mac;
 use serde::Serialize;
 use std::io;
 use std::net::SocketAddr;
@@ -520,9 +521,9 @@ fn ipxe(st: &Shared, req: &Request, name: &str) -> Response {
     let mac = if name == "default" {
         None
     } else {
-        match parse_mac(name) {
-            Some(m) => Some(m),
-            None => {
+        match name.parse::<Mac>() {
+            Ok(m) => Some(m),
+            Err(_) => {
                 return text(
                     StatusCode::BAD_REQUEST,
                     format!("{name} is not a MAC address: ask for /ipxe/52-54-00-12-34-56.ipxe"),
@@ -545,7 +546,7 @@ fn ipxe(st: &Shared, req: &Request, name: &str) -> Response {
             StatusCode::NOT_FOUND,
             format!(
                 "no boot instructions for {name}: add [machine.\"{}\"] or a [default] with a kernel or an image to {}",
-                mac.map_or_else(|| "52:54:00:12:34:56".into(), crate::catalog::format_mac),
+                mac.map_or_else(|| "52:54:00:12:34:56".into(), |m| m.to_string()),
                 catalog.root().join(crate::catalog::CATALOG_FILE).display()
             ),
         ),

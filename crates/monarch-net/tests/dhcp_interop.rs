@@ -15,7 +15,8 @@ use dhcproto::{Decodable, Encodable};
 use monarch_drivers::host::{VethNs, ensure_packages, run};
 use monarch_net::EventSink;
 use monarch_net::dhcp::{DhcpConfig, DhcpEvent, DhcpMode, DhcpServer};
-use monarch_proto::dhcp::{Mac, PXE_VENDOR_OPTIONS, PoolConfig};
+use monarch_proto::dhcp::{PXE_VENDOR_OPTIONS, PoolConfig};
+use monarch_proto::mac::Mac;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -186,7 +187,7 @@ async fn udhcpc_gets_a_lease_and_the_pxe_options_for_its_architecture() {
     let mut ipxe_args = PXE_EFI.to_vec();
     ipxe_args.extend(["-x", "0x4d:69505845"]);
     let ipxe = udhcpc(&v, dir.path(), &ipxe_args).await;
-    let url = format!("http://{server_ip}:8080/ipxe/{}.ipxe", mac.dashed());
+    let url = format!("http://{server_ip}:8080/ipxe/{}.ipxe", mac.for_url());
     assert_eq!(ipxe["bootfile"], url);
     assert_eq!(ipxe["ip"].parse::<Ipv4Addr>().unwrap(), ip);
 
@@ -307,7 +308,7 @@ async fn a_restarted_server_gives_the_same_machine_the_same_address() {
     let server = start(full_config(&v, n, &lease_file), &events).await;
     assert!(events.all().iter().any(|e| matches!(e, DhcpEvent::LeasesLoaded { loaded: 1, dropped: 0, .. })));
     let sock = far_socket(&v);
-    let other = Mac([0x02, 0x67, 0, 0, 0, 9]);
+    let other = Mac::new([0x02, 0x67, 0, 0, 0, 9]);
     let xid = 0x6702;
     let mut offers = Vec::new();
     for _ in 0..10 {
@@ -382,7 +383,7 @@ async fn proxy_dhcp_beside_an_existing_dhcp_server() {
     events.wait_for(2, |e| matches!(e, DhcpEvent::Listening { .. })).await;
 
     let sock = far_socket(&v);
-    let mac = Mac([0x02, 0x67, 0, 0, 3, 1]);
+    let mac = Mac::new([0x02, 0x67, 0, 0, 3, 1]);
     let uuid: Vec<u8> = (0..17).collect();
     let xid = 0x6703;
     let mut discover = pxe_discover(mac, xid, 7);
@@ -438,7 +439,7 @@ async fn proxy_dhcp_beside_an_existing_dhcp_server() {
     // A plain client: udhcpd answers, the proxy stays silent (and says why).
     let plain_xid = 0x6704;
     let mut plain =
-        monarch_proto::dhcp::request(MessageType::Discover, Mac([0x02, 0x67, 0, 0, 3, 2]), plain_xid);
+        monarch_proto::dhcp::request(MessageType::Discover, Mac::new([0x02, 0x67, 0, 0, 3, 2]), plain_xid);
     plain.set_flags(Flags::default().set_broadcast());
     let ignored_before =
         events.count(|e| matches!(e, DhcpEvent::Ignored { reason, .. } if reason.contains("not a PXE")));
@@ -464,7 +465,7 @@ async fn malformed_packets_get_no_reply_and_the_server_keeps_serving() {
     let events = Events::default();
     let server = start(full_config(&v, n, &dir.path().join("leases")), &events).await;
     let sock = far_socket(&v);
-    let mac = Mac([0x02, 0x67, 0, 0, 4, 1]);
+    let mac = Mac::new([0x02, 0x67, 0, 0, 4, 1]);
     let good = pxe_discover(mac, 0x6705, 0).to_vec().unwrap();
 
     let header = |op: u8, hlen: u8| {

@@ -12,6 +12,7 @@ use monarch_net::discovery::{
     DiscoveryConfig, DiscoveryEvent, DiscoveryServer, FetchConfig, FetchError, Fetched, fetch,
 };
 use monarch_proto::checksum::Algo;
+use monarch_proto::mac::Mac;
 use monarch_proto::netboot::{ClientFailure, Discover, Download, Message, RefuseCode, Token, frame_len};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -19,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0x01];
+const MAC: Mac = Mac::new([0x52, 0x54, 0x00, 0xab, 0xcd, 0x01]);
 
 fn pattern(n: usize, seed: u32) -> Vec<u8> {
     (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 11) as u8).collect()
@@ -257,7 +258,7 @@ fn an_unknown_machine_gets_no_answer() {
     let (root, _) = root_with_image(4096);
     let s = start(root.path(), "127.0.0.1:0");
     let cfg = FetchConfig {
-        mac: [2, 0, 0, 0, 0, 9],
+        mac: Mac::new([2, 0, 0, 0, 0, 9]),
         interval: Duration::from_millis(100),
         give_up_after: Duration::from_millis(500),
         ..FetchConfig::new(s.udp, MAC)
@@ -350,12 +351,13 @@ fn a_catalog_built_from_parts_and_the_copy_loop_also_work() {
     cfg.zero_copy = false;
     cfg.algo = Algo::Crc32c;
     let s = start_with(cfg);
-    let got = fetch(&FetchConfig { mac: [2, 0, 0, 0, 0, 1], ..quick(s.udp) }).unwrap();
+    let got = fetch(&FetchConfig { mac: Mac::new([2, 0, 0, 0, 0, 1]), ..quick(s.udp) }).unwrap();
     assert!(got.bytes == image);
     assert_eq!(got.offer.algo, Algo::Crc32c);
     assert!(s.events().iter().any(|e| matches!(e, DiscoveryEvent::Sent { zero_copy: false, .. })));
     // An offer above the agent's limit is refused before any allocation.
-    let err = fetch(&FetchConfig { mac: [2, 0, 0, 0, 0, 1], max_size: 1 << 20, ..quick(s.udp) }).unwrap_err();
+    let err = fetch(&FetchConfig { mac: Mac::new([2, 0, 0, 0, 0, 1]), max_size: 1 << 20, ..quick(s.udp) })
+        .unwrap_err();
     assert!(matches!(err, FetchError::Failed(ClientFailure::TooLarge { .. })), "{err}");
 }
 

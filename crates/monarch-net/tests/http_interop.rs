@@ -13,12 +13,13 @@
 use monarch_drivers::host::ensure_packages;
 use monarch_net::catalog::{Catalog, Machine};
 use monarch_net::http::{HttpConfig, HttpEvent, HttpServer};
+use monarch_proto::mac::Mac;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const MAC: Mac = Mac::new([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 
 struct Server {
     addr: SocketAddr,

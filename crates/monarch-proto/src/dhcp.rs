@@ -25,10 +25,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use dhcproto::{Decodable, Encodable};
+
+use crate::mac::{Mac, MacParseError};
 
 /// UDP port of DHCP servers (and relays).
 pub const SERVER_PORT: u16 = 67;
@@ -61,69 +62,6 @@ pub const PXE_VENDOR_OPTIONS: [u8; 4] = [6, 1, 8, 255];
 pub const IPXE_ENCAP_OPTION: u8 = 175;
 /// The DHCP magic cookie (RFC 2131 §3).
 const MAGIC: [u8; 4] = [99, 130, 83, 99];
-
-// ----------------------------------------------------------------------------------------
-// MAC addresses
-// ----------------------------------------------------------------------------------------
-
-/// An Ethernet hardware address: the key of leases and reservations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// The client's MAC from `chaddr`, when the message is Ethernet with a 6-byte address.
-    /// `hlen` is checked first: dhcproto slices `chaddr` by it.
-    pub fn of(msg: &Message) -> Option<Mac> {
-        if msg.htype() != HType::Eth || msg.hlen() != 6 {
-            return None;
-        }
-        <[u8; 6]>::try_from(msg.chaddr()).ok().map(Mac)
-    }
-
-    /// Lowercase hex joined by `-` (`52-54-00-12-34-56`): the form in iPXE script URLs, which
-    /// needs no escaping in a path and matches what `${mac:hexhyp}` prints in iPXE.
-    pub fn dashed(&self) -> String {
-        self.join('-')
-    }
-
-    fn join(&self, sep: char) -> String {
-        let mut s = String::with_capacity(17);
-        for (i, b) in self.0.iter().enumerate() {
-            if i > 0 {
-                s.push(sep);
-            }
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
-    }
-}
-
-impl fmt::Display for Mac {
-    /// Lowercase hex joined by `:`, as `ip link` prints it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.join(':'))
-    }
-}
-
-impl FromStr for Mac {
-    type Err = String;
-    /// Six hex bytes separated by `:` or `-`.
-    fn from_str(s: &str) -> Result<Mac, String> {
-        let bad = || format!("`{s}` is not a MAC address: write six hex bytes like 52:54:00:12:34:56");
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut mac = [0u8; 6];
-        for (slot, p) in mac.iter_mut().zip(&parts) {
-            if p.len() != 2 {
-                return Err(bad());
-            }
-            *slot = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        Ok(Mac(mac))
-    }
-}
 
 // ----------------------------------------------------------------------------------------
 // Wire: decode and encode through dhcproto
@@ -245,6 +183,15 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, String> {
         out.resize(MIN_REPLY_LEN, 0);
     }
     Ok(out)
+}
+
+/// The client's MAC from `chaddr`, when the message is Ethernet with a 6-byte address.
+/// `hlen` is checked first: dhcproto slices `chaddr` by it.
+pub fn client_mac(msg: &Message) -> Option<Mac> {
+    if msg.htype() != HType::Eth || msg.hlen() != 6 {
+        return None;
+    }
+    <[u8; 6]>::try_from(msg.chaddr()).ok().map(Mac::new)
 }
 
 fn opt_bytes(msg: &Message, code: u8) -> Option<&[u8]> {
@@ -407,7 +354,7 @@ impl BootConfig {
         match kind {
             ClientKind::Plain => None,
             ClientKind::Ipxe { .. } => Some(Boot {
-                bootfile: format!("{}/ipxe/{}.ipxe", self.base()?, mac.dashed()),
+                bootfile: format!("{}/ipxe/{}.ipxe", self.base()?, mac.for_url()),
                 vendor_class: "PXEClient",
             }),
             ClientKind::Pxe { arch } => {
@@ -839,8 +786,8 @@ pub fn parse_leases(text: &str) -> Result<Vec<Lease>, LeaseFileError> {
             expires.parse().map_err(|_| err(format!("`{expires}` is not a time in seconds")))?;
         let holder = match (state, mac) {
             ("declined", "-") => Holder::Declined,
-            ("offered", m) => Holder::Offered(m.parse().map_err(err)?),
-            ("bound", m) => Holder::Bound(m.parse().map_err(err)?),
+            ("offered", m) => Holder::Offered(m.parse().map_err(|e: MacParseError| err(e.to_string()))?),
+            ("bound", m) => Holder::Bound(m.parse().map_err(|e: MacParseError| err(e.to_string()))?),
             _ => {
                 return Err(err(format!(
                     "unknown state `{state}` (with MAC `{mac}`): expected bound, offered or declined"
@@ -1066,7 +1013,7 @@ impl Server {
         if msg.opcode() != Opcode::BootRequest {
             return Err(Ignore::NotARequest);
         }
-        let mac = Mac::of(msg).ok_or(Ignore::NotEthernet)?;
+        let mac = client_mac(msg).ok_or(Ignore::NotEthernet)?;
         let mtype = msg.opts().msg_type().ok_or(Ignore::NoMessageType)?;
         let kind = ClientKind::of(msg);
         let server_ip = self.server_ip;
@@ -1294,7 +1241,7 @@ pub fn request(mtype: MessageType, mac: Mac, xid: u32) -> Message {
         Ipv4Addr::UNSPECIFIED,
         Ipv4Addr::UNSPECIFIED,
         Ipv4Addr::UNSPECIFIED,
-        &mac.0,
+        &mac.octets(),
     );
     m.opts_mut().insert(DhcpOption::MessageType(mtype));
     m
@@ -1315,7 +1262,7 @@ mod tests {
     use proptest::prelude::*;
 
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-    const MAC: Mac = Mac([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+    const MAC: Mac = Mac::new([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 
     fn ip(last: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 0, 0, last)
@@ -1365,17 +1312,6 @@ mod tests {
         let ack = s.handle(&select(mac, offer.ip.unwrap()), Via::Dhcp, now).unwrap();
         assert_eq!(ack.kind, ReplyKind::Ack);
         ack.ip.unwrap()
-    }
-
-    #[test]
-    fn mac_formats_and_parses() {
-        assert_eq!(MAC.to_string(), "52:54:00:12:34:56");
-        assert_eq!(MAC.dashed(), "52-54-00-12-34-56");
-        assert_eq!("52-54-00-12-34-56".parse::<Mac>().unwrap(), MAC);
-        assert_eq!("52:54:00:12:34:56".parse::<Mac>().unwrap(), MAC);
-        for bad in ["", "52:54:00:12:34", "52:54:00:12:34:5g", "525:4:00:12:34:56", "52:54:00:12:34:56:78"] {
-            assert!(bad.parse::<Mac>().is_err(), "{bad}");
-        }
     }
 
     #[test]
@@ -1502,14 +1438,14 @@ mod tests {
         // Long after expiry, nobody else needed it: the same address.
         assert_eq!(lease_dance(&mut s, MAC, 100_000), a);
         // A second machine gets another one.
-        assert_ne!(lease_dance(&mut s, Mac([2; 6]), 100_000), a);
+        assert_ne!(lease_dance(&mut s, Mac::new([2; 6]), 100_000), a);
     }
 
     #[test]
     fn request_for_someone_elses_address_is_nakked() {
         let mut s = full(100, 110);
         let a = lease_dance(&mut s, MAC, 0);
-        let other = Mac([2; 6]);
+        let other = Mac::new([2; 6]);
         let r = s.handle(&select(other, a), Via::Dhcp, 10).unwrap();
         assert_eq!(
             (r.kind, r.nak_reason, r.to),
@@ -1529,20 +1465,23 @@ mod tests {
         let mut s = full(100, 100);
         let r = s.handle(&discover(MAC), Via::Dhcp, 0).unwrap();
         assert_eq!(r.ip, Some(ip(100)));
-        assert!(s.handle(&discover(Mac([2; 6])), Via::Dhcp, 1).is_none(), "held for the first client");
+        assert!(s.handle(&discover(Mac::new([2; 6])), Via::Dhcp, 1).is_none(), "held for the first client");
         let mut m = select(MAC, ip(100));
         m.opts_mut().insert(DhcpOption::ServerIdentifier(ip(200)));
         assert_eq!(s.decide(&m, Via::Dhcp, 2), Outcome::Ignored(Ignore::OtherServerChosen));
-        assert_eq!(s.handle(&discover(Mac([2; 6])), Via::Dhcp, 3).unwrap().ip, Some(ip(100)));
+        assert_eq!(s.handle(&discover(Mac::new([2; 6])), Via::Dhcp, 3).unwrap().ip, Some(ip(100)));
     }
 
     #[test]
     fn offers_expire_and_exhaustion_is_reported() {
         let mut s = full(100, 101);
-        s.handle(&discover(Mac([1; 6])), Via::Dhcp, 0).unwrap();
-        s.handle(&discover(Mac([2; 6])), Via::Dhcp, 0).unwrap();
-        assert_eq!(s.decide(&discover(Mac([3; 6])), Via::Dhcp, 1), Outcome::Ignored(Ignore::PoolExhausted));
-        let r = s.handle(&discover(Mac([3; 6])), Via::Dhcp, OFFER_HOLD_SECS + 1).unwrap();
+        s.handle(&discover(Mac::new([1; 6])), Via::Dhcp, 0).unwrap();
+        s.handle(&discover(Mac::new([2; 6])), Via::Dhcp, 0).unwrap();
+        assert_eq!(
+            s.decide(&discover(Mac::new([3; 6])), Via::Dhcp, 1),
+            Outcome::Ignored(Ignore::PoolExhausted)
+        );
+        let r = s.handle(&discover(Mac::new([3; 6])), Via::Dhcp, OFFER_HOLD_SECS + 1).unwrap();
         assert!(r.ip.is_some());
         assert!(!s.pool_mut().unwrap().take_dirty(), "offers alone are not persisted");
     }
@@ -1559,7 +1498,7 @@ mod tests {
         stranger.set_chaddr(&[9; 6]);
         assert_eq!(s.decide(&stranger, Via::Dhcp, 10), Outcome::Ignored(Ignore::NotHeld));
         // Free for others now.
-        assert_eq!(lease_dance(&mut s, Mac([2; 6]), 11), a);
+        assert_eq!(lease_dance(&mut s, Mac::new([2; 6]), 11), a);
     }
 
     #[test]
@@ -1570,25 +1509,26 @@ mod tests {
         dec.opts_mut().insert(DhcpOption::RequestedIpAddress(a));
         assert_eq!(s.decide(&dec, Via::Dhcp, 10), Outcome::Declined { mac: MAC, ip: a });
         assert_eq!(s.handle(&discover(MAC), Via::Dhcp, 11).unwrap().ip, Some(ip(101)));
-        assert_ne!(s.handle(&discover(Mac([2; 6])), Via::Dhcp, 11).map(|r| r.ip), Some(Some(a)));
+        assert_ne!(s.handle(&discover(Mac::new([2; 6])), Via::Dhcp, 11).map(|r| r.ip), Some(Some(a)));
         // After the hold, it is back in the pool.
         let later = 11 + DECLINE_HOLD_SECS + OFFER_HOLD_SECS;
-        let got: BTreeSet<_> =
-            [3, 4].map(|i| s.handle(&discover(Mac([i; 6])), Via::Dhcp, later).unwrap().ip.unwrap()).into();
+        let got: BTreeSet<_> = [3, 4]
+            .map(|i| s.handle(&discover(Mac::new([i; 6])), Via::Dhcp, later).unwrap().ip.unwrap())
+            .into();
         assert_eq!(got, BTreeSet::from([ip(100), ip(101)]));
     }
 
     #[test]
     fn reservations_win_and_are_kept_from_others() {
         let mut cfg = pool_cfg(100, 101);
-        cfg.reservations = vec![(MAC, ip(50)), (Mac([7; 6]), ip(100))];
+        cfg.reservations = vec![(MAC, ip(50)), (Mac::new([7; 6]), ip(100))];
         let mut s = Server::full(SERVER, cfg, boot()).unwrap();
         assert_eq!(lease_dance(&mut s, MAC, 0), ip(50), "reserved address outside the range");
-        assert_eq!(lease_dance(&mut s, Mac([2; 6]), 0), ip(101), "reserved 100 skipped");
-        assert!(s.handle(&discover(Mac([3; 6])), Via::Dhcp, 0).is_none());
+        assert_eq!(lease_dance(&mut s, Mac::new([2; 6]), 0), ip(101), "reserved 100 skipped");
+        assert!(s.handle(&discover(Mac::new([3; 6])), Via::Dhcp, 0).is_none());
         let r = s.handle(&select(MAC, ip(101)), Via::Dhcp, 0).unwrap();
         assert_eq!(r.nak_reason, Some(NakReason::Reserved(ip(50))));
-        let r = s.handle(&select(Mac([3; 6]), ip(100)), Via::Dhcp, 0).unwrap();
+        let r = s.handle(&select(Mac::new([3; 6]), ip(100)), Via::Dhcp, 0).unwrap();
         assert_eq!(r.nak_reason, Some(NakReason::InUse));
     }
 
@@ -1602,7 +1542,7 @@ mod tests {
         c.lease_secs = 60;
         c.reservations = vec![(MAC, ip(3)), (MAC, ip(4))];
         assert!(c.validate().unwrap_err().contains("two DHCP reservations"));
-        c.reservations = vec![(MAC, ip(3)), (Mac([1; 6]), ip(3))];
+        c.reservations = vec![(MAC, ip(3)), (Mac::new([1; 6]), ip(3))];
         assert!(c.validate().unwrap_err().contains("two MACs"));
     }
 
@@ -1708,11 +1648,11 @@ mod tests {
     fn lease_table_round_trips_and_a_restart_keeps_addresses() {
         let mut s = full(100, 110);
         let a = lease_dance(&mut s, MAC, 1_700_000_000);
-        let b = lease_dance(&mut s, Mac([2; 6]), 1_700_000_000);
-        let mut dec = request(MessageType::Decline, Mac([2; 6]), 3);
+        let b = lease_dance(&mut s, Mac::new([2; 6]), 1_700_000_000);
+        let mut dec = request(MessageType::Decline, Mac::new([2; 6]), 3);
         dec.opts_mut().insert(DhcpOption::RequestedIpAddress(b));
         s.decide(&dec, Via::Dhcp, 1_700_000_001);
-        s.handle(&discover(Mac([3; 6])), Via::Dhcp, 1_700_000_001).unwrap();
+        s.handle(&discover(Mac::new([3; 6])), Via::Dhcp, 1_700_000_001).unwrap();
         let text = s.pool().unwrap().to_text();
         assert!(text.starts_with("# monarch DHCP leases"));
         assert!(text.contains(&format!("bound 52:54:00:12:34:56 {a} 1700003600\n")));
@@ -1807,7 +1747,7 @@ mod tests {
 
     fn servers() -> [Server; 2] {
         let mut cfg = pool_cfg(100, 103);
-        cfg.reservations = vec![(Mac([1; 6]), ip(103))];
+        cfg.reservations = vec![(Mac::new([1; 6]), ip(103))];
         [Server::full(SERVER, cfg, boot()).unwrap(), Server::proxy(SERVER, boot())]
     }
 
@@ -1824,7 +1764,7 @@ mod tests {
     }
 
     fn arb_mac() -> impl Strategy<Value = Mac> {
-        (0u8..6).prop_map(|i| Mac([2, 0, 0, 0, 0, i]))
+        (0u8..6).prop_map(|i| Mac::new([2, 0, 0, 0, 0, i]))
     }
 
     #[derive(Debug, Clone)]
@@ -1884,7 +1824,7 @@ mod tests {
         fn discover_request_yields_an_address_in_the_pool(mac in any::<[u8; 6]>(), first in 2u8..200, size in 1u8..50, asked in any::<Option<u8>>(), arch in prop_oneof![Just(None), Just(Some(0u16)), Just(Some(7u16))], now in any::<u32>()) {
             let last = first.saturating_add(size - 1);
             let mut s = full(first, last);
-            let mac = Mac(mac);
+            let mac = Mac::new(mac);
             let mut d = discover(mac);
             if let Some(a) = asked {
                 d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip(a)));
@@ -1908,7 +1848,7 @@ mod tests {
         fn two_macs_never_hold_the_same_address(ops in proptest::collection::vec(arb_op(), 0..80), reload in any::<bool>()) {
             let mut cfg = pool_cfg(100, 103);
             cfg.lease_secs = 3000;
-            cfg.reservations = vec![(Mac([2, 0, 0, 0, 0, 1]), ip(50)), (Mac([2, 0, 0, 0, 0, 2]), ip(101))];
+            cfg.reservations = vec![(Mac::new([2, 0, 0, 0, 0, 1]), ip(50)), (Mac::new([2, 0, 0, 0, 0, 2]), ip(101))];
             let mut s = Server::full(SERVER, cfg.clone(), boot()).unwrap();
             let mut granted: BTreeMap<Ipv4Addr, (Mac, u64)> = BTreeMap::new();
             let mut now = 1000u64;

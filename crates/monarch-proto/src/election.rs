@@ -13,7 +13,7 @@
 //!   Every command a monarch writes into a secondary's window carries its epoch, so a
 //!   monarch that was only paused cannot act after it wakes up (see `secondary::Fence`).
 
-use crate::layout::{Reg, r32, r64};
+use crate::window::layout::{Reg, r32, r64};
 use std::time::Duration;
 
 /// A candidate's state on the backplane.
@@ -229,7 +229,7 @@ pub fn decode_done(word: u64) -> Option<(u32, bool)> {
 // --- The backplane register page --------------------------------------------------------
 
 /// Candidates a backplane holds (one command block each in every window).
-pub const MAX_CANDIDATES: usize = crate::layout::CMD_BLOCKS;
+pub const MAX_CANDIDATES: usize = crate::window::layout::CMD_BLOCKS;
 /// `b"MNRCHBPL"` as a little-endian u64.
 pub const BP_MAGIC_VALUE: u64 = u64::from_le_bytes(*b"MNRCHBPL");
 /// Backplane layout version (2: the boot's end is a flag of the claim word).
@@ -517,9 +517,9 @@ mod tests {
             let c = candidate(k);
             regs.extend([c.state, c.boot_id, c.slot, c.pid]);
         }
-        let mut used = [false; crate::layout::REGS_SIZE];
+        let mut used = [false; crate::window::layout::REGS_SIZE];
         for r in regs {
-            let w = if r.width == crate::layout::Width::W32 { 4 } else { 8 };
+            let w = if r.width == crate::window::layout::Width::W32 { 4 } else { 8 };
             assert_eq!(r.offset % w, 0, "{}", r.name);
             for b in &mut used[r.offset..r.offset + w] {
                 assert!(!*b, "{} overlaps", r.name);

@@ -28,6 +28,7 @@
 //! every length is bounded by [`MAX_MESSAGE`].
 
 use crate::checksum::{Algo, Digest};
+use crate::mac::Mac;
 use std::time::Duration;
 
 /// `MNRB`: monarch network boot.
@@ -67,7 +68,7 @@ pub struct Discover {
     /// Transaction id chosen by the machine; the OFFER echoes it.
     pub xid: u32,
     /// The machine's MAC address: the catalog key.
-    pub mac: [u8; 6],
+    pub mac: Mac,
     /// The image the machine already has, if any (algorithm + digest).
     pub current: Option<(Algo, Digest)>,
 }
@@ -318,7 +319,7 @@ impl Message {
         b.extend_from_slice(&self.xid().to_le_bytes());
         match self {
             Message::Discover(d) => {
-                b.extend_from_slice(&d.mac);
+                b.extend_from_slice(&d.mac.octets());
                 match d.current {
                     Some((a, dg)) => {
                         b.push(algo_code(a));
@@ -373,7 +374,7 @@ impl Message {
         let xid = r.u32()?;
         let msg = match kind {
             KIND_DISCOVER => {
-                let mac = r.array()?;
+                let mac = Mac::new(r.array()?);
                 let current = match r.u8()? {
                     0 => {
                         r.digest(None)?;
@@ -452,7 +453,7 @@ pub struct ClientConfig {
     /// Transaction id (the driver picks a random one per boot).
     pub xid: u32,
     /// This machine's MAC.
-    pub mac: [u8; 6],
+    pub mac: Mac,
     /// The image this machine already has (sent in DISCOVER; an OFFER of the same digest
     /// ends the flow with [`Outcome::UpToDate`]).
     pub current: Option<(Algo, Digest)>,
@@ -787,7 +788,7 @@ mod tests {
     fn cfg() -> ClientConfig {
         ClientConfig {
             xid: 0x1234_5678,
-            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            mac: Mac::new([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
             current: None,
             interval: ms(500),
             give_up_after: ms(2000),
@@ -1007,8 +1008,9 @@ mod tests {
 
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (any::<u32>(), any::<[u8; 6]>(), proptest::option::of(arb_digest()))
-                .prop_map(|(xid, mac, current)| Message::Discover(Discover { xid, mac, current })),
+            (any::<u32>(), any::<[u8; 6]>(), proptest::option::of(arb_digest())).prop_map(
+                |(xid, mac, current)| Message::Discover(Discover { xid, mac: Mac::new(mac), current })
+            ),
             (
                 any::<u32>(),
                 "[a-z0-9._/-]{1,255}",

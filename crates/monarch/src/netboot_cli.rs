@@ -288,8 +288,7 @@ fn assign(a: AssignArgs, how: Assign) -> ExitCode {
     }
 }
 
-fn mac_of(a: &AgentArgs) -> Result<[u8; 6], String> {
-    use monarch_net::catalog::parse_mac;
+fn mac_of(a: &AgentArgs) -> Result<monarch_proto::mac::Mac, String> {
     let text = match (&a.mac, &a.interface) {
         (Some(m), _) => m.clone(),
         (None, Some(i)) => std::fs::read_to_string(format!("/sys/class/net/{i}/address"))
@@ -302,7 +301,7 @@ fn mac_of(a: &AgentArgs) -> Result<[u8; 6], String> {
             );
         }
     };
-    parse_mac(&text).ok_or_else(|| format!("{text:?} is not a MAC address: write aa:bb:cc:dd:ee:ff"))
+    text.parse().map_err(|_| format!("{text:?} is not a MAC address: write aa:bb:cc:dd:ee:ff"))
 }
 
 fn agent(a: AgentArgs, recover: bool) -> ExitCode {

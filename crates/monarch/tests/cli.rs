@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)] // test code: a panic is the failure report
 
 use monarch_drivers::Window;
-use monarch_proto::layout;
-use monarch_proto::msg;
+use monarch_proto::window::layout;
+use monarch_proto::window::msg;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,7 +5,7 @@ use crate::plan::Plan;
 use crate::run::{self, UpOptions};
 use crate::topology::ElectionBackend;
 use monarch_drivers::Window;
-use monarch_proto::layout;
+use monarch_proto::window::layout;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

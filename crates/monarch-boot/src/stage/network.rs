@@ -36,10 +36,11 @@ use crate::image;
 use crate::payload::NETBOOT_MARKER;
 use crate::topology::{ImageSource, NetbootSpec, Secondary};
 use monarch_net::EventSink;
-use monarch_net::catalog::{Catalog, Machine, format_mac};
+use monarch_net::catalog::{Catalog, Machine};
 use monarch_net::discovery::{DiscoveryConfig, DiscoveryEvent, DiscoveryServer};
 use monarch_proto::Algo;
 use monarch_proto::checksum::Digest;
+use monarch_proto::mac::Mac;
 use monarch_proto::netboot::{Discover, Message, Offer};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, ErrorKind, Read};
@@ -152,7 +153,10 @@ impl<'a, 'c> NetStage<'a, 'c> {
         let catalog = Catalog::from_parts(
             &self.root,
             None,
-            [(self.nb.mac, Machine { name: Some(sec.id.clone()), image: Some(name), ..Machine::default() })],
+            [(
+                Mac::from(self.nb.mac),
+                Machine { name: Some(sec.id.clone()), image: Some(name), ..Machine::default() },
+            )],
         )
         .map_err(|e| format!("cannot serve the image: {e}"))?;
         let server = Server::start(&sec.id, catalog, sec.algo, tx.clone())?;
@@ -257,7 +261,7 @@ impl<'a, 'c> NetStage<'a, 'c> {
         cmd.args(["netboot", "agent", "--server"])
             .arg(udp.to_string())
             .arg("--mac")
-            .arg(format_mac(self.nb.mac))
+            .arg(Mac::from(self.nb.mac).to_string())
             .arg("--handoff")
             .arg(sec.handoff.name())
             .arg("--json")
@@ -609,7 +613,7 @@ fn prime(server: SocketAddr, mac: [u8; 6], wait: Duration) -> Result<(SocketAddr
         .map_err(|e| format!("cannot bind a UDP socket on 127.0.0.1: {e}"))?;
     let from = sock.local_addr().map_err(|e| format!("cannot read a UDP socket's address: {e}"))?;
     let xid = std::process::id().rotate_left(16) ^ u32::from_le_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    let discover = Message::Discover(Discover { xid, mac, current: None }).encode();
+    let discover = Message::Discover(Discover { xid, mac: Mac::from(mac), current: None }).encode();
     let start = Instant::now();
     let mut buf = vec![0u8; monarch_proto::netboot::MAX_MESSAGE + 1];
     while start.elapsed() < wait {
@@ -705,7 +709,7 @@ mod tests {
         std::fs::write(dir.path().join("a.img"), b"hello netboot").unwrap();
         let mac = [0x52, 0x54, 0, 1, 2, 3];
         let m = Machine { image: Some("a.img".into()), ..Machine::default() };
-        let catalog = Catalog::from_parts(dir.path(), None, [(mac, m)]).unwrap();
+        let catalog = Catalog::from_parts(dir.path(), None, [(Mac::from(mac), m)]).unwrap();
         let (tx, rx) = mpsc::channel();
         let server = Server::start("t", catalog, Algo::Crc32c, tx).unwrap();
         let (from, offer) = prime(server.udp, mac, Duration::from_secs(20)).unwrap();

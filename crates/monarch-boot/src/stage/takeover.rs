@@ -2,8 +2,8 @@
 //! before it acts, so the secondary ignores every command of an older monarch.
 use crate::topology::Secondary;
 use monarch_drivers::Window;
-use monarch_proto::layout;
-use monarch_proto::msg::{self, WindowConfig};
+use monarch_proto::window::layout;
+use monarch_proto::window::msg::{self, WindowConfig};
 use thiserror::Error;
 
 /// Why a window could not be claimed for a new monarch.
@@ -45,7 +45,7 @@ pub enum ClaimError {
 
 /// The config's register writes without `cfg.epoch`, which only [`raise_epoch`] changes
 /// (several monarchs may take turns).
-pub fn config_writes(data_size: u64, cfg: &WindowConfig) -> Vec<msg::Write> {
+pub fn config_writes(data_size: u64, cfg: &WindowConfig) -> Vec<layout::Write> {
     msg::encode_config(data_size, cfg).into_iter().filter(|(r, _)| *r != layout::CFG_EPOCH).collect()
 }
 

@@ -1,5 +1,5 @@
 //! The monarch's side of one secondary with a window: configure its window, release it
-//! (start its agent), and drive [`monarch_proto::primary::Primary`] with real registers,
+//! (start its agent), and drive [`monarch_proto::window::primary::Primary`] with real registers,
 //! copies and doorbells.
 use super::context::{StageCtx, Staged, announce_done, log_tail, ms, port_path, spawn_logged};
 use super::takeover::{config_writes, raise_epoch};
@@ -9,10 +9,12 @@ use crate::image::{self, Image};
 use crate::topology::{Launch, Secondary};
 use command_fds::{CommandFdExt, FdMapping};
 use monarch_drivers::{Doorbell, Poll, Window};
-use monarch_proto::layout;
-use monarch_proto::msg::{self, Command, Mode, WindowConfig};
-use monarch_proto::primary::{Failure, Phase, Primary, PrimaryAction, PrimaryInput, PrimarySpec, Timeouts};
-use monarch_proto::stream;
+use monarch_proto::window::layout;
+use monarch_proto::window::msg::{self, Command, Mode, WindowConfig};
+use monarch_proto::window::primary::{
+    Failure, Phase, Primary, PrimaryAction, PrimaryInput, PrimarySpec, Timeouts,
+};
+use monarch_proto::window::stream;
 use std::path::PathBuf;
 use std::process::{Child, Command as Process};
 use std::time::{Duration, Instant};
@@ -264,13 +266,14 @@ impl<'a, 'c> Stage<'a, 'c> {
         };
         let status_seq = found.as_ref().map_or(0, |(s, _)| *s);
         let spec = self.primary_spec(expected);
-        let decision = monarch_proto::primary::resume(spec, found.as_ref().map(|(_, s)| s), Duration::ZERO);
+        let decision =
+            monarch_proto::window::primary::resume(spec, found.as_ref().map(|(_, s)| s), Duration::ZERO);
         let cfg = msg::decode_config(&|r| w.load(r), w.data_size()).ok();
         self.geometry = cfg.map(|c| stream::Geometry::new(&c));
         self.window = Some(w);
         let released = Instant::now();
         Some(match decision {
-            monarch_proto::primary::Resume::LeaveRunning => {
+            monarch_proto::window::primary::Resume::LeaveRunning => {
                 self.resumed = Some("left running".into());
                 if let Some((_, msg::Status::Running { pid })) = &found {
                     self.adopted_pid = u32::try_from(*pid).ok().filter(|p| *p > 1);
@@ -279,14 +282,14 @@ impl<'a, 'c> Stage<'a, 'c> {
                 self.phase("adopted", 0);
                 Ok(Phase::Running)
             }
-            monarch_proto::primary::Resume::Adopt(p, actions) => {
+            monarch_proto::window::primary::Resume::Adopt(p, actions) => {
                 self.resumed = Some(format!("adopted verified attempt {} (not staged again)", p.attempt()));
                 self.attempts = p.attempt();
                 self.foreign_agent = true;
                 self.phase("adopted", p.attempt());
                 self.handshake(released, Some((p, actions, status_seq)))
             }
-            monarch_proto::primary::Resume::Restart => {
+            monarch_proto::window::primary::Resume::Restart => {
                 let r = (|| {
                     self.mandate()?;
                     // Our config, stamped with our epoch: an agent started now ignores any

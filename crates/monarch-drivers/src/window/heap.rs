@@ -2,7 +2,7 @@
 
 use super::{SharedBytes, WindowError, WindowMemory};
 use crate::doorbell::Doorbell;
-use monarch_proto::layout;
+use monarch_proto::window::layout;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,8 +4,8 @@ use super::{Poll, SharedBytes, WindowError, WindowMemory};
 use crate::doorbell::Doorbell;
 use memmap2::{MmapOptions, MmapRaw};
 use monarch_proto::checksum::{Algo, Digest};
-use monarch_proto::layout::{self, Reg};
-use monarch_proto::msg::{self, RegisterError};
+use monarch_proto::window::layout::{self, Reg};
+use monarch_proto::window::msg::RegisterError;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -190,7 +190,7 @@ impl Window {
     }
 
     /// [`WindowMemory::apply`]: apply register writes in order.
-    pub fn apply(&self, writes: &[msg::Write]) {
+    pub fn apply(&self, writes: &[layout::Write]) {
         WindowMemory::apply(self, writes)
     }
 
@@ -220,7 +220,7 @@ impl Window {
     }
 
     /// [`WindowMemory::post`]: post a message, then ring.
-    pub fn post(&self, writes: &[msg::Write], bell: Reg) {
+    pub fn post(&self, writes: &[layout::Write], bell: Reg) {
         WindowMemory::post(self, writes, bell)
     }
 
@@ -300,7 +300,8 @@ impl WindowMemory for Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monarch_proto::msg::{Command, Status, encode_command, encode_status};
+    use monarch_proto::window::msg;
+    use monarch_proto::window::msg::{Command, Status, encode_command, encode_status};
 
     fn tmp_window(data: u64) -> (tempfile::TempDir, Window) {
         let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,7 @@
 //! threads over the in-memory one.
 
 use super::*;
-use monarch_proto::msg::{Command, Stamped, Status, encode_command, encode_status};
+use monarch_proto::window::msg::{self, Command, Stamped, Status, encode_command, encode_status};
 use std::thread;
 
 /// A file window and an in-memory window, each with `data` bytes of data area.

@@ -7,7 +7,8 @@
 //! codes, impossible sizes and zero attempts are [`RegisterError`]s, never panics.
 
 use crate::checksum::{Algo, Digest};
-use crate::layout::{self, Reg};
+use crate::window::layout::{self, Reg, Write};
+use crate::window::stream::Geometry;
 use thiserror::Error;
 
 /// Who copies the image across the window.
@@ -336,9 +337,6 @@ pub enum RegisterError {
     Unstable(&'static str),
 }
 
-/// One register write.
-pub type Write = (Reg, u64);
-
 /// Set in a publication word while its block is being rewritten (seqlock "odd" state).
 ///
 /// A side posts a message as: publication word = `seq | SEQ_BUSY`, then the payload
@@ -454,7 +452,7 @@ pub fn decode_config(read: &dyn Fn(Reg) -> u64, data_size: u64) -> Result<Window
             _ => return Err(RegisterError::ImageOutOfBounds { image_size, load_offset, data_size }),
         },
         Mode::Push => {
-            let geometry = crate::stream::Geometry::new(&cfg);
+            let geometry = Geometry::new(&cfg);
             let bad = |why: &'static str| RegisterError::BadRing {
                 chunk_size,
                 ring_size,
@@ -478,6 +476,19 @@ pub fn decode_config(read: &dyn Fn(Reg) -> u64, data_size: u64) -> Result<Window
         }
     }
     Ok(cfg)
+}
+
+impl Geometry {
+    /// The ring of a (validated) config. It lives here, beside the config block, so that the
+    /// ring's arithmetic in `stream.rs` needs nothing of the messages.
+    pub fn new(cfg: &WindowConfig) -> Geometry {
+        Geometry {
+            image_size: cfg.image_size,
+            chunk_size: cfg.chunk_size,
+            ring_size: cfg.ring_size,
+            ring_offset: cfg.load_offset,
+        }
+    }
 }
 
 /// Read a 32-bit register through the width-agnostic reader: only the low half is the register.
@@ -620,7 +631,7 @@ pub fn decode_report(read: &dyn Fn(Reg) -> u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page::Page;
+    use crate::window::page::Page;
     use proptest::prelude::*;
 
     fn arb_digest() -> impl Strategy<Value = Digest> {
@@ -786,5 +797,99 @@ mod tests {
         let e = decode_header(&|r| p.read(r), 10).unwrap_err();
         assert!(e.to_string().contains("hdr.magic"), "{e}");
         assert!(e.to_string().contains("right window file"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    //! Golden bytes: the register page as another implementation (firmware, a C agent)
+    //! must see it. If one of these fails, the wire format changed: bump `VERSION`.
+    use super::*;
+    use crate::window::page::Page;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn header_and_config_block() {
+        let mut p = Page::new();
+        let cfg = WindowConfig {
+            image_size: 0x01E0_0000, // 30 MiB
+            load_offset: 0x1000,
+            algo: Algo::Crc32c,
+            mode: Mode::Pull,
+            epoch: 3,
+            chunk_size: 0x10_0000,
+            ring_size: 0x40_0000,
+        };
+        p.apply(&encode_config(0x0400_0000, &cfg));
+        assert_eq!(
+            hex(&p.bytes()[0x00..0x18]),
+            "4d 4e 52 43 48 57 49 4e 02 00 00 00 00 10 00 00 00 00 00 04 00 00 00 00"
+        );
+        assert_eq!(
+            hex(&p.bytes()[0x40..0x5c]),
+            "00 00 e0 01 00 00 00 00 00 10 00 00 00 00 00 00 01 00 00 00 01 00 00 00 03 00 00 00"
+        );
+        assert_eq!(hex(&p.bytes()[0x60..0x70]), "00 00 10 00 00 00 00 00 00 00 40 00 00 00 00 00");
+    }
+
+    #[test]
+    fn ok_command_block() {
+        let mut p = Page::new();
+        let mut d = [0u8; 32];
+        d[..4].copy_from_slice(&[0xe3, 0x06, 0x92, 0x83]);
+        // Candidate 1's block (0x480), epoch 7.
+        p.apply(&encode_command(1, 5, 7, &Command::Ok { attempt: 2, digest: Digest(d) }));
+        assert_eq!(
+            hex(&p.bytes()[0x480..0x4a0]),
+            "05 00 00 00 03 00 00 00 02 00 00 00 00 00 00 00 07 00 00 00 00 00 00 00 e3 06 92 83 00 00 00 00"
+        );
+        assert!(p.bytes()[0x4a0..0x4b8].iter().all(|b| *b == 0));
+        assert!(p.bytes()[..0x480].iter().all(|b| *b == 0), "only block 1 is written");
+    }
+
+    #[test]
+    fn abort_command_block() {
+        let mut p = Page::new();
+        p.apply(&encode_command(0, 9, 1, &Command::Abort { reason: AbortReason::ChecksumMismatch }));
+        assert_eq!(
+            hex(&p.bytes()[0x400..0x414]),
+            "09 00 00 00 04 00 00 00 00 00 00 00 01 00 00 00 01 00 00 00"
+        );
+    }
+
+    #[test]
+    fn verified_status_block() {
+        let mut p = Page::new();
+        let mut d = [0u8; 32];
+        d[..8].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        p.apply(&encode_status(2, 3, &Status::Verified { attempt: 1, digest: Digest(d) }));
+        assert_eq!(hex(&p.bytes()[0x140..0x144]), "03 00 00 00");
+        assert_eq!(
+            hex(&p.bytes()[0x100..0x120]),
+            "02 00 00 00 02 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 88 77 66 55 44 33 22 11"
+        );
+    }
+
+    #[test]
+    fn ready_and_failed_status_blocks() {
+        let mut p = Page::new();
+        p.apply(&encode_status(1, 0, &Status::Ready { pid: 0x1234 }));
+        assert_eq!(
+            hex(&p.bytes()[0x100..0x118]),
+            "01 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 34 12 00 00 00 00 00 00"
+        );
+        p.apply(&encode_status(2, 0, &Status::Failed { attempt: 3, error: FailCode::OkMismatch }));
+        assert_eq!(hex(&p.bytes()[0x100..0x110]), "02 00 00 00 03 00 00 00 03 00 00 00 04 00 00 00");
+    }
+
+    #[test]
+    fn report_block() {
+        let mut p = Page::new();
+        p.apply(&encode_report("hello, monarch"));
+        assert_eq!(hex(&p.bytes()[0x180..0x184]), "0e 00 00 00");
+        assert_eq!(&p.bytes()[0x188..0x188 + 14], b"hello, monarch");
     }
 }

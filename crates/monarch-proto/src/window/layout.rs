@@ -4,7 +4,10 @@
 //! registers are little-endian, naturally aligned 32- or 64-bit words. The primary (monarch)
 //! owns the header, config and command blocks; the secondary owns the status and report
 //! blocks. Each side writes only its own registers. `docs/window-protocol.md` is the
-//! normative description; the golden-byte tests at the bottom of this file pin it down.
+//! normative description; the golden-byte tests at the bottom of `msg.rs` pin it down.
+//!
+//! This file knows registers only: which values go in them (message codes, the config
+//! block) is the messages' business, one level up in `msg.rs`.
 
 /// `b"MNRCHWIN"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MNRCHWIN");
@@ -84,7 +87,7 @@ pub const CMD_BLOCK_STRIDE: usize = 0x80;
 pub struct CmdBlock {
     /// Publication word: incremented (never 0 once posted) after the rest of the block is written.
     pub seq: Reg,
-    /// Command code, see [`crate::msg::command_code`].
+    /// Command code (one of the messages' `command_code`s).
     pub code: Reg,
     /// Attempt number the command refers to (1-based).
     pub attempt: Reg,
@@ -144,7 +147,7 @@ impl CmdBlock {
 // --- Status block: the secondary's message register --------------------------------------
 /// Publication word, as a command block's [`CmdBlock::seq`].
 pub const ST_SEQ: Reg = r32(0x100, "status.seq");
-/// Status code, see [`crate::msg::status_code`].
+/// Status code (one of the messages' `status_code`s).
 pub const ST_CODE: Reg = r32(0x104, "status.code");
 /// Attempt the status refers to.
 pub const ST_ATTEMPT: Reg = r32(0x108, "status.attempt");
@@ -223,6 +226,9 @@ pub const ALL: &[Reg] = &[
     DB_TO_SECONDARY,
     DB_TO_PRIMARY,
 ];
+
+/// One register write: the register and the value (a 32-bit register takes the low half).
+pub type Write = (Reg, u64);
 
 /// Total window length for a data area of `data_size` bytes, or `None` on overflow.
 pub fn window_len(data_size: u64) -> Option<u64> {

@@ -6,7 +6,7 @@
 //! fails the secondary instead.
 
 use crate::checksum::Digest;
-use crate::msg::{Command, FailCode, RegisterError, Status, WindowConfig};
+use crate::window::msg::{Command, FailCode, RegisterError, Status, WindowConfig};
 use std::time::Duration;
 
 /// Inputs from the driver.
@@ -67,7 +67,7 @@ pub enum SecondaryFailure {
     /// The secondary gave up with this code (also posted to the primary).
     Failed(FailCode),
     /// The primary aborted, with its reason code.
-    Aborted(crate::msg::AbortReason),
+    Aborted(crate::window::msg::AbortReason),
     /// A register value from the primary was invalid.
     Protocol(RegisterError),
 }
@@ -303,7 +303,9 @@ impl Secondary {
             (_, I::Command(Command::Shutdown)) => {
                 self.state = State::Done;
                 self.deadline = None;
-                vec![SecondaryAction::Exit(Err(SecondaryFailure::Aborted(crate::msg::AbortReason::Stopped)))]
+                vec![SecondaryAction::Exit(Err(SecondaryFailure::Aborted(
+                    crate::window::msg::AbortReason::Stopped,
+                )))]
             }
             // Anything else from the primary, in this state, breaks the protocol.
             (_, I::Command(_) | I::Release(_)) => {
@@ -329,7 +331,7 @@ impl Secondary {
 mod tests {
     use super::*;
     use crate::checksum::Algo;
-    use crate::msg::{AbortReason, Mode};
+    use crate::window::msg::{AbortReason, Mode};
     use proptest::prelude::*;
 
     const CFG: WindowConfig = WindowConfig {

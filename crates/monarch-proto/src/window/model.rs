@@ -15,12 +15,12 @@
 //! memory orderings too, but it cannot run the futex or a second process; this search runs
 //! the real decision code, which is where the protocol's bugs would live.
 
+use crate::Algo;
 use crate::checksum::Digest;
-use crate::layout::{self, Reg};
-use crate::msg::{self, Command, Status, WindowConfig};
-use crate::primary::{Phase, Primary, PrimaryAction, PrimaryInput, PrimarySpec, Timeouts};
-use crate::secondary::{Secondary, SecondaryAction, SecondaryInput};
-use crate::{Algo, Mode};
+use crate::window::layout::{self, Reg};
+use crate::window::msg::{self, Command, Mode, Status, WindowConfig};
+use crate::window::primary::{Phase, Primary, PrimaryAction, PrimaryInput, PrimarySpec, Timeouts};
+use crate::window::secondary::{Secondary, SecondaryAction, SecondaryInput};
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
@@ -65,7 +65,7 @@ impl Page {
         };
         self.0[Self::index(r)] = v;
     }
-    fn apply(&mut self, writes: &[msg::Write]) {
+    fn apply(&mut self, writes: &[layout::Write]) {
         for (r, v) in writes {
             self.write(*r, *v);
         }
@@ -194,7 +194,7 @@ fn payload_regs(cmd_block: bool) -> Vec<Reg> {
 }
 
 impl World {
-    fn post(&mut self, primary: bool, cfg: &Config, writes: Vec<msg::Write>) {
+    fn post(&mut self, primary: bool, cfg: &Config, writes: Vec<layout::Write>) {
         let side = if primary { &mut self.ps } else { &mut self.ss };
         let mut writes = writes;
         match cfg.publication {

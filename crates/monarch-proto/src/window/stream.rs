@@ -13,9 +13,9 @@
 //! `p < consumed + slots` (a free slot: its previous occupant was verified and released); the
 //! secondary may read position `p` only when `p < produced`. This module is the arithmetic;
 //! the property test below checks that no interleaving of the two rules lets a chunk be
-//! overwritten before it is consumed or read before it is written.
-
-use crate::msg::WindowConfig;
+//! overwritten before it is consumed or read before it is written. A [`Geometry`] comes from
+//! a config block through `Geometry::new`, written next to the config in `msg.rs` (which
+//! checks a config's ring with this arithmetic).
 
 /// Bytes of one manifest entry.
 pub const DIGEST_LEN: u64 = 32;
@@ -34,16 +34,6 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// From a (validated) config.
-    pub fn new(cfg: &WindowConfig) -> Geometry {
-        Geometry {
-            image_size: cfg.image_size,
-            chunk_size: cfg.chunk_size,
-            ring_size: cfg.ring_size,
-            ring_offset: cfg.load_offset,
-        }
-    }
-
     /// Chunks in the image.
     pub fn chunks(&self) -> u64 {
         self.image_size.div_ceil(self.chunk_size.max(1))

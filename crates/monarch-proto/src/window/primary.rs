@@ -6,7 +6,7 @@
 //! checksum with the retrieved one → OK, or rewrite up to `max_attempts` times, then abort.
 
 use crate::checksum::Digest;
-use crate::msg::{AbortReason, Command, FailCode, RegisterError, Status};
+use crate::window::msg::{AbortReason, Command, FailCode, RegisterError, Status};
 use std::time::Duration;
 use thiserror::Error;
 
