@@ -1,10 +1,12 @@
 //! `monarch`: the command line. Thin: parse, wire, print. The work is in `monarch-boot`.
 #![forbid(unsafe_code)]
 
+mod exit;
 mod netboot_cli;
 mod output;
 
 use clap::{Args, Parser, Subcommand};
+use exit::bad_input;
 use monarch_boot::agent::{self, AgentOptions};
 use monarch_boot::election;
 use monarch_boot::handoff::Handoff;
@@ -16,14 +18,6 @@ use monarch_drivers::Doorbell;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// Exit codes (docs/cli.md).
-mod exit {
-    /// A required secondary did not boot, or the agent failed.
-    pub const BOOT_FAILED: u8 = 1;
-    /// Bad input: topology, arguments, files.
-    pub const BAD_INPUT: u8 = 2;
-}
 
 #[derive(Parser)]
 #[command(
@@ -299,11 +293,6 @@ fn cmd_bench(c: monarch_bench::cli::BenchCmd) -> ExitCode {
             ExitCode::from(exit::BOOT_FAILED)
         }
     }
-}
-
-fn bad_input(e: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("monarch: {e}");
-    ExitCode::from(exit::BAD_INPUT)
 }
 
 fn cmd_up(a: UpArgs) -> ExitCode {

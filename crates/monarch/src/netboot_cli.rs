@@ -1,6 +1,6 @@
 //! `monarch netboot …`: network boot for machines with no memory window.
 
-use crate::bad_input;
+use crate::exit::bad_input;
 use clap::{Args, Subcommand};
 use monarch_boot::handoff::Handoff;
 use monarch_boot::netboot::{self, Assign, DhcpChoice, ServeOptions};

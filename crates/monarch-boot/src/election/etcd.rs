@@ -10,7 +10,7 @@
 //!
 //! A monarch that dies stops renewing its lease; etcd deletes its key when the lease runs
 //! out and the next in the queue leads, takes the boot over from the windows (see
-//! [`crate::election`]) and records itself. A monarch cut off from etcd proves locally that
+//! the election module) and records itself. A monarch cut off from etcd proves locally that
 //! its lease still lives ([`monarch_etcd::Leadership::check`]) and stops acting *before* the
 //! server could let anyone else in; then it campaigns again. Only the leader can write the
 //! boot's records (one transaction guarded by its leader key): `monarch` (who reigns, for a

@@ -1,7 +1,7 @@
 //! The monarch's side of a secondary with no window (`launch = "netboot"`): boot it over the
 //! network with the network boot flow, reporting the same events and summary as a window secondary.
 //!
-//! One secondary's life, as [`crate::stage::stage`] has it for windows:
+//! One secondary's life, as a window secondary has it:
 //! 1. **retrieve**: the image is put in `RUN_DIR/ID.netboot/` (a builtin payload is built
 //!    there; a file is copied, `copy_file_range`) and its retrieved checksum is computed *from
 //!    that copy*, so the checksum is of exactly the bytes that will be served;
@@ -72,7 +72,7 @@ enum Msg {
 }
 
 /// Stage one netboot secondary from retrieval to its final state (called by
-/// [`crate::stage::stage`] for `launch = "netboot"`).
+/// the staging entry point, for `launch = "netboot"`).
 pub fn stage(sec: &Secondary, nb: &NetbootSpec, ctx: &StageCtx<'_>) -> Staged {
     let mut st = NetStage {
         sec,

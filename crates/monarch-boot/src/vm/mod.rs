@@ -2,15 +2,15 @@
 //! whose memory is the window file, the agent runs as PID 1 of a stage-1 initramfs, and the
 //! handoff is a real `kexec` into the delivered kernel.
 //!
-//! - [`artifacts`]: [`artifacts::prepare`] builds everything from Debian's packages and the
+//! - `artifacts`: its `prepare` builds everything from Debian's packages and the
 //!   project's own static binary: a guest kernel (`apt-get download` + `dpkg -x`), systemd's
 //!   EFI stub (for the bundle), the stage-1 initramfs (`/init` = the static `monarch`), and
 //!   the demo payload bundle (a UKI: that kernel, that initramfs, a command line saying
-//!   `monarch.role=payload`). It caches in [`artifacts::default_dir`] and rebuilds only what
+//!   `monarch.role=payload`). It caches in its `default_dir` and rebuilds only what
 //!   changed.
-//! - [`qemu`]: how the monarch starts one VM ([`qemu::qemu_command`]) and finds the ones a
+//! - `qemu`: how the monarch starts one VM (`qemu_command`) and finds the ones a
 //!   killed monarch left running.
-//! - [`stage1`]: [`stage1::init_main`] is the static binary's life as PID 1 inside a VM:
+//! - `stage1`: its `init_main` is the static binary's life as PID 1 inside a VM:
 //!   stage 1 (the agent on the ivshmem BAR) or the delivered payload (reports RUNNING
 //!   through the same BAR and on the serial console, powers off on SHUTDOWN).
 
