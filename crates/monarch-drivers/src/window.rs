@@ -41,6 +41,12 @@
 //! Data is never hashed or used in place: it is copied into this process's own memory first,
 //! and the copy is what is checksummed (and, for an image, what runs).
 //!
+//! A peer in another process, or a device, is not part of this program, and nothing it does
+//! can make this program's behaviour undefined as long as this program's own accesses do not
+//! assume the memory stable: an atomic load is never assumed to return what an earlier one
+//! did, nor re-done to fetch a value again. The in-memory backend ([`MemWindow`]) has the
+//! peer on another thread of this program, where the rules above are the whole story.
+//!
 //! One writer is not this process's code: [`WindowMemory::fill_from_file`] asks the kernel
 //! to read(2) an image straight into the data area. That copy happens inside the system call,
 //! before the Release store that publishes the image, like a device's DMA.

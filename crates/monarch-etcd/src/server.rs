@@ -1,6 +1,6 @@
-//! A private etcd server on loopback (Debian's `etcd-server`, installed with apt-get when
-//! missing), for tests and benches that need a real one: free ports, a data directory of
-//! its own, killed (even when stopped) when dropped.
+//! A private etcd server on loopback (Debian's `etcd-server`, which must be installed: its
+//! `etcd` on PATH), for tests and benches that need a real one: free ports, a data directory
+//! of its own, killed (even when stopped) when dropped.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use crate::{Candidate, Config};
 /// A running etcd on 127.0.0.1.
 pub struct LocalEtcd {
     child: Child,
+    program: PathBuf,
     endpoint: String,
     log: PathBuf,
     args: Vec<String>,
@@ -23,26 +24,41 @@ fn free_port() -> Result<u16, String> {
     l.local_addr().map(|a| a.port()).map_err(|e| format!("cannot find a free port: {e}"))
 }
 
-fn spawn(args: &[String], log: &Path) -> Result<Child, String> {
+/// What to run `apt-get install` for when `etcd` is missing.
+pub const PACKAGE: &str = "etcd-server";
+
+/// The `etcd` program on PATH, or an error that names the package to install.
+pub fn etcd_program() -> Result<PathBuf, String> {
+    etcd_program_in(&std::env::var_os("PATH").unwrap_or_default())
+}
+
+/// The first executable `etcd` in the folders of `path` (a PATH value).
+fn etcd_program_in(path: &std::ffi::OsStr) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .map(|dir| dir.join("etcd"))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .ok_or_else(|| {
+            format!("etcd is not installed (no `etcd` on PATH): install it with `apt-get install {PACKAGE}`")
+        })
+}
+
+fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(|e| format!("cannot open etcd's log {}: {e}", log.display()))?;
-    Command::new("etcd")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start etcd ({e}): install it with `apt-get install etcd-server`"))
+    Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().map_err(
+        |e| format!("cannot start {} ({e}): install it with `apt-get install {PACKAGE}`", program.display()),
+    )
 }
 
 impl LocalEtcd {
-    /// Start one (installing `etcd-server` first if `etcd` is missing) and wait until it
-    /// answers.
+    /// Start one and wait until it answers. Without `etcd` on PATH, an error that says to
+    /// install [`PACKAGE`] (nothing is installed here).
     pub fn start() -> Result<LocalEtcd, String> {
-        monarch_drivers::host::ensure_packages(&[("etcd", "etcd-server")], &mut |m| eprintln!("{m}"))?;
+        let program = etcd_program()?;
         let dir = tempfile::tempdir().map_err(|e| format!("cannot make etcd's data folder: {e}"))?;
         let (client, peer) = (free_port()?, free_port()?);
         let endpoint = format!("http://127.0.0.1:{client}");
@@ -72,8 +88,8 @@ impl LocalEtcd {
         ]
         .map(String::from)
         .to_vec();
-        let child = spawn(&args, &log)?;
-        let mut etcd = LocalEtcd { child, endpoint, log, args, _dir: dir };
+        let child = spawn(&program, &args, &log)?;
+        let mut etcd = LocalEtcd { child, program, endpoint, log, args, _dir: dir };
         etcd.wait_ready()?;
         Ok(etcd)
     }
@@ -96,7 +112,7 @@ impl LocalEtcd {
 
     /// Start it again on the same ports and data directory; returns when it answers.
     pub fn restart(&mut self) -> Result<(), String> {
-        self.child = spawn(&self.args, &self.log)?;
+        self.child = spawn(&self.program, &self.args, &self.log)?;
         self.wait_ready()
     }
 
@@ -134,5 +150,27 @@ impl Drop for LocalEtcd {
     fn drop(&mut self) {
         let _ = self.signal(rustix::process::Signal::CONT);
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn etcd_is_looked_up_on_path_and_its_absence_names_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let (empty, bin) = (dir.path().join("empty"), dir.path().join("bin"));
+        std::fs::create_dir(&empty).unwrap();
+        std::fs::create_dir(&bin).unwrap();
+        let etcd = bin.join("etcd");
+        std::fs::write(&etcd, "#!/bin/sh\n").unwrap();
+        let path = std::env::join_paths([&empty, &bin]).unwrap();
+        let e = etcd_program_in(&path).unwrap_err();
+        assert!(e.contains("apt-get install etcd-server"), "not executable yet: {e}");
+        std::fs::set_permissions(&etcd, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(etcd_program_in(&path).unwrap(), etcd);
+        assert!(etcd_program_in(std::ffi::OsStr::new("")).is_err());
     }
 }

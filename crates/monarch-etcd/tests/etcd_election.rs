@@ -19,7 +19,10 @@ use monarch_etcd::{Candidate, Config, Error, Leadership, RecordError};
 struct Etcd(LocalEtcd);
 
 impl Etcd {
+    /// Start one, installing etcd first (apt-get) if it is missing.
     fn start() -> Etcd {
+        let etcd = [("etcd", monarch_etcd::server::PACKAGE)];
+        monarch_drivers::host::ensure_packages(&etcd, &mut |m| eprintln!("{m}")).expect("etcd installed");
         Etcd(LocalEtcd::start().expect("a local etcd"))
     }
 

@@ -27,7 +27,7 @@ use monarch_proto::dhcp::{
 };
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::io::{self, Write};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -484,45 +484,13 @@ fn read_lease_file(path: &Path) -> Result<Option<String>, DhcpError> {
         .map_err(|_| err("not UTF-8 text: delete it to start with no leases".into()))
 }
 
-/// Replace `path` with `data` atomically: a temp file in the same directory, written and
-/// fsynced, renamed over `path`, then the directory fsynced so the rename itself is durable.
-/// A crash at any point leaves the old file or the new one.
-pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name =
-        path.file_name().ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+/// Replace a file atomically: [`monarch_drivers::fs::write_atomically`], re-exported under
+/// its former name here until monarch-boot calls it there.
+pub use monarch_drivers::fs::write_atomically;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("leases");
-        write_atomically(&p, b"one").unwrap();
-        write_atomically(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert!(write_atomically(&dir.path().join("missing/leases"), b"x").is_err());
-    }
 
     #[test]
     fn lease_file_reading_is_defensive() {

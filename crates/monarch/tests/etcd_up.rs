@@ -18,6 +18,13 @@ fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_monarch"))
 }
 
+/// A private etcd, installing it first (apt-get) if it is missing.
+fn local_etcd() -> LocalEtcd {
+    let etcd = [("etcd", monarch_boot::monarch_etcd::server::PACKAGE)];
+    monarch_drivers::host::ensure_packages(&etcd, &mut |m| eprintln!("{m}")).expect("etcd installed");
+    LocalEtcd::start().unwrap()
+}
+
 /// The built-in chassis, electing on `etcd` with a 2 s lease.
 fn topology(dir: &Path, etcd: &LocalEtcd, etcd_timeout: &str) -> PathBuf {
     let out = Command::new(exe()).args(["topology", "default"]).output().unwrap();
@@ -73,7 +80,7 @@ fn assert_nothing_left(t: &Trial) {
 
 #[test]
 fn the_monarch_killed_mid_boot_is_replaced_through_etcd() {
-    let etcd = LocalEtcd::start().unwrap();
+    let etcd = local_etcd();
     let dir = tempfile::tempdir().unwrap();
     let topo = topology(dir.path(), &etcd, "15s");
     let t = trial(&topo, Fault::Kill, 300);
@@ -95,7 +102,7 @@ fn the_monarch_killed_mid_boot_is_replaced_through_etcd() {
 
 #[test]
 fn etcd_stopped_mid_boot_never_two_monarchs() {
-    let etcd = LocalEtcd::start().unwrap();
+    let etcd = local_etcd();
     let dir = tempfile::tempdir().unwrap();
     let topo = topology(dir.path(), &etcd, "15s");
     let stopped_for = 4000.0;
@@ -130,7 +137,7 @@ fn etcd_stopped_mid_boot_never_two_monarchs() {
 
 #[test]
 fn etcd_gone_for_good_fails_the_boot_with_a_clear_error() {
-    let etcd = LocalEtcd::start().unwrap();
+    let etcd = local_etcd();
     let dir = tempfile::tempdir().unwrap();
     let topo = topology(dir.path(), &etcd, "4s");
     let t = trial(&topo, Fault::Outside { pid: etcd.pid(), resume_after: None }, 100);
