@@ -11,7 +11,10 @@
 //!   it, push streaming, and the two handshake state machines — the monarch's and the
 //!   secondary's — with a model check (test-only) of every interleaving of the register
 //!   protocol.
-//! - [`tftp`], [`dhcp`], [`netboot`]: the network boot's protocols.
+//! - [`tftp`]: the TFTP server's side: packets ([`tftp::wire`]), the checks of a request
+//!   ([`tftp::request`]), option negotiation ([`tftp::negotiate`]) and the read transfer's
+//!   state machine ([`tftp::transfer`]).
+//! - [`dhcp`], [`netboot`]: the network boot's other protocols.
 //! - [`checksum`], [`mac`], [`election`], [`slots`]: checksums, MAC addresses, monarch
 //!   election and the A/B disk slots.
 #![forbid(unsafe_code)]
