@@ -14,7 +14,10 @@
 //! - [`tftp`]: the TFTP server's side: packets ([`tftp::wire`]), the checks of a request
 //!   ([`tftp::request`]), option negotiation ([`tftp::negotiate`]) and the read transfer's
 //!   state machine ([`tftp::transfer`]).
-//! - [`dhcp`], [`netboot`]: the network boot's other protocols.
+//! - [`dhcp`]: the DHCP / ProxyDHCP server's side: decoding and encoding through dhcproto
+//!   ([`dhcp::wire`]), the boot file each kind of client gets ([`dhcp::boot`]), the address
+//!   pool and its lease table ([`dhcp::pool`]) and the server's decisions ([`dhcp::server`]).
+//! - [`netboot`]: the network boot discovery flow.
 //! - [`checksum`], [`mac`], [`election`], [`slots`]: checksums, MAC addresses, monarch
 //!   election and the A/B disk slots.
 #![forbid(unsafe_code)]
