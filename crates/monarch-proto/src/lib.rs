@@ -17,7 +17,8 @@
 //! - [`dhcp`]: the DHCP / ProxyDHCP server's side: decoding and encoding through dhcproto
 //!   ([`dhcp::wire`]), the boot file each kind of client gets ([`dhcp::boot`]), the address
 //!   pool and its lease table ([`dhcp::pool`]) and the server's decisions ([`dhcp::server`]).
-//! - [`netboot`]: the network boot discovery flow.
+//! - [`netboot`]: the discovery flow of monarch agents that boot over the network: the
+//!   messages ([`netboot::wire`]) and the agent's state machine ([`netboot::client`]).
 //! - [`checksum`], [`mac`], [`election`], [`slots`]: checksums, MAC addresses, monarch
 //!   election and the A/B disk slots.
 #![forbid(unsafe_code)]
