@@ -2,7 +2,10 @@
 //! and the proxy (on both ports) handle whatever decodes without panicking; their replies
 //! encode.
 #![no_main]
-use monarch_proto::dhcp::{BootConfig, Bootfiles, PoolConfig, Server, Via, decode};
+use monarch_proto::dhcp::boot::{BootConfig, Bootfiles};
+use monarch_proto::dhcp::pool::PoolConfig;
+use monarch_proto::dhcp::server::{Server, Via};
+use monarch_proto::dhcp::wire::decode;
 use std::net::Ipv4Addr;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! Any discovery datagram or download request a boot server or agent can receive: decoding
 //! never panics, and whatever decodes re-encodes to something that decodes the same.
 #![no_main]
-use monarch_proto::netboot::Message;
+use monarch_proto::netboot::wire::Message;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = Message::decode(data) {

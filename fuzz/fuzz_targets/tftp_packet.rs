@@ -2,11 +2,11 @@
 //! server runs before it opens a file. No input may panic.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Ok(packet) = monarch_proto::tftp::parse(data) {
-        let _ = monarch_proto::tftp::check_read_request(&packet);
+    if let Ok(packet) = monarch_proto::tftp::wire::parse(data) {
+        let _ = monarch_proto::tftp::request::check_read_request(&packet);
         let mut out = Vec::new();
         packet.encode(&mut out);
         // What we encode parses back.
-        assert!(monarch_proto::tftp::parse(&out).is_ok());
+        assert!(monarch_proto::tftp::wire::parse(&out).is_ok());
     }
 });

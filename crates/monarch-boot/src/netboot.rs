@@ -13,7 +13,7 @@ use monarch_net::dhcp::{DhcpConfig, DhcpMode, DhcpServer};
 use monarch_net::discovery::{DiscoveryConfig, DiscoveryServer};
 use monarch_net::http::{HttpConfig, HttpServer};
 use monarch_net::tftp::{TftpConfig, TftpServer};
-use monarch_proto::dhcp::PoolConfig;
+use monarch_proto::dhcp::pool::PoolConfig;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

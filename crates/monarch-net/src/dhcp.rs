@@ -1,7 +1,7 @@
 //! DHCP and ProxyDHCP on tokio sockets (issue 5, item 3).
 //!
 //! Every decision — which address, which boot file, NAK or silence — is the sans-IO
-//! [`monarch_proto::dhcp::Server`]; this module only:
+//! [`monarch_proto::dhcp::server::Server`]; this module only:
 //! - binds UDP `0.0.0.0:67` (and `SERVER_IP:4011` in proxy mode) with `SO_BROADCAST`, `SO_REUSEADDR`
 //!   and `SO_BINDTODEVICE`, so the server hears broadcasts from clients that have no address
 //!   yet but only on the boot network's interface: a DHCP server answering on the wrong
@@ -18,13 +18,14 @@
 //! 0.0.0.0 to hear broadcasts); clients go by option 54, which is always `server_ip`, so a
 //! proxy on a secondary address works (the interop test runs one that way).
 //!
-//! Datagrams are untrusted: [`monarch_proto::dhcp::decode`] refuses malformed ones, which
+//! Datagrams are untrusted: [`monarch_proto::dhcp::wire::decode`] refuses malformed ones, which
 //! get an [`DhcpEvent::Ignored`] event and no reply.
 
 use crate::EventSink;
-use monarch_proto::dhcp::{
-    self as proto, BootConfig, Bootfiles, Destination, Outcome, PoolConfig, ReplyKind, Server, Via,
-};
+use monarch_proto::dhcp::boot::{BootConfig, Bootfiles};
+use monarch_proto::dhcp::pool::{LoadReport, PoolConfig};
+use monarch_proto::dhcp::server::{Destination, Outcome, ReplyKind, Server, Via};
+use monarch_proto::dhcp::wire;
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -66,7 +67,7 @@ pub struct DhcpPorts {
 
 impl Default for DhcpPorts {
     fn default() -> Self {
-        DhcpPorts { server: proto::SERVER_PORT, client: proto::CLIENT_PORT, pxe: proto::PXE_PORT }
+        DhcpPorts { server: wire::SERVER_PORT, client: wire::CLIENT_PORT, pxe: wire::PXE_PORT }
     }
 }
 
@@ -252,7 +253,7 @@ pub struct DhcpServer {
     dhcp: UdpSocket,
     pxe: Option<UdpSocket>,
     lease_file: Option<PathBuf>,
-    loaded: Option<proto::LoadReport>,
+    loaded: Option<LoadReport>,
     cfg: DhcpConfig,
 }
 
@@ -351,7 +352,7 @@ impl DhcpServer {
     }
 
     async fn serve(&mut self, bytes: &[u8], from: SocketAddr, via: Via, events: &EventSink<DhcpEvent>) {
-        let msg = match proto::decode(bytes) {
+        let msg = match wire::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
                 events(DhcpEvent::Ignored { from, reason: e.to_string() });

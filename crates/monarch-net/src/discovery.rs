@@ -23,10 +23,10 @@ use crate::EventSink;
 use crate::catalog::SharedCatalog;
 use monarch_proto::checksum::{Algo, Digest, Hasher};
 use monarch_proto::mac::Mac;
-use monarch_proto::netboot::{
-    Client, ClientAction, ClientConfig, ClientFailure, ClientInput, Download, MAX_MESSAGE, Message, Offer,
-    Outcome, RefuseCode, Token, frame_len,
+use monarch_proto::netboot::client::{
+    Client, ClientAction, ClientConfig, ClientFailure, ClientInput, Outcome,
 };
+use monarch_proto::netboot::wire::{Download, MAX_MESSAGE, Message, Offer, RefuseCode, Token, frame_len};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -303,7 +303,7 @@ async fn udp_loop(udp: Arc<UdpSocket>, st: Arc<Shared>) -> io::Result<()> {
 }
 
 /// Answer one DISCOVER (or say why not in an event).
-async fn answer(st: &Shared, udp: &UdpSocket, peer: SocketAddr, d: monarch_proto::netboot::Discover) {
+async fn answer(st: &Shared, udp: &UdpSocket, peer: SocketAddr, d: monarch_proto::netboot::wire::Discover) {
     let ignore = |reason: String| (st.events)(DiscoveryEvent::Ignored { peer, reason });
     let mac = d.mac.to_string();
     let catalog = st.catalog.get();

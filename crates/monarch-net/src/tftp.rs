@@ -31,9 +31,10 @@
 //! What the server does is reported through an [`EventSink`] of [`TftpEvent`]s.
 
 use crate::EventSink;
-use monarch_proto::tftp::{
-    self as proto, Action, ErrorCode, Input, Packet, ReadTransfer, Refusal, ServerConfig, check_read_request,
-};
+use monarch_proto::tftp::negotiate::ServerConfig;
+use monarch_proto::tftp::request::{Refusal, check_read_request};
+use monarch_proto::tftp::transfer::{Action, Input, ReadTransfer};
+use monarch_proto::tftp::wire::{self as proto, ErrorCode, Packet};
 use serde::Serialize;
 use std::io;
 use std::net::{IpAddr, SocketAddr};

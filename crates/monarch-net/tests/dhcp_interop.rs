@@ -15,7 +15,8 @@ use dhcproto::{Decodable, Encodable};
 use monarch_drivers::host::{VethNs, ensure_packages, run};
 use monarch_net::EventSink;
 use monarch_net::dhcp::{DhcpConfig, DhcpEvent, DhcpMode, DhcpServer};
-use monarch_proto::dhcp::{PXE_VENDOR_OPTIONS, PoolConfig};
+use monarch_proto::dhcp::pool::PoolConfig;
+use monarch_proto::dhcp::wire::PXE_VENDOR_OPTIONS;
 use monarch_proto::mac::Mac;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -240,7 +241,7 @@ fn far_socket(v: &VethNs) -> UdpSocket {
 }
 
 fn pxe_discover(mac: Mac, xid: u32, arch: u16) -> Message {
-    let mut m = monarch_proto::dhcp::request(MessageType::Discover, mac, xid);
+    let mut m = monarch_proto::dhcp::wire::request(MessageType::Discover, mac, xid);
     m.set_flags(Flags::default().set_broadcast());
     m.opts_mut()
         .insert(DhcpOption::ClassIdentifier(format!("PXEClient:Arch:{arch:05}:UNDI:003016").into_bytes()));
@@ -416,7 +417,7 @@ async fn proxy_dhcp_beside_an_existing_dhcp_server() {
     assert!(proxy_offer.opts().get(OptionCode::AddressLeaseTime).is_none());
 
     // Port 4011: the client (now with its address) asks the proxy for the boot file.
-    let mut req = monarch_proto::dhcp::request(MessageType::Request, mac, xid + 1);
+    let mut req = monarch_proto::dhcp::wire::request(MessageType::Request, mac, xid + 1);
     req.set_ciaddr(net(n, 2));
     req.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007:UNDI:003016".to_vec()));
     req.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture(7)));
@@ -438,8 +439,11 @@ async fn proxy_dhcp_beside_an_existing_dhcp_server() {
 
     // A plain client: udhcpd answers, the proxy stays silent (and says why).
     let plain_xid = 0x6704;
-    let mut plain =
-        monarch_proto::dhcp::request(MessageType::Discover, Mac::new([0x02, 0x67, 0, 0, 3, 2]), plain_xid);
+    let mut plain = monarch_proto::dhcp::wire::request(
+        MessageType::Discover,
+        Mac::new([0x02, 0x67, 0, 0, 3, 2]),
+        plain_xid,
+    );
     plain.set_flags(Flags::default().set_broadcast());
     let ignored_before =
         events.count(|e| matches!(e, DhcpEvent::Ignored { reason, .. } if reason.contains("not a PXE")));

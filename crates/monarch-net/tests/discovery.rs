@@ -13,7 +13,8 @@ use monarch_net::discovery::{
 };
 use monarch_proto::checksum::Algo;
 use monarch_proto::mac::Mac;
-use monarch_proto::netboot::{ClientFailure, Discover, Download, Message, RefuseCode, Token, frame_len};
+use monarch_proto::netboot::client::ClientFailure;
+use monarch_proto::netboot::wire::{Discover, Download, Message, RefuseCode, Token, frame_len};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
@@ -169,7 +170,7 @@ fn a_server_started_late_is_found() {
 }
 
 /// Ask the server for an offer by hand (our own DISCOVER datagram).
-fn offer_by_hand(server: SocketAddr) -> monarch_proto::netboot::Offer {
+fn offer_by_hand(server: SocketAddr) -> monarch_proto::netboot::wire::Offer {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let d = Message::Discover(Discover { xid: 99, mac: MAC, current: None });
@@ -307,7 +308,7 @@ fn a_transfer_that_breaks_off_hands_nothing_over() {
     let mut buf = [0u8; 600];
     let (n, from) = udp.recv_from(&mut buf).unwrap();
     let Message::Discover(d) = Message::decode(&buf[..n]).unwrap() else { panic!() };
-    let offer = monarch_proto::netboot::Offer {
+    let offer = monarch_proto::netboot::wire::Offer {
         xid: d.xid,
         name: "half.img".into(),
         size: data.len() as u64,

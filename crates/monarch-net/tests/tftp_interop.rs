@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use monarch_net::tftp::{TftpConfig, TftpEvent, TftpServer};
-use monarch_proto::tftp::{self as proto, Mode, Packet};
+use monarch_proto::tftp::wire::{self as proto, Mode, Packet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -11,7 +11,7 @@
 //!   it ([`Watchdog`]). A serf that sees the heartbeat stall deconfigures the monarch (a CAS on
 //!   its state word), arbitrates again among the rest, and the new winner claims epoch + 1.
 //!   Every command a monarch writes into a secondary's window carries its epoch, so a
-//!   monarch that was only paused cannot act after it wakes up (see `secondary::Fence`).
+//!   monarch that was only paused cannot act after it wakes up (see `window::secondary::Fence`).
 
 use crate::window::layout::{Reg, r32, r64};
 use std::time::Duration;

@@ -7,13 +7,31 @@
 //! return, so every path — success, retry, abort, timeout, garbage from the peer — is tested
 //! here without a process in sight.
 //!
-//! - [`window`]: the window boot: the register layout of a window, the messages carried in
-//!   it, push streaming, and the two handshake state machines — the monarch's and the
-//!   secondary's — with a model check (test-only) of every interleaving of the register
-//!   protocol.
-//! - [`tftp`], [`dhcp`], [`netboot`]: the network boot's protocols.
-//! - [`checksum`], [`mac`], [`election`], [`slots`]: checksums, MAC addresses, monarch
-//!   election and the A/B disk slots.
+//! One folder per protocol. Inside each, as smoltcp keeps its `wire` apart from its
+//! `socket`s, the bytes on the wire (parse and encode, every field of the peer's validated)
+//! live apart from the state machines that decide; each folder's `mod.rs` lists its files.
+//! - [`window`]: the window boot over shared memory: the register layout of a window
+//!   ([`window::layout`]), the messages carried in it ([`window::msg`]), push streaming
+//!   ([`window::stream`]), an in-memory page ([`window::page`]), and the two handshake state
+//!   machines, the monarch's ([`window::primary`]) and the secondary's
+//!   ([`window::secondary`]); a model check (`window/model.rs`, test-only) visits every
+//!   interleaving of the register protocol.
+//! - [`tftp`]: the TFTP server's side: packets ([`tftp::wire`]), the checks of a request
+//!   ([`tftp::request`]), option negotiation ([`tftp::negotiate`]) and the read transfer's
+//!   state machine ([`tftp::transfer`]).
+//! - [`dhcp`]: the DHCP / ProxyDHCP server's side: decoding and encoding through dhcproto
+//!   ([`dhcp::wire`]), the boot file each kind of client gets ([`dhcp::boot`]), the address
+//!   pool and its lease table ([`dhcp::pool`]) and the server's decisions ([`dhcp::server`]).
+//! - [`netboot`]: the discovery flow of monarch agents that boot over the network: the
+//!   messages ([`netboot::wire`]) and the agent's state machine ([`netboot::client`]).
+//!
+//! At the root, what several protocols share or what fits one file: checksums
+//! ([`checksum`]), MAC addresses ([`mac`]), monarch election and failover ([`election`]), and
+//! the A/B slots of a disk target ([`slots`]).
+//!
+//! No file imports one that imports it back, directly or through others: state machines
+//! import messages, messages import layouts, and nothing below imports upwards
+//! (`scripts/import-cycles` checks it).
 #![forbid(unsafe_code)]
 
 pub mod checksum;

@@ -41,7 +41,7 @@ use monarch_net::discovery::{DiscoveryConfig, DiscoveryEvent, DiscoveryServer};
 use monarch_proto::Algo;
 use monarch_proto::checksum::Digest;
 use monarch_proto::mac::Mac;
-use monarch_proto::netboot::{Discover, Message, Offer};
+use monarch_proto::netboot::wire::{Discover, Message, Offer};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -615,7 +615,7 @@ fn prime(server: SocketAddr, mac: [u8; 6], wait: Duration) -> Result<(SocketAddr
     let xid = std::process::id().rotate_left(16) ^ u32::from_le_bytes([mac[2], mac[3], mac[4], mac[5]]);
     let discover = Message::Discover(Discover { xid, mac: Mac::from(mac), current: None }).encode();
     let start = Instant::now();
-    let mut buf = vec![0u8; monarch_proto::netboot::MAX_MESSAGE + 1];
+    let mut buf = vec![0u8; monarch_proto::netboot::wire::MAX_MESSAGE + 1];
     while start.elapsed() < wait {
         sock.send_to(&discover, server)
             .map_err(|e| format!("cannot send to the boot server {server}: {e}"))?;
