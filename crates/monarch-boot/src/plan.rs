@@ -4,7 +4,7 @@
 //! that share a switch go one after another, the higher priority first (ties: lower slot,
 //! then file order). Each direct secondary is its own *lane*; each switch is one lane.
 
-use crate::topology::{PortPath, Secondary, Topology};
+use crate::topology::{Launch, PortPath, Secondary, Topology};
 use crate::values::fmt_size;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -155,16 +155,16 @@ impl Plan {
 }
 
 fn line(s: &Secondary) -> String {
-    let how = match &s.netboot {
+    let how = match &s.launch {
         // No window: the image goes over the network (launch = "netboot").
-        Some(nb) => format!(
+        Launch::Netboot(nb) => format!(
             "netboot mac {}{}  {} {}",
             monarch_proto::mac::Mac::from(nb.mac),
             nb.disk.as_ref().map_or(String::new(), |d| format!(" disk {}", d.display())),
             s.algo,
             s.handoff.name(),
         ),
-        None => format!(
+        Launch::Process { .. } | Launch::External | Launch::Qemu(_) => format!(
             "window {} ({})  {} {}  {} x{}",
             s.window.path.display(),
             fmt_size(s.window.data_size),
@@ -180,7 +180,7 @@ fn line(s: &Secondary) -> String {
         s.slot.map_or("-".into(), |v| v.to_string()),
         s.priority,
         s.image.to_string(),
-        s.launch_name(),
+        s.launch.name(),
         if s.required { "" } else { "  (optional)" },
     )
 }

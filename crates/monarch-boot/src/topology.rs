@@ -77,24 +77,45 @@ pub enum Role {
     Secondary,
 }
 
-/// Who starts a secondary's agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// How a secondary is started and reached, with each way's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Launch {
     /// The monarch starts `monarch agent` as a local process (the emulated chassis).
-    Process,
+    Process {
+        /// The window is an anonymous memfd handed to the agent instead of a file.
+        memfd: bool,
+    },
     /// Someone else starts the agent (firmware, initramfs, another host); only the window
     /// is given.
     External,
     /// The monarch starts a QEMU VM whose ivshmem PCI BAR is the window; the agent runs as
     /// PID 1 of the VM's stage-1 initramfs (`monarch vm prepare` builds it).
-    Qemu,
+    Qemu(QemuSpec),
+    /// No window: the monarch serves the image over the network and starts `monarch netboot
+    /// agent`, which fetches, verifies and hands off (the window spec only names the log,
+    /// `RUN_DIR/ID.log`).
+    Netboot(NetbootSpec),
 }
 
-/// `launch` as written in a topology file: the window launches plus `netboot`, which is not a
-/// way of starting a window agent but a different path altogether (no window; see
-/// [`NetbootSpec`]). It resolves to [`Launch::Process`] plus [`Secondary::netboot`], so code
-/// that matches on [`Launch`] stays exhaustive.
+impl Launch {
+    /// Its name in topology files: `process`, `external`, `qemu` or `netboot`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Launch::Process { .. } => "process",
+            Launch::External => "external",
+            Launch::Qemu(_) => "qemu",
+            Launch::Netboot(_) => "netboot",
+        }
+    }
+
+    /// The window is a memfd the monarch made (only it can hand it to an agent).
+    pub fn memfd(&self) -> bool {
+        matches!(self, Launch::Process { memfd: true })
+    }
+}
+
+/// `launch` as written in a topology file, before its settings are resolved into a
+/// [`Launch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum LaunchDef {
@@ -102,16 +123,6 @@ enum LaunchDef {
     External,
     Qemu,
     Netboot,
-}
-
-impl LaunchDef {
-    fn launch(self) -> Launch {
-        match self {
-            LaunchDef::Process | LaunchDef::Netboot => Launch::Process,
-            LaunchDef::External => Launch::External,
-            LaunchDef::Qemu => Launch::Qemu,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -304,8 +315,6 @@ impl fmt::Display for ImageSource {
 pub struct WindowSpec {
     /// The window file (for a memfd window: where the agent log goes, with `.log`).
     pub path: PathBuf,
-    /// An anonymous memfd handed to the agent process instead of a file.
-    pub memfd: bool,
     /// Data-area size in bytes (the register page comes on top).
     pub data_size: u64,
 }
@@ -362,7 +371,7 @@ pub struct Secondary {
     pub image: ImageSource,
     /// The window.
     pub window: WindowSpec,
-    /// Who starts the agent.
+    /// How it is started and reached (window agent process, external, VM, network boot).
     pub launch: Launch,
     /// What happens after OK.
     pub handoff: Handoff,
@@ -380,24 +389,6 @@ pub struct Secondary {
     pub required: bool,
     /// Injected faults.
     pub faults: Faults,
-    /// The VM, for launch = "qemu".
-    pub qemu: Option<QemuSpec>,
-    /// For launch = "netboot": booted over the network with the network boot flow instead of
-    /// through a window (`launch` is then [`Launch::Process`]: the monarch starts the agent
-    /// as a local process; `window` only names the log, `RUN_DIR/ID.log`).
-    pub netboot: Option<NetbootSpec>,
-}
-
-impl Secondary {
-    /// `launch` as written in the topology: `process`, `external`, `qemu` or `netboot`.
-    pub fn launch_name(&self) -> &'static str {
-        match (self.launch, &self.netboot) {
-            (_, Some(_)) => "netboot",
-            (Launch::Process, None) => "process",
-            (Launch::External, None) => "external",
-            (Launch::Qemu, None) => "qemu",
-        }
-    }
 }
 
 /// A secondary with no window, booted over the network (launch = "netboot"):
@@ -831,9 +822,8 @@ impl Topology {
                 ImageSource::File(f) => std::fs::metadata(f).ok().map(|m| m.len()),
             };
             let launch_def = s.launch.unwrap_or(LaunchDef::Process);
-            let launch = launch_def.launch();
             let net = launch_def == LaunchDef::Netboot;
-            let vm = launch == Launch::Qemu;
+            let vm = launch_def == LaunchDef::Qemu;
             if p.qemu.is_some() && !vm {
                 cx.push(
                     p.qemu.as_ref().map(Spanned::span),
@@ -867,7 +857,7 @@ impl Topology {
             if vm && handoff == Handoff::Exec {
                 cx.push(Some(p.id.span()), format!("{who}.handoff"), "a VM hands off with \"kexec\" (a kernel bundle) or \"none\"; \"exec\" runs a program in the monarch's own kernel");
             }
-            if handoff == Handoff::Kexec && launch == Launch::Process && !net {
+            if handoff == Handoff::Kexec && launch_def == LaunchDef::Process {
                 cx.push(Some(p.id.span()), format!("{who}.handoff"), "kexec replaces the running kernel: use it with launch = \"qemu\" (or an external agent on its own machine), never with launch = \"process\"");
             }
             let (wpath, wsize, wspan) = match &p.window {
@@ -886,13 +876,13 @@ impl Topology {
                 let fit = bar_data_size(size);
                 cx.push(Some(span.clone()), format!("{who}.window.size"), format!("a VM's window is a PCI BAR, whose size (data area + the 4 KiB register page) is a power of two; use {fit} (or leave window.size out)"));
             }
-            if memfd && (launch != Launch::Process || wpath.is_some()) {
+            if memfd && (launch_def != LaunchDef::Process || wpath.is_some()) {
                 cx.push(wspan.clone(), format!("{who}.window.memfd"), "a memfd window is handed to an agent the monarch starts: use it with launch = \"process\" and without window.path");
             }
             let wpath = match wpath {
                 Some(p) => p,
                 None => {
-                    if launch == Launch::External {
+                    if launch_def == LaunchDef::External {
                         cx.push(wspan.clone().or(Some(p.id.span())), format!("{who}.window.path"), "an external agent needs to be told where the window is: set window = { path = \"/dev/shm/...\" } and start `monarch agent --window` on that path");
                     }
                     run_dir.join(format!("{id}.win"))
@@ -1063,7 +1053,7 @@ impl Topology {
             };
             // No window, and one attempt: the agent verifies and a mismatch is a failure.
             let (data_size, attempts) = if net { (0, 1) } else { (data_size, attempts) };
-            if f.kill_agent_during_copy && launch == Launch::External {
+            if f.kill_agent_during_copy && launch_def == LaunchDef::External {
                 cx.push(
                     Some(p.id.span()),
                     format!("{who}.fault.kill_agent_during_copy"),
@@ -1077,8 +1067,13 @@ impl Topology {
                 path,
                 priority: p.priority.unwrap_or(0),
                 image,
-                window: WindowSpec { path: wpath, memfd, data_size },
-                launch,
+                window: WindowSpec { path: wpath, data_size },
+                launch: match (launch_def, qemu, netboot) {
+                    (LaunchDef::Qemu, Some(q), _) => Launch::Qemu(q),
+                    (LaunchDef::Netboot, _, Some(n)) => Launch::Netboot(n),
+                    (LaunchDef::External, ..) => Launch::External,
+                    _ => Launch::Process { memfd },
+                },
                 handoff,
                 mode,
                 algo,
@@ -1091,8 +1086,6 @@ impl Topology {
                     corrupt_chunks: f.corrupt_chunks.clone(),
                 },
                 chunk_size,
-                qemu,
-                netboot,
             });
         }
         if managers.is_empty() {
@@ -1187,14 +1180,13 @@ fn election_spec(
     }
     if managers.len() > 1 {
         for s in secondaries {
-            let why = if s.netboot.is_some() {
-                Some("is booted over the network")
-            } else if s.launch == Launch::Qemu {
-                Some("is a VM (its agent's liveness cannot be probed from here)")
-            } else if s.window.memfd {
-                Some("has a memfd window (only the monarch that made it can hand it over)")
-            } else {
-                None
+            let why = match &s.launch {
+                Launch::Netboot(_) => Some("is booted over the network"),
+                Launch::Qemu(_) => Some("is a VM (its agent's liveness cannot be probed from here)"),
+                Launch::Process { memfd: true } => {
+                    Some("has a memfd window (only the monarch that made it can hand it over)")
+                }
+                Launch::Process { memfd: false } | Launch::External => None,
             };
             if let Some(why) = why {
                 cx.push(None, format!("processor \"{}\"", s.id), format!("it {why}, so a new monarch could not take it over; with two or more management processors every secondary needs a window file (launch = \"process\" or \"external\"), or keep one management processor"));
@@ -1544,15 +1536,15 @@ mod tests {
         );
         let t = Topology::parse(&src, Path::new("t.toml"), dir.path()).unwrap();
         let [nb0, nb1, w] = &t.secondaries[..] else { panic!("three secondaries") };
-        let spec0 = nb0.netboot.as_ref().unwrap();
+        let Launch::Netboot(spec0) = &nb0.launch else { panic!("nb0 is booted over the network") };
         assert_eq!(spec0.mac, derived_mac("nb0"));
         assert_eq!(&spec0.mac[..3], &[0x52, 0x54, 0x00]);
         assert_ne!(derived_mac("nb0"), derived_mac("nb1"));
         assert_eq!((spec0.disk.as_ref(), spec0.disk_size), (None, None));
-        assert_eq!((nb0.launch, nb0.launch_name(), nb0.handoff), (Launch::Process, "netboot", Handoff::Exec));
+        assert_eq!((nb0.launch.name(), nb0.handoff), ("netboot", Handoff::Exec));
         assert_eq!((nb0.window.data_size, nb0.attempts), (0, 1), "no window, one attempt");
         assert_eq!(nb0.window.path.with_extension("log"), t.run_dir.join("nb0.log"));
-        let spec1 = nb1.netboot.as_ref().unwrap();
+        let Launch::Netboot(spec1) = &nb1.launch else { panic!("nb1 is booted over the network") };
         assert_eq!(spec1.mac, [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01]);
         assert_eq!(
             spec1.disk.as_deref(),
@@ -1560,7 +1552,7 @@ mod tests {
             "relative to the file"
         );
         assert_eq!(spec1.disk_size, Some(64 << 20));
-        assert_eq!((w.netboot.as_ref(), w.launch_name()), (None, "process"));
+        assert_eq!(w.launch, Launch::Process { memfd: false });
     }
 
     #[test]

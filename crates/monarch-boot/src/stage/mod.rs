@@ -4,11 +4,13 @@
 //! - [`window`]: through a memory window (the handshake, push streaming, launching the
 //!   agent as a process, a QEMU VM, or leaving it to someone else).
 //! - [`network`]: a secondary with no window, booted over the network.
+//! - [`launch`]: every decision that depends on a window secondary's launch mode.
 //! - [`takeover`]: a new monarch's claim on the windows before it acts.
 //! - [`context`]: what both share: the run's context, the monarch's authority, the result,
 //!   the logs of the processes a stage starts.
 
 pub mod context;
+pub mod launch;
 pub mod network;
 pub mod takeover;
 pub mod window;
@@ -16,13 +18,13 @@ pub mod window;
 pub use context::{Authority, StageCtx, Staged, open_log};
 pub use takeover::claim;
 
-use crate::topology::Secondary;
+use crate::topology::{Launch, Secondary};
 
 /// Stage one secondary from retrieval to its final state.
 pub fn stage(sec: &Secondary, ctx: &StageCtx<'_>) -> Staged {
-    match &sec.netboot {
+    match &sec.launch {
         // No window: booted over the network, with the same events and summary.
-        Some(nb) => network::stage(sec, nb, ctx),
-        None => window::stage(sec, ctx),
+        Launch::Netboot(nb) => network::stage(sec, nb, ctx),
+        Launch::Process { .. } | Launch::External | Launch::Qemu(_) => window::stage(sec, ctx),
     }
 }

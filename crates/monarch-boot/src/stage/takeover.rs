@@ -71,7 +71,7 @@ pub fn raise_epoch(w: &Window, epoch: u32) -> Result<(), ClaimError> {
 /// because it reads `cfg.epoch` after each command. `Ok(false)`: nothing to claim (no
 /// window file: a network-booted or memfd secondary).
 pub fn claim(sec: &Secondary, epoch: u32) -> Result<bool, ClaimError> {
-    if sec.netboot.is_some() || sec.window.memfd {
+    if !super::launch::has_window_file(&sec.launch) {
         return Ok(false);
     }
     if let Some(dir) = sec.window.path.parent() {

@@ -1,14 +1,14 @@
 //! The monarch's side of one secondary with a window: configure its window, release it
 //! (start its agent), and drive [`monarch_proto::window::primary::Primary`] with real registers,
 //! copies and doorbells.
-use super::context::{StageCtx, Staged, announce_done, log_tail, ms, port_path, spawn_logged};
+use super::context::{StageCtx, Staged, announce_done, log_tail, ms, port_path};
+use super::launch;
 use super::takeover::{config_writes, raise_epoch};
 use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::handoff::Handoff;
 use crate::image::{self, Image};
 use crate::topology::{Launch, Secondary};
-use command_fds::{CommandFdExt, FdMapping};
-use monarch_drivers::{Doorbell, Poll, Window};
+use monarch_drivers::{Poll, Window};
 use monarch_proto::window::layout;
 use monarch_proto::window::msg::{self, Command, Mode, WindowConfig};
 use monarch_proto::window::primary::{
@@ -16,11 +16,8 @@ use monarch_proto::window::primary::{
 };
 use monarch_proto::window::stream;
 use std::path::PathBuf;
-use std::process::{Child, Command as Process};
+use std::process::Child;
 use std::time::{Duration, Instant};
-
-/// Descriptor number a memfd window gets in the agent (and, after exec, in its image).
-const MEMFD_CHILD_FD: i32 = 3;
 
 /// Longest single sleep in the wait loop: how often a launched agent's liveness is checked.
 const SLICE: Duration = Duration::from_millis(50);
@@ -194,19 +191,11 @@ impl<'a, 'c> Stage<'a, 'c> {
             image = self.image.take().ok_or("internal: image missing")?;
         }
         self.mandate()?;
-        let window = if sec.window.memfd {
-            Window::create_memfd(&format!("monarch-window:{}", sec.id), sec.window.data_size)
-        } else if self.ctx.authority.shared {
-            Window::create_keep(&sec.window.path, sec.window.data_size)
-        } else {
-            Window::create(&sec.window.path, sec.window.data_size)
-        }
-        .map_err(|e| e.to_string())?;
+        let window = launch::create_window(sec, self.ctx.authority.shared).map_err(|e| e.to_string())?;
         self.claim_window(&window)?;
         let mut window = window;
-        if sec.launch == Launch::Qemu {
-            // The agent is in another kernel: it cannot futex-wake us, and we cannot wake it.
-            window.set_doorbell(Doorbell::Poll { max_sleep: Duration::from_millis(1) });
+        if let Some(bell) = launch::doorbell(&sec.launch) {
+            window.set_doorbell(bell);
         }
         let (load_offset, ring_size) = ring.map_or((0, 0), |(_, off, size)| (off, size));
         let cfg = WindowConfig {
@@ -224,20 +213,10 @@ impl<'a, 'c> Stage<'a, 'c> {
         self.geometry = Some(stream::Geometry::new(&cfg));
         self.window = Some(window);
         self.image = Some(image);
-        // 3. Release from reset: start the agent (process) or let the external one see RELEASE.
+        // 3. Release from reset: start the agent (process or VM) or let the external one see
+        // RELEASE.
         let released = Instant::now();
-        match sec.launch {
-            Launch::Process => {
-                self.phase("launching", 0);
-                self.mandate()?;
-                self.launch()?;
-            }
-            Launch::Qemu => {
-                self.phase("launching", 0);
-                self.launch_vm()?;
-            }
-            Launch::External => {}
-        }
+        self.launch()?;
         self.handshake(released, None)
     }
 
@@ -312,30 +291,13 @@ impl<'a, 'c> Stage<'a, 'c> {
                         }
                         Ok(!free)
                     };
-                    let (alive, locked) = match sec.launch {
-                        Launch::Process => {
-                            let locked = probe()?;
-                            (locked, locked)
-                        }
-                        // The VM's agent cannot lock the host's file: its QEMU tells.
-                        Launch::Qemu => (crate::vm::qemu::running_qemu(&qemu_pidfile(sec)).is_some(), false),
-                        // The operator's agent: it answers our RELEASE (or the rendezvous
-                        // times out and says so); we have nothing to start. On this host it
-                        // holds the lock, and we watch it by it; across kernels it cannot.
-                        Launch::External => (true, probe().unwrap_or(false)),
-                    };
+                    let (alive, locked) = launch::liveness(sec, &probe)?;
                     if alive {
                         self.resumed = Some("restarted in flight (its agent kept)".into());
                         self.foreign_agent = locked;
                     } else {
                         self.resumed = Some("restarted (new agent)".into());
-                        self.phase("launching", 0);
-                        self.mandate()?;
-                        if sec.launch == Launch::Qemu {
-                            self.launch_vm()?;
-                        } else {
-                            self.launch()?;
-                        }
+                        self.launch()?;
                     }
                     Ok::<(), String>(())
                 })();
@@ -394,78 +356,24 @@ impl<'a, 'c> Stage<'a, 'c> {
         }
     }
 
+    /// Release the secondary: start its agent (or its VM) as its launch mode says; an
+    /// external agent sees RELEASE by itself.
     fn launch(&mut self) -> Result<(), String> {
         let sec = self.sec;
-        let log = sec.window.path.with_extension("log");
-        let mut cmd = Process::new(self.ctx.agent_exe);
-        cmd.arg("agent").arg("--window");
-        if sec.window.memfd {
-            // The child inherits the window as descriptor 3 and opens it by its /proc path.
-            let fd = self
-                .window()
-                .fd()
-                .try_clone_to_owned()
-                .map_err(|e| format!("cannot share the memfd window: {e}"))?;
-            cmd.fd_mappings(vec![FdMapping { parent_fd: fd, child_fd: MEMFD_CHILD_FD }])
-                .map_err(|e| format!("cannot hand the memfd window to the agent: {e}"))?;
-            cmd.arg(format!("/proc/self/fd/{MEMFD_CHILD_FD}"));
-        } else {
-            cmd.arg(&sec.window.path);
+        if matches!(sec.launch, Launch::External) {
+            return Ok(());
         }
-        // The terminal's Ctrl-C is ours to act on, not the agent's (crate::interrupt).
-        monarch_drivers::host::ignore_sigint_in(&mut cmd);
-        cmd.arg("--id")
-            .arg(&sec.id)
-            .arg("--handoff")
-            .arg(sec.handoff.name())
-            .arg("--timeout")
-            .arg(humantime::format_duration(sec.timeouts.agent).to_string())
-            // Spawning can take long on a loaded host; if we are deposed meanwhile, the agent
-            // sees the newer claim and leaves the window to the new monarch's agent.
-            .arg("--epoch")
-            .arg(self.ctx.authority.epoch.to_string());
-        let child = spawn_logged(&mut cmd, &log, "agent log")
-            .map_err(|e| format!("cannot start agent {}: {e}", self.ctx.agent_exe.display()))?;
-        self.emit(EventKind::Launched { id: sec.id.clone(), pid: child.id(), console: None });
-        self.child = Some(child);
-        self.log = Some(log);
-        Ok(())
-    }
-
-    /// Start the secondary's VM: stage 1 boots, finds the window on its ivshmem BAR and runs
-    /// the agent; its serial console is the log.
-    fn launch_vm(&mut self) -> Result<(), String> {
-        let sec = self.sec;
-        let q = sec.qemu.as_ref().ok_or("internal: launch = qemu without a [qemu] spec")?;
-        let console = sec.window.path.with_extension("console.log");
-        let len = self.window().data_size() + layout::REGS_SIZE as u64;
-        let spec = crate::vm::qemu::VmSpec {
-            memory_mib: q.memory_mib,
-            accel: q.accel.clone(),
-            kernel: q.kernel.clone(),
-            initrd: q.initrd.clone(),
-            cmdline: crate::vm::qemu::stage1_cmdline(&sec.id, sec.timeouts.agent, self.ctx.authority.epoch),
-            window: Some((sec.window.path.clone(), len)),
-            console: console.clone(),
-        };
-        let pidfile = qemu_pidfile(sec);
-        let qemu_log = sec.window.path.with_extension("qemu.log");
-        let mut cmd = crate::vm::qemu::qemu_command(&spec);
-        cmd.arg("-pidfile").arg(&pidfile);
-        // Out of the terminal's process group: its Ctrl-C is ours to act on (QEMU would quit
-        // on it); the stage and the run folder's pid files stop the VM.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = spawn_logged(&mut cmd, &qemu_log, "QEMU log").map_err(|e| {
-            format!("cannot start qemu-system-x86_64 ({e}); run `monarch vm prepare`, which installs QEMU")
-        })?;
+        self.phase("launching", 0);
+        self.mandate()?;
+        let Some(started) = launch::start(sec, self.ctx, self.window())? else { return Ok(()) };
         self.emit(EventKind::Launched {
             id: sec.id.clone(),
-            pid: child.id(),
-            console: Some(console.display().to_string()),
+            pid: started.child.id(),
+            console: started.console.map(|c| c.display().to_string()),
         });
-        self.child = Some(child);
-        self.log = Some(console);
-        self.qemu_log = Some(qemu_log);
+        self.child = Some(started.child);
+        self.log = Some(started.log);
+        self.qemu_log = started.qemu_log;
         Ok(())
     }
 
@@ -673,10 +581,10 @@ impl<'a, 'c> Stage<'a, 'c> {
         }
         let c = self.child.as_mut()?;
         match c.try_wait() {
-            Ok(Some(status)) if self.sec.launch == Launch::Qemu => {
-                let said =
-                    self.qemu_log.as_deref().and_then(log_tail).map(|t| format!(": {t}")).unwrap_or_default();
-                Some(format!("the VM (qemu pid {}) ended ({status}){said}", c.id()))
+            Ok(Some(status))
+                if launch::ended(self.sec, self.qemu_log.as_deref(), status, c.id()).is_some() =>
+            {
+                launch::ended(self.sec, self.qemu_log.as_deref(), status, c.id())
             }
             Ok(Some(status))
                 if status.code() == Some(crate::agent::EXIT_BUSY) && self.ctx.authority.shared =>
@@ -884,7 +792,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             s.push_str(&format!("; {why}"));
         }
         if let Some(tail) = self.log.as_deref().and_then(log_tail) {
-            let whose = if self.sec.launch == Launch::Qemu { "VM console" } else { "agent" };
+            let whose = launch::log_name(&self.sec.launch);
             s.push_str(&format!("; {whose} said: {tail}"));
         }
         s
@@ -947,10 +855,4 @@ impl<'a, 'c> Stage<'a, 'c> {
             adopted_pid: self.adopted_pid,
         }
     }
-}
-
-/// Where the QEMU of VM secondary `sec` writes its pid (`-pidfile`): what a new monarch
-/// reads to tell whether the VM is still there, and what `vm::qemu::kill_orphans` cleans up.
-fn qemu_pidfile(sec: &Secondary) -> PathBuf {
-    sec.window.path.with_extension("qemu.pid")
 }
