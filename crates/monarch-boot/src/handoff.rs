@@ -20,12 +20,17 @@ use thiserror::Error;
 pub enum Handoff {
     /// Execute the delivered bytes (sealed memfd, fexecve), replacing the agent; the running
     /// image reports RUNNING.
+    #[value(help = "Execute the delivered bytes")]
     Exec,
     /// Stop after verification (exit 0): for firmware that jumps by itself, and for tests.
+    #[value(help = "Exit after verification (the monarch's OK)")]
     None,
     /// The image is a kernel bundle (UKI): load its kernel, initrd and command line with
     /// `kexec_file_load` and reboot into it (inside a VM or on a secondary machine); the
     /// delivered system reports RUNNING.
+    #[value(
+        help = "Boot the delivered kernel bundle (UKI) with kexec (inside a VM or on a secondary machine)"
+    )]
     Kexec,
 }
 

@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod cmdline;
 pub mod election;
 pub mod events;
 /// The host's own tools (moved to the drivers; re-exported for existing callers).

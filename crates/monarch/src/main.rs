@@ -8,8 +8,8 @@ mod output;
 use clap::{Args, Parser, Subcommand};
 use exit::bad_input;
 use monarch_boot::agent::{self, AgentOptions};
+use monarch_boot::cmdline::{AgentArgs, CandidateArgs, TopologyOpt};
 use monarch_boot::election;
-use monarch_boot::handoff::Handoff;
 use monarch_boot::plan::Plan;
 use monarch_boot::run::{self, UpOptions};
 use monarch_boot::topology::{self, Topology};
@@ -125,13 +125,6 @@ struct VmPrepareArgs {
 }
 
 #[derive(Args)]
-struct TopologyOpt {
-    /// Topology file (TOML, see docs/topology.md). Default: the built-in emulated chassis.
-    #[arg(long, short = 't', value_name = "FILE")]
-    topology: Option<PathBuf>,
-}
-
-#[derive(Args)]
 struct UpArgs {
     #[command(flatten)]
     topo: TopologyOpt,
@@ -151,63 +144,9 @@ self-test (overrides the topology's [election] monarch; the operator's choice)"
 }
 
 #[derive(Args)]
-struct CandidateArgs {
-    #[command(flatten)]
-    topo: TopologyOpt,
-    /// This candidate's index among the topology's management processors.
-    #[arg(long)]
-    index: usize,
-    /// The backplane `monarch up` created (a backplane election).
-    #[arg(long, value_name = "FILE")]
-    backplane: Option<PathBuf>,
-    /// Names this boot in etcd (an etcd election): every candidate of one boot passes the
-    /// same value.
-    #[arg(long, value_name = "NAME", default_value = "boot")]
-    session: String,
-    /// The operator's choice of monarch (a management processor's id).
-    #[arg(long, value_name = "ID")]
-    monarch: Option<String>,
-    /// The chassis' run folder (windows without a path live there).
-    #[arg(long, value_name = "DIR")]
-    run_dir: PathBuf,
-    /// The chassis' start, in Unix nanoseconds (event times count from it).
-    #[arg(long)]
-    t0_unix_ns: u128,
-    /// As for `monarch up`.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = values::parse_duration)]
-    shutdown_grace: Duration,
-}
-
-#[derive(Args)]
 struct PlanArgs {
     #[command(flatten)]
     topo: TopologyOpt,
-}
-
-#[derive(Args)]
-struct AgentArgs {
-    /// The window: a file both sides map (e.g. /dev/shm/…, or a PCI BAR's resourceN), or
-    /// `ivshmem` for the BAR of this machine's first ivshmem PCI device (implies --poll).
-    #[arg(long, value_name = "PATH")]
-    window: PathBuf,
-    /// This secondary's id, for messages.
-    #[arg(long, default_value = "secondary")]
-    id: String,
-    /// What to do after OK.
-    #[arg(long, value_enum, default_value = "exec")]
-    handoff: Handoff,
-    /// Longest wait for the window to appear and for each command of the monarch.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = values::parse_duration)]
-    timeout: Duration,
-    /// Poll the doorbell (for windows shared across kernels) instead of futex waits.
-    #[arg(long)]
-    poll: bool,
-    /// The epoch of the monarch starting this agent (`monarch up` passes it): if a newer
-    /// monarch has claimed the window by the time the agent holds it, the agent leaves it
-    /// alone and exits with status 75. Without it, the agent obeys whoever configured the
-    /// window.
-    #[arg(long, value_name = "N")]
-    epoch: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -237,13 +176,6 @@ enum ImageCmd {
     },
 }
 
-fn load(topo: &TopologyOpt) -> Result<Topology, topology::TopologyError> {
-    match &topo.topology {
-        Some(f) => Topology::load(f),
-        None => Topology::builtin(),
-    }
-}
-
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     if std::process::id() == 1 && std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "init") {
@@ -253,7 +185,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Up(a) => cmd_up(a),
-        Cmd::Plan(a) => match load(&a.topo) {
+        Cmd::Plan(a) => match a.topo.load() {
             Ok(t) => {
                 print!("{}", Plan::new(t).render());
                 ExitCode::SUCCESS
@@ -296,7 +228,7 @@ fn cmd_bench(c: monarch_bench::cli::BenchCmd) -> ExitCode {
 }
 
 fn cmd_up(a: UpArgs) -> ExitCode {
-    let topology = match load(&a.topo) {
+    let topology = match a.topo.load() {
         Ok(t) => t,
         Err(e) => return bad_input(&e),
     };
@@ -352,7 +284,7 @@ fn pinned_manager(t: &monarch_boot::topology::Topology, id: Option<&str>) -> Res
 /// Exit status: 0 the boot finished (as monarch, or by another), 1 it finished with a
 /// failed secondary, 3 it stood down (deposed), 4 deconfigured, 2 bad input or no monarch.
 fn cmd_candidate(a: CandidateArgs) -> ExitCode {
-    let mut topology = match load(&a.topo) {
+    let mut topology = match a.topo.load() {
         Ok(t) => t,
         Err(e) => return bad_input(&e),
     };
@@ -509,4 +441,85 @@ fn cmd_vm_prepare(a: VmPrepareArgs) -> ExitCode {
 fn own_exe() -> Result<PathBuf, ExitCode> {
     std::env::current_exe()
         .map_err(|e| bad_input(&format!("cannot find my own executable to start agents: {e}")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! The monarch writes the command lines of the processes it starts with the same types
+    //! this parser reads them into: what it writes must parse back into an equal value.
+    use super::*;
+    use monarch_boot::cmdline::NetbootAgentArgs;
+    use monarch_boot::handoff::Handoff;
+    use std::ffi::OsString;
+
+    fn parse(args: Vec<OsString>) -> Cmd {
+        let mut argv = vec![OsString::from("monarch")];
+        argv.extend(args);
+        match Cli::try_parse_from(&argv) {
+            Ok(c) => c.cmd,
+            Err(e) => panic!("{argv:?} does not parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_agent_command_line_the_monarch_writes_parses_back() {
+        for (handoff, poll, epoch) in [(Handoff::Exec, false, Some(3)), (Handoff::Kexec, true, None)] {
+            let a = AgentArgs {
+                window: "/dev/shm/a b,c.win".into(),
+                id: "lc-1".into(),
+                handoff,
+                timeout: Duration::from_millis(1500),
+                poll,
+                epoch,
+            };
+            let Cmd::Agent(back) = parse(a.to_args()) else { panic!("not `agent`") };
+            assert_eq!(back, a);
+        }
+    }
+
+    #[test]
+    fn the_candidate_command_line_the_monarch_writes_parses_back() {
+        for (topology, backplane, monarch) in [
+            (None, Some(PathBuf::from("/run/m/backplane.bp")), None),
+            (Some("c.toml".into()), None, Some("mgmt1")),
+        ] {
+            let a = CandidateArgs {
+                topo: TopologyOpt { topology },
+                index: 1,
+                backplane,
+                session: "1765000000000000000".into(),
+                monarch: monarch.map(String::from),
+                run_dir: "/tmp/monarch-run".into(),
+                t0_unix_ns: 1_765_000_000_123_456_789,
+                shutdown_grace: Duration::from_secs(3),
+            };
+            let Cmd::Candidate(back) = parse(a.to_args()) else { panic!("not `candidate`") };
+            assert_eq!(back, a);
+        }
+    }
+
+    #[test]
+    fn the_netboot_agent_command_line_the_monarch_writes_parses_back() {
+        for (disk, disk_size, json) in
+            [(None, None, false), (Some(PathBuf::from("d.img")), Some(64 << 20), true)]
+        {
+            let a = NetbootAgentArgs {
+                server: "127.0.0.1:40123".parse().unwrap(),
+                interface: None,
+                mac: Some("52:54:00:12:34:56".into()),
+                wait: Duration::from_secs(10),
+                interval: Duration::from_millis(250),
+                disk,
+                disk_size,
+                max_size: 30 << 20,
+                handoff: Handoff::None,
+                json,
+            };
+            let Cmd::Netboot(netboot_cli::NetbootCmd::Agent(back)) = parse(a.to_args()) else {
+                panic!("not `netboot agent`")
+            };
+            assert_eq!(back, a);
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 use crate::exit::bad_input;
 use clap::{Args, Subcommand};
+use monarch_boot::cmdline::NetbootAgentArgs;
 use monarch_boot::handoff::Handoff;
 use monarch_boot::netboot::{self, Assign, DhcpChoice, ServeOptions};
 use serde_json::Value;
@@ -44,47 +45,13 @@ name = \"node1\"                  # any field of [default]\n\n\
 5. diskless: hand off to the image (--handoff exec runs it); with --disk: install it into the inactive A/B slot, commit record last (a power cut at any point leaves the previous image bootable), then restart as `monarch netboot boot-disk` and boot it from the disk.\n\n\
 If the disk already holds the offered image (same digest), nothing is transferred. If no boot server answers within --wait, the machine boots the image it has, and says so."
     )]
-    Agent(AgentArgs),
+    Agent(NetbootAgentArgs),
     /// Re-provision a machine whose installed image fails verification (fetch, install, boot).
-    Recover(AgentArgs),
+    Recover(NetbootAgentArgs),
     /// Boot the disk's image: the newest committed A/B slot that verifies (else the other).
     BootDisk(BootDiskArgs),
     /// Show both A/B slots of a disk and whether each verifies.
     Status(StatusArgs),
-}
-
-#[derive(Args)]
-pub struct AgentArgs {
-    /// Where to send DISCOVERs: a boot server's HOST:PORT or a broadcast address.
-    #[arg(long, value_name = "ADDR", default_value = "255.255.255.255:4012")]
-    server: std::net::SocketAddr,
-    /// Use this interface (its MAC, and SO_BINDTODEVICE for broadcasts).
-    #[arg(long, value_name = "IF")]
-    interface: Option<String>,
-    /// This machine's MAC address [default: the interface's].
-    #[arg(long, value_name = "MAC")]
-    mac: Option<String>,
-    /// Give up on the boot server after this long and boot the local image.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
-    wait: std::time::Duration,
-    /// Rebroadcast the DISCOVER this often while nobody answers.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
-    interval: std::time::Duration,
-    /// The machine's disk (block device or file); without it the machine is diskless.
-    #[arg(long, value_name = "TARGET")]
-    disk: Option<PathBuf>,
-    /// Create the disk file with this size if it does not exist (e.g. 256MiB).
-    #[arg(long, value_name = "SIZE", value_parser = monarch_boot::values::parse_size)]
-    disk_size: Option<u64>,
-    /// Refuse images larger than this.
-    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = monarch_boot::values::parse_size)]
-    max_size: u64,
-    /// What to do with the verified image: exec (run it) or none (exit 0).
-    #[arg(long, value_enum, default_value = "exec")]
-    handoff: Handoff,
-    /// One JSON object on stdout before the handoff.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]
@@ -288,7 +255,7 @@ fn assign(a: AssignArgs, how: Assign) -> ExitCode {
     }
 }
 
-fn mac_of(a: &AgentArgs) -> Result<monarch_proto::mac::Mac, String> {
+fn mac_of(a: &NetbootAgentArgs) -> Result<monarch_proto::mac::Mac, String> {
     let text = match (&a.mac, &a.interface) {
         (Some(m), _) => m.clone(),
         (None, Some(i)) => std::fs::read_to_string(format!("/sys/class/net/{i}/address"))
@@ -304,7 +271,7 @@ fn mac_of(a: &AgentArgs) -> Result<monarch_proto::mac::Mac, String> {
     text.parse().map_err(|_| format!("{text:?} is not a MAC address: write aa:bb:cc:dd:ee:ff"))
 }
 
-fn agent(a: AgentArgs, recover: bool) -> ExitCode {
+fn agent(a: NetbootAgentArgs, recover: bool) -> ExitCode {
     use monarch_boot::netagent::{self, NetAgentOptions, Next};
     let parsed = (|| -> Result<NetAgentOptions, String> {
         let mut fetch = monarch_net::discovery::FetchConfig::new(a.server, mac_of(&a)?);

@@ -85,26 +85,27 @@ pub fn up(
     let mut children: Vec<Option<Child>> = Vec::new();
     let mut readers = Vec::new();
     for (k, m) in t.managers.iter().enumerate() {
-        let mut cmd = Command::new(&opts.agent_exe);
-        cmd.arg("candidate");
-        if let TopologySource::File(f) = source {
-            cmd.arg("--topology").arg(f);
-        }
-        cmd.arg("--index").arg(k.to_string());
-        match t.election.backend {
-            ElectionBackend::Backplane => cmd.arg("--backplane").arg(&bp_path),
-            // One election per run: this run's start names it.
-            ElectionBackend::Etcd(_) => cmd.arg("--session").arg(t0.to_string()),
+        let args = crate::cmdline::CandidateArgs {
+            topo: crate::cmdline::TopologyOpt {
+                topology: match source {
+                    TopologySource::File(f) => Some(f.clone()),
+                    TopologySource::Builtin => None,
+                },
+            },
+            index: k,
+            backplane: matches!(t.election.backend, ElectionBackend::Backplane).then(|| bp_path.clone()),
+            // One etcd election per run: this run's start names it.
+            session: match t.election.backend {
+                ElectionBackend::Backplane => "boot".into(),
+                ElectionBackend::Etcd(_) => t0.to_string(),
+            },
+            monarch: pinned.and_then(|p| t.managers.get(p)).map(|p| p.id.clone()),
+            run_dir: t.run_dir.clone(),
+            t0_unix_ns: t0,
+            shutdown_grace: opts.shutdown_grace,
         };
-        if let Some(p) = pinned.and_then(|p| t.managers.get(p)) {
-            cmd.arg("--monarch").arg(&p.id);
-        }
-        cmd.arg("--run-dir")
-            .arg(&t.run_dir)
-            .arg("--t0-unix-ns")
-            .arg(t0.to_string())
-            .arg("--shutdown-grace")
-            .arg(humantime::format_duration(opts.shutdown_grace).to_string())
+        let mut cmd = Command::new(&opts.agent_exe);
+        cmd.args(args.to_args())
             .env("MONARCH_SUPERVISOR", std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped());

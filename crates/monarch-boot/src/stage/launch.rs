@@ -116,29 +116,29 @@ fn qemu_pidfile(sec: &Secondary) -> PathBuf {
 fn start_agent(sec: &Secondary, ctx: &StageCtx<'_>, window: &Window, memfd: bool) -> Result<Started, String> {
     let log = sec.window.path.with_extension("log");
     let mut cmd = Process::new(ctx.agent_exe);
-    cmd.arg("agent").arg("--window");
-    if memfd {
+    let window_path = if memfd {
         // The child inherits the window as descriptor 3 and opens it by its /proc path.
         let fd =
             window.fd().try_clone_to_owned().map_err(|e| format!("cannot share the memfd window: {e}"))?;
         cmd.fd_mappings(vec![FdMapping { parent_fd: fd, child_fd: MEMFD_CHILD_FD }])
             .map_err(|e| format!("cannot hand the memfd window to the agent: {e}"))?;
-        cmd.arg(format!("/proc/self/fd/{MEMFD_CHILD_FD}"));
+        PathBuf::from(format!("/proc/self/fd/{MEMFD_CHILD_FD}"))
     } else {
-        cmd.arg(&sec.window.path);
-    }
+        sec.window.path.clone()
+    };
     // The terminal's Ctrl-C is ours to act on, not the agent's (crate::interrupt).
     monarch_drivers::host::ignore_sigint_in(&mut cmd);
-    cmd.arg("--id")
-        .arg(&sec.id)
-        .arg("--handoff")
-        .arg(sec.handoff.name())
-        .arg("--timeout")
-        .arg(humantime::format_duration(sec.timeouts.agent).to_string())
+    let args = crate::cmdline::AgentArgs {
+        window: window_path,
+        id: sec.id.clone(),
+        handoff: sec.handoff,
+        timeout: sec.timeouts.agent,
+        poll: false,
         // Spawning can take long on a loaded host; if we are deposed meanwhile, the agent
         // sees the newer claim and leaves the window to the new monarch's agent.
-        .arg("--epoch")
-        .arg(ctx.authority.epoch.to_string());
+        epoch: Some(ctx.authority.epoch),
+    };
+    cmd.args(args.to_args());
     let child = spawn_logged(&mut cmd, &log, "agent log")
         .map_err(|e| format!("cannot start agent {}: {e}", ctx.agent_exe.display()))?;
     Ok(Started { child, log, qemu_log: None, console: None })

@@ -258,25 +258,19 @@ impl<'a, 'c> NetStage<'a, 'c> {
         let mut cmd = Command::new(exe);
         // The terminal's Ctrl-C is ours to act on, not the agent's (crate::interrupt).
         monarch_drivers::host::ignore_sigint_in(&mut cmd);
-        cmd.args(["netboot", "agent", "--server"])
-            .arg(udp.to_string())
-            .arg("--mac")
-            .arg(Mac::from(self.nb.mac).to_string())
-            .arg("--handoff")
-            .arg(sec.handoff.name())
-            .arg("--json")
-            .arg("--wait")
-            .arg(humantime::format_duration(sec.timeouts.rendezvous).to_string())
-            .arg("--interval")
-            .arg(humantime::format_duration(REDISCOVER.min(sec.timeouts.rendezvous)).to_string())
-            .arg("--max-size")
-            .arg(self.image_bytes.max(1).to_string());
-        if let Some(disk) = &self.nb.disk {
-            cmd.arg("--disk").arg(disk);
-            if let Some(size) = self.nb.disk_size {
-                cmd.arg("--disk-size").arg(size.to_string());
-            }
-        }
+        let args = crate::cmdline::NetbootAgentArgs {
+            server: udp,
+            interface: None,
+            mac: Some(Mac::from(self.nb.mac).to_string()),
+            wait: sec.timeouts.rendezvous,
+            interval: REDISCOVER.min(sec.timeouts.rendezvous),
+            disk: self.nb.disk.clone(),
+            disk_size: self.nb.disk.as_ref().and(self.nb.disk_size),
+            max_size: self.image_bytes.max(1),
+            handoff: sec.handoff,
+            json: true,
+        };
+        cmd.args(args.to_args());
         // The payload reports through a window when it sees one; this one has none.
         cmd.env_remove("MONARCH_WINDOW");
         // Appended to, like a window agent's log: a relaunch keeps what the first run said.

@@ -1,0 +1,204 @@
+//! The command lines of the processes the monarch starts from its own executable: a window
+//! agent (`monarch agent`), a monarch candidate (`monarch candidate`) and a network agent
+//! (`monarch netboot agent`). Each is one type, parsed by the binary's command line (clap
+//! derives the parser from it) and written by the monarch with [`AgentArgs::to_args`] and
+//! its siblings, so both halves of the contract are the same code: the binary's tests parse
+//! what `to_args` writes back into an equal value, and a renamed flag fails them.
+use crate::handoff::Handoff;
+use crate::topology::{Topology, TopologyError};
+use crate::values;
+use clap::Args;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which topology: a file, or the built-in emulated chassis.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct TopologyOpt {
+    /// Topology file (TOML, see docs/topology.md). Default: the built-in emulated chassis.
+    #[arg(long, short = 't', value_name = "FILE")]
+    pub topology: Option<PathBuf>,
+}
+
+impl TopologyOpt {
+    /// Load and check the topology it names.
+    pub fn load(&self) -> Result<Topology, TopologyError> {
+        match &self.topology {
+            Some(f) => Topology::load(f),
+            None => Topology::builtin(),
+        }
+    }
+}
+
+/// `monarch agent`: the secondary's side of a window boot.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct AgentArgs {
+    /// The window: a file both sides map (e.g. /dev/shm/…, or a PCI BAR's resourceN), or
+    /// `ivshmem` for the BAR of this machine's first ivshmem PCI device (implies --poll).
+    #[arg(long, value_name = "PATH")]
+    pub window: PathBuf,
+    /// This secondary's id, for messages.
+    #[arg(long, default_value = "secondary")]
+    pub id: String,
+    /// What to do after OK.
+    #[arg(long, value_enum, default_value = "exec")]
+    pub handoff: Handoff,
+    /// Longest wait for the window to appear and for each command of the monarch.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = values::parse_duration)]
+    pub timeout: Duration,
+    /// Poll the doorbell (for windows shared across kernels) instead of futex waits.
+    #[arg(long)]
+    pub poll: bool,
+    /// The epoch of the monarch starting this agent (`monarch up` passes it): if a newer
+    /// monarch has claimed the window by the time the agent holds it, the agent leaves it
+    /// alone and exits with status 75. Without it, the agent obeys whoever configured the
+    /// window.
+    #[arg(long, value_name = "N")]
+    pub epoch: Option<u32>,
+}
+
+impl AgentArgs {
+    /// The arguments after the executable: `agent --window … …`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a = words(&["agent", "--window"]);
+        a.push(self.window.clone().into());
+        a.extend(words(&["--id", &self.id, "--handoff", self.handoff.name(), "--timeout"]));
+        a.push(duration(self.timeout));
+        if self.poll {
+            a.push("--poll".into());
+        }
+        if let Some(e) = self.epoch {
+            a.extend(words(&["--epoch", &e.to_string()]));
+        }
+        a
+    }
+}
+
+/// `monarch candidate`: one management processor of a chassis, started by `monarch up`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct CandidateArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened: its own fields carry the help
+    pub topo: TopologyOpt,
+    /// This candidate's index among the topology's management processors.
+    #[arg(long)]
+    pub index: usize,
+    /// The backplane `monarch up` created (a backplane election).
+    #[arg(long, value_name = "FILE")]
+    pub backplane: Option<PathBuf>,
+    /// Names this boot in etcd (an etcd election): every candidate of one boot passes the
+    /// same value.
+    #[arg(long, value_name = "NAME", default_value = "boot")]
+    pub session: String,
+    /// The operator's choice of monarch (a management processor's id).
+    #[arg(long, value_name = "ID")]
+    pub monarch: Option<String>,
+    /// The chassis' run folder (windows without a path live there).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: PathBuf,
+    /// The chassis' start, in Unix nanoseconds (event times count from it).
+    #[arg(long)]
+    pub t0_unix_ns: u128,
+    /// As for `monarch up`.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = values::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl CandidateArgs {
+    /// The arguments after the executable: `candidate --index … …`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a = words(&["candidate"]);
+        if let Some(f) = &self.topo.topology {
+            a.push("--topology".into());
+            a.push(f.clone().into());
+        }
+        a.extend(words(&["--index", &self.index.to_string()]));
+        if let Some(b) = &self.backplane {
+            a.push("--backplane".into());
+            a.push(b.clone().into());
+        }
+        a.extend(words(&["--session", &self.session]));
+        if let Some(m) = &self.monarch {
+            a.extend(words(&["--monarch", m]));
+        }
+        a.push("--run-dir".into());
+        a.push(self.run_dir.clone().into());
+        a.extend(words(&["--t0-unix-ns", &self.t0_unix_ns.to_string(), "--shutdown-grace"]));
+        a.push(duration(self.shutdown_grace));
+        a
+    }
+}
+
+/// `monarch netboot agent` (and `recover`): the machine's side of a network boot.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct NetbootAgentArgs {
+    /// Where to send DISCOVERs: a boot server's HOST:PORT or a broadcast address.
+    #[arg(long, value_name = "ADDR", default_value = "255.255.255.255:4012")]
+    pub server: SocketAddr,
+    /// Use this interface (its MAC, and SO_BINDTODEVICE for broadcasts).
+    #[arg(long, value_name = "IF")]
+    pub interface: Option<String>,
+    /// This machine's MAC address [default: the interface's].
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+    /// Give up on the boot server after this long and boot the local image.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
+    /// Rebroadcast the DISCOVER this often while nobody answers.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// The machine's disk (block device or file); without it the machine is diskless.
+    #[arg(long, value_name = "TARGET")]
+    pub disk: Option<PathBuf>,
+    /// Create the disk file with this size if it does not exist (e.g. 256MiB).
+    #[arg(long, value_name = "SIZE", value_parser = values::parse_size)]
+    pub disk_size: Option<u64>,
+    /// Refuse images larger than this.
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = values::parse_size)]
+    pub max_size: u64,
+    /// What to do with the verified image: exec (run it), none (exit 0), or kexec (a kernel
+    /// bundle).
+    #[arg(long, value_enum, default_value = "exec")]
+    pub handoff: Handoff,
+    /// One JSON object on stdout before the handoff.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl NetbootAgentArgs {
+    /// The arguments after the executable: `netboot agent --server … …`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a = words(&["netboot", "agent", "--server", &self.server.to_string()]);
+        if let Some(i) = &self.interface {
+            a.extend(words(&["--interface", i]));
+        }
+        if let Some(m) = &self.mac {
+            a.extend(words(&["--mac", m]));
+        }
+        a.push("--wait".into());
+        a.push(duration(self.wait));
+        a.push("--interval".into());
+        a.push(duration(self.interval));
+        if let Some(d) = &self.disk {
+            a.push("--disk".into());
+            a.push(d.clone().into());
+        }
+        if let Some(s) = self.disk_size {
+            a.extend(words(&["--disk-size", &s.to_string()]));
+        }
+        a.extend(words(&["--max-size", &self.max_size.to_string(), "--handoff", self.handoff.name()]));
+        if self.json {
+            a.push("--json".into());
+        }
+        a
+    }
+}
+
+fn words(w: &[&str]) -> Vec<OsString> {
+    w.iter().map(OsString::from).collect()
+}
+
+fn duration(d: Duration) -> OsString {
+    humantime::format_duration(d).to_string().into()
+}
