@@ -38,7 +38,8 @@ use etcd_client::{
 };
 use tokio::runtime::Runtime;
 
-use session::{LossKind, RpcFailure, Session, SessionHandle};
+pub use session::Lost;
+use session::{LossKind, RpcFailure, Session, SessionHandle, classify};
 
 /// How to reach etcd and which election to run in.
 #[derive(Clone, Debug)]
@@ -107,14 +108,6 @@ impl Config {
     }
 }
 
-/// Leadership is gone, or can no longer be proven: stop acting as monarch now.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("monarch leadership lost: {why}")]
-pub struct Lost {
-    /// What happened, in words for the operator.
-    pub why: String,
-}
-
 /// Everything that can go wrong talking to etcd; each message names the thing and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -172,22 +165,6 @@ fn describe_leader(leader: &Option<(String, u64)>) -> String {
     match leader {
         Some((who, epoch)) => format!("{who} is monarch (epoch {epoch})"),
         None => "no leader visible, yet our campaign did not complete".into(),
-    }
-}
-
-/// Sort a client error into "etcd not reachable (maybe transient)" and "etcd said no".
-pub(crate) fn classify(e: &etcd_client::Error) -> RpcFailure {
-    use etcd_client::Error as E;
-    use tonic::Code;
-    match e {
-        E::TransportError(_) | E::IoError(_) => RpcFailure::Unreachable(e.to_string()),
-        E::GRpcStatus(s) => match s.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-                RpcFailure::Unreachable(format!("{:?}: {}", s.code(), s.message()))
-            }
-            _ => RpcFailure::Rejected(format!("{:?}: {}", s.code(), s.message())),
-        },
-        _ => RpcFailure::Rejected(e.to_string()),
     }
 }
 

@@ -10,7 +10,15 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::watch;
 
-use crate::{Lost, proof};
+use crate::proof;
+
+/// Leadership is gone, or can no longer be proven: stop acting as monarch now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("monarch leadership lost: {why}")]
+pub struct Lost {
+    /// What happened, in words for the operator.
+    pub why: String,
+}
 
 /// Why a session ended; decides whether we still revoke the lease on the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +186,22 @@ pub(crate) enum RpcFailure {
     Rejected(String),
 }
 
+/// Sort a client error into "etcd not reachable (maybe transient)" and "etcd said no".
+pub(crate) fn classify(e: &etcd_client::Error) -> RpcFailure {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    match e {
+        E::TransportError(_) | E::IoError(_) => RpcFailure::Unreachable(e.to_string()),
+        E::GRpcStatus(s) => match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                RpcFailure::Unreachable(format!("{:?}: {}", s.code(), s.message()))
+            }
+            _ => RpcFailure::Rejected(format!("{:?}: {}", s.code(), s.message())),
+        },
+        _ => RpcFailure::Rejected(e.to_string()),
+    }
+}
+
 /// Grant a lease for `ttl` and start keeping it alive. Must run inside the runtime.
 pub(crate) async fn start(
     client: &Client,
@@ -195,7 +219,7 @@ pub(crate) async fn start(
                     "no answer to a lease grant within {rpc_timeout:?}"
                 )));
             }
-            Ok(Err(e)) => return Err(crate::classify(&e)),
+            Ok(Err(e)) => return Err(classify(&e)),
             Ok(Ok(resp)) => resp,
         };
     if !resp.error().is_empty() {

@@ -1,6 +1,8 @@
 //! The in-memory backend: [`MemWindow`].
 
-use super::{SharedBytes, WindowError, WindowMemory};
+use super::error::WindowError;
+use super::memory::WindowMemory;
+use super::shared::SharedBytes;
 use crate::doorbell::Doorbell;
 use monarch_proto::window::layout;
 use std::path::{Path, PathBuf};
@@ -10,10 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A window in this process's heap, for both sides of the protocol in one process: each
 /// side (thread) holds its own handle, made with [`MemWindow::attach`], onto the same memory.
 ///
-/// It behaves like a [`super::Window`] on a file that two processes mapped: the same
-/// registers, data area, futex doorbells (a futex works on any memory; the memory is zeroed
-/// at creation) and an agent lock that, like `flock`, belongs to a handle and goes with it
-/// when the handle is dropped.
+/// It behaves like a [`Window`](super::mmap::Window) on a file that two processes mapped:
+/// the same registers, data area, futex doorbells (a futex works on any memory; the memory
+/// is zeroed at creation) and an agent lock that, like `flock`, belongs to a handle and goes
+/// with it when the handle is dropped.
 pub struct MemWindow {
     shared: Arc<Shared>,
     /// This handle's identity for the agent lock (never 0).
@@ -72,8 +74,8 @@ impl MemWindow {
     }
 
     /// Another handle onto the same memory (what opening a window file again is to a
-    /// [`super::Window`]): for the other side, on another thread. It has its own doorbell
-    /// setting (this one's to start with) and its own identity for the agent lock.
+    /// [`Window`](super::mmap::Window)): for the other side, on another thread. It has its own
+    /// doorbell setting (this one's to start with) and its own identity for the agent lock.
     pub fn attach(&self) -> MemWindow {
         let handle = self.shared.handles.fetch_add(1, Ordering::Relaxed) + 1;
         MemWindow { shared: Arc::clone(&self.shared), handle, bell: self.bell }

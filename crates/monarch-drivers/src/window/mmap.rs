@@ -1,6 +1,9 @@
 //! The mapped-file backend: [`Window`].
 
-use super::{Poll, SharedBytes, WindowError, WindowMemory};
+use super::error::WindowError;
+use super::memory::WindowMemory;
+use super::poll::Poll;
+use super::shared::SharedBytes;
 use crate::doorbell::Doorbell;
 use memmap2::{MmapOptions, MmapRaw};
 use monarch_proto::checksum::{Algo, Digest};

@@ -18,8 +18,8 @@ const WORD: usize = 8;
 
 /// A window's bytes, register page then data area, as this process may touch them: through
 /// atomics, never through a plain reference or a plain (or volatile) copy. This is how a
-/// backend hands its memory to the [`super::WindowMemory`] methods; only a backend creates
-/// one, with [`SharedBytes::new`].
+/// backend hands its memory to the `WindowMemory` methods; only a backend creates one, with
+/// [`SharedBytes::new`].
 #[derive(Debug, Clone, Copy)]
 pub struct SharedBytes<'a> {
     base: *mut u8,
@@ -75,7 +75,7 @@ impl<'a> SharedBytes<'a> {
     /// - every access this process makes to that memory, on any thread, is atomic and of the
     ///   width the window's layout gives the place (through this type or an `AtomicU32` /
     ///   `AtomicU64` there), with one exception: the kernel, when a read(2) or similar into
-    ///   it was asked for (see [`super::WindowMemory::fill_from_file`]). In particular no
+    ///   it was asked for (see `WindowMemory::fill_from_file`). In particular no
     ///   `&[u8]`/`&mut [u8]` to it exists. Other processes (or devices) may do what they like
     ///   to it: they are not this program, and atomics are the accesses that tolerate that.
     pub unsafe fn new(base: *mut u8, len: usize) -> SharedBytes<'a> {

@@ -1,9 +1,17 @@
 //! The protocol operations over both backends, and both sides of a handshake on two
 //! threads over the in-memory one.
 
-use super::*;
-use monarch_proto::window::msg::{self, Command, Stamped, Status, encode_command, encode_status};
+use super::{CHUNK, MemWindow, Poll, Window, WindowError, WindowMemory};
+use crate::doorbell::Doorbell;
+use monarch_proto::checksum::Algo;
+use monarch_proto::window::layout::{self, Reg};
+use monarch_proto::window::msg::{
+    self, Command, RegisterError, Stamped, Status, encode_command, encode_status,
+};
+use std::fs::File;
+use std::path::Path;
 use std::thread;
+use std::time::Duration;
 
 /// A file window and an in-memory window, each with `data` bytes of data area.
 fn backends(data: u64) -> (tempfile::TempDir, Window, MemWindow) {
