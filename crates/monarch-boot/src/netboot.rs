@@ -359,12 +359,12 @@ pub fn assign(
     }
     entry["image"] = toml_edit::value(rel.as_str());
     let text = doc.to_string();
-    monarch_net::dhcp::write_atomically(&file, text.as_bytes())
+    monarch_drivers::fs::write_atomically(&file, text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     if let Err(e) = Catalog::load(&root) {
         // Put the old catalog back: a change that does not load must not stay.
         let _ = match &old {
-            Some(o) => monarch_net::dhcp::write_atomically(&file, o.as_bytes()),
+            Some(o) => monarch_drivers::fs::write_atomically(&file, o.as_bytes()),
             None => std::fs::remove_file(&file),
         };
         return Err(format!("the change was not made: {e}"));
@@ -399,11 +399,8 @@ fn image_in_root(
             ));
         }
     } else {
-        let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-        std::fs::copy(&canon, &tmp).and_then(|_| std::fs::rename(&tmp, &dest)).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("cannot copy {} into {}: {e}", image.display(), dir.display())
-        })?;
+        monarch_drivers::fs::copy_atomically(&canon, &dest)
+            .map_err(|e| format!("cannot copy {} into {}: {e}", image.display(), dir.display()))?;
     }
     Ok((format!("images/{}", name.to_string_lossy()), Some(canon)))
 }

@@ -159,7 +159,7 @@ fn line(s: &Secondary) -> String {
         // No window: the image goes over the network (launch = "netboot").
         Launch::Netboot(nb) => format!(
             "netboot mac {}{}  {} {}",
-            monarch_proto::mac::Mac::from(nb.mac),
+            nb.mac,
             nb.disk.as_ref().map_or(String::new(), |d| format!(" disk {}", d.display())),
             s.algo,
             s.handoff.name(),

@@ -8,6 +8,7 @@
 use crate::handoff::Handoff;
 use crate::values::fmt_size;
 use bytesize::ByteSize;
+use monarch_proto::mac::Mac;
 use monarch_proto::{Algo, window::layout, window::msg::Mode, window::stream};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -399,7 +400,7 @@ pub struct Secondary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetbootSpec {
     /// The machine's MAC: its identity for the boot server (`mac`, else derived from the id).
-    pub mac: [u8; 6],
+    pub mac: Mac,
     /// The machine's disk (a block device or a file standing in for one); `None`: diskless.
     pub disk: Option<PathBuf>,
     /// Size to create the disk file with when it does not exist.
@@ -409,9 +410,9 @@ pub struct NetbootSpec {
 /// The MAC a netboot secondary gets when the topology names none: QEMU's locally
 /// administered prefix `52:54:00` and three bytes of a hash of the id, so it is the same in
 /// every run (the boot server's catalog and a disk's A/B history key on it).
-pub fn derived_mac(id: &str) -> [u8; 6] {
+pub fn derived_mac(id: &str) -> Mac {
     let d = Algo::Blake3.digest(format!("monarch netboot mac {id}").as_bytes());
-    [0x52, 0x54, 0x00, d.0[0], d.0[1], d.0[2]]
+    Mac::new([0x52, 0x54, 0x00, d.0[0], d.0[1], d.0[2]])
 }
 
 /// A secondary that is a QEMU VM.
@@ -686,7 +687,7 @@ impl Topology {
         let vm_art = crate::vm::artifacts::Artifacts::at(&vm_dir);
         let mut seen_ids: BTreeMap<String, ()> = BTreeMap::new();
         let mut seen_windows: HashMap<PathBuf, String> = HashMap::new();
-        let mut seen_macs: HashMap<[u8; 6], String> = HashMap::new();
+        let mut seen_macs: HashMap<Mac, String> = HashMap::new();
         let mut seen_disks: HashMap<PathBuf, String> = HashMap::new();
         let mut managers = Vec::new();
         let mut secondaries = Vec::new();
@@ -1022,7 +1023,7 @@ impl Topology {
                         format!("{who}.mac"),
                         format!(
                             "MAC {} is already used by \"{other}\"; a MAC is a machine's identity for the boot server: give each netboot secondary its own `mac`",
-                            monarch_proto::mac::Mac::from(spec.mac)
+                            spec.mac
                         ),
                     );
                 }
@@ -1299,19 +1300,17 @@ fn netboot_spec(cx: &mut Ctx<'_>, p: &ProcessorDef, f: &FaultDef, n: &NetCheck<'
     }
     let mac = match &p.mac {
         None => derived_mac(n.id),
-        Some(m) => {
-            match m.get_ref().parse::<monarch_proto::mac::Mac>().ok().map(monarch_proto::mac::Mac::octets) {
-                Some(mac) if mac[0] & 1 == 0 && mac != [0; 6] => mac,
-                Some(_) => {
-                    cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is a multicast or all-zero address; a machine needs a unicast MAC such as \"52:54:00:12:34:56\"", m.get_ref()));
-                    derived_mac(n.id)
-                }
-                None => {
-                    cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is not a MAC address; write six hex bytes, e.g. \"52:54:00:12:34:56\" (or leave mac out: one is derived from the id)", m.get_ref()));
-                    derived_mac(n.id)
-                }
+        Some(m) => match m.get_ref().parse::<Mac>().ok() {
+            Some(mac) if mac.octets()[0] & 1 == 0 && mac.octets() != [0; 6] => mac,
+            Some(_) => {
+                cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is a multicast or all-zero address; a machine needs a unicast MAC such as \"52:54:00:12:34:56\"", m.get_ref()));
+                derived_mac(n.id)
             }
-        }
+            None => {
+                cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is not a MAC address; write six hex bytes, e.g. \"52:54:00:12:34:56\" (or leave mac out: one is derived from the id)", m.get_ref()));
+                derived_mac(n.id)
+            }
+        },
     };
     let disk = p.disk.as_ref().map(|d| n.base.join(d.get_ref()));
     let disk_size = p.disk_size.as_ref().and_then(|v| cx.size(v, &format!("{who}.disk_size")));
@@ -1538,14 +1537,14 @@ mod tests {
         let [nb0, nb1, w] = &t.secondaries[..] else { panic!("three secondaries") };
         let Launch::Netboot(spec0) = &nb0.launch else { panic!("nb0 is booted over the network") };
         assert_eq!(spec0.mac, derived_mac("nb0"));
-        assert_eq!(&spec0.mac[..3], &[0x52, 0x54, 0x00]);
+        assert_eq!(&spec0.mac.octets()[..3], &[0x52, 0x54, 0x00]);
         assert_ne!(derived_mac("nb0"), derived_mac("nb1"));
         assert_eq!((spec0.disk.as_ref(), spec0.disk_size), (None, None));
         assert_eq!((nb0.launch.name(), nb0.handoff), ("netboot", Handoff::Exec));
         assert_eq!((nb0.window.data_size, nb0.attempts), (0, 1), "no window, one attempt");
         assert_eq!(nb0.window.path.with_extension("log"), t.run_dir.join("nb0.log"));
         let Launch::Netboot(spec1) = &nb1.launch else { panic!("nb1 is booted over the network") };
-        assert_eq!(spec1.mac, [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01]);
+        assert_eq!(spec1.mac, Mac::new([0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01]));
         assert_eq!(
             spec1.disk.as_deref(),
             Some(dir.path().join("disks/nb1.img").as_path()),

@@ -417,9 +417,10 @@ impl DhcpServer {
         let text = pool.to_text();
         let leases = pool.leases().count();
         let p = path.clone();
-        let result = tokio::task::spawn_blocking(move || write_atomically(&p, text.as_bytes()))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        let result =
+            tokio::task::spawn_blocking(move || monarch_drivers::fs::write_atomically(&p, text.as_bytes()))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
         match result {
             Ok(()) => events(DhcpEvent::LeasesSaved { path: path.clone(), leases }),
             Err(e) => {
@@ -484,10 +485,6 @@ fn read_lease_file(path: &Path) -> Result<Option<String>, DhcpError> {
         .map(Some)
         .map_err(|_| err("not UTF-8 text: delete it to start with no leases".into()))
 }
-
-/// Replace a file atomically: [`monarch_drivers::fs::write_atomically`], re-exported under
-/// its former name here until monarch-boot calls it there.
-pub use monarch_drivers::fs::write_atomically;
 
 #[cfg(test)]
 mod tests {

@@ -153,10 +153,7 @@ impl<'a, 'c> NetStage<'a, 'c> {
         let catalog = Catalog::from_parts(
             &self.root,
             None,
-            [(
-                Mac::from(self.nb.mac),
-                Machine { name: Some(sec.id.clone()), image: Some(name), ..Machine::default() },
-            )],
+            [(self.nb.mac, Machine { name: Some(sec.id.clone()), image: Some(name), ..Machine::default() })],
         )
         .map_err(|e| format!("cannot serve the image: {e}"))?;
         let server = Server::start(&sec.id, catalog, sec.algo, tx.clone())?;
@@ -261,7 +258,7 @@ impl<'a, 'c> NetStage<'a, 'c> {
         let args = crate::cmdline::NetbootAgentArgs {
             server: udp,
             interface: None,
-            mac: Some(Mac::from(self.nb.mac).to_string()),
+            mac: Some(self.nb.mac.to_string()),
             wait: sec.timeouts.rendezvous,
             interval: REDISCOVER.min(sec.timeouts.rendezvous),
             disk: self.nb.disk.clone(),
@@ -602,12 +599,15 @@ impl Drop for Server {
 
 /// The monarch's own DISCOVER for `mac`: the server's OFFER (after it hashed the image) and
 /// the address it was asked from (its `offered` event is not the agent's).
-fn prime(server: SocketAddr, mac: [u8; 6], wait: Duration) -> Result<(SocketAddr, Offer), String> {
+fn prime(server: SocketAddr, mac: Mac, wait: Duration) -> Result<(SocketAddr, Offer), String> {
     let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| format!("cannot bind a UDP socket on 127.0.0.1: {e}"))?;
     let from = sock.local_addr().map_err(|e| format!("cannot read a UDP socket's address: {e}"))?;
-    let xid = std::process::id().rotate_left(16) ^ u32::from_le_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    let discover = Message::Discover(Discover { xid, mac: Mac::from(mac), current: None }).encode();
+    let xid = std::process::id().rotate_left(16) ^ {
+        let o = mac.octets();
+        u32::from_le_bytes([o[2], o[3], o[4], o[5]])
+    };
+    let discover = Message::Discover(Discover { xid, mac, current: None }).encode();
     let start = Instant::now();
     let mut buf = vec![0u8; monarch_proto::netboot::wire::MAX_MESSAGE + 1];
     while start.elapsed() < wait {
@@ -701,9 +701,9 @@ mod tests {
     fn the_server_offers_what_was_put_in_its_root_and_stops_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.img"), b"hello netboot").unwrap();
-        let mac = [0x52, 0x54, 0, 1, 2, 3];
+        let mac = Mac::new([0x52, 0x54, 0, 1, 2, 3]);
         let m = Machine { image: Some("a.img".into()), ..Machine::default() };
-        let catalog = Catalog::from_parts(dir.path(), None, [(Mac::from(mac), m)]).unwrap();
+        let catalog = Catalog::from_parts(dir.path(), None, [(mac, m)]).unwrap();
         let (tx, rx) = mpsc::channel();
         let server = Server::start("t", catalog, Algo::Crc32c, tx).unwrap();
         let (from, offer) = prime(server.udp, mac, Duration::from_secs(20)).unwrap();
@@ -715,7 +715,8 @@ mod tests {
         });
         assert_eq!(offered, Some(from));
         // A MAC the catalog does not know gets no answer.
-        let e = prime(server.udp, [0x52, 0x54, 0, 9, 9, 9], Duration::from_millis(300)).unwrap_err();
+        let e =
+            prime(server.udp, Mac::new([0x52, 0x54, 0, 9, 9, 9]), Duration::from_millis(300)).unwrap_err();
         assert!(e.contains("did not answer"), "{e}");
         let udp = server.udp;
         drop(server);

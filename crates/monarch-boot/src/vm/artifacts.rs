@@ -183,14 +183,14 @@ pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(&str)) -> Result<
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    monarch_drivers::fs::write_atomically(path, bytes)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn replace_file(from: &Path, to: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
-    write_atomic(to, &bytes)
+    monarch_drivers::fs::copy_atomically(from, to)
+        .map(drop)
+        .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))
 }
 
 /// The real package a Debian meta-package depends on (`linux-image-cloud-amd64` →
