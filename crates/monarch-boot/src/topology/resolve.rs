@@ -1,514 +1,22 @@
-//! Topology files: what the chassis is made of, parsed and validated.
-//!
-//! A topology is TOML (unknown fields are errors). Every error names the file, the line
-//! and the field, and says how to fix it; all errors of a file are reported at once.
-//! `monarch topology default` prints the built-in chassis as a starting point, and
-//! `docs/topology.md` documents every field.
-
+//! Resolving a topology: the file parsed against its schema, then each section resolved
+//! into the model with its defaults, every problem collected with its line and field.
+use super::env::{Environment, Host, ImageFileProblem};
+use super::error::{Problem, TopologyError};
+use super::model::*;
+use super::schema::*;
 use crate::handoff::Handoff;
 use crate::values::fmt_size;
 use bytesize::ByteSize;
 use monarch_proto::mac::Mac;
 use monarch_proto::{Algo, window::layout, window::msg::Mode, window::stream};
-use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use thiserror::Error;
 use toml::Spanned;
 
 /// The built-in chassis (a PCIe switch in front of the management processor): a management processor, a route card and four
 /// line cards, two on direct ports and two behind one switch.
 pub const DEFAULT_TOPOLOGY: &str = include_str!("default-chassis.toml");
-
-/// One problem in a topology file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// The field or table, e.g. `processor "lc3".switch`.
-    pub field: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-/// A topology that cannot be used.
-#[derive(Debug, Error)]
-pub enum TopologyError {
-    /// The file could not be read.
-    #[error("topology {}: cannot read: {source}; check the path given to --topology", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The file has problems.
-    #[error("{}", render(path, problems))]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Every problem found.
-        problems: Vec<Problem>,
-    },
-}
-
-fn render(path: &Path, problems: &[Problem]) -> String {
-    let mut s = String::new();
-    for (i, p) in problems.iter().enumerate() {
-        if i > 0 {
-            s.push('\n');
-        }
-        match p.line {
-            Some(l) => s.push_str(&format!("{}:{l}: {}: {}", path.display(), p.field, p.message)),
-            None => s.push_str(&format!("{}: {}: {}", path.display(), p.field, p.message)),
-        }
-    }
-    s
-}
-
-/// A role in the chassis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// A management processor that may be elected monarch.
-    Monarch,
-    /// A processor booted by the monarch.
-    Secondary,
-}
-
-/// How a secondary is started and reached, with each way's own settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Launch {
-    /// The monarch starts `monarch agent` as a local process (the emulated chassis).
-    Process {
-        /// The window is an anonymous memfd handed to the agent instead of a file.
-        memfd: bool,
-    },
-    /// Someone else starts the agent (firmware, initramfs, another host); only the window
-    /// is given.
-    External,
-    /// The monarch starts a QEMU VM whose ivshmem PCI BAR is the window; the agent runs as
-    /// PID 1 of the VM's stage-1 initramfs (`monarch vm prepare` builds it).
-    Qemu(QemuSpec),
-    /// No window: the monarch serves the image over the network and starts `monarch netboot
-    /// agent`, which fetches, verifies and hands off (the window spec only names the log,
-    /// `RUN_DIR/ID.log`).
-    Netboot(NetbootSpec),
-}
-
-impl Launch {
-    /// Its name in topology files: `process`, `external`, `qemu` or `netboot`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Launch::Process { .. } => "process",
-            Launch::External => "external",
-            Launch::Qemu(_) => "qemu",
-            Launch::Netboot(_) => "netboot",
-        }
-    }
-
-    /// The window is a memfd the monarch made (only it can hand it to an agent).
-    pub fn memfd(&self) -> bool {
-        matches!(self, Launch::Process { memfd: true })
-    }
-}
-
-/// `launch` as written in a topology file, before its settings are resolved into a
-/// [`Launch`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum LaunchDef {
-    Process,
-    External,
-    Qemu,
-    Netboot,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum SizeDef {
-    Bytes(u64),
-    Text(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDef {
-    chassis: ChassisDef,
-    #[serde(default)]
-    election: ElectionDef,
-    #[serde(default)]
-    defaults: SettingsDef,
-    #[serde(default, rename = "switch")]
-    switches: Vec<SwitchDef>,
-    #[serde(default, rename = "processor")]
-    processors: Vec<ProcessorDef>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChassisDef {
-    name: String,
-    run_dir: Option<String>,
-    vm_dir: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ElectionDef {
-    /// The operator's choice of monarch (the reference design's Boot Console Handler).
-    monarch: Option<Spanned<String>>,
-    heartbeat: Option<Spanned<String>>,
-    timeout: Option<Spanned<String>>,
-    rendezvous: Option<Spanned<String>>,
-    /// etcd client URLs: elect over etcd instead of the backplane (candidates on machines
-    /// that share no backplane).
-    etcd: Option<Spanned<EndpointsDef>>,
-    /// etcd lease TTL.
-    ttl: Option<Spanned<String>>,
-    /// How long a candidate may be cut off from etcd before it gives the boot up.
-    etcd_timeout: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum EndpointsDef {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SwitchDef {
-    id: Spanned<String>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SettingsDef {
-    launch: Option<LaunchDef>,
-    handoff: Option<Handoff>,
-    mode: Option<Spanned<String>>,
-    checksum: Option<Spanned<String>>,
-    attempts: Option<Spanned<u32>>,
-    timeouts: Option<TimeoutsDef>,
-    required: Option<bool>,
-    chunk_size: Option<Spanned<SizeDef>>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TimeoutsDef {
-    rendezvous: Option<Spanned<String>>,
-    verify: Option<Spanned<String>>,
-    handoff: Option<Spanned<String>>,
-    agent: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WindowDef {
-    path: Option<String>,
-    #[serde(default)]
-    memfd: bool,
-    size: Option<Spanned<SizeDef>>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QemuDef {
-    memory: Option<Spanned<SizeDef>>,
-    accel: Option<String>,
-    kernel: Option<String>,
-    initrd: Option<String>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultDef {
-    #[serde(default)]
-    corrupt_attempts: u32,
-    #[serde(default)]
-    kill_agent_during_copy: bool,
-    #[serde(default)]
-    corrupt_chunks: Vec<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProcessorDef {
-    id: Spanned<String>,
-    role: Role,
-    boot_id: Option<u32>,
-    slot: Option<u32>,
-    /// A management processor's self-test result: "pass" (default) or "fail" (deconfigured,
-    /// never monarch; the PDC_CONFIG self-test result), for exercising the rule.
-    self_test: Option<Spanned<String>>,
-    switch: Option<Spanned<String>>,
-    priority: Option<i32>,
-    image: Option<Spanned<String>>,
-    image_size: Option<Spanned<SizeDef>>,
-    banner: Option<String>,
-    window: Option<Spanned<WindowDef>>,
-    fault: Option<FaultDef>,
-    qemu: Option<Spanned<QemuDef>>,
-    /// launch = "netboot": the machine's MAC (its identity for the boot server).
-    mac: Option<Spanned<String>>,
-    /// launch = "netboot": the machine's disk (A/B install, then boot from the disk).
-    disk: Option<Spanned<String>>,
-    /// launch = "netboot": size of the disk file when it has to be created.
-    disk_size: Option<Spanned<SizeDef>>,
-    // The per-processor settings (same names as in [defaults]); serde cannot combine
-    // `flatten` with `deny_unknown_fields`, so they are listed here again.
-    launch: Option<LaunchDef>,
-    handoff: Option<Handoff>,
-    mode: Option<Spanned<String>>,
-    checksum: Option<Spanned<String>>,
-    attempts: Option<Spanned<u32>>,
-    timeouts: Option<TimeoutsDef>,
-    required: Option<bool>,
-    chunk_size: Option<Spanned<SizeDef>>,
-}
-
-impl ProcessorDef {
-    fn settings(&self) -> SettingsDef {
-        SettingsDef {
-            launch: self.launch,
-            handoff: self.handoff,
-            mode: self.mode.clone(),
-            checksum: self.checksum.clone(),
-            attempts: self.attempts.clone(),
-            timeouts: self.timeouts.clone(),
-            required: self.required,
-            chunk_size: self.chunk_size.clone(),
-        }
-    }
-}
-
-/// Where an image comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageSource {
-    /// A file (path resolved against the topology file's folder).
-    File(PathBuf),
-    /// The built-in demo payload: the `monarch-payload` program padded to `size` bytes,
-    /// with `banner` in its trailer (it reports the banner when it runs).
-    Builtin {
-        /// Total image size.
-        size: u64,
-        /// Text the running payload reports.
-        banner: String,
-    },
-}
-
-impl fmt::Display for ImageSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ImageSource::File(p) => write!(f, "{}", p.display()),
-            ImageSource::Builtin { size, .. } => write!(f, "builtin:payload ({})", fmt_size(*size)),
-        }
-    }
-}
-
-/// Where a window lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WindowSpec {
-    /// The window file (for a memfd window: where the agent log goes, with `.log`).
-    pub path: PathBuf,
-    /// Data-area size in bytes (the register page comes on top).
-    pub data_size: u64,
-}
-
-/// Timeouts of one secondary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// Release → READY.
-    pub rendezvous: Duration,
-    /// STAGED → written checksum.
-    pub verify: Duration,
-    /// OK → RUNNING.
-    pub handoff: Duration,
-    /// The agent's own wait for each command of the monarch.
-    pub agent: Duration,
-}
-
-/// Fault injection, for tests and demonstrations of the recovery paths.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Faults {
-    /// Flip one byte of the copy in each of the first N attempts, in a way only the
-    /// whole-image written checksum can see (push: the manifest agrees with the bad chunk).
-    pub corrupt_attempts: u32,
-    /// Push: flip one byte of these chunks (0-based) the first time each is sent; the
-    /// per-chunk digest catches it and the chunk alone is re-sent.
-    pub corrupt_chunks: Vec<u64>,
-    /// SIGKILL the agent halfway through the first copy.
-    pub kill_agent_during_copy: bool,
-}
-
-/// How a secondary is reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PortPath {
-    /// Its own port on the monarch: staged in parallel with the other direct ones.
-    Direct,
-    /// Behind a switch: staged one after another with the others on that switch.
-    Switch(String),
-}
-
-/// A secondary, resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Secondary {
-    /// Unique id.
-    pub id: String,
-    /// Slot number.
-    pub slot: Option<u32>,
-    /// BOOT_ID.
-    pub boot_id: Option<u32>,
-    /// Direct or behind a switch.
-    pub path: PortPath,
-    /// Higher goes first behind a switch.
-    pub priority: i32,
-    /// The image.
-    pub image: ImageSource,
-    /// The window.
-    pub window: WindowSpec,
-    /// How it is started and reached (window agent process, external, VM, network boot).
-    pub launch: Launch,
-    /// What happens after OK.
-    pub handoff: Handoff,
-    /// Who copies.
-    pub mode: Mode,
-    /// Checksum algorithm.
-    pub algo: Algo,
-    /// Copies to try (push: also the most times one chunk is re-sent).
-    pub attempts: u32,
-    /// Push: chunk size of the ring and the manifest.
-    pub chunk_size: u64,
-    /// Timeouts.
-    pub timeouts: Timeouts,
-    /// Must it boot for `monarch up` to succeed?
-    pub required: bool,
-    /// Injected faults.
-    pub faults: Faults,
-}
-
-/// A secondary with no window, booted over the network (launch = "netboot"):
-/// the monarch serves its image with a discovery service and starts `monarch netboot agent`,
-/// which discovers the server, pre-posts a buffer of the offered size, has the image
-/// transferred into it, verifies it and hands off (diskless) or installs it A/B on `disk`
-/// and boots from there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetbootSpec {
-    /// The machine's MAC: its identity for the boot server (`mac`, else derived from the id).
-    pub mac: Mac,
-    /// The machine's disk (a block device or a file standing in for one); `None`: diskless.
-    pub disk: Option<PathBuf>,
-    /// Size to create the disk file with when it does not exist.
-    pub disk_size: Option<u64>,
-}
-
-/// The MAC a netboot secondary gets when the topology names none: QEMU's locally
-/// administered prefix `52:54:00` and three bytes of a hash of the id, so it is the same in
-/// every run (the boot server's catalog and a disk's A/B history key on it).
-pub fn derived_mac(id: &str) -> Mac {
-    let d = Algo::Blake3.digest(format!("monarch netboot mac {id}").as_bytes());
-    Mac::new([0x52, 0x54, 0x00, d.0[0], d.0[1], d.0[2]])
-}
-
-/// A secondary that is a QEMU VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QemuSpec {
-    /// Guest memory in MiB.
-    pub memory_mib: u64,
-    /// QEMU accelerator: `tcg` (software emulation, works everywhere) or `kvm`.
-    pub accel: String,
-    /// Stage-1 kernel.
-    pub kernel: PathBuf,
-    /// Stage-1 initramfs (its `/init` is a static `monarch`).
-    pub initrd: PathBuf,
-}
-
-/// A management processor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Manager {
-    /// Unique id.
-    pub id: String,
-    /// Slot.
-    pub slot: Option<u32>,
-    /// BOOT_ID.
-    pub boot_id: Option<u32>,
-    /// It fails its self-test (`self_test = "fail"`): deconfigured, never monarch.
-    pub fails_self_test: bool,
-}
-
-impl Manager {
-    /// As arbitration sees it (monarch election: BOOT_ID defaults to 2, the factory setting; a
-    /// missing slot counts as its position in the file).
-    pub fn candidate(&self, index: usize) -> monarch_proto::election::Candidate {
-        use monarch_proto::election::{Candidate, Health};
-        Candidate {
-            index,
-            slot: self.slot.unwrap_or(u32::try_from(index).unwrap_or(u32::MAX)),
-            boot_id: self.boot_id.unwrap_or(defaults::BOOT_ID),
-            health: if self.fails_self_test { Health::FailedSelfTest } else { Health::Healthy },
-        }
-    }
-}
-
-/// How the management processors elect the monarch and watch it (the `[election]` table).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Election {
-    /// Index (in `managers`) of the monarch the operator pinned.
-    pub pinned: Option<usize>,
-    /// How often the monarch beats on the backplane.
-    pub heartbeat: Duration,
-    /// Beats missed for this long: the serfs depose the monarch.
-    pub timeout: Duration,
-    /// How long candidates wait for each other before the first arbitration.
-    pub rendezvous: Duration,
-    /// Where the election runs.
-    pub backend: ElectionBackend,
-}
-
-/// Where the candidates elect the monarch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ElectionBackend {
-    /// The backplane: a register page every candidate on this machine maps (CAS claim,
-    /// heartbeat, serfs watching it).
-    Backplane,
-    /// etcd (`[election] etcd = [...]`): for candidates on machines that share no backplane.
-    Etcd(EtcdElection),
-}
-
-/// An election on etcd (feature `etcd`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdElection {
-    /// Client URLs (`http://host:2379`).
-    pub endpoints: Vec<String>,
-    /// Lease TTL: a dead monarch is replaced about this long after its last keep-alive.
-    pub ttl: Duration,
-    /// A candidate cut off from etcd for this long gives the boot up (with a clear error).
-    pub timeout: Duration,
-}
-
-/// A validated topology.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topology {
-    /// Chassis name.
-    pub name: String,
-    /// Where windows without an explicit path are created.
-    pub run_dir: PathBuf,
-    /// True when `run_dir` was chosen by monarch (and is removed after the run).
-    pub run_dir_is_temporary: bool,
-    /// Management processors (monarch candidates), in file order.
-    pub managers: Vec<Manager>,
-    /// Election settings (used when there are two or more managers).
-    pub election: Election,
-    /// Switches, in file order.
-    pub switches: Vec<String>,
-    /// Secondaries, in file order.
-    pub secondaries: Vec<Secondary>,
-}
 
 struct Ctx<'a> {
     src: &'a str,
@@ -562,63 +70,7 @@ fn bar_data_size(data: u64) -> u64 {
     (data + layout::REGS_SIZE as u64).next_power_of_two() - layout::REGS_SIZE as u64
 }
 
-/// Defaults when neither the processor nor `[defaults]` say otherwise.
-pub mod defaults {
-    use std::time::Duration;
-    /// Copies to try.
-    pub const ATTEMPTS: u32 = 3;
-    /// Release → READY (an agent process starting, or firmware coming out of reset).
-    pub const RENDEZVOUS: Duration = Duration::from_secs(10);
-    /// STAGED → written checksum.
-    pub const VERIFY: Duration = Duration::from_secs(10);
-    /// OK → RUNNING.
-    pub const HANDOFF: Duration = Duration::from_secs(10);
-    /// The agent's wait for each command.
-    pub const AGENT: Duration = Duration::from_secs(30);
-    /// Push: chunk size.
-    pub const CHUNK_SIZE: u64 = 1 << 20;
-    /// A VM secondary's timeouts are the defaults times this (it boots a kernel under
-    /// emulation before its agent answers, and another one after the handoff).
-    pub const VM_SLOWDOWN: u32 = 6;
-    /// Builtin image size: the reference design's 30 MB image.
-    pub const IMAGE_SIZE: u64 = 30 << 20;
-    /// BOOT_ID of a management processor that sets none (the reference design's factory default).
-    pub const BOOT_ID: u32 = 2;
-    /// The monarch's heartbeat period on the backplane.
-    pub const HEARTBEAT: Duration = Duration::from_millis(50);
-    /// Heartbeat silence after which serfs depose the monarch.
-    pub const FAILOVER: Duration = Duration::from_millis(500);
-    /// Candidates' wait for each other before the first arbitration.
-    pub const ELECTION_RENDEZVOUS: Duration = Duration::from_secs(5);
-    /// etcd lease TTL (etcd grants at least 2 s with its default timing).
-    pub const ETCD_TTL: Duration = Duration::from_secs(3);
-    /// How long a candidate may be cut off from etcd before it gives the boot up.
-    pub const ETCD_TIMEOUT: Duration = Duration::from_secs(15);
-}
-
 impl Topology {
-    /// Every management processor as arbitration sees it (index = position in the file).
-    pub fn candidates(&self) -> Vec<monarch_proto::election::Candidate> {
-        self.managers.iter().enumerate().map(|(k, m)| m.candidate(k)).collect()
-    }
-
-    /// The id of management processor `k`, for events and messages (`candidate K` for an
-    /// index that names none).
-    pub fn manager_name(&self, k: usize) -> String {
-        self.managers.get(k).map_or_else(|| format!("candidate {k}"), |m| m.id.clone())
-    }
-
-    /// Move the run folder to `dir` (windows that live in it move with it): every candidate
-    /// process of one chassis parses the topology itself, and must find the same windows.
-    pub fn relocate(&mut self, dir: &Path) {
-        for s in &mut self.secondaries {
-            if let Ok(rest) = s.window.path.strip_prefix(&self.run_dir) {
-                s.window.path = dir.join(rest);
-            }
-        }
-        self.run_dir = dir.to_path_buf();
-    }
-
     /// The built-in default chassis.
     pub fn builtin() -> Result<Topology, TopologyError> {
         Topology::parse(DEFAULT_TOPOLOGY, Path::new("<built-in default chassis>"), Path::new("."))
@@ -633,7 +85,18 @@ impl Topology {
     }
 
     /// Validate topology text; `path` names it in errors, `base` resolves relative paths.
+    /// Files it names are looked up on this machine ([`Host`]).
     pub fn parse(src: &str, path: &Path, base: &Path) -> Result<Topology, TopologyError> {
+        Topology::parse_in(src, path, base, &Host)
+    }
+
+    /// [`Topology::parse`] on the machine `env` describes.
+    pub fn parse_in(
+        src: &str,
+        path: &Path,
+        base: &Path,
+        env: &dyn Environment,
+    ) -> Result<Topology, TopologyError> {
         let invalid = |problems| TopologyError::Invalid { path: path.into(), problems };
         let file: FileDef = match toml::from_str(src) {
             Ok(f) => f,
@@ -682,8 +145,7 @@ impl Topology {
             ),
         };
 
-        let vm_dir =
-            file.chassis.vm_dir.as_ref().map_or_else(crate::vm::artifacts::default_dir, |d| base.join(d));
+        let vm_dir = file.chassis.vm_dir.as_ref().map_or_else(|| env.vm_dir(), |d| base.join(d));
         let vm_art = crate::vm::artifacts::Artifacts::at(&vm_dir);
         let mut seen_ids: BTreeMap<String, ()> = BTreeMap::new();
         let mut seen_windows: HashMap<PathBuf, String> = HashMap::new();
@@ -799,14 +261,14 @@ impl Topology {
                     }
                     let f = i.get_ref().strip_prefix("file://").unwrap_or(i.get_ref());
                     let f = base.join(f);
-                    match std::fs::metadata(&f) {
-                        Ok(m) if m.is_file() && m.len() > 0 => {}
-                        Ok(_) => cx.push(
+                    match env.image_file(&f) {
+                        Ok(_) => {}
+                        Err(ImageFileProblem::EmptyOrNotRegular) => cx.push(
                             Some(i.span()),
                             format!("{who}.image"),
                             format!("{} is empty or not a regular file", f.display()),
                         ),
-                        Err(e) => cx.push(
+                        Err(ImageFileProblem::Unreadable(e)) => cx.push(
                             Some(i.span()),
                             format!("{who}.image"),
                             format!(
@@ -820,7 +282,7 @@ impl Topology {
             };
             let image_size = match &image {
                 ImageSource::Builtin { size, .. } => Some(*size),
-                ImageSource::File(f) => std::fs::metadata(f).ok().map(|m| m.len()),
+                ImageSource::File(f) => env.image_file(f).ok(),
             };
             let launch_def = s.launch.unwrap_or(LaunchDef::Process);
             let net = launch_def == LaunchDef::Netboot;
@@ -848,7 +310,7 @@ impl Topology {
                 let kernel = q.kernel.map_or_else(|| vm_art.kernel.clone(), |k| base.join(k));
                 let initrd = q.initrd.map_or_else(|| vm_art.initrd.clone(), |k| base.join(k));
                 for (f, what) in [(&kernel, "kernel"), (&initrd, "initrd")] {
-                    if !f.is_file() {
+                    if !env.is_file(f) {
                         cx.push(p.qemu.as_ref().map(Spanned::span).or(Some(p.id.span())), format!("{who}.qemu.{what}"), format!("{} is missing; run `monarch vm prepare` (it builds the stage-1 kernel and initramfs) or set qemu.{what}", f.display()));
                     }
                 }
@@ -1015,7 +477,7 @@ impl Topology {
             };
             let f = p.fault.clone().unwrap_or_default();
             let netboot = if net {
-                let ctx = NetCheck { who: &who, id: &id, base, image_size, handoff };
+                let ctx = NetCheck { who: &who, id: &id, base, image_size, handoff, env };
                 let spec = netboot_spec(&mut cx, p, &f, &ctx);
                 if let Some(other) = seen_macs.insert(spec.mac, id.clone()) {
                     cx.push(
@@ -1254,6 +716,7 @@ struct NetCheck<'a> {
     base: &'a Path,
     image_size: Option<u64>,
     handoff: Handoff,
+    env: &'a dyn Environment,
 }
 
 /// Validate a launch = "netboot" secondary: its own fields (`mac`, `disk`, `disk_size`), and
@@ -1316,7 +779,7 @@ fn netboot_spec(cx: &mut Ctx<'_>, p: &ProcessorDef, f: &FaultDef, n: &NetCheck<'
     let disk_size = p.disk_size.as_ref().and_then(|v| cx.size(v, &format!("{who}.disk_size")));
     match (&disk, &p.disk_size) {
         (None, Some(v)) => cx.push(Some(v.span()), format!("{who}.disk_size"), "disk_size is the size of the machine's disk file: set disk = \"path\" too, or remove disk_size (diskless)"),
-        (Some(d), None) if !d.exists() => cx.push(p.disk.as_ref().map(Spanned::span), format!("{who}.disk"), format!("{} does not exist; give disk_size (e.g. \"256MiB\") to have it created, or point disk at an existing block device or file", d.display())),
+        (Some(d), None) if !n.env.exists(d) => cx.push(p.disk.as_ref().map(Spanned::span), format!("{who}.disk"), format!("{} does not exist; give disk_size (e.g. \"256MiB\") to have it created, or point disk at an existing block device or file", d.display())),
         _ => {}
     }
     if let (Some(size), Some(img), Some(v)) = (disk_size, n.image_size, &p.disk_size) {
@@ -1359,253 +822,4 @@ fn merge(p: &SettingsDef, d: &SettingsDef) -> SettingsDef {
 
 fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(src: &str) -> Result<Topology, TopologyError> {
-        Topology::parse(src, Path::new("t.toml"), Path::new("/nonexistent"))
-    }
-
-    fn errors(src: &str) -> String {
-        parse(src).unwrap_err().to_string()
-    }
-
-    const HEAD: &str = "[chassis]\nname = \"t\"\n[[processor]]\nid = \"mm\"\nrole = \"monarch\"\n";
-
-    #[test]
-    fn the_builtin_chassis_is_the_reference_design() {
-        let t = Topology::builtin().unwrap();
-        assert_eq!(t.managers.len(), 2, "two management modules (monarch election)");
-        let table: Vec<_> = t.managers.iter().enumerate().map(|(i, m)| m.candidate(i)).collect();
-        let v = monarch_proto::election::arbitrate(&table, t.election.pinned).unwrap();
-        assert_eq!(t.managers[v.winner].id, "mgmt", "equal BOOT_IDs: the lowest slot wins");
-        assert_eq!(t.secondaries.len(), 5);
-        let direct = t.secondaries.iter().filter(|s| s.path == PortPath::Direct).count();
-        assert_eq!(direct, 3, "route card + two line cards on direct ports");
-        assert!(
-            t.secondaries
-                .iter()
-                .all(|s| s.image == ImageSource::Builtin { size: 30 << 20, banner: s.image_banner() })
-        );
-        assert!(t.run_dir_is_temporary);
-    }
-
-    impl Secondary {
-        fn image_banner(&self) -> String {
-            match &self.image {
-                ImageSource::Builtin { banner, .. } => banner.clone(),
-                ImageSource::File(_) => String::new(),
-            }
-        }
-    }
-
-    #[test]
-    fn duplicate_ids_are_reported_with_their_line() {
-        let e = errors(&format!(
-            "{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\n[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\n"
-        ));
-        assert!(e.contains("t.toml:11: processor \"a\".id: duplicate processor id"), "{e}");
-    }
-
-    #[test]
-    fn unknown_switch_names_the_defined_ones() {
-        let e = errors(&format!(
-            "{HEAD}[[switch]]\nid = \"sw0\"\n[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nswitch = \"sw9\"\n"
-        ));
-        assert!(
-            e.contains(":12: processor \"a\".switch: switch \"sw9\" is not defined (defined: sw0)"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn a_secondary_without_an_image_is_refused() {
-        let e = errors(&format!("{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\n"));
-        assert!(e.contains("processor \"a\".image: a secondary needs an image"), "{e}");
-    }
-
-    #[test]
-    fn an_image_larger_than_its_window_is_refused_with_the_size_to_use() {
-        let e = errors(&format!(
-            "{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"8MiB\"\nmode = \"pull\"\nwindow = {{ size = \"4MiB\" }}\n"
-        ));
-        assert!(e.contains("processor \"a\".window.size: the image is 8MiB but the window's data area is 4MiB; in pull mode the whole image sits in the window: make window.size at least 8MiB"), "{e}");
-    }
-
-    #[test]
-    fn unknown_fields_and_syntax_errors_have_lines() {
-        let e = errors(&format!("{HEAD}colour = \"red\"\n"));
-        assert!(e.contains("t.toml:6: syntax: unknown field `colour`"), "{e}");
-        assert!(e.contains("docs/topology.md"), "{e}");
-        let e = errors("[chassis\n");
-        assert!(e.starts_with("t.toml:1: syntax:"), "{e}");
-    }
-
-    #[test]
-    fn external_agents_need_a_window_path() {
-        let e = errors(&format!(
-            "{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nlaunch = \"external\"\n"
-        ));
-        assert!(e.contains("processor \"a\".window.path: an external agent needs"), "{e}");
-    }
-
-    #[test]
-    fn bad_values_name_the_field_and_the_accepted_ones() {
-        let e = errors(&format!(
-            "{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nmode = \"shove\"\nchecksum = \"md5\"\nattempts = 0\ntimeouts = {{ verify = \"soon\" }}\nimage_size = \"lots\"\n"
-        ));
-        for needle in [
-            "mode: unknown mode \"shove\"",
-            "checksum: unknown checksum \"md5\"",
-            "attempts: attempts must be at least 1",
-            "timeouts.verify: \"soon\" is not a duration",
-            "image_size: \"lots\" is not a size",
-        ] {
-            assert!(e.contains(needle), "missing {needle:?} in\n{e}");
-        }
-    }
-
-    #[test]
-    fn no_monarch_no_secondaries_unused_switch_and_shared_slots() {
-        let e = errors("[chassis]\nname = \"t\"\n[[switch]]\nid = \"s\"\n");
-        assert!(e.contains("no processor has role = \"monarch\""), "{e}");
-        assert!(e.contains("nothing to boot"), "{e}");
-        assert!(e.contains("switch \"s\": no secondary sits behind this switch"), "{e}");
-        let e = errors(&format!(
-            "{HEAD}slot = 1\n[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nslot = 1\n"
-        ));
-        assert!(e.contains("slot 1 is already taken by \"mm\""), "{e}");
-    }
-
-    #[test]
-    fn election_settings_are_checked() {
-        const TWO: &str = "[chassis]\nname = \"t\"\n[[processor]]\nid = \"m0\"\nrole = \"monarch\"\nslot = 0\n[[processor]]\nid = \"m1\"\nrole = \"monarch\"\nslot = 1\nboot_id = 5\nself_test = \"fail\"\n";
-        let sec = "[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\n";
-        let t = parse(&format!(
-            "{TWO}{sec}[election]\nmonarch = \"m1\"\nheartbeat = \"20ms\"\ntimeout = \"100ms\"\n"
-        ))
-        .unwrap();
-        assert_eq!(t.election.pinned, Some(1));
-        assert_eq!(t.election.heartbeat, Duration::from_millis(20));
-        assert!(t.managers[1].fails_self_test);
-        let table: Vec<_> = t.managers.iter().enumerate().map(|(i, m)| m.candidate(i)).collect();
-        let v = monarch_proto::election::arbitrate(&table, t.election.pinned).unwrap();
-        assert_eq!(v.winner, 0, "the pinned candidate failed its self-test");
-
-        let e = errors(&format!(
-            "{TWO}{sec}[election]\nmonarch = \"nope\"\ntimeout = \"60ms\"\nheartbeat = \"50ms\"\n"
-        ));
-        assert!(
-            e.contains("election.monarch: \"nope\" is not a management processor; use one of: m0, m1"),
-            "{e}"
-        );
-        assert!(e.contains("must be at least 3 heartbeats"), "{e}");
-        let e = errors(&format!("{TWO}{sec}self_test = \"fail\"\n"));
-        assert!(e.contains("only a management processor"), "{e}");
-        let e = errors(&format!("{TWO}{sec}window = {{ memfd = true }}\n"));
-        assert!(e.contains("a new monarch could not take it over"), "{e}");
-        let e = errors(&format!("{HEAD}self_test = \"maybe\"\n{sec}"));
-        assert!(e.contains("unknown self_test \"maybe\""), "{e}");
-    }
-
-    #[test]
-    fn missing_image_file_is_reported() {
-        let e =
-            errors(&format!("{HEAD}[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"nope.img\"\n"));
-        assert!(e.contains("processor \"a\".image: cannot read /nonexistent/nope.img"), "{e}");
-    }
-
-    fn netboot(id: &str, extra: &str) -> String {
-        format!(
-            "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"8MiB\"\nlaunch = \"netboot\"\n{extra}\n"
-        )
-    }
-
-    #[test]
-    fn a_netboot_secondary_has_a_stable_mac_an_optional_disk_and_no_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = format!(
-            "{HEAD}[defaults]\nmode = \"pull\"\nattempts = 3\n{}{}{}",
-            netboot("nb0", ""),
-            netboot("nb1", "mac = \"52:54:00:AA:bb:01\"\ndisk = \"disks/nb1.img\"\ndisk_size = \"64MiB\""),
-            "[[processor]]\nid = \"w\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\n"
-        );
-        let t = Topology::parse(&src, Path::new("t.toml"), dir.path()).unwrap();
-        let [nb0, nb1, w] = &t.secondaries[..] else { panic!("three secondaries") };
-        let Launch::Netboot(spec0) = &nb0.launch else { panic!("nb0 is booted over the network") };
-        assert_eq!(spec0.mac, derived_mac("nb0"));
-        assert_eq!(&spec0.mac.octets()[..3], &[0x52, 0x54, 0x00]);
-        assert_ne!(derived_mac("nb0"), derived_mac("nb1"));
-        assert_eq!((spec0.disk.as_ref(), spec0.disk_size), (None, None));
-        assert_eq!((nb0.launch.name(), nb0.handoff), ("netboot", Handoff::Exec));
-        assert_eq!((nb0.window.data_size, nb0.attempts), (0, 1), "no window, one attempt");
-        assert_eq!(nb0.window.path.with_extension("log"), t.run_dir.join("nb0.log"));
-        let Launch::Netboot(spec1) = &nb1.launch else { panic!("nb1 is booted over the network") };
-        assert_eq!(spec1.mac, Mac::new([0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01]));
-        assert_eq!(
-            spec1.disk.as_deref(),
-            Some(dir.path().join("disks/nb1.img").as_path()),
-            "relative to the file"
-        );
-        assert_eq!(spec1.disk_size, Some(64 << 20));
-        assert_eq!(w.launch, Launch::Process { memfd: false });
-    }
-
-    #[test]
-    fn window_fields_on_a_netboot_secondary_and_netboot_fields_elsewhere_are_refused() {
-        let e = errors(&format!(
-            "{HEAD}mac = \"52:54:00:00:00:01\"\n{}{}{}{}[[processor]]\nid = \"w\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\ndisk = \"x.img\"\n",
-            netboot("a", "window = { size = \"64MiB\" }\nmode = \"push\"\nattempts = 2\nhandoff = \"kexec\""),
-            netboot("b", "mac = \"01:00:5e:00:00:01\"\nfault = { kill_agent_during_copy = true }"),
-            netboot("c", "mac = \"nope\"\ndisk_size = \"64MiB\""),
-            netboot("d", "disk = \"missing.img\""),
-        ));
-        for needle in [
-            "processor \"mm\".mac: a monarch has no mac",
-            "processor \"a\".window: a netboot secondary has no window",
-            "processor \"a\".mode: a netboot secondary has no window",
-            "processor \"a\".attempts: a netboot secondary makes one attempt",
-            "processor \"a\".handoff: a netboot secondary hands off with \"exec\"",
-            "processor \"b\".mac: \"01:00:5e:00:00:01\" is a multicast",
-            "processor \"b\".fault: a netboot secondary supports fault = { corrupt_attempts = 1 } only",
-            "processor \"c\".mac: \"nope\" is not a MAC address",
-            "processor \"c\".disk_size: disk_size is the size of the machine's disk file: set disk",
-            "processor \"d\".disk: /nonexistent/missing.img does not exist; give disk_size",
-            "processor \"w\".disk: disk applies to a secondary booted over the network: set launch = \"netboot\"",
-        ] {
-            assert!(e.contains(needle), "missing {needle:?} in\n{e}");
-        }
-        assert!(!e.contains("kexec replaces the running kernel"), "{e}");
-    }
-
-    #[test]
-    fn netboot_macs_and_disks_are_one_per_machine_and_a_disk_must_hold_two_slots() {
-        let e = errors(&format!(
-            "{HEAD}{}{}{}",
-            netboot("a", "mac = \"52:54:00:00:00:01\"\ndisk = \"d.img\"\ndisk_size = \"64MiB\""),
-            netboot("b", "mac = \"52:54:00:00:00:01\"\ndisk = \"d.img\"\ndisk_size = \"64MiB\""),
-            netboot("c", "disk = \"c.img\"\ndisk_size = \"4MiB\""),
-        ));
-        for needle in [
-            "processor \"b\".mac: MAC 52:54:00:00:00:01 is already used by \"a\"",
-            "processor \"b\".disk: disk /nonexistent/d.img is already used by \"a\"",
-            "processor \"c\".disk_size: 4MiB cannot hold two A/B slots of a 8MiB image",
-        ] {
-            assert!(e.contains(needle), "missing {needle:?} in\n{e}");
-        }
-    }
-
-    #[test]
-    fn defaults_apply_and_processors_override_them() {
-        let t = parse(&format!("{HEAD}[defaults]\nattempts = 5\nchecksum = \"blake3\"\ntimeouts = {{ verify = \"2s\" }}\n[[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nattempts = 2\ntimeouts = {{ handoff = \"1s\" }}\n")).unwrap();
-        let a = &t.secondaries[0];
-        assert_eq!(a.attempts, 2);
-        assert_eq!(a.algo, Algo::Blake3);
-        assert_eq!(a.timeouts.verify, Duration::from_secs(2));
-        assert_eq!(a.timeouts.handoff, Duration::from_secs(1));
-        assert_eq!(a.window.data_size, 31 << 20, "push: the whole image as a ring, plus the manifest");
-    }
 }

@@ -1,0 +1,24 @@
+//! Topology files: what the chassis is made of, parsed and validated.
+//!
+//! A topology is TOML (unknown fields are errors). Every error names the file, the line
+//! and the field, and says how to fix it; all errors of a file are reported at once.
+//! `monarch topology default` prints the built-in chassis as a starting point, and
+//! `docs/topology.md` documents every field.
+//!
+//! The file's schema (`schema.rs`) is resolved (`resolve.rs`) into the model the rest of
+//! monarch reads (`model.rs`); what resolving asks of the machine (files, disks, VM
+//! artifacts) goes through one `Environment` (`env.rs`), and problems are collected in
+//! `error.rs`.
+
+mod env;
+mod error;
+mod model;
+mod resolve;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use env::{Environment, Host, ImageFileProblem};
+pub use error::{Problem, TopologyError};
+pub use model::*;
+pub use resolve::DEFAULT_TOPOLOGY;
