@@ -981,7 +981,7 @@ mod tests {
     }
 
     /// The real bench, by hand (as root):
-    /// `cargo test -p monarch-boot --lib netbench -- --ignored --nocapture`.
+    /// `cargo test -p monarch-bench --lib netboot::tests::run_the_bench -- --ignored --nocapture`.
     #[test]
     #[ignore = "a measurement (needs root, network namespaces, ~2 min): run by hand"]
     fn run_the_bench() {

@@ -1,6 +1,10 @@
 //! What is wrong with a topology: every problem with its line and field, all reported at once.
+use super::schema::SizeDef;
+use bytesize::ByteSize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use thiserror::Error;
+use toml::Spanned;
 
 /// One problem in a topology file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,4 +50,56 @@ fn render(path: &Path, problems: &[Problem]) -> String {
         }
     }
     s
+}
+
+/// Where resolution collects problems: each with the line its span points at.
+pub(super) struct Ctx<'a> {
+    pub(super) src: &'a str,
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    pub(super) fn line_of(&self, span: std::ops::Range<usize>) -> usize {
+        self.src[..span.start.min(self.src.len())].matches('\n').count() + 1
+    }
+    pub(super) fn push(
+        &mut self,
+        span: Option<std::ops::Range<usize>>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let line = span.map(|s| self.line_of(s));
+        self.problems.push(Problem { line, field: field.into(), message: message.into() });
+    }
+    pub(super) fn size(&mut self, v: &Spanned<SizeDef>, field: &str) -> Option<u64> {
+        match v.get_ref() {
+            SizeDef::Bytes(b) => Some(*b),
+            SizeDef::Text(t) => match t.parse::<ByteSize>() {
+                Ok(b) => Some(b.as_u64()),
+                Err(_) => {
+                    self.push(Some(v.span()), field, format!("\"{t}\" is not a size; write bytes (31457280) or a size with a unit (\"30MiB\", \"64 MiB\", \"1GiB\")"));
+                    None
+                }
+            },
+        }
+    }
+    pub(super) fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.push(
+                    Some(v.span()),
+                    field,
+                    format!("\"{}\" is not a duration; write e.g. \"500ms\", \"5s\", \"2m\"", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
 }

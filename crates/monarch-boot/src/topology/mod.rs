@@ -12,6 +12,7 @@
 
 mod env;
 mod error;
+mod launch;
 mod model;
 mod resolve;
 mod schema;
@@ -20,5 +21,7 @@ mod tests;
 
 pub use env::{Environment, Host, ImageFileProblem};
 pub use error::{Problem, TopologyError};
+pub use launch::{Launch, NetbootSpec, QemuSpec, derived_mac};
 pub use model::*;
 pub use resolve::DEFAULT_TOPOLOGY;
+pub use schema::Role;

@@ -1,60 +1,12 @@
 //! The resolved topology: what the rest of monarch reads (processors, their launch, window,
 //! image, timeouts; the election), every default applied and every field checked.
+use super::launch::Launch;
 use crate::handoff::Handoff;
 use crate::values::fmt_size;
-use monarch_proto::mac::Mac;
 use monarch_proto::{Algo, window::msg::Mode};
-use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// A role in the chassis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// A management processor that may be elected monarch.
-    Monarch,
-    /// A processor booted by the monarch.
-    Secondary,
-}
-
-/// How a secondary is started and reached, with each way's own settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Launch {
-    /// The monarch starts `monarch agent` as a local process (the emulated chassis).
-    Process {
-        /// The window is an anonymous memfd handed to the agent instead of a file.
-        memfd: bool,
-    },
-    /// Someone else starts the agent (firmware, initramfs, another host); only the window
-    /// is given.
-    External,
-    /// The monarch starts a QEMU VM whose ivshmem PCI BAR is the window; the agent runs as
-    /// PID 1 of the VM's stage-1 initramfs (`monarch vm prepare` builds it).
-    Qemu(QemuSpec),
-    /// No window: the monarch serves the image over the network and starts `monarch netboot
-    /// agent`, which fetches, verifies and hands off (the window spec only names the log,
-    /// `RUN_DIR/ID.log`).
-    Netboot(NetbootSpec),
-}
-
-impl Launch {
-    /// Its name in topology files: `process`, `external`, `qemu` or `netboot`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Launch::Process { .. } => "process",
-            Launch::External => "external",
-            Launch::Qemu(_) => "qemu",
-            Launch::Netboot(_) => "netboot",
-        }
-    }
-
-    /// The window is a memfd the monarch made (only it can hand it to an agent).
-    pub fn memfd(&self) -> bool {
-        matches!(self, Launch::Process { memfd: true })
-    }
-}
 
 /// Where an image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,42 +111,6 @@ pub struct Secondary {
     pub required: bool,
     /// Injected faults.
     pub faults: Faults,
-}
-
-/// A secondary with no window, booted over the network (launch = "netboot"):
-/// the monarch serves its image with a discovery service and starts `monarch netboot agent`,
-/// which discovers the server, pre-posts a buffer of the offered size, has the image
-/// transferred into it, verifies it and hands off (diskless) or installs it A/B on `disk`
-/// and boots from there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetbootSpec {
-    /// The machine's MAC: its identity for the boot server (`mac`, else derived from the id).
-    pub mac: Mac,
-    /// The machine's disk (a block device or a file standing in for one); `None`: diskless.
-    pub disk: Option<PathBuf>,
-    /// Size to create the disk file with when it does not exist.
-    pub disk_size: Option<u64>,
-}
-
-/// The MAC a netboot secondary gets when the topology names none: QEMU's locally
-/// administered prefix `52:54:00` and three bytes of a hash of the id, so it is the same in
-/// every run (the boot server's catalog and a disk's A/B history key on it).
-pub fn derived_mac(id: &str) -> Mac {
-    let d = Algo::Blake3.digest(format!("monarch netboot mac {id}").as_bytes());
-    Mac::new([0x52, 0x54, 0x00, d.0[0], d.0[1], d.0[2]])
-}
-
-/// A secondary that is a QEMU VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QemuSpec {
-    /// Guest memory in MiB.
-    pub memory_mib: u64,
-    /// QEMU accelerator: `tcg` (software emulation, works everywhere) or `kvm`.
-    pub accel: String,
-    /// Stage-1 kernel.
-    pub kernel: PathBuf,
-    /// Stage-1 initramfs (its `/init` is a static `monarch`).
-    pub initrd: PathBuf,
 }
 
 /// A management processor.

@@ -1,13 +1,11 @@
 //! Resolving a topology: the file parsed against its schema, then each section resolved
 //! into the model with its defaults, every problem collected with its line and field.
 use super::env::{Environment, Host, ImageFileProblem};
-use super::error::{Problem, TopologyError};
+use super::error::{Ctx, Problem, TopologyError};
 use super::model::*;
 use super::schema::*;
 use crate::handoff::Handoff;
 use crate::values::fmt_size;
-use bytesize::ByteSize;
-use monarch_proto::mac::Mac;
 use monarch_proto::{Algo, window::layout, window::msg::Mode, window::stream};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,52 +15,6 @@ use toml::Spanned;
 /// The built-in chassis (a PCIe switch in front of the management processor): a management processor, a route card and four
 /// line cards, two on direct ports and two behind one switch.
 pub const DEFAULT_TOPOLOGY: &str = include_str!("default-chassis.toml");
-
-struct Ctx<'a> {
-    src: &'a str,
-    problems: Vec<Problem>,
-}
-
-impl Ctx<'_> {
-    fn line_of(&self, span: std::ops::Range<usize>) -> usize {
-        self.src[..span.start.min(self.src.len())].matches('\n').count() + 1
-    }
-    fn push(
-        &mut self,
-        span: Option<std::ops::Range<usize>>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        let line = span.map(|s| self.line_of(s));
-        self.problems.push(Problem { line, field: field.into(), message: message.into() });
-    }
-    fn size(&mut self, v: &Spanned<SizeDef>, field: &str) -> Option<u64> {
-        match v.get_ref() {
-            SizeDef::Bytes(b) => Some(*b),
-            SizeDef::Text(t) => match t.parse::<ByteSize>() {
-                Ok(b) => Some(b.as_u64()),
-                Err(_) => {
-                    self.push(Some(v.span()), field, format!("\"{t}\" is not a size; write bytes (31457280) or a size with a unit (\"30MiB\", \"64 MiB\", \"1GiB\")"));
-                    None
-                }
-            },
-        }
-    }
-    fn duration(&mut self, v: &Option<Spanned<String>>, field: &str, default: Duration) -> Duration {
-        let Some(v) = v else { return default };
-        match humantime::parse_duration(v.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
-            _ => {
-                self.push(
-                    Some(v.span()),
-                    field,
-                    format!("\"{}\" is not a duration; write e.g. \"500ms\", \"5s\", \"2m\"", v.get_ref()),
-                );
-                default
-            }
-        }
-    }
-}
 
 /// The smallest data area of at least `data` bytes that makes a PCI BAR: register page +
 /// data area, a power of two in all (a VM's window is an ivshmem BAR).
@@ -149,8 +101,7 @@ impl Topology {
         let vm_art = crate::vm::artifacts::Artifacts::at(&vm_dir);
         let mut seen_ids: BTreeMap<String, ()> = BTreeMap::new();
         let mut seen_windows: HashMap<PathBuf, String> = HashMap::new();
-        let mut seen_macs: HashMap<Mac, String> = HashMap::new();
-        let mut seen_disks: HashMap<PathBuf, String> = HashMap::new();
+        let mut seen = super::launch::Seen::default();
         let mut managers = Vec::new();
         let mut secondaries = Vec::new();
         for p in &file.processors {
@@ -287,35 +238,6 @@ impl Topology {
             let launch_def = s.launch.unwrap_or(LaunchDef::Process);
             let net = launch_def == LaunchDef::Netboot;
             let vm = launch_def == LaunchDef::Qemu;
-            if p.qemu.is_some() && !vm {
-                cx.push(
-                    p.qemu.as_ref().map(Spanned::span),
-                    format!("{who}.qemu"),
-                    "a [processor.qemu] table needs launch = \"qemu\"",
-                );
-            }
-            let qemu = vm.then(|| {
-                let q = p.qemu.as_ref().map(|q| q.get_ref().clone()).unwrap_or_default();
-                let memory = q.memory.as_ref().and_then(|m| cx.size(m, &format!("{who}.qemu.memory"))).unwrap_or(512 << 20);
-                // The kexec handoff holds the bundle about four times (staged, two memfds, the
-                // kernel's own copy) on top of the running stage 1.
-                let need = (4 * image_size.unwrap_or(0) + (128 << 20)).next_multiple_of(64 << 20);
-                if memory < need {
-                    cx.push(q.memory.as_ref().map(Spanned::span).or(Some(p.id.span())), format!("{who}.qemu.memory"), format!("{} is too little: the kexec handoff holds the image about four times over on top of stage 1; give the VM at least {}", fmt_size(memory), fmt_size(need)));
-                }
-                let accel = q.accel.unwrap_or_else(|| "tcg".into());
-                if !["tcg", "kvm"].contains(&accel.as_str()) {
-                    cx.push(p.qemu.as_ref().map(Spanned::span), format!("{who}.qemu.accel"), format!("unknown accelerator \"{accel}\"; use \"tcg\" (software emulation) or \"kvm\""));
-                }
-                let kernel = q.kernel.map_or_else(|| vm_art.kernel.clone(), |k| base.join(k));
-                let initrd = q.initrd.map_or_else(|| vm_art.initrd.clone(), |k| base.join(k));
-                for (f, what) in [(&kernel, "kernel"), (&initrd, "initrd")] {
-                    if !env.is_file(f) {
-                        cx.push(p.qemu.as_ref().map(Spanned::span).or(Some(p.id.span())), format!("{who}.qemu.{what}"), format!("{} is missing; run `monarch vm prepare` (it builds the stage-1 kernel and initramfs) or set qemu.{what}", f.display()));
-                    }
-                }
-                QemuSpec { memory_mib: memory >> 20, accel, kernel, initrd }
-            });
             let handoff = s.handoff.unwrap_or(if vm { Handoff::Kexec } else { Handoff::Exec });
             if vm && handoff == Handoff::Exec {
                 cx.push(Some(p.id.span()), format!("{who}.handoff"), "a VM hands off with \"kexec\" (a kernel bundle) or \"none\"; \"exec\" runs a program in the monarch's own kernel");
@@ -476,44 +398,6 @@ impl Topology {
                 agent: cx.duration(&t.agent, &format!("{who}.timeouts.agent"), defaults::AGENT * slow),
             };
             let f = p.fault.clone().unwrap_or_default();
-            let netboot = if net {
-                let ctx = NetCheck { who: &who, id: &id, base, image_size, handoff, env };
-                let spec = netboot_spec(&mut cx, p, &f, &ctx);
-                if let Some(other) = seen_macs.insert(spec.mac, id.clone()) {
-                    cx.push(
-                        p.mac.as_ref().map_or(p.id.span(), Spanned::span).into(),
-                        format!("{who}.mac"),
-                        format!(
-                            "MAC {} is already used by \"{other}\"; a MAC is a machine's identity for the boot server: give each netboot secondary its own `mac`",
-                            spec.mac
-                        ),
-                    );
-                }
-                if let Some(d) = &spec.disk
-                    && let Some(other) = seen_disks.insert(d.clone(), id.clone())
-                {
-                    cx.push(
-                        p.disk.as_ref().map(Spanned::span),
-                        format!("{who}.disk"),
-                        format!(
-                            "disk {} is already used by \"{other}\"; every machine needs its own disk",
-                            d.display()
-                        ),
-                    );
-                }
-                Some(spec)
-            } else {
-                for (set, name) in [
-                    (p.mac.is_some(), "mac"),
-                    (p.disk.is_some(), "disk"),
-                    (p.disk_size.is_some(), "disk_size"),
-                ] {
-                    if set {
-                        cx.push(Some(p.id.span()), format!("{who}.{name}"), format!("{name} applies to a secondary booted over the network: set launch = \"netboot\" or remove {name}"));
-                    }
-                }
-                None
-            };
             // No window, and one attempt: the agent verifies and a mismatch is a failure.
             let (data_size, attempts) = if net { (0, 1) } else { (data_size, attempts) };
             if f.kill_agent_during_copy && launch_def == LaunchDef::External {
@@ -523,6 +407,23 @@ impl Topology {
                     "the monarch can only kill agents it launched; use launch = \"process\"",
                 );
             }
+            let launch = super::launch::resolve(
+                &mut cx,
+                &super::launch::Given {
+                    def: launch_def,
+                    p,
+                    fault: &f,
+                    who: &who,
+                    id: &id,
+                    base,
+                    image_size,
+                    handoff,
+                    memfd,
+                    vm_art: &vm_art,
+                    env,
+                },
+                &mut seen,
+            );
             secondaries.push(Secondary {
                 id,
                 slot: p.slot,
@@ -531,12 +432,7 @@ impl Topology {
                 priority: p.priority.unwrap_or(0),
                 image,
                 window: WindowSpec { path: wpath, data_size },
-                launch: match (launch_def, qemu, netboot) {
-                    (LaunchDef::Qemu, Some(q), _) => Launch::Qemu(q),
-                    (LaunchDef::Netboot, _, Some(n)) => Launch::Netboot(n),
-                    (LaunchDef::External, ..) => Launch::External,
-                    _ => Launch::Process { memfd },
-                },
+                launch,
                 handoff,
                 mode,
                 algo,
@@ -643,15 +539,7 @@ fn election_spec(
     }
     if managers.len() > 1 {
         for s in secondaries {
-            let why = match &s.launch {
-                Launch::Netboot(_) => Some("is booted over the network"),
-                Launch::Qemu(_) => Some("is a VM (its agent's liveness cannot be probed from here)"),
-                Launch::Process { memfd: true } => {
-                    Some("has a memfd window (only the monarch that made it can hand it over)")
-                }
-                Launch::Process { memfd: false } | Launch::External => None,
-            };
-            if let Some(why) = why {
+            if let Some(why) = s.launch.why_no_takeover() {
                 cx.push(None, format!("processor \"{}\"", s.id), format!("it {why}, so a new monarch could not take it over; with two or more management processors every secondary needs a window file (launch = \"process\" or \"external\"), or keep one management processor"));
             }
         }
@@ -707,89 +595,6 @@ fn election_spec(
         }
     };
     Election { pinned, heartbeat, timeout, rendezvous, backend }
-}
-
-/// What [`netboot_spec`] needs to know about the secondary besides its definition.
-struct NetCheck<'a> {
-    who: &'a str,
-    id: &'a str,
-    base: &'a Path,
-    image_size: Option<u64>,
-    handoff: Handoff,
-    env: &'a dyn Environment,
-}
-
-/// Validate a launch = "netboot" secondary: its own fields (`mac`, `disk`, `disk_size`), and
-/// no field that only means something for a window.
-fn netboot_spec(cx: &mut Ctx<'_>, p: &ProcessorDef, f: &FaultDef, n: &NetCheck<'_>) -> NetbootSpec {
-    let who = n.who;
-    let id_span = Some(p.id.span());
-    // Fields set on the processor itself; from [defaults] they are simply not used.
-    for (span, name, why) in [
-        (
-            p.window.as_ref().map(Spanned::span),
-            "window",
-            "the agent pre-posts a buffer of the offered size instead; its log is RUN_DIR/ID.log",
-        ),
-        (
-            p.mode.as_ref().map(Spanned::span),
-            "mode",
-            "the image is transferred whole into the agent's pre-posted buffer",
-        ),
-        (
-            p.chunk_size.as_ref().map(Spanned::span),
-            "chunk_size",
-            "the image is transferred whole into the agent's pre-posted buffer",
-        ),
-    ] {
-        if let Some(span) = span {
-            cx.push(
-                Some(span),
-                format!("{who}.{name}"),
-                format!("a netboot secondary has no window ({why}); remove {name}"),
-            );
-        }
-    }
-    if let Some(a) = &p.attempts
-        && *a.get_ref() != 1
-    {
-        cx.push(Some(a.span()), format!("{who}.attempts"), "a netboot secondary makes one attempt: its agent verifies the image against the offered digest and a mismatch is a failure; remove attempts");
-    }
-    if f.kill_agent_during_copy || !f.corrupt_chunks.is_empty() || f.corrupt_attempts > 1 {
-        cx.push(id_span.clone(), format!("{who}.fault"), "a netboot secondary supports fault = { corrupt_attempts = 1 } only (a byte of the served image flips after the offer; the agent's verification must refuse it)");
-    }
-    if n.handoff == Handoff::Kexec {
-        cx.push(id_span.clone(), format!("{who}.handoff"), "a netboot secondary hands off with \"exec\" (run the verified image) or \"none\" (stop after verification)");
-    }
-    let mac = match &p.mac {
-        None => derived_mac(n.id),
-        Some(m) => match m.get_ref().parse::<Mac>().ok() {
-            Some(mac) if mac.octets()[0] & 1 == 0 && mac.octets() != [0; 6] => mac,
-            Some(_) => {
-                cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is a multicast or all-zero address; a machine needs a unicast MAC such as \"52:54:00:12:34:56\"", m.get_ref()));
-                derived_mac(n.id)
-            }
-            None => {
-                cx.push(Some(m.span()), format!("{who}.mac"), format!("\"{}\" is not a MAC address; write six hex bytes, e.g. \"52:54:00:12:34:56\" (or leave mac out: one is derived from the id)", m.get_ref()));
-                derived_mac(n.id)
-            }
-        },
-    };
-    let disk = p.disk.as_ref().map(|d| n.base.join(d.get_ref()));
-    let disk_size = p.disk_size.as_ref().and_then(|v| cx.size(v, &format!("{who}.disk_size")));
-    match (&disk, &p.disk_size) {
-        (None, Some(v)) => cx.push(Some(v.span()), format!("{who}.disk_size"), "disk_size is the size of the machine's disk file: set disk = \"path\" too, or remove disk_size (diskless)"),
-        (Some(d), None) if !n.env.exists(d) => cx.push(p.disk.as_ref().map(Spanned::span), format!("{who}.disk"), format!("{} does not exist; give disk_size (e.g. \"256MiB\") to have it created, or point disk at an existing block device or file", d.display())),
-        _ => {}
-    }
-    if let (Some(size), Some(img), Some(v)) = (disk_size, n.image_size, &p.disk_size) {
-        match monarch_proto::slots::Layout::min_target_len(img) {
-            Some(min) if size < min => cx.push(Some(v.span()), format!("{who}.disk_size"), format!("{} cannot hold two A/B slots of a {} image with their records; make disk_size at least {}", fmt_size(size), fmt_size(img), fmt_size(min.next_multiple_of(1 << 20)))),
-            Some(_) => {}
-            None => cx.push(Some(v.span()), format!("{who}.disk_size"), format!("a {} image is too large for an A/B disk", fmt_size(img))),
-        }
-    }
-    NetbootSpec { mac, disk, disk_size }
 }
 
 /// Data-area size that holds an image's manifest and the whole image as a ring of chunks.

@@ -1,6 +1,5 @@
 //! The topology file's schema, as serde reads it: every table and field with its spans (for
 //! errors that name the line), before anything is resolved or checked.
-use super::model::Role;
 use crate::handoff::Handoff;
 use serde::Deserialize;
 
@@ -176,4 +175,14 @@ impl ProcessorDef {
             chunk_size: self.chunk_size.clone(),
         }
     }
+}
+
+/// A role in the chassis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// A management processor that may be elected monarch.
+    Monarch,
+    /// A processor booted by the monarch.
+    Secondary,
 }
