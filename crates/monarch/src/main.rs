@@ -327,8 +327,8 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         election::CandidateOutcome::Finished { ok: false } => ExitCode::from(exit::BOOT_FAILED),
-        election::CandidateOutcome::StoodDown => ExitCode::from(3),
-        election::CandidateOutcome::Deconfigured => ExitCode::from(4),
+        election::CandidateOutcome::StoodDown => ExitCode::from(exit::STOOD_DOWN),
+        election::CandidateOutcome::Deconfigured => ExitCode::from(exit::DECONFIGURED),
         election::CandidateOutcome::Failed(e) => {
             eprintln!("monarch candidate: {e}");
             ExitCode::from(exit::BAD_INPUT)
@@ -370,7 +370,7 @@ fn cmd_agent(a: AgentArgs) -> ExitCode {
             | agent::AgentError::AlreadyHandedOff { .. }),
         ) => {
             eprintln!("agent: {e}");
-            ExitCode::from(u8::try_from(agent::EXIT_BUSY).unwrap_or(exit::BOOT_FAILED))
+            ExitCode::from(exit::LEFT_ALONE)
         }
         Err(e) => {
             eprintln!("agent: {e}");
