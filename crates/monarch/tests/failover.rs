@@ -138,7 +138,7 @@ image = "builtin:payload"
 "#;
 
 #[test]
-fn the_seeds_rules_pick_the_monarch_and_the_operator_can_pin_it() {
+fn the_election_rules_pick_the_monarch_and_the_operator_can_pin_it() {
     let s = up(THREE, &[]);
     let e = &s["election"];
     assert_eq!(e["monarch"], "m2", "{s}");

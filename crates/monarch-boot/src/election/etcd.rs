@@ -247,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn campaigns_arrive_in_the_seeds_order() {
+    fn campaigns_arrive_in_arbitration_order() {
         let t = [
             c(0, 0, 2, Health::Healthy),
             c(1, 6, 2, Health::Healthy),
