@@ -1,19 +1,19 @@
 //! Staging: the monarch's side of one secondary, from retrieval of its image to its final
 //! state, with the same events and summary whichever way it is booted.
 //!
-//! - [`window`]: through a memory window (the handshake, push streaming, launching the
+//! - `window`: through a memory window (the handshake, push streaming, launching the
 //!   agent as a process, a QEMU VM, or leaving it to someone else).
-//! - [`network`]: a secondary with no window, booted over the network.
-//! - [`launch`]: every decision that depends on a window secondary's launch mode.
+//! - `network`: a secondary with no window, booted over the network.
+//! - `launch`: every decision that depends on a window secondary's launch mode.
 //! - [`takeover`]: a new monarch's claim on the windows before it acts.
 //! - [`context`]: what both share: the run's context, the monarch's authority, the result,
 //!   the logs of the processes a stage starts.
 
 pub mod context;
-pub mod launch;
-pub mod network;
+pub(crate) mod launch;
+pub(crate) mod network;
 pub mod takeover;
-pub mod window;
+pub(crate) mod window;
 
 pub use context::{Authority, StageCtx, Staged, open_log};
 pub use takeover::claim;
