@@ -22,13 +22,38 @@ use std::path::{Path, PathBuf};
 
 /// Why the network agent stopped before its handoff: the step that failed (discovery, transfer, verification, disk install, disk boot) and its cause.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct NetAgentError(pub String);
-
-impl From<String> for NetAgentError {
-    fn from(message: String) -> NetAgentError {
-        NetAgentError(message)
-    }
+pub enum NetAgentError {
+    /// The machine's disk could not be opened, created or read.
+    #[error(transparent)]
+    Disk(#[from] monarch_drivers::disk::DiskError),
+    /// No image came from the network, and the disk holds none that verifies.
+    #[error(
+        "{why}; and disk {} holds no image that verifies: recover this machine from a boot server (`monarch netboot recover --disk {}` once one is reachable)",
+        disk.display(),
+        disk.display()
+    )]
+    NothingOnDisk {
+        /// Why the network gave nothing.
+        why: String,
+        /// The disk.
+        disk: PathBuf,
+    },
+    /// No image came from the network, and the machine has no disk.
+    #[error("{why}; and this machine is diskless: nothing local to boot")]
+    Diskless {
+        /// Why the network gave nothing.
+        why: String,
+    },
+    /// The fetched, verified image could not be installed.
+    #[error("installing {image} on {}: {source}", disk.display())]
+    Install {
+        /// The image's name.
+        image: String,
+        /// The disk.
+        disk: PathBuf,
+        /// What the disk said.
+        source: monarch_drivers::disk::DiskError,
+    },
 }
 
 /// Everything the agent needs.
@@ -76,11 +101,11 @@ pub enum Next {
     BootDisk(PathBuf),
 }
 
-fn open_target(path: &Path, size: Option<u64>) -> Result<Target, String> {
+fn open_target(path: &Path, size: Option<u64>) -> Result<Target, monarch_drivers::disk::DiskError> {
     match (Target::open(path), size) {
         (Ok(t), _) => Ok(t),
-        (Err(_), Some(size)) if !path.exists() => Target::create_file(path, size).map_err(|e| e.to_string()),
-        (Err(e), _) => Err(e.to_string()),
+        (Err(_), Some(size)) if !path.exists() => Target::create_file(path, size),
+        (Err(e), _) => Err(e),
     }
 }
 
@@ -116,39 +141,33 @@ pub fn run(
     let mut cfg = opts.fetch.clone();
     cfg.current = if opts.force { None } else { installed.as_ref().map(|b| (b.algo, b.digest)) };
     progress(&format!("discovering a boot server at {} (up to {:?})", cfg.server, cfg.give_up_after));
-    let boot_installed = |installed: Option<BootImage>,
-                          why: String|
-     -> Result<(NetAgentReport, Next), String> {
-        match (installed, &opts.disk) {
-            (Some(b), Some(disk)) => Ok((
-                NetAgentReport {
-                    source: "disk",
-                    reason: why,
-                    image: b.name.clone(),
-                    bytes: b.bytes.len() as u64,
-                    discovers: 0,
-                    fetch_ms: None,
-                    slot: Some(b.slot.name().to_string()),
-                    generation: Some(b.generation),
-                },
-                Next::BootDisk(disk.clone()),
-            )),
-            (None, Some(disk)) => Err(format!(
-                "{why}; and disk {} holds no image that verifies: recover this machine from a boot server \
-                 (`monarch netboot recover --disk {}` once one is reachable)",
-                disk.display(),
-                disk.display()
-            )),
-            (_, None) => Err(format!("{why}; and this machine is diskless: nothing local to boot")),
-        }
-    };
+    let boot_installed =
+        |installed: Option<BootImage>, why: String| -> Result<(NetAgentReport, Next), NetAgentError> {
+            match (installed, &opts.disk) {
+                (Some(b), Some(disk)) => Ok((
+                    NetAgentReport {
+                        source: "disk",
+                        reason: why,
+                        image: b.name.clone(),
+                        bytes: b.bytes.len() as u64,
+                        discovers: 0,
+                        fetch_ms: None,
+                        slot: Some(b.slot.name().to_string()),
+                        generation: Some(b.generation),
+                    },
+                    Next::BootDisk(disk.clone()),
+                )),
+                (None, Some(disk)) => Err(NetAgentError::NothingOnDisk { why, disk: disk.clone() }),
+                (_, None) => Err(NetAgentError::Diskless { why }),
+            }
+        };
     let fetched = match fetch(&cfg) {
         Ok(f) => f,
-        Err(e) if e.keeps_local_image() => return Ok(boot_installed(installed, e.to_string())?),
+        Err(e) if e.keeps_local_image() => return boot_installed(installed, e.to_string()),
         Err(e) => {
             let why = format!("the boot server's image could not be fetched: {e}");
             progress(&why);
-            return Ok(boot_installed(installed, why)?);
+            return boot_installed(installed, why);
         }
     };
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
@@ -179,9 +198,9 @@ pub fn run(
     let Some(t) = target.as_mut() else {
         return Ok((report, Next::Run(fetched.bytes)));
     };
-    let done = t
-        .install(&fetched.bytes, &fetched.offer.name, fetched.offer.algo)
-        .map_err(|e| format!("installing {} on {}: {e}", fetched.offer.name, t.path().display()))?;
+    let done = t.install(&fetched.bytes, &fetched.offer.name, fetched.offer.algo).map_err(|source| {
+        NetAgentError::Install { image: fetched.offer.name.clone(), disk: t.path().to_path_buf(), source }
+    })?;
     progress(&format!(
         "installed into slot {} (generation {}); restarting to boot from the disk",
         done.slot.name(),
@@ -200,8 +219,8 @@ pub fn run(
 /// `boot-disk`: the verified image the disk boots (newest committed slot that verifies,
 /// else the other, saying so).
 pub fn boot_disk(disk: &Path, progress: &mut dyn FnMut(&str)) -> Result<BootImage, NetAgentError> {
-    let t = Target::open(disk).map_err(|e| e.to_string())?;
-    let b = t.boot().map_err(|e| e.to_string())?;
+    let t = Target::open(disk)?;
+    let b = t.boot()?;
     if let Some(f) = &b.fell_back_from {
         progress(&format!(
             "slot {} ({}, generation {}) does not verify ({}): booting slot {} instead",

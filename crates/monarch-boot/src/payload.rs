@@ -19,18 +19,21 @@ pub const NETBOOT_MARKER: &str = "MONARCH-PAYLOAD RUNNING";
 
 /// Why the demo payload could not report: no window, or a window it could not use.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PayloadError(pub String);
-
-impl From<String> for PayloadError {
-    fn from(message: String) -> PayloadError {
-        PayloadError(message)
-    }
+pub enum PayloadError {
+    /// Its own executable could not be read (for its report's checksum).
+    #[error("cannot read my own image: {0}")]
+    OwnImage(std::io::Error),
+    /// The window named by `MONARCH_WINDOW` could not be mapped.
+    #[error(transparent)]
+    Window(#[from] monarch_drivers::WindowError),
+    /// The window would not take the report.
+    #[error("{0}")]
+    Report(String),
 }
 
 /// Run the payload; the error is printed by the binary.
 pub fn run() -> Result<(), PayloadError> {
-    let me = std::fs::read("/proc/self/exe").map_err(|e| format!("cannot read my own image: {e}"))?;
+    let me = std::fs::read("/proc/self/exe").map_err(PayloadError::OwnImage)?;
     let banner = image::read_banner(&me).unwrap_or_else(|| "(no banner)".into());
     let report = format!(
         "{banner} [image {} bytes, crc32c {}]",
@@ -47,8 +50,8 @@ pub fn run() -> Result<(), PayloadError> {
         .ok()
         .and_then(|s| humantime::parse_duration(&s).ok())
         .unwrap_or(Duration::from_secs(3600));
-    let w = Window::open(&path).map_err(|e| e.to_string())?;
-    let since = announce(&w, &report)?;
+    let w = Window::open(&path)?;
+    let since = announce(&w, &report).map_err(PayloadError::Report)?;
     // Stop when the chassis goes away: the process named by MONARCH_SUPERVISOR (`monarch up`
     // when several candidates may take turns as monarch), else the parent that started us.
     let supervisor = std::env::var("MONARCH_SUPERVISOR").ok().and_then(|p| p.parse::<u32>().ok());

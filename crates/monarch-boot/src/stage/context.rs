@@ -67,6 +67,17 @@ pub fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// The `Retrieved` event of a secondary whose image was just retrieved, window or network.
+pub fn retrieved(sec: &Secondary, image: &crate::image::Image) -> EventKind {
+    EventKind::Retrieved {
+        id: sec.id.clone(),
+        image: sec.image.to_string(),
+        bytes: image.len,
+        algo: sec.algo.name().into(),
+        checksum: image.digest.to_hex(sec.algo),
+    }
+}
+
 /// `direct`, or `switch` and the switch's name, as a summary shows a secondary's port.
 pub fn port_path(sec: &Secondary) -> (Option<String>, Option<String>) {
     match &sec.path {

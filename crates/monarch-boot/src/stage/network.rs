@@ -29,7 +29,7 @@
 //! secondary, and `run.rs` needs no change. The cost is one thread and two loopback sockets
 //! per netboot secondary for the duration of its boot.
 
-use super::context::{StageCtx, Staged, announce_done, log_tail, ms, port_path};
+use super::context::{StageCtx, Staged, announce_done, log_tail, ms, port_path, retrieved};
 use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::handoff::Handoff;
 use crate::image;
@@ -218,13 +218,7 @@ impl<'a, 'c> NetStage<'a, 'c> {
         .map_err(|e| e.to_string())?;
         self.image_bytes = image.len;
         self.checksum = Some(image.digest);
-        self.emit(EventKind::Retrieved {
-            id: sec.id.clone(),
-            image: sec.image.to_string(),
-            bytes: image.len,
-            algo: sec.algo.name().into(),
-            checksum: image.digest.to_hex(sec.algo),
-        });
+        self.emit(retrieved(sec, &image));
         Ok((served, name))
     }
 

@@ -1,7 +1,7 @@
 //! The monarch's side of one secondary with a window: configure its window, release it
 //! (start its agent), and drive [`monarch_proto::window::primary::Primary`] with real registers,
 //! copies and doorbells.
-use super::context::{StageCtx, Staged, announce_done, log_tail, ms, port_path};
+use super::context::{StageCtx, Staged, announce_done, log_tail, ms, port_path, retrieved};
 use super::launch;
 use super::takeover::{config_writes, raise_epoch};
 use crate::events::{EventKind, ProcessorSummary, Timings};
@@ -156,13 +156,7 @@ impl<'a, 'c> Stage<'a, 'c> {
         let chunk_size = ring.map_or(0, |(c, _, _)| c);
         let mut image = image::retrieve(&sec.image, sec.algo, chunk_size).map_err(|e| e.to_string())?;
         self.timings.retrieve = ms(t.elapsed());
-        self.emit(EventKind::Retrieved {
-            id: sec.id.clone(),
-            image: sec.image.to_string(),
-            bytes: image.len,
-            algo: sec.algo.name().into(),
-            checksum: image.digest.to_hex(sec.algo),
-        });
+        self.emit(retrieved(sec, &image));
         if sec.handoff == Handoff::Kexec
             && let image::ImageData::Memory(bytes) = &image.data
         {

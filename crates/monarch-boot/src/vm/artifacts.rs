@@ -47,11 +47,7 @@ impl Artifacts {
     pub fn check(&self) -> Result<(), super::VmError> {
         for p in [&self.kernel, &self.initrd, &self.bundle] {
             if !p.is_file() {
-                return Err(super::VmError(format!(
-                    "{} is missing; run `monarch vm prepare` (add --dir {} if that is not the default) to build the VM artifacts",
-                    p.display(),
-                    self.dir.display()
-                )));
+                return Err(super::VmError::Missing { path: p.clone(), dir: self.dir.clone() });
             }
         }
         Ok(())

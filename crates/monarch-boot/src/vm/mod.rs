@@ -18,14 +18,34 @@ pub mod artifacts;
 pub mod qemu;
 pub mod stage1;
 
-/// Why VM artifacts could not be prepared or found, or stage 1 found no window: the step that failed and its cause, as the operator reads them.
+/// Why a VM secondary cannot be had: an artifact missing, a step of `monarch vm prepare`
+/// that failed, or (inside the VM) no window to find.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct VmError(pub String);
+pub enum VmError {
+    /// A prepared artifact is not there.
+    #[error(
+        "{} is missing; run `monarch vm prepare` (add --dir {} if that is not the default) to build the VM artifacts",
+        path.display(),
+        dir.display()
+    )]
+    Missing {
+        /// The artifact.
+        path: std::path::PathBuf,
+        /// The artifacts folder.
+        dir: std::path::PathBuf,
+    },
+    /// A step of preparing the artifacts failed (a download, a tool, a write), as it said.
+    #[error("{0}")]
+    Prepare(String),
+    /// Inside the VM: no ivshmem window, or one that cannot be mapped.
+    #[error("{0}")]
+    NoWindow(String),
+}
 
 impl From<String> for VmError {
+    /// A failed step of `monarch vm prepare`.
     fn from(message: String) -> VmError {
-        VmError(message)
+        VmError::Prepare(message)
     }
 }
 

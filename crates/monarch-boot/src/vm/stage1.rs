@@ -19,7 +19,9 @@ const IVSHMEM_DEVICE: &str = "0x1110";
 pub fn find_ivshmem() -> Result<PathBuf, super::VmError> {
     let root = Path::new("/sys/bus/pci/devices");
     let mut devs: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(|e| format!("cannot list {}: {e} (is sysfs mounted?)", root.display()))?
+        .map_err(|e| {
+            super::VmError::NoWindow(format!("cannot list {}: {e} (is sysfs mounted?)", root.display()))
+        })?
         .flatten()
         .map(|e| e.path())
         .collect();
@@ -28,10 +30,12 @@ pub fn find_ivshmem() -> Result<PathBuf, super::VmError> {
     let dev = devs
         .into_iter()
         .find(|d| read(d.join("vendor")) == IVSHMEM_VENDOR && read(d.join("device")) == IVSHMEM_DEVICE)
-        .ok_or(format!(
-            "no ivshmem device (PCI {IVSHMEM_VENDOR}:{IVSHMEM_DEVICE}) in {}; start the VM with -device ivshmem-plain",
-            root.display()
-        ))?;
+        .ok_or_else(|| {
+            super::VmError::NoWindow(format!(
+                "no ivshmem device (PCI {IVSHMEM_VENDOR}:{IVSHMEM_DEVICE}) in {}; start the VM with -device ivshmem-plain",
+                root.display()
+            ))
+        })?;
     // Firmware usually leaves memory decoding on; make sure, since no driver binds it.
     let _ = std::fs::write(dev.join("enable"), "1");
     Ok(dev.join("resource2"))
@@ -118,19 +122,20 @@ fn delivered(cmdline: &str) {
         host::uptime()
     );
     say(&format!("{PAYLOAD_MARKER} {report}"));
-    let window =
-        match find_ivshmem().and_then(|p| Window::open(&p).map_err(|e| super::VmError(e.to_string()))) {
-            Ok(mut w) => {
-                w.set_doorbell(Doorbell::Poll { max_sleep: Duration::from_millis(20) });
-                w
-            }
-            Err(e) => {
-                say(&format!(
-                    "monarch payload: no window to report through ({e}); the serial line above is the report"
-                ));
-                return;
-            }
-        };
+    let window = match find_ivshmem()
+        .and_then(|p| Window::open(&p).map_err(|e| super::VmError::NoWindow(e.to_string())))
+    {
+        Ok(mut w) => {
+            w.set_doorbell(Doorbell::Poll { max_sleep: Duration::from_millis(20) });
+            w
+        }
+        Err(e) => {
+            say(&format!(
+                "monarch payload: no window to report through ({e}); the serial line above is the report"
+            ));
+            return;
+        }
+    };
     let since = match payload::announce(&window, &report) {
         Ok(s) => s,
         Err(e) => {
