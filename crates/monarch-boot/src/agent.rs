@@ -7,7 +7,7 @@
 
 use crate::handoff::Handoff;
 use monarch_drivers::memimage::MemImage;
-use monarch_drivers::{Doorbell, Poll, Window, WindowError};
+use monarch_drivers::{Doorbell, Poll, Window, WindowError, WindowMemory};
 use monarch_proto::Digest;
 use monarch_proto::checksum::Hasher;
 use monarch_proto::window::layout;
@@ -114,6 +114,12 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     let start = Instant::now();
     let mut window = open_when_ready(opts, start)?;
     window.set_doorbell(opts.doorbell);
+    run_on(opts, window, start)
+}
+
+/// Run the agent on a window already open (any [`WindowMemory`] backend: a mapped file, or
+/// memory shared with a monarch thread in a test); `start` is when the agent started waiting.
+pub fn run_on<W: WindowMemory>(opts: &AgentOptions, window: W, start: Instant) -> Result<(), AgentError> {
     if let Err(source) = msg::decode_header(&|r| window.load(r), window.data_size()) {
         return Err(AgentError::Header { path: opts.window.clone(), source });
     }
@@ -138,7 +144,7 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
 /// Take the window's lock: one agent per window, and the sign a new monarch reads to know
 /// this secondary's agent is alive. A monarch probing the lock holds it for an instant, so
 /// retry briefly before calling the window taken.
-fn lock(window: &Window, opts: &AgentOptions, start: Instant) -> Result<(), AgentError> {
+fn lock(window: &impl WindowMemory, opts: &AgentOptions, start: Instant) -> Result<(), AgentError> {
     loop {
         match window.try_lock() {
             Ok(true) => return Ok(()),
@@ -155,7 +161,7 @@ fn lock(window: &Window, opts: &AgentOptions, start: Instant) -> Result<(), Agen
 /// The status an earlier agent (or the image it handed off to) left, if it says the
 /// secondary is past its handshake. A status caught mid-write is read again; one that never
 /// settles says nothing (the handshake's own checks deal with it).
-fn handed_off(window: &Window) -> Option<&'static str> {
+fn handed_off(window: &impl WindowMemory) -> Option<&'static str> {
     match window.read_message(layout::ST_SEQ, 0, msg::decode_status) {
         Poll::Message(_, Status::HandingOff { .. }) => Some("HANDING_OFF"),
         Poll::Message(_, Status::Running { .. }) => Some("RUNNING"),
@@ -220,9 +226,9 @@ fn open_when_ready(opts: &AgentOptions, start: Instant) -> Result<Window, AgentE
     }
 }
 
-struct Agent<'a> {
+struct Agent<'a, W: WindowMemory> {
     opts: &'a AgentOptions,
-    window: Window,
+    window: W,
     status_seq: u32,
     /// Pull mode: the image copied into our own memory during verification.
     staged: Option<MemImage>,
@@ -232,7 +238,7 @@ struct Agent<'a> {
     block_seq: [u32; BLOCKS],
 }
 
-impl Agent<'_> {
+impl<W: WindowMemory> Agent<'_, W> {
     fn post(&mut self, st: &Status) {
         self.status_seq = msg::next_seq(self.status_seq);
         self.window.post(&msg::encode_status(self.status_seq, self.fence.epoch(), st), layout::DB_TO_PRIMARY);
@@ -481,7 +487,7 @@ impl Agent<'_> {
 
     /// Wait (doorbell, bounded by the agent timeout) until `ready` holds; give up if the
     /// monarch posts a new command meanwhile (an ABORT, typically), or a newer one speaks.
-    fn wait_for(&self, what: &str, ready: impl Fn(&Window) -> bool) -> Result<(), String> {
+    fn wait_for(&self, what: &str, ready: impl Fn(&W) -> bool) -> Result<(), String> {
         let deadline = Instant::now() + self.opts.timeout;
         loop {
             let seen = self.window.bell_value(layout::DB_TO_SECONDARY);
@@ -643,5 +649,80 @@ mod tests {
                 assert_eq!(agent_side(&w), (seq, 0), "the image's status is left as it was");
             }
         }
+    }
+
+    /// The monarch's side, by hand: the next status the secondary posts.
+    fn status(w: &impl WindowMemory, last: &mut u32) -> Status {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rung = w.bell_value(layout::DB_TO_PRIMARY);
+            match w.read_message(layout::ST_SEQ, *last, msg::decode_status) {
+                Poll::Message(n, st) => {
+                    *last = n;
+                    return st;
+                }
+                Poll::Garbage(n, e) => panic!("status {n} does not decode: {e}"),
+                Poll::Nothing => {
+                    assert!(Instant::now() < deadline, "the agent posted nothing");
+                    w.wait_bell(layout::DB_TO_PRIMARY, rung, Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_agent_verifies_what_a_monarch_thread_staged_in_memory_and_refuses_a_damaged_copy() {
+        // No process and no file: the agent runs on a thread over an in-memory window, and
+        // this thread plays the monarch of the pull handshake.
+        let image: Vec<u8> =
+            (0..300_007u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0]).collect();
+        let algo = Algo::Crc32c;
+        let want = algo.digest(&image);
+        let w = monarch_drivers::MemWindow::new("agent", 1 << 20).unwrap();
+        let cfg = WindowConfig {
+            image_size: image.len() as u64,
+            load_offset: 0,
+            algo,
+            mode: Mode::Pull,
+            epoch: 1,
+            chunk_size: 0,
+            ring_size: 0,
+        };
+        w.apply(&msg::encode_config(w.data_size(), &cfg));
+        let mut damaged = image.clone();
+        damaged[123_457] ^= 0x10;
+        w.write_data(0, &damaged).unwrap();
+        let agent = {
+            let theirs = w.attach();
+            std::thread::spawn(move || {
+                let o = AgentOptions {
+                    window: "memory:agent".into(),
+                    id: "mem".into(),
+                    handoff: Handoff::None,
+                    timeout: Duration::from_secs(30),
+                    doorbell: Doorbell::detect(),
+                    epoch: Some(1),
+                };
+                run_on(&o, theirs, Instant::now())
+            })
+        };
+        let (mut cmd_seq, mut st_seq) = (0, 0);
+        let mut post = |cmd: Command| {
+            cmd_seq = msg::next_seq(cmd_seq);
+            w.post(&msg::encode_command(0, cmd_seq, 1, &cmd), layout::DB_TO_SECONDARY);
+        };
+        post(Command::Release);
+        assert!(matches!(status(&w, &mut st_seq), Status::Ready { .. }));
+        assert!(!w.try_lock().unwrap(), "the agent holds the window's lock");
+        post(Command::Staged { attempt: 1 });
+        let Status::Verified { attempt: 1, digest } = status(&w, &mut st_seq) else { panic!("no VERIFIED") };
+        assert_ne!(digest, want, "the damaged copy must not verify");
+        w.write_data(123_457, &image[123_457..123_458]).unwrap();
+        post(Command::Staged { attempt: 2 });
+        assert_eq!(status(&w, &mut st_seq), Status::Verified { attempt: 2, digest: want });
+        post(Command::Ok { attempt: 2, digest: want });
+        assert_eq!(status(&w, &mut st_seq), Status::HandingOff { attempt: 2 });
+        agent.join().unwrap().unwrap();
+        assert!(w.try_lock().unwrap(), "the agent let go of the window");
     }
 }
