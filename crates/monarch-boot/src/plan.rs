@@ -164,7 +164,8 @@ fn line(s: &Secondary) -> String {
             s.algo,
             s.handoff.name(),
         ),
-        Launch::Process { .. } | Launch::External | Launch::Qemu(_) => format!(
+        // Every other launch mode has a window.
+        _ => format!(
             "window {} ({})  {} {}  {} x{}",
             s.window.path.display(),
             fmt_size(s.window.data_size),

@@ -59,6 +59,15 @@ pub fn has_window_file(launch: &Launch) -> bool {
     }
 }
 
+/// Whether the monarch starts this secondary's agent (else someone else does, and the agent
+/// sees RELEASE by itself).
+pub fn monarch_starts_it(launch: &Launch) -> bool {
+    match launch {
+        Launch::Process { .. } | Launch::Qemu(_) | Launch::Netboot(_) => true,
+        Launch::External => false,
+    }
+}
+
 /// Release the secondary: start its agent (a process, or a VM whose stage 1 runs it) on
 /// `window`. `Ok(None)`: someone else starts it (external), there is nothing to start.
 pub fn start(sec: &Secondary, ctx: &StageCtx<'_>, window: &Window) -> Result<Option<Started>, String> {

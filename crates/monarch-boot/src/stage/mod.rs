@@ -25,6 +25,7 @@ pub fn stage(sec: &Secondary, ctx: &StageCtx<'_>) -> Staged {
     match &sec.launch {
         // No window: booted over the network, with the same events and summary.
         Launch::Netboot(nb) => network::stage(sec, nb, ctx),
-        Launch::Process { .. } | Launch::External | Launch::Qemu(_) => window::stage(sec, ctx),
+        // Every other launch mode has a window; `launch` says how its agent is started.
+        _ => window::stage(sec, ctx),
     }
 }

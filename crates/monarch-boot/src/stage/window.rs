@@ -7,7 +7,7 @@ use super::takeover::{config_writes, raise_epoch};
 use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::handoff::Handoff;
 use crate::image::{self, Image};
-use crate::topology::{Launch, Secondary};
+use crate::topology::Secondary;
 use monarch_drivers::{Poll, Window};
 use monarch_proto::window::layout;
 use monarch_proto::window::msg::{self, Command, Mode, WindowConfig};
@@ -354,7 +354,7 @@ impl<'a, 'c> Stage<'a, 'c> {
     /// external agent sees RELEASE by itself.
     fn launch(&mut self) -> Result<(), String> {
         let sec = self.sec;
-        if matches!(sec.launch, Launch::External) {
+        if !launch::monarch_starts_it(&sec.launch) {
             return Ok(());
         }
         self.phase("launching", 0);
