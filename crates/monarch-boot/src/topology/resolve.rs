@@ -125,32 +125,7 @@ impl Topology {
                 cx.push(p.self_test.as_ref().map(Spanned::span), format!("{who}.self_test"), "only a management processor (role = \"monarch\") runs the election self-test; remove the field");
             }
             if p.role == Role::Monarch {
-                let fails_self_test = match p.self_test.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
-                    None | Some(("pass", _)) => false,
-                    Some(("fail", _)) => true,
-                    Some((other, span)) => {
-                        cx.push(
-                            Some(span),
-                            format!("{who}.self_test"),
-                            format!("unknown self_test \"{other}\"; use \"pass\" or \"fail\""),
-                        );
-                        false
-                    }
-                };
-                for (set, name) in [
-                    (p.switch.is_some(), "switch"),
-                    (p.image.is_some(), "image"),
-                    (p.window.is_some(), "window"),
-                    (p.fault.is_some(), "fault"),
-                    (p.mac.is_some(), "mac"),
-                    (p.disk.is_some(), "disk"),
-                    (p.disk_size.is_some(), "disk_size"),
-                ] {
-                    if set {
-                        cx.push(Some(p.id.span()), format!("{who}.{name}"), format!("a monarch has no {name}; remove the field or make the processor role = \"secondary\""));
-                    }
-                }
-                managers.push(Manager { id, slot: p.slot, boot_id: p.boot_id, fails_self_test });
+                managers.push(manager(&mut cx, p, &who, id));
                 continue;
             }
             // --- a secondary ---
@@ -171,66 +146,7 @@ impl Topology {
                     PortPath::Switch(sw.get_ref().clone())
                 }
             };
-            let image = match &p.image {
-                None => {
-                    cx.push(Some(p.id.span()), format!("{who}.image"), "a secondary needs an image: a file path, or \"builtin:payload\" for the demo payload");
-                    ImageSource::Builtin { size: defaults::IMAGE_SIZE, banner: String::new() }
-                }
-                Some(i) if i.get_ref() == "builtin:payload" => {
-                    let size = match &p.image_size {
-                        Some(v) => cx.size(v, &format!("{who}.image_size")).unwrap_or(defaults::IMAGE_SIZE),
-                        None => defaults::IMAGE_SIZE,
-                    };
-                    ImageSource::Builtin {
-                        size,
-                        banner: p
-                            .banner
-                            .clone()
-                            .unwrap_or_else(|| format!("{id} booted the delivered image")),
-                    }
-                }
-                Some(i) if i.get_ref() == "vm:payload" => {
-                    if let Err(e) = vm_art.check() {
-                        cx.push(Some(i.span()), format!("{who}.image"), e.to_string());
-                    }
-                    ImageSource::File(vm_art.bundle.clone())
-                }
-                Some(i) if i.get_ref().starts_with("builtin:") => {
-                    cx.push(
-                        Some(i.span()),
-                        format!("{who}.image"),
-                        format!(
-                            "unknown built-in image \"{}\"; the one built-in image is \"builtin:payload\"",
-                            i.get_ref()
-                        ),
-                    );
-                    ImageSource::Builtin { size: defaults::IMAGE_SIZE, banner: String::new() }
-                }
-                Some(i) => {
-                    if p.image_size.is_some() || p.banner.is_some() {
-                        cx.push(Some(i.span()), format!("{who}.image_size"), "image_size and banner apply to \"builtin:payload\" only; a file image has the size of the file");
-                    }
-                    let f = i.get_ref().strip_prefix("file://").unwrap_or(i.get_ref());
-                    let f = base.join(f);
-                    match env.image_file(&f) {
-                        Ok(_) => {}
-                        Err(ImageFileProblem::EmptyOrNotRegular) => cx.push(
-                            Some(i.span()),
-                            format!("{who}.image"),
-                            format!("{} is empty or not a regular file", f.display()),
-                        ),
-                        Err(ImageFileProblem::Unreadable(e)) => cx.push(
-                            Some(i.span()),
-                            format!("{who}.image"),
-                            format!(
-                                "cannot read {}: {e}; paths are relative to the topology file",
-                                f.display()
-                            ),
-                        ),
-                    }
-                    ImageSource::File(f)
-                }
-            };
+            let image = image(&mut cx, p, &who, &id, base, &vm_art, env);
             let image_size = match &image {
                 ImageSource::Builtin { size, .. } => Some(*size),
                 ImageSource::File(f) => env.image_file(f).ok(),
@@ -627,4 +543,112 @@ fn merge(p: &SettingsDef, d: &SettingsDef) -> SettingsDef {
 
 fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+/// A management processor's table, resolved: its self-test result, and no field that only
+/// a secondary has.
+fn manager(cx: &mut Ctx<'_>, p: &ProcessorDef, who: &str, id: String) -> Manager {
+    let fails_self_test = match p.self_test.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
+        None | Some(("pass", _)) => false,
+        Some(("fail", _)) => true,
+        Some((other, span)) => {
+            cx.push(
+                Some(span),
+                format!("{who}.self_test"),
+                format!("unknown self_test \"{other}\"; use \"pass\" or \"fail\""),
+            );
+            false
+        }
+    };
+    for (set, name) in [
+        (p.switch.is_some(), "switch"),
+        (p.image.is_some(), "image"),
+        (p.window.is_some(), "window"),
+        (p.fault.is_some(), "fault"),
+        (p.mac.is_some(), "mac"),
+        (p.disk.is_some(), "disk"),
+        (p.disk_size.is_some(), "disk_size"),
+    ] {
+        if set {
+            cx.push(
+                Some(p.id.span()),
+                format!("{who}.{name}"),
+                format!(
+                    "a monarch has no {name}; remove the field or make the processor role = \"secondary\""
+                ),
+            );
+        }
+    }
+    Manager { id, slot: p.slot, boot_id: p.boot_id, fails_self_test }
+}
+
+/// A secondary's image, resolved: the built-in payload at its size, the prepared VM
+/// payload, or a file that must be there and not empty.
+fn image(
+    cx: &mut Ctx<'_>,
+    p: &ProcessorDef,
+    who: &str,
+    id: &str,
+    base: &Path,
+    vm_art: &crate::vm::artifacts::Artifacts,
+    env: &dyn Environment,
+) -> ImageSource {
+    match &p.image {
+        None => {
+            cx.push(
+                Some(p.id.span()),
+                format!("{who}.image"),
+                "a secondary needs an image: a file path, or \"builtin:payload\" for the demo payload",
+            );
+            ImageSource::Builtin { size: defaults::IMAGE_SIZE, banner: String::new() }
+        }
+        Some(i) if i.get_ref() == "builtin:payload" => {
+            let size = match &p.image_size {
+                Some(v) => cx.size(v, &format!("{who}.image_size")).unwrap_or(defaults::IMAGE_SIZE),
+                None => defaults::IMAGE_SIZE,
+            };
+            ImageSource::Builtin {
+                size,
+                banner: p.banner.clone().unwrap_or_else(|| format!("{id} booted the delivered image")),
+            }
+        }
+        Some(i) if i.get_ref() == "vm:payload" => {
+            if let Err(e) = vm_art.check() {
+                cx.push(Some(i.span()), format!("{who}.image"), e.to_string());
+            }
+            ImageSource::File(vm_art.bundle.clone())
+        }
+        Some(i) if i.get_ref().starts_with("builtin:") => {
+            cx.push(
+                Some(i.span()),
+                format!("{who}.image"),
+                format!(
+                    "unknown built-in image \"{}\"; the one built-in image is \"builtin:payload\"",
+                    i.get_ref()
+                ),
+            );
+            ImageSource::Builtin { size: defaults::IMAGE_SIZE, banner: String::new() }
+        }
+        Some(i) => {
+            if p.image_size.is_some() || p.banner.is_some() {
+                cx.push(Some(i.span()), format!("{who}.image_size"), "image_size and banner apply to \"builtin:payload\" only; a file image has the size of the file");
+            }
+            let f = i.get_ref().strip_prefix("file://").unwrap_or(i.get_ref());
+            let f = base.join(f);
+            match env.image_file(&f) {
+                Ok(_) => {}
+                Err(ImageFileProblem::EmptyOrNotRegular) => cx.push(
+                    Some(i.span()),
+                    format!("{who}.image"),
+                    format!("{} is empty or not a regular file", f.display()),
+                ),
+                Err(ImageFileProblem::Unreadable(e)) => cx.push(
+                    Some(i.span()),
+                    format!("{who}.image"),
+                    format!("cannot read {}: {e}; paths are relative to the topology file", f.display()),
+                ),
+            }
+            ImageSource::File(f)
+        }
+    }
 }
