@@ -16,21 +16,21 @@ use std::time::Duration;
 const MEMFD_CHILD_FD: i32 = 3;
 
 /// A started agent (or the VM it runs in).
-pub struct Started {
+pub(crate) struct Started {
     /// The process: the agent, or QEMU.
-    pub child: Child,
+    pub(crate) child: Child,
     /// The agent's log (a VM's serial console).
-    pub log: PathBuf,
+    pub(crate) log: PathBuf,
     /// QEMU's own messages, for a VM.
-    pub qemu_log: Option<PathBuf>,
+    pub(crate) qemu_log: Option<PathBuf>,
     /// The serial console to show the user, for a VM.
-    pub console: Option<PathBuf>,
+    pub(crate) console: Option<PathBuf>,
 }
 
 /// Make the secondary's window for a staging from scratch: a memfd for the monarch's own
 /// agent when asked, else the window file (`keep`: leave its registers as they are, when
 /// several monarchs may share it).
-pub fn create_window(sec: &Secondary, keep: bool) -> Result<Window, WindowError> {
+pub(crate) fn create_window(sec: &Secondary, keep: bool) -> Result<Window, WindowError> {
     if sec.launch.memfd() {
         Window::create_memfd(&format!("monarch-window:{}", sec.id), sec.window.data_size)
     } else if keep {
@@ -41,7 +41,7 @@ pub fn create_window(sec: &Secondary, keep: bool) -> Result<Window, WindowError>
 }
 
 /// The doorbell this launch needs instead of the window's default, if any.
-pub fn doorbell(launch: &Launch) -> Option<Doorbell> {
+pub(crate) fn doorbell(launch: &Launch) -> Option<Doorbell> {
     match launch {
         // The agent is in another kernel: it cannot futex-wake us, and we cannot wake it.
         Launch::Qemu(_) => Some(Doorbell::Poll { max_sleep: Duration::from_millis(1) }),
@@ -51,7 +51,7 @@ pub fn doorbell(launch: &Launch) -> Option<Doorbell> {
 
 /// The window is a file a new monarch can claim (not a memfd only its maker holds, and not
 /// absent as for a network boot).
-pub fn has_window_file(launch: &Launch) -> bool {
+pub(crate) fn has_window_file(launch: &Launch) -> bool {
     match launch {
         Launch::Process { memfd } => !memfd,
         Launch::External | Launch::Qemu(_) => true,
@@ -61,7 +61,7 @@ pub fn has_window_file(launch: &Launch) -> bool {
 
 /// Whether the monarch starts this secondary's agent (else someone else does, and the agent
 /// sees RELEASE by itself).
-pub fn monarch_starts_it(launch: &Launch) -> bool {
+pub(crate) fn monarch_starts_it(launch: &Launch) -> bool {
     match launch {
         Launch::Process { .. } | Launch::Qemu(_) | Launch::Netboot(_) => true,
         Launch::External => false,
@@ -70,7 +70,7 @@ pub fn monarch_starts_it(launch: &Launch) -> bool {
 
 /// Release the secondary: start its agent (a process, or a VM whose stage 1 runs it) on
 /// `window`. `Ok(None)`: someone else starts it (external), there is nothing to start.
-pub fn start(sec: &Secondary, ctx: &StageCtx<'_>, window: &Window) -> Result<Option<Started>, String> {
+pub(crate) fn start(sec: &Secondary, ctx: &StageCtx<'_>, window: &Window) -> Result<Option<Started>, String> {
     match &sec.launch {
         Launch::Process { memfd } => start_agent(sec, ctx, window, *memfd).map(Some),
         Launch::Qemu(q) => start_vm(sec, ctx, window, q).map(Some),
@@ -81,7 +81,10 @@ pub fn start(sec: &Secondary, ctx: &StageCtx<'_>, window: &Window) -> Result<Opt
 
 /// After a takeover, with its window claimed: does this secondary's agent still live, and is
 /// it watched by the window's agent lock (`probe` tells whether someone holds it)?
-pub fn liveness(sec: &Secondary, probe: &dyn Fn() -> Result<bool, String>) -> Result<(bool, bool), String> {
+pub(crate) fn liveness(
+    sec: &Secondary,
+    probe: &dyn Fn() -> Result<bool, String>,
+) -> Result<(bool, bool), String> {
     Ok(match &sec.launch {
         Launch::Process { .. } => {
             let locked = probe()?;
@@ -98,7 +101,7 @@ pub fn liveness(sec: &Secondary, probe: &dyn Fn() -> Result<bool, String>) -> Re
 }
 
 /// What the end of our child means when it is not an agent's exit: a VM that ended.
-pub fn ended(sec: &Secondary, started: Option<&Path>, status: ExitStatus, pid: u32) -> Option<String> {
+pub(crate) fn ended(sec: &Secondary, started: Option<&Path>, status: ExitStatus, pid: u32) -> Option<String> {
     match &sec.launch {
         Launch::Qemu(_) => {
             let said = started.and_then(log_tail).map(|t| format!(": {t}")).unwrap_or_default();
@@ -109,7 +112,7 @@ pub fn ended(sec: &Secondary, started: Option<&Path>, status: ExitStatus, pid: u
 }
 
 /// Who wrote the log a failure quotes.
-pub fn log_name(launch: &Launch) -> &'static str {
+pub(crate) fn log_name(launch: &Launch) -> &'static str {
     match launch {
         Launch::Qemu(_) => "VM console",
         Launch::Process { .. } | Launch::External | Launch::Netboot(_) => "agent",

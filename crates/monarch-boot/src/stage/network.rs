@@ -73,7 +73,7 @@ enum Msg {
 
 /// Stage one netboot secondary from retrieval to its final state (called by
 /// the staging entry point, for `launch = "netboot"`).
-pub fn stage(sec: &Secondary, nb: &NetbootSpec, ctx: &StageCtx<'_>) -> Staged {
+pub(crate) fn stage(sec: &Secondary, nb: &NetbootSpec, ctx: &StageCtx<'_>) -> Staged {
     let mut st = NetStage {
         sec,
         nb,

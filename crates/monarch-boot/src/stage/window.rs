@@ -26,7 +26,7 @@ const SLICE: Duration = Duration::from_millis(50);
 const SETTLE: Duration = Duration::from_millis(500);
 
 /// Stage one secondary that has a window, from retrieval to its final state.
-pub fn stage(sec: &Secondary, ctx: &StageCtx<'_>) -> Staged {
+pub(crate) fn stage(sec: &Secondary, ctx: &StageCtx<'_>) -> Staged {
     let mut st = Stage::new(sec, ctx);
     let result = st.run();
     st.finish(result)

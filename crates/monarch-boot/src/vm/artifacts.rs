@@ -159,13 +159,13 @@ pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(&str)) -> Result<
     } else {
         progress(&format!("building the stage-1 initramfs around {}", agent.display()));
         let cpio = initramfs(&agent_bytes).map_err(|e| format!("cannot build the initramfs: {e}"))?;
-        write_atomic(&art.initrd, &cpio)?;
+        written(&art.initrd, monarch_drivers::fs::write_atomically(&art.initrd, &cpio))?;
         progress("building the demo payload bundle (UKI: kernel + initramfs + command line)");
         let tmp = art.bundle.with_extension("efi.tmp");
         crate::bundle::build(&stub, &art.kernel, &art.initrd, super::PAYLOAD_CMDLINE, &tmp)?;
         std::fs::rename(&tmp, &art.bundle)
             .map_err(|e| format!("cannot write {}: {e}", art.bundle.display()))?;
-        write_atomic(&key_file, key.as_bytes())?;
+        written(&key_file, monarch_drivers::fs::write_atomically(&key_file, key.as_bytes()))?;
     }
     let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     Ok(Prepared {
@@ -178,9 +178,9 @@ pub fn prepare(opts: &PrepareOptions, progress: &mut dyn FnMut(&str)) -> Result<
     })
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    monarch_drivers::fs::write_atomically(path, bytes)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+/// A write's outcome as this module reports it.
+fn written(path: &Path, r: std::io::Result<()>) -> Result<(), String> {
+    r.map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn replace_file(from: &Path, to: &Path) -> Result<(), String> {
