@@ -63,7 +63,7 @@ mod shared;
 pub use error::WindowError;
 pub use heap::MemWindow;
 pub use memory::{CHUNK, WindowMemory};
-pub use mmap::Window;
+pub use mmap::{Existing, Window, existing};
 pub use poll::Poll;
 pub use shared::SharedBytes;
 

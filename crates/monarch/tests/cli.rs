@@ -527,3 +527,39 @@ fn ctrl_c_stops_a_single_monarch_cleanly() {
     // Its run folder is the topology's own, kept; its agents and images are what must go.
     interrupt_the_boot(Some(&t.path()), |_| None);
 }
+
+/// A window path that names the topology file itself, another file, a folder or a folder
+/// that does not exist: `plan` and `up` refuse it as bad input before writing anything, and
+/// every one of those files and folders is as it was.
+#[test]
+fn a_window_path_never_clobbers_a_file_nor_creates_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("t.toml");
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "keep me\n").unwrap();
+    let missing = dir.path().join("no/such/folder");
+    let cases = [
+        (topo.clone(), "is a file with other contents, not a monarch window"),
+        (notes.clone(), "is a file with other contents, not a monarch window"),
+        (dir.path().to_path_buf(), "is a folder, not a monarch window"),
+        (missing.join("a.win"), "does not exist; monarch creates windows, not folders"),
+    ];
+    for (path, needle) in cases {
+        let text = format!(
+            "[chassis]\nname = \"x\"\nrun_dir = \"run\"\n[[processor]]\nid = \"m\"\nrole = \"monarch\"\n{}window = {{ path = {:?} }}\n",
+            secondary("a", ""),
+            path.display().to_string()
+        );
+        std::fs::write(&topo, &text).unwrap();
+        for cmd in ["plan", "up"] {
+            let out = monarch(&[cmd, "--topology", topo.to_str().unwrap()]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} with window.path {}: {err}", path.display());
+            assert!(err.contains("processor \"a\".window.path") && err.contains(needle), "{cmd}: {err}");
+        }
+        assert_eq!(std::fs::read_to_string(&topo).unwrap(), text, "the topology file is untouched");
+        assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me\n");
+        assert!(!dir.path().join("no").exists(), "no folder was created");
+        assert!(!dir.path().join("run").exists(), "nothing started, so no run folder either");
+    }
+}

@@ -13,6 +13,20 @@ pub enum ImageFileProblem {
     Unreadable(std::io::Error),
 }
 
+/// What is at a path a topology names as a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowFile {
+    /// Nothing, in a folder that exists: the monarch may create the window there.
+    Absent,
+    /// Nothing, and the folder it would go in does not exist either.
+    FolderMissing,
+    /// A window (its header says so), left by an earlier run, or a PCI BAR in sysfs: the
+    /// monarch may use it.
+    Window,
+    /// Something else, which the monarch must not overwrite: what it is.
+    NotAWindow(&'static str),
+}
+
 /// The facts of the machine a topology is resolved on.
 pub trait Environment {
     /// The length of `path` when it is a regular, non-empty file.
@@ -21,8 +35,12 @@ pub trait Environment {
     fn is_file(&self, path: &Path) -> bool;
     /// Whether anything is at `path`.
     fn exists(&self, path: &Path) -> bool;
+    /// Whether `path` is a folder.
+    fn is_dir(&self, path: &Path) -> bool;
     /// Where VM artifacts live when the topology names no `vm_dir`.
     fn vm_dir(&self) -> PathBuf;
+    /// What is at `path`, named as a window with `data_size` bytes of data area.
+    fn window_file(&self, path: &Path, data_size: u64) -> WindowFile;
 }
 
 /// This machine.
@@ -46,7 +64,27 @@ impl Environment for Host {
         path.exists()
     }
 
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+
     fn vm_dir(&self) -> PathBuf {
         crate::vm::artifacts::default_dir()
+    }
+
+    fn window_file(&self, path: &Path, data_size: u64) -> WindowFile {
+        let len = monarch_proto::window::layout::window_len(data_size).unwrap_or(0);
+        match monarch_drivers::window::existing(path, len) {
+            monarch_drivers::window::Existing::Nothing => {
+                match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(dir) if !dir.is_dir() => WindowFile::FolderMissing,
+                    _ => WindowFile::Absent,
+                }
+            }
+            monarch_drivers::window::Existing::Window | monarch_drivers::window::Existing::Device => {
+                WindowFile::Window
+            }
+            monarch_drivers::window::Existing::Other(what) => WindowFile::NotAWindow(what),
+        }
     }
 }

@@ -19,7 +19,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use env::{Environment, Host, ImageFileProblem};
+pub use env::{Environment, Host, ImageFileProblem, WindowFile};
 pub use error::{Problem, TopologyError};
 pub use launch::{Launch, NetbootSpec, QemuSpec, derived_mac};
 pub use model::*;

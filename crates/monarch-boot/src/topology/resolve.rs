@@ -1,6 +1,6 @@
 //! Resolving a topology: the file parsed against its schema, then each section resolved
 //! into the model with its defaults, every problem collected with its line and field.
-use super::env::{Environment, Host, ImageFileProblem};
+use super::env::{Environment, Host, ImageFileProblem, WindowFile};
 use super::error::{Ctx, Problem, TopologyError};
 use super::model::*;
 use super::schema::*;
@@ -97,6 +97,9 @@ impl Topology {
             ),
         };
 
+        if file.chassis.run_dir.is_some() && env.exists(&run_dir) && !env.is_dir(&run_dir) {
+            cx.push(None, "chassis.run_dir", format!("{} exists and is not a folder; run_dir is the folder monarch keeps this chassis' windows and logs in: name a folder, or leave run_dir out", run_dir.display()));
+        }
         let vm_dir = file.chassis.vm_dir.as_ref().map_or_else(|| env.vm_dir(), |d| base.join(d));
         let vm_art = crate::vm::artifacts::Artifacts::at(&vm_dir);
         let mut seen_ids: BTreeMap<String, ()> = BTreeMap::new();
@@ -322,6 +325,14 @@ impl Topology {
                     format!("{who}.fault.kill_agent_during_copy"),
                     "the monarch can only kill agents it launched; use launch = \"process\"",
                 );
+            }
+            if let Some(given) = p.window.as_ref().and_then(|w| w.get_ref().path.as_ref()) {
+                let span = wspan.clone().or(Some(p.id.span()));
+                match env.window_file(&wpath, data_size) {
+                    WindowFile::Absent | WindowFile::Window => {}
+                    WindowFile::FolderMissing => cx.push(span, format!("{who}.window.path"), format!("the folder of {} does not exist; monarch creates windows, not folders: create it, or choose a path in an existing folder", wpath.display())),
+                    WindowFile::NotAWindow(what) => cx.push(span, format!("{who}.window.path"), format!("{} ({given:?}) is {what}, not a monarch window; monarch will not overwrite it: choose another path, or remove it yourself", wpath.display())),
+                }
             }
             let launch = super::launch::resolve(
                 &mut cx,

@@ -262,9 +262,44 @@ impl Environment for Elsewhere {
     fn exists(&self, _: &Path) -> bool {
         false
     }
+    fn is_dir(&self, path: &Path) -> bool {
+        path == Path::new("/")
+    }
     fn vm_dir(&self) -> std::path::PathBuf {
         "/elsewhere/vm".into()
     }
+    fn window_file(&self, path: &Path, _: u64) -> WindowFile {
+        match path.to_str() {
+            Some("/images/os.bin") => WindowFile::NotAWindow("a regular file"),
+            Some("/old/run.win") => WindowFile::Window,
+            Some(p) if p.starts_with("/nowhere/") => WindowFile::FolderMissing,
+            _ => WindowFile::Absent,
+        }
+    }
+}
+
+#[test]
+fn a_window_path_may_not_name_a_file_that_is_not_a_window_nor_a_missing_folder() {
+    let sec = |id: &str, path: &str| {
+        format!(
+            "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nwindow = {{ path = \"{path}\" }}\n"
+        )
+    };
+    let src = format!(
+        "{HEAD}{}{}{}{}",
+        sec("a", "/images/os.bin"),
+        sec("b", "/nowhere/b.win"),
+        sec("c", "/old/run.win"),
+        sec("d", "/dev/shm/d.win")
+    );
+    let e =
+        Topology::parse_in(&src, Path::new("t.toml"), Path::new("/"), &Elsewhere).unwrap_err().to_string();
+    assert!(e.contains("processor \"a\".window.path: /images/os.bin (\"/images/os.bin\") is a regular file, not a monarch window; monarch will not overwrite it"), "{e}");
+    assert!(e.contains("processor \"b\".window.path: the folder of /nowhere/b.win does not exist"), "{e}");
+    assert!(
+        !e.contains("processor \"c\"") && !e.contains("processor \"d\""),
+        "a window left by a run, or nothing, is fine: {e}"
+    );
 }
 
 #[test]

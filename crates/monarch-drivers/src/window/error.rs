@@ -41,4 +41,14 @@ pub enum WindowError {
         /// Data area size.
         data_size: u64,
     },
+    /// Something that is not a window is at the path: the monarch will not overwrite it.
+    #[error(
+        "window {path}: it is {what}, not a monarch window; monarch will not overwrite it: choose another path, or remove it yourself"
+    )]
+    NotAWindow {
+        /// The path.
+        path: PathBuf,
+        /// What is there.
+        what: &'static str,
+    },
 }

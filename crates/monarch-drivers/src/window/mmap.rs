@@ -32,6 +32,53 @@ impl std::fmt::Debug for Window {
     }
 }
 
+/// What is already at a path about to become a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Nothing.
+    Nothing,
+    /// A window: an empty file, one whose header carries the window magic (left by an
+    /// earlier run), or one of exactly this window's length whose header is not written yet
+    /// (a monarch of this run claimed it a moment ago).
+    Window,
+    /// A device's memory (a PCI BAR's `resourceN` in sysfs): a window by nature.
+    Device,
+    /// Anything else: a folder, a device node, a file with other contents. Never
+    /// overwritten.
+    Other(&'static str),
+}
+
+/// What is at `path`, for a monarch about to create a window of `window_len` bytes there
+/// (register page and data area: `layout::window_len`). Reads at most the header's first
+/// word; changes nothing.
+pub fn existing(path: &Path, window_len: u64) -> Existing {
+    use std::io::Read;
+    let Ok(meta) = std::fs::metadata(path) else { return Existing::Nothing };
+    if path.starts_with("/sys") {
+        return Existing::Device;
+    }
+    if meta.is_dir() {
+        return Existing::Other("a folder");
+    }
+    if !meta.is_file() {
+        return Existing::Other("not a regular file (a device node, a pipe or a socket)");
+    }
+    if meta.len() == 0 {
+        return Existing::Window;
+    }
+    let mut magic = [0u8; 8];
+    let off = layout::HDR_MAGIC.offset;
+    let read = File::open(path).and_then(|mut f| {
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(off as u64))?;
+        f.read_exact(&mut magic)
+    });
+    match read {
+        Ok(()) if u64::from_le_bytes(magic) == layout::MAGIC => Existing::Window,
+        Ok(()) if u64::from_le_bytes(magic) == 0 && meta.len() == window_len => Existing::Window,
+        Ok(()) | Err(_) => Existing::Other("a file with other contents"),
+    }
+}
+
 impl Window {
     /// Create the file at `path` (or reuse it) as a window with `data_size` bytes of data
     /// area, map it and zero its register page. Done by the primary. An existing file is
@@ -57,6 +104,9 @@ impl Window {
     fn open_sized(path: &Path, data_size: u64, exact: bool) -> Result<(File, u64), WindowError> {
         let io = |what| move |source| WindowError::Io { path: path.to_path_buf(), what, source };
         let len = layout::window_len(data_size).ok_or(WindowError::TooSmall { path: path.into(), len: 0 })?;
+        if let Existing::Other(what) = existing(path, len) {
+            return Err(WindowError::NotAWindow { path: path.to_path_buf(), what });
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)

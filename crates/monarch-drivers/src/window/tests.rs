@@ -308,3 +308,24 @@ fn a_doorbell_wait_on_an_in_memory_window_returns_when_rung_and_not_before() {
     assert_eq!(w.bell_value(layout::DB_TO_PRIMARY), seen + 1);
     ringer.join().unwrap();
 }
+
+#[test]
+fn a_window_is_never_created_over_a_file_that_is_not_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "the operator's notes\n").unwrap();
+    let e = Window::create(&text, 4096).unwrap_err();
+    assert!(matches!(e, WindowError::NotAWindow { .. }), "{e}");
+    assert!(e.to_string().contains("monarch will not overwrite it"), "{e}");
+    assert_eq!(std::fs::read_to_string(&text).unwrap(), "the operator's notes\n", "untouched");
+    assert!(matches!(Window::create(dir.path(), 4096).unwrap_err(), WindowError::NotAWindow { .. }));
+    // Nothing there, an empty file, or a window an earlier run left: those are windows.
+    let win = dir.path().join("old.win");
+    let w = Window::create(&win, 4096).unwrap();
+    w.store(layout::HDR_MAGIC, layout::MAGIC);
+    drop(w);
+    assert!(Window::create(&win, 8192).is_ok(), "a window left by a run is reused");
+    let empty = dir.path().join("empty.win");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(Window::create(&empty, 4096).is_ok());
+}
