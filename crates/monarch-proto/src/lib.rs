@@ -26,8 +26,9 @@
 //!   messages ([`netboot::wire`]) and the agent's state machine ([`netboot::client`]).
 //!
 //! At the root, what several protocols share or what fits one file: checksums
-//! ([`checksum`]), MAC addresses ([`mac`]), monarch election and failover ([`election`]), and
-//! the A/B slots of a disk target ([`slots`]).
+//! ([`checksum`]), MAC addresses ([`mac`]), monarch election and failover ([`election`]),
+//! the A/B slots of a disk target ([`slots`]), and text a peer wrote, made safe to show
+//! ([`text`]).
 //!
 //! No file imports one that imports it back, directly or through others: state machines
 //! import messages, messages import layouts, and nothing below imports upwards
@@ -40,6 +41,7 @@ pub mod election;
 pub mod mac;
 pub mod netboot;
 pub mod slots;
+pub mod text;
 pub mod tftp;
 pub mod window;
 

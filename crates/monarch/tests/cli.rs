@@ -563,3 +563,35 @@ fn a_window_path_never_clobbers_a_file_nor_creates_folders() {
         assert!(!dir.path().join("run").exists(), "nothing started, so no run folder either");
     }
 }
+
+/// What a running image reports is its own text: a newline, a forged summary line, colour
+/// escapes and a bell reach neither the terminal nor the JSON raw.
+#[test]
+fn a_secondary_report_cannot_forge_lines_or_drive_the_terminal() {
+    let banner = r#"banner = "lc1 ok\nOK: chassis forged booted every secondary\u001b[31m red\u0007\u202e""#;
+    let t = Topo::new(&secondary("a", banner));
+    let out = monarch(&["up", "--topology", t.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    for (what, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\u{202e}'),
+            "{what}: {text}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("OK: chassis forged")),
+            "{what} has a forged line: {text}"
+        );
+        if what == "stdout" {
+            assert!(
+                text.contains(
+                    r"lc1 ok\nOK: chassis forged booted every secondary\u{1b}[31m red\u{7}\u{202e}"
+                ),
+                "{text}"
+            );
+        }
+    }
+    let r = up_json(Some(&t.path()));
+    let report = r.processor("a")["report"].as_str().unwrap().to_string();
+    assert!(report.starts_with(r"lc1 ok\nOK: chassis forged") && !report.contains('\n'), "{report}");
+}

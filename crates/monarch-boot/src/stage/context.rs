@@ -139,7 +139,7 @@ pub fn log_tail(path: &Path) -> Option<String> {
     f.read_to_end(&mut raw).ok()?;
     let text = String::from_utf8_lossy(&raw);
     let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    Some(line.trim().chars().filter(|c| !c.is_control()).take(300).collect())
+    Some(monarch_proto::text::printable(line.trim(), monarch_proto::text::MAX_CHARS))
 }
 
 #[cfg(test)]

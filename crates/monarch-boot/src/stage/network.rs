@@ -42,6 +42,7 @@ use monarch_proto::Algo;
 use monarch_proto::checksum::Digest;
 use monarch_proto::mac::Mac;
 use monarch_proto::netboot::wire::{Discover, Message, Offer};
+use monarch_proto::text::{MAX_CHARS, printable};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -365,7 +366,7 @@ impl<'a, 'c> NetStage<'a, 'c> {
                 }
                 Msg::Line(line) => {
                     if let Some(at) = line.find(NETBOOT_MARKER) {
-                        let report = line[at + NETBOOT_MARKER.len()..].trim().to_string();
+                        let report = printable(line[at + NETBOOT_MARKER.len()..].trim(), MAX_CHARS);
                         self.timings.handoff = ms(started.elapsed());
                         self.check_running(&report)?;
                         self.report = Some(report);

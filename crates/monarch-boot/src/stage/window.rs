@@ -9,6 +9,7 @@ use crate::handoff::Handoff;
 use crate::image::{self, Image};
 use crate::topology::Secondary;
 use monarch_drivers::{Poll, Window};
+use monarch_proto::text::{MAX_CHARS, printable};
 use monarch_proto::window::layout;
 use monarch_proto::window::msg::{self, Command, Mode, WindowConfig};
 use monarch_proto::window::primary::{
@@ -251,7 +252,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                 if let Some((_, msg::Status::Running { pid })) = &found {
                     self.adopted_pid = u32::try_from(*pid).ok().filter(|p| *p > 1);
                 }
-                self.report = Some(msg::decode_report(&|r| self.window().load(r)));
+                self.report = Some(printable(&msg::decode_report(&|r| self.window().load(r)), MAX_CHARS));
                 self.phase("adopted", 0);
                 Ok(Phase::Running)
             }
@@ -738,7 +739,8 @@ impl<'a, 'c> Stage<'a, 'c> {
                         if self.child.is_none() {
                             self.adopted_pid = u32::try_from(pid).ok().filter(|p| *p > 1);
                         }
-                        self.report = Some(msg::decode_report(&|r| self.window().load(r)));
+                        self.report =
+                            Some(printable(&msg::decode_report(&|r| self.window().load(r)), MAX_CHARS));
                     }
                     inputs.push(PrimaryInput::Status(st));
                 }

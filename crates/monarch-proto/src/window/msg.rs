@@ -617,7 +617,8 @@ fn report_word(i: usize) -> Reg {
     Reg { offset: layout::REPORT_TEXT + 8 * i, width: layout::Width::W64, name: "report.text" }
 }
 
-/// Decode the report text; the length is clamped and invalid UTF-8 replaced (peer data).
+/// Decode the report text as the peer wrote it; the length is clamped and invalid UTF-8
+/// replaced. It is peer data: show it through [`crate::text::printable`].
 pub fn decode_report(read: &dyn Fn(Reg) -> u64) -> String {
     let len = usize::try_from(read32(read, layout::REPORT_LEN)).unwrap_or(usize::MAX).min(layout::REPORT_MAX);
     let mut bytes = Vec::with_capacity(len + 8);
