@@ -547,16 +547,22 @@ const GSO_MAX_BYTES: usize = 65000;
 struct Sender {
     /// Blocks per GSO send, when UDP segmentation offload is on (0 = off).
     gso_batch: usize,
+    /// The segment size of a GSO send: one DATA packet.
+    gso_seg: u16,
     /// The run being sent: (block number, block index).
     run: Vec<(u16, u64)>,
 }
 
 impl Sender {
-    /// Turn on UDP GSO (`UDP_SEGMENT`, Linux ≥ 4.18) with one segment per DATA packet, so a
+    /// Use UDP GSO (`UDP_SEGMENT`, Linux ≥ 4.18) with one segment per DATA packet, so a
     /// whole window goes out in one `send` and crosses the IP stack once: on this machine
     /// that halves the kernel's cost per packet, which is what a windowed transfer spends
     /// its time on. Off for windows of one, blocks too big to batch, packets larger than the
     /// path MTU (GSO cannot fragment; plain sends can), or where the kernel refuses.
+    ///
+    /// The segment size goes with each batched DATA send (a control message), never on the
+    /// socket: OACK, ERROR and lone DATA packets must leave as one datagram each, whatever
+    /// their size against a small block's.
     fn new(sock: &std::net::UdpSocket, blksize: u16, windowsize: u16) -> Sender {
         use nix::sys::socket::{getsockopt, setsockopt, sockopt};
         let seg = 4 + usize::from(blksize);
@@ -565,9 +571,16 @@ impl Sender {
         // elsewhere the first refused send turns GSO off.
         let fits = getsockopt(sock, sockopt::IpMtu)
             .map_or(true, |mtu| seg + 28 <= usize::try_from(mtu).unwrap_or(0));
-        let on =
-            batch >= 2 && fits && setsockopt(sock, sockopt::UdpGsoSegment, &(i32::from(blksize) + 4)).is_ok();
-        Sender { gso_batch: if on { batch } else { 0 }, run: Vec::with_capacity(usize::from(windowsize)) }
+        // The kernel says whether it knows the option; the socket keeps no segment size.
+        let on = batch >= 2
+            && fits
+            && setsockopt(sock, sockopt::UdpGsoSegment, &(i32::from(blksize) + 4)).is_ok()
+            && setsockopt(sock, sockopt::UdpGsoSegment, &0).is_ok();
+        Sender {
+            gso_batch: if on { batch } else { 0 },
+            gso_seg: blksize.saturating_add(4),
+            run: Vec::with_capacity(usize::from(windowsize)),
+        }
     }
 
     /// Whether `e` is the kernel refusing a GSO send: EMSGSIZE or EINVAL (a segment larger
@@ -580,10 +593,23 @@ impl Sender {
                 .any(|x| e.raw_os_error() == Some(x.raw_os_error()))
     }
 
-    /// GSO was refused: turn it off and send one datagram per block from now on.
-    fn gso_off(&mut self, sock: &std::net::UdpSocket) {
+    /// GSO was refused: send one datagram per block from now on.
+    fn gso_off(&mut self) {
         self.gso_batch = 0;
-        let _ = nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::UdpGsoSegment, &0);
+    }
+
+    /// One send of `pkts`: segmented into DATA packets of `gso_seg` bytes when it holds
+    /// several, else one plain datagram.
+    fn send_run(&self, sock: &std::net::UdpSocket, pkts: &[u8]) -> io::Result<usize> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
+        use std::os::fd::AsRawFd;
+        if self.run.len() < 2 {
+            return sock.send(pkts);
+        }
+        let iov = [std::io::IoSlice::new(pkts)];
+        let cmsg = [ControlMessage::UdpGsoSegments(&self.gso_seg)];
+        sendmsg::<SockaddrStorage>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+            .map_err(io::Error::from)
     }
 
     /// Send DATA `blocks` (block number, offset), reading the file as needed.
@@ -611,12 +637,11 @@ impl Sender {
             }
             let seg = src.seg();
             let pkts = src.packets(&self.run);
-            match sock.send(pkts) {
+            match self.send_run(sock, pkts) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(CLIENT_GONE.into()),
                 Err(e) if self.gso_refused(&e) => {
-                    // With UDP_SEGMENT set even a single datagram is checked against it.
-                    self.gso_off(sock);
+                    self.gso_off();
                     for p in pkts.chunks(seg) {
                         send(sock, p)?;
                     }

@@ -429,6 +429,35 @@ async fn client_error_after_tsize_stops_the_transfer() {
     s.finished("ipxe.efi").await;
 }
 
+/// A small block with a window over one: DATA leaves in segmented batches, but the OACK
+/// (longer than one segment here) and the ERROR that ends an abandoned transfer each leave
+/// as one whole datagram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oack_and_error_are_one_datagram_each_with_a_small_block_and_a_window() {
+    let s = Server::start(&[("small.bin", 4000)], |c| c.timeout = Duration::from_millis(200)).await;
+    let mut h = Hand::new(s.addr).await;
+    h.rrq("small.bin", &[("blksize", "8"), ("windowsize", "8"), ("tsize", "0")]).await;
+    let (oack, tid) = h.recv(LONG).await.expect("OACK");
+    let Ok(Packet::Oack(o)) = proto::parse(&oack) else { panic!("not one whole OACK: {oack:?}") };
+    assert_eq!((o.get("blksize"), o.get("windowsize"), o.get("tsize")), (Some("8"), Some("8"), Some("4000")));
+    h.sock.send_to(&proto::encode_ack(0), tid).await.unwrap();
+    // No more ACKs: the server resends the window, then gives up with an ERROR.
+    let mut data = 0;
+    loop {
+        let (d, from) = h.recv(LONG).await.expect("DATA, then an ERROR");
+        assert_eq!(from, tid);
+        match proto::parse(&d) {
+            Ok(Packet::Data { data: bytes, .. }) => {
+                assert_eq!(bytes.len(), 8, "one block per datagram");
+                data += 1;
+            }
+            Ok(Packet::Error { .. }) => break,
+            other => panic!("not a whole packet: {other:?}: {d:?}"),
+        }
+    }
+    assert!(data >= 8, "a whole window came: {data} DATA packets");
+}
+
 /// Malformed datagrams to the service port and into a running transfer: no crash, nothing
 /// but TFTP ERRORs in reply, and the server keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
