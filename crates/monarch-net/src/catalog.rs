@@ -86,6 +86,9 @@ pub enum PathError {
     /// A directory or a device, not a regular file.
     #[error("not a regular file")]
     NotAFile,
+    /// The boot catalog itself (`machines.toml`: which machine boots what): never served.
+    #[error("the boot catalog, which is not served")]
+    Catalog,
     /// Another I/O error (permissions…).
     #[error("{0}")]
     Io(String),
@@ -115,6 +118,9 @@ pub fn resolve_in(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
     })?;
     if !canon.starts_with(root) {
         return Err(PathError::Outside);
+    }
+    if canon == root.join(CATALOG_FILE) {
+        return Err(PathError::Catalog);
     }
     match std::fs::metadata(&canon) {
         Ok(m) if m.is_file() => Ok(canon),

@@ -503,7 +503,7 @@ async fn route(st: &Shared, req: Request) -> Response {
                 format!("/{rel}: refused: {e}; ask for a file inside the boot root"),
             );
         }
-        Err(e @ (PathError::Missing | PathError::NotAFile)) => {
+        Err(e @ (PathError::Missing | PathError::NotAFile | PathError::Catalog)) => {
             return text(StatusCode::NOT_FOUND, format!("/{rel}: {e} in the boot root"));
         }
         Err(PathError::Io(e)) => return text(StatusCode::FORBIDDEN, format!("/{rel}: {e}")),

@@ -369,6 +369,9 @@ fn open_beneath(root: &Path, rel: &str) -> Result<(std::fs::File, u64), Refusal>
             format!("{rel}: resolves outside the TFTP root (a symlink pointing out?); refused"),
         ));
     }
+    if canon == root.join(crate::catalog::CATALOG_FILE) {
+        return Err(refuse(ErrorCode::FileNotFound, format!("{rel}: the boot catalog, which is not served")));
+    }
     // NONBLOCK so a FIFO planted in the root cannot hang the open; the type is checked next.
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
     let fd =

@@ -162,6 +162,13 @@ fn files_ranges_and_refusals() {
     assert_eq!(g.status, 404);
     assert!(String::from_utf8_lossy(&g.body).contains("no such file"));
 
+    // The boot catalog says which machine boots what: it is not served, whole or in part.
+    for args in [&[][..], &["-r", "0-9"][..]] {
+        let g = curl(args, &url("machines.toml"));
+        assert_eq!(g.status, 404, "{args:?}");
+        assert!(String::from_utf8_lossy(&g.body).contains("the boot catalog, which is not served"));
+    }
+
     // curl would normalise `..` away: --path-as-is sends it as written.
     for evil in ["../etc/passwd", "node1/../../etc/passwd", "%2e%2e/etc/passwd", "escape"] {
         let g = curl(&["--path-as-is"], &url(evil));

@@ -458,6 +458,23 @@ async fn oack_and_error_are_one_datagram_each_with_a_small_block_and_a_window() 
     assert!(data >= 8, "a whole window came: {data} DATA packets");
 }
 
+/// The boot catalog (`machines.toml`: which machine boots what) sits in the root but is
+/// never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_boot_catalog_is_not_served() {
+    let s = Server::start(&[("machines.toml", 200), ("ok.bin", 100)], |_| {}).await;
+    let mut h = Hand::new(s.addr).await;
+    h.rrq("machines.toml", &[]).await;
+    let (reply, _) = h.recv(LONG).await.expect("a reply");
+    let Ok(Packet::Error { code, message }) = proto::parse(&reply) else { panic!("not an ERROR: {reply:?}") };
+    assert_eq!(code, proto::ErrorCode::FileNotFound as u16);
+    let message = String::from_utf8_lossy(message);
+    assert!(message.contains("boot catalog"), "{message}");
+    h.rrq("./machines.toml", &[]).await;
+    let (reply, _) = h.recv(LONG).await.expect("a reply");
+    assert!(matches!(proto::parse(&reply), Ok(Packet::Error { .. })), "{reply:?}");
+}
+
 /// Malformed datagrams to the service port and into a running transfer: no crash, nothing
 /// but TFTP ERRORs in reply, and the server keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
