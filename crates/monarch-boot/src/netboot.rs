@@ -169,12 +169,15 @@ pub async fn serve(
         });
     }
     if let Some(port) = opts.discovery_port {
+        // Discovery is broadcast: with an interface, listen on every address but only on that
+        // interface; without one, on exactly the address asked for (broadcasts then reach it
+        // only when that address is the unspecified one).
+        let udp_ip = if opts.interface.is_some() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { bind_ip };
         let mut cfg = DiscoveryConfig::new(
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            SocketAddr::new(udp_ip, port),
             SocketAddr::new(bind_ip, port),
             shared.clone(),
         );
-        // Discovery is broadcast: listen on every address, but only on the boot interface.
         cfg.interface = opts.interface.clone();
         let server = DiscoveryServer::bind(cfg).await.map_err(|e| e.to_string())?;
         ready.discovery = Some(server.local_tcp());

@@ -229,3 +229,52 @@ fn a_disk_machine_installs_restarts_into_the_disk_and_survives_repurpose_outage_
     let (status, _) = ok(monarch(&["netboot", "status", "--disk", d]));
     assert_eq!(status.matches("verified").count(), 2, "{status}");
 }
+
+/// The UDP sockets of the process bound to `port`, as `/proc/net/udp` lists them: their
+/// local IPv4 addresses.
+fn udp_binds(port: u16) -> Vec<std::net::Ipv4Addr> {
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let local = l.split_whitespace().nth(1)?;
+            let (ip, p) = local.split_once(':')?;
+            let ip = std::net::Ipv4Addr::from(u32::from_be(u32::from_str_radix(ip, 16).ok()?));
+            (u16::from_str_radix(p, 16).ok()? == port).then_some(ip)
+        })
+        .collect()
+}
+
+/// `--address 127.0.0.1` without `--interface`: discovery listens on that address only, not
+/// on every address of the machine.
+#[test]
+fn an_address_without_an_interface_binds_discovery_to_that_address() {
+    let root = tempfile::tempdir().unwrap();
+    let port = loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            break p;
+        }
+    };
+    let mut child = Command::new(MONARCH)
+        .args(["netboot", "serve", "--root"])
+        .arg(root.path())
+        .args(["--address", "127.0.0.1", "--tftp-port", "0", "--http-port", "0"])
+        .args(["--discovery-port", &port.to_string(), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let ready = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| serde_json::from_str::<Value>(&l).is_ok_and(|e| e["event"] == "ready"));
+    let binds = udp_binds(port);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "netboot serve never got ready");
+    assert_eq!(binds, vec![std::net::Ipv4Addr::LOCALHOST], "discovery's UDP socket");
+}
