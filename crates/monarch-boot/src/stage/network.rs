@@ -720,10 +720,10 @@ mod tests {
     }
 
     #[test]
-    fn log_tail_is_the_last_line_without_control_characters() {
+    fn log_tail_is_the_last_line_with_control_characters_escaped() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.log");
         std::fs::write(&p, "first\nmonarch: netboot agent: digest \u{1b}[31mmismatch\n\n").unwrap();
-        assert_eq!(log_tail(&p).unwrap(), "monarch: netboot agent: digest [31mmismatch");
+        assert_eq!(log_tail(&p).unwrap(), "monarch: netboot agent: digest \\u{1b}[31mmismatch");
     }
 }
