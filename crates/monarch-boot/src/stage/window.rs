@@ -575,24 +575,19 @@ impl<'a, 'c> Stage<'a, 'c> {
             return None;
         }
         let c = self.child.as_mut()?;
-        match c.try_wait() {
-            Ok(Some(status))
-                if launch::ended(self.sec, self.qemu_log.as_deref(), status, c.id()).is_some() =>
-            {
-                launch::ended(self.sec, self.qemu_log.as_deref(), status, c.id())
-            }
-            Ok(Some(status))
-                if status.code() == Some(crate::agent::EXIT_BUSY) && self.ctx.authority.shared =>
-            {
-                // Another agent holds the window (one a deposed monarch started late): it is
-                // this secondary's agent as well as ours would be; watch it by its lock.
-                self.child = None;
-                self.foreign_agent = true;
-                None
-            }
-            Ok(Some(status)) => Some(format!("agent process {} exited ({status})", c.id())),
-            _ => None,
+        let Ok(Some(status)) = c.try_wait() else { return None };
+        let pid = c.id();
+        if let Some(why) = launch::ended(self.sec, self.qemu_log.as_deref(), status, pid) {
+            return Some(why);
         }
+        if status.code() == Some(crate::agent::EXIT_BUSY) && self.ctx.authority.shared {
+            // Another agent holds the window (one a deposed monarch started late): it is this
+            // secondary's agent as well as ours would be; watch it by its lock.
+            self.child = None;
+            self.foreign_agent = true;
+            return None;
+        }
+        Some(format!("agent process {pid} exited ({status})"))
     }
 
     /// Drive the handshake: from RELEASE, or (`adopted`) from a machine a takeover resumed,
