@@ -624,7 +624,7 @@ fn image(
             }
         }
         Some(i) if i.get_ref() == "vm:payload" => {
-            if let Err(e) = vm_art.check() {
+            if let Some(e) = vm_art.first_missing(&|f| env.is_file(f)) {
                 cx.push(Some(i.span()), format!("{who}.image"), e.to_string());
             }
             ImageSource::File(vm_art.bundle.clone())

@@ -45,12 +45,16 @@ impl Artifacts {
 
     /// The first missing artifact, if any, as an error that says how to make it.
     pub fn check(&self) -> Result<(), super::VmError> {
-        for p in [&self.kernel, &self.initrd, &self.bundle] {
-            if !p.is_file() {
-                return Err(super::VmError::Missing { path: p.clone(), dir: self.dir.clone() });
-            }
-        }
-        Ok(())
+        self.first_missing(&|p| p.is_file()).map_or(Ok(()), Err)
+    }
+
+    /// The first artifact that `is_file` says is not there, as [`Artifacts::check`] reports
+    /// it: for a caller that asks another machine than this one.
+    pub fn first_missing(&self, is_file: &dyn Fn(&Path) -> bool) -> Option<super::VmError> {
+        [&self.kernel, &self.initrd, &self.bundle]
+            .into_iter()
+            .find(|p| !is_file(p))
+            .map(|p| super::VmError::Missing { path: p.clone(), dir: self.dir.clone() })
     }
 }
 
