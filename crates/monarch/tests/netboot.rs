@@ -30,16 +30,20 @@ impl Drop for Server {
     }
 }
 
+/// A port free for both UDP and TCP on loopback: bind both to learn one, then hand it over.
+fn free_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            break p;
+        }
+    }
+}
+
 impl Server {
     fn start(root: &Path) -> Server {
-        // A free port for UDP and TCP: bind both to learn one, then hand it over.
-        let port = loop {
-            let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            let p = u.local_addr().unwrap().port();
-            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-                break p;
-            }
-        };
+        let port = free_port();
         let mut child = Command::new(MONARCH)
             .args(["netboot", "serve", "--root"])
             .arg(root)
@@ -251,13 +255,7 @@ fn udp_binds(port: u16) -> Vec<std::net::Ipv4Addr> {
 #[test]
 fn an_address_without_an_interface_binds_discovery_to_that_address() {
     let root = tempfile::tempdir().unwrap();
-    let port = loop {
-        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            break p;
-        }
-    };
+    let port = free_port();
     let mut child = Command::new(MONARCH)
         .args(["netboot", "serve", "--root"])
         .arg(root.path())
