@@ -210,8 +210,21 @@ pub fn up(
     }
     // What the candidates left us: orphaned images nobody shut down (the boot did not
     // finish, or a deposed monarch's agents) are stopped; nothing outlives the chassis.
-    for pid in monarch_drivers::host::children_of(std::process::id()) {
-        monarch_drivers::host::signal(pid, rustix::process::Signal::KILL);
+    // Each is waited for: a killed process with 30 MiB mapped takes a while to finish
+    // exiting, and the summary must not come out while one still runs.
+    for _ in 0..10 {
+        let left = monarch_drivers::host::children_of(std::process::id());
+        if left.is_empty() {
+            break;
+        }
+        for &pid in &left {
+            monarch_drivers::host::signal(pid, rustix::process::Signal::KILL);
+        }
+        for pid in left {
+            if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+            }
+        }
     }
     while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
     let total_ms = clock.elapsed().as_secs_f64() * 1e3;
