@@ -34,6 +34,7 @@ pub mod netboot;
 pub mod payload;
 pub mod plan;
 pub mod run;
+pub mod run_folder;
 pub mod stage;
 pub mod topology;
 pub mod values;

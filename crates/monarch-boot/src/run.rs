@@ -6,7 +6,7 @@ use crate::plan::Plan;
 use crate::stage::{Authority, StageCtx, Staged, stage};
 use monarch_proto::window::layout;
 use monarch_proto::window::msg::{self, Command};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -17,28 +17,6 @@ pub struct UpOptions {
     pub agent_exe: PathBuf,
     /// How long running images get to stop after SHUTDOWN at the end of the run.
     pub shutdown_grace: Duration,
-}
-
-/// Remove run folders (`monarch-NAME-PID` in `parent`) left by monarch processes that no
-/// longer exist (killed before they could clean up). Returns what was removed.
-pub fn remove_stale_run_dirs(parent: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(parent) else { return removed };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("monarch-") else { continue };
-        let Some(pid) = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        // VMs outlive a monarch that was killed (QEMU has no parent-death signal of its own):
-        // stop the ones it started, found by their pid files.
-        crate::vm::qemu::kill_orphans(&e.path());
-        if e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::remove_dir_all(e.path()).is_ok() {
-            removed.push(e.path());
-        }
-    }
-    removed
 }
 
 /// Boot everything in `plan`, calling `on_event` for every event (the summary last).
@@ -56,12 +34,27 @@ pub fn boot(
     clock: Instant,
     on_event: &mut dyn FnMut(&Event),
 ) -> Summary {
-    if plan.topology.run_dir_is_temporary
-        && let Some(parent) = plan.topology.run_dir.parent()
-    {
-        remove_stale_run_dirs(parent);
-    }
     let t = &plan.topology;
+    if t.run_dir_is_temporary
+        && let Err(why) = crate::run_folder::create(&t.run_dir)
+    {
+        let mut monarch =
+            ProcessorSummary::new(authority.name.unwrap_or(plan.monarch()), "monarch", "failed");
+        monarch.error = Some(why.clone());
+        let mut processors = vec![monarch];
+        processors.extend(t.secondaries.iter().map(|s| failed_summary(&s.id, &format!("not booted: {why}"))));
+        let total_ms = clock.elapsed().as_secs_f64() * 1e3;
+        let summary = Summary {
+            ok: false,
+            chassis: t.name.clone(),
+            total_ms,
+            processors,
+            election: None,
+            error: Some(why),
+        };
+        on_event(&Event { t_ms: total_ms, kind: EventKind::Summary(summary.clone()) });
+        return summary;
+    }
     let (tx, rx) = mpsc::channel::<Event>();
     let send = |tx: &mpsc::Sender<Event>, kind| {
         let _ = tx.send(Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
@@ -194,26 +187,5 @@ fn shutdown(staged: &mut [Option<Staged>], grace: Duration, authority: &Authorit
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn run_dirs_of_dead_monarchs_are_removed_and_live_ones_kept() {
-        let parent = tempfile::tempdir().unwrap();
-        // pid_max is at most 2^22 on Linux: this pid cannot be running.
-        let dead = parent.path().join("monarch-default-4194399");
-        let mine = parent.path().join(format!("monarch-default-{}", std::process::id()));
-        let other = parent.path().join("not-monarch-4194399");
-        for d in [&dead, &mine, &other] {
-            std::fs::create_dir_all(d).unwrap();
-            std::fs::write(d.join("x.win"), b"x").unwrap();
-        }
-        assert_eq!(remove_stale_run_dirs(parent.path()), vec![dead.clone()]);
-        assert!(!dead.exists());
-        assert!(mine.exists() && other.exists());
     }
 }

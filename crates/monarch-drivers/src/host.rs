@@ -54,6 +54,27 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// When process `pid` started, in clock ticks after boot (field 22 of `/proc/PID/stat`):
+/// with the pid, it names one process for the life of the boot, where a pid alone may be
+/// reused. `None` when there is no such process.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name: state is field 3, so starttime (22) is the 20th.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This boot's identity (`/proc/sys/kernel/random/boot_id`), if the kernel tells it.
+pub fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The pid namespace this process lives in (`pid:[INODE]`): pids from another one name
+/// other processes, so they cannot be checked from here.
+pub fn pid_namespace() -> Option<String> {
+    Some(std::fs::read_link("/proc/self/ns/pid").ok()?.to_string_lossy().into_owned())
+}
+
 /// Send `sig` to process `pid` (best effort: a pid that names no process is ignored).
 pub fn signal(pid: u32, sig: rustix::process::Signal) {
     if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {

@@ -595,3 +595,20 @@ fn a_secondary_report_cannot_forge_lines_or_drive_the_terminal() {
     let report = r.processor("a")["report"].as_str().unwrap().to_string();
     assert!(report.starts_with(r"lc1 ok\nOK: chassis forged") && !report.contains('\n'), "{report}");
 }
+
+/// The sweep of run folders that killed monarchs left behind removes only what it can prove
+/// is one: a folder merely named like a run folder (a user's, or another pid namespace's
+/// live run) survives `monarch up`.
+#[test]
+fn up_removes_no_folder_it_cannot_prove_an_abandoned_run() {
+    // pid_max is at most 2^22 on Linux: these pids cannot be running.
+    let users = PathBuf::from(format!("/dev/shm/monarch-default-{}", 4_194_300 + std::process::id() % 90));
+    let _ = std::fs::remove_dir_all(&users);
+    std::fs::create_dir(&users).unwrap();
+    std::fs::write(users.join("thesis.txt"), "keep me\n").unwrap();
+    let r = up_json(None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let kept = std::fs::read_to_string(users.join("thesis.txt"));
+    let _ = std::fs::remove_dir_all(&users);
+    assert_eq!(kept.ok().as_deref(), Some("keep me\n"), "monarch up removed {}", users.display());
+}

@@ -2,7 +2,7 @@
 //! `monarch candidate` process each, their events relayed, and the summary.
 use crate::events::{ElectionSummary, Event, EventKind, FailoverSummary, ProcessorSummary, Summary};
 use crate::plan::Plan;
-use crate::run::{self, UpOptions};
+use crate::run::UpOptions;
 use crate::topology::ElectionBackend;
 use monarch_drivers::Window;
 use monarch_proto::window::layout;
@@ -40,11 +40,6 @@ pub fn up(
     let clock = Instant::now();
     let t0 = unix_nanos();
     let t = &plan.topology;
-    if t.run_dir_is_temporary
-        && let Some(parent) = t.run_dir.parent()
-    {
-        run::remove_stale_run_dirs(parent);
-    }
     let fail = |why: String| Summary {
         ok: false,
         chassis: t.name.clone(),
@@ -56,7 +51,11 @@ pub fn up(
         election: None,
         error: Some(why),
     };
-    if let Err(e) = std::fs::create_dir_all(&t.run_dir) {
+    if t.run_dir_is_temporary {
+        if let Err(why) = crate::run_folder::create(&t.run_dir) {
+            return fail(why);
+        }
+    } else if let Err(e) = std::fs::create_dir_all(&t.run_dir) {
         return fail(format!("cannot create the run folder {}: {e}", t.run_dir.display()));
     }
     // Power-on: every window's registers start from zero, so no candidate takes a previous
