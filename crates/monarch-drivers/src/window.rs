@@ -54,6 +54,7 @@
 //! What the copies cost next to memcpy is measured by the `hot_paths` bench.
 
 mod error;
+mod guard;
 mod heap;
 mod memory;
 mod mmap;

@@ -612,3 +612,96 @@ fn up_removes_no_folder_it_cannot_prove_an_abandoned_run() {
     let _ = std::fs::remove_dir_all(&users);
     assert_eq!(kept.ok().as_deref(), Some("keep me\n"), "monarch up removed {}", users.display());
 }
+
+/// A small tmpfs, mounted for one test and unmounted (lazily, whatever happened) after it.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status();
+        assert!(
+            st.is_ok_and(|s| s.success()),
+            "mount a {size} tmpfs at {} (the tests run as root)",
+            path.display()
+        );
+        Tmpfs { path: path.to_path_buf() }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// A window that does not fit on its file system fails that secondary, with the path, the
+/// size needed and the space free named; the monarch is not killed (SIGBUS on the first
+/// store to a page the full tmpfs cannot give), the others boot, and a summary is printed.
+#[test]
+fn a_full_tmpfs_fails_the_window_that_does_not_fit_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let _small = Tmpfs::mount(&dir.path().join("small"), "20m");
+    // Two 16 MiB windows in a 20 MiB file system: one fits, the other cannot.
+    let text = format!(
+        "[chassis]\nname = \"full\"\nrun_dir = \"small\"\n[[processor]]\nid = \"m\"\nrole = \"monarch\"\n{}{}",
+        secondary("a", ""),
+        secondary("b", ""),
+    );
+    let topo = dir.path().join("t.toml");
+    std::fs::write(&topo, text).unwrap();
+    let r = up_json(Some(&topo));
+    assert_eq!(r.code, 1, "a failed secondary, not a dead monarch: {}", r.stderr);
+    let states: Vec<String> =
+        ["a", "b"].iter().map(|id| r.processor(id)["state"].as_str().unwrap().to_string()).collect();
+    assert!(states.contains(&"running".to_string()), "one window fits: {states:?}");
+    let failed = ["a", "b"].into_iter().find(|id| r.processor(id)["state"] == "failed").expect("one failed");
+    let why = r.processor(failed)["error"].as_str().unwrap();
+    assert!(
+        why.contains(&format!("small/{failed}.win"))
+            && why.contains("needs 17829888 bytes")
+            && why.contains("free"),
+        "{why}"
+    );
+}
+
+/// An external secondary that truncates its window file while the monarch waits on it
+/// fails alone, with the reason named; the monarch does not die of SIGBUS, and the other
+/// secondary boots.
+#[test]
+fn a_secondary_that_truncates_its_window_fails_alone() {
+    let t = Topo::new(&format!(
+        "{}{}",
+        secondary("ext", "launch = \"external\"\nwindow = { path = \"ext.win\" }"),
+        secondary("ok", ""),
+    ));
+    let win = t.file("ext.win");
+    // The hostile secondary: once the monarch has configured the window, cut it to nothing.
+    let cutter = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(w) = Window::open(&win)
+                && w.load(layout::HDR_MAGIC) == layout::MAGIC
+                && w.load(layout::CFG_IMAGE_SIZE) != 0
+            {
+                drop(w);
+                std::fs::OpenOptions::new().write(true).open(&win).unwrap().set_len(0).unwrap();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    });
+    let r = up_json(Some(&t.path()));
+    assert!(cutter.join().unwrap(), "the window was never configured");
+    assert_eq!(r.code, 1, "one failed secondary, not a dead monarch: {}", r.stderr);
+    assert_eq!(r.processor("ok")["state"], "running");
+    assert_eq!(r.processor("ext")["state"], "failed");
+    let why = r.processor("ext")["error"].as_str().unwrap();
+    assert!(why.contains("ext.win") && why.contains("truncated"), "{why}");
+}

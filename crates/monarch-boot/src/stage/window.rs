@@ -614,6 +614,9 @@ impl<'a, 'c> Stage<'a, 'c> {
         let mut last_phase = Phase::Idle;
         let mut streamer: Option<Streamer> = None;
         loop {
+            // A window its secondary truncated is that secondary's failure (the access that
+            // met it completed on private memory, see monarch_drivers' window guard).
+            self.window().check_intact().map_err(|e| e.to_string())?;
             // Feed what we have, carry out the actions.
             let mut batches = Vec::new();
             if !pending.is_empty() {

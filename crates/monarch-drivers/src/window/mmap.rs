@@ -1,6 +1,7 @@
 //! The mapped-file backend: [`Window`].
 
 use super::error::WindowError;
+use super::guard::Guard;
 use super::memory::WindowMemory;
 use super::poll::Poll;
 use super::shared::SharedBytes;
@@ -20,6 +21,8 @@ use std::time::Duration;
 /// same name (they forward to the trait), so code that names only `Window` need not import
 /// the trait.
 pub struct Window {
+    /// Declared before `map`, so it is dropped (unregistered) before the mapping goes.
+    guard: Guard,
     map: MmapRaw,
     file: File,
     path: PathBuf,
@@ -79,6 +82,22 @@ pub fn existing(path: &Path, window_len: u64) -> Existing {
     }
 }
 
+/// Reserve the first `len` bytes of a window's file on its file system now, so no store into
+/// the mapping can meet a full file system later: on a full tmpfs a store to a page that
+/// has none is SIGBUS, which kills the whole monarch, where this is an error for the one
+/// window. File systems that cannot reserve (a device's BAR in sysfs) are left as they are.
+fn reserve(file: &File, path: &Path, len: u64) -> Result<(), WindowError> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOSPC) => {
+            let free = rustix::fs::fstatvfs(file).map(|v| v.f_bavail.saturating_mul(v.f_frsize)).ok();
+            Err(WindowError::NoSpace { path: path.to_path_buf(), needed: len, free })
+        }
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS | rustix::io::Errno::NODEV) => Ok(()),
+        Err(e) => Err(WindowError::Io { path: path.to_path_buf(), what: "reserve space", source: e.into() }),
+    }
+}
+
 impl Window {
     /// Create the file at `path` (or reuse it) as a window with `data_size` bytes of data
     /// area, map it and zero its register page. Done by the primary. An existing file is
@@ -117,6 +136,8 @@ impl Window {
         if exact || file.metadata().map_err(io("stat"))?.len() < len {
             file.set_len(len).map_err(io("set size"))?;
         }
+        // Only what will be written is reserved: the whole window, or its register page.
+        reserve(&file, path, if exact { len } else { layout::REGS_SIZE as u64 })?;
         Ok((file, len))
     }
 
@@ -134,6 +155,7 @@ impl Window {
             .map_err(|e| io("memfd_create")(e.into()))?;
         let file = File::from(fd);
         file.set_len(len).map_err(io("set size"))?;
+        reserve(&file, &path, len)?;
         Self::map(file, path, len)
     }
 
@@ -162,7 +184,12 @@ impl Window {
             .len(layout::REGS_SIZE)
             .map_raw(&file)
             .map_err(|source| WindowError::Io { path: path.to_path_buf(), what: "mmap", source })?;
-        Ok(Window { map, file, path: path.to_path_buf(), bell: Doorbell::detect() })
+        let guard = Guard::new(map.as_mut_ptr(), map.len()).map_err(|source| WindowError::Io {
+            path: path.to_path_buf(),
+            what: "guard",
+            source,
+        })?;
+        Ok(Window { guard, map, file, path: path.to_path_buf(), bell: Doorbell::detect() })
     }
 
     fn map(file: File, path: PathBuf, len: u64) -> Result<Window, WindowError> {
@@ -182,7 +209,28 @@ impl Window {
         // SAFETY: the range is exactly this mapping; the advice only pre-faults pages and
         // never changes their contents.
         let _ = unsafe { libc::madvise(map.as_mut_ptr().cast(), map.len(), libc::MADV_POPULATE_WRITE) };
-        Ok(Window { map, file, path, bell: Doorbell::detect() })
+        let guard = Guard::new(map.as_mut_ptr(), map.len()).map_err(|source| WindowError::Io {
+            path: path.clone(),
+            what: "guard",
+            source,
+        })?;
+        Ok(Window { guard, map, file, path, bell: Doorbell::detect() })
+    }
+
+    /// Whether the peer shrank the window's file under this mapping (see the `guard`
+    /// module): its contents are gone, and nothing written to it reaches the peer any more.
+    /// The access that met the shrunk file completed on private zeroes instead of killing
+    /// the process with SIGBUS; whoever uses the window must now give it up.
+    pub fn vanished(&self) -> bool {
+        self.guard.vanished()
+    }
+
+    /// [`Window::vanished`] as an error naming the window, for whoever must give it up.
+    pub fn check_intact(&self) -> Result<(), WindowError> {
+        if self.vanished() {
+            return Err(WindowError::Vanished { path: self.path.clone() });
+        }
+        Ok(())
     }
 
     /// Use bounded polling instead of futex waits (for windows shared across kernels).

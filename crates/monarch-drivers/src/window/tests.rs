@@ -329,3 +329,63 @@ fn a_window_is_never_created_over_a_file_that_is_not_one() {
     std::fs::write(&empty, b"").unwrap();
     assert!(Window::create(&empty, 4096).is_ok());
 }
+
+/// A peer that truncates the window file under us: the accesses that meet the missing pages
+/// complete (on private zeroes) instead of killing the process with SIGBUS, the window says
+/// it vanished, and another window is untouched.
+#[test]
+fn a_window_truncated_under_its_mapping_vanishes_without_a_sigbus() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shrunk.win");
+    let w = Window::create(&path, 1 << 20).unwrap();
+    let (_d, other, _) = backends(4096);
+    other.store(layout::CFG_IMAGE_SIZE, 42);
+    w.write_data(0, &[7u8; 4096]).unwrap();
+    assert!(!w.vanished() && w.check_intact().is_ok());
+    // The peer's side: another descriptor, the file cut to nothing.
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+    w.store(layout::CFG_IMAGE_SIZE, 5);
+    w.write_data(4096, &[1u8; 8192]).unwrap();
+    let mut back = [9u8; 16];
+    w.read_data(0, &mut back).unwrap();
+    assert!(w.vanished());
+    assert_eq!(back, [0u8; 16], "what the peer held is gone, not read from stale memory");
+    let e = w.check_intact().unwrap_err().to_string();
+    assert!(e.contains("shrunk.win") && e.contains("truncated"), "{e}");
+    assert!(!other.vanished());
+    assert_eq!(other.load(layout::CFG_IMAGE_SIZE), 42);
+    // The file itself is the peer's business: nothing of ours is written to it any more.
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+}
+
+/// The guard only takes SIGBUS of windows: a SIGBUS on any other mapping still kills the
+/// process, as it did before (run in a child process, which must die of signal 7).
+#[test]
+fn a_sigbus_outside_every_window_still_kills() {
+    use std::os::unix::process::ExitStatusExt;
+    if std::env::var_os("MONARCH_SIGBUS_CHILD").is_some() {
+        let dir = tempfile::tempdir().unwrap();
+        let _w = Window::create(&dir.path().join("w.win"), 4096).unwrap(); // the handler is in
+        let path = dir.path().join("plain");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(1 << 16).unwrap();
+        let map = memmap2::MmapOptions::new().map_raw(&f).unwrap();
+        f.set_len(0).unwrap();
+        // SAFETY: in bounds of the mapping; the page behind it is gone, which is the point.
+        unsafe { map.as_mut_ptr().write_volatile(1) };
+        std::process::exit(0); // not reached when SIGBUS kills, as it must
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "window::tests::a_sigbus_outside_every_window_still_kills", "--nocapture"])
+        .env("MONARCH_SIGBUS_CHILD", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(7), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
