@@ -149,12 +149,17 @@ pub fn payload_program() -> PathBuf {
     exe.with_file_name("monarch-payload")
 }
 
+/// The smallest demo payload image of a `program`-byte program carrying `banner`.
+pub fn payload_len(program: u64, banner: &str) -> u64 {
+    program + (truncate(banner, BANNER_MAX).len() + TRAILER_LEN) as u64
+}
+
 /// Build a demo payload image of exactly `size` bytes carrying `banner`.
 pub fn build_payload(program: &Path, size: u64, banner: &str) -> Result<Vec<u8>, ImageError> {
     let mut bytes =
         std::fs::read(program).map_err(|source| ImageError::NoPayload { path: program.into(), source })?;
+    let need = payload_len(bytes.len() as u64, banner);
     let banner = truncate(banner, BANNER_MAX);
-    let need = (bytes.len() + banner.len() + TRAILER_LEN) as u64;
     if need > size {
         return Err(ImageError::TooSmall { size, program: need });
     }

@@ -41,6 +41,8 @@ pub trait Environment {
     fn vm_dir(&self) -> PathBuf;
     /// What is at `path`, named as a window with `data_size` bytes of data area.
     fn window_file(&self, path: &Path, data_size: u64) -> WindowFile;
+    /// The length of the demo payload program (`builtin:payload` is it, padded), if known.
+    fn payload_program_len(&self) -> Option<u64>;
 }
 
 /// This machine.
@@ -70,6 +72,13 @@ impl Environment for Host {
 
     fn vm_dir(&self) -> PathBuf {
         crate::vm::artifacts::default_dir()
+    }
+
+    fn payload_program_len(&self) -> Option<u64> {
+        std::fs::metadata(crate::image::payload_program())
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
     }
 
     fn window_file(&self, path: &Path, data_size: u64) -> WindowFile {

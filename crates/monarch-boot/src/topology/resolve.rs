@@ -618,10 +618,23 @@ fn image(
                 Some(v) => cx.size(v, &format!("{who}.image_size")).unwrap_or(defaults::IMAGE_SIZE),
                 None => defaults::IMAGE_SIZE,
             };
-            ImageSource::Builtin {
-                size,
-                banner: p.banner.clone().unwrap_or_else(|| format!("{id} booted the delivered image")),
+            let banner = p.banner.clone().unwrap_or_else(|| format!("{id} booted the delivered image"));
+            if let Some(program) = env.payload_program_len() {
+                let need = crate::image::payload_len(program, &banner);
+                if need > size {
+                    let at = p.image_size.as_ref().map_or_else(|| i.span(), toml::Spanned::span);
+                    cx.push(
+                        Some(at),
+                        format!("{who}.image_size"),
+                        format!(
+                            "the demo payload program is {program} bytes, {need} with its banner and trailer, which does not fit in image_size = {}; use an image_size of at least {}",
+                            fmt_size(size),
+                            fmt_size(need.div_ceil(1 << 20) << 20)
+                        ),
+                    );
+                }
             }
+            ImageSource::Builtin { size, banner }
         }
         Some(i) if i.get_ref() == "vm:payload" => {
             if let Some(e) = vm_art.first_missing(&|f| env.is_file(f)) {

@@ -268,6 +268,9 @@ impl Environment for Elsewhere {
     fn vm_dir(&self) -> std::path::PathBuf {
         "/elsewhere/vm".into()
     }
+    fn payload_program_len(&self) -> Option<u64> {
+        Some(3 << 20)
+    }
     fn window_file(&self, path: &Path, _: u64) -> WindowFile {
         match path.to_str() {
             Some("/images/os.bin") => WindowFile::NotAWindow("a regular file"),
@@ -322,4 +325,24 @@ fn resolving_asks_the_machine_it_is_given_not_this_one() {
         &Elsewhere,
     );
     assert!(ok.is_ok(), "{:?}", ok.err());
+}
+
+#[test]
+fn a_builtin_payload_larger_than_its_image_size_is_bad_input() {
+    let sec = |id: &str, size: &str| {
+        format!(
+            "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"{size}\"\n"
+        )
+    };
+    // The program is 3 MiB on this machine: 3 MiB leaves no room for the banner and trailer.
+    let src = format!("{HEAD}{}{}", sec("small", "3MiB"), sec("fits", "4MiB"));
+    let e =
+        Topology::parse_in(&src, Path::new("t.toml"), Path::new("/"), &Elsewhere).unwrap_err().to_string();
+    assert!(
+        e.contains("processor \"small\".image_size")
+            && e.contains("demo payload program is 3145728 bytes")
+            && e.contains("use an image_size of at least 4MiB"),
+        "{e}"
+    );
+    assert!(!e.contains("processor \"fits\""), "{e}");
 }
