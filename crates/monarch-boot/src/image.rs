@@ -112,6 +112,34 @@ impl Image {
         }
     }
 
+    /// Whether the `len` bytes at `offset` (chunk `k` of the manifest) still have the digest
+    /// retrieval took. Only a file image can change under the monarch (someone else writes
+    /// it during the boot); one in memory cannot.
+    pub fn chunk_unchanged(&self, k: u64, offset: u64, len: u64) -> std::io::Result<bool> {
+        let ImageData::File(_) = &self.data else { return Ok(true) };
+        let Some(want) = usize::try_from(k).ok().and_then(|k| self.manifest.get(k)) else { return Ok(true) };
+        let mut buf = vec![0u8; idx(len)];
+        self.read_at(offset, &mut buf)?;
+        Ok(self.algo.digest(&buf) == *want)
+    }
+
+    /// Whether the whole image still has the checksum retrieval took (a file image is read
+    /// again; one in memory cannot have changed).
+    pub fn unchanged(&self) -> std::io::Result<bool> {
+        let ImageData::File(f) = &self.data else { return Ok(true) };
+        let step = if self.chunk_size > 0 { self.chunk_size } else { 1 << 20 };
+        let mut whole = Hasher::new(self.algo);
+        let mut buf = vec![0u8; idx(step)];
+        let mut off = 0u64;
+        while off < self.len {
+            let n = idx(step.min(self.len - off));
+            f.read_exact_at(&mut buf[..n], off)?;
+            whole.absorb(&buf[..n], &self.algo.digest(&buf[..n]));
+            off += n as u64;
+        }
+        Ok(f.metadata()?.len() == self.len && whole.finish() == self.digest)
+    }
+
     /// Read `buf.len()` bytes at `image_offset` into `buf`.
     pub fn read_at(&self, image_offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         match &self.data {

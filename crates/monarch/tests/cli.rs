@@ -201,6 +201,10 @@ fn an_agent_killed_mid_transfer_fails_alone_within_its_timeout() {
     assert_eq!(v["state"], "failed");
     let err = v["error"].as_str().unwrap();
     assert!(err.contains("signal: 9") || err.contains("SIGKILL"), "{err}");
+    // What happened: one attempt, cut short after half the image was streamed.
+    assert_eq!(v["attempts"], 1, "{v}");
+    let (bytes, image) = (v["bytes"].as_u64().unwrap(), v["image_bytes"].as_u64().unwrap());
+    assert!(bytes >= image / 2, "{bytes} of {image} bytes were streamed, half before the kill");
     assert!(v["timings_ms"]["total"].as_f64().unwrap() < 20_000.0, "must fail within its 20 s timeouts");
     assert_never_handed_off(&r, &t, "victim");
     assert_eq!(r.processor("other")["state"], "running");
@@ -704,4 +708,51 @@ fn a_secondary_that_truncates_its_window_fails_alone() {
     assert_eq!(r.processor("ext")["state"], "failed");
     let why = r.processor("ext")["error"].as_str().unwrap();
     assert!(why.contains("ext.win") && why.contains("truncated"), "{why}");
+}
+
+/// A file image that someone changes while it is being delivered is named as the cause, not
+/// the link: in push mode the first refused chunk is checked against the image's retrieved
+/// digests before it is re-sent; in pull mode the image is checked when no copy matched.
+#[test]
+fn an_image_changed_during_its_delivery_is_blamed_not_the_link() {
+    // Larger than what the monarch keeps in memory, so it is read from its file as it goes.
+    let size: u64 = 264 << 20;
+    for mode in ["push", "pull"] {
+        let window = if mode == "push" {
+            "window = { path = \"img.win\", size = \"8MiB\" }"
+        } else {
+            "window = { path = \"img.win\" }"
+        };
+        let t = Topo::new(&format!(
+            "[[processor]]\nid = \"img\"\nrole = \"secondary\"\nimage = \"big.img\"\nhandoff = \"none\"\nattempts = 2\nmode = \"{mode}\"\n{window}\n"
+        ));
+        let img = t.file("big.img");
+        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+        let win = t.file("img.win");
+        // Once the window exists the image was retrieved (its digests taken): change its end.
+        let changer = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if win.exists() {
+                    use std::os::unix::fs::FileExt;
+                    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+                    f.write_all_at(&[0xa5; 1 << 20], size - (4 << 20)).unwrap();
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            false
+        });
+        let r = up_json(Some(&t.path()));
+        assert!(changer.join().unwrap(), "{mode}: the window never appeared");
+        assert_eq!(r.code, 1, "{mode}: {}", r.stderr);
+        let p = r.processor("img");
+        assert_eq!(p["state"], "failed", "{mode}: {p}");
+        let why = p["error"].as_str().unwrap();
+        assert!(
+            why.contains("big.img changed while it was being delivered") && !why.contains("check the link"),
+            "{mode}: {why}"
+        );
+        assert!(p["attempts"].as_u64().unwrap() >= 1 && p["bytes"].as_u64().unwrap() > 0, "{mode}: {p}");
+    }
 }

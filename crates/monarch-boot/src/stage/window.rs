@@ -422,6 +422,7 @@ impl<'a, 'c> Stage<'a, 'c> {
         let len = image.len;
         let half = len / 2;
         image.copy_into(w, 0, 0, half).map_err(|e| e.to_string())?;
+        self.bytes += half;
         if sec.faults.kill_agent_during_copy && attempt == 1 {
             self.kill_agent();
         }
@@ -430,6 +431,7 @@ impl<'a, 'c> Stage<'a, 'c> {
         if attempt <= sec.faults.corrupt_attempts {
             flip_byte(w, half)?;
         }
+        self.bytes += len - half;
         self.copied(attempt, len, t.elapsed());
         Ok(())
     }
@@ -448,10 +450,9 @@ impl<'a, 'c> Stage<'a, 'c> {
         }
     }
 
+    /// An attempt's copy is complete (its bytes were counted as they went).
     fn copied(&mut self, attempt: u32, bytes: u64, took: Duration) {
         self.timings.copy += ms(took);
-        self.bytes += bytes;
-        self.attempts = attempt;
         self.emit(EventKind::Copied { id: self.sec.id.clone(), attempt, bytes, ms: ms(took) });
     }
 
@@ -513,6 +514,15 @@ impl<'a, 'c> Stage<'a, 'c> {
             }
             let (off, len) = geo.chunk(k);
             let (w, image) = self.parts()?;
+            // A refused chunk is the link's fault only if the image still has what it had:
+            // a file image someone changed during the boot would be refused forever.
+            if !image.chunk_unchanged(k, off, len).map_err(|e| format!("cannot read the image: {e}"))? {
+                return Err(format!(
+                    "image {} changed while it was being delivered: chunk {k} (bytes {off}..{}) no longer has the checksum it had when the image was retrieved, so the secondary rightly refused it (the link is not at fault); leave an image file alone during a boot (deliver a copy), then boot again",
+                    sec.image,
+                    off + len
+                ));
+            }
             image
                 .copy_into(w, geo.slot_offset(geo.position(st.attempt, k)), off, len)
                 .map_err(|e| e.to_string())?;
@@ -545,6 +555,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             w.store(layout::cmd(self.ctx.authority.block).produced, pos + 1);
             w.ring(layout::DB_TO_SECONDARY);
             st.next += 1;
+            self.bytes += len;
             did = true;
             if sec.faults.kill_agent_during_copy && st.attempt == 1 && st.next == chunks.div_ceil(2) {
                 self.kill_agent();
@@ -642,6 +653,7 @@ impl<'a, 'c> Stage<'a, 'c> {
                             self.account(last_phase, phase_started.elapsed());
                             last_phase = p.phase();
                             self.phase("copying", attempt);
+                            self.attempts = attempt;
                             let r = match sec.mode {
                                 Mode::Pull => self
                                     .copy_whole(attempt)
@@ -778,9 +790,15 @@ impl<'a, 'c> Stage<'a, 'c> {
     fn explain(&mut self, f: Failure) -> String {
         let mut s = f.to_string();
         if let Failure::ChecksumMismatch { attempts, .. } = f {
-            s = format!(
-                "written checksum never matched the retrieved checksum in {attempts} attempt(s); aborted (raise `attempts` or check the link)"
-            );
+            s = match self.image.as_ref().map(Image::unchanged) {
+                Some(Ok(false)) => format!(
+                    "image {} changed while it was being delivered: it no longer has the checksum it had when it was retrieved, so the written checksum could not match in {attempts} attempt(s) (the link is not at fault); leave an image file alone during a boot (deliver a copy), then boot again",
+                    self.sec.image
+                ),
+                _ => format!(
+                    "written checksum never matched the retrieved checksum in {attempts} attempt(s); aborted (raise `attempts` or check the link)"
+                ),
+            };
         }
         if let Some(why) = self.agent_exit(Phase::Failed, 0) {
             s.push_str(&format!("; {why}"));
