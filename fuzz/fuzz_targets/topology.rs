@@ -1,0 +1,66 @@
+//! A topology file that may hold anything: resolving it never panics, on a machine that is
+//! not there (every fact comes from this fake environment, so nothing on the fuzzing host
+//! is read). Every problem found names a line inside the file; a topology that resolves
+//! has a monarch and unique ids.
+#![no_main]
+use monarch_boot::topology::{Environment, ImageFileProblem, Topology, TopologyError, WindowFile};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// A machine with one image file, an old window, and a missing folder.
+struct Nowhere;
+
+impl Environment for Nowhere {
+    fn image_file(&self, path: &Path) -> Result<u64, ImageFileProblem> {
+        if path.ends_with("os.img") { Ok(8 << 20) } else { Err(ImageFileProblem::EmptyOrNotRegular) }
+    }
+    fn is_file(&self, path: &Path) -> bool {
+        path.ends_with("os.img")
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.ends_with("os.img") || path.ends_with("old.win")
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        path == Path::new("/") || path == Path::new("/base")
+    }
+    fn vm_dir(&self) -> PathBuf {
+        "/nowhere/vm".into()
+    }
+    fn window_file(&self, path: &Path, _: u64) -> WindowFile {
+        if path.ends_with("old.win") {
+            WindowFile::Window
+        } else if path.ends_with("os.img") {
+            WindowFile::NotAWindow("a regular file")
+        } else if path.starts_with("/missing") {
+            WindowFile::FolderMissing
+        } else {
+            WindowFile::Absent
+        }
+    }
+    fn payload_program_len(&self) -> Option<u64> {
+        Some(3 << 20)
+    }
+}
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let Ok(src) = std::str::from_utf8(data) else { return };
+    match Topology::parse_in(src, Path::new("/base/t.toml"), Path::new("/base"), &Nowhere) {
+        Ok(t) => {
+            assert!(!t.managers.is_empty(), "resolved without a monarch");
+            let mut ids = HashSet::new();
+            for id in t.managers.iter().map(|m| &m.id).chain(t.secondaries.iter().map(|s| &s.id)) {
+                assert!(ids.insert(id.clone()), "duplicate id {id}");
+            }
+        }
+        Err(e) => {
+            let lines = src.lines().count().max(1) + 1;
+            if let TopologyError::Invalid { problems, .. } = &e {
+                assert!(!problems.is_empty(), "an error without a problem");
+                for p in problems {
+                    assert!(p.line.is_none_or(|l| l >= 1 && l <= lines), "line {:?} of {lines}", p.line);
+                }
+            }
+            let _ = e.to_string();
+        }
+    }
+});
