@@ -252,9 +252,12 @@ impl Pool {
     /// for [`OFFER_HOLD_SECS`]. `None` when the pool is exhausted.
     pub fn offer(&mut self, mac: Mac, requested: Option<Ipv4Addr>, now: u64) -> Option<Ipv4Addr> {
         let ip = self.pick(mac, requested, now)?;
-        let current = self.slots.get(&ip).copied();
-        let active_bound = current.is_some_and(|s| s.holder == Holder::Bound(mac) && s.expires > now);
-        if !active_bound {
+        // A MAC with an unexpired binding keeps it until it is ACKed another address: an
+        // OFFER does not make the client stop using the address it has, so that row must not
+        // be dropped (the one-row-per-MAC table would free it for someone else). Only its
+        // reservation can be picked over its binding, and a reservation needs no hold.
+        let bound_here = self.lease_of(mac).filter(|l| l.holder == Holder::Bound(mac) && l.expires > now);
+        if bound_here.is_none() {
             self.assign(ip, Holder::Offered(mac), now.saturating_add(OFFER_HOLD_SECS));
         }
         Some(ip)
@@ -389,9 +392,10 @@ impl Pool {
                         && !self.slots.contains_key(&row.ip)
                         && !self.by_mac.contains_key(&m)
                 }
+                // A declined address stays out for its hold even when it is reserved: the
+                // conflict is on the wire, whoever the reservation is for.
                 None => {
-                    self.in_range(row.ip)
-                        && !self.reserved_ip.contains_key(&row.ip)
+                    (self.in_range(row.ip) || self.reserved_ip.contains_key(&row.ip))
                         && !self.slots.contains_key(&row.ip)
                 }
             };
@@ -489,5 +493,43 @@ mod tests {
         // Duplicates: the first row wins.
         let dup = "bound 01:01:01:01:01:01 10.0.0.100 5\nbound 02:02:02:02:02:02 10.0.0.100 5\nbound 01:01:01:01:01:01 10.0.0.101 5\n";
         assert_eq!(p.load_text(dup).unwrap(), LoadReport { loaded: 1, dropped: 2 });
+    }
+
+    #[test]
+    fn a_declined_reservation_stays_out_across_a_restart() {
+        let mut cfg = pool_cfg(100, 110);
+        cfg.reservations = vec![(MAC, ip(50))];
+        let mut p = Pool::new(cfg.clone()).unwrap();
+        assert_eq!(p.offer(MAC, None, 1000), Some(ip(50)));
+        p.request(MAC, ip(50), 1000).unwrap();
+        assert!(p.decline(MAC, ip(50), 1001));
+        let text = p.to_text();
+        assert!(text.contains("declined - 10.0.0.50 "), "{text}");
+        let mut again = Pool::new(cfg).unwrap();
+        assert_eq!(again.load_text(&text).unwrap(), LoadReport { loaded: 1, dropped: 0 });
+        assert_ne!(again.offer(MAC, None, 1002), Some(ip(50)), "declined address offered again");
+        assert_eq!(again.request(MAC, ip(50), 1002), Err(NakReason::InUse));
+    }
+
+    #[test]
+    fn an_offer_never_frees_an_address_its_client_still_holds() {
+        // The MAC's reservation was declined, so it was bound to a pool address; once the
+        // decline expires it is offered its reservation again, and keeps its binding until
+        // it is ACKed the reservation.
+        let mut cfg = pool_cfg(100, 101);
+        cfg.reservations = vec![(MAC, ip(50))];
+        let mut p = Pool::new(cfg).unwrap();
+        p.request(MAC, ip(50), 0).unwrap();
+        assert!(p.decline(MAC, ip(50), 0));
+        let lease = p.request(MAC, ip(100), 1).unwrap();
+        let later = 1 + DECLINE_HOLD_SECS;
+        assert!(lease.expires > later);
+        assert_eq!(p.offer(MAC, None, later), Some(ip(50)));
+        let other = Mac::new([9; 6]);
+        assert_eq!(p.request(other, ip(100), later), Err(NakReason::InUse), "still held by {MAC}");
+        assert_eq!(p.offer(other, None, later), Some(ip(101)));
+        // Once the MAC takes its reservation, its old address is free.
+        p.request(MAC, ip(50), later).unwrap();
+        assert!(p.request(other, ip(100), later).is_ok());
     }
 }
