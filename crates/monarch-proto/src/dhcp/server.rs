@@ -548,10 +548,20 @@ mod tests {
     #[test]
     fn unknown_architecture_gets_a_plain_lease() {
         let mut s = full(100, 110);
-        let r = s.handle(&pxe(discover(MAC), 11), Via::Dhcp, 0).unwrap();
+        // 12: PowerPC Open Firmware, for which nothing is configured.
+        let r = s.handle(&pxe(discover(MAC), 12), Via::Dhcp, 0).unwrap();
         assert_eq!(r.bootfile, None);
         assert!(!r.msg.opts().contains(OptionCode::BootfileName));
         assert!(r.ip.is_some());
+    }
+
+    #[test]
+    fn arm64_uefi_firmware_gets_its_boot_file() {
+        let mut s = full(100, 110);
+        let r = s.handle(&pxe(discover(MAC), 11), Via::Dhcp, 0).unwrap();
+        assert_eq!(r.bootfile.as_deref(), Some("ipxe-arm64.efi"));
+        assert_eq!(opt(&r.msg, 67), Some(&b"ipxe-arm64.efi"[..]));
+        assert_eq!(r.client.label(), "pxe-efi-arm64");
     }
 
     #[test]
