@@ -27,8 +27,9 @@
 //!
 //! At the root, what several protocols share or what fits one file: checksums
 //! ([`checksum`]), MAC addresses ([`mac`]), monarch election and failover ([`election`]),
-//! the A/B slots of a disk target ([`slots`]), and text a peer wrote, made safe to show
-//! ([`text`]).
+//! the A/B slots of a disk target ([`slots`]), text a peer wrote, made safe to show
+//! ([`text`]), and per-source limits that keep one peer from taking what all share
+//! ([`fair`]).
 //!
 //! No file imports one that imports it back, directly or through others: state machines
 //! import messages, messages import layouts, and nothing below imports upwards
@@ -38,6 +39,7 @@
 pub mod checksum;
 pub mod dhcp;
 pub mod election;
+pub mod fair;
 pub mod mac;
 pub mod netboot;
 pub mod slots;
