@@ -22,6 +22,7 @@
 //! - [`dhcp`]: the DHCP / ProxyDHCP server's side: decoding and encoding through dhcproto
 //!   ([`dhcp::wire`]), the boot file each kind of client gets ([`dhcp::boot`]), the address
 //!   pool and its lease table ([`dhcp::pool`]) and the server's decisions ([`dhcp::server`]).
+//! - [`http`]: which answer an HTTP range request gets (RFC 9110 §13.1.5, §14).
 //! - [`netboot`]: the discovery flow of monarch agents that boot over the network: the
 //!   messages ([`netboot::wire`]) and the agent's state machine ([`netboot::client`]).
 //!
@@ -40,6 +41,7 @@ pub mod checksum;
 pub mod dhcp;
 pub mod election;
 pub mod fair;
+pub mod http;
 pub mod mac;
 pub mod netboot;
 pub mod slots;
