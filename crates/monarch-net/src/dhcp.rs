@@ -180,6 +180,16 @@ pub enum DhcpEvent {
         /// The address.
         ip: Ipv4Addr,
     },
+    /// An option of a request was dropped because its length is not the one its definition
+    /// fixes (RFC 2132, RFC 4578); the request is decided as if the client had not sent it.
+    BadOption {
+        /// The request's sender.
+        from: SocketAddr,
+        /// The option code.
+        option: u8,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A datagram got no reply.
     Ignored {
         /// Its sender.
@@ -352,8 +362,13 @@ impl DhcpServer {
     }
 
     async fn serve(&mut self, bytes: &[u8], from: SocketAddr, via: Via, events: &EventSink<DhcpEvent>) {
-        let msg = match wire::decode(bytes) {
-            Ok(m) => m,
+        let msg = match wire::decode_checked(bytes) {
+            Ok((m, bad)) => {
+                for b in bad {
+                    events(DhcpEvent::BadOption { from, option: b.code, reason: b.to_string() });
+                }
+                m
+            }
             Err(e) => {
                 events(DhcpEvent::Ignored { from, reason: e.to_string() });
                 return;

@@ -22,6 +22,7 @@
 use crate::EventSink;
 use crate::catalog::SharedCatalog;
 use monarch_proto::checksum::{Algo, Digest, Hasher};
+use monarch_proto::fair::FairTable;
 use monarch_proto::mac::Mac;
 use monarch_proto::netboot::client::{
     Client, ClientAction, ClientConfig, ClientFailure, ClientInput, Outcome,
@@ -41,8 +42,13 @@ use tokio::sync::{OnceCell, Semaphore};
 /// UDP port of the discovery service and TCP port of its downloads.
 pub const DEFAULT_PORT: u16 = 4012;
 
-/// Outstanding offers kept at most; the oldest is forgotten first.
-const MAX_GRANTS: usize = 4096;
+/// Outstanding offers (tokens) kept at most by default; see [`DiscoveryConfig::max_offers`].
+pub const DEFAULT_MAX_OFFERS: usize = 4096;
+/// Outstanding offers one source may hold by default; see
+/// [`DiscoveryConfig::max_offers_per_source`]. An agent takes the first offer it gets, so it
+/// holds one or two (a rebroadcast crossing the offer); 16 leaves room for several agents
+/// behind one address.
+pub const DEFAULT_MAX_OFFERS_PER_SOURCE: usize = 16;
 /// DISCOVERs handled at once (each may hash an image the first time); more are dropped and
 /// the agent's rebroadcast tries again.
 const MAX_PENDING_DISCOVERS: usize = 64;
@@ -69,6 +75,15 @@ pub struct DiscoveryConfig {
     pub token_ttl: Duration,
     /// Downloads served at once; more are refused with "busy".
     pub max_transfers: usize,
+    /// Outstanding offers (tokens) kept at most ([`DEFAULT_MAX_OFFERS`]). When the table is
+    /// full, a new offer evicts the oldest offer of the source holding the most.
+    pub max_offers: usize,
+    /// Outstanding offers one source may hold ([`DEFAULT_MAX_OFFERS_PER_SOURCE`]); its next
+    /// offer replaces its oldest. A source is the DISCOVER's sender address, or for a sender
+    /// without one (0.0.0.0) the MAC it claims. So a DISCOVER flood evicts its own offers:
+    /// to evict an agent's offer it must come from as many sources as the table holds
+    /// offers, within the offers' lifetime.
+    pub max_offers_per_source: usize,
 }
 
 impl DiscoveryConfig {
@@ -83,6 +98,8 @@ impl DiscoveryConfig {
             zero_copy: true,
             token_ttl: Duration::from_secs(60),
             max_transfers: 32,
+            max_offers: DEFAULT_MAX_OFFERS,
+            max_offers_per_source: DEFAULT_MAX_OFFERS_PER_SOURCE,
         }
     }
 }
@@ -168,12 +185,15 @@ pub enum DiscoveryError {
     },
 }
 
+/// Who asked for an offer, as far as the service can tell: the sender's address, and for a
+/// sender without one (0.0.0.0, an agent that has no address yet) the MAC it claims.
+type Source = (IpAddr, Option<Mac>);
+
 /// An offer's capability: what the token lets its holder download.
 struct Grant {
     path: PathBuf,
     name: String,
     size: u64,
-    expires: Instant,
 }
 
 /// Cache key: a file version as far as metadata can tell. In-place corruption that keeps
@@ -188,7 +208,7 @@ struct Shared {
     tcp_port: u16,
     events: EventSink<DiscoveryEvent>,
     digests: Mutex<HashMap<DigestKey, Arc<OnceCell<Digest>>>>,
-    grants: Mutex<HashMap<Token, Grant>>,
+    grants: Mutex<FairTable<Source, Token, Grant, Instant>>,
     transfers: Semaphore,
     pending: Semaphore,
 }
@@ -240,7 +260,7 @@ impl DiscoveryServer {
             tcp_port,
             events,
             digests: Mutex::new(HashMap::new()),
-            grants: Mutex::new(HashMap::new()),
+            grants: Mutex::new(FairTable::new(self.cfg.max_offers, self.cfg.max_offers_per_source)),
             transfers: Semaphore::new(self.cfg.max_transfers.max(1)),
             pending: Semaphore::new(MAX_PENDING_DISCOVERS),
         });
@@ -326,14 +346,10 @@ async fn answer(st: &Shared, udp: &UdpSocket, peer: SocketAddr, d: monarch_proto
     {
         let mut grants = st.grants.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        grants.retain(|_, g| g.expires > now);
-        if grants.len() >= MAX_GRANTS {
-            let oldest = grants.iter().min_by_key(|(_, g)| g.expires).map(|(t, _)| *t);
-            if let Some(t) = oldest {
-                grants.remove(&t);
-            }
-        }
-        grants.insert(token, Grant { path, name: image.clone(), size, expires: now + st.ttl });
+        let ip = peer.ip().to_canonical();
+        let source = (ip, ip.is_unspecified().then_some(d.mac));
+        let expires = now + st.ttl;
+        grants.insert(source, token, Grant { path, name: image.clone(), size }, now, expires);
     }
     let offer =
         Offer { xid: d.xid, name: image.clone(), size, algo: st.algo, digest, tcp_port: st.tcp_port, token };
@@ -416,10 +432,7 @@ async fn download(st: &Shared, mut stream: TcpStream, peer: SocketAddr) {
     };
     let grant = {
         let grants = st.grants.lock().unwrap_or_else(|p| p.into_inner());
-        grants
-            .get(&token)
-            .filter(|g| g.expires > Instant::now())
-            .map(|g| (g.path.clone(), g.name.clone(), g.size))
+        grants.get(&token, Instant::now()).map(|g| (g.path.clone(), g.name.clone(), g.size))
     };
     let Some((path, name, granted)) = grant else {
         return refuse(RefuseCode::BadToken, "unknown or expired token: discover again".into()).await;
@@ -448,7 +461,7 @@ async fn download(st: &Shared, mut stream: TcpStream, peer: SocketAddr) {
         return (st.events)(DiscoveryEvent::Failed { peer, image: name, bytes: 0, reason: e.to_string() });
     }
     let sent = if st.zero_copy {
-        sendfile_to(&stream, &file, 0, size).await
+        sendfile_to(&stream, &file, 0, size, None).await
     } else {
         copy_to(&mut stream, file, size).await
     };
@@ -479,13 +492,14 @@ pub(crate) async fn sendfile_to(
     file: &std::fs::File,
     off: u64,
     end: u64,
+    stall: Option<Duration>,
 ) -> Result<u64, (u64, io::Error)> {
     // Corked, as nginx's `tcp_nopush` does: only full segments leave while the body is
     // sent, whatever TCP_NODELAY says (the HTTP service sets it for its small answers).
     // Measured 2026-12-02, 1 GiB over loopback with curl: 1.0–1.2 GB/s without, 1.5–1.8
     // with — nginx's speed. Uncorking at the end pushes the last partial segment.
     let _ = rustix::net::sockopt::set_tcp_cork(stream, true);
-    let sent = sendfile_loop(stream, file, off, end).await;
+    let sent = sendfile_loop(stream, file, off, end, stall).await;
     let _ = rustix::net::sockopt::set_tcp_cork(stream, false);
     sent
 }
@@ -495,12 +509,22 @@ async fn sendfile_loop(
     file: &std::fs::File,
     off: u64,
     end: u64,
+    stall: Option<Duration>,
 ) -> Result<u64, (u64, io::Error)> {
     let mut pos = off;
     while pos < end {
         // Linux sends at most 0x7ffff000 bytes per call.
         let want = usize::try_from(end - pos).unwrap_or(usize::MAX).min(0x7fff_f000);
-        stream.writable().await.map_err(|e| (pos - off, e))?;
+        match stall {
+            None => stream.writable().await.map_err(|e| (pos - off, e))?,
+            // No progress for `stall`: the client stopped reading.
+            Some(d) => tokio::time::timeout(d, stream.writable())
+                .await
+                .map_err(|_| {
+                    (pos - off, io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))
+                })?
+                .map_err(|e| (pos - off, e))?,
+        }
         let r = stream.try_io(Interest::WRITABLE, || {
             rustix::fs::sendfile(stream, file, Some(&mut pos), want).map_err(io::Error::from)
         });

@@ -5,8 +5,10 @@
 //! - `GET /ipxe/{mac}.ipxe` (`mac` as `52-54-00-12-34-56` or with `:`; also `default.ipxe`):
 //!   the machine's iPXE script from the [`Catalog`](crate::catalog::Catalog). This is the URL the DHCP service hands
 //!   to iPXE clients.
-//! - `GET`/`HEAD /{path}`: the file `path` under the root, with Content-Length, single
-//!   `Range` requests (206 + Content-Range; 416 when unsatisfiable), Last-Modified/ETag.
+//! - `GET`/`HEAD /{path}`: the file `path` under the root, with Content-Length, `Range`
+//!   requests by RFC 9110's rules ([`monarch_proto::http`]: one satisfiable range 206 +
+//!   Content-Range; several, an unknown unit, a bad syntax or an `If-Range` that does not
+//!   match 200 with the whole file; 416 when none is satisfiable), Last-Modified/ETag.
 //!   Confined to the root: `..` and absolute paths are refused (403) before the file system
 //!   is touched, and a symlink that leads out of the root is refused (403) after resolving.
 //!
@@ -21,18 +23,25 @@
 //! round on a shared 2-core machine (`tests/http_interop.rs::measure_against_nginx`):
 //! `ServeFile` alone 0.5–0.9× nginx depending on its chunk (best at 256 KiB) and the load;
 //! the sendfile path 0.8–1.2×, i.e. nginx's speed within the noise.
-//! The fast path sends `application/octet-stream` and no Last-Modified/ETag; boot clients
-//! need neither.
+//! The fast path sends `application/octet-stream` and Last-Modified but no ETag; boot
+//! clients need neither.
+//!
+//! Slow clients: a request head must be complete within [`HEAD_DEADLINE`] of when the server
+//! starts waiting for it (one deadline for the whole head, on both paths: the fast path's
+//! own, hyper's `header_read_timeout` behind it), and a write that makes no progress for
+//! [`SEND_STALL`] closes the connection (sendfile and axum bodies alike), so a client can
+//! hold a socket and an open file only as long as it reads. Both are [`HttpConfig`] fields;
+//! a connection cut off this way is reported as [`HttpEvent::Dropped`].
 
 use crate::EventSink;
 use crate::catalog::{PathError, SharedCatalog, resolve_in};
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
 use futures_util::StreamExt;
+use monarch_proto::http::{RangeAnswer, Validators};
 use monarch_proto::mac::Mac;
 use serde::Serialize;
 use std::io;
@@ -54,8 +63,14 @@ pub const DEFAULT_CHUNK: usize = 256 << 10;
 
 /// Longest request head read by the fast path; longer heads go to axum (which refuses them).
 const MAX_HEAD: usize = 16 << 10;
-/// How long a connection may take to send a request head (first or next keep-alive one).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may take to send a whole request head, counted from when the
+/// server starts waiting for it (so an idle keep-alive connection counts too). One
+/// deadline for the whole head, not per read: a client trickling a header line every few
+/// seconds is cut off like one that sends nothing.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a write to a client may make no progress before the connection is closed: a
+/// client that stops reading would otherwise hold its socket and open file for ever.
+pub const SEND_STALL: Duration = Duration::from_secs(30);
 
 /// Where and what to serve.
 #[derive(Debug, Clone)]
@@ -71,12 +86,24 @@ pub struct HttpConfig {
     /// Serve plain whole-file requests with `sendfile` (default true; the bench turns it
     /// off to show what it buys).
     pub zero_copy: bool,
+    /// Deadline for a whole request head ([`HEAD_DEADLINE`]).
+    pub head_deadline: Duration,
+    /// Longest a write may make no progress ([`SEND_STALL`]).
+    pub send_stall: Duration,
 }
 
 impl HttpConfig {
     /// A config with the defaults (zero-copy on, [`DEFAULT_CHUNK`]).
     pub fn new(bind: SocketAddr, root: impl Into<PathBuf>, catalog: impl Into<SharedCatalog>) -> HttpConfig {
-        HttpConfig { bind, root: root.into(), catalog: catalog.into(), chunk: DEFAULT_CHUNK, zero_copy: true }
+        HttpConfig {
+            bind,
+            root: root.into(),
+            catalog: catalog.into(),
+            chunk: DEFAULT_CHUNK,
+            zero_copy: true,
+            head_deadline: HEAD_DEADLINE,
+            send_stall: SEND_STALL,
+        }
     }
 }
 
@@ -101,6 +128,14 @@ pub enum HttpEvent {
         millis: u64,
         /// Sent with `sendfile` (the fast path) rather than through axum.
         zero_copy: bool,
+    },
+    /// A connection was closed because its client was too slow: its request head was not
+    /// complete within the head deadline, or a write made no progress for the send stall.
+    Dropped {
+        /// Client address.
+        peer: SocketAddr,
+        /// Which limit it hit.
+        reason: String,
     },
 }
 
@@ -131,6 +166,8 @@ struct Shared {
     chunk: usize,
     zero_copy: bool,
     local: SocketAddr,
+    head_deadline: Duration,
+    send_stall: Duration,
     events: EventSink<HttpEvent>,
 }
 
@@ -170,17 +207,54 @@ impl HttpServer {
             chunk: self.cfg.chunk.max(4096),
             zero_copy: self.cfg.zero_copy,
             local: self.local,
+            head_deadline: self.cfg.head_deadline,
+            send_stall: self.cfg.send_stall,
             events,
         });
         let (tx, rx) = mpsc::channel(64);
-        let handoff = Handoff { rx, local: self.local };
         let app = axum::Router::new().fallback(handle).with_state(shared.clone());
-        let serve = axum::serve(handoff, app.into_make_service_with_connect_info::<Peer>());
         tokio::select! {
-            r = serve.into_future() => r,
+            () = serve_handed_off(rx, app, shared.clone()) => Ok(()),
             r = accept_loop(self.listener, shared, tx) => r,
         }
     }
+}
+
+/// Serve the connections the fast path hands over with hyper's HTTP/1, whose request heads
+/// get the same deadline as the fast path's (`header_read_timeout`, which runs from when
+/// hyper starts waiting for a head, keep-alive idle time included).
+async fn serve_handed_off(mut rx: mpsc::Receiver<(Rewind, SocketAddr)>, app: axum::Router, st: Arc<Shared>) {
+    while let Some((io, peer)) = rx.recv().await {
+        let app = app.clone().layer(Extension(Peer(peer)));
+        let st = st.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(st.head_deadline)
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(io),
+                    hyper_util::service::TowerToHyperService::new(app),
+                );
+            if let Err(e) = conn.await {
+                let stalled = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<io::Error>())
+                    .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut);
+                if e.is_timeout() {
+                    (st.events)(HttpEvent::Dropped { peer, reason: head_late(st.head_deadline) });
+                } else if stalled {
+                    (st.events)(HttpEvent::Dropped { peer, reason: send_stalled(st.send_stall) });
+                }
+            }
+        });
+    }
+}
+
+fn head_late(d: Duration) -> String {
+    format!("request head not complete within {d:?} (the head deadline)")
+}
+
+fn send_stalled(d: Duration) -> String {
+    format!("the client read nothing for {d:?} (the send stall)")
 }
 
 async fn accept_loop(
@@ -195,45 +269,46 @@ async fn accept_loop(
     }
 }
 
-/// The connections the fast path hands to axum, with what was already read put back.
-struct Handoff {
-    rx: mpsc::Receiver<(Rewind, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for Handoff {
-    type Io = Rewind;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Rewind, SocketAddr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept loop is gone: so is the service (run() returns with it).
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-/// The client's address, for handlers behind [`Handoff`].
+/// The client's address, for handlers behind the hand-off.
 #[derive(Clone, Copy, Debug)]
 struct Peer(SocketAddr);
 
-impl Connected<IncomingStream<'_, Handoff>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, Handoff>) -> Peer {
-        Peer(*stream.remote_addr())
-    }
-}
-
 /// A TCP stream with bytes already read from it put back in front.
 /// (Hand-written: hyper-util's `Rewind` is private; this is a few delegating lines.)
+/// Writes that make no progress for `stall` fail with `TimedOut`, which ends the connection.
 struct Rewind {
     prefix: Vec<u8>,
     pos: usize,
     inner: TcpStream,
+    stall: Duration,
+    /// Armed while a write waits; reset by every write that makes progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Rewind {
+    fn new(prefix: Vec<u8>, inner: TcpStream, stall: Duration) -> Rewind {
+        Rewind { prefix, pos: 0, inner, stall, stalled: None }
+    }
+
+    /// `r`, the result of a write-side poll, with the stall timer applied.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let stall = self.stall;
+                let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, send_stalled(stall))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
 }
 
 impl AsyncRead for Rewind {
@@ -259,20 +334,23 @@ impl AsyncRead for Rewind {
 
 impl AsyncWrite for Rewind {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, r)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, r)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -297,18 +375,27 @@ async fn connection(
 ) {
     let mut buf = Vec::with_capacity(2048);
     loop {
-        let head_len = match read_head(&mut stream, &mut buf).await {
+        let deadline = tokio::time::Instant::now() + st.head_deadline;
+        let head_len = match read_head(&mut stream, &mut buf, deadline).await {
             Ok(Some(n)) => Some(n),
             Ok(None) => None,
-            Err(()) => return, // closed, or idle too long
+            Err(late) => {
+                if late {
+                    (st.events)(HttpEvent::Dropped { peer, reason: head_late(st.head_deadline) });
+                }
+                return; // closed, or too slow
+            }
         };
         let plain = if st.zero_copy { head_len.and_then(|n| plain_request(&st, &buf, n)) } else { None };
         let Some(plain) = plain else {
-            let _ = tx.send((Rewind { prefix: buf, pos: 0, inner: stream }, peer)).await;
+            let _ = tx.send((Rewind::new(buf, stream, st.send_stall), peer)).await;
             return;
         };
-        match send_file(&mut stream, &plain).await {
-            Ok((bytes, complete, start)) => {
+        match send_file(&mut stream, &plain, st.send_stall).await {
+            Ok((bytes, complete, start, stalled)) => {
+                if stalled {
+                    (st.events)(HttpEvent::Dropped { peer, reason: send_stalled(st.send_stall) });
+                }
                 (st.events)(HttpEvent::Served {
                     peer,
                     method: if plain.head { "HEAD" } else { "GET" }.into(),
@@ -326,7 +413,7 @@ async fn connection(
             }
             // The file vanished between resolving and opening: let axum say so.
             Err(()) => {
-                let _ = tx.send((Rewind { prefix: buf, pos: 0, inner: stream }, peer)).await;
+                let _ = tx.send((Rewind::new(buf, stream, st.send_stall), peer)).await;
                 return;
             }
         }
@@ -334,8 +421,13 @@ async fn connection(
 }
 
 /// Read until a whole request head is in `buf`: `Ok(Some(head length))`; `Ok(None)` when
-/// the head is too long (axum will refuse it); `Err` when the peer closed or went quiet.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<usize>, ()> {
+/// the head is too long (axum will refuse it); `Err(late)` when the peer closed, or (`true`)
+/// the head was not complete by `deadline`.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: tokio::time::Instant,
+) -> Result<Option<usize>, bool> {
     let mut scanned = 0usize;
     loop {
         if let Some(p) = buf[scanned.saturating_sub(3)..].windows(4).position(|w| w == b"\r\n\r\n") {
@@ -346,9 +438,10 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<u
             return Ok(None);
         }
         buf.reserve(2048);
-        match tokio::time::timeout(HEAD_TIMEOUT, stream.read_buf(buf)).await {
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            _ => return Err(()),
+            Ok(_) => return Err(false),
+            Err(_) => return Err(true),
         }
     }
 }
@@ -401,9 +494,14 @@ fn plain_request(st: &Shared, buf: &[u8], head_len: usize) -> Option<Plain> {
     Some(Plain { file, head, keep_alive, path })
 }
 
-/// Answer `plain` with a 200 head and `sendfile`: (body bytes sent, whether all were, start).
-/// `Err` only when nothing was sent yet (the file could not be opened).
-async fn send_file(stream: &mut TcpStream, plain: &Plain) -> Result<(u64, bool, Instant), ()> {
+/// Answer `plain` with a 200 head and `sendfile`: (body bytes sent, whether all were, start,
+/// whether the client stopped reading for `stall`). `Err` only when nothing was sent yet
+/// (the file could not be opened).
+async fn send_file(
+    stream: &mut TcpStream,
+    plain: &Plain,
+    stall: Duration,
+) -> Result<(u64, bool, Instant, bool), ()> {
     let start = Instant::now();
     let file = std::fs::File::open(&plain.file).map_err(|_| ())?;
     let meta = file.metadata().map_err(|_| ())?;
@@ -416,21 +514,23 @@ async fn send_file(stream: &mut TcpStream, plain: &Plain) -> Result<(u64, bool, 
         http_date(std::time::SystemTime::now()),
         if plain.keep_alive { "" } else { "connection: close\r\n" }
     );
-    if stream.write_all(head.as_bytes()).await.is_err() {
-        return Ok((0, false, start));
+    match tokio::time::timeout(stall, stream.write_all(head.as_bytes())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Ok((0, false, start, false)),
+        Err(_) => return Ok((0, false, start, true)),
     }
     if plain.head {
-        return Ok((0, true, start));
+        return Ok((0, true, start, false));
     }
-    match crate::discovery::sendfile_to(stream, &file, 0, size).await {
-        Ok(n) => Ok((n, n == size, start)),
-        Err((n, _)) => Ok((n, false, start)),
+    match crate::discovery::sendfile_to(stream, &file, 0, size, Some(stall)).await {
+        Ok(n) => Ok((n, n == size, start, false)),
+        Err((n, e)) => Ok((n, false, start, e.kind() == io::ErrorKind::TimedOut)),
     }
 }
 
 async fn handle(
     State(st): State<Arc<Shared>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    Extension(Peer(peer)): Extension<Peer>,
     req: Request,
 ) -> Response {
     let start = Instant::now();
@@ -508,6 +608,7 @@ async fn route(st: &Shared, req: Request) -> Response {
         }
         Err(PathError::Io(e)) => return text(StatusCode::FORBIDDEN, format!("/{rel}: {e}")),
     };
+    let req = apply_range_rules(req, &file);
     match ServeFile::new(&file).with_buf_chunk_size(st.chunk).try_call(req).await {
         Ok(r) => r.map(Body::new),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -515,6 +616,48 @@ async fn route(st: &Shared, req: Request) -> Response {
         }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("/{rel}: cannot read: {e}")),
     }
+}
+
+/// Decide a `Range` request by RFC 9110's rules ([`monarch_proto::http::decide`]) and
+/// rewrite it so `ServeFile` (which ignores `If-Range`, refuses several ranges and unknown
+/// units with 416) answers that: no `Range` for a 200, one canonical range for a 206, the
+/// original field for a 416. `If-Range` is always removed once decided.
+fn apply_range_rules(mut req: Request, file: &std::path::Path) -> Request {
+    let headers = req.headers_mut();
+    let range = headers.get(header::RANGE).map(|v| v.to_str().unwrap_or("\u{0}").to_string());
+    let if_range = headers.remove(header::IF_RANGE).map(|v| v.to_str().unwrap_or("\u{0}").to_string());
+    let Some(range) = range else { return req };
+    let Ok(meta) = std::fs::metadata(file) else { return req }; // ServeFile says what is wrong
+    let size = meta.len();
+    let mtime = meta.modified().ok();
+    let etag = mtime.and_then(|t| etag_of(size, t));
+    let last_modified = mtime.map(http_date);
+    // A date is a strong validator once the file has not changed for a second (RFC 9110
+    // §8.8.2.2): within its second, two versions could share it.
+    let date_is_strong = mtime
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age >= Duration::from_secs(1));
+    let v = Validators { etag: etag.as_deref(), last_modified: last_modified.as_deref(), date_is_strong };
+    match monarch_proto::http::decide(Some(&range), if_range.as_deref(), size, v) {
+        RangeAnswer::Whole => {
+            headers.remove(header::RANGE);
+        }
+        RangeAnswer::Part { first, last } => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes={first}-{last}")) {
+                headers.insert(header::RANGE, v);
+            }
+        }
+        RangeAnswer::Unsatisfiable => {}
+    }
+    req
+}
+
+/// The `ETag` tower-http's `ServeFile` sends for a file of `size` bytes modified at `t`
+/// (`"SECS.NANOS-SIZE"` in hex; `http_interop.rs` checks that the two agree), so `If-Range`
+/// is compared with the tag the client was given.
+fn etag_of(size: u64, t: std::time::SystemTime) -> Option<String> {
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(format!("\"{:x}.{:08x}-{size:x}\"", d.as_secs(), d.subsec_nanos()))
 }
 
 fn ipxe(st: &Shared, req: &Request, name: &str) -> Response {

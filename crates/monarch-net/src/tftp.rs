@@ -22,7 +22,9 @@
 //!   with the last one), so a packet is never copied in user space; a window goes out in one
 //!   `send` with UDP segmentation offload (GSO) where the kernel allows it. The steady state
 //!   makes one `recv` and one `send` per window and allocates nothing. Requests beyond
-//!   `max_transfers` running get "server busy".
+//!   `max_transfers` running, or beyond `max_per_source` running for the requester's address
+//!   (any port: a flood of RRQs that never ACK takes at most that many slots), get
+//!   "server busy" ([`monarch_proto::fair::Admission`]).
 //! - Latency: after sending, a transfer polls its socket for the ACK for a moment
 //!   ([`DEFAULT_SPIN`], at most `max_spinning` transfers at once) before sleeping, so it is
 //!   already awake when the ACK lands; on a VM that halves the wake-ups of a lock-step
@@ -31,6 +33,7 @@
 //! What the server does is reported through an [`EventSink`] of [`TftpEvent`]s.
 
 use crate::EventSink;
+use monarch_proto::fair::Admission;
 use monarch_proto::tftp::negotiate::ServerConfig;
 use monarch_proto::tftp::request::{Refusal, check_read_request};
 use monarch_proto::tftp::transfer::{Action, Input, ReadTransfer};
@@ -40,8 +43,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
@@ -76,6 +79,11 @@ pub struct TftpConfig {
     pub retries: u32,
     /// Transfers running at once; more requests get TFTP error 0 "server busy".
     pub max_transfers: usize,
+    /// Transfers running at once for one client address (any of its ports), so a flood of
+    /// requests that never ACK — from one address, or forged as one — cannot take every
+    /// slot of `max_transfers`; more from that address get "server busy". See
+    /// [`DEFAULT_MAX_PER_SOURCE`].
+    pub max_per_source: usize,
     /// How long a transfer polls its socket for the client's ACK before sleeping in `recv`
     /// (zero: never poll). See [`DEFAULT_SPIN`].
     pub spin: Duration,
@@ -100,10 +108,15 @@ pub struct TftpConfig {
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(DEFAULT_SPIN_MICROS);
 /// [`DEFAULT_SPIN`] in microseconds (the command line's unit).
 pub const DEFAULT_SPIN_MICROS: u64 = 250;
+/// Transfers one client address may run at once: firmware fetches one file at a time (a
+/// boot loader and then its kernel, or a few machines behind one NAT), so 8 is plenty for
+/// real clients and keeps a flood from one address to 8 of the 128 slots.
+pub const DEFAULT_MAX_PER_SOURCE: usize = 8;
 
 impl TftpConfig {
     /// Serve `root` on `bind` with the defaults of [`ServerConfig`] (blksize up to 65464,
-    /// windows up to 64, 1 s timeout, 5 retries) and at most 128 transfers at once.
+    /// windows up to 64, 1 s timeout, 5 retries), at most 128 transfers at once and
+    /// [`DEFAULT_MAX_PER_SOURCE`] per client address.
     pub fn new(bind: SocketAddr, root: impl Into<PathBuf>) -> TftpConfig {
         let d = ServerConfig::default();
         TftpConfig {
@@ -114,6 +127,7 @@ impl TftpConfig {
             timeout: d.timeout,
             retries: d.retries,
             max_transfers: 128,
+            max_per_source: DEFAULT_MAX_PER_SOURCE,
             spin: DEFAULT_SPIN,
             max_spinning: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().saturating_sub(1).max(1)),
@@ -258,6 +272,7 @@ impl TftpServer {
         let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
         let mut buf = vec![0u8; LISTEN_BUF];
         let mut reply = Vec::with_capacity(512);
+        let admission = Arc::new(Mutex::new(Admission::new(self.cfg.max_transfers, self.cfg.max_per_source)));
         loop {
             let (n, peer) = match self.socket.recv_from(&mut buf).await {
                 Ok(r) => r,
@@ -273,31 +288,28 @@ impl TftpServer {
             let refusal = match proto::parse(datagram) {
                 // The request is checked here so a bad one costs no task or socket.
                 Ok(p @ (Packet::Rrq(_) | Packet::Wrq(_))) => match check_read_request(&p) {
-                    Ok(path) if transfers.len() < self.cfg.max_transfers => {
-                        let t = Transfer {
-                            peer,
-                            path,
-                            request: datagram.to_vec(),
-                            root: Arc::clone(&self.root),
-                            cfg: self.cfg.clone(),
-                            local_ip: self.local.ip(),
-                            events: Arc::clone(&events),
-                            spinning: Arc::clone(&self.spinning),
-                        };
-                        let stop = Arc::clone(&stop.0);
-                        transfers.spawn_blocking(move || t.run(stop));
-                        None
-                    }
-                    Ok(_) => Some((
-                        requested_name(&p),
-                        Refusal {
-                            code: ErrorCode::NotDefined,
-                            message: format!(
-                                "server busy ({} transfers running): try again shortly",
-                                self.cfg.max_transfers
-                            ),
-                        },
-                    )),
+                    Ok(path) => match Slot::take(&admission, peer.ip()) {
+                        Ok(slot) => {
+                            let t = Transfer {
+                                peer,
+                                path,
+                                request: datagram.to_vec(),
+                                root: Arc::clone(&self.root),
+                                cfg: self.cfg.clone(),
+                                local_ip: self.local.ip(),
+                                events: Arc::clone(&events),
+                                spinning: Arc::clone(&self.spinning),
+                                _slot: slot,
+                            };
+                            let stop = Arc::clone(&stop.0);
+                            transfers.spawn_blocking(move || t.run(stop));
+                            None
+                        }
+                        Err(busy) => Some((
+                            requested_name(&p),
+                            Refusal { code: ErrorCode::NotDefined, message: busy.to_string() },
+                        )),
+                    },
                     Err(r) => Some((requested_name(&p), r)),
                 },
                 // DATA, ACK, ERROR or OACK to the service port belong to no transfer; answering
@@ -318,6 +330,31 @@ impl TftpServer {
                 events(TftpEvent::Refused { peer, file, reason: r.to_string() });
             }
         }
+    }
+}
+
+/// A transfer's place in the [`Admission`] count, given back when the transfer ends (or its
+/// thread unwinds).
+struct Slot {
+    admission: Arc<Mutex<Admission<IpAddr>>>,
+    source: IpAddr,
+}
+
+impl Slot {
+    /// Take a place for a transfer to `peer` (IPv4-mapped IPv6 addresses count as IPv4).
+    fn take(
+        admission: &Arc<Mutex<Admission<IpAddr>>>,
+        peer: IpAddr,
+    ) -> Result<Slot, monarch_proto::fair::Busy> {
+        let source = peer.to_canonical();
+        admission.lock().unwrap_or_else(|p| p.into_inner()).admit(&source)?;
+        Ok(Slot { admission: Arc::clone(admission), source })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner()).release(&self.source);
     }
 }
 
@@ -347,6 +384,8 @@ struct Transfer {
     local_ip: IpAddr,
     events: EventSink<TftpEvent>,
     spinning: Arc<AtomicUsize>,
+    /// Released when the transfer ends.
+    _slot: Slot,
 }
 
 /// Resolve `rel` beneath `root` and open it for reading, or say which TFTP error to send.

@@ -22,13 +22,15 @@
 //! - [`dhcp`]: the DHCP / ProxyDHCP server's side: decoding and encoding through dhcproto
 //!   ([`dhcp::wire`]), the boot file each kind of client gets ([`dhcp::boot`]), the address
 //!   pool and its lease table ([`dhcp::pool`]) and the server's decisions ([`dhcp::server`]).
+//! - [`http`]: which answer an HTTP range request gets (RFC 9110 §13.1.5, §14).
 //! - [`netboot`]: the discovery flow of monarch agents that boot over the network: the
 //!   messages ([`netboot::wire`]) and the agent's state machine ([`netboot::client`]).
 //!
 //! At the root, what several protocols share or what fits one file: checksums
 //! ([`checksum`]), MAC addresses ([`mac`]), monarch election and failover ([`election`]),
-//! the A/B slots of a disk target ([`slots`]), and text a peer wrote, made safe to show
-//! ([`text`]).
+//! the A/B slots of a disk target ([`slots`]), text a peer wrote, made safe to show
+//! ([`text`]), and per-source limits that keep one peer from taking what all share
+//! ([`fair`]).
 //!
 //! No file imports one that imports it back, directly or through others: state machines
 //! import messages, messages import layouts, and nothing below imports upwards
@@ -38,6 +40,8 @@
 pub mod checksum;
 pub mod dhcp;
 pub mod election;
+pub mod fair;
+pub mod http;
 pub mod mac;
 pub mod netboot;
 pub mod slots;

@@ -20,10 +20,23 @@ pub mod arch {
     pub const EFI_X64: u16 = 7;
     /// EFI byte code (in practice x86-64 firmware that says so).
     pub const EFI_BC: u16 = 9;
+    /// EFI 32-bit ARM.
+    pub const EFI_ARM32: u16 = 10;
+    /// EFI 64-bit ARM (aarch64).
+    pub const EFI_ARM64: u16 = 11;
+    /// EFI ia32 HTTP boot.
+    pub const EFI_IA32_HTTP: u16 = 15;
     /// EFI x86-64 HTTP boot: the boot file is a URL, fetched by the firmware itself.
     pub const EFI_X64_HTTP: u16 = 16;
-    /// Architectures whose firmware boots over HTTP (x86, x64, BC): they get a URL.
-    pub const HTTP: [u16; 3] = [15, 16, 17];
+    /// EFI byte code HTTP boot.
+    pub const EFI_BC_HTTP: u16 = 17;
+    /// EFI 32-bit ARM HTTP boot.
+    pub const EFI_ARM32_HTTP: u16 = 18;
+    /// EFI 64-bit ARM HTTP boot.
+    pub const EFI_ARM64_HTTP: u16 = 19;
+    /// Architectures whose firmware boots over HTTP (ia32, x64, BC, ARM 32, ARM 64): they
+    /// get a URL.
+    pub const HTTP: [u16; 5] = [EFI_IA32_HTTP, EFI_X64_HTTP, EFI_BC_HTTP, EFI_ARM32_HTTP, EFI_ARM64_HTTP];
 }
 
 /// What kind of client sent a message, as far as booting is concerned.
@@ -77,7 +90,13 @@ impl ClientKind {
             arch::EFI_IA32 => "efi-ia32".to_string(),
             arch::EFI_X64 => "efi-x64".to_string(),
             arch::EFI_BC => "efi-bc".to_string(),
+            arch::EFI_ARM32 => "efi-arm32".to_string(),
+            arch::EFI_ARM64 => "efi-arm64".to_string(),
+            arch::EFI_IA32_HTTP => "efi-ia32-http".to_string(),
             arch::EFI_X64_HTTP => "efi-x64-http".to_string(),
+            arch::EFI_BC_HTTP => "efi-bc-http".to_string(),
+            arch::EFI_ARM32_HTTP => "efi-arm32-http".to_string(),
+            arch::EFI_ARM64_HTTP => "efi-arm64-http".to_string(),
             other => format!("arch{other}"),
         };
         match self {
@@ -96,15 +115,22 @@ pub struct Bootfiles(pub BTreeMap<u16, String>);
 
 impl Default for Bootfiles {
     /// iPXE's own images, so PXE firmware chain-loads iPXE, which then asks again as iPXE
-    /// and gets its HTTP script: BIOS `undionly.kpxe`, EFI ia32 `ipxe-ia32.efi`, EFI x64 /
-    /// BC / x64 HTTP `ipxe.efi`.
+    /// and gets its HTTP script, by CPU whether over TFTP or HTTP: BIOS `undionly.kpxe`,
+    /// EFI ia32 `ipxe-ia32.efi`, EFI x64 and BC `ipxe.efi`, EFI ARM 64 `ipxe-arm64.efi`,
+    /// EFI ARM 32 `ipxe-arm32.efi`.
     fn default() -> Self {
         Bootfiles(BTreeMap::from([
             (arch::BIOS, "undionly.kpxe".to_string()),
             (arch::EFI_IA32, "ipxe-ia32.efi".to_string()),
             (arch::EFI_X64, "ipxe.efi".to_string()),
             (arch::EFI_BC, "ipxe.efi".to_string()),
+            (arch::EFI_ARM32, "ipxe-arm32.efi".to_string()),
+            (arch::EFI_ARM64, "ipxe-arm64.efi".to_string()),
+            (arch::EFI_IA32_HTTP, "ipxe-ia32.efi".to_string()),
             (arch::EFI_X64_HTTP, "ipxe.efi".to_string()),
+            (arch::EFI_BC_HTTP, "ipxe.efi".to_string()),
+            (arch::EFI_ARM32_HTTP, "ipxe-arm32.efi".to_string()),
+            (arch::EFI_ARM64_HTTP, "ipxe-arm64.efi".to_string()),
         ]))
     }
 }
@@ -171,5 +197,31 @@ mod tests {
         assert_eq!(ClientKind::of(&m), ClientKind::Pxe { arch: 7 });
         m.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
         assert_eq!(ClientKind::of(&m), ClientKind::Pxe { arch: 0 });
+    }
+
+    #[test]
+    fn arm_and_http_firmware_get_the_boot_file_of_their_cpu() {
+        let cfg = BootConfig {
+            tftp_server: Ipv4Addr::new(10, 0, 0, 1),
+            http_base: Some("http://10.0.0.1:8080/".into()),
+            bootfiles: Bootfiles::default(),
+        };
+        let cases = [
+            (arch::EFI_ARM64, "ipxe-arm64.efi", "PXEClient", "pxe-efi-arm64"),
+            (arch::EFI_ARM32, "ipxe-arm32.efi", "PXEClient", "pxe-efi-arm32"),
+            (arch::EFI_ARM64_HTTP, "http://10.0.0.1:8080/ipxe-arm64.efi", "HTTPClient", "pxe-efi-arm64-http"),
+            (arch::EFI_ARM32_HTTP, "http://10.0.0.1:8080/ipxe-arm32.efi", "HTTPClient", "pxe-efi-arm32-http"),
+            (arch::EFI_X64_HTTP, "http://10.0.0.1:8080/ipxe.efi", "HTTPClient", "pxe-efi-x64-http"),
+            (arch::EFI_IA32_HTTP, "http://10.0.0.1:8080/ipxe-ia32.efi", "HTTPClient", "pxe-efi-ia32-http"),
+            (arch::EFI_X64, "ipxe.efi", "PXEClient", "pxe-efi-x64"),
+        ];
+        for (a, file, class, label) in cases {
+            let kind = ClientKind::Pxe { arch: a };
+            let boot = cfg.choose(kind, MAC).unwrap_or_else(|| panic!("no boot file for arch {a}"));
+            assert_eq!((boot.bootfile.as_str(), boot.vendor_class), (file, class), "arch {a}");
+            assert_eq!(kind.label(), label);
+        }
+        // An architecture nobody configured still gets nothing (and the event says why).
+        assert_eq!(cfg.choose(ClientKind::Pxe { arch: 12 }, MAC), None);
     }
 }

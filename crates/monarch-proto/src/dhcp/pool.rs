@@ -14,6 +14,14 @@ pub const OFFER_HOLD_SECS: u64 = 60;
 /// pool: long enough for the operator to notice, short enough that a transient conflict does
 /// not shrink the pool for good.
 pub const DECLINE_HOLD_SECS: u64 = 600;
+/// The pool's size divided by this (rounded down) is kept from offers to machines the table
+/// does not know (no binding, live or expired, and no reservation): those hold at most the
+/// rest at once ([`Pool::offer_share`]). A DISCOVER flood from made-up MACs gets offers up to
+/// that share and then none ([`NoOffer::ShareFull`]); known machines still get their own
+/// address, and since never-used and expired-offer addresses are handed out before a
+/// remembered binding, a flood takes a machine's remembered address only when bindings
+/// fill more than the kept part of the pool.
+pub const OFFER_RESERVE_DIVISOR: u32 = 4;
 /// Largest pool accepted: allocation scans the range, so it must stay small enough to scan
 /// per DISCOVER (a /16).
 pub const MAX_POOL_SIZE: u32 = 65_536;
@@ -114,6 +122,19 @@ pub struct Lease {
     pub holder: Holder,
     /// Until when (seconds, the same clock as `now`).
     pub expires: u64,
+}
+
+/// Why a DISCOVER gets no offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoOffer {
+    /// No address is free.
+    Exhausted,
+    /// The client is unknown to the table and unknown clients already hold their share of
+    /// offers ([`Pool::offer_share`]).
+    ShareFull {
+        /// The share.
+        share: u32,
+    },
 }
 
 /// Why a REQUEST is refused (the NAK's message, option 56).
@@ -249,15 +270,48 @@ impl Pool {
 
     /// DISCOVER: the address to offer `mac` (its reservation, its current or past address,
     /// the address it asked for, a never-used one, then the longest-expired one), set aside
-    /// for [`OFFER_HOLD_SECS`]. `None` when the pool is exhausted.
-    pub fn offer(&mut self, mac: Mac, requested: Option<Ipv4Addr>, now: u64) -> Option<Ipv4Addr> {
-        let ip = self.pick(mac, requested, now)?;
-        let current = self.slots.get(&ip).copied();
-        let active_bound = current.is_some_and(|s| s.holder == Holder::Bound(mac) && s.expires > now);
-        if !active_bound {
+    /// for [`OFFER_HOLD_SECS`]. Refused when the pool is exhausted, or when the MAC is
+    /// unknown and unknown MACs hold their share of offers already ([`Pool::offer_share`]).
+    pub fn offer(&mut self, mac: Mac, requested: Option<Ipv4Addr>, now: u64) -> Result<Ipv4Addr, NoOffer> {
+        let row = self.lease_of(mac);
+        let known = self.reserved_mac.contains_key(&mac)
+            || row.is_some_and(|l| matches!(l.holder, Holder::Bound(_)))
+            || row.is_some_and(|l| l.holder == Holder::Offered(mac) && l.expires > now);
+        let ip = self.pick(mac, requested, now).ok_or(NoOffer::Exhausted)?;
+        if !known {
+            let share = self.offer_share();
+            if self.strangers_offered(now) >= share {
+                return Err(NoOffer::ShareFull { share });
+            }
+        }
+        // A MAC with an unexpired binding keeps it until it is ACKed another address: an
+        // OFFER does not make the client stop using the address it has, so that row must not
+        // be dropped (the one-row-per-MAC table would free it for someone else). Only its
+        // reservation can be picked over its binding, and a reservation needs no hold.
+        let bound_here = self.lease_of(mac).filter(|l| l.holder == Holder::Bound(mac) && l.expires > now);
+        if bound_here.is_none() {
             self.assign(ip, Holder::Offered(mac), now.saturating_add(OFFER_HOLD_SECS));
         }
-        Some(ip)
+        Ok(ip)
+    }
+
+    /// How many unexpired offers MACs without a binding or reservation may hold at once:
+    /// the pool less its [`OFFER_RESERVE_DIVISOR`]th part (at least one).
+    pub fn offer_share(&self) -> u32 {
+        let size = u32::from(self.cfg.end) - u32::from(self.cfg.start) + 1;
+        (size - size / OFFER_RESERVE_DIVISOR).max(1)
+    }
+
+    /// Unexpired offers held by MACs without a binding or reservation (an offered row is a
+    /// MAC's only row, so its MAC has no binding).
+    fn strangers_offered(&self, now: u64) -> u32 {
+        let n = self
+            .slots
+            .values()
+            .filter(|s| s.expires > now)
+            .filter(|s| matches!(s.holder, Holder::Offered(m) if !self.reserved_mac.contains_key(&m)))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     fn pick(&self, mac: Mac, requested: Option<Ipv4Addr>, now: u64) -> Option<Ipv4Addr> {
@@ -269,11 +323,14 @@ impl Pool {
         let fresh = range.map(Ipv4Addr::from).find(|ip| {
             !self.slots.contains_key(ip) && !self.reserved_ip.contains_key(ip) && !self.excluded.contains(ip)
         });
+        // Then an expired row: offers and declines before bindings (a binding remembers its
+        // machine, which gets the address back when it returns), each the longest-expired
+        // first.
         fresh.or_else(|| {
             self.slots
                 .iter()
                 .filter(|(ip, s)| s.expires <= now && self.usable(**ip, mac, now))
-                .min_by_key(|(_, s)| s.expires)
+                .min_by_key(|(_, s)| (matches!(s.holder, Holder::Bound(_)), s.expires))
                 .map(|(ip, _)| *ip)
         })
     }
@@ -389,9 +446,10 @@ impl Pool {
                         && !self.slots.contains_key(&row.ip)
                         && !self.by_mac.contains_key(&m)
                 }
+                // A declined address stays out for its hold even when it is reserved: the
+                // conflict is on the wire, whoever the reservation is for.
                 None => {
-                    self.in_range(row.ip)
-                        && !self.reserved_ip.contains_key(&row.ip)
+                    (self.in_range(row.ip) || self.reserved_ip.contains_key(&row.ip))
                         && !self.slots.contains_key(&row.ip)
                 }
             };
@@ -489,5 +547,71 @@ mod tests {
         // Duplicates: the first row wins.
         let dup = "bound 01:01:01:01:01:01 10.0.0.100 5\nbound 02:02:02:02:02:02 10.0.0.100 5\nbound 01:01:01:01:01:01 10.0.0.101 5\n";
         assert_eq!(p.load_text(dup).unwrap(), LoadReport { loaded: 1, dropped: 2 });
+    }
+
+    #[test]
+    fn a_discover_flood_leaves_known_machines_their_addresses() {
+        let mut p = Pool::new(pool_cfg(100, 107)).unwrap();
+        assert_eq!(p.offer_share(), 6);
+        // A machine whose lease has expired, one that is bound, one with an offer out.
+        let (gone, bound, offered) = (Mac::new([1; 6]), Mac::new([2; 6]), Mac::new([3; 6]));
+        p.request(gone, ip(100), 0).unwrap();
+        let now = 2 * 3600;
+        p.request(bound, ip(101), now).unwrap();
+        let o = p.offer(offered, None, now).unwrap();
+        // The flood: a thousand made-up MACs.
+        let mut refused = 0;
+        for i in 0..1000u32 {
+            let b = i.to_be_bytes();
+            match p.offer(Mac::new([0x02, 0xff, b[0], b[1], b[2], b[3]]), None, now + u64::from(i % 3)) {
+                Ok(a) => assert!(![ip(100), ip(101), o].contains(&a), "flood got {a}"),
+                Err(NoOffer::ShareFull { share: 6 }) => refused += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!(refused, 1000 - 5, "five free addresses for the flood, then its share is full");
+        assert_eq!(p.request(offered, o, now + 5).map(|l| l.ip), Ok(o));
+        assert_eq!(p.offer(bound, None, now + 5), Ok(ip(101)));
+        assert_eq!(p.offer(gone, None, now + 5), Ok(ip(100)), "the returning machine's address");
+        assert_eq!(p.request(gone, ip(100), now + 5).map(|l| l.ip), Ok(ip(100)));
+        assert_eq!(p.offer(Mac::new([4; 6]), None, now + 5), Err(NoOffer::Exhausted));
+    }
+
+    #[test]
+    fn a_declined_reservation_stays_out_across_a_restart() {
+        let mut cfg = pool_cfg(100, 110);
+        cfg.reservations = vec![(MAC, ip(50))];
+        let mut p = Pool::new(cfg.clone()).unwrap();
+        assert_eq!(p.offer(MAC, None, 1000), Ok(ip(50)));
+        p.request(MAC, ip(50), 1000).unwrap();
+        assert!(p.decline(MAC, ip(50), 1001));
+        let text = p.to_text();
+        assert!(text.contains("declined - 10.0.0.50 "), "{text}");
+        let mut again = Pool::new(cfg).unwrap();
+        assert_eq!(again.load_text(&text).unwrap(), LoadReport { loaded: 1, dropped: 0 });
+        assert_ne!(again.offer(MAC, None, 1002), Ok(ip(50)), "declined address offered again");
+        assert_eq!(again.request(MAC, ip(50), 1002), Err(NakReason::InUse));
+    }
+
+    #[test]
+    fn an_offer_never_frees_an_address_its_client_still_holds() {
+        // The MAC's reservation was declined, so it was bound to a pool address; once the
+        // decline expires it is offered its reservation again, and keeps its binding until
+        // it is ACKed the reservation.
+        let mut cfg = pool_cfg(100, 101);
+        cfg.reservations = vec![(MAC, ip(50))];
+        let mut p = Pool::new(cfg).unwrap();
+        p.request(MAC, ip(50), 0).unwrap();
+        assert!(p.decline(MAC, ip(50), 0));
+        let lease = p.request(MAC, ip(100), 1).unwrap();
+        let later = 1 + DECLINE_HOLD_SECS;
+        assert!(lease.expires > later);
+        assert_eq!(p.offer(MAC, None, later), Ok(ip(50)));
+        let other = Mac::new([9; 6]);
+        assert_eq!(p.request(other, ip(100), later), Err(NakReason::InUse), "still held by {MAC}");
+        assert_eq!(p.offer(other, None, later), Ok(ip(101)));
+        // Once the MAC takes its reservation, its old address is free.
+        p.request(MAC, ip(50), later).unwrap();
+        assert!(p.request(other, ip(100), later).is_ok());
     }
 }

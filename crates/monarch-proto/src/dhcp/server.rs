@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 
 use crate::dhcp::boot::{Boot, BootConfig, ClientKind};
-use crate::dhcp::pool::{NakReason, Pool, PoolConfig};
+use crate::dhcp::pool::{NakReason, NoOffer, Pool, PoolConfig};
 use crate::dhcp::wire::{PXE_VENDOR_OPTIONS, client_mac, encode, opt_ip};
 use crate::mac::Mac;
 
@@ -88,6 +88,12 @@ pub enum Ignore {
     OtherServerChosen,
     /// No free address left.
     PoolExhausted,
+    /// An unknown MAC, while unknown MACs hold their share of offers already (a DISCOVER
+    /// flood, or a crowd of new machines: they retry).
+    OfferShareFull {
+        /// The share.
+        share: u32,
+    },
     /// A REQUEST naming no address (no option 50, no ciaddr).
     NoAddressRequested,
     /// RELEASE or DECLINE of an address the client did not hold.
@@ -114,6 +120,11 @@ impl fmt::Display for Ignore {
             Ignore::PoolExhausted => {
                 f.write_str("no free address in the pool: enlarge the pool or shorten the lease time")
             }
+            Ignore::OfferShareFull { share } => write!(
+                f,
+                "{share} offers to new machines are outstanding already, the most at once (a quarter of the pool is kept for known machines): \
+                 a DISCOVER flood, or more new machines at once than that (they retry); enlarge the pool if it recurs"
+            ),
             Ignore::NoAddressRequested => f.write_str("REQUEST without option 50 or ciaddr"),
             Ignore::NotHeld => f.write_str("RELEASE/DECLINE of an address the client does not hold"),
             Ignore::NoClientAddress => f.write_str("INFORM without ciaddr"),
@@ -264,9 +275,13 @@ impl Server {
 
         match mtype {
             MessageType::Discover => {
-                let ip = pool
-                    .offer(mac, opt_ip(msg, OptionCode::RequestedIpAddress), now)
-                    .ok_or(Ignore::PoolExhausted)?;
+                let ip =
+                    pool.offer(mac, opt_ip(msg, OptionCode::RequestedIpAddress), now).map_err(
+                        |e| match e {
+                            NoOffer::Exhausted => Ignore::PoolExhausted,
+                            NoOffer::ShareFull { share } => Ignore::OfferShareFull { share },
+                        },
+                    )?;
                 let mut r = reply_to(msg, MessageType::Offer, server_ip);
                 r.set_yiaddr(ip);
                 add_lease_options(&mut r, pool.config());
@@ -548,10 +563,20 @@ mod tests {
     #[test]
     fn unknown_architecture_gets_a_plain_lease() {
         let mut s = full(100, 110);
-        let r = s.handle(&pxe(discover(MAC), 11), Via::Dhcp, 0).unwrap();
+        // 12: PowerPC Open Firmware, for which nothing is configured.
+        let r = s.handle(&pxe(discover(MAC), 12), Via::Dhcp, 0).unwrap();
         assert_eq!(r.bootfile, None);
         assert!(!r.msg.opts().contains(OptionCode::BootfileName));
         assert!(r.ip.is_some());
+    }
+
+    #[test]
+    fn arm64_uefi_firmware_gets_its_boot_file() {
+        let mut s = full(100, 110);
+        let r = s.handle(&pxe(discover(MAC), 11), Via::Dhcp, 0).unwrap();
+        assert_eq!(r.bootfile.as_deref(), Some("ipxe-arm64.efi"));
+        assert_eq!(opt(&r.msg, 67), Some(&b"ipxe-arm64.efi"[..]));
+        assert_eq!(r.client.label(), "pxe-efi-arm64");
     }
 
     #[test]

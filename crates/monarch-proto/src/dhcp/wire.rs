@@ -75,11 +75,76 @@ pub enum DecodeError {
     Malformed(String),
 }
 
+/// An option dropped from a request because its length is not the one its definition fixes
+/// (RFC 2132, RFC 4578): the request is decided as if the client had not sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadOption {
+    /// The option code.
+    pub code: u8,
+    /// Its (concatenated, RFC 3396) length.
+    pub len: usize,
+    /// What its definition says.
+    pub rule: &'static str,
+}
+
+impl std::fmt::Display for BadOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "option {} ({}) has {} byte{}, but {}: ignored as if the client had not sent it",
+            self.code,
+            option_name(self.code),
+            self.len,
+            if self.len == 1 { "" } else { "s" },
+            self.rule
+        )
+    }
+}
+
+fn option_name(code: u8) -> &'static str {
+    match code {
+        50 => "requested address",
+        51 => "lease time",
+        53 => "DHCP message type",
+        54 => "server identifier",
+        57 => "maximum message size",
+        93 => "client architecture",
+        97 => "client machine identifier",
+        _ => "unnamed",
+    }
+}
+
+/// The rule a request option's content breaks, for the options with a fixed length that
+/// the server reads (53, the message type, is checked in [`decode_checked`]: without it
+/// there is no message).
+fn fixed_length_rule(code: u8, data: &[u8]) -> Option<&'static str> {
+    let len = data.len();
+    match code {
+        50 | 54 if len != 4 => Some("RFC 2132 fixes it at 4 bytes (an IPv4 address)"),
+        51 if len != 4 => Some("RFC 2132 fixes it at 4 bytes (seconds)"),
+        57 if len != 2 => Some("RFC 2132 fixes it at 2 bytes"),
+        93 if len == 0 || len % 2 != 0 => Some("RFC 4578 makes it a list of 2-byte types"),
+        97 if len == 0 => Some("RFC 4578 starts it with a 1-byte type"),
+        97 if data[0] == 0 && len != 17 => {
+            Some("RFC 4578 makes type 0 a 16-byte UUID after the type byte (17 bytes)")
+        }
+        _ => None,
+    }
+}
+
 /// Decode a datagram into a DHCP message, refusing what dhcproto would choke on (see the
-/// module doc) and any option that runs past the end of the datagram. An option whose
-/// content does not fit its type (option 93 of one byte, say) ends dhcproto's option list
-/// there: the options before it are kept, which is why a message type after it is not seen.
+/// module doc) and any option that runs past the end of the datagram. Options with a fixed
+/// length that have another are dropped and reported ([`decode_checked`]).
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    decode_checked(bytes).map(|(m, _)| m)
+}
+
+/// [`decode`], also returning the options dropped for a length their definition forbids
+/// ([`BadOption`]): 50, 51, 54, 57, 93 and 97 are removed before dhcproto sees them (it
+/// would read a prefix of a long one, and end the option list at a short one, losing the
+/// options after it). A message type (53) that is not exactly 1 byte refuses the message
+/// ([`DecodeError::BadOptionLength`]): nothing can be decided without it.
+pub fn decode_checked(bytes: &[u8]) -> Result<(Message, Vec<BadOption>), DecodeError> {
     if bytes.len() < MIN_MESSAGE_LEN {
         return Err(DecodeError::Truncated(bytes.len()));
     }
@@ -93,16 +158,50 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     if bytes[236..240] != MAGIC {
         return Err(DecodeError::NoMagicCookie);
     }
-    check_option_lengths(&bytes[240..])?;
-    Message::from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    let groups = option_groups(&bytes[240..])?;
+    let mut bad = Vec::new();
+    let mut drop = Vec::new();
+    for g in &groups {
+        let data: Vec<u8> =
+            g.spans.iter().flat_map(|&(a, b)| &bytes[240 + a + 2..240 + b]).copied().collect();
+        if g.code == 53 && data.len() != 1 {
+            return Err(DecodeError::BadOptionLength { code: 53, len: data.len() });
+        }
+        if let Some(rule) = fixed_length_rule(g.code, &data) {
+            bad.push(BadOption { code: g.code, len: data.len(), rule });
+            drop.extend(g.spans.iter().copied());
+        }
+    }
+    let msg = if drop.is_empty() {
+        Message::from_bytes(bytes)
+    } else {
+        let mut kept = bytes[..240].to_vec();
+        let mut at = 0;
+        for (a, b) in drop {
+            kept.extend_from_slice(&bytes[240 + at..240 + a]);
+            at = b;
+        }
+        kept.extend_from_slice(&bytes[240 + at..]);
+        Message::from_bytes(&kept)
+    };
+    msg.map(|m| (m, bad)).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// One option as dhcproto sees it: adjacent instances of a code are one option (RFC 3396).
+struct Group {
+    code: u8,
+    /// Where each instance lies, code and length bytes included (start, end: offsets into
+    /// the option area); its data starts 2 bytes in.
+    spans: Vec<(usize, usize)>,
 }
 
 /// Walk the option list the way dhcproto does (RFC 3396: adjacent options with the same code
-/// are one option) and refuse lengths that trip dhcproto's assertions or underflow.
-fn check_option_lengths(mut rest: &[u8]) -> Result<(), DecodeError> {
-    let mut group: Option<(u8, usize)> = None;
-    let check = |(code, len): (u8, usize)| -> Result<(), DecodeError> {
-        let ok = match code {
+/// are one option), refuse lengths that trip dhcproto's assertions or underflow, and return
+/// the options found.
+fn option_groups(opts: &[u8]) -> Result<Vec<Group>, DecodeError> {
+    let check = |g: &Group| -> Result<(), DecodeError> {
+        let len: usize = g.spans.iter().map(|(a, b)| b - a - 2).sum();
+        let ok = match g.code {
             80 => len == 0,
             94 => len == 3,
             81 => len >= 3,
@@ -110,40 +209,39 @@ fn check_option_lengths(mut rest: &[u8]) -> Result<(), DecodeError> {
             152..=155 => len == 4,
             _ => true,
         };
-        if ok { Ok(()) } else { Err(DecodeError::BadOptionLength { code, len }) }
+        if ok { Ok(()) } else { Err(DecodeError::BadOptionLength { code: g.code, len }) }
     };
-    while let Some(&code) = rest.first() {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut open = false;
+    let mut at = 0;
+    while let Some(&code) = opts.get(at) {
         if code == 0 || code == 255 {
-            if let Some(g) = group.take() {
-                check(g)?;
-            }
+            open = false;
             if code == 255 {
-                return Ok(());
+                break;
             }
-            rest = &rest[1..];
+            at += 1;
             continue;
         }
         // An option that runs past the end of the datagram: a truncated or lying packet.
         // dhcproto would keep the options before it; we refuse it whole, so a reply never
         // rests on a half-read request.
-        let len = usize::from(rest.get(1).copied().unwrap_or(0));
-        if rest.len() < 2 + len {
-            return Err(DecodeError::OptionOverrun { code, left: rest.len().saturating_sub(2), len });
+        let len = usize::from(opts.get(at + 1).copied().unwrap_or(0));
+        let left = opts.len() - at;
+        if left < 2 + len {
+            return Err(DecodeError::OptionOverrun { code, left: left.saturating_sub(2), len });
         }
-        group = match group {
-            Some((c, total)) if c == code => Some((c, total + len)),
-            Some(g) => {
-                check(g)?;
-                Some((code, len))
-            }
-            None => Some((code, len)),
-        };
-        rest = &rest[2 + len..];
+        match groups.last_mut() {
+            Some(g) if open && g.code == code => g.spans.push((at, at + 2 + len)),
+            _ => groups.push(Group { code, spans: vec![(at, at + 2 + len)] }),
+        }
+        open = true;
+        at += 2 + len;
     }
-    match group {
-        Some(g) => check(g),
-        None => Ok(()),
+    for g in &groups {
+        check(g)?;
     }
+    Ok(groups)
 }
 
 /// Encode a message for the wire, zero-padded to [`MIN_REPLY_LEN`].
@@ -275,5 +373,107 @@ pub(super) mod tests {
         let mut m = good[..240].to_vec();
         m.extend([53, 1, 1]);
         assert_eq!(decode(&m).unwrap().opts().msg_type(), Some(MessageType::Discover));
+    }
+
+    /// `options` (code, body) between a DISCOVER's message type and a trailing option 60.
+    fn with_options(options: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut m = raw_discover()[..240].to_vec();
+        m.extend([53, 1, 1]);
+        for (code, body) in options {
+            m.extend([*code, u8::try_from(body.len()).unwrap()]);
+            m.extend(*body);
+        }
+        m.extend([60, 9]);
+        m.extend(b"PXEClient");
+        m.push(255);
+        m
+    }
+
+    #[test]
+    fn fixed_length_options_of_another_length_are_dropped_and_named() {
+        let cases: [(u8, &[u8]); 12] = [
+            (50, &[10, 0, 0]),
+            (50, &[10, 0, 0, 5, 6]),
+            (54, &[10, 0, 0]),
+            (51, &[0, 0, 1]),
+            (51, &[0, 0, 0, 0, 1]),
+            (57, &[2]),
+            (57, &[2, 64, 0]),
+            (93, &[]),
+            (93, &[7]),
+            (93, &[0, 7, 0]),
+            (97, &[]),
+            (97, &[0, 1, 2, 3]),
+        ];
+        for (code, body) in cases {
+            let (m, bad) = decode_checked(&with_options(&[(code, body)])).unwrap();
+            assert_eq!(bad.len(), 1, "option {code} of {} bytes kept", body.len());
+            assert_eq!((bad[0].code, bad[0].len), (code, body.len()));
+            let text = bad[0].to_string();
+            assert!(text.contains(&format!("option {code} (")) && text.contains("RFC"), "{text}");
+            assert!(!m.opts().contains(OptionCode::from(code)), "option {code} still there");
+            // The options after it are still read (dhcproto would have stopped at a short one).
+            assert_eq!(opt_bytes(&m, 60), Some(&b"PXEClient"[..]), "option {code}");
+            assert_eq!(m.opts().msg_type(), Some(MessageType::Discover));
+        }
+    }
+
+    #[test]
+    fn fixed_length_options_of_the_right_length_are_kept() {
+        let uuid = [0u8; 17];
+        let cases: [(u8, &[u8]); 7] = [
+            (50, &[10, 0, 0, 5]),
+            (54, &[10, 0, 0, 1]),
+            (51, &[0, 0, 14, 16]),
+            (57, &[5, 192]),
+            (93, &[0, 11]),
+            (93, &[0, 7, 0, 9]),
+            (97, &uuid),
+        ];
+        for (code, body) in cases {
+            let (m, bad) = decode_checked(&with_options(&[(code, body)])).unwrap();
+            assert!(bad.is_empty(), "{code}: {bad:?}");
+            assert!(m.opts().contains(OptionCode::from(code)), "option {code} dropped");
+        }
+        // A type other than 0 in option 97 has no length RFC 4578 fixes.
+        let (_, bad) = decode_checked(&with_options(&[(97, &[3, 1, 2])])).unwrap();
+        assert!(bad.is_empty());
+        // Split in two (RFC 3396), option 50 is 4 bytes together.
+        let (m, bad) = decode_checked(&with_options(&[(50, &[10, 0]), (50, &[0, 5])])).unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(opt_ip(&m, OptionCode::RequestedIpAddress), Some(Ipv4Addr::new(10, 0, 0, 5)));
+    }
+
+    #[test]
+    fn a_message_type_of_another_length_refuses_the_message() {
+        for body in [&[][..], &[1, 1][..], &[3, 0, 0, 0][..]] {
+            let mut m = raw_discover()[..240].to_vec();
+            m.extend([53, u8::try_from(body.len()).unwrap()]);
+            m.extend(body);
+            m.push(255);
+            assert_eq!(decode(&m), Err(DecodeError::BadOptionLength { code: 53, len: body.len() }));
+        }
+    }
+
+    proptest::proptest! {
+        /// Any length for the fixed-length options: kept exactly when it is the right one,
+        /// else dropped and named; the options around it are always read.
+        #[test]
+        fn fixed_length_options_are_kept_exactly_when_well_formed(
+            code in proptest::sample::select(vec![50u8, 51, 54, 57, 93, 97]),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let (m, bad) = decode_checked(&with_options(&[(code, &body)])).unwrap();
+            let well_formed = match code {
+                50 | 51 | 54 => body.len() == 4,
+                57 => body.len() == 2,
+                93 => !body.is_empty() && body.len() % 2 == 0,
+                _ => !body.is_empty() && (body[0] != 0 || body.len() == 17),
+            };
+            proptest::prop_assert_eq!(m.opts().contains(OptionCode::from(code)), well_formed);
+            proptest::prop_assert_eq!(bad.is_empty(), well_formed);
+            proptest::prop_assert_eq!(opt_bytes(&m, 60), Some(&b"PXEClient"[..]));
+            proptest::prop_assert_eq!(m.opts().msg_type(), Some(MessageType::Discover));
+        }
     }
 }

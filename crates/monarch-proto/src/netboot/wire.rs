@@ -41,7 +41,7 @@ const KIND_ACCEPT: u8 = 4;
 const KIND_REFUSE: u8 = 5;
 
 /// A download token: ties a DOWNLOAD to the OFFER the server made (random, 128 bits).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Token(pub [u8; 16]);
 
 impl std::fmt::Debug for Token {
