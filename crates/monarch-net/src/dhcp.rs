@@ -1,4 +1,4 @@
-//! DHCP and ProxyDHCP on tokio sockets (issue 5, item 3).
+//! DHCP and ProxyDHCP on tokio sockets: the network boot's address and boot-file service.
 //!
 //! Every decision — which address, which boot file, NAK or silence — is the sans-IO
 //! [`monarch_proto::dhcp::server::Server`]; this module only:
