@@ -40,6 +40,7 @@ pub mod dhcp;
 pub mod election;
 pub mod mac;
 pub mod netboot;
+pub mod sign;
 pub mod slots;
 pub mod text;
 pub mod tftp;
