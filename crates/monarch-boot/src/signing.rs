@@ -78,6 +78,14 @@ pub enum SigningError {
         /// How to fix it.
         fix: &'static str,
     },
+    /// A policy that checks signatures, without a key to check them with.
+    #[error(
+        "signature = {policy} needs at least one trusted public key: give --trust NAME.pub (or `trust = [\"NAME.pub\"]` in the topology)"
+    )]
+    NoTrustedKeys {
+        /// The policy given.
+        policy: &'static str,
+    },
     /// An output file exists.
     #[error("{} exists; monarch never overwrites a key file: choose another NAME, or move the file away yourself", path.display())]
     Exists {
@@ -284,6 +292,28 @@ pub fn verify_file(trusted: &[PublicKey], image: &Path) -> Result<KeyId, Signing
     s.verify(trusted, &d).map_err(|source| SigningError::Refused { image: image.into(), sig, source })
 }
 
+/// The monarch's check of `image`'s `IMAGE.sig` over `held` (the digest of the bytes it will
+/// send), with the keys the secondary trusts: the `.sig` record to send along (`None`:
+/// unsigned and optional, or signatures off).
+pub fn check_image(trust: &Trust, image: &Path, held: &ImageDigest) -> Result<Option<Vec<u8>>, SigningError> {
+    if trust.policy == SignaturePolicy::Off {
+        return Ok(None);
+    }
+    let sig = sig_path(image);
+    let Some((record, s)) = read_signature(&sig)? else {
+        if trust.policy == SignaturePolicy::Required {
+            return Err(SigningError::Unsigned { image: image.into(), sig });
+        }
+        return Ok(None);
+    };
+    s.verify(&trust.keys, held).map_err(|source| SigningError::Refused {
+        image: image.into(),
+        sig,
+        source,
+    })?;
+    Ok(Some(record))
+}
+
 /// What a secondary trusts: its policy and its keys, from its own configuration (its command
 /// line, its kernel command line), never from the monarch's window or network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -332,6 +362,37 @@ impl Trust {
                 s.verify(&self.keys, held).map(Verdict::Signed).map_err(Refusal::Verify)
             }
         }
+    }
+
+    /// The kernel command line parameters that give VM stage 1 this trust (it has no files
+    /// of the host's): `monarch.signature=P monarch.trust=HEX,HEX`; empty when off.
+    pub fn kernel_params(&self) -> String {
+        if self.policy == SignaturePolicy::Off {
+            return String::new();
+        }
+        let keys: Vec<String> = self.keys.iter().map(PublicKey::to_hex).collect();
+        format!(" monarch.signature={} monarch.trust={}", self.policy.name(), keys.join(","))
+    }
+
+    /// Read [`Trust::kernel_params`] back (stage 1). Strict: an unknown policy or a bad key
+    /// is an error, so a misconfigured secondary refuses every image rather than none.
+    pub fn from_kernel_params(policy: Option<&str>, keys: Option<&str>) -> Result<Trust, String> {
+        let policy = match policy {
+            None => SignaturePolicy::Off,
+            Some(p) => SignaturePolicy::from_name(p)
+                .ok_or_else(|| format!("monarch.signature={p} is not off, optional or required"))?,
+        };
+        let keys = match keys {
+            None | Some("") => Vec::new(),
+            Some(k) => k
+                .split(',')
+                .map(|h| PublicKey::from_hex(h).map_err(|e| format!("monarch.trust: {e}")))
+                .collect::<Result<_, _>>()?,
+        };
+        if policy != SignaturePolicy::Off && keys.is_empty() {
+            return Err(format!("monarch.signature={} without monarch.trust keys", policy.name()));
+        }
+        Ok(Trust { policy, keys })
     }
 
     /// Whether the bytes must be hashed at all.
@@ -425,6 +486,14 @@ mod tests {
             trust(SignaturePolicy::Required).check(Some(&rec[..rec.len() - 2]), &d),
             Err(Refusal::Malformed(_))
         ));
+        let t = trust(SignaturePolicy::Required);
+        let p = t.kernel_params();
+        let get = |k: &str| p.split_whitespace().find_map(|w| w.strip_prefix(k));
+        assert_eq!(Trust::from_kernel_params(get("monarch.signature="), get("monarch.trust=")), Ok(t));
+        assert_eq!(Trust::from_kernel_params(None, None), Ok(Trust::default()));
+        assert!(Trust::from_kernel_params(Some("required"), None).is_err());
+        assert!(Trust::from_kernel_params(Some("maybe"), None).is_err());
+        assert!(Trust::from_kernel_params(Some("required"), Some("00")).is_err());
         let none = Trust { policy: SignaturePolicy::Required, keys: vec![] };
         assert!(matches!(none.check(Some(&rec), &d), Err(Refusal::Verify(VerifyError::Untrusted { .. }))));
     }

@@ -109,6 +109,9 @@ pub enum FormatError {
     /// The length field is not a canonical decimal number.
     #[error("field length: expected a decimal number of bytes without leading zeros")]
     Length,
+    /// An attached-signature trailer whose length does not fit.
+    #[error("the image ends in a signature trailer (MNRCHSIG) whose length {0} does not fit")]
+    Trailer(u32),
     /// The public key is not a valid Ed25519 point.
     #[error("field key: not a valid Ed25519 public key")]
     Key,
@@ -377,6 +380,37 @@ impl Signature {
     }
 }
 
+/// Last 8 bytes of an image that carries its signature (over the network, where there is no
+/// register page): `image ‖ .sig record ‖ record length (u32 LE) ‖ "MNRCHSIG"`.
+pub const ATTACHED_MAGIC: &[u8; 8] = b"MNRCHSIG";
+
+/// The trailer that attaches `record` to an image (see [`ATTACHED_MAGIC`]).
+pub fn attach(record: &[u8]) -> Vec<u8> {
+    let mut t = record.to_vec();
+    t.extend_from_slice(&u32::try_from(record.len()).unwrap_or(u32::MAX).to_le_bytes());
+    t.extend_from_slice(ATTACHED_MAGIC);
+    t
+}
+
+/// Split bytes that may carry an attached signature into the image and the record (untrusted
+/// input). No trailer: all of it is the image, unsigned. A trailer that does not fit is an
+/// error, never a shorter image.
+pub fn detach(bytes: &[u8]) -> Result<(&[u8], Option<&[u8]>), FormatError> {
+    let Some(tail) = bytes.len().checked_sub(12).map(|t| &bytes[t..]) else { return Ok((bytes, None)) };
+    if &tail[4..] != ATTACHED_MAGIC {
+        return Ok((bytes, None));
+    }
+    let mut n = [0u8; 4];
+    n.copy_from_slice(&tail[..4]);
+    let len = u32::from_le_bytes(n);
+    let n = usize::try_from(len).map_err(|_| FormatError::Trailer(len))?;
+    if n > SIG_MAX || n + 12 > bytes.len() {
+        return Err(FormatError::Trailer(len));
+    }
+    let end = bytes.len() - 12;
+    Ok((&bytes[..end - n], Some(&bytes[end - n..end])))
+}
+
 /// Split a record into exactly `n` fields and check tag, version and algorithm.
 fn fields<'a>(
     record: &'a [u8],
@@ -559,6 +593,23 @@ mod tests {
         // A secret key is not a public key, and the other way round.
         assert!(PublicKey::parse(key().to_record().as_bytes()).is_err());
         assert!(SecretKey::parse(key().public().to_record().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn attached_signatures_split_off_exactly() {
+        let image = b"image bytes".to_vec();
+        let rec = key().sign(&ImageDigest::of(&image)).to_record().into_bytes();
+        let mut sent = image.clone();
+        sent.extend_from_slice(&attach(&rec));
+        assert_eq!(detach(&sent).unwrap(), (&image[..], Some(&rec[..])));
+        assert_eq!(detach(&image).unwrap(), (&image[..], None), "no trailer: unsigned");
+        assert_eq!(detach(b"").unwrap(), (&b""[..], None));
+        let mut bad = image.clone();
+        bad.extend_from_slice(&attach(&[b'x'; 300]));
+        assert_eq!(detach(&bad), Err(FormatError::Trailer(300)));
+        let mut short = 400u32.to_le_bytes().to_vec();
+        short.extend_from_slice(ATTACHED_MAGIC);
+        assert_eq!(detach(&short), Err(FormatError::Trailer(400)));
     }
 
     proptest! {
