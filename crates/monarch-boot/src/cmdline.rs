@@ -5,7 +5,7 @@
 //! its siblings, so both halves of the contract are the same code: the binary's tests parse
 //! what `to_args` writes back into an equal value, and a renamed flag fails them.
 use crate::handoff::Handoff;
-use crate::signing::{SignaturePolicy, SigningError, Trust};
+use crate::signing::TrustArgs;
 use crate::topology::{Topology, TopologyError};
 use crate::values;
 use clap::Args;
@@ -60,50 +60,6 @@ pub struct AgentArgs {
     #[command(flatten)]
     #[allow(missing_docs)] // flattened: its own fields carry the help
     pub trust: TrustArgs,
-}
-
-/// Which image signatures a secondary accepts: its own configuration, shared by `monarch
-/// agent` and `monarch netboot agent`.
-#[derive(Args, Debug, Clone, PartialEq, Eq, Default)]
-pub struct TrustArgs {
-    /// A public key this secondary trusts (NAME.pub, written by `monarch image keygen -o
-    /// NAME`); repeat it to trust several (key rotation). With a key, images must be signed
-    /// by one of them unless --signature optional.
-    #[arg(long = "trust", value_name = "FILE")]
-    pub trust: Vec<PathBuf>,
-    /// Whether the image must carry a signature by a trusted key [default: required with
-    /// --trust, else off].
-    #[arg(long, value_enum, value_name = "POLICY")]
-    pub signature: Option<SignaturePolicy>,
-}
-
-impl TrustArgs {
-    /// The arguments: `--trust F … --signature P`.
-    pub fn to_args(&self) -> Vec<OsString> {
-        let mut a = Vec::new();
-        for f in &self.trust {
-            a.push("--trust".into());
-            a.push(f.clone().into());
-        }
-        if let Some(p) = self.signature {
-            a.extend(words(&["--signature", p.name()]));
-        }
-        a
-    }
-
-    /// Read the key files: what the secondary trusts.
-    pub fn load(&self) -> Result<Trust, SigningError> {
-        let policy = self.signature.unwrap_or(if self.trust.is_empty() {
-            SignaturePolicy::Off
-        } else {
-            SignaturePolicy::Required
-        });
-        if policy != SignaturePolicy::Off && self.trust.is_empty() {
-            return Err(SigningError::NoTrustedKeys { policy: policy.name() });
-        }
-        let keys = self.trust.iter().map(|f| crate::signing::read_public_key(f)).collect::<Result<_, _>>()?;
-        Ok(Trust { policy, keys })
-    }
 }
 
 impl AgentArgs {

@@ -8,10 +8,12 @@
 //! topology (present, well-formed, made by a trusted key) and when it retrieves the image
 //! (over the bytes it will send); the secondary checks it again over the bytes it received,
 //! with the keys it was configured with. Only the secondary's check protects the secondary.
+use clap::Args;
 use monarch_proto::sign::{
     FormatError, ImageDigest, ImageHasher, KeyId, PublicKey, SecretKey, Signature, VerifyError,
 };
 use serde::Deserialize;
+use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -124,6 +126,51 @@ pub enum SigningError {
         /// Why.
         source: VerifyError,
     },
+}
+
+/// Which image signatures a secondary accepts: its own configuration, shared by `monarch
+/// agent` and `monarch netboot agent`.
+#[derive(Args, Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrustArgs {
+    /// A public key this secondary trusts (NAME.pub, written by `monarch image keygen -o
+    /// NAME`); repeat it to trust several (key rotation). With a key, images must be signed
+    /// by one of them unless --signature optional.
+    #[arg(long = "trust", value_name = "FILE")]
+    pub trust: Vec<PathBuf>,
+    /// Whether the image must carry a signature by a trusted key [default: required with
+    /// --trust, else off].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub signature: Option<SignaturePolicy>,
+}
+
+impl TrustArgs {
+    /// The arguments: `--trust F … --signature P`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a = Vec::new();
+        for f in &self.trust {
+            a.push("--trust".into());
+            a.push(f.clone().into());
+        }
+        if let Some(p) = self.signature {
+            a.push("--signature".into());
+            a.push(p.name().into());
+        }
+        a
+    }
+
+    /// Read the key files: what the secondary trusts.
+    pub fn load(&self) -> Result<Trust, SigningError> {
+        let policy = self.signature.unwrap_or(if self.trust.is_empty() {
+            SignaturePolicy::Off
+        } else {
+            SignaturePolicy::Required
+        });
+        if policy != SignaturePolicy::Off && self.trust.is_empty() {
+            return Err(SigningError::NoTrustedKeys { policy: policy.name() });
+        }
+        let keys = self.trust.iter().map(|f| read_public_key(f)).collect::<Result<_, _>>()?;
+        Ok(Trust { policy, keys })
+    }
 }
 
 /// The detached signature of `image`: `IMAGE.sig`, beside it.

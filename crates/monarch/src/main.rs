@@ -559,7 +559,7 @@ mod tests {
                 timeout: Duration::from_millis(1500),
                 poll,
                 epoch,
-                trust: monarch_boot::cmdline::TrustArgs {
+                trust: monarch_boot::signing::TrustArgs {
                     trust: if poll { vec![] } else { vec!["/k/ops 1.pub".into(), "old.pub".into()] },
                     signature: epoch.map(|_| monarch_boot::signing::SignaturePolicy::Optional),
                 },
@@ -606,7 +606,7 @@ mod tests {
                 max_size: 30 << 20,
                 handoff: Handoff::None,
                 json,
-                trust: monarch_boot::cmdline::TrustArgs {
+                trust: monarch_boot::signing::TrustArgs {
                     trust: vec!["ops.pub".into()],
                     signature: json.then_some(monarch_boot::signing::SignaturePolicy::Required),
                 },

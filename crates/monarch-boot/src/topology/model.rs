@@ -127,11 +127,11 @@ pub struct Signing {
 
 impl Signing {
     /// The agent arguments that give a process agent this trust.
-    pub fn agent_args(&self) -> crate::cmdline::TrustArgs {
+    pub fn agent_args(&self) -> crate::signing::TrustArgs {
         use crate::signing::SignaturePolicy;
         match self.trust.policy {
-            SignaturePolicy::Off => crate::cmdline::TrustArgs::default(),
-            p => crate::cmdline::TrustArgs { trust: self.key_files.clone(), signature: Some(p) },
+            SignaturePolicy::Off => crate::signing::TrustArgs::default(),
+            p => crate::signing::TrustArgs { trust: self.key_files.clone(), signature: Some(p) },
         }
     }
 }
