@@ -159,6 +159,7 @@ pub fn baseline(
             algo: Algo::Crc32c,
             reps,
             agent_exe,
+            signed: false,
         };
         // Windows live in RAM (/dev/shm), as they would in a secondary's memory.
         let shm = PathBuf::from(format!("/dev/shm/monarch-baseline-{}", std::process::id()));

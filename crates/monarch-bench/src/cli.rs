@@ -186,6 +186,10 @@ pub struct BenchWindowArgs {
     /// Repetitions of each measurement; the best is reported.
     #[arg(long, default_value_t = 3)]
     reps: u32,
+    /// Also deliver the image signed (signature = "required"), alternating with the plain
+    /// runs, and report the signed delivery as a ratio to the checksum alone.
+    #[arg(long)]
+    signed: bool,
     /// One JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -243,6 +247,7 @@ fn window(a: BenchWindowArgs, exe: &Path) -> Result<(), BenchError> {
         algo: a.checksum,
         reps: a.reps.max(1),
         agent_exe,
+        signed: a.signed,
     };
     let json = a.json;
     report_bench(

@@ -36,6 +36,9 @@ pub struct WindowBenchOptions {
     pub reps: u32,
     /// The `monarch` binary, to start agents.
     pub agent_exe: std::path::PathBuf,
+    /// Also deliver the image signed (`signature = "required"`), alternating with the plain
+    /// runs: the agent then hashes its copy with BLAKE3 and checks an Ed25519 signature.
+    pub signed: bool,
 }
 
 /// A throughput beside its reference.
@@ -93,6 +96,9 @@ pub struct WindowBench {
     pub checksums: Vec<ChecksumFigure>,
     /// Delivered + verified, per secondary (the slowest), and aggregate over all.
     pub figures: Vec<Figure>,
+    /// With `--signed`: the signed delivery's throughput divided by the plain one's, both
+    /// from this run (1.0 = signature verification is free).
+    pub signed_to_checksum_ratio: Option<f64>,
     /// Peak resident memory of this process (the monarch side, bench buffers included).
     pub monarch_peak_rss: u64,
     /// Peak resident memory of the largest agent (its VmHWM, from its log).
@@ -264,6 +270,12 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
         drop(buffer);
         let mut best_slowest = 0.0f64;
         let mut best_aggregate = 0.0f64;
+        let mut best_signed = 0.0f64;
+        if opts.signed {
+            progress("signing the image (a fresh Ed25519 key pair)");
+            monarch_boot::signing::keygen(&dir.join("bench")).map_err(|e| e.to_string())?;
+            monarch_boot::signing::sign_file(&dir.join("bench.key"), &img_path).map_err(|e| e.to_string())?;
+        }
         for rep in 0..opts.reps.max(1) {
             progress(&format!(
                 "delivering to {} secondar{} (run {}/{})",
@@ -272,9 +284,14 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
                 rep + 1,
                 opts.reps.max(1)
             ));
-            let (slowest, aggregate) = deliver(opts, dir, &img_path)?;
+            let (slowest, aggregate) = deliver(opts, dir, &img_path, false)?;
             best_slowest = best_slowest.max(slowest);
             best_aggregate = best_aggregate.max(aggregate);
+            if opts.signed {
+                // Alternating with the plain runs, so both see the same host.
+                let (slowest, _) = deliver(opts, dir, &img_path, true)?;
+                best_signed = best_signed.max(slowest);
+            }
         }
         let mut figures = vec![Figure {
             what: format!(
@@ -288,6 +305,20 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
             warm_reference_gib_s: warm,
             ratio_to_warm: best_slowest / warm,
         }];
+        if opts.signed {
+            figures.push(Figure {
+                what: format!(
+                    "delivered + verified ({}) + signature checked by the agent (BLAKE3 + Ed25519), per secondary (slowest of {})",
+                    opts.algo, opts.secondaries
+                ),
+                gib_s: best_signed,
+                reference: REFERENCE.into(),
+                reference_gib_s: memcpy,
+                ratio: best_signed / memcpy,
+                warm_reference_gib_s: warm,
+                ratio_to_warm: best_signed / warm,
+            });
+        }
         if opts.secondaries > 1 {
             figures.push(Figure {
                 what: format!(
@@ -313,6 +344,7 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
             plain_memcpy_gib_s: plain,
             checksums,
             figures,
+            signed_to_checksum_ratio: opts.signed.then(|| best_signed / best_slowest.max(1e-12)),
             monarch_peak_rss: monarch_drivers::host::peak_rss_bytes(),
             agent_peak_rss: agent_peak(&dir.join("run")),
         })
@@ -321,16 +353,17 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
 
 /// One delivery run: (seconds of the slowest secondary's delivery, aggregate GiB/s).
 pub fn deliver_once(opts: &WindowBenchOptions, dir: &Path, image: &Path) -> Result<(f64, f64), String> {
-    let (slowest, aggregate) = deliver(opts, dir, image)?;
+    let (slowest, aggregate) = deliver(opts, dir, image, false)?;
     Ok((opts.size as f64 / (1u64 << 30) as f64 / slowest.max(1e-12), aggregate))
 }
 
 /// One delivery run: (slowest per-secondary GiB/s, aggregate GiB/s).
-fn deliver(opts: &WindowBenchOptions, dir: &Path, image: &Path) -> Result<(f64, f64), String> {
+fn deliver(opts: &WindowBenchOptions, dir: &Path, image: &Path, signed: bool) -> Result<(f64, f64), String> {
     let mut text = format!(
-        "[chassis]\nname = \"bench\"\nrun_dir = \"{}\"\n[defaults]\nhandoff = \"none\"\nchecksum = \"{}\"\nattempts = 1\n\
+        "[chassis]\nname = \"bench\"\nrun_dir = \"{}\"\n{}[defaults]\nhandoff = \"none\"\nchecksum = \"{}\"\nattempts = 1\n\
          [[processor]]\nid = \"mm\"\nrole = \"monarch\"\n",
         dir.join("run").display(),
+        if signed { "trust = [\"bench.pub\"]\nsignature = \"required\"\n" } else { "" },
         opts.algo.name()
     );
     for i in 0..opts.secondaries {
@@ -410,6 +443,11 @@ pub fn render(r: &WindowBench) -> String {
         out.push_str(&format!(
             "  {}\n      {:.2} GiB/s = {:.2}x the reference ({}: {:.2} GiB/s), {:.2}x the best case ({:.2} GiB/s)\n\n",
             f.what, f.gib_s, f.ratio, f.reference, f.reference_gib_s, f.ratio_to_warm, f.warm_reference_gib_s
+        ));
+    }
+    if let Some(ratio) = r.signed_to_checksum_ratio {
+        out.push_str(&format!(
+            "  window delivery with signature verification, as a ratio to the checksum alone: {ratio:.2}x (same run)\n\n"
         ));
     }
     out.push_str(&format!(

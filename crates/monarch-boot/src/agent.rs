@@ -6,10 +6,12 @@
 //! whose checksum it computed itself and the monarch confirmed.
 
 use crate::handoff::Handoff;
+use crate::signing::{Trust, Verdict};
 use monarch_drivers::memimage::MemImage;
 use monarch_drivers::{Doorbell, Poll, Window, WindowError, WindowMemory};
 use monarch_proto::Digest;
 use monarch_proto::checksum::Hasher;
+use monarch_proto::sign::{ImageDigest, ImageHasher};
 use monarch_proto::window::layout;
 use monarch_proto::window::msg::{self, Command, FailCode, Mode, RegisterError, Status, WindowConfig};
 use monarch_proto::window::secondary::{
@@ -39,6 +41,9 @@ pub struct AgentOptions {
     /// ([`AgentError::Superseded`]). `None` (an agent started by hand): obey whoever
     /// configured the window.
     pub epoch: Option<u32>,
+    /// Whether the image must be signed, and by whom (this secondary's own configuration:
+    /// the signature comes through the window, the keys never do).
+    pub trust: Trust,
 }
 
 /// Why the agent stopped without handing off.
@@ -137,7 +142,8 @@ pub fn run_on<W: WindowMemory>(opts: &AgentOptions, window: W, start: Instant) -
     }
     // The epoch that configured the window: no older monarch is ever obeyed.
     let fence = Fence::with_floor(claimed.max(opts.epoch.unwrap_or(0)));
-    let mut agent = Agent { opts, window, status_seq: 0, staged: None, fence, block_seq: [0; BLOCKS] };
+    let mut agent =
+        Agent { opts, window, status_seq: 0, staged: None, held: None, fence, block_seq: [0; BLOCKS] };
     agent.handshake()
 }
 
@@ -232,6 +238,9 @@ struct Agent<'a, W: WindowMemory> {
     status_seq: u32,
     /// Pull mode: the image copied into our own memory during verification.
     staged: Option<MemImage>,
+    /// The signed digest of the bytes the last attempt took into our memory (hashed only
+    /// when signatures are checked).
+    held: Option<ImageDigest>,
     /// Which monarch this secondary obeys (monarch fencing).
     fence: Fence,
     /// Last message taken from each command block.
@@ -302,6 +311,13 @@ impl<W: WindowMemory> Agent<'_, W> {
                         SecondaryAction::Verify { attempt, config } => {
                             let digest = self.verify(&config, attempt);
                             inputs.push(SecondaryInput::Verified { attempt, digest });
+                            if let Err(why) = self.judge_signature(attempt) {
+                                eprintln!(
+                                    "agent {}: attempt {attempt}: signature refused: {why}; this image will not be handed off",
+                                    self.opts.id
+                                );
+                                inputs.push(SecondaryInput::SignatureRefused { attempt });
+                            }
                         }
                         SecondaryAction::Handoff { config, attempt, digest } => {
                             self.record_release(attempt, &digest, &config);
@@ -392,6 +408,7 @@ impl<W: WindowMemory> Agent<'_, W> {
     /// into our own memory and checksum the copy.
     fn verify(&mut self, cfg: &WindowConfig, attempt: u32) -> Digest {
         const UNUSABLE: Digest = Digest([0xEE; 32]);
+        self.held = None;
         let result = match cfg.mode {
             Mode::Push => self.consume_stream(cfg, attempt),
             Mode::Pull => self.pull(cfg),
@@ -403,6 +420,26 @@ impl<W: WindowMemory> Agent<'_, W> {
         })
     }
 
+    /// Judge the signature that came through the window over the bytes this attempt took
+    /// into our memory, with the keys this agent was configured with.
+    fn judge_signature(&self, attempt: u32) -> Result<(), String> {
+        if !self.opts.trust.checks() {
+            return Ok(());
+        }
+        let held = self.held.ok_or("the image's bytes never all arrived")?;
+        let record = msg::decode_signature(&|r| self.window.load(r)).map_err(|e| e.to_string())?;
+        match self.opts.trust.check(record.as_deref(), &held).map_err(|e| e.to_string())? {
+            Verdict::Signed(key) => {
+                eprintln!("agent {}: attempt {attempt}: signed by trusted key {key}", self.opts.id);
+            }
+            Verdict::Unsigned => {
+                eprintln!("agent {}: attempt {attempt}: unsigned (signature = optional)", self.opts.id);
+            }
+            Verdict::Unchecked => {}
+        }
+        Ok(())
+    }
+
     fn pull(&mut self, cfg: &WindowConfig) -> Result<Digest, String> {
         let name = format!("monarch-image:{}", self.opts.id);
         let mut img = MemImage::new(&name, cfg.image_size)
@@ -411,6 +448,9 @@ impl<W: WindowMemory> Agent<'_, W> {
         let d = w
             .copy_out_digest(cfg.load_offset, img.bytes_mut(), cfg.algo, |n| w.store(layout::ST_PROGRESS, n))
             .map_err(|e| e.to_string())?;
+        if self.opts.trust.checks() {
+            self.held = Some(ImageDigest::of(img.bytes()));
+        }
         self.staged = Some(img);
         Ok(d)
     }
@@ -447,6 +487,7 @@ impl<W: WindowMemory> Agent<'_, W> {
             vec![0u8; usize::try_from(geo.chunk_size).map_err(|e| e.to_string())?]
         };
         let mut whole = Hasher::new(cfg.algo);
+        let mut signed = self.opts.trust.checks().then(ImageHasher::default);
         for i in 0..chunks {
             let pos = geo.position(attempt, i);
             let (off, len) = geo.chunk(i);
@@ -466,6 +507,9 @@ impl<W: WindowMemory> Agent<'_, W> {
                     .map_err(|e| e.to_string())?;
                 if manifest.get(usize::try_from(i).map_err(|e| e.to_string())?) == Some(&d) {
                     whole.absorb(dst, &d);
+                    if let Some(h) = &mut signed {
+                        h.update(dst);
+                    }
                     break;
                 }
                 // Ask for this chunk alone again, and wait for the repair.
@@ -482,6 +526,7 @@ impl<W: WindowMemory> Agent<'_, W> {
             self.window.ring(layout::DB_TO_PRIMARY);
         }
         self.staged = image;
+        self.held = signed.map(|h| h.finish());
         Ok(whole.finish())
     }
 
@@ -599,6 +644,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             doorbell: Doorbell::Poll { max_sleep: Duration::from_millis(1) },
             epoch,
+            trust: Trust::default(),
         }
     }
 
@@ -702,6 +748,7 @@ mod tests {
                     timeout: Duration::from_secs(30),
                     doorbell: Doorbell::detect(),
                     epoch: Some(1),
+                    trust: Trust::default(),
                 };
                 run_on(&o, theirs, Instant::now())
             })

@@ -5,6 +5,7 @@
 //! its siblings, so both halves of the contract are the same code: the binary's tests parse
 //! what `to_args` writes back into an equal value, and a renamed flag fails them.
 use crate::handoff::Handoff;
+use crate::signing::TrustArgs;
 use crate::topology::{Topology, TopologyError};
 use crate::values;
 use clap::Args;
@@ -56,6 +57,9 @@ pub struct AgentArgs {
     /// window.
     #[arg(long, value_name = "N")]
     pub epoch: Option<u32>,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened: its own fields carry the help
+    pub trust: TrustArgs,
 }
 
 impl AgentArgs {
@@ -71,6 +75,7 @@ impl AgentArgs {
         if let Some(e) = self.epoch {
             a.extend(words(&["--epoch", &e.to_string()]));
         }
+        a.extend(self.trust.to_args());
         a
     }
 }
@@ -164,6 +169,9 @@ pub struct NetbootAgentArgs {
     /// One JSON object on stdout before the handoff.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)] // flattened: its own fields carry the help
+    pub trust: TrustArgs,
 }
 
 impl NetbootAgentArgs {
@@ -191,6 +199,7 @@ impl NetbootAgentArgs {
         if self.json {
             a.push("--json".into());
         }
+        a.extend(self.trust.to_args());
         a
     }
 }

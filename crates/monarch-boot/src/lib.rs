@@ -8,7 +8,8 @@
 //!   candidates, backplane, etcd, the chassis), [`netboot`] (`monarch netboot serve`);
 //! - the secondary's side: [`agent`] (window agent), [`netagent`] (network agent),
 //!   [`handoff`] (what either does with its verified image), [`payload`] (the demo image);
-//! - both: [`events`] (what every front end reads), [`vm`] (QEMU secondaries: artifacts,
+//! - both: [`signing`] (signed images: key and signature files, the policy, and the check
+//!   every secondary runs before a handoff), [`events`] (what every front end reads), [`vm`] (QEMU secondaries: artifacts,
 //!   the monarch's QEMU command, PID 1 inside the VM, the [`bundle`] it kexecs),
 //!   [`values`] (sizes, durations, checksum names), [`interrupt`] (Ctrl-C and SIGTERM).
 //!
@@ -35,6 +36,7 @@ pub mod payload;
 pub mod plan;
 pub mod run;
 pub mod run_folder;
+pub mod signing;
 pub mod stage;
 pub mod topology;
 pub mod values;

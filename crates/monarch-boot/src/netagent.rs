@@ -44,6 +44,14 @@ pub enum NetAgentError {
         /// Why the network gave nothing.
         why: String,
     },
+    /// The fetched image's signature was refused: nothing installed, nothing run.
+    #[error("{image}: signature refused: {why}; nothing was installed or run")]
+    Signature {
+        /// The image's name.
+        image: String,
+        /// Why.
+        why: String,
+    },
     /// The fetched, verified image could not be installed.
     #[error("installing {image} on {}: {source}", disk.display())]
     Install {
@@ -69,6 +77,9 @@ pub struct NetAgentOptions {
     pub force: bool,
     /// What to do with the verified image.
     pub handoff: Handoff,
+    /// Which image signatures this machine accepts (its own configuration). The signature
+    /// travels attached to the image (`monarch_proto::sign::attach`).
+    pub trust: crate::signing::Trust,
 }
 
 /// How the image that is about to run got here.
@@ -195,6 +206,22 @@ pub fn run(
         slot: None,
         generation: None,
     };
+    // The signature, over the bytes this machine holds, before any install or handoff.
+    let mut fetched = fetched;
+    if opts.trust.checks() {
+        let refuse = |why: String| NetAgentError::Signature { image: fetched.offer.name.clone(), why };
+        let (image, record) =
+            monarch_proto::sign::detach(&fetched.bytes).map_err(|e| refuse(e.to_string()))?;
+        let held = monarch_proto::sign::ImageDigest::of(image);
+        match opts.trust.check(record, &held).map_err(|e| refuse(e.to_string()))? {
+            crate::signing::Verdict::Signed(k) => progress(&format!("signed by trusted key {k}")),
+            _ => progress("unsigned (signature = optional)"),
+        }
+        // What runs or is installed is the image alone, without its signature trailer.
+        let len = image.len();
+        fetched.bytes.truncate(len);
+        report.bytes = len as u64;
+    }
     let Some(t) = target.as_mut() else {
         return Ok((report, Next::Run(fetched.bytes)));
     };

@@ -44,6 +44,7 @@ pub mod fair;
 pub mod http;
 pub mod mac;
 pub mod netboot;
+pub mod sign;
 pub mod slots;
 pub mod text;
 pub mod tftp;

@@ -174,6 +174,47 @@ enum ImageCmd {
         #[arg(long, short = 'o')]
         out: PathBuf,
     },
+    /// Make an Ed25519 key pair for signing images: NAME.key (secret, mode 0600) and NAME.pub.
+    #[command(
+        after_help = "Example:\n  monarch image keygen -o ops          # writes ops.key (keep it secret) and ops.pub\n  \
+        monarch image sign --key ops.key lc.img\n\n\
+        Give ops.pub to the secondaries (`trust = [\"ops.pub\"]` in the topology, or `monarch agent \
+        --trust ops.pub`). Neither file is ever overwritten: an existing NAME.key or NAME.pub is \
+        an error. Format: one line, `monarch-pub v1 ed25519 <64 hex digits>` (docs/topology.md)."
+    )]
+    Keygen {
+        /// NAME of the pair: writes NAME.key and NAME.pub.
+        #[arg(long, short = 'o', value_name = "NAME")]
+        out: PathBuf,
+    },
+    /// Sign an image: writes the detached signature IMAGE.sig beside it.
+    #[command(
+        after_help = "Example:\n  monarch image sign --key ops.key images/lc.img   # writes images/lc.img.sig\n\n\
+        The signature is Ed25519 over the image's length and BLAKE3 digest, one line of text \
+        (`monarch-sig v1 ed25519 <key id> <length> <blake3> <signature>`). monarch looks for \
+        IMAGE.sig beside each image; sign again after any change to the image. An existing \
+        IMAGE.sig is replaced only if it is a signature."
+    )]
+    Sign {
+        /// The secret key (NAME.key from `monarch image keygen`).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// The image to sign.
+        image: PathBuf,
+    },
+    /// Check an image against IMAGE.sig with trusted public keys, as a secondary would.
+    #[command(
+        after_help = "Example:\n  monarch image verify --trust ops.pub --trust ops-2027.pub images/lc.img\n\n\
+        Exit 0 when IMAGE.sig is a signature of exactly these bytes by one of the trusted keys; \
+        1 when it is not (the reason is printed); 2 when a file cannot be read."
+    )]
+    Verify {
+        /// A trusted public key (NAME.pub); repeat for several.
+        #[arg(long = "trust", value_name = "FILE", required = true)]
+        trust: Vec<PathBuf>,
+        /// The image to check.
+        image: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -206,6 +247,26 @@ fn main() -> ExitCode {
             Err(e) => bad_input(&e),
         },
         Cmd::Image(ImageCmd::Build { size, banner, out }) => cmd_image_build(&size, &banner, &out),
+        Cmd::Image(ImageCmd::Keygen { out }) => match monarch_boot::signing::keygen(&out) {
+            Ok(k) => {
+                println!(
+                    "{}: secret key (mode 0600; keep it off the secondaries)\n{}: public key {} (give it to the secondaries)",
+                    k.secret.display(),
+                    k.public.display(),
+                    k.id
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => bad_input(&e),
+        },
+        Cmd::Image(ImageCmd::Sign { key, image }) => match monarch_boot::signing::sign_file(&key, &image) {
+            Ok((out, s)) => {
+                println!("{}: signed by key {} ({} bytes)", out.display(), s.signer, s.signed.len);
+                ExitCode::SUCCESS
+            }
+            Err(e) => bad_input(&e),
+        },
+        Cmd::Image(ImageCmd::Verify { trust, image }) => cmd_image_verify(&trust, &image),
         Cmd::Bench(c) => cmd_bench(c),
         Cmd::Vm(VmCmd::Prepare(a)) => cmd_vm_prepare(a),
         Cmd::Netboot(c) => netboot_cli::run(c),
@@ -346,7 +407,12 @@ fn cmd_agent(a: AgentArgs) -> ExitCode {
     } else {
         a.window
     };
+    let trust = match a.trust.load() {
+        Ok(t) => t,
+        Err(e) => return bad_input(&e),
+    };
     let opts = AgentOptions {
+        trust,
         window,
         id: a.id,
         handoff: a.handoff,
@@ -376,6 +442,27 @@ fn cmd_agent(a: AgentArgs) -> ExitCode {
             eprintln!("agent: {e}");
             ExitCode::from(exit::BOOT_FAILED)
         }
+    }
+}
+
+fn cmd_image_verify(trust: &[PathBuf], image: &std::path::Path) -> ExitCode {
+    use monarch_boot::signing::{self, SigningError};
+    let keys = match trust.iter().map(|f| signing::read_public_key(f)).collect::<Result<Vec<_>, _>>() {
+        Ok(k) => k,
+        Err(e) => return bad_input(&e),
+    };
+    match signing::verify_file(&keys, image) {
+        Ok(id) => {
+            println!("{}: signed by trusted key {id}", image.display());
+            ExitCode::SUCCESS
+        }
+        Err(
+            e @ (SigningError::Unsigned { .. } | SigningError::Refused { .. } | SigningError::Format { .. }),
+        ) => {
+            eprintln!("monarch: {e}");
+            ExitCode::from(exit::BOOT_FAILED)
+        }
+        Err(e) => bad_input(&e),
     }
 }
 
@@ -472,6 +559,10 @@ mod tests {
                 timeout: Duration::from_millis(1500),
                 poll,
                 epoch,
+                trust: monarch_boot::signing::TrustArgs {
+                    trust: if poll { vec![] } else { vec!["/k/ops 1.pub".into(), "old.pub".into()] },
+                    signature: epoch.map(|_| monarch_boot::signing::SignaturePolicy::Optional),
+                },
             };
             let Cmd::Agent(back) = parse(a.to_args()) else { panic!("not `agent`") };
             assert_eq!(back, a);
@@ -515,6 +606,10 @@ mod tests {
                 max_size: 30 << 20,
                 handoff: Handoff::None,
                 json,
+                trust: monarch_boot::signing::TrustArgs {
+                    trust: vec!["ops.pub".into()],
+                    signature: json.then_some(monarch_boot::signing::SignaturePolicy::Required),
+                },
             };
             let Cmd::Netboot(netboot_cli::NetbootCmd::Agent(back)) = parse(a.to_args()) else {
                 panic!("not `netboot agent`")

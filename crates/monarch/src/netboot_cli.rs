@@ -288,6 +288,7 @@ fn agent(a: NetbootAgentArgs, recover: bool) -> ExitCode {
             disk_size: a.disk_size,
             force: recover,
             handoff: a.handoff,
+            trust: a.trust.load().map_err(|e| e.to_string())?,
         })
     })();
     let opts = match parsed {

@@ -149,6 +149,7 @@ fn start_agent(sec: &Secondary, ctx: &StageCtx<'_>, window: &Window, memfd: bool
         // Spawning can take long on a loaded host; if we are deposed meanwhile, the agent
         // sees the newer claim and leaves the window to the new monarch's agent.
         epoch: Some(ctx.authority.epoch),
+        trust: sec.signing.agent_args(),
     };
     cmd.args(args.to_args());
     let child = spawn_logged(&mut cmd, &log, "agent log")
@@ -166,7 +167,12 @@ fn start_vm(sec: &Secondary, ctx: &StageCtx<'_>, window: &Window, q: &QemuSpec) 
         accel: q.accel.clone(),
         kernel: q.kernel.clone(),
         initrd: q.initrd.clone(),
-        cmdline: crate::vm::qemu::stage1_cmdline(&sec.id, sec.timeouts.agent, ctx.authority.epoch),
+        cmdline: crate::vm::qemu::stage1_cmdline(
+            &sec.id,
+            sec.timeouts.agent,
+            ctx.authority.epoch,
+            &sec.signing.trust,
+        ),
         window: Some((sec.window.path.clone(), len)),
         console: console.clone(),
     };

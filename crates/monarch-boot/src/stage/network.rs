@@ -85,6 +85,7 @@ pub(crate) fn stage(sec: &Secondary, nb: &NetbootSpec, ctx: &StageCtx<'_>) -> St
         bytes: 0,
         image_bytes: 0,
         checksum: None,
+        unsigned: None,
         report: None,
         child: None,
         server: None,
@@ -110,6 +111,9 @@ struct NetStage<'a, 'c> {
     bytes: u64,
     image_bytes: u64,
     checksum: Option<Digest>,
+    /// With a signature attached to the served copy: the image alone (what the agent runs),
+    /// its length and CRC-32C, which the running payload reports.
+    unsigned: Option<(u64, Digest)>,
     report: Option<String>,
     child: Option<Child>,
     server: Option<Server>,
@@ -205,6 +209,27 @@ impl<'a, 'c> NetStage<'a, 'c> {
                         served.display()
                     )
                 })?;
+                // Signed: the monarch checks the copy it will serve, then attaches the
+                // signature to it (the network has no register page); the agent splits it
+                // off and checks it again with its own keys before installing or running.
+                if sec.signing.trust.checks() {
+                    let bytes = std::fs::read(&served)
+                        .map_err(|e| format!("cannot read {}: {e}", served.display()))?;
+                    let held = monarch_proto::sign::ImageDigest::of(&bytes);
+                    if let Some(record) = crate::signing::check_image(&sec.signing.trust, src, &held)
+                        .map_err(|e| e.to_string())?
+                    {
+                        use std::io::Write as _;
+                        std::fs::OpenOptions::new()
+                            .append(true)
+                            .open(&served)
+                            .and_then(|mut f| f.write_all(&monarch_proto::sign::attach(&record)))
+                            .map_err(|e| {
+                                format!("cannot attach the signature to {}: {e}", served.display())
+                            })?;
+                        self.unsigned = Some((held.len, Algo::Crc32c.digest(&bytes)));
+                    }
+                }
                 image::retrieve(&ImageSource::File(served.clone()), sec.algo, 0)
             }
             source => {
@@ -261,6 +286,7 @@ impl<'a, 'c> NetStage<'a, 'c> {
             max_size: self.image_bytes.max(1),
             handoff: sec.handoff,
             json: true,
+            trust: sec.signing.agent_args(),
         };
         cmd.args(args.to_args());
         // The payload reports through a window when it sees one; this one has none.
@@ -406,15 +432,19 @@ impl<'a, 'c> NetStage<'a, 'c> {
             .rsplit_once("[image ")
             .and_then(|(_, r)| r.split_once(" bytes"))
             .and_then(|(n, _)| n.parse::<u64>().ok());
-        if size.is_some_and(|n| n != self.image_bytes) {
+        // A signed image runs without the signature attached to it for the network.
+        let (expected, crc) = match self.unsigned {
+            Some((len, crc)) => (len, Some(crc)),
+            None => (self.image_bytes, self.checksum.filter(|_| self.sec.algo == Algo::Crc32c)),
+        };
+        if size.is_some_and(|n| n != expected) {
             return Err(format!(
                 "the running image reports {} bytes but the monarch retrieved {}: it is not the delivered image ({report})",
                 size.unwrap_or_default(),
-                self.image_bytes
+                expected
             ));
         }
-        if self.sec.algo == Algo::Crc32c
-            && let Some(want) = self.checksum.map(|d| d.to_hex(Algo::Crc32c))
+        if let Some(want) = crc.map(|d| d.to_hex(Algo::Crc32c))
             && let Some(crc) = report.rsplit_once("crc32c ").map(|(_, r)| r.trim_end_matches(']').trim())
             && crc != want
         {

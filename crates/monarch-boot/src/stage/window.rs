@@ -7,7 +7,7 @@ use super::takeover::{config_writes, raise_epoch};
 use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::handoff::Handoff;
 use crate::image::{self, Image};
-use crate::topology::Secondary;
+use crate::topology::{ImageSource, Secondary};
 use monarch_drivers::{Poll, Window};
 use monarch_proto::text::{MAX_CHARS, printable};
 use monarch_proto::window::layout;
@@ -165,6 +165,9 @@ impl<'a, 'c> Stage<'a, 'c> {
             crate::bundle::parse(bytes)
                 .map_err(|e| format!("image {} cannot be booted by kexec: {e}", sec.image))?;
         }
+        // The monarch's own signature check, so the operator hears early; the secondary
+        // checks again over the bytes it receives, with its own keys.
+        let signature = check_signature(sec, &image)?;
         if sec.mode == Mode::Pull && image.len > sec.window.data_size {
             return Err(format!(
                 "the image is {} bytes but the window's data area is {} bytes; raise window.size (pull mode holds the whole image)",
@@ -204,6 +207,12 @@ impl<'a, 'c> Stage<'a, 'c> {
         };
         // cfg.epoch is ours by CAS already; rewriting it could undo a newer claim.
         window.apply(&config_writes(sec.window.data_size, &cfg));
+        // The signature travels with the image, in the register page (cleared when unsigned,
+        // so a record an earlier run left never lingers).
+        window.apply(
+            &msg::encode_signature(signature.as_deref())
+                .ok_or("internal: a signature record over 256 bytes")?,
+        );
         self.timings.configure = ms(t.elapsed());
         self.geometry = Some(stream::Geometry::new(&cfg));
         self.window = Some(window);
@@ -867,4 +876,19 @@ impl<'a, 'c> Stage<'a, 'c> {
             adopted_pid: self.adopted_pid,
         }
     }
+}
+
+/// The monarch's check of `IMAGE.sig` over the retrieved bytes, with the secondary's trusted
+/// keys: the `.sig` record to send with the image (`None`: unsigned, or signatures off).
+fn check_signature(sec: &Secondary, image: &Image) -> Result<Option<Vec<u8>>, String> {
+    use crate::signing::{self, SignaturePolicy};
+    let ImageSource::File(path) = &sec.image else { return Ok(None) };
+    if sec.signing.trust.policy == SignaturePolicy::Off {
+        return Ok(None);
+    }
+    let held = match &image.data {
+        image::ImageData::Memory(b) => monarch_proto::sign::ImageDigest::of(b),
+        image::ImageData::File(_) => signing::digest_file(path).map_err(|e| e.to_string())?,
+    };
+    signing::check_image(&sec.signing.trust, path, &held).map_err(|e| e.to_string())
 }

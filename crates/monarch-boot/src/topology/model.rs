@@ -111,6 +111,29 @@ pub struct Secondary {
     pub required: bool,
     /// Injected faults.
     pub faults: Faults,
+    /// Signed images: the policy and keys this secondary is configured with.
+    pub signing: Signing,
+}
+
+/// What a secondary trusts, and the files it came from (a process agent and a network
+/// agent are given the files; a VM, which has none of the host's files, the keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Signing {
+    /// Policy and keys.
+    pub trust: crate::signing::Trust,
+    /// The `.pub` files, resolved against the topology file's folder.
+    pub key_files: Vec<std::path::PathBuf>,
+}
+
+impl Signing {
+    /// The agent arguments that give a process agent this trust.
+    pub fn agent_args(&self) -> crate::signing::TrustArgs {
+        use crate::signing::SignaturePolicy;
+        match self.trust.policy {
+            SignaturePolicy::Off => crate::signing::TrustArgs::default(),
+            p => crate::signing::TrustArgs { trust: self.key_files.clone(), signature: Some(p) },
+        }
+    }
 }
 
 /// A management processor.

@@ -102,6 +102,7 @@ impl Topology {
         }
         let vm_dir = file.chassis.vm_dir.as_ref().map_or_else(|| env.vm_dir(), |d| base.join(d));
         let vm_art = crate::vm::artifacts::Artifacts::at(&vm_dir);
+        let chassis_keys = trust_keys(&mut cx, file.chassis.trust.as_ref(), "chassis.trust", base);
         let mut seen_ids: BTreeMap<String, ()> = BTreeMap::new();
         let mut seen_windows: HashMap<PathBuf, String> = HashMap::new();
         let mut seen = super::launch::Seen::default();
@@ -154,6 +155,7 @@ impl Topology {
                 ImageSource::Builtin { size, .. } => Some(*size),
                 ImageSource::File(f) => env.image_file(f).ok(),
             };
+            let signing = signing(&mut cx, p, &file.chassis, &chassis_keys, &who, &image, base);
             let launch_def = s.launch.unwrap_or(LaunchDef::Process);
             let net = launch_def == LaunchDef::Netboot;
             let vm = launch_def == LaunchDef::Qemu;
@@ -372,6 +374,7 @@ impl Topology {
                     corrupt_chunks: f.corrupt_chunks.clone(),
                 },
                 chunk_size,
+                signing,
             });
         }
         if managers.is_empty() {
@@ -579,6 +582,8 @@ fn manager(cx: &mut Ctx<'_>, p: &ProcessorDef, who: &str, id: String) -> Manager
         (p.mac.is_some(), "mac"),
         (p.disk.is_some(), "disk"),
         (p.disk_size.is_some(), "disk_size"),
+        (p.trust.is_some(), "trust"),
+        (p.signature.is_some(), "signature"),
     ] {
         if set {
             cx.push(
@@ -591,6 +596,91 @@ fn manager(cx: &mut Ctx<'_>, p: &ProcessorDef, who: &str, id: String) -> Manager
         }
     }
     Manager { id, slot: p.slot, boot_id: p.boot_id, fails_self_test }
+}
+
+/// Read the trusted public keys a `trust` list names (relative to the topology file), each
+/// problem naming `field` and the file.
+fn trust_keys(
+    cx: &mut Ctx<'_>,
+    list: Option<&Spanned<Vec<String>>>,
+    field: &str,
+    base: &Path,
+) -> Option<(Vec<PathBuf>, Vec<monarch_proto::sign::PublicKey>)> {
+    let list = list?;
+    let (mut files, mut keys) = (Vec::new(), Vec::new());
+    if list.get_ref().is_empty() {
+        cx.push(Some(list.span()), field, "an empty trust list trusts nobody; name at least one NAME.pub (from `monarch image keygen -o NAME`), or leave `trust` out");
+    }
+    for f in list.get_ref() {
+        let path = base.join(f);
+        match crate::signing::read_public_key(&path) {
+            Ok(k) => keys.push(k),
+            Err(e) => cx.push(Some(list.span()), field, e.to_string()),
+        }
+        files.push(path);
+    }
+    Some((files, keys))
+}
+
+/// A secondary's signing: its policy and keys (its own, else the chassis'), and, when it
+/// checks signatures, the image's `IMAGE.sig`: there when required, well-formed, by a trusted
+/// key, of an image of this length. (The bytes are verified when the image is retrieved.)
+fn signing(
+    cx: &mut Ctx<'_>,
+    p: &ProcessorDef,
+    chassis: &ChassisDef,
+    chassis_keys: &Option<(Vec<PathBuf>, Vec<monarch_proto::sign::PublicKey>)>,
+    who: &str,
+    image: &ImageSource,
+    base: &Path,
+) -> Signing {
+    use crate::signing::{SignaturePolicy, Trust};
+    let (policy, pspan) = match (&p.signature, &chassis.signature) {
+        (Some(s), _) => (*s.get_ref(), Some(s.span())),
+        (None, Some(s)) => (*s.get_ref(), Some(p.id.span())),
+        (None, None) => (SignaturePolicy::Off, None),
+    };
+    let own = trust_keys(cx, p.trust.as_ref(), &format!("{who}.trust"), base);
+    let (key_files, keys) = own.or_else(|| chassis_keys.clone()).unwrap_or_default();
+    if policy == SignaturePolicy::Off {
+        return Signing::default();
+    }
+    let field = format!("{who}.signature");
+    if key_files.is_empty() {
+        cx.push(pspan.clone(), &field, format!("signature = \"{}\" needs trusted keys: add trust = [\"NAME.pub\"] to [chassis] or to this processor (make a key pair with `monarch image keygen -o NAME`)", policy.name()));
+    }
+    match image {
+        ImageSource::Builtin { .. } if policy == SignaturePolicy::Required => cx.push(
+            pspan,
+            &field,
+            "the built-in payload is built at boot and cannot carry a signature; build it into a file (`monarch image build -o F`), sign it (`monarch image sign --key KEY.key F`) and name the file as the image",
+        ),
+        ImageSource::Builtin { .. } => {}
+        ImageSource::File(f) => {
+            let sig = crate::signing::sig_path(f);
+            match crate::signing::read_signature(&sig) {
+                Err(e) => cx.push(pspan, format!("{who}.image"), e.to_string()),
+                Ok(None) if policy == SignaturePolicy::Required => cx.push(
+                    pspan,
+                    format!("{who}.image"),
+                    format!("signature = \"required\" but {} has no signature ({} does not exist); sign it: `monarch image sign --key KEY.key {}`", f.display(), sig.display(), f.display()),
+                ),
+                Ok(None) => {}
+                Ok(Some((_, s))) => {
+                    if !keys.iter().any(|k| k.id() == s.signer) && !keys.is_empty() {
+                        let trusted: Vec<String> = keys.iter().map(|k| k.id().to_string()).collect();
+                        cx.push(pspan.clone(), format!("{who}.image"), format!("{} is signed by key {}, which this processor does not trust (trusted: {}); sign the image with a trusted key, or add the signer's .pub to `trust`", sig.display(), s.signer, trusted.join(", ")));
+                    }
+                    if let Ok(m) = std::fs::metadata(f)
+                        && m.len() != s.signed.len
+                    {
+                        cx.push(pspan, format!("{who}.image"), format!("{} is the signature of a {}-byte image, {} has {} bytes: a signature of another image; sign this one: `monarch image sign --key KEY.key {}`", sig.display(), s.signed.len, f.display(), m.len(), f.display()));
+                    }
+                }
+            }
+        }
+    }
+    Signing { trust: Trust { policy, keys }, key_files }
 }
 
 /// A secondary's image, resolved: the built-in payload at its size, the prepared VM

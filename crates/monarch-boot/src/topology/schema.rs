@@ -1,6 +1,7 @@
 //! The topology file's schema, as serde reads it: every table and field with its spans (for
 //! errors that name the line), before anything is resolved or checked.
 use crate::handoff::Handoff;
+use crate::signing::SignaturePolicy;
 use serde::Deserialize;
 
 use toml::Spanned;
@@ -43,6 +44,10 @@ pub(super) struct ChassisDef {
     pub(super) name: String,
     pub(super) run_dir: Option<String>,
     pub(super) vm_dir: Option<String>,
+    /// Public keys every secondary trusts (a processor's own `trust` replaces them).
+    pub(super) trust: Option<Spanned<Vec<String>>>,
+    /// Whether images must be signed (a processor's own `signature` wins).
+    pub(super) signature: Option<Spanned<SignaturePolicy>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +155,10 @@ pub(super) struct ProcessorDef {
     pub(super) disk: Option<Spanned<String>>,
     /// launch = "netboot": size of the disk file when it has to be created.
     pub(super) disk_size: Option<Spanned<SizeDef>>,
+    /// Public keys this secondary trusts (replaces `[chassis] trust`).
+    pub(super) trust: Option<Spanned<Vec<String>>>,
+    /// Whether its image must be signed (overrides `[chassis] signature`).
+    pub(super) signature: Option<Spanned<SignaturePolicy>>,
     // The per-processor settings (same names as in [defaults]); serde cannot combine
     // `flatten` with `deny_unknown_fields`, so they are listed here again.
     pub(super) launch: Option<LaunchDef>,

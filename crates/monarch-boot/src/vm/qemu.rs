@@ -78,11 +78,18 @@ pub fn qemu_machine(memory_mib: u64, accel: &str, console: &Path) -> Command {
     cmd
 }
 
-/// The stage-1 command line for secondary `id`.
-pub fn stage1_cmdline(id: &str, agent_timeout: Duration, epoch: u32) -> String {
+/// The stage-1 command line for secondary `id`; `trust` (which signatures it accepts)
+/// travels as its parameters, since the VM has none of the host's files.
+pub fn stage1_cmdline(
+    id: &str,
+    agent_timeout: Duration,
+    epoch: u32,
+    trust: &crate::signing::Trust,
+) -> String {
     format!(
-        "console=ttyS0 quiet panic=-1 monarch.role=agent monarch.id={id} monarch.timeout={}s monarch.epoch={epoch}",
-        agent_timeout.as_secs().max(1)
+        "console=ttyS0 quiet panic=-1 monarch.role=agent monarch.id={id} monarch.timeout={}s monarch.epoch={epoch}{}",
+        agent_timeout.as_secs().max(1),
+        trust.kernel_params()
     )
 }
 
@@ -117,7 +124,7 @@ mod tests {
             accel: "tcg".into(),
             kernel: "/k".into(),
             initrd: "/i".into(),
-            cmdline: stage1_cmdline("lc,1", Duration::from_secs(60), 3),
+            cmdline: stage1_cmdline("lc,1", Duration::from_secs(60), 3, &Default::default()),
             window: Some(("/dev/shm/a,b.win".into(), 1 << 25)),
             console: "/tmp/c.log".into(),
         };

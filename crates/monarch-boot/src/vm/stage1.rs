@@ -99,7 +99,20 @@ fn stage1(param: &dyn Fn(&str) -> Option<String>) {
         }
     };
     say(&format!("{STAGE1_MARKER} window {}", window.display()));
+    // Which signatures to accept is this VM's own configuration (its kernel command line),
+    // never the window's.
+    let trust = match crate::signing::Trust::from_kernel_params(
+        param("monarch.signature").as_deref(),
+        param("monarch.trust").as_deref(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            say(&format!("{STAGE1_MARKER} {e}; refusing to run an agent, staying in stage 1"));
+            return;
+        }
+    };
     let opts = AgentOptions {
+        trust,
         window,
         id: id.clone(),
         handoff: Handoff::Kexec,

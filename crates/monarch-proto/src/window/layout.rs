@@ -188,6 +188,19 @@ pub const STREAM_NAK: Reg = r64(0x388, "stream.nak");
 /// Secondary: incremented after each `stream.nak` is written.
 pub const STREAM_NAK_SEQ: Reg = r64(0x390, "stream.nak_seq");
 
+// --- Signature block (primary, written with the config, before RELEASE) -----------------
+// An image's detached signature (`crate::sign`'s `.sig` record) travels here. It sits in
+// space versions 2 left reserved and zero: a secondary that does not know it ignores it,
+// which is safe because whether a signature is required is the secondary's own
+// configuration, never the window's; a secondary that requires one finds `sig.len` 0 on
+// an older monarch and refuses the image.
+/// Length in bytes of the `.sig` record (0: the image comes unsigned; at most [`SIG_MAX`]).
+pub const SIG_LEN: Reg = r32(0x800, "sig.len");
+/// First word of the `.sig` record; [`SIG_MAX`] bytes follow as u64 words.
+pub const SIG_RECORD: usize = 0x808;
+/// Longest record the block holds (`crate::sign::SIG_MAX`).
+pub const SIG_MAX: usize = 256;
+
 // --- Doorbells: each on its own cache line ------------------------------------------------
 /// Rung (incremented) by the primary after posting a command.
 pub const DB_TO_SECONDARY: Reg = r32(0x300, "doorbell.to_secondary");
@@ -220,6 +233,7 @@ pub const ALL: &[Reg] = &[
     ST_EPOCH,
     ST_FENCED,
     REPORT_LEN,
+    SIG_LEN,
     STREAM_CONSUMED,
     STREAM_NAK,
     STREAM_NAK_SEQ,
@@ -259,6 +273,10 @@ mod tests {
         const { assert!(CMD_BLOCK_BASE + CMD_BLOCKS * CMD_BLOCK_STRIDE <= REGS_SIZE) };
         assert_eq!(cmd(CMD_BLOCKS), cmd(0), "a block index from a peer wraps inside the page");
         assert_eq!(REPORT_TEXT % 8, 0);
+        const { assert!(SIG_RECORD + SIG_MAX <= REGS_SIZE) };
+        const { assert!(CMD_BLOCK_BASE + CMD_BLOCKS * CMD_BLOCK_STRIDE <= SIG_LEN.offset) };
+        assert_eq!(SIG_RECORD % 8, 0);
+        assert_eq!(SIG_MAX, crate::sign::SIG_MAX);
     }
 
     #[test]

@@ -115,6 +115,9 @@ pub enum FailCode {
     HandoffFailed,
     /// The primary aborted.
     Aborted,
+    /// The image's signature did not verify with the keys the secondary trusts (or a
+    /// signature it requires was missing): it was never handed off.
+    SignatureRefused,
     /// A code this version does not know (read from the peer).
     Unknown(u32),
 }
@@ -130,6 +133,7 @@ impl FailCode {
             FailCode::ImageChanged => 5,
             FailCode::HandoffFailed => 6,
             FailCode::Aborted => 7,
+            FailCode::SignatureRefused => 8,
             FailCode::Unknown(c) => c,
         }
     }
@@ -143,6 +147,7 @@ impl FailCode {
             5 => FailCode::ImageChanged,
             6 => FailCode::HandoffFailed,
             7 => FailCode::Aborted,
+            8 => FailCode::SignatureRefused,
             other => FailCode::Unknown(other),
         }
     }
@@ -156,6 +161,9 @@ impl FailCode {
             FailCode::ImageChanged => "the image changed after verification".into(),
             FailCode::HandoffFailed => "handoff into the image failed".into(),
             FailCode::Aborted => "aborted by the monarch".into(),
+            FailCode::SignatureRefused => {
+                "the secondary refused the image's signature (not signed by a key it trusts, or not over these bytes); never handed off".into()
+            }
             FailCode::Unknown(c) => format!("unknown failure code {c}"),
         }
     }
@@ -329,6 +337,9 @@ pub enum RegisterError {
         /// What is wrong.
         why: &'static str,
     },
+    /// The signature block claims more bytes than it holds.
+    #[error("register sig.len at 0x800 holds {0}; a signature record is at most 256 bytes")]
+    SignatureTooLong(u32),
     /// Attempt 0 where an attempt is required.
     #[error("register {0} holds attempt 0; attempts start at 1")]
     ZeroAttempt(&'static str),
@@ -598,6 +609,50 @@ pub fn decode_status(read: &dyn Fn(Reg) -> u64) -> Result<Status, RegisterError>
         s::RUNNING => Status::Running { pid: read(layout::ST_PID) },
         other => return Err(RegisterError::UnknownStatus(other)),
     })
+}
+
+/// The signature block writes for a `.sig` record (`None`: unsigned, `sig.len` 0). A record
+/// longer than [`layout::SIG_MAX`] bytes is no valid record; `None` is returned for it, and
+/// the caller refuses the image before it comes to that.
+pub fn encode_signature(record: Option<&[u8]>) -> Option<Vec<Write>> {
+    let bytes = record.unwrap_or_default();
+    if bytes.len() > layout::SIG_MAX {
+        return None;
+    }
+    let mut w: Vec<Write> = Vec::new();
+    for i in 0..layout::SIG_MAX / 8 {
+        let mut b = [0u8; 8];
+        let chunk = bytes.get(8 * i..).unwrap_or_default();
+        let n = chunk.len().min(8);
+        b[..n].copy_from_slice(&chunk[..n]);
+        w.push((signature_word(i), u64::from_le_bytes(b)));
+    }
+    w.push((layout::SIG_LEN, bytes.len() as u64));
+    Some(w)
+}
+
+fn signature_word(i: usize) -> Reg {
+    Reg { offset: layout::SIG_RECORD + 8 * i, width: layout::Width::W64, name: "sig.record" }
+}
+
+/// The `.sig` record in the signature block, copied out (`None`: `sig.len` is 0). A length
+/// over [`layout::SIG_MAX`] is an error naming the register; the record itself is parsed,
+/// strictly, by `crate::sign`.
+pub fn decode_signature(read: &dyn Fn(Reg) -> u64) -> Result<Option<Vec<u8>>, RegisterError> {
+    let len = read32(read, layout::SIG_LEN);
+    let n = usize::try_from(len).unwrap_or(usize::MAX);
+    if n == 0 {
+        return Ok(None);
+    }
+    if n > layout::SIG_MAX {
+        return Err(RegisterError::SignatureTooLong(len));
+    }
+    let mut bytes = Vec::with_capacity(n + 8);
+    for i in 0..n.div_ceil(8) {
+        bytes.extend_from_slice(&read(signature_word(i)).to_le_bytes());
+    }
+    bytes.truncate(n);
+    Ok(Some(bytes))
 }
 
 /// The report block writes for a report text (truncated to [`layout::REPORT_MAX`] bytes).
@@ -892,5 +947,23 @@ mod golden {
         p.apply(&encode_report("hello, monarch"));
         assert_eq!(hex(&p.bytes()[0x180..0x184]), "0e 00 00 00");
         assert_eq!(&p.bytes()[0x188..0x188 + 14], b"hello, monarch");
+    }
+
+    #[test]
+    fn signature_block() {
+        let mut p = Page::new();
+        p.apply(&encode_signature(Some(b"monarch-sig v1 x\n")).unwrap());
+        assert_eq!(hex(&p.bytes()[0x800..0x804]), "11 00 00 00");
+        assert_eq!(&p.bytes()[0x808..0x808 + 17], b"monarch-sig v1 x\n");
+        assert_eq!(decode_signature(&|r| p.read(r)).unwrap().as_deref(), Some(&b"monarch-sig v1 x\n"[..]));
+        // Unsigned: the whole block is cleared, so an earlier record never lingers.
+        p.apply(&encode_signature(None).unwrap());
+        assert!(p.bytes()[0x800..0x908].iter().all(|b| *b == 0));
+        assert_eq!(decode_signature(&|r| p.read(r)).unwrap(), None);
+        assert!(encode_signature(Some(&[b'x'; 257])).is_none());
+        // A peer's length beyond the block is refused, naming the register.
+        p.apply(&[(layout::SIG_LEN, 257)]);
+        let e = decode_signature(&|r| p.read(r)).unwrap_err();
+        assert!(e.to_string().contains("sig.len"), "{e}");
     }
 }

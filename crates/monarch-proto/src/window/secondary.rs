@@ -30,6 +30,15 @@ pub enum SecondaryInput {
         /// The written checksum.
         digest: Digest,
     },
+    /// The driver checked the signature of the bytes it verified for `attempt` and refused
+    /// it (fed right after [`SecondaryInput::Verified`]). The checksum still decides whether
+    /// the copy arrived intact, so VERIFIED is posted as usual and the monarch may copy
+    /// again; an OK for this attempt fails the secondary with
+    /// [`FailCode::SignatureRefused`] instead of handing off.
+    SignatureRefused {
+        /// The attempt whose bytes were refused.
+        attempt: u32,
+    },
     /// The handoff could not be carried out.
     HandoffFailed(FailCode),
     /// Time passed; check deadlines.
@@ -173,7 +182,7 @@ enum State {
     AwaitRelease,
     AwaitStaged { config: WindowConfig, last_attempt: u32 },
     Verifying { config: WindowConfig, attempt: u32 },
-    AwaitDecision { config: WindowConfig, attempt: u32, digest: Digest },
+    AwaitDecision { config: WindowConfig, attempt: u32, digest: Digest, refused: bool },
     HandingOff { attempt: u32 },
     Done,
 }
@@ -282,14 +291,27 @@ impl Secondary {
                 vec![SecondaryAction::Verify { attempt: a, config }]
             }
             (State::Verifying { config, attempt: a }, I::Verified { attempt: v, digest }) if v == a => {
-                self.wait(State::AwaitDecision { config, attempt: a, digest }, now);
+                self.wait(State::AwaitDecision { config, attempt: a, digest, refused: false }, now);
                 vec![SecondaryAction::Post(Status::Verified { attempt: a, digest })]
             }
+            (State::AwaitDecision { config, attempt: a, digest, .. }, I::SignatureRefused { attempt: r })
+                if r == a =>
+            {
+                self.state = State::AwaitDecision { config, attempt: a, digest, refused: true };
+                Vec::new()
+            }
             (
-                State::AwaitDecision { config, attempt: a, digest },
+                State::AwaitDecision { config, attempt: a, digest, refused },
                 I::Command(Command::Ok { attempt: oa, digest: od }),
             ) => {
-                if oa == a && od == digest {
+                if oa == a && od == digest && refused {
+                    // Never hand off into bytes whose signature this side refused.
+                    self.fail(
+                        a,
+                        FailCode::SignatureRefused,
+                        SecondaryFailure::Failed(FailCode::SignatureRefused),
+                    )
+                } else if oa == a && od == digest {
                     self.state = State::HandingOff { attempt: a };
                     self.deadline = None;
                     vec![
@@ -312,7 +334,7 @@ impl Secondary {
                 self.fail(attempt, FailCode::ProtocolError, SecondaryFailure::Failed(FailCode::ProtocolError))
             }
             // Driver inputs that do not belong to this state are ignored.
-            (_, I::Verified { .. } | I::HandoffFailed(_)) => Vec::new(),
+            (_, I::Verified { .. } | I::SignatureRefused { .. } | I::HandoffFailed(_)) => Vec::new(),
         }
     }
 
@@ -381,6 +403,28 @@ mod tests {
             ]
         );
         assert_eq!(s.handed_off(), vec![SecondaryAction::Exit(Ok(()))]);
+    }
+
+    #[test]
+    fn a_refused_signature_fails_the_ok_instead_of_handing_off_but_a_new_copy_may_still_pass() {
+        let mut s = verified(d(7));
+        assert!(s.handle(ms(4), SecondaryInput::SignatureRefused { attempt: 1 }).is_empty());
+        let a = s.handle(ms(5), SecondaryInput::Command(Command::Ok { attempt: 1, digest: d(7) }));
+        assert_eq!(
+            a,
+            vec![
+                SecondaryAction::Post(Status::Failed { attempt: 1, error: FailCode::SignatureRefused }),
+                SecondaryAction::Exit(Err(SecondaryFailure::Failed(FailCode::SignatureRefused))),
+            ]
+        );
+        // A refusal of a copy damaged in transit: the monarch sees the checksum mismatch and
+        // copies again; the new copy is judged afresh.
+        let mut s = verified(d(1));
+        s.handle(ms(4), SecondaryInput::SignatureRefused { attempt: 1 });
+        s.handle(ms(5), SecondaryInput::Command(Command::Staged { attempt: 2 }));
+        s.handle(ms(6), SecondaryInput::Verified { attempt: 2, digest: d(7) });
+        let a = s.handle(ms(7), SecondaryInput::Command(Command::Ok { attempt: 2, digest: d(7) }));
+        assert_eq!(a[0], SecondaryAction::Post(Status::HandingOff { attempt: 2 }));
     }
 
     #[test]
@@ -558,13 +602,15 @@ mod tests {
             Just(SecondaryInput::Command(Command::Abort { reason: AbortReason::Timeout })),
             Just(SecondaryInput::Command(Command::Release)),
             Just(SecondaryInput::Garbage(RegisterError::UnknownCommand(5))),
+            (1u32..4).prop_map(|attempt| SecondaryInput::SignatureRefused { attempt }),
         ]
     }
 
     proptest! {
         /// The safety invariant under any sequence of inputs: a handoff happens only into an
         /// attempt this side verified, with the checksum this side computed and the primary
-        /// confirmed; at most one handoff and at most one exit.
+        /// confirmed, and whose signature this side did not refuse; at most one handoff and
+        /// at most one exit.
         #[test]
         fn never_hands_off_into_an_unverified_image(inputs in proptest::collection::vec((arb_input(), 0u64..600), 0..40)) {
             let mut s = Secondary::new(1, ms(1000));
@@ -573,11 +619,21 @@ mod tests {
             let mut computed: Vec<(u32, Digest)> = Vec::new();
             let mut confirmed: Vec<(u32, Digest)> = Vec::new();
             let (mut handoffs, mut exits) = (0, 0);
+            let mut refused: Vec<u32> = Vec::new();
+            let mut last_verified = None;
             for (input, dt) in inputs {
                 now += dt;
                 // The driver only answers Verify for the attempt it was asked to verify.
                 if let SecondaryInput::Verified { attempt, digest } = &input {
-                    if requested == Some(*attempt) { computed.push((*attempt, *digest)); }
+                    if requested == Some(*attempt) {
+                        computed.push((*attempt, *digest));
+                        refused.retain(|r| r != attempt);
+                        last_verified = Some(*attempt);
+                    }
+                }
+                // ... and refuses a signature right after verifying those bytes.
+                if let SecondaryInput::SignatureRefused { attempt } = &input {
+                    if last_verified == Some(*attempt) { refused.push(*attempt); }
                 }
                 if let SecondaryInput::Command(Command::Ok { attempt, digest }) = &input {
                     confirmed.push((*attempt, *digest));
@@ -589,6 +645,7 @@ mod tests {
                             handoffs += 1;
                             prop_assert!(computed.contains(&(attempt, digest)), "handoff into an attempt never verified here");
                             prop_assert!(confirmed.contains(&(attempt, digest)), "handoff without the primary's OK");
+                            prop_assert!(!refused.contains(&attempt), "handoff into bytes whose signature was refused");
                         }
                         SecondaryAction::Exit(_) => exits += 1,
                         SecondaryAction::Post(_) => prop_assert_eq!(exits, 0),
