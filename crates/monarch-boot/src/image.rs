@@ -7,6 +7,8 @@
 //! the delivered memfd) and reports the banner and its own checksum, which proves that what
 //! runs is what was delivered.
 
+use crate::builtin::truncate;
+pub use crate::builtin::{BANNER_MAX, TRAILER_LEN, TRAILER_MAGIC, payload_len, payload_program, read_banner};
 use crate::topology::ImageSource;
 use crate::values::fmt_size;
 use monarch_drivers::{Window, WindowError};
@@ -16,13 +18,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-
-/// Last 8 bytes of a payload image.
-pub const TRAILER_MAGIC: &[u8; 8] = b"MNRCHPLD";
-/// Trailer length: banner length (u32 LE), reserved (u32), magic.
-pub const TRAILER_LEN: usize = 16;
-/// Longest banner.
-pub const BANNER_MAX: usize = 160;
 
 /// Errors retrieving an image.
 #[derive(Debug, Error)]
@@ -168,20 +163,6 @@ pub fn source_len(source: &ImageSource) -> Result<u64, ImageError> {
     }
 }
 
-/// Where the demo payload program is: `$MONARCH_PAYLOAD`, or next to the running binary.
-pub fn payload_program() -> PathBuf {
-    if let Some(p) = std::env::var_os("MONARCH_PAYLOAD") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("monarch"));
-    exe.with_file_name("monarch-payload")
-}
-
-/// The smallest demo payload image of a `program`-byte program carrying `banner`.
-pub fn payload_len(program: u64, banner: &str) -> u64 {
-    program + (truncate(banner, BANNER_MAX).len() + TRAILER_LEN) as u64
-}
-
 /// Build a demo payload image of exactly `size` bytes carrying `banner`.
 pub fn build_payload(program: &Path, size: u64, banner: &str) -> Result<Vec<u8>, ImageError> {
     let mut bytes =
@@ -198,27 +179,6 @@ pub fn build_payload(program: &Path, size: u64, banner: &str) -> Result<Vec<u8>,
     bytes.extend_from_slice(&[0; 4]);
     bytes.extend_from_slice(TRAILER_MAGIC);
     Ok(bytes)
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// The banner in a payload image's trailer, if it has one (input is untrusted).
-pub fn read_banner(image: &[u8]) -> Option<String> {
-    let t = image.len().checked_sub(TRAILER_LEN)?;
-    if &image[t + 8..] != TRAILER_MAGIC {
-        return None;
-    }
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&image[t..t + 4]);
-    let len = usize::try_from(u32::from_le_bytes(len)).ok()?.min(BANNER_MAX);
-    let start = t.checked_sub(len)?;
-    Some(String::from_utf8_lossy(&image[start..t]).into_owned())
 }
 
 /// Retrieve an image: its size, its retrieved checksum and, with `chunk_size > 0`, the

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod builtin;
 pub mod bundle;
 pub mod cmdline;
 pub mod election;

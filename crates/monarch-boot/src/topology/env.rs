@@ -75,7 +75,7 @@ impl Environment for Host {
     }
 
     fn payload_program_len(&self) -> Option<u64> {
-        std::fs::metadata(crate::image::payload_program())
+        std::fs::metadata(crate::builtin::payload_program())
             .ok()
             .filter(std::fs::Metadata::is_file)
             .map(|m| m.len())

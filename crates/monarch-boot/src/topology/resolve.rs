@@ -710,7 +710,7 @@ fn image(
             };
             let banner = p.banner.clone().unwrap_or_else(|| format!("{id} booted the delivered image"));
             if let Some(program) = env.payload_program_len() {
-                let need = crate::image::payload_len(program, &banner);
+                let need = crate::builtin::payload_len(program, &banner);
                 if need > size {
                     let at = p.image_size.as_ref().map_or_else(|| i.span(), toml::Spanned::span);
                     cx.push(
