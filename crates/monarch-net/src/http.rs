@@ -522,9 +522,9 @@ async fn send_file(
     if plain.head {
         return Ok((0, true, start, false));
     }
-    match crate::discovery::sendfile_to(stream, &file, 0, size, Some(stall)).await {
+    match crate::discovery::sendfile_to(stream, &file, 0, size, stall).await {
         Ok(n) => Ok((n, n == size, start, false)),
-        Err((n, e)) => Ok((n, false, start, e.kind() == io::ErrorKind::TimedOut)),
+        Err((n, e)) => Ok((n, false, start, crate::discovery::is_send_stall(&e))),
     }
 }
 
