@@ -86,7 +86,9 @@ pub struct HttpConfig {
     /// Serve plain whole-file requests with `sendfile` (default true; the bench turns it
     /// off to show what it buys).
     pub zero_copy: bool,
-    /// Deadline for a whole request head ([`HEAD_DEADLINE`]).
+    /// Deadline for a whole request head ([`HEAD_DEADLINE`]), counted from when the server
+    /// starts waiting for it: so it is also how long an idle keep-alive connection stays
+    /// open.
     pub head_deadline: Duration,
     /// Longest a write may make no progress ([`SEND_STALL`]).
     pub send_stall: Duration,
