@@ -9,7 +9,10 @@
 //!   and cached — TCP port, a random token), and serves the download on TCP: it checks the
 //!   token and streams exactly the offered number of bytes with `sendfile(2)` (the file's
 //!   pages go from the page cache to the socket without a copy through this process; the
-//!   reference design's RDMA offload is the hardware version of the same idea).
+//!   reference design's RDMA offload is the hardware version of the same idea). A download
+//!   holds one of [`DiscoveryConfig::max_transfers`] permits, so one whose client stops
+//!   reading is cut off after [`DiscoveryConfig::send_stall`] without progress
+//!   ([`DiscoveryEvent::Dropped`]) and gives its permit back.
 //! - [`fetch`] (blocking, std sockets: the agent is a plain binary and needs no runtime):
 //!   broadcasts/unicasts DISCOVER, rebroadcasting every `interval` until `give_up_after`,
 //!   allocates one buffer of the offered size, reads the TCP stream straight into it,
@@ -54,6 +57,10 @@ pub const DEFAULT_MAX_OFFERS_PER_SOURCE: usize = 16;
 const MAX_PENDING_DISCOVERS: usize = 64;
 /// How long a TCP client may take to send its DOWNLOAD request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a download may make no progress by default ([`DiscoveryConfig::send_stall`]):
+/// the HTTP service's send stall. An agent reads straight into its pre-posted buffer, so
+/// only a client that stopped reading (a hung or hostile one) gets near it.
+pub const DEFAULT_SEND_STALL: Duration = Duration::from_secs(30);
 
 /// What the discovery service needs.
 #[derive(Debug, Clone)]
@@ -75,6 +82,10 @@ pub struct DiscoveryConfig {
     pub token_ttl: Duration,
     /// Downloads served at once; more are refused with "busy".
     pub max_transfers: usize,
+    /// Longest a download may make no progress (the client reads nothing) before it is cut
+    /// off and its place among `max_transfers` freed ([`DEFAULT_SEND_STALL`]); reported as
+    /// [`DiscoveryEvent::Dropped`].
+    pub send_stall: Duration,
     /// Outstanding offers (tokens) kept at most ([`DEFAULT_MAX_OFFERS`]). When the table is
     /// full, a new offer evicts the oldest offer of the source holding the most.
     pub max_offers: usize,
@@ -87,7 +98,8 @@ pub struct DiscoveryConfig {
 }
 
 impl DiscoveryConfig {
-    /// Defaults: BLAKE3 digests, sendfile, tokens valid 60 s, 32 transfers at once.
+    /// Defaults: BLAKE3 digests, sendfile, tokens valid 60 s, 32 transfers at once, each cut
+    /// off after 30 s without progress.
     pub fn new(udp: SocketAddr, tcp: SocketAddr, catalog: impl Into<SharedCatalog>) -> DiscoveryConfig {
         DiscoveryConfig {
             udp,
@@ -98,6 +110,7 @@ impl DiscoveryConfig {
             zero_copy: true,
             token_ttl: Duration::from_secs(60),
             max_transfers: 32,
+            send_stall: DEFAULT_SEND_STALL,
             max_offers: DEFAULT_MAX_OFFERS,
             max_offers_per_source: DEFAULT_MAX_OFFERS_PER_SOURCE,
         }
@@ -157,6 +170,18 @@ pub enum DiscoveryEvent {
         /// Sent with sendfile.
         zero_copy: bool,
     },
+    /// A download was cut off because its client stopped reading: no progress for the send
+    /// stall. Its transfer permit is free again when this is reported.
+    Dropped {
+        /// The machine.
+        peer: SocketAddr,
+        /// The image.
+        image: String,
+        /// Bytes sent before it stalled.
+        bytes: u64,
+        /// Which limit it hit.
+        reason: String,
+    },
     /// A download broke off.
     Failed {
         /// The machine.
@@ -205,6 +230,7 @@ struct Shared {
     algo: Algo,
     zero_copy: bool,
     ttl: Duration,
+    send_stall: Duration,
     tcp_port: u16,
     events: EventSink<DiscoveryEvent>,
     digests: Mutex<HashMap<DigestKey, Arc<OnceCell<Digest>>>>,
@@ -257,6 +283,7 @@ impl DiscoveryServer {
             algo: self.cfg.algo,
             zero_copy: self.cfg.zero_copy,
             ttl: self.cfg.token_ttl,
+            send_stall: self.cfg.send_stall,
             tcp_port,
             events,
             digests: Mutex::new(HashMap::new()),
@@ -441,7 +468,7 @@ async fn download(st: &Shared, mut stream: TcpStream, peer: SocketAddr) {
         let why = format!("{name}: request for {size} bytes, the offer was {granted}: discover again");
         return refuse(RefuseCode::Changed, why).await;
     }
-    let Ok(_permit) = st.transfers.try_acquire() else {
+    let Ok(permit) = st.transfers.try_acquire() else {
         return refuse(RefuseCode::Busy, "too many transfers in progress: try again shortly".into()).await;
     };
     let file = match std::fs::File::open(&path) {
@@ -457,13 +484,13 @@ async fn download(st: &Shared, mut stream: TcpStream, peer: SocketAddr) {
         Err(e) => return refuse(RefuseCode::Unavailable, format!("{name}: {e}")).await,
     }
     let start = Instant::now();
-    if let Err(e) = stream.write_all(&Message::Accept { xid, size }.frame()).await {
-        return (st.events)(DiscoveryEvent::Failed { peer, image: name, bytes: 0, reason: e.to_string() });
-    }
-    let sent = if st.zero_copy {
-        sendfile_to(&stream, &file, 0, size, None).await
-    } else {
-        copy_to(&mut stream, file, size).await
+    let stall = st.send_stall;
+    let accept = Message::Accept { xid, size }.frame();
+    let sent = match tokio::time::timeout(stall, stream.write_all(&accept)).await {
+        Ok(Ok(())) if st.zero_copy => sendfile_to(&stream, &file, 0, size, stall).await,
+        Ok(Ok(())) => copy_to(&mut stream, file, size, stall).await,
+        Ok(Err(e)) => Err((0, e)),
+        Err(_) => Err((0, send_stalled(stall))),
     };
     let event = match sent {
         Ok(bytes) if bytes == size => {
@@ -475,15 +502,37 @@ async fn download(st: &Shared, mut stream: TcpStream, peer: SocketAddr) {
             bytes,
             reason: "the file shrank during the transfer".into(),
         },
+        Err((bytes, e)) if is_send_stall(&e) => {
+            DiscoveryEvent::Dropped { peer, image: name, bytes, reason: e.to_string() }
+        }
         Err((bytes, e)) => DiscoveryEvent::Failed { peer, image: name, bytes, reason: e.to_string() },
     };
     let _ = stream.shutdown().await;
+    drop(stream);
+    // Free before reporting, so whoever sees the event finds the permit back.
+    drop(permit);
     (st.events)(event);
+}
+
+/// Why a send stopped: the client read nothing for `stall`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client read nothing for {0:?} (the send stall)")]
+struct SendStalled(Duration);
+
+/// The error a send that made no progress for `stall` ends with (kind `TimedOut`).
+pub(crate) fn send_stalled(stall: Duration) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, SendStalled(stall))
+}
+
+/// Whether `e` is [`send_stalled`]'s, and not, say, the kernel's own `ETIMEDOUT`.
+pub(crate) fn is_send_stall(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<SendStalled>())
 }
 
 /// Send `file[off..end]` on `stream` with `sendfile(2)`: the bytes go from the page cache to
 /// the socket without being copied through this process. Ok(bytes sent) — fewer than asked
-/// only if the file shrank; Err((bytes sent, error)) when the peer went away.
+/// only if the file shrank; Err((bytes sent, error)) when the peer went away, or read
+/// nothing for `stall` ([`is_send_stall`]).
 ///
 /// The socket is non-blocking (tokio); the file read may block on a page-cache miss, as in
 /// nginx. Also used by the HTTP service's fast path.
@@ -492,7 +541,7 @@ pub(crate) async fn sendfile_to(
     file: &std::fs::File,
     off: u64,
     end: u64,
-    stall: Option<Duration>,
+    stall: Duration,
 ) -> Result<u64, (u64, io::Error)> {
     // Corked, as nginx's `tcp_nopush` does: only full segments leave while the body is
     // sent, whatever TCP_NODELAY says (the HTTP service sets it for its small answers).
@@ -509,22 +558,17 @@ async fn sendfile_loop(
     file: &std::fs::File,
     off: u64,
     end: u64,
-    stall: Option<Duration>,
+    stall: Duration,
 ) -> Result<u64, (u64, io::Error)> {
     let mut pos = off;
     while pos < end {
         // Linux sends at most 0x7ffff000 bytes per call.
         let want = usize::try_from(end - pos).unwrap_or(usize::MAX).min(0x7fff_f000);
-        match stall {
-            None => stream.writable().await.map_err(|e| (pos - off, e))?,
-            // No progress for `stall`: the client stopped reading.
-            Some(d) => tokio::time::timeout(d, stream.writable())
-                .await
-                .map_err(|_| {
-                    (pos - off, io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))
-                })?
-                .map_err(|e| (pos - off, e))?,
-        }
+        // No room in the socket for `stall`: the client stopped reading.
+        tokio::time::timeout(stall, stream.writable())
+            .await
+            .map_err(|_| (pos - off, send_stalled(stall)))?
+            .map_err(|e| (pos - off, e))?;
         let r = stream.try_io(Interest::WRITABLE, || {
             rustix::fs::sendfile(stream, file, Some(&mut pos), want).map_err(io::Error::from)
         });
@@ -539,11 +583,13 @@ async fn sendfile_loop(
 }
 
 /// The plain alternative to [`sendfile_to`]: read 1 MiB, write it, repeat (two copies per
-/// byte through this process). Kept for the bench's comparison.
+/// byte through this process). Kept for the bench's comparison. The same send stall: each
+/// write must take some bytes within `stall`.
 async fn copy_to(
     stream: &mut TcpStream,
     mut file: std::fs::File,
     size: u64,
+    stall: Duration,
 ) -> Result<u64, (u64, io::Error)> {
     let mut buf = vec![0u8; 1 << 20];
     let mut sent = 0u64;
@@ -553,8 +599,18 @@ async fn copy_to(
         if n == 0 {
             break;
         }
-        stream.write_all(&buf[..n]).await.map_err(|e| (sent, e))?;
-        sent += n as u64;
+        let mut at = 0;
+        while at < n {
+            let w = tokio::time::timeout(stall, stream.write(&buf[at..n]))
+                .await
+                .map_err(|_| (sent, send_stalled(stall)))?
+                .map_err(|e| (sent, e))?;
+            if w == 0 {
+                return Err((sent, io::ErrorKind::WriteZero.into()));
+            }
+            at += w;
+            sent += w as u64;
+        }
     }
     Ok(sent)
 }

@@ -86,7 +86,9 @@ pub struct HttpConfig {
     /// Serve plain whole-file requests with `sendfile` (default true; the bench turns it
     /// off to show what it buys).
     pub zero_copy: bool,
-    /// Deadline for a whole request head ([`HEAD_DEADLINE`]).
+    /// Deadline for a whole request head ([`HEAD_DEADLINE`]), counted from when the server
+    /// starts waiting for it: so it is also how long an idle keep-alive connection stays
+    /// open.
     pub head_deadline: Duration,
     /// Longest a write may make no progress ([`SEND_STALL`]).
     pub send_stall: Duration,
@@ -522,9 +524,9 @@ async fn send_file(
     if plain.head {
         return Ok((0, true, start, false));
     }
-    match crate::discovery::sendfile_to(stream, &file, 0, size, Some(stall)).await {
+    match crate::discovery::sendfile_to(stream, &file, 0, size, stall).await {
         Ok(n) => Ok((n, n == size, start, false)),
-        Err((n, e)) => Ok((n, false, start, e.kind() == io::ErrorKind::TimedOut)),
+        Err((n, e)) => Ok((n, false, start, crate::discovery::is_send_stall(&e))),
     }
 }
 

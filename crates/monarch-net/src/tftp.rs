@@ -24,7 +24,9 @@
 //!   makes one `recv` and one `send` per window and allocates nothing. Requests beyond
 //!   `max_transfers` running, or beyond `max_per_source` running for the requester's address
 //!   (any port: a flood of RRQs that never ACK takes at most that many slots), get
-//!   "server busy" ([`monarch_proto::fair::Admission`]).
+//!   "server busy" ([`monarch_proto::fair::Admission`]). A transfer that is never
+//!   acknowledged gives its slot back after `retries + 1` timeouts, and a client cannot
+//!   stretch that with the `timeout` option beyond [`TftpConfig::max_timeout`].
 //! - Latency: after sending, a transfer polls its socket for the ACK for a moment
 //!   ([`DEFAULT_SPIN`], at most `max_spinning` transfers at once) before sleeping, so it is
 //!   already awake when the ACK lands; on a VM that halves the wake-ups of a lock-step
@@ -73,9 +75,18 @@ pub struct TftpConfig {
     pub max_blksize: u16,
     /// Largest window granted (RFC 7440); clients that ask for more get this.
     pub max_windowsize: u16,
-    /// Retransmission timeout when the client does not negotiate one.
+    /// Retransmission timeout when the client does not negotiate one (or asks for more than
+    /// `max_timeout`).
     pub timeout: Duration,
-    /// Retransmissions of one window before a transfer is abandoned.
+    /// Longest retransmission timeout a client may negotiate (RFC 2349 `timeout` option);
+    /// a request for more is declined (the option is left out of the OACK, whose value must
+    /// match the client's) and runs on `timeout`. See
+    /// [`DEFAULT_MAX_TIMEOUT`](monarch_proto::tftp::negotiate::DEFAULT_MAX_TIMEOUT).
+    pub max_timeout: Duration,
+    /// Retransmissions of one window before a transfer is abandoned. With the timeouts
+    /// above, a transfer whose client stops answering ends (event `failed`, its slot freed)
+    /// `retries + 1` timeouts after its last progress: at most
+    /// `(retries + 1) × max(timeout, max_timeout)`.
     pub retries: u32,
     /// Transfers running at once; more requests get TFTP error 0 "server busy".
     pub max_transfers: usize,
@@ -115,7 +126,8 @@ pub const DEFAULT_MAX_PER_SOURCE: usize = 8;
 
 impl TftpConfig {
     /// Serve `root` on `bind` with the defaults of [`ServerConfig`] (blksize up to 65464,
-    /// windows up to 64, 1 s timeout, 5 retries), at most 128 transfers at once and
+    /// windows up to 64, 1 s timeout, clients may ask for up to 10 s, 5 retries), at most
+    /// 128 transfers at once and
     /// [`DEFAULT_MAX_PER_SOURCE`] per client address.
     pub fn new(bind: SocketAddr, root: impl Into<PathBuf>) -> TftpConfig {
         let d = ServerConfig::default();
@@ -125,6 +137,7 @@ impl TftpConfig {
             max_blksize: d.max_blksize,
             max_windowsize: d.max_windowsize,
             timeout: d.timeout,
+            max_timeout: d.max_timeout,
             retries: d.retries,
             max_transfers: 128,
             max_per_source: DEFAULT_MAX_PER_SOURCE,
@@ -139,6 +152,7 @@ impl TftpConfig {
             max_blksize: self.max_blksize,
             max_windowsize: self.max_windowsize,
             timeout: self.timeout,
+            max_timeout: self.max_timeout,
             retries: self.retries,
         }
     }

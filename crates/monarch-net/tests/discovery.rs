@@ -335,6 +335,75 @@ fn a_transfer_that_breaks_off_hands_nothing_over() {
     assert!(!err.keeps_local_image());
 }
 
+/// A client that takes a download and then reads nothing holds one of the service's transfer
+/// permits; the send stall cuts it off and frees the permit. With one permit, a second agent
+/// gets its image only once the first client was dropped. Both send paths (sendfile and the
+/// copy loop).
+#[test]
+fn a_client_that_stops_reading_is_dropped_and_frees_its_permit() {
+    let root = tempfile::tempdir().unwrap();
+    // Far more than the loopback socket buffers of both ends hold, so the send blocks.
+    let size = 64u64 << 20;
+    std::fs::File::create(root.path().join("payload.bin")).unwrap().set_len(size).unwrap();
+    std::fs::write(
+        root.path().join("machines.toml"),
+        "[machine.\"52:54:00:ab:cd:01\"]\nname = \"agent1\"\nimage = \"payload.bin\"\n",
+    )
+    .unwrap();
+    for zero_copy in [true, false] {
+        let catalog = Arc::new(Catalog::load(root.path()).unwrap());
+        let mut cfg =
+            DiscoveryConfig::new("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap(), catalog);
+        cfg.max_transfers = 1;
+        cfg.send_stall = Duration::from_millis(300);
+        cfg.zero_copy = zero_copy;
+        let s = start_with(cfg);
+
+        // Take the only permit: request the download, read the ACCEPT, then nothing more.
+        let offer = offer_by_hand(s.udp);
+        let mut hog = TcpStream::connect(s.tcp).unwrap();
+        hog.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let req = Download { xid: offer.xid, token: offer.token, size: offer.size };
+        hog.write_all(&Message::Download(req).frame()).unwrap();
+        let mut p = [0u8; 2];
+        hog.read_exact(&mut p).unwrap();
+        let mut b = vec![0u8; frame_len(p).unwrap()];
+        hog.read_exact(&mut b).unwrap();
+        assert_eq!(Message::decode(&b).unwrap(), Message::Accept { xid: offer.xid, size });
+        let hog_addr = hog.local_addr().unwrap();
+
+        // Dropped on the send stall. (The wait is only the test's own bound: without the
+        // stall the client holds the permit for as long as it keeps the connection.)
+        let waited = Instant::now();
+        let (bytes, reason) = loop {
+            let found = s.events().into_iter().find_map(|e| match e {
+                DiscoveryEvent::Dropped { peer, bytes, reason, .. } if peer == hog_addr => {
+                    Some((bytes, reason))
+                }
+                _ => None,
+            });
+            if let Some(f) = found {
+                break f;
+            }
+            assert!(waited.elapsed() < Duration::from_secs(60), "never dropped: {:#?}", s.events());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(bytes < size, "zero_copy {zero_copy}: {bytes} bytes sent to a client that read nothing");
+        assert!(reason.contains("send stall"), "{reason}");
+
+        // The permit is free: an agent gets the whole image while the hog still holds its
+        // (cut off) connection.
+        let got = fetch(&quick(s.udp)).unwrap();
+        assert_eq!(got.bytes.len() as u64, size);
+        assert!(
+            s.events().iter().any(|e| matches!(e, DiscoveryEvent::Sent { bytes, .. } if *bytes == size)),
+            "{:#?}",
+            s.events()
+        );
+        drop(hog);
+    }
+}
+
 #[test]
 fn a_catalog_built_from_parts_and_the_copy_loop_also_work() {
     let (root, image) = root_with_image(3 << 20);

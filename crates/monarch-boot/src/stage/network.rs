@@ -358,7 +358,10 @@ impl<'a, 'c> NetStage<'a, 'c> {
                     started = Instant::now();
                     deadline = started + sec.timeouts.verify;
                 }
-                Msg::Server(DiscoveryEvent::Failed { reason, bytes, .. }) => {
+                Msg::Server(
+                    DiscoveryEvent::Failed { reason, bytes, .. }
+                    | DiscoveryEvent::Dropped { reason, bytes, .. },
+                ) => {
                     self.server_said = Some(format!("transfer broke off after {bytes} bytes: {reason}"));
                 }
                 Msg::Server(DiscoveryEvent::Refused { reason, .. }) => {

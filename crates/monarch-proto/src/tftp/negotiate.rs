@@ -11,6 +11,14 @@ use crate::tftp::wire::{MAX_BLKSIZE, MIN_BLKSIZE, OP_OACK, Options, push_str};
 /// (from before a rollover) indistinguishable from a fresh one.
 pub const MAX_WINDOWSIZE: u16 = 32768;
 
+/// The longest retransmission timeout a client may negotiate by default
+/// ([`ServerConfig::max_timeout`]). RFC 2349 lets a client ask for up to 255 s, and a
+/// transfer that is never acknowledged lives `retries + 1` timeouts: 25 minutes of a transfer
+/// slot at 255 s and 5 retries, for one datagram. Clients that send the option ask for a few
+/// seconds (U-Boot asks for 5; iPXE, GRUB and PXE ROMs do not send it), so 10 s serves every
+/// one of them and keeps a silent transfer to a minute.
+pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The server's limits and defaults for transfers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -18,19 +26,27 @@ pub struct ServerConfig {
     pub max_blksize: u16,
     /// Largest window granted (clamped to 1..=[`MAX_WINDOWSIZE`]).
     pub max_windowsize: u16,
-    /// Retransmission timeout when the client negotiates none.
+    /// Retransmission timeout when the client negotiates none (or asks for more than
+    /// `max_timeout`).
     pub timeout: Duration,
+    /// Longest retransmission timeout a client may ask for with the RFC 2349 `timeout`
+    /// option ([`DEFAULT_MAX_TIMEOUT`]). A request for more is declined, not capped: RFC 2349
+    /// says the value in the OACK must match the client's, so the option is left out of the
+    /// OACK and the transfer runs on `timeout`.
+    pub max_timeout: Duration,
     /// Retransmissions of the same window before the transfer is abandoned.
     pub retries: u32,
 }
 
 impl Default for ServerConfig {
-    /// Every block size RFC 2348 allows, windows up to 64 blocks, 1 s timeout, 5 retries.
+    /// Every block size RFC 2348 allows, windows up to 64 blocks, 1 s timeout (clients may
+    /// ask for up to [`DEFAULT_MAX_TIMEOUT`]), 5 retries.
     fn default() -> Self {
         ServerConfig {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
             timeout: Duration::from_secs(1),
+            max_timeout: DEFAULT_MAX_TIMEOUT,
             retries: 5,
         }
     }
@@ -81,8 +97,9 @@ fn parse_number(s: &str) -> Option<u64> {
 }
 
 /// Decide the options for a read of a `file_size`-byte file: blksize 8..=65464 capped by
-/// the config, timeout 1..=255 s, tsize answered with the size, windowsize 1..=65535 capped
-/// by the config; unknown or invalid options are ignored (and so left out of the OACK).
+/// the config, timeout 1..=255 s granted as asked up to the config's `max_timeout` and
+/// declined above it, tsize answered with the size, windowsize 1..=65535 capped by the
+/// config; unknown or invalid options are ignored (and so left out of the OACK).
 pub fn negotiate(options: Options<'_>, file_size: u64, cfg: &ServerConfig) -> Accepted {
     let max_blk = cfg.max_blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE);
     let max_win = cfg.max_windowsize.clamp(1, MAX_WINDOWSIZE);
@@ -95,7 +112,13 @@ pub fn negotiate(options: Options<'_>, file_size: u64, cfg: &ServerConfig) -> Ac
     if num("tsize").is_some() {
         acc.tsize = Some(file_size);
     }
-    if let Some(t) = num("timeout").and_then(|t| u8::try_from(t).ok()).filter(|&t| t >= 1) {
+    // RFC 2349: "If the server is willing to accept the timeout option, it sends an OACK
+    // to the client. The specified timeout value must match the value specified by the
+    // client." So a timeout above the cap is declined (left out), never lowered.
+    if let Some(t) = num("timeout")
+        .and_then(|t| u8::try_from(t).ok())
+        .filter(|&t| t >= 1 && Duration::from_secs(u64::from(t)) <= cfg.max_timeout)
+    {
         acc.timeout = Some(t);
     }
     if let Some(w) = num("windowsize").filter(|w| (1..=65535).contains(w)) {
@@ -127,6 +150,16 @@ mod tests {
         let b = rrq(&[("blksize", "8"), ("windowsize", "65535")]);
         let a = negotiate(req_options(&b), 1, &ServerConfig { max_windowsize: u16::MAX, ..cfg });
         assert_eq!((a.blksize, a.windowsize), (Some(8), Some(MAX_WINDOWSIZE)));
+        // A timeout above the cap is declined, not lowered (RFC 2349: the OACK echoes the
+        // client's value or leaves the option out); up to the cap it is granted as asked.
+        let capped = ServerConfig { max_timeout: Duration::from_secs(10), ..cfg };
+        for (asked, granted) in [("255", None), ("11", None), ("10", Some(10)), ("1", Some(1))] {
+            let b = rrq(&[("timeout", asked), ("tsize", "0")]);
+            assert_eq!(negotiate(req_options(&b), 5, &capped).timeout, granted, "timeout {asked}");
+        }
+        let b = rrq(&[("timeout", "1")]);
+        let none = ServerConfig { max_timeout: Duration::ZERO, ..cfg };
+        assert!(negotiate(req_options(&b), 5, &none).is_empty(), "a zero cap declines every timeout");
         // The first occurrence wins.
         let b = rrq(&[("blksize", "1024"), ("BLKSIZE", "512")]);
         assert_eq!(negotiate(req_options(&b), 1, &cfg).blksize, Some(1024));

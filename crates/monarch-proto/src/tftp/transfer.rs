@@ -92,6 +92,11 @@ enum Phase {
 /// An ACK that acknowledges nothing new — a duplicate — is ignored: answering duplicates is
 /// the Sorcerer's Apprentice bug, where every delayed ACK doubles the traffic for the rest of
 /// the transfer. Lost windows are re-sent on timeout, at most `retries` times in a row.
+///
+/// So a transfer whose client goes silent fails [`ReadTransfer::give_up_after`] after its
+/// last progress (`retries + 1` timeouts), and since a client can negotiate a timeout of at
+/// most [`ServerConfig::max_timeout`], a request that is never acknowledged holds the server
+/// for at most `(retries + 1) × max(timeout, max_timeout)` whatever it asked for.
 #[derive(Debug, Clone)]
 pub struct ReadTransfer {
     size: u64,
@@ -148,6 +153,13 @@ impl ReadTransfer {
     /// The retransmission timeout in use.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How long the transfer goes without progress (no OACK acknowledgement, no ACK that
+    /// moves the window) before it fails: the first send and every retransmission wait one
+    /// timeout, `retries + 1` in all.
+    pub fn give_up_after(&self) -> Duration {
+        self.timeout.saturating_mul(self.retries.saturating_add(1))
     }
 
     /// The file's size.
@@ -391,6 +403,28 @@ mod tests {
     fn client_timeout_option_sets_the_timer() {
         let (t, _) = start(&[("timeout", "7")], 1, &ServerConfig::default());
         assert_eq!(t.deadline(), Some(Duration::from_secs(7)));
+    }
+
+    /// A client that asks for the longest timeout RFC 2349 allows and then never answers:
+    /// the option is declined, and the transfer fails after the server's own timeouts.
+    #[test]
+    fn a_silent_client_asking_a_long_timeout_is_given_up_on_the_servers_timer() {
+        let cfg = ServerConfig { retries: 2, ..ServerConfig::default() };
+        let (mut t, a) = start(&[("timeout", "255"), ("tsize", "0")], 100, &cfg);
+        assert_eq!(a, vec![Action::SendOack(Accepted { tsize: Some(100), ..Accepted::default() })]);
+        assert_eq!(t.timeout(), cfg.timeout);
+        assert_eq!(t.give_up_after(), cfg.timeout * 3);
+        let mut out = Vec::new();
+        let mut now = Duration::ZERO;
+        while let Some(d) = t.deadline() {
+            now = d;
+            t.handle(now, Input::Tick, &mut out);
+        }
+        assert!(matches!(out.last(), Some(Action::Failed(Failure::TimedOut { retries: 2, .. }))), "{out:?}");
+        assert_eq!(now, t.give_up_after(), "failed after retries + 1 timeouts");
+        // Up to the cap the client's timeout is used, and it bounds the silence the same way.
+        let (t, _) = start(&[("timeout", "10")], 100, &cfg);
+        assert_eq!(t.give_up_after(), Duration::from_secs(30));
     }
 
     #[test]
