@@ -7,7 +7,8 @@ use monarch_boot::topology::{Environment, ImageFileProblem, Topology, TopologyEr
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-/// A machine with one image file, an old window, and a missing folder.
+/// A machine with one image file, one trusted key (`ops.pub`), an old window, and a missing
+/// folder.
 struct Nowhere;
 
 impl Environment for Nowhere {
@@ -39,6 +40,13 @@ impl Environment for Nowhere {
     }
     fn payload_program_len(&self) -> Option<u64> {
         Some(3 << 20)
+    }
+    fn read_small(&self, path: &Path, _: usize) -> std::io::Result<Vec<u8>> {
+        if path.ends_with("ops.pub") {
+            Ok(b"monarch-pub v1 ed25519 329e322193bcb6f940c350739e2bbff429ad32af47429cb6c61f917f61638f5e\n".to_vec())
+        } else {
+            Err(std::io::ErrorKind::NotFound.into())
+        }
     }
 }
 

@@ -182,7 +182,7 @@ pub fn sig_path(image: &Path) -> PathBuf {
 
 /// Read a small file (a key or a signature), at most `max` bytes (more is refused as not
 /// being one).
-fn read_small(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+pub fn read_small(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
     let mut b = Vec::new();
     std::fs::File::open(path)?.take(max as u64 + 1).read_to_end(&mut b)?;
     Ok(b)
@@ -190,8 +190,16 @@ fn read_small(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
 
 /// Read a `.pub` file.
 pub fn read_public_key(path: &Path) -> Result<PublicKey, SigningError> {
+    public_key_from(path, read_small(path, PUB_MAX))
+}
+
+/// The longest `.pub` file read.
+pub const PUB_MAX: usize = 256;
+
+/// A `.pub` file's key, from what reading `path` gave.
+pub fn public_key_from(path: &Path, read: std::io::Result<Vec<u8>>) -> Result<PublicKey, SigningError> {
     let what = "public key";
-    let b = read_small(path, 256).map_err(|source| SigningError::Read {
+    let b = read.map_err(|source| SigningError::Read {
         what,
         path: path.into(),
         source,
@@ -225,8 +233,16 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey, SigningError> {
 /// Read `path` as a `.sig` file: `None` when there is none; the record's bytes (as they
 /// travel to the secondary) and the parsed signature.
 pub fn read_signature(path: &Path) -> Result<Option<(Vec<u8>, Signature)>, SigningError> {
+    signature_from(path, read_small(path, monarch_proto::sign::SIG_MAX))
+}
+
+/// A `.sig` file's signature (`None`: there is no such file), from what reading `path` gave.
+pub fn signature_from(
+    path: &Path,
+    read: std::io::Result<Vec<u8>>,
+) -> Result<Option<(Vec<u8>, Signature)>, SigningError> {
     let what = "signature";
-    let b = match read_small(path, monarch_proto::sign::SIG_MAX) {
+    let b = match read {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(SigningError::Read { what, path: path.into(), source, hint: "" }),

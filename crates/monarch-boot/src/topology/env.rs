@@ -43,6 +43,8 @@ pub trait Environment {
     fn window_file(&self, path: &Path, data_size: u64) -> WindowFile;
     /// The length of the demo payload program (`builtin:payload` is it, padded), if known.
     fn payload_program_len(&self) -> Option<u64>;
+    /// The contents of a small file (a key, a signature): at most `max + 1` bytes of it.
+    fn read_small(&self, path: &Path, max: usize) -> std::io::Result<Vec<u8>>;
 }
 
 /// This machine.
@@ -79,6 +81,10 @@ impl Environment for Host {
             .ok()
             .filter(std::fs::Metadata::is_file)
             .map(|m| m.len())
+    }
+
+    fn read_small(&self, path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+        crate::signing::read_small(path, max)
     }
 
     fn window_file(&self, path: &Path, data_size: u64) -> WindowFile {

@@ -102,7 +102,7 @@ impl Topology {
         }
         let vm_dir = file.chassis.vm_dir.as_ref().map_or_else(|| env.vm_dir(), |d| base.join(d));
         let vm_art = crate::vm::artifacts::Artifacts::at(&vm_dir);
-        let chassis_keys = trust_keys(&mut cx, file.chassis.trust.as_ref(), "chassis.trust", base);
+        let chassis_keys = trust_keys(&mut cx, file.chassis.trust.as_ref(), "chassis.trust", base, env);
         let mut seen_ids: BTreeMap<String, ()> = BTreeMap::new();
         let mut seen_windows: HashMap<PathBuf, String> = HashMap::new();
         let mut seen = super::launch::Seen::default();
@@ -155,7 +155,7 @@ impl Topology {
                 ImageSource::Builtin { size, .. } => Some(*size),
                 ImageSource::File(f) => env.image_file(f).ok(),
             };
-            let signing = signing(&mut cx, p, &file.chassis, &chassis_keys, &who, &image, base);
+            let signing = signing(&mut cx, p, &file.chassis, &chassis_keys, &who, &image, (base, env));
             let launch_def = s.launch.unwrap_or(LaunchDef::Process);
             let net = launch_def == LaunchDef::Netboot;
             let vm = launch_def == LaunchDef::Qemu;
@@ -605,6 +605,7 @@ fn trust_keys(
     list: Option<&Spanned<Vec<String>>>,
     field: &str,
     base: &Path,
+    env: &dyn Environment,
 ) -> Option<(Vec<PathBuf>, Vec<monarch_proto::sign::PublicKey>)> {
     let list = list?;
     let (mut files, mut keys) = (Vec::new(), Vec::new());
@@ -613,7 +614,7 @@ fn trust_keys(
     }
     for f in list.get_ref() {
         let path = base.join(f);
-        match crate::signing::read_public_key(&path) {
+        match crate::signing::public_key_from(&path, env.read_small(&path, crate::signing::PUB_MAX)) {
             Ok(k) => keys.push(k),
             Err(e) => cx.push(Some(list.span()), field, e.to_string()),
         }
@@ -632,7 +633,7 @@ fn signing(
     chassis_keys: &Option<(Vec<PathBuf>, Vec<monarch_proto::sign::PublicKey>)>,
     who: &str,
     image: &ImageSource,
-    base: &Path,
+    (base, env): (&Path, &dyn Environment),
 ) -> Signing {
     use crate::signing::{SignaturePolicy, Trust};
     let (policy, pspan) = match (&p.signature, &chassis.signature) {
@@ -640,7 +641,7 @@ fn signing(
         (None, Some(s)) => (*s.get_ref(), Some(p.id.span())),
         (None, None) => (SignaturePolicy::Off, None),
     };
-    let own = trust_keys(cx, p.trust.as_ref(), &format!("{who}.trust"), base);
+    let own = trust_keys(cx, p.trust.as_ref(), &format!("{who}.trust"), base, env);
     let (key_files, keys) = own.or_else(|| chassis_keys.clone()).unwrap_or_default();
     if policy == SignaturePolicy::Off {
         return Signing::default();
@@ -658,7 +659,7 @@ fn signing(
         ImageSource::Builtin { .. } => {}
         ImageSource::File(f) => {
             let sig = crate::signing::sig_path(f);
-            match crate::signing::read_signature(&sig) {
+            match crate::signing::signature_from(&sig, env.read_small(&sig, monarch_proto::sign::SIG_MAX)) {
                 Err(e) => cx.push(pspan, format!("{who}.image"), e.to_string()),
                 Ok(None) if policy == SignaturePolicy::Required => cx.push(
                     pspan,
@@ -671,10 +672,10 @@ fn signing(
                         let trusted: Vec<String> = keys.iter().map(|k| k.id().to_string()).collect();
                         cx.push(pspan.clone(), format!("{who}.image"), format!("{} is signed by key {}, which this processor does not trust (trusted: {}); sign the image with a trusted key, or add the signer's .pub to `trust`", sig.display(), s.signer, trusted.join(", ")));
                     }
-                    if let Ok(m) = std::fs::metadata(f)
-                        && m.len() != s.signed.len
+                    if let Ok(len) = env.image_file(f)
+                        && len != s.signed.len
                     {
-                        cx.push(pspan, format!("{who}.image"), format!("{} is the signature of a {}-byte image, {} has {} bytes: a signature of another image; sign this one: `monarch image sign --key KEY.key {}`", sig.display(), s.signed.len, f.display(), m.len(), f.display()));
+                        cx.push(pspan, format!("{who}.image"), format!("{} is the signature of a {}-byte image, {} has {} bytes: a signature of another image; sign this one: `monarch image sign --key KEY.key {}`", sig.display(), s.signed.len, f.display(), len, f.display()));
                     }
                 }
             }
