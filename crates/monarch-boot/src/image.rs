@@ -135,6 +135,33 @@ impl Image {
         Ok(f.metadata()?.len() == self.len && whole.finish() == self.digest)
     }
 
+    /// This image with its middle byte changed, and its checksum and manifest taken again
+    /// over the changed bytes (the `tamper_image` fault: every checksum agrees, only a
+    /// signature can tell). Only an image held in memory can be changed.
+    pub fn tampered(self) -> Result<Image, String> {
+        let ImageData::Memory(mut b) = self.data else {
+            return Err(format!(
+                "fault tamper_image needs an image the monarch holds in memory (at most {} MiB)",
+                IN_MEMORY_MAX >> 20
+            ));
+        };
+        let mid = b.len() / 2;
+        if let Some(x) = b.get_mut(mid) {
+            *x ^= 0x5a;
+        }
+        let step = if self.chunk_size > 0 { self.chunk_size } else { 1 << 20 };
+        let mut whole = Hasher::new(self.algo);
+        let mut manifest = Vec::new();
+        for c in b.chunks(idx(step)) {
+            let d = self.algo.digest(c);
+            whole.absorb(c, &d);
+            if self.chunk_size > 0 {
+                manifest.push(d);
+            }
+        }
+        Ok(Image { data: ImageData::Memory(b), digest: whole.finish(), manifest, ..self })
+    }
+
     /// Read `buf.len()` bytes at `image_offset` into `buf`.
     pub fn read_at(&self, image_offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         match &self.data {

@@ -324,3 +324,28 @@ fn a_signed_image_boots_over_the_network_with_its_signature_attached() {
     let log = std::fs::read_to_string(k.file("win/n.log")).unwrap();
     assert!(log.contains("signed by trusted key"), "the network agent checked the signature:\n{log}");
 }
+
+/// A monarch that delivers forged bytes with checksums that agree (the `tamper_image`
+/// fault: one byte changed after the monarch's own check, every digest taken again): the
+/// copy verifies, and only the agent's signature check stands between it and an exec.
+#[test]
+fn forged_bytes_whose_checksums_agree_are_refused_by_the_agent_itself() {
+    let k = Keys::new();
+    let t = k.topology(&format!(
+        "[[processor]]\nid = \"forged\"\nrole = \"secondary\"\nimage = \"lc.img\"\nfault = {{ tamper_image = true }}\n\n\
+         [[processor]]\nid = \"b\"\nrole = \"secondary\"\nimage = \"lc.img\"\n"
+    ));
+    let r = up_json(Some(&t));
+    assert_eq!(r.code, 1, "{}\n{}", r.summary, r.stderr);
+    let f = r.processor("forged");
+    assert_eq!(f["state"], "failed", "{f}");
+    assert!(f["error"].as_str().unwrap().contains("refused the image's signature"), "{f}");
+    assert!(f.get("report").is_none(), "no image ran: {f}");
+    assert!(
+        r.events_of("forged", "mismatch").is_empty(),
+        "the checksums agreed: only the signature caught it"
+    );
+    let log = std::fs::read_to_string(k.file("win/forged.log")).unwrap();
+    assert!(log.contains("signature refused") && !log.contains("handing off"), "{log}");
+    assert_eq!(r.processor("b")["state"], "running");
+}

@@ -29,6 +29,29 @@ fn prepared() {
     });
 }
 
+/// A copy of the prepared payload bundle in `dir`, signed with a key pair made there
+/// (`ops.key`, `ops.pub`): `dir/payload.efi` and `dir/payload.efi.sig`.
+fn signed_bundle(dir: &Path) {
+    let vm_dir = std::env::var_os("MONARCH_VM_DIR")
+        .map_or_else(|| "/var/cache/monarch/vm".into(), std::path::PathBuf::from);
+    std::fs::copy(vm_dir.join("payload.efi"), dir.join("payload.efi")).unwrap();
+    let s = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    for args in [
+        vec!["image".to_string(), "keygen".into(), "-o".into(), s(dir.join("ops"))],
+        vec![
+            "image".into(),
+            "sign".into(),
+            "--key".into(),
+            s(dir.join("ops.key")),
+            s(dir.join("payload.efi")),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = monarch(&args);
+        assert!(out.status.success(), "monarch {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 fn console(dir: &Path, id: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{id}.console.log"))).unwrap_or_default()
 }
@@ -42,8 +65,17 @@ fn the_qemu_example_boots_both_vms_into_the_delivered_kernel_with_a_visible_retr
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/qemu-chassis.toml"),
     )
     .unwrap();
+    // vm1 boots a signed copy of the bundle, which its stage 1 checks with its own key.
+    signed_bundle(dir.path());
     let text =
         example.replacen("[chassis]\n", &format!("[chassis]\nrun_dir = \"{}\"\n", dir.path().display()), 1);
+    let vm1 = "id = \"vm1\"\nrole = \"secondary\"\nslot = 1\nimage = \"vm:payload\"\n";
+    assert!(text.contains(vm1), "the example's vm1 changed: {text}");
+    let text = text.replacen(
+        vm1,
+        "id = \"vm1\"\nrole = \"secondary\"\nslot = 1\nimage = \"payload.efi\"\ntrust = [\"ops.pub\"]\nsignature = \"required\"\n",
+        1,
+    );
     let topo = dir.path().join("qemu-chassis.toml");
     std::fs::write(&topo, text).unwrap();
     let run: Run = up_json(Some(&topo));
@@ -65,6 +97,8 @@ fn the_qemu_example_boots_both_vms_into_the_delivered_kernel_with_a_visible_retr
         let marker = log.find(PAYLOAD_MARKER).unwrap_or_else(|| panic!("no payload marker in:\n{log}"));
         assert!(kexec < marker, "{log}");
     }
+    let log = console(dir.path(), "vm1");
+    assert!(log.contains("signed by trusted key"), "stage 1 checked vm1's signature itself:\n{log}");
     // The corrupted first copy of vm2 was caught by the written checksum and rewritten.
     assert_eq!(run.processor("vm2")["attempts"], 2);
     assert_eq!(run.events_of("vm2", "mismatch").len(), 1);
@@ -73,16 +107,21 @@ fn the_qemu_example_boots_both_vms_into_the_delivered_kernel_with_a_visible_retr
 }
 
 #[test]
-fn a_bundle_that_never_verifies_is_never_kexecd_and_the_vm_stays_in_stage_1() {
+fn a_bundle_that_never_verifies_or_is_forged_is_never_kexecd_and_the_vm_stays_in_stage_1() {
     prepared();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "[chassis]\nname = \"vm-corrupt\"\nrun_dir = \"{}\"\n\n\
          [[processor]]\nid = \"mm\"\nrole = \"monarch\"\n\n\
          [[processor]]\nid = \"vmbad\"\nrole = \"secondary\"\nlaunch = \"qemu\"\nimage = \"vm:payload\"\n\
-         attempts = 2\nfault = {{ corrupt_attempts = 2 }}\n",
+         attempts = 2\nfault = {{ corrupt_attempts = 2 }}\n\n\
+         [[processor]]\nid = \"vmforged\"\nrole = \"secondary\"\nlaunch = \"qemu\"\nimage = \"payload.efi\"\n\
+         trust = [\"ops.pub\"]\nsignature = \"required\"\nfault = {{ tamper_image = true }}\n",
         dir.path().display()
     );
+    // vmforged: a signed bundle delivered with one byte changed and every checksum taken
+    // again over the change; only stage 1's own signature check can refuse it.
+    signed_bundle(dir.path());
     let topo = dir.path().join("t.toml");
     std::fs::write(&topo, text).unwrap();
     let run = up_json(Some(&topo));
@@ -98,6 +137,14 @@ fn a_bundle_that_never_verifies_is_never_kexecd_and_the_vm_stays_in_stage_1() {
     assert!(log.contains(STAGE1_MARKER), "stage 1 ran:\n{log}");
     assert!(!log.contains("kexec"), "never kexec'd:\n{log}");
     assert!(!log.contains(PAYLOAD_MARKER), "the delivered kernel never ran:\n{log}");
+    let f = run.processor("vmforged");
+    assert_eq!(f["state"], "failed", "{f}");
+    assert_eq!(f["attempts"], 1, "the copy verified: {f}");
+    assert!(f["error"].as_str().unwrap_or_default().contains("refused the image's signature"), "{f}");
+    assert!(run.events_of("vmforged", "mismatch").is_empty(), "the checksums agreed");
+    let log = console(dir.path(), "vmforged");
+    assert!(log.contains("signature refused"), "stage 1 refused it:\n{log}");
+    assert!(!log.contains("kexec") && !log.contains(PAYLOAD_MARKER), "never kexec'd:\n{log}");
 }
 
 #[test]

@@ -168,6 +168,9 @@ impl<'a, 'c> Stage<'a, 'c> {
         // The monarch's own signature check, so the operator hears early; the secondary
         // checks again over the bytes it receives, with its own keys.
         let signature = check_signature(sec, &image)?;
+        if sec.faults.tamper_image {
+            image = image.tampered()?;
+        }
         if sec.mode == Mode::Pull && image.len > sec.window.data_size {
             return Err(format!(
                 "the image is {} bytes but the window's data area is {} bytes; raise window.size (pull mode holds the whole image)",

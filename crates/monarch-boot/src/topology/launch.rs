@@ -245,7 +245,7 @@ fn netboot_spec(cx: &mut Ctx<'_>, n: &Given<'_>) -> NetbootSpec {
     {
         cx.push(Some(a.span()), format!("{who}.attempts"), "a netboot secondary makes one attempt: its agent verifies the image against the offered digest and a mismatch is a failure; remove attempts");
     }
-    if f.kill_agent_during_copy || !f.corrupt_chunks.is_empty() || f.corrupt_attempts > 1 {
+    if f.kill_agent_during_copy || !f.corrupt_chunks.is_empty() || f.corrupt_attempts > 1 || f.tamper_image {
         cx.push(id_span.clone(), format!("{who}.fault"), "a netboot secondary supports fault = { corrupt_attempts = 1 } only (a byte of the served image flips after the offer; the agent's verification must refuse it)");
     }
     if n.handoff == Handoff::Kexec {

@@ -65,6 +65,11 @@ pub struct Faults {
     pub corrupt_chunks: Vec<u64>,
     /// SIGKILL the agent halfway through the first copy.
     pub kill_agent_during_copy: bool,
+    /// Deliver the image with one byte changed, after the monarch's own signature check,
+    /// its checksum and manifest computed over the changed bytes: what a compromised monarch
+    /// (or an image changed after it was signed) would deliver. Every checksum agrees, so
+    /// only the secondary's own signature check can refuse it.
+    pub tamper_image: bool,
 }
 
 /// How a secondary is reached.

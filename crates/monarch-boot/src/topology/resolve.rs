@@ -372,6 +372,7 @@ impl Topology {
                     corrupt_attempts: f.corrupt_attempts,
                     kill_agent_during_copy: f.kill_agent_during_copy,
                     corrupt_chunks: f.corrupt_chunks.clone(),
+                    tamper_image: f.tamper_image,
                 },
                 chunk_size,
                 signing,

@@ -129,6 +129,8 @@ pub(super) struct FaultDef {
     pub(super) kill_agent_during_copy: bool,
     #[serde(default)]
     pub(super) corrupt_chunks: Vec<u64>,
+    #[serde(default)]
+    pub(super) tamper_image: bool,
 }
 
 #[derive(Debug, Deserialize)]
