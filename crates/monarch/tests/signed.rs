@@ -331,10 +331,10 @@ fn a_signed_image_boots_over_the_network_with_its_signature_attached() {
 #[test]
 fn forged_bytes_whose_checksums_agree_are_refused_by_the_agent_itself() {
     let k = Keys::new();
-    let t = k.topology(&format!(
-        "[[processor]]\nid = \"forged\"\nrole = \"secondary\"\nimage = \"lc.img\"\nfault = {{ tamper_image = true }}\n\n\
-         [[processor]]\nid = \"b\"\nrole = \"secondary\"\nimage = \"lc.img\"\n"
-    ));
+    let t = k.topology(
+        "[[processor]]\nid = \"forged\"\nrole = \"secondary\"\nimage = \"lc.img\"\nfault = { tamper_image = true }\n\n\
+         [[processor]]\nid = \"b\"\nrole = \"secondary\"\nimage = \"lc.img\"\n",
+    );
     let r = up_json(Some(&t));
     assert_eq!(r.code, 1, "{}\n{}", r.summary, r.stderr);
     let f = r.processor("forged");
