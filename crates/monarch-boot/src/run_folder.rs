@@ -134,12 +134,13 @@ pub fn remove_abandoned(parent: &Path, here: &Owner) -> Vec<PathBuf> {
             continue;
         }
         let dir = e.path();
-        // Not through a symlink, and only this user's.
+        // Not through a symlink, only this user's, and only one nobody else could have
+        // written a marker into (run folders are made 0700).
         let Ok(meta) = std::fs::symlink_metadata(&dir) else { continue };
-        if !meta.is_dir() || meta.uid() != uid {
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
             continue;
         }
-        let Some(owner) = read_marker(&dir.join(MARKER)) else { continue };
+        let Some(owner) = read_marker(&dir.join(MARKER), uid) else { continue };
         if !owner.is_gone(here) {
             continue;
         }
@@ -153,11 +154,11 @@ pub fn remove_abandoned(parent: &Path, here: &Owner) -> Vec<PathBuf> {
     removed
 }
 
-/// The owner a marker file names, if it is a regular file of ours that parses.
-fn read_marker(path: &Path) -> Option<Owner> {
+/// The owner a marker file names, if it is a regular file of user `uid` that parses.
+fn read_marker(path: &Path, uid: u32) -> Option<Owner> {
     use std::io::Read;
     let meta = std::fs::symlink_metadata(path).ok()?;
-    if !meta.is_file() || meta.len() > MARKER_MAX {
+    if !meta.is_file() || meta.len() > MARKER_MAX || meta.uid() != uid {
         return None;
     }
     let mut text = String::new();
@@ -175,6 +176,7 @@ mod tests {
     fn folder(parent: &Path, name: &str, marker: Option<&Owner>) -> PathBuf {
         let d = parent.join(name);
         std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         std::fs::write(d.join("x.win"), b"x").unwrap();
         if let Some(o) = marker {
             std::fs::write(d.join(MARKER), o.render()).unwrap();
@@ -221,10 +223,13 @@ mod tests {
         let garbled = folder(p, "monarch-default-6", None);
         std::fs::write(garbled.join(MARKER), "monarch run folder v1\npid 4194399\n").unwrap();
         let other = folder(p, "not-monarch-1", Some(&Owner { pid: DEAD, ..me.clone() }));
+        // A folder others may write into: its marker proves nothing.
+        let open = folder(p, "monarch-default-8", Some(&Owner { pid: DEAD, ..me.clone() }));
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let mut removed = remove_abandoned(p, &me);
         removed.sort();
         assert_eq!(removed, vec![dead.clone(), reused.clone(), old_boot.clone()]);
-        for d in [&users, &live, &other_ns, &garbled, &other] {
+        for d in [&users, &live, &other_ns, &garbled, &other, &open] {
             assert!(d.join("x.win").exists(), "{} was removed", d.display());
         }
     }
@@ -246,7 +251,7 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("monarch-x-1");
         create(&dir).unwrap();
-        assert_eq!(read_marker(&dir.join(MARKER)), Owner::me());
+        assert_eq!(read_marker(&dir.join(MARKER), rustix::process::geteuid().as_raw()), Owner::me());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
         // Ours and alive: not removed, and not created twice.

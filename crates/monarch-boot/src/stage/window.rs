@@ -802,8 +802,9 @@ impl<'a, 'c> Stage<'a, 'c> {
     fn explain(&mut self, f: Failure) -> String {
         let mut s = f.to_string();
         if let Failure::ChecksumMismatch { attempts, .. } = f {
+            // An image file that can no longer be read whole (cut short) has changed too.
             s = match self.image.as_ref().map(Image::unchanged) {
-                Some(Ok(false)) => format!(
+                Some(Ok(false) | Err(_)) => format!(
                     "image {} changed while it was being delivered: it no longer has the checksum it had when it was retrieved, so the written checksum could not match in {attempts} attempt(s) (the link is not at fault); leave an image file alone during a boot (deliver a copy), then boot again",
                     self.sec.image
                 ),

@@ -25,14 +25,20 @@ pub struct VmSpec {
 }
 
 /// Kill the QEMU processes whose pid files (`*.qemu.pid`) are in `run_dir`: VMs a killed
-/// monarch left running. A pid is killed only if it still is a QEMU.
+/// monarch left running. A pid is killed only if it still is a QEMU whose command line
+/// names a file in `run_dir` (its console, its window): after the pid was reused, another
+/// QEMU — a user's VM, or another monarch's — is left alone.
 pub fn kill_orphans(run_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(run_dir) else { return };
+    let folder = format!("{}/", run_dir.display());
     for e in entries.flatten() {
         if !e.file_name().to_string_lossy().ends_with(".qemu.pid") {
             continue;
         }
-        if let Some(pid) = running_qemu(&e.path()).and_then(rustix::process::Pid::from_raw) {
+        let Some(pid) = running_qemu(&e.path()) else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let ours = cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(&folder));
+        if let (true, Some(pid)) = (ours, rustix::process::Pid::from_raw(pid)) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }

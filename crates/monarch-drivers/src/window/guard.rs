@@ -88,6 +88,9 @@ impl Drop for Guard {
     }
 }
 
+/// Whether the handler was installed (a failure is remembered: every guard then fails).
+static INSTALL_ERROR: OnceLock<i32> = OnceLock::new();
+
 fn install() -> std::io::Result<()> {
     let mut result = Ok(());
     INSTALLED.call_once(|| {
@@ -108,8 +111,14 @@ fn install() -> std::io::Result<()> {
                 result = Err(std::io::Error::last_os_error());
             }
         }
+        if let Err(e) = &result {
+            let _ = INSTALL_ERROR.set(e.raw_os_error().unwrap_or(libc::EINVAL));
+        }
     });
-    result
+    match INSTALL_ERROR.get() {
+        Some(&errno) => Err(std::io::Error::from_raw_os_error(errno)),
+        None => result,
+    }
 }
 
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
@@ -120,7 +129,9 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
         for slot in &TABLE {
             let len = slot.len.load(Ordering::Acquire);
             let start = slot.start.load(Ordering::Acquire);
-            if len == 0 || addr < start || addr - start >= len {
+            // A slot being released or registered meanwhile is skipped: its length changed
+            // between the two loads (release clears it first, registration sets it last).
+            if len == 0 || addr < start || addr - start >= len || slot.len.load(Ordering::Acquire) != len {
                 continue;
             }
             // SAFETY: [start, start+len) is a live mapping of a window (its guard is

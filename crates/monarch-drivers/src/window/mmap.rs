@@ -87,7 +87,13 @@ pub fn existing(path: &Path, window_len: u64) -> Existing {
 /// has none is SIGBUS, which kills the whole monarch, where this is an error for the one
 /// window. File systems that cannot reserve (a device's BAR in sysfs) are left as they are.
 fn reserve(file: &File, path: &Path, len: u64) -> Result<(), WindowError> {
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+    // A signal (the operator's Ctrl-C included) interrupts a long fallocate on tmpfs: what
+    // was reserved stays, so ask again; the caller notices the interruption itself.
+    let mut r = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len);
+    while r == Err(rustix::io::Errno::INTR) {
+        r = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len);
+    }
+    match r {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::NOSPC) => {
             let free = rustix::fs::fstatvfs(file).map(|v| v.f_bavail.saturating_mul(v.f_frsize)).ok();
