@@ -12,7 +12,14 @@
 //!   holds: boot the installed image, and say so.
 //!
 //! A machine never hands off into bytes that did not verify: network bytes against the
-//! offer's digest, disk bytes against their commit record's digest.
+//! offer's digest, disk bytes against their commit record's digest. When its trust policy
+//! checks signatures, it also never hands off into an image whose attached signature it did
+//! not accept itself, wherever the image comes from: the network, the disk after a failed
+//! discovery, the disk when the server offers what it holds, or `boot-disk`.
+//!
+//! The disk holds exactly the bytes that were served — the image with its attached signature
+//! trailer, when it has one — so the disk's digest equals the offer's and an up-to-date
+//! machine transfers nothing; the trailer is split off ([`image_part`]) before every handoff.
 
 use crate::handoff::Handoff;
 use monarch_drivers::disk::{BootImage, Target};
@@ -51,6 +58,28 @@ pub enum NetAgentError {
         image: String,
         /// Why.
         why: String,
+    },
+    /// The disk's image (no new one, or `boot-disk`) has a signature this machine refuses:
+    /// nothing was booted.
+    #[error(
+        "{image} on disk {} (slot {slot}, generation {generation}): signature refused: {why}; nothing was booted: install an image signed by a trusted key: serve it with its signature attached and run `monarch netboot recover --disk {} --trust KEY.pub …`{}",
+        disk.display(),
+        disk.display(),
+        if *unsigned { " (or accept unsigned images: --signature optional)" } else { "" }
+    )]
+    DiskSignature {
+        /// The image's name.
+        image: String,
+        /// The disk.
+        disk: PathBuf,
+        /// The slot it is in (`A`/`B`).
+        slot: &'static str,
+        /// That slot's generation.
+        generation: u64,
+        /// Why.
+        why: String,
+        /// The image carries no signature (rather than one that does not verify).
+        unsigned: bool,
     },
     /// The fetched, verified image could not be installed.
     #[error("installing {image} on {}: {source}", disk.display())]
@@ -120,6 +149,59 @@ fn open_target(path: &Path, size: Option<u64>) -> Result<Target, monarch_drivers
     }
 }
 
+/// What is handed off of `bytes` (as served, or as installed on the disk): the image without
+/// its attached signature trailer, once `trust` accepts that signature (`progress` says by
+/// which key, or that the image is unsigned and the policy optional).
+///
+/// With signatures off nothing is checked, but a trailer that parses is still split off, so
+/// the same image runs whatever the policy; bytes whose trailer does not parse are handed
+/// off as they are.
+pub fn image_part<'a>(
+    trust: &crate::signing::Trust,
+    bytes: &'a [u8],
+    progress: &mut dyn FnMut(&str),
+) -> Result<&'a [u8], crate::signing::Refusal> {
+    use crate::signing::{Refusal, Verdict};
+    if !trust.checks() {
+        return Ok(match monarch_proto::sign::detach(bytes) {
+            Ok((image, Some(_))) => image,
+            _ => bytes,
+        });
+    }
+    let (image, record) = monarch_proto::sign::detach(bytes).map_err(Refusal::Malformed)?;
+    let held = monarch_proto::sign::ImageDigest::of(image);
+    match trust.check(record, &held)? {
+        Verdict::Signed(k) => progress(&format!("signed by trusted key {k}")),
+        _ => progress("unsigned (signature = optional)"),
+    }
+    Ok(image)
+}
+
+/// The disk's verified image `b`, cut to what is handed off once `trust` accepts its
+/// signature; refused: an error naming the image, the disk, the slot and the fix.
+fn check_disk_image(
+    trust: &crate::signing::Trust,
+    disk: &Path,
+    mut b: BootImage,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BootImage, NetAgentError> {
+    let len = match image_part(trust, &b.bytes, progress) {
+        Ok(image) => image.len(),
+        Err(refusal) => {
+            return Err(NetAgentError::DiskSignature {
+                image: b.name,
+                disk: disk.to_path_buf(),
+                slot: b.slot.name(),
+                generation: b.generation,
+                why: refusal.to_string(),
+                unsigned: refusal == crate::signing::Refusal::Unsigned,
+            });
+        }
+    };
+    b.bytes.truncate(len);
+    Ok(b)
+}
+
 /// Run the flow up to the handoff; `progress` gets one line per step.
 pub fn run(
     opts: &NetAgentOptions,
@@ -152,10 +234,16 @@ pub fn run(
     let mut cfg = opts.fetch.clone();
     cfg.current = if opts.force { None } else { installed.as_ref().map(|b| (b.algo, b.digest)) };
     progress(&format!("discovering a boot server at {} (up to {:?})", cfg.server, cfg.give_up_after));
-    let boot_installed =
-        |installed: Option<BootImage>, why: String| -> Result<(NetAgentReport, Next), NetAgentError> {
-            match (installed, &opts.disk) {
-                (Some(b), Some(disk)) => Ok((
+    // No new image: boot the installed one, once its signature passes this machine's policy
+    // (the restart into the disk checks it again, over the bytes it reads back).
+    let boot_installed = |installed: Option<BootImage>,
+                          why: String,
+                          progress: &mut dyn FnMut(&str)|
+     -> Result<(NetAgentReport, Next), NetAgentError> {
+        match (installed, &opts.disk) {
+            (Some(b), Some(disk)) => {
+                let b = check_disk_image(&opts.trust, disk, b, progress)?;
+                Ok((
                     NetAgentReport {
                         source: "disk",
                         reason: why,
@@ -167,18 +255,22 @@ pub fn run(
                         generation: Some(b.generation),
                     },
                     Next::BootDisk(disk.clone()),
-                )),
-                (None, Some(disk)) => Err(NetAgentError::NothingOnDisk { why, disk: disk.clone() }),
-                (_, None) => Err(NetAgentError::Diskless { why }),
+                ))
             }
-        };
+            (None, Some(disk)) => Err(NetAgentError::NothingOnDisk { why, disk: disk.clone() }),
+            (_, None) => Err(NetAgentError::Diskless { why }),
+        }
+    };
     let fetched = match fetch(&cfg) {
         Ok(f) => f,
-        Err(e) if e.keeps_local_image() => return boot_installed(installed, e.to_string()),
         Err(e) => {
-            let why = format!("the boot server's image could not be fetched: {e}");
+            let why = if e.keeps_local_image() {
+                e.to_string()
+            } else {
+                format!("the boot server's image could not be fetched: {e}")
+            };
             progress(&why);
-            return boot_installed(installed, why);
+            return boot_installed(installed, why, progress);
         }
     };
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
@@ -208,23 +300,18 @@ pub fn run(
     };
     // The signature, over the bytes this machine holds, before any install or handoff.
     let mut fetched = fetched;
-    if opts.trust.checks() {
-        let refuse = |why: String| NetAgentError::Signature { image: fetched.offer.name.clone(), why };
-        let (image, record) =
-            monarch_proto::sign::detach(&fetched.bytes).map_err(|e| refuse(e.to_string()))?;
-        let held = monarch_proto::sign::ImageDigest::of(image);
-        match opts.trust.check(record, &held).map_err(|e| refuse(e.to_string()))? {
-            crate::signing::Verdict::Signed(k) => progress(&format!("signed by trusted key {k}")),
-            _ => progress("unsigned (signature = optional)"),
-        }
-        // What runs or is installed is the image alone, without its signature trailer.
-        let len = image.len();
-        fetched.bytes.truncate(len);
-        report.bytes = len as u64;
-    }
+    let image_len = image_part(&opts.trust, &fetched.bytes, progress)
+        .map_err(|e| NetAgentError::Signature { image: fetched.offer.name.clone(), why: e.to_string() })?
+        .len();
+    // What runs is the image alone, without its signature trailer.
+    report.bytes = image_len as u64;
     let Some(t) = target.as_mut() else {
+        fetched.bytes.truncate(image_len);
         return Ok((report, Next::Run(fetched.bytes)));
     };
+    // The disk gets exactly the served bytes, trailer included: its digest is then the
+    // offer's (the next boot transfers nothing), and the signature stays with the image for
+    // every later boot from the disk to check.
     let done = t.install(&fetched.bytes, &fetched.offer.name, fetched.offer.algo).map_err(|source| {
         NetAgentError::Install { image: fetched.offer.name.clone(), disk: t.path().to_path_buf(), source }
     })?;
@@ -244,8 +331,14 @@ pub fn run(
 }
 
 /// `boot-disk`: the verified image the disk boots (newest committed slot that verifies,
-/// else the other, saying so).
-pub fn boot_disk(disk: &Path, progress: &mut dyn FnMut(&str)) -> Result<BootImage, NetAgentError> {
+/// else the other, saying so), cut to the image without its signature trailer once `trust`
+/// accepts the signature. A refused signature boots nothing (no fallback to the other slot:
+/// the policy applies to what the disk says is current).
+pub fn boot_disk(
+    disk: &Path,
+    trust: &crate::signing::Trust,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BootImage, NetAgentError> {
     let t = Target::open(disk)?;
     let b = t.boot()?;
     if let Some(f) = &b.fell_back_from {
@@ -258,6 +351,7 @@ pub fn boot_disk(disk: &Path, progress: &mut dyn FnMut(&str)) -> Result<BootImag
             b.slot.name()
         ));
     }
+    let b = check_disk_image(trust, disk, b, progress)?;
     progress(&format!(
         "booting {} from disk {} slot {} (generation {}, {} bytes, verified)",
         b.name,
@@ -267,4 +361,52 @@ pub fn boot_disk(disk: &Path, progress: &mut dyn FnMut(&str)) -> Result<BootImag
         b.bytes.len()
     ));
     Ok(b)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::signing::{Refusal, SignaturePolicy, Trust};
+    use monarch_proto::sign::{ImageDigest, SecretKey, attach};
+
+    #[test]
+    fn the_image_part_is_the_image_without_its_trailer_once_the_signature_is_accepted() {
+        let k = SecretKey::from_seed(&[5; 32]);
+        let image = vec![0x42u8; 3000];
+        let record = k.sign(&ImageDigest::of(&image)).to_record().into_bytes();
+        let mut signed = image.clone();
+        signed.extend(attach(&record));
+        let trust = |policy| Trust { policy, keys: vec![k.public()] };
+        let mut said = Vec::new();
+        let mut progress = |m: &str| said.push(m.to_string());
+        for policy in [SignaturePolicy::Off, SignaturePolicy::Optional, SignaturePolicy::Required] {
+            assert_eq!(image_part(&trust(policy), &signed, &mut progress).unwrap(), &image[..], "{policy:?}");
+        }
+        // Unsigned: as it is, unless required.
+        assert_eq!(image_part(&trust(SignaturePolicy::Off), &image, &mut progress).unwrap(), &image[..]);
+        assert_eq!(image_part(&trust(SignaturePolicy::Optional), &image, &mut progress).unwrap(), &image[..]);
+        assert_eq!(
+            image_part(&trust(SignaturePolicy::Required), &image, &mut progress),
+            Err(Refusal::Unsigned)
+        );
+        // A trailer that does not fit: refused when checked, handed off as it is when off.
+        let mut bad = image.clone();
+        bad.extend(u32::MAX.to_le_bytes());
+        bad.extend(monarch_proto::sign::ATTACHED_MAGIC);
+        assert!(matches!(
+            image_part(&trust(SignaturePolicy::Optional), &bad, &mut progress),
+            Err(Refusal::Malformed(_))
+        ));
+        assert_eq!(image_part(&trust(SignaturePolicy::Off), &bad, &mut progress).unwrap(), &bad[..]);
+        // Another image's signature attached: refused even when optional.
+        let mut other = vec![0x43u8; 3000];
+        other.extend(attach(&record));
+        assert!(matches!(
+            image_part(&trust(SignaturePolicy::Optional), &other, &mut progress),
+            Err(Refusal::Verify(_))
+        ));
+        // Only the accepted signed image was announced as signed (optional and required).
+        assert_eq!(said.iter().filter(|m| m.starts_with("signed by trusted key")).count(), 2, "{said:?}");
+    }
 }

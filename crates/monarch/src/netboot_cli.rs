@@ -43,12 +43,14 @@ name = \"node1\"                  # any field of [default]\n\n\
 3. DOWNLOAD over TCP: the server streams the image (sendfile) straight into the buffer;\n\
 4. verify the buffer against the offered digest (nothing unverified is ever handed off);\n\
 5. diskless: hand off to the image (--handoff exec runs it); with --disk: install it into the inactive A/B slot, commit record last (a power cut at any point leaves the previous image bootable), then restart as `monarch netboot boot-disk` and boot it from the disk.\n\n\
-If the disk already holds the offered image (same digest), nothing is transferred. If no boot server answers within --wait, the machine boots the image it has, and says so."
+If the disk already holds the offered image (same digest), nothing is transferred. If no boot server answers within --wait, the machine boots the image it has, and says so.\n\n\
+With --trust K.pub, every image this machine would boot (fetched, or already on the disk) must carry an attached signature by a trusted key (--signature optional: or none); the disk keeps the image with its signature, and the restart into the disk checks it again."
     )]
     Agent(NetbootAgentArgs),
     /// Re-provision a machine whose installed image fails verification (fetch, install, boot).
     Recover(NetbootAgentArgs),
-    /// Boot the disk's image: the newest committed A/B slot that verifies (else the other).
+    /// Boot the disk's image: the newest committed A/B slot that verifies (else the other);
+    /// with --trust, only if its attached signature is by a trusted key.
     BootDisk(BootDiskArgs),
     /// Show both A/B slots of a disk and whether each verifies.
     Status(StatusArgs),
@@ -65,6 +67,8 @@ pub struct BootDiskArgs {
     /// One JSON object on stdout before the handoff.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    trust: monarch_boot::signing::TrustArgs,
 }
 
 #[derive(Args)]
@@ -143,7 +147,7 @@ pub fn run(cmd: NetbootCmd) -> ExitCode {
         NetbootCmd::Repurpose(a) => assign(a, Assign::Repurpose),
         NetbootCmd::Agent(a) => agent(a, false),
         NetbootCmd::Recover(a) => agent(a, true),
-        NetbootCmd::BootDisk(a) => boot_disk(&a.disk, a.handoff, a.json),
+        NetbootCmd::BootDisk(a) => boot_disk(&a),
         NetbootCmd::Status(a) => status(&a.disk, a.json),
     }
 }
@@ -312,7 +316,7 @@ fn agent(a: NetbootAgentArgs, recover: bool) -> ExitCode {
             match next {
                 Next::Run(bytes) => handoff(&report.image, &bytes, a.handoff),
                 // The restart: a fresh process that reads the image back from the disk.
-                Next::BootDisk(disk) => restart_into_disk(&disk, a.handoff, a.json),
+                Next::BootDisk(disk) => restart_into_disk(&disk, &a),
             }
         }
         Err(e) => {
@@ -338,31 +342,38 @@ fn handoff(name: &str, bytes: &[u8], how: Handoff) -> ExitCode {
     ExitCode::from(crate::exit::BOOT_FAILED)
 }
 
-fn restart_into_disk(disk: &std::path::Path, how: Handoff, json: bool) -> ExitCode {
+/// The restart: `boot-disk` with this agent's handoff, output and trust (the fresh process
+/// checks the disk image's signature with the same keys and policy).
+fn restart_into_disk(disk: &std::path::Path, a: &NetbootAgentArgs) -> ExitCode {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.arg0("monarch").args(["netboot", "boot-disk", "--disk"]).arg(disk);
-    cmd.args(["--handoff", how.name()]);
-    if json {
+    cmd.args(["--handoff", a.handoff.name()]);
+    if a.json {
         cmd.arg("--json");
     }
+    cmd.args(a.trust.to_args());
     let e = cmd.exec();
     eprintln!("monarch: netboot agent: cannot restart into the disk: {e}");
     ExitCode::from(crate::exit::BOOT_FAILED)
 }
 
-fn boot_disk(disk: &std::path::Path, how: Handoff, json: bool) -> ExitCode {
+fn boot_disk(a: &BootDiskArgs) -> ExitCode {
+    let trust = match a.trust.load() {
+        Ok(t) => t,
+        Err(e) => return bad_input(&e),
+    };
     let mut progress = |m: &str| eprintln!("netboot boot-disk: {m}");
-    match monarch_boot::netagent::boot_disk(disk, &mut progress) {
+    match monarch_boot::netagent::boot_disk(&a.disk, &trust, &mut progress) {
         Ok(b) => {
-            if json {
+            if a.json {
                 let v = serde_json::json!({
                     "source": "disk", "image": b.name, "bytes": b.bytes.len(), "slot": b.slot.name(),
                     "generation": b.generation, "fell_back": b.fell_back_from.is_some(),
                 });
                 println!("{v}");
             }
-            handoff(&b.name, &b.bytes, how)
+            handoff(&b.name, &b.bytes, a.handoff)
         }
         Err(e) => {
             eprintln!("monarch: netboot boot-disk: {e}");

@@ -276,3 +276,165 @@ fn an_address_without_an_interface_binds_discovery_to_that_address() {
     assert!(ready, "netboot serve never got ready");
     assert_eq!(binds, vec![std::net::Ipv4Addr::LOCALHOST], "discovery's UDP socket");
 }
+
+/// A key pair `ops` (and `rogue`) in `dir`, and `img`'s signature by `ops` attached to a copy
+/// of it, `signed` (`image ‖ .sig record ‖ len ‖ "MNRCHSIG"`: what a boot server serves).
+fn keys_and_signed_copy(dir: &Path, img: &Path, signed: &Path) {
+    for k in ["ops", "rogue"] {
+        let out = monarch(&["image", "keygen", "-o", dir.join(k).to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    let out =
+        monarch(&["image", "sign", "--key", dir.join("ops.key").to_str().unwrap(), img.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let mut bytes = std::fs::read(img).unwrap();
+    let mut record = img.as_os_str().to_owned();
+    record.push(".sig");
+    bytes.extend(monarch_proto::sign::attach(&std::fs::read(record).unwrap()));
+    std::fs::write(signed, bytes).unwrap();
+}
+
+fn provision(root: &Path, img: &Path) {
+    let out = monarch(
+        &["netboot", "provision", "--root", root.to_str().unwrap(), "--machine", MAC, "--image"]
+            .into_iter()
+            .chain([img.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+/// A port nobody listens on (bound and released).
+fn dead_server() -> String {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
+/// `--signature required` holds for the disk's image too: an unsigned image installed
+/// earlier (without `--trust`) is refused when no server answers, when the server offers
+/// that same image (up to date), and by `boot-disk`; nothing runs, exit 1, and the message
+/// names the image, the disk, the slot and the fix.
+#[test]
+fn signatures_required_refuse_an_unsigned_image_already_on_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let img = build_image(&root, "os.img", "16MiB", "unsigned on disk");
+    // Keys only: this image stays unsigned (its .sig is removed).
+    keys_and_signed_copy(dir.path(), &img, &dir.path().join("unused.img"));
+    std::fs::remove_file(root.join("os.img.sig")).unwrap();
+    provision(&root, &img);
+    let disk = dir.path().join("disk.img");
+    let d = disk.to_str().unwrap();
+    let ops = dir.path().join("ops.pub");
+    let ops = ops.to_str().unwrap();
+    let server = Server::start(&root);
+    let srv = server.addr();
+    // Installed with no trust configured: it boots.
+    let out = agent(&["--server", &srv, "--disk", d, "--disk-size", "96MiB"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(&format!("{MARKER} unsigned on disk")), "{stdout}");
+    server.drain();
+
+    let refused = |out: &Output, how: &str| {
+        let (stdout, stderr) = text(out);
+        assert_eq!(out.status.code(), Some(1), "{how}: {stderr}");
+        assert!(!stdout.contains(MARKER), "{how}: nothing ran: {stdout}");
+        assert!(
+            stderr.contains("os.img on disk")
+                && stderr.contains(d)
+                && stderr.contains("slot A")
+                && stderr.contains("without a signature")
+                && stderr.contains("nothing was booted")
+                && stderr.contains("monarch netboot recover --disk"),
+            "{how}: {stderr}"
+        );
+    };
+    let required = ["--trust", ops, "--signature", "required"];
+    // The server offers the image the disk holds: up to date, and still refused.
+    let out = agent(&[&["--server", &srv, "--disk", d][..], &required].concat());
+    refused(&out, "up to date");
+    assert!(text(&out).1.contains("already has"), "{}", text(&out).1);
+    assert_eq!(server.drain().iter().filter(|e| e["event"] == "sent").count(), 0, "no transfer");
+    // No server answers.
+    let dead = dead_server();
+    let out = agent(
+        &[&["--server", &dead, "--disk", d, "--wait", "1s", "--interval", "300ms"][..], &required].concat(),
+    );
+    refused(&out, "no server");
+    assert!(text(&out).1.contains("no boot server answered"), "{}", text(&out).1);
+    // `boot-disk`, as a restart runs it.
+    let out = monarch(&[&["netboot", "boot-disk", "--disk", d][..], &required].concat());
+    refused(&out, "boot-disk");
+    // Optional accepts it unsigned, saying so; with no trust it boots as before.
+    let out = monarch(&["netboot", "boot-disk", "--disk", d, "--trust", ops, "--signature", "optional"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success() && stderr.contains("unsigned (signature = optional)"), "{stderr}");
+    assert!(stdout.contains(&format!("{MARKER} unsigned on disk")), "{stdout}");
+}
+
+/// A signed image served with its signature attached is installed as served (trailer
+/// included), so the next boot finds the disk up to date and transfers nothing; every boot
+/// from the disk still checks the signature, and what runs is the image without its trailer.
+#[test]
+fn a_signed_image_is_installed_once_and_checked_at_every_boot_from_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let img = build_image(dir.path(), "plain.img", "16MiB", "signed on disk");
+    keys_and_signed_copy(dir.path(), &img, &root.join("os.img"));
+    provision(&root, &root.join("os.img"));
+    let disk = dir.path().join("disk.img");
+    let d = disk.to_str().unwrap();
+    let ops = dir.path().join("ops.pub");
+    let ops = ops.to_str().unwrap();
+    let server = Server::start(&root);
+    let srv = server.addr();
+    let ran = format!("{MARKER} signed on disk [image {} bytes", 16 << 20);
+    let required = ["--trust", ops, "--signature", "required"];
+
+    let out =
+        agent(&[&["--server", &srv, "--disk", d, "--disk-size", "96MiB", "--json"][..], &required].concat());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (report["source"].as_str(), report["slot"].as_str()),
+        (Some("installed"), Some("A")),
+        "{report}"
+    );
+    // Checked once on the fetched bytes, once more by the restart into the disk.
+    assert_eq!(stderr.matches("signed by trusted key").count(), 2, "{stderr}");
+    assert!(stdout.contains(&ran), "the image ran without its trailer: {stdout}");
+    assert_eq!(server.drain().iter().filter(|e| e["event"] == "sent").count(), 1);
+
+    // Second boot: the disk's digest is the offer's: no transfer, no reinstall, still checked.
+    let out = agent(&[&["--server", &srv, "--disk", d, "--json"][..], &required].concat());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("already has"), "{stderr}");
+    let report: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!((report["source"].as_str(), report["slot"].as_str()), (Some("disk"), Some("A")), "{report}");
+    assert_eq!(report["bytes"], 16 << 20, "{report}");
+    assert!(stderr.matches("signed by trusted key").count() >= 2, "{stderr}");
+    assert!(stdout.contains(&ran), "{stdout}");
+    assert_eq!(server.drain().iter().filter(|e| e["event"] == "sent").count(), 0, "no transfer");
+    let (status, _) = text(&monarch(&["netboot", "status", "--disk", d]));
+    assert_eq!(status.matches("verified").count(), 1, "slot B was never written: {status}");
+
+    // `boot-disk` with the trusted key boots it; with another key it refuses.
+    let out = monarch(&[&["netboot", "boot-disk", "--disk", d][..], &required].concat());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success() && stderr.contains("signed by trusted key"), "{stderr}");
+    assert!(stdout.contains(&ran), "{stdout}");
+    let rogue = dir.path().join("rogue.pub");
+    let out = monarch(&["netboot", "boot-disk", "--disk", d, "--trust", rogue.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not trusted") && stderr.contains("slot A"), "{stderr}");
+    assert!(!stdout.contains(MARKER), "{stdout}");
+    // Without trust the trailer is still split off before the handoff.
+    let out = monarch(&["netboot", "boot-disk", "--disk", d]);
+    assert!(text(&out).0.contains(&ran), "{}", text(&out).1);
+}
