@@ -26,9 +26,17 @@ pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     s.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|_| ValueError::Size(s.to_string()))
 }
 
-/// A duration as people write it: `500ms`, `5s`, `2m`.
+/// The longest duration monarch takes: no step of a boot waits a day, and anything longer
+/// (a typo, a hostile file) would overflow the arithmetic done with it.
+pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// A duration as people write it: `500ms`, `5s`, `2m`; at most [`DURATION_MAX`].
 pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
-    humantime::parse_duration(s).map_err(|e| ValueError::Duration { text: e.to_string() })
+    let d = humantime::parse_duration(s).map_err(|e| ValueError::Duration { text: e.to_string() })?;
+    if d > DURATION_MAX {
+        return Err(ValueError::Duration { text: "longer than a day, which no step of a boot waits".into() });
+    }
+    Ok(d)
 }
 
 /// A checksum algorithm by name: `crc32c`, `xxh3`, `blake3`.
@@ -48,6 +56,13 @@ pub fn fmt_size(b: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_duration_longer_than_a_day_is_refused_not_overflowed() {
+        assert_eq!(super::parse_duration("24h").unwrap(), super::DURATION_MAX);
+        let e = super::parse_duration("20000112743y").unwrap_err().to_string();
+        assert!(e.contains("longer than a day") && e.contains("5s"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -91,6 +91,14 @@ impl Ctx<'_> {
     ) -> Duration {
         let Some(v) = v else { return default };
         match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if d > crate::values::DURATION_MAX => {
+                self.push(
+                    Some(v.span()),
+                    field,
+                    format!("\"{}\" is longer than a day, which no step of a boot waits; write e.g. \"5s\", \"2m\"", v.get_ref()),
+                );
+                default
+            }
             Ok(d) if !d.is_zero() => d,
             _ => {
                 self.push(

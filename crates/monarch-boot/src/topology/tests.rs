@@ -349,3 +349,14 @@ fn a_builtin_payload_larger_than_its_image_size_is_bad_input() {
     );
     assert!(!e.contains("processor \"fits\""), "{e}");
 }
+
+/// Found by fuzzing: a duration of millennia overflowed the arithmetic done with it.
+#[test]
+fn a_duration_longer_than_a_day_is_bad_input_not_a_panic() {
+    let src = format!(
+        "{HEAD}[election]\nheartbeat = \"20000112743y\"\n[[processor]]\nid = \"m2\"\nrole = \"monarch\"\n"
+    );
+    let e =
+        Topology::parse_in(&src, Path::new("t.toml"), Path::new("/"), &Elsewhere).unwrap_err().to_string();
+    assert!(e.contains("election.heartbeat") && e.contains("longer than a day"), "{e}");
+}
