@@ -117,6 +117,11 @@ pub enum AgentError {
 /// Run the agent. Returns `Ok(())` after a handoff `none`; an `exec` handoff does not return.
 pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     let start = Instant::now();
+    // Another process of this user must not reach into the agent's memory through /proc
+    // (its private copy of the image, between the signature check and the exec): a process
+    // that is not dumpable is not ptrace-attachable, nor are its /proc/PID/fd and mem open to
+    // its peers. The image it executes is dumpable again (exec resets it).
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let mut window = open_when_ready(opts, start)?;
     window.set_doorbell(opts.doorbell);
     run_on(opts, window, start)
@@ -408,7 +413,10 @@ impl<W: WindowMemory> Agent<'_, W> {
     /// into our own memory and checksum the copy.
     fn verify(&mut self, cfg: &WindowConfig, attempt: u32) -> Digest {
         const UNUSABLE: Digest = Digest([0xEE; 32]);
+        // Nothing of an earlier attempt survives a new one: an OK for this attempt can only
+        // hand off what this attempt took.
         self.held = None;
+        self.staged = None;
         let result = match cfg.mode {
             Mode::Push => self.consume_stream(cfg, attempt),
             Mode::Pull => self.pull(cfg),

@@ -756,3 +756,40 @@ fn an_image_changed_during_its_delivery_is_blamed_not_the_link() {
         assert!(p["attempts"].as_u64().unwrap() >= 1 && p["bytes"].as_u64().unwrap() > 0, "{mode}: {p}");
     }
 }
+
+/// An agent holds its verified copy of the image in its own memory until the exec: another
+/// process of the same user must not reach it through /proc (its fds, its memory). The
+/// agent makes itself non-dumpable, which the kernel shows by giving its /proc entries to
+/// root. Run as `nobody`, so the ownership tells.
+#[test]
+fn an_agent_is_not_dumpable_so_its_peers_cannot_reach_its_memory() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", MONARCH, "agent", "--window"])
+        .arg(dir.path().join("later.win"))
+        .args(["--id", "a", "--timeout", "30s"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("setpriv (util-linux) runs the agent as nobody");
+    let pid = agent.id();
+    // Once it runs as nobody (setpriv has exec'd monarch), look at its /proc entries.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut owner = None;
+    while Instant::now() < deadline {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        if exe.is_some_and(|e| e.ends_with("monarch")) {
+            std::thread::sleep(Duration::from_millis(200)); // past the agent's first steps
+            owner = std::fs::metadata(format!("/proc/{pid}/fd")).ok().map(|m| m.uid());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(
+        owner,
+        Some(0),
+        "the agent (running as uid 65534) is not dumpable: its /proc entries belong to root"
+    );
+}
