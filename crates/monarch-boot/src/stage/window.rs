@@ -97,6 +97,12 @@ impl Streamer {
     }
 }
 
+/// A copy into the window failed: a window its secondary shrank says so (the kernel's own
+/// copy into the gap fails with EFAULT, "Bad address", which names nothing).
+fn copy_error(w: &Window, e: monarch_drivers::WindowError) -> String {
+    w.check_intact().err().unwrap_or(e).to_string()
+}
+
 /// Injected fault: one flipped byte, as a bad link would leave it.
 fn flip_byte(w: &Window, offset: u64) -> Result<(), String> {
     let mut b = [0u8; 1];
@@ -433,13 +439,13 @@ impl<'a, 'c> Stage<'a, 'c> {
         let (w, image) = self.parts()?;
         let len = image.len;
         let half = len / 2;
-        image.copy_into(w, 0, 0, half).map_err(|e| e.to_string())?;
+        image.copy_into(w, 0, 0, half).map_err(|e| copy_error(w, e))?;
         self.bytes += half;
         if sec.faults.kill_agent_during_copy && attempt == 1 {
             self.kill_agent();
         }
         let (w, image) = self.parts()?;
-        image.copy_into(w, half, half, len - half).map_err(|e| e.to_string())?;
+        image.copy_into(w, half, half, len - half).map_err(|e| copy_error(w, e))?;
         if attempt <= sec.faults.corrupt_attempts {
             flip_byte(w, half)?;
         }
@@ -537,7 +543,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             }
             image
                 .copy_into(w, geo.slot_offset(geo.position(st.attempt, k)), off, len)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| copy_error(w, e))?;
             st.repairs += 1;
             w.store(layout::cmd(self.ctx.authority.block).repaired, st.repairs);
             w.ring(layout::DB_TO_SECONDARY);
@@ -558,7 +564,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             }
             let (off, len) = geo.chunk(st.next);
             let slot = geo.slot_offset(pos);
-            image.copy_into(w, slot, off, len).map_err(|e| e.to_string())?;
+            image.copy_into(w, slot, off, len).map_err(|e| copy_error(w, e))?;
             let whole_fault = st.attempt <= sec.faults.corrupt_attempts && st.next == chunks / 2;
             let chunk_fault = st.attempt == 1 && sec.faults.corrupt_chunks.contains(&st.next);
             if whole_fault || chunk_fault {

@@ -231,9 +231,13 @@ impl Window {
         self.guard.vanished()
     }
 
-    /// [`Window::vanished`] as an error naming the window, for whoever must give it up.
+    /// [`Window::vanished`] as an error naming the window, for whoever must give it up; also
+    /// when the file is now shorter than the mapping but no access has met the gap yet (the
+    /// kernel's own copies into it, such as `read(2)` of an image file, fail with EFAULT
+    /// instead of raising SIGBUS).
     pub fn check_intact(&self) -> Result<(), WindowError> {
-        if self.vanished() {
+        let shrunk = || self.file.metadata().is_ok_and(|m| m.is_file() && m.len() < self.map.len() as u64);
+        if self.vanished() || shrunk() {
             return Err(WindowError::Vanished { path: self.path.clone() });
         }
         Ok(())

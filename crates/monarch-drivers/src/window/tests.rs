@@ -389,3 +389,17 @@ fn a_sigbus_outside_every_window_still_kills() {
         .unwrap();
     assert_eq!(out.status.signal(), Some(7), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
 }
+
+/// A window whose file was cut short is not intact even before any access met the gap: the
+/// kernel's own copies into it (read(2) of an image file) fail with EFAULT, not SIGBUS, so
+/// the guard never sees them.
+#[test]
+fn a_shrunk_window_is_not_intact_before_any_access_meets_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.win");
+    let w = Window::create(&path, 1 << 20).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
+    assert!(!w.vanished());
+    let e = w.check_intact().unwrap_err().to_string();
+    assert!(e.contains("cut.win") && e.contains("truncated"), "{e}");
+}
