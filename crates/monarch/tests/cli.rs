@@ -663,7 +663,7 @@ fn a_full_tmpfs_fails_the_window_that_does_not_fit_and_nothing_else() {
     assert_eq!(r.code, 1, "a failed secondary, not a dead monarch: {}", r.stderr);
     let states: Vec<String> =
         ["a", "b"].iter().map(|id| r.processor(id)["state"].as_str().unwrap().to_string()).collect();
-    assert!(states.contains(&"running".to_string()), "one window fits: {states:?}");
+    assert!(states.contains(&"running".to_string()), "one window fits: {states:?}: {}", r.summary);
     let failed = ["a", "b"].into_iter().find(|id| r.processor(id)["state"] == "failed").expect("one failed");
     let why = r.processor(failed)["error"].as_str().unwrap();
     assert!(

@@ -87,6 +87,10 @@ pub fn existing(path: &Path, window_len: u64) -> Existing {
 /// has none is SIGBUS, which kills the whole monarch, where this is an error for the one
 /// window. File systems that cannot reserve (a device's BAR in sysfs) are left as they are.
 fn reserve(file: &File, path: &Path, len: u64) -> Result<(), WindowError> {
+    // One reservation at a time in this process: two that race for the last space on a
+    // file system each take part of it, and both fail where one would have fitted.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // A signal (the operator's Ctrl-C included) interrupts a long fallocate on tmpfs: what
     // was reserved stays, so ask again; the caller notices the interruption itself.
     let mut r = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len);
