@@ -16,42 +16,8 @@ use std::time::Duration;
 
 const OTHER: &str = "127.0.0.2";
 
-/// A read request for `file`, octet mode, no options.
-fn rrq(file: &str) -> Vec<u8> {
-    let mut v = vec![0, 1];
-    v.extend(file.as_bytes());
-    v.push(0);
-    v.extend(b"octet");
-    v.push(0);
-    v
-}
-
-/// Download `file` from `server` lock-step from a socket bound to `from`: the bytes, or the
-/// server's ERROR message.
-fn tftp_get(from: &str, server: SocketAddr, file: &str) -> Result<Vec<u8>, String> {
-    let s = UdpSocket::bind((from, 0)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.send_to(&rrq(file), server).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    let mut want = 1u16;
-    loop {
-        let (n, tid) = s.recv_from(&mut buf).map_err(|e| format!("no answer: {e}"))?;
-        match buf[..2] {
-            [0, 3] if u16::from_be_bytes([buf[2], buf[3]]) == want => {
-                got.extend(&buf[4..n]);
-                s.send_to(&[0, 4, buf[2], buf[3]], tid).unwrap();
-                if n - 4 < 512 {
-                    return Ok(got);
-                }
-                want += 1;
-            }
-            [0, 3] => {}
-            [0, 5] => return Err(String::from_utf8_lossy(&buf[4..n - 1]).into_owned()),
-            _ => return Err(format!("unexpected packet {:?}", &buf[..n])),
-        }
-    }
-}
+mod common;
+use common::{rrq, tftp_get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tftp_flood_from_one_address_leaves_room_for_another() {
@@ -71,7 +37,7 @@ async fn a_tftp_flood_from_one_address_leaves_room_for_another() {
         let flood: Vec<UdpSocket> = (0..20).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
         for s in &flood {
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.send_to(&rrq("boot.efi"), addr).unwrap();
+            s.send_to(&rrq("boot.efi", &[]), addr).unwrap();
         }
         // Each gets its first DATA (a transfer holds a slot) or an ERROR (busy).
         let mut buf = [0u8; 1024];

@@ -6,19 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use monarch_net::tftp::{TftpConfig, TftpEvent, TftpServer};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A read request for `file` in octet mode with `options`.
-fn rrq(file: &str, options: &[(&str, &str)]) -> Vec<u8> {
-    let mut v = vec![0, 1];
-    for s in [file, "octet"].into_iter().chain(options.iter().flat_map(|(k, v)| [*k, *v])) {
-        v.extend(s.as_bytes());
-        v.push(0);
-    }
-    v
-}
+mod common;
+use common::{rrq, tftp_get};
 
 /// The options of an OACK, as (name, value) pairs.
 fn oack_options(p: &[u8]) -> Vec<(String, String)> {
@@ -26,30 +19,6 @@ fn oack_options(p: &[u8]) -> Vec<(String, String)> {
     let fields: Vec<String> =
         p[2..].split(|&b| b == 0).map(|f| String::from_utf8_lossy(f).into_owned()).collect();
     fields.chunks_exact(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()
-}
-
-/// Download `file` lock-step without options: the bytes, or the server's ERROR message.
-fn tftp_get(server: SocketAddr, file: &str) -> Result<Vec<u8>, String> {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.send_to(&rrq(file, &[]), server).unwrap();
-    let (mut got, mut buf, mut want) = (Vec::new(), [0u8; 1024], 1u16);
-    loop {
-        let (n, tid) = s.recv_from(&mut buf).map_err(|e| format!("no answer: {e}"))?;
-        match buf[..2] {
-            [0, 3] if u16::from_be_bytes([buf[2], buf[3]]) == want => {
-                got.extend(&buf[4..n]);
-                s.send_to(&[0, 4, buf[2], buf[3]], tid).unwrap();
-                if n - 4 < 512 {
-                    return Ok(got);
-                }
-                want += 1;
-            }
-            [0, 3] => {}
-            [0, 5] => return Err(String::from_utf8_lossy(&buf[4..n - 1]).into_owned()),
-            _ => return Err(format!("unexpected packet {:?}", &buf[..n])),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +73,7 @@ async fn a_silent_client_asking_the_longest_timeout_is_given_up_and_its_slot_fre
     assert!(failed.contains("no acknowledgement"), "{failed}");
 
     // Its slot is free again: another client gets the file.
-    let got = tokio::task::spawn_blocking(move || tftp_get(addr, "boot.efi")).await.unwrap();
+    let got = tokio::task::spawn_blocking(move || tftp_get("127.0.0.1", addr, "boot.efi")).await.unwrap();
     assert_eq!(got.expect("the only slot is free once the silent transfer was given up"), content);
     drop(silent);
     task.abort();
