@@ -122,17 +122,9 @@ impl Image {
     /// again; one in memory cannot have changed).
     pub fn unchanged(&self) -> std::io::Result<bool> {
         let ImageData::File(f) = &self.data else { return Ok(true) };
-        let step = if self.chunk_size > 0 { self.chunk_size } else { 1 << 20 };
-        let mut whole = Hasher::new(self.algo);
-        let mut buf = vec![0u8; idx(step)];
-        let mut off = 0u64;
-        while off < self.len {
-            let n = idx(step.min(self.len - off));
-            f.read_exact_at(&mut buf[..n], off)?;
-            whole.absorb(&buf[..n], &self.algo.digest(&buf[..n]));
-            off += n as u64;
-        }
-        Ok(f.metadata()?.len() == self.len && whole.finish() == self.digest)
+        let mut digests = Digests::new(self.algo, self.chunk_size);
+        digests.absorb_file(f, self.len)?;
+        Ok(f.metadata()?.len() == self.len && digests.finish().0 == self.digest)
     }
 
     /// This image with its middle byte changed, and its checksum and manifest taken again
@@ -149,17 +141,10 @@ impl Image {
         if let Some(x) = b.get_mut(mid) {
             *x ^= 0x5a;
         }
-        let step = if self.chunk_size > 0 { self.chunk_size } else { 1 << 20 };
-        let mut whole = Hasher::new(self.algo);
-        let mut manifest = Vec::new();
-        for c in b.chunks(idx(step)) {
-            let d = self.algo.digest(c);
-            whole.absorb(c, &d);
-            if self.chunk_size > 0 {
-                manifest.push(d);
-            }
-        }
-        Ok(Image { data: ImageData::Memory(b), digest: whole.finish(), manifest, ..self })
+        let mut digests = Digests::new(self.algo, self.chunk_size);
+        digests.absorb_all(&b);
+        let (digest, manifest) = digests.finish();
+        Ok(Image { data: ImageData::Memory(b), digest, manifest, ..self })
     }
 
     /// Read `buf.len()` bytes at `image_offset` into `buf`.
@@ -208,19 +193,63 @@ pub fn build_payload(program: &Path, size: u64, banner: &str) -> Result<Vec<u8>,
     Ok(bytes)
 }
 
+/// The checksum of an image and, with `chunk_size > 0`, the digest of every chunk, taken as
+/// the chunks go by (retrieval, and taking them again of changed bytes).
+struct Digests {
+    algo: Algo,
+    chunk_size: u64,
+    whole: Hasher,
+    manifest: Vec<Digest>,
+}
+
+impl Digests {
+    fn new(algo: Algo, chunk_size: u64) -> Digests {
+        Digests { algo, chunk_size, whole: Hasher::new(algo), manifest: Vec::new() }
+    }
+
+    /// The size of the pieces to feed: a chunk, or 1 MiB when there is no manifest.
+    fn step(&self) -> u64 {
+        if self.chunk_size > 0 { self.chunk_size } else { 1 << 20 }
+    }
+
+    fn absorb(&mut self, chunk: &[u8]) {
+        let d = self.algo.digest(chunk);
+        self.whole.absorb(chunk, &d);
+        if self.chunk_size > 0 {
+            self.manifest.push(d);
+        }
+    }
+
+    /// Feed `bytes` in steps.
+    fn absorb_all(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(idx(self.step())) {
+            self.absorb(c);
+        }
+    }
+
+    /// Feed the first `len` bytes of `f`, a step at a time (memory bounded by the step).
+    fn absorb_file(&mut self, f: &File, len: u64) -> std::io::Result<()> {
+        let step = self.step();
+        let mut buf = vec![0u8; idx(step)];
+        let mut off = 0u64;
+        while off < len {
+            let n = idx(step.min(len - off));
+            f.read_exact_at(&mut buf[..n], off)?;
+            self.absorb(&buf[..n]);
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> (Digest, Vec<Digest>) {
+        (self.whole.finish(), self.manifest)
+    }
+}
+
 /// Retrieve an image: its size, its retrieved checksum and, with `chunk_size > 0`, the
 /// digest of every chunk. Files are read once, a chunk at a time.
 pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Image, ImageError> {
-    let step = if chunk_size > 0 { chunk_size } else { 1 << 20 };
-    let mut whole = Hasher::new(algo);
-    let mut manifest = Vec::new();
-    let mut absorb = |chunk: &[u8]| {
-        let d = algo.digest(chunk);
-        whole.absorb(chunk, &d);
-        if chunk_size > 0 {
-            manifest.push(d);
-        }
-    };
+    let mut digests = Digests::new(algo, chunk_size);
     let (data, len) = match source {
         ImageSource::File(path) => {
             let read_err = |source| ImageError::Read { path: path.clone(), source };
@@ -234,34 +263,24 @@ pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Ima
                 // there at memory speed.
                 let mut b = vec![0u8; idx(len)];
                 f.read_exact_at(&mut b, 0).map_err(read_err)?;
-                for c in b.chunks(idx(step)) {
-                    absorb(c);
-                }
+                digests.absorb_all(&b);
                 (ImageData::Memory(b), len)
             } else {
                 // Larger images stay in their file and are read chunk by chunk: the
                 // monarch's memory is bounded by the chunk, not the image.
-                let mut buf = vec![0u8; idx(step)];
-                let mut off = 0u64;
-                while off < len {
-                    let n = idx(step.min(len - off));
-                    f.read_exact_at(&mut buf[..n], off).map_err(read_err)?;
-                    absorb(&buf[..n]);
-                    off += n as u64;
-                }
+                digests.absorb_file(&f, len).map_err(read_err)?;
                 (ImageData::File(f), len)
             }
         }
         ImageSource::Builtin { size, banner } => {
             let b = build_payload(&payload_program(), *size, banner)?;
-            for c in b.chunks(idx(step)) {
-                absorb(c);
-            }
+            digests.absorb_all(&b);
             let len = b.len() as u64;
             (ImageData::Memory(b), len)
         }
     };
-    Ok(Image { data, len, digest: whole.finish(), algo, chunk_size, manifest })
+    let (digest, manifest) = digests.finish();
+    Ok(Image { data, len, digest, algo, chunk_size, manifest })
 }
 
 #[cfg(test)]
