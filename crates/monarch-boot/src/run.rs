@@ -165,9 +165,7 @@ fn shutdown(staged: &mut [Option<Staged>], grace: Duration, authority: &Authorit
             }
             // The pid came from the window (peer data): kill it only if it is that secondary's
             // image, which the agent started as `monarch-image:ID`.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let ours = cmdline.split(|b| *b == 0).next()
-                == Some(format!("monarch-image:{}", s.summary.id).as_bytes());
+            let ours = crate::host::cmdline(pid).first() == Some(&format!("monarch-image:{}", s.summary.id));
             if crate::host::alive(pid) && ours {
                 crate::host::signal(pid, rustix::process::Signal::KILL);
             }

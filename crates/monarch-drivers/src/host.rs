@@ -47,20 +47,34 @@ pub fn ensure_packages(wanted: &[(&str, &str)], progress: &mut dyn FnMut(&str)) 
 /// Whether process `pid` exists and is not a zombie (it may not be our child: a monarch
 /// that took over watches processes another monarch started).
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses and may contain spaces.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
-        Err(_) => false,
+    stat_field(pid, 3).is_some_and(|state| state != "Z")
+}
+
+/// Field `n` (1-based, as proc(5) numbers them; `n >= 3`) of `/proc/PID/stat`. The fields
+/// from the state (3) on follow the command name, which is in parentheses and may contain
+/// spaces and parentheses of its own.
+fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().nth(n.checked_sub(3)?)?.to_string())
+}
+
+/// The arguments process `pid` was started with (`/proc/PID/cmdline`); empty when there is
+/// no such process.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if raw.is_empty() {
+        return Vec::new();
     }
+    // Each argument ends with a NUL (an empty argument is kept, in its place).
+    let args = raw.strip_suffix(&[0]).unwrap_or(&raw);
+    args.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
 /// When process `pid` started, in clock ticks after boot (field 22 of `/proc/PID/stat`):
 /// with the pid, it names one process for the life of the boot, where a pid alone may be
 /// reused. `None` when there is no such process.
 pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name: state is field 3, so starttime (22) is the 20th.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+    stat_field(pid, 22)?.parse().ok()
 }
 
 /// This boot's identity (`/proc/sys/kernel/random/boot_id`), if the kernel tells it.
@@ -113,14 +127,7 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
-                // Fields after the command name (in parentheses, maybe with spaces): state, ppid.
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                    == Some(parent)
-            })
-        })
+        .filter(|&pid| stat_field(pid, 4).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent))
         .collect()
 }
 
@@ -284,5 +291,32 @@ impl Drop for VethNs {
             del(n);
         }
         let _ = Command::new("ip").args(["link", "delete", &self.near_if]).stderr(Stdio::null()).status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_as_proc_shows_it() {
+        let me = std::process::id();
+        assert!(alive(me));
+        assert!(start_ticks(me).is_some());
+        let args = cmdline(me);
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(
+            args.first().map(std::path::Path::new).and_then(|p| p.file_name()),
+            exe.file_name(),
+            "{args:?}"
+        );
+        assert_eq!(args.len(), std::env::args().count(), "{args:?}");
+        // pid_max is at most 2^22 on Linux: this pid cannot be running.
+        assert!(!alive(4_194_399) && start_ticks(4_194_399).is_none() && cmdline(4_194_399).is_empty());
+        let child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(children_of(me).contains(&child.id()));
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -36,8 +36,8 @@ pub fn kill_orphans(run_dir: &Path) {
             continue;
         }
         let Some(pid) = running_qemu(&e.path()) else { continue };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let ours = cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(&folder));
+        let ours = u32::try_from(pid)
+            .is_ok_and(|p| monarch_drivers::host::cmdline(p).iter().any(|arg| arg.contains(&folder)));
         if let (true, Some(pid)) = (ours, rustix::process::Pid::from_raw(pid)) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
