@@ -111,13 +111,7 @@ fn a_diskless_machine_runs_the_image_from_its_pre_posted_buffer() {
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
     let img = build_image(&root, "os.img", "16MiB", "diskless demo");
-    let out = monarch(
-        &["netboot", "provision", "--root", root.to_str().unwrap(), "--machine", MAC, "--image"]
-            .into_iter()
-            .chain([img.to_str().unwrap()])
-            .collect::<Vec<_>>(),
-    );
-    assert!(out.status.success(), "{}", text(&out).1);
+    provision(&root, &img);
     let server = Server::start(&root);
     let out = agent(&["--server", &server.addr(), "--json"]);
     let (stdout, stderr) = text(&out);
@@ -295,12 +289,16 @@ fn keys_and_signed_copy(dir: &Path, img: &Path, signed: &Path) {
 }
 
 fn provision(root: &Path, img: &Path) {
-    let out = monarch(
-        &["netboot", "provision", "--root", root.to_str().unwrap(), "--machine", MAC, "--image"]
-            .into_iter()
-            .chain([img.to_str().unwrap()])
-            .collect::<Vec<_>>(),
-    );
+    let out = monarch(&[
+        "netboot",
+        "provision",
+        "--root",
+        root.to_str().unwrap(),
+        "--machine",
+        MAC,
+        "--image",
+        img.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out).1);
 }
 
