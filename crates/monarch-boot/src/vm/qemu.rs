@@ -115,6 +115,12 @@ mod tests {
         std::fs::copy("/bin/sleep", &fake).unwrap();
         let mut qemu = Command::new(&fake).arg("30").spawn().unwrap();
         std::fs::write(dir.path().join("d.qemu.pid"), qemu.id().to_string()).unwrap();
+        // A process fresh from exec shows its arguments a moment after its executable: wait
+        // for them, as a QEMU a monarch left behind has long had them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while monarch_drivers::host::cmdline(qemu.id()).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         kill_orphans(dir.path());
         let status = qemu.wait().unwrap();
         assert!(!status.success(), "the orphaned QEMU was killed: {status}");
