@@ -10,6 +10,8 @@
 //!   delivered bytes themselves.
 //! - [`fs`]: files replaced atomically (temporary beside, fsync, rename, fsync the folder).
 //! - [`kexec`]: the `kexec` handoff (a verified kernel + initrd replace the running kernel).
+//! - [`link`]: network interfaces (a secondary's ports) set administratively up or down
+//!   through netlink.
 //!
 //! The protocol decisions live in `monarch-proto`; the orchestration in `monarch-boot`.
 
@@ -18,6 +20,7 @@ pub mod doorbell;
 pub mod fs;
 pub mod host;
 pub mod kexec;
+pub mod link;
 pub mod memimage;
 pub mod window;
 
