@@ -597,3 +597,25 @@ fn a_monarch_has_no_lifecycle_fields() {
         assert!(e.contains(&needle), "missing {needle:?} in\n{e}");
     }
 }
+
+/// The examples in `examples/` that describe a server and its DPUs.
+#[test]
+fn the_server_examples_resolve_with_their_start_order() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for (file, levels, main) in [
+        ("server-dpus.toml", vec![vec!["dpu0", "dpu1"], vec!["host"]], vec!["host"]),
+        ("server-dpu-amc.toml", vec![vec!["amc0"], vec!["dpu0"], vec!["host"]], vec!["host"]),
+    ] {
+        let t = Topology::load(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let plan = crate::plan::Plan::new(t);
+        let ids: Vec<Vec<&str>> = plan
+            .levels()
+            .iter()
+            .map(|l| l.iter().map(|&i| plan.topology.secondaries[i].id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, levels, "{file}");
+        assert_eq!(plan.in_domain(PowerDomain::Main), main, "{file}");
+        assert!(plan.topology.secondaries.iter().all(|s| s.life.ports.is_empty()), "{file}: no ports");
+        assert!(plan.topology.managers.len() == 1, "{file}: one BMC");
+    }
+}
