@@ -1,7 +1,8 @@
 //! A topology file that may hold anything: resolving it never panics, on a machine that is
 //! not there (every fact comes from this fake environment, so nothing on the fuzzing host
 //! is read). Every problem found names a line inside the file; a topology that resolves
-//! has a monarch and unique ids.
+//! has a monarch and unique ids, its dependencies name other secondaries, and its plan's
+//! dependency levels hold every secondary once, each above all it depends on.
 #![no_main]
 use monarch_boot::topology::{Environment, ImageFileProblem, Topology, TopologyError, WindowFile};
 use std::collections::HashSet;
@@ -58,6 +59,23 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             let mut ids = HashSet::new();
             for id in t.managers.iter().map(|m| &m.id).chain(t.secondaries.iter().map(|s| &s.id)) {
                 assert!(ids.insert(id.clone()), "duplicate id {id}");
+            }
+            let plan = monarch_boot::plan::Plan::new(t);
+            let secs = &plan.topology.secondaries;
+            let mut level = vec![usize::MAX; secs.len()];
+            for (n, l) in plan.levels().iter().enumerate() {
+                for &i in l {
+                    assert_eq!(level[i], usize::MAX, "{} on two levels", secs[i].id);
+                    level[i] = n;
+                }
+            }
+            for (i, s) in secs.iter().enumerate() {
+                assert_ne!(level[i], usize::MAX, "{} on no level", s.id);
+                for d in s.life.depends_on() {
+                    let j = secs.iter().position(|x| x.id == d);
+                    let j = j.unwrap_or_else(|| panic!("{} depends on {d}, not a secondary", s.id));
+                    assert!(level[j] < level[i], "{} is not above {d}", s.id);
+                }
             }
         }
         Err(e) => {

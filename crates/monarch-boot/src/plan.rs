@@ -3,10 +3,15 @@
 //! Window boot: secondaries on their own (direct) ports are staged in parallel; secondaries
 //! that share a switch go one after another, the higher priority first (ties: lower slot,
 //! then file order). Each direct secondary is its own *lane*; each switch is one lane.
+//!
+//! After the boot, the secondaries start in dependency *levels* ([`Plan::levels`]): what
+//! depends on nothing first, then what depends only on those, and so on; the aux power
+//! domain comes on with the chassis and the main domain after it.
 
-use crate::topology::{Launch, PortPath, Secondary, Topology};
+use crate::topology::{Launch, MainPower, PortPath, PowerDomain, Secondary, Topology};
 use crate::values::fmt_size;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 /// A unit of parallelism: its secondaries are staged one after another.
@@ -68,6 +73,113 @@ impl Plan {
             }
         }
         Plan { topology, lanes }
+    }
+
+    /// Dependency levels (indices into `topology.secondaries`), each in file order: level 0
+    /// depends on nothing; a secondary's level is 1 + the highest level of what it depends on
+    /// (`requires`, `wants` and `supervisor`). A resolved topology has no dependency cycle;
+    /// should one be given anyway, its members (and what depends on them) make the last level.
+    pub fn levels(&self) -> Vec<Vec<usize>> {
+        let secs = &self.topology.secondaries;
+        let index: HashMap<&str, usize> = secs.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+        let deps: Vec<Vec<usize>> = secs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.life.depends_on().filter_map(|d| index.get(d).copied()).filter(|&j| j != i).collect()
+            })
+            .collect();
+        let mut level: Vec<Option<usize>> = vec![None; secs.len()];
+        loop {
+            let mut progress = false;
+            for i in 0..secs.len() {
+                if level[i].is_none()
+                    && let Some(known) = deps[i].iter().map(|&j| level[j]).collect::<Option<Vec<usize>>>()
+                {
+                    level[i] = Some(known.iter().max().map_or(0, |m| m + 1));
+                    progress = true;
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        let last = level.iter().flatten().max().map_or(0, |m| m + 1);
+        let mut out: Vec<Vec<usize>> = Vec::new();
+        for (i, l) in level.iter().enumerate() {
+            let l = l.unwrap_or(last);
+            if out.len() <= l {
+                out.resize(l + 1, Vec::new());
+            }
+            out[l].push(i);
+        }
+        out
+    }
+
+    /// Whether the start after the boot is more than "everything at once": some secondary
+    /// depends on another, or is in the main power domain.
+    pub fn has_start_order(&self) -> bool {
+        self.topology
+            .secondaries
+            .iter()
+            .any(|s| s.life.has_dependencies() || s.life.power == PowerDomain::Main)
+    }
+
+    /// The secondaries' ids in a power domain, in file order.
+    pub fn in_domain(&self, power: PowerDomain) -> Vec<&str> {
+        self.topology.secondaries.iter().filter(|s| s.life.power == power).map(|s| s.id.as_str()).collect()
+    }
+
+    /// The start order and power domains as `monarch plan` prints them (empty when
+    /// [`Plan::has_start_order`] is false).
+    pub fn render_start_order(&self) -> String {
+        let t = &self.topology;
+        let mut s = String::new();
+        if !self.has_start_order() {
+            return s;
+        }
+        let _ = writeln!(s, "\nStart order (dependency levels):");
+        for (n, level) in self.levels().iter().enumerate() {
+            let names: Vec<String> = level
+                .iter()
+                .map(|&i| format!("{} [{}]", t.secondaries[i].id, t.secondaries[i].life.power.name()))
+                .collect();
+            let _ = write!(s, "  {}. {}", n + 1, names.join(", "));
+            match &level[..] {
+                [one] => match dependencies(&t.secondaries[*one]) {
+                    Some(d) => {
+                        let _ = writeln!(s, "  {d}");
+                    }
+                    None => s.push('\n'),
+                },
+                many => {
+                    s.push('\n');
+                    for &i in many {
+                        if let Some(d) = dependencies(&t.secondaries[i]) {
+                            let _ = writeln!(s, "       {}: {d}", t.secondaries[i].id);
+                        }
+                    }
+                }
+            }
+        }
+        let mut domains = Vec::new();
+        for (power, when) in [
+            (PowerDomain::Aux, "on with the chassis".to_string()),
+            (
+                PowerDomain::Main,
+                match t.main_power {
+                    MainPower::Auto => "auto: on once aux is up".to_string(),
+                    MainPower::Manual => "manual: on at `monarch power on`".to_string(),
+                },
+            ),
+        ] {
+            let ids = self.in_domain(power);
+            if !ids.is_empty() {
+                domains.push(format!("{} ({when}): {}", power.name(), ids.join(", ")));
+            }
+        }
+        let _ = writeln!(s, "Power domains: {}", domains.join("; "));
+        s
     }
 
     /// The monarch: the only management processor, or the one the monarch election rules would elect
@@ -150,8 +262,26 @@ impl Plan {
                 }
             }
         }
+        s.push_str(&self.render_start_order());
         s
     }
+}
+
+/// What a secondary waits for before it starts: `requires dpu0; wants dpu1 (waits 2s);
+/// supervised by amc0`, or `None` when it depends on nothing.
+fn dependencies(s: &Secondary) -> Option<String> {
+    let l = &s.life;
+    let mut parts = Vec::new();
+    if !l.requires.is_empty() {
+        parts.push(format!("requires {}", l.requires.join(", ")));
+    }
+    if !l.wants.is_empty() {
+        parts.push(format!("wants {} (waits {})", l.wants.join(", "), humantime::format_duration(l.wait)));
+    }
+    if let Some(sup) = &l.supervisor {
+        parts.push(format!("supervised by {sup}"));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 fn line(s: &Secondary) -> String {
@@ -216,5 +346,92 @@ mod tests {
         let ids: Vec<&str> =
             p.lanes[0].members().iter().map(|i| p.topology.secondaries[*i].id.as_str()).collect();
         assert_eq!(ids, ["c", "b", "a"]);
+    }
+
+    fn plan(processors: &str, chassis: &str) -> Plan {
+        let src = format!(
+            "[chassis]\nname = \"t\"\n{chassis}[[processor]]\nid = \"m\"\nrole = \"monarch\"\n{processors}"
+        );
+        Plan::new(Topology::parse(&src, Path::new("t"), Path::new(".")).unwrap())
+    }
+
+    fn sec(id: &str, extra: &str) -> String {
+        format!("[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\n{extra}\n")
+    }
+
+    fn level_ids(p: &Plan) -> Vec<Vec<&str>> {
+        p.levels()
+            .iter()
+            .map(|l| l.iter().map(|&i| p.topology.secondaries[i].id.as_str()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn levels_follow_the_longest_chain_of_dependencies_in_file_order() {
+        let p = plan(
+            &[
+                sec("host", "power = \"main\"\nrequires = [\"dpu0\", \"nic\"]"),
+                sec("nic", "wants = [\"dpu1\"]"),
+                sec("dpu1", ""),
+                sec("dpu0", "supervisor = \"amc\""),
+                sec("amc", ""),
+                sec("lone", ""),
+            ]
+            .concat(),
+            "",
+        );
+        assert_eq!(level_ids(&p), [vec!["dpu1", "amc", "lone"], vec!["nic", "dpu0"], vec!["host"]]);
+    }
+
+    #[test]
+    fn the_default_chassis_is_one_level_and_its_plan_shows_no_start_order() {
+        let p = Plan::new(Topology::builtin().unwrap());
+        assert_eq!(p.levels(), [vec![0, 1, 2, 3, 4]]);
+        assert!(!p.has_start_order());
+        let r = p.render();
+        assert!(!r.contains("Start order") && !r.contains("Power domains"), "{r}");
+    }
+
+    #[test]
+    fn the_plan_shows_the_start_order_and_the_power_domains() {
+        let p = plan(
+            &[
+                sec("dpu0", ""),
+                sec("dpu1", ""),
+                sec("host", "power = \"main\"\nrequires = [\"dpu0\"]\nwants = [\"dpu1\"]\nwait = \"2s\""),
+            ]
+            .concat(),
+            "",
+        );
+        let r = p.render();
+        assert!(
+            r.ends_with(
+                "\nStart order (dependency levels):\n  \
+                 1. dpu0 [aux], dpu1 [aux]\n  \
+                 2. host [main]  requires dpu0; wants dpu1 (waits 2s)\n\
+                 Power domains: aux (on with the chassis): dpu0, dpu1; main (auto: on once aux is up): host\n"
+            ),
+            "{r}"
+        );
+        // Several on one level with dependencies: one line each; manual main power.
+        let p = plan(
+            &[
+                sec("amc", ""),
+                sec("a", "supervisor = \"amc\""),
+                sec("b", "power = \"main\"\nrequires = [\"amc\"]"),
+                sec("c", "power = \"main\"\nwants = [\"amc\"]"),
+            ]
+            .concat(),
+            "main_power = \"manual\"\n",
+        );
+        let r = p.render_start_order();
+        assert!(
+            r.contains("  2. a [aux], b [main], c [main]\n       a: supervised by amc\n       b: requires amc\n       c: wants amc (waits 30s)\n"),
+            "{r}"
+        );
+        assert!(r.contains("main (manual: on at `monarch power on`): b, c"), "{r}");
+        // A main-domain processor alone is enough to show the domains.
+        let r = plan(&[sec("a", ""), sec("b", "power = \"main\"")].concat(), "").render();
+        assert!(r.contains("  1. a [aux], b [main]\nPower domains: "), "{r}");
     }
 }

@@ -110,4 +110,59 @@ impl Ctx<'_> {
             }
         }
     }
+
+    /// A duration that may be zero (`"0s"`), parsed like every other duration
+    /// ([`crate::values::parse_duration`]: at most a day).
+    pub(super) fn duration_or_zero(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        match crate::values::parse_duration(v.get_ref()) {
+            Ok(d) => d,
+            Err(_) if humantime::parse_duration(v.get_ref()).is_ok() => {
+                self.push(
+                    Some(v.span()),
+                    field,
+                    format!("\"{}\" is longer than a day, which no step of a boot waits; write e.g. \"5s\", \"2m\"", v.get_ref()),
+                );
+                default
+            }
+            Err(_) => {
+                self.push(
+                    Some(v.span()),
+                    field,
+                    format!("\"{}\" is not a duration; write e.g. \"500ms\", \"5s\", \"2m\"", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    /// One of a field's named values (`options`: name, value, what it means), or `default`
+    /// when the field is not given; an unknown name is a problem listing the allowed ones.
+    pub(super) fn choice<T: Copy>(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        field: &str,
+        what: &str,
+        options: &[(&str, T, &str)],
+        default: T,
+    ) -> T {
+        let Some(v) = v else { return default };
+        if let Some((_, value, _)) = options.iter().find(|(name, ..)| name == v.get_ref()) {
+            return *value;
+        }
+        let allowed: Vec<String> =
+            options.iter().map(|(name, _, meaning)| format!("\"{name}\" ({meaning})")).collect();
+        let allowed = match allowed.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        self.push(Some(v.span()), field, format!("unknown {what} \"{}\"; use {allowed}", v.get_ref()));
+        default
+    }
 }

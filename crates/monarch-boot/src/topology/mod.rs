@@ -13,6 +13,7 @@
 mod env;
 mod error;
 mod launch;
+mod lifecycle;
 mod model;
 mod resolve;
 mod schema;

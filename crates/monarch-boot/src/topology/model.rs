@@ -70,6 +70,12 @@ pub struct Faults {
     /// (or an image changed after it was signed) would deliver. Every checksum agrees, so
     /// only the secondary's own signature check can refuse it.
     pub tamper_image: bool,
+    /// The demo payload never reports that its services are ready (a secondary that boots
+    /// but never comes up: what waits on it must give up or degrade).
+    pub never_ready: bool,
+    /// The demo payload answers every shutdown or reboot notice with DEFER and this reason,
+    /// until the supervisor's deadline runs out.
+    pub defer_notices: Option<String>,
 }
 
 /// How a secondary is reached.
@@ -118,6 +124,162 @@ pub struct Secondary {
     pub faults: Faults,
     /// Signed images: the policy and keys this secondary is configured with.
     pub signing: Signing,
+    /// How it lives after its boot: dependencies, power domain, supervision, recovery.
+    pub life: Lifecycle,
+}
+
+/// Power domain of a secondary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerDomain {
+    /// Auxiliary power: on with the chassis (management controllers, DPUs, NICs).
+    #[default]
+    Aux,
+    /// Main power: switched on once the aux domain is up (`[chassis] main_power`).
+    Main,
+}
+
+impl PowerDomain {
+    /// Its name in topology files: `aux` or `main`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PowerDomain::Aux => "aux",
+            PowerDomain::Main => "main",
+        }
+    }
+}
+
+/// What the supervisor does when a secondary's running image dies or stalls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Recovery {
+    /// Boot it again (at most `max_restarts` times in `restart_window`).
+    #[default]
+    Restart,
+    /// Leave it down.
+    None,
+}
+
+impl Recovery {
+    /// Its name in topology files: `restart` or `none`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Recovery::Restart => "restart",
+            Recovery::None => "none",
+        }
+    }
+}
+
+/// What happens to a secondary when something it `requires` goes down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnDependencyLoss {
+    /// It keeps running, marked degraded, until the dependency is back.
+    #[default]
+    Degrade,
+    /// It is restarted once the dependency is back.
+    Restart,
+}
+
+impl OnDependencyLoss {
+    /// Its name in topology files: `degrade` or `restart`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnDependencyLoss::Degrade => "degrade",
+            OnDependencyLoss::Restart => "restart",
+        }
+    }
+}
+
+/// How the main power domain is switched on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MainPower {
+    /// On by itself once the aux domain is up.
+    #[default]
+    Auto,
+    /// Main-domain processors wait for `monarch power on`.
+    Manual,
+}
+
+impl MainPower {
+    /// Its name in topology files: `auto` or `manual`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MainPower::Auto => "auto",
+            MainPower::Manual => "manual",
+        }
+    }
+}
+
+/// How a secondary lives after its boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Hard dependencies (secondary ids): it starts after they are ready, and is affected
+    /// (`on_dependency_loss`) when one goes down.
+    pub requires: Vec<String>,
+    /// Soft dependencies (secondary ids): it waits for them at most `wait`, then starts anyway.
+    pub wants: Vec<String>,
+    /// How long to wait for `wants`.
+    pub wait: Duration,
+    /// Its power domain.
+    pub power: PowerDomain,
+    /// Id of the secondary (an AMC) supervising it; `None`: the monarch (the BMC).
+    pub supervisor: Option<String>,
+    /// Host network interface names it owns.
+    pub ports: Vec<String>,
+    /// What is done when its running image dies or stalls.
+    pub recovery: Recovery,
+    /// Restarts allowed within `restart_window` before it is left down.
+    pub max_restarts: u32,
+    /// The window `max_restarts` is counted in.
+    pub restart_window: Duration,
+    /// Wait before a restart.
+    pub restart_backoff: Duration,
+    /// What happens to it when something it `requires` goes down.
+    pub on_dependency_loss: OnDependencyLoss,
+    /// The running image beats this often.
+    pub heartbeat: Duration,
+    /// Silence this long means the image is stalled.
+    pub heartbeat_timeout: Duration,
+    /// Demo payload only: its services take this long to come up after it runs.
+    pub ready_after: Duration,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Lifecycle {
+        Lifecycle {
+            requires: Vec::new(),
+            wants: Vec::new(),
+            wait: defaults::WAIT,
+            power: PowerDomain::Aux,
+            supervisor: None,
+            ports: Vec::new(),
+            recovery: Recovery::Restart,
+            max_restarts: defaults::MAX_RESTARTS,
+            restart_window: defaults::RESTART_WINDOW,
+            restart_backoff: defaults::RESTART_BACKOFF,
+            on_dependency_loss: OnDependencyLoss::Degrade,
+            heartbeat: defaults::LIFE_HEARTBEAT,
+            heartbeat_timeout: defaults::LIFE_HEARTBEAT_TIMEOUT,
+            ready_after: Duration::ZERO,
+        }
+    }
+}
+
+impl Lifecycle {
+    /// Everything it depends on: `requires`, then `wants`, then `supervisor`, each id once.
+    pub fn depends_on(&self) -> impl Iterator<Item = &str> {
+        let mut ids: Vec<&str> = Vec::new();
+        for id in self.requires.iter().chain(&self.wants).chain(&self.supervisor) {
+            if !ids.contains(&id.as_str()) {
+                ids.push(id);
+            }
+        }
+        ids.into_iter()
+    }
+
+    /// Whether it depends on anything.
+    pub fn has_dependencies(&self) -> bool {
+        self.depends_on().next().is_some()
+    }
 }
 
 /// What a secondary trusts, and the files it came from (a process agent and a network
@@ -221,6 +383,11 @@ pub struct Topology {
     pub switches: Vec<String>,
     /// Secondaries, in file order.
     pub secondaries: Vec<Secondary>,
+    /// How the main power domain is switched on (`[chassis] main_power`).
+    pub main_power: MainPower,
+    /// Where the supervisor keeps reboot causes across runs (`[chassis] state_dir`, resolved
+    /// against the topology file's folder); `None`: nothing is kept.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Defaults when neither the processor nor `[defaults]` say otherwise.
@@ -255,6 +422,20 @@ pub mod defaults {
     pub const ETCD_TTL: Duration = Duration::from_secs(3);
     /// How long a candidate may be cut off from etcd before it gives the boot up.
     pub const ETCD_TIMEOUT: Duration = Duration::from_secs(15);
+    /// How long a secondary waits for what it `wants` before it starts anyway.
+    pub const WAIT: Duration = Duration::from_secs(30);
+    /// Restarts allowed within the restart window.
+    pub const MAX_RESTARTS: u32 = 3;
+    /// The window restarts are counted in.
+    pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+    /// Wait before a restart.
+    pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+    /// How often a supervised secondary's running image beats.
+    pub const LIFE_HEARTBEAT: Duration = Duration::from_millis(100);
+    /// Silence after which a supervised secondary's image counts as stalled.
+    pub const LIFE_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// The shortest heartbeat a secondary may be given.
+    pub const LIFE_HEARTBEAT_MIN: Duration = Duration::from_millis(10);
 }
 
 impl Topology {

@@ -108,6 +108,18 @@ impl Topology {
         let mut seen = super::launch::Seen::default();
         let mut managers = Vec::new();
         let mut secondaries = Vec::new();
+        let mut secondary_defs: Vec<&ProcessorDef> = Vec::new();
+        let main_power = cx.choice(
+            file.chassis.main_power.as_ref(),
+            "chassis.main_power",
+            "main_power",
+            &[
+                ("auto", MainPower::Auto, "on once the aux domain is up"),
+                ("manual", MainPower::Manual, "main-domain processors wait for `monarch power on`"),
+            ],
+            MainPower::default(),
+        );
+        let state_dir = file.chassis.state_dir.as_ref().map(|d| base.join(d));
         for p in &file.processors {
             let id = p.id.get_ref().clone();
             let who = format!("processor \"{id}\"");
@@ -319,6 +331,7 @@ impl Topology {
                 agent: cx.duration(&t.agent, &format!("{who}.timeouts.agent"), defaults::AGENT * slow),
             };
             let f = p.fault.clone().unwrap_or_default();
+            let life = super::lifecycle::resolve(&mut cx, p, &s, &f, &who, net);
             // No window, and one attempt: the agent verifies and a mismatch is a failure.
             let (data_size, attempts) = if net { (0, 1) } else { (data_size, attempts) };
             if f.kill_agent_during_copy && launch_def == LaunchDef::External {
@@ -373,10 +386,14 @@ impl Topology {
                     kill_agent_during_copy: f.kill_agent_during_copy,
                     corrupt_chunks: f.corrupt_chunks.clone(),
                     tamper_image: f.tamper_image,
+                    never_ready: f.never_ready.as_ref().is_some_and(|v| *v.get_ref()),
+                    defer_notices: f.defer_notices.as_ref().map(|v| v.get_ref().clone()),
                 },
                 chunk_size,
                 signing,
+                life,
             });
+            secondary_defs.push(p);
         }
         if managers.is_empty() {
             cx.push(
@@ -398,6 +415,7 @@ impl Topology {
             }
         }
         let election = election_spec(&mut cx, &file.election, &managers, &secondaries);
+        super::lifecycle::check(&mut cx, &secondary_defs, &secondaries, &managers);
         let mut slots: HashMap<u32, &str> = HashMap::new();
         for (id, slot) in
             managers.iter().map(|m| (&m.id, m.slot)).chain(secondaries.iter().map(|s| (&s.id, s.slot)))
@@ -418,6 +436,8 @@ impl Topology {
                 election,
                 switches,
                 secondaries,
+                main_power,
+                state_dir,
             })
         } else {
             Err(invalid(cx.problems))
@@ -553,6 +573,15 @@ fn merge(p: &SettingsDef, d: &SettingsDef) -> SettingsDef {
         timeouts: t,
         required: p.required.or(d.required),
         chunk_size: p.chunk_size.clone().or_else(|| d.chunk_size.clone()),
+        power: p.power.clone().or_else(|| d.power.clone()),
+        wait: p.wait.clone().or_else(|| d.wait.clone()),
+        recovery: p.recovery.clone().or_else(|| d.recovery.clone()),
+        max_restarts: p.max_restarts.clone().or_else(|| d.max_restarts.clone()),
+        restart_window: p.restart_window.clone().or_else(|| d.restart_window.clone()),
+        restart_backoff: p.restart_backoff.clone().or_else(|| d.restart_backoff.clone()),
+        on_dependency_loss: p.on_dependency_loss.clone().or_else(|| d.on_dependency_loss.clone()),
+        heartbeat: p.heartbeat.clone().or_else(|| d.heartbeat.clone()),
+        heartbeat_timeout: p.heartbeat_timeout.clone().or_else(|| d.heartbeat_timeout.clone()),
     }
 }
 
@@ -585,6 +614,20 @@ fn manager(cx: &mut Ctx<'_>, p: &ProcessorDef, who: &str, id: String) -> Manager
         (p.disk_size.is_some(), "disk_size"),
         (p.trust.is_some(), "trust"),
         (p.signature.is_some(), "signature"),
+        (p.requires.is_some(), "requires"),
+        (p.wants.is_some(), "wants"),
+        (p.wait.is_some(), "wait"),
+        (p.power.is_some(), "power"),
+        (p.supervisor.is_some(), "supervisor"),
+        (p.ports.is_some(), "ports"),
+        (p.recovery.is_some(), "recovery"),
+        (p.max_restarts.is_some(), "max_restarts"),
+        (p.restart_window.is_some(), "restart_window"),
+        (p.restart_backoff.is_some(), "restart_backoff"),
+        (p.on_dependency_loss.is_some(), "on_dependency_loss"),
+        (p.heartbeat.is_some(), "heartbeat"),
+        (p.heartbeat_timeout.is_some(), "heartbeat_timeout"),
+        (p.ready_after.is_some(), "ready_after"),
     ] {
         if set {
             cx.push(

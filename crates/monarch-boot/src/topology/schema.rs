@@ -48,6 +48,10 @@ pub(super) struct ChassisDef {
     pub(super) trust: Option<Spanned<Vec<String>>>,
     /// Whether images must be signed (a processor's own `signature` wins).
     pub(super) signature: Option<Spanned<SignaturePolicy>>,
+    /// How the main power domain comes on: "auto" (once aux is up) or "manual".
+    pub(super) main_power: Option<Spanned<String>>,
+    /// Where the supervisor keeps reboot causes across runs.
+    pub(super) state_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +95,16 @@ pub(super) struct SettingsDef {
     pub(super) timeouts: Option<TimeoutsDef>,
     pub(super) required: Option<bool>,
     pub(super) chunk_size: Option<Spanned<SizeDef>>,
+    // How the secondary lives after its boot (see `Lifecycle`).
+    pub(super) power: Option<Spanned<String>>,
+    pub(super) wait: Option<Spanned<String>>,
+    pub(super) recovery: Option<Spanned<String>>,
+    pub(super) max_restarts: Option<Spanned<u32>>,
+    pub(super) restart_window: Option<Spanned<String>>,
+    pub(super) restart_backoff: Option<Spanned<String>>,
+    pub(super) on_dependency_loss: Option<Spanned<String>>,
+    pub(super) heartbeat: Option<Spanned<String>>,
+    pub(super) heartbeat_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -131,6 +145,10 @@ pub(super) struct FaultDef {
     pub(super) corrupt_chunks: Vec<u64>,
     #[serde(default)]
     pub(super) tamper_image: bool,
+    /// The demo payload never reports ready.
+    pub(super) never_ready: Option<Spanned<bool>>,
+    /// The demo payload defers every shutdown/reboot notice with this reason.
+    pub(super) defer_notices: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +189,26 @@ pub(super) struct ProcessorDef {
     pub(super) timeouts: Option<TimeoutsDef>,
     pub(super) required: Option<bool>,
     pub(super) chunk_size: Option<Spanned<SizeDef>>,
+    pub(super) power: Option<Spanned<String>>,
+    pub(super) wait: Option<Spanned<String>>,
+    pub(super) recovery: Option<Spanned<String>>,
+    pub(super) max_restarts: Option<Spanned<u32>>,
+    pub(super) restart_window: Option<Spanned<String>>,
+    pub(super) restart_backoff: Option<Spanned<String>>,
+    pub(super) on_dependency_loss: Option<Spanned<String>>,
+    pub(super) heartbeat: Option<Spanned<String>>,
+    pub(super) heartbeat_timeout: Option<Spanned<String>>,
+    // How it lives after its boot, its own only (not in [defaults]).
+    /// Hard dependencies: secondary ids.
+    pub(super) requires: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Soft dependencies: secondary ids.
+    pub(super) wants: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The secondary (an AMC) that supervises it; none: the monarch.
+    pub(super) supervisor: Option<Spanned<String>>,
+    /// Host network interfaces it owns.
+    pub(super) ports: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Demo payload: how long its services take to come up.
+    pub(super) ready_after: Option<Spanned<String>>,
 }
 
 impl ProcessorDef {
@@ -184,6 +222,15 @@ impl ProcessorDef {
             timeouts: self.timeouts.clone(),
             required: self.required,
             chunk_size: self.chunk_size.clone(),
+            power: self.power.clone(),
+            wait: self.wait.clone(),
+            recovery: self.recovery.clone(),
+            max_restarts: self.max_restarts.clone(),
+            restart_window: self.restart_window.clone(),
+            restart_backoff: self.restart_backoff.clone(),
+            on_dependency_loss: self.on_dependency_loss.clone(),
+            heartbeat: self.heartbeat.clone(),
+            heartbeat_timeout: self.heartbeat_timeout.clone(),
         }
     }
 }

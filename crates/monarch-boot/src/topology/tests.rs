@@ -360,3 +360,262 @@ fn a_duration_longer_than_a_day_is_bad_input_not_a_panic() {
         Topology::parse_in(&src, Path::new("t.toml"), Path::new("/"), &Elsewhere).unwrap_err().to_string();
     assert!(e.contains("election.heartbeat") && e.contains("longer than a day"), "{e}");
 }
+
+fn sec(id: &str, extra: &str) -> String {
+    format!("[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\n{extra}\n")
+}
+
+#[test]
+fn a_secondary_without_lifecycle_fields_gets_the_defaults() {
+    let t = parse(&format!("{HEAD}{}", sec("a", ""))).unwrap();
+    let l = &t.secondaries[0].life;
+    assert_eq!(*l, Lifecycle::default());
+    assert_eq!(l.power, PowerDomain::Aux);
+    assert_eq!((l.recovery, l.on_dependency_loss), (Recovery::Restart, OnDependencyLoss::Degrade));
+    assert_eq!(l.wait, Duration::from_secs(30));
+    assert_eq!((l.max_restarts, l.restart_window), (3, Duration::from_secs(60)));
+    assert_eq!(l.restart_backoff, Duration::from_millis(100));
+    assert_eq!((l.heartbeat, l.heartbeat_timeout), (Duration::from_millis(100), Duration::from_secs(1)));
+    assert_eq!((l.ready_after, l.supervisor.as_deref()), (Duration::ZERO, None));
+    assert!(l.requires.is_empty() && l.wants.is_empty() && l.ports.is_empty());
+    assert!(!t.secondaries[0].faults.never_ready && t.secondaries[0].faults.defer_notices.is_none());
+    assert_eq!((t.main_power, t.state_dir.as_deref()), (MainPower::Auto, None));
+}
+
+#[test]
+fn lifecycle_fields_resolve_and_defaults_apply_to_them() {
+    let src = format!(
+        "[chassis]\nname = \"t\"\nmain_power = \"manual\"\nstate_dir = \"state\"\n\
+         [defaults]\npower = \"main\"\nwait = \"5s\"\nrecovery = \"none\"\nmax_restarts = 7\nrestart_window = \"2m\"\n\
+         restart_backoff = \"0s\"\non_dependency_loss = \"restart\"\nheartbeat = \"50ms\"\nheartbeat_timeout = \"300ms\"\n\
+         [[processor]]\nid = \"bmc\"\nrole = \"monarch\"\n{}{}{}",
+        sec("amc0", "power = \"aux\""),
+        sec(
+            "dpu0",
+            "power = \"aux\"\nsupervisor = \"amc0\"\nports = [\"eth-dpu0\", \"enp3s0f1\"]\nready_after = \"200ms\"\nfault = { never_ready = true, defer_notices = \"flushing the NVMe write cache\" }"
+        ),
+        sec(
+            "host",
+            "requires = [\"dpu0\"]\nwants = [\"amc0\"]\nwait = \"2s\"\nmax_restarts = 1\nheartbeat = \"20ms\""
+        ),
+    );
+    let t = parse(&src).unwrap();
+    assert_eq!(t.main_power, MainPower::Manual);
+    assert_eq!(t.state_dir.as_deref(), Some(Path::new("/nonexistent/state")), "relative to the file");
+    let [amc0, dpu0, host] = &t.secondaries[..] else { panic!("three secondaries") };
+    assert_eq!(amc0.life.power, PowerDomain::Aux, "its own value wins over [defaults]");
+    assert_eq!(amc0.life.recovery, Recovery::None, "from [defaults]");
+    assert_eq!(dpu0.life.supervisor.as_deref(), Some("amc0"));
+    assert_eq!(dpu0.life.ports, ["eth-dpu0", "enp3s0f1"]);
+    assert_eq!(dpu0.life.ready_after, Duration::from_millis(200));
+    assert!(dpu0.faults.never_ready);
+    assert_eq!(dpu0.faults.defer_notices.as_deref(), Some("flushing the NVMe write cache"));
+    let l = &host.life;
+    assert_eq!((l.power, l.wait, l.max_restarts), (PowerDomain::Main, Duration::from_secs(2), 1));
+    assert_eq!((l.restart_window, l.restart_backoff), (Duration::from_secs(120), Duration::ZERO));
+    assert_eq!(l.on_dependency_loss, OnDependencyLoss::Restart);
+    assert_eq!((l.heartbeat, l.heartbeat_timeout), (Duration::from_millis(20), Duration::from_millis(300)));
+    assert_eq!(l.requires, ["dpu0"]);
+    assert_eq!(l.wants, ["amc0"]);
+    assert_eq!(dpu0.life.depends_on().collect::<Vec<_>>(), ["amc0"]);
+    assert_eq!(host.life.depends_on().collect::<Vec<_>>(), ["dpu0", "amc0"]);
+}
+
+#[test]
+fn depends_on_yields_each_id_once() {
+    let l = Lifecycle {
+        requires: vec!["a".into(), "b".into()],
+        wants: vec!["c".into()],
+        supervisor: Some("a".into()),
+        ..Lifecycle::default()
+    };
+    assert_eq!(l.depends_on().collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert!(!Lifecycle::default().has_dependencies());
+}
+
+#[test]
+fn unknown_lifecycle_values_name_the_line_the_field_and_the_allowed_ones() {
+    let e = errors(&format!(
+        "[chassis]\nname = \"t\"\nmain_power = \"later\"\n[[processor]]\nid = \"mm\"\nrole = \"monarch\"\n{}",
+        sec(
+            "a",
+            "power = \"battery\"\nrecovery = \"pray\"\non_dependency_loss = \"panic\"\nwait = \"soon\"\nrestart_window = \"2000000h\""
+        )
+    ));
+    for needle in [
+        "t.toml:3: chassis.main_power: unknown main_power \"later\"; use \"auto\" (on once the aux domain is up) or \"manual\"",
+        "t.toml:11: processor \"a\".power: unknown power domain \"battery\"; use \"aux\" (on with the chassis) or \"main\"",
+        "t.toml:12: processor \"a\".recovery: unknown recovery \"pray\"; use \"restart\" (boot it again) or \"none\" (leave it down)",
+        "t.toml:13: processor \"a\".on_dependency_loss: unknown on_dependency_loss \"panic\"; use \"degrade\"",
+        "t.toml:14: processor \"a\".wait: \"soon\" is not a duration",
+        "t.toml:15: processor \"a\".restart_window: \"2000000h\" is longer than a day",
+    ] {
+        assert!(e.contains(needle), "missing {needle:?} in\n{e}");
+    }
+}
+
+#[test]
+fn dependencies_must_name_other_secondaries_once() {
+    let e = errors(&format!(
+        "{HEAD}{}{}",
+        sec("a", "requires = [\"a\", \"nope\", \"mm\", \"b\", \"b\"]\nwants = [\"b\"]\nsupervisor = \"mm\""),
+        sec("b", "supervisor = \"ghost\"")
+    ));
+    for needle in [
+        "t.toml:10: processor \"a\".requires: a processor cannot depend on itself; remove it",
+        "processor \"a\".requires: \"nope\" is not a secondary of this topology (secondaries: a, b); fix the id or remove it",
+        "processor \"a\".requires: \"mm\" is a management processor (role = \"monarch\"); the monarch is always there: remove it",
+        "processor \"a\".requires: \"b\" is listed twice; name each secondary once",
+        "t.toml:11: processor \"a\".wants: \"b\" is also in requires; a dependency is either hard (requires) or soft (wants): remove it from one of them",
+        "t.toml:12: processor \"a\".supervisor: \"mm\" is a management processor (role = \"monarch\"); the monarch supervises every secondary that names no supervisor: leave supervisor out",
+        "processor \"b\".supervisor: \"ghost\" is not a secondary of this topology (secondaries: a, b)",
+    ] {
+        assert!(e.contains(needle), "missing {needle:?} in\n{e}");
+    }
+}
+
+#[test]
+fn a_dependency_cycle_is_named_in_order() {
+    let e = errors(&format!(
+        "{HEAD}{}{}{}",
+        sec("host", "requires = [\"dpu0\"]"),
+        sec("dpu0", "wants = [\"dpu1\"]"),
+        sec("dpu1", "supervisor = \"host\"")
+    ));
+    assert!(
+        e.contains("t.toml:10: processor \"host\".requires: dependency cycle: host → dpu0 → dpu1 → host; none of them could start first: remove one of these dependencies"),
+        "{e}"
+    );
+    assert_eq!(e.matches("dependency cycle").count(), 1, "one cycle, reported once: {e}");
+    let e = errors(&format!("{HEAD}{}{}", sec("a", "wants = [\"b\"]"), sec("b", "requires = [\"a\"]")));
+    assert!(e.contains("processor \"a\".wants: dependency cycle: a → b → a"), "{e}");
+}
+
+#[test]
+fn an_aux_processor_may_not_wait_on_a_main_one_and_a_supervisor_is_aux() {
+    let e = errors(&format!(
+        "{HEAD}{}{}{}",
+        sec("host", "power = \"main\""),
+        sec("dpu0", "requires = [\"host\"]"),
+        sec("dpu1", "power = \"main\"\nsupervisor = \"host\"")
+    ));
+    assert!(e.contains("processor \"dpu0\".requires: \"host\" is in the main power domain, which comes on after the aux domain: this aux processor would wait on one still off; set power = \"main\" on \"dpu0\" too, or remove the dependency"), "{e}");
+    assert!(e.contains("processor \"dpu1\".supervisor: \"host\" is in the main power domain; a supervisor must be in the aux domain (up before what it supervises, and up while main power is off): set power = \"aux\" on \"host\""), "{e}");
+    // The other way round is the normal case.
+    assert!(
+        parse(&format!(
+            "{HEAD}{}{}",
+            sec("dpu0", ""),
+            sec("host", "power = \"main\"\nrequires = [\"dpu0\"]")
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
+fn ports_are_interface_names_each_owned_once() {
+    let e = errors(&format!(
+        "{HEAD}{}{}",
+        sec("a", "ports = [\"eth0\", \"\", \"a-name-far-too-long\", \"a/b\", \"eth0:1\", \"e th\", \"..\"]"),
+        sec("b", "ports = [\"eth0\", \"eth1\", \"eth1\"]")
+    ));
+    for needle in [
+        "processor \"a\".ports: \"\" is not a network interface name: it is empty; use the name `ip link` shows",
+        "\"a-name-far-too-long\" is not a network interface name: it is longer than 15 bytes",
+        "\"a/b\" is not a network interface name: it contains '/'",
+        "\"eth0:1\" is not a network interface name: it contains ':'",
+        "\"e th\" is not a network interface name: it contains whitespace",
+        "\"..\" is not a network interface name: \".\" and \"..\" are not allowed",
+        "processor \"b\".ports: port \"eth0\" is already owned by \"a\"; an interface belongs to one processor",
+        "processor \"b\".ports: port \"eth1\" is already owned by this processor",
+    ] {
+        assert!(e.contains(needle), "missing {needle:?} in\n{e}");
+    }
+}
+
+#[test]
+fn heartbeats_and_the_restart_window_are_bounded() {
+    let e = errors(&format!(
+        "{HEAD}{}{}{}",
+        sec("a", "heartbeat = \"5ms\""),
+        sec("b", "heartbeat = \"100ms\"\nheartbeat_timeout = \"150ms\""),
+        sec("c", "restart_window = \"0s\"\nfault = { defer_notices = \" \" }")
+    ));
+    for needle in [
+        "t.toml:10: processor \"a\".heartbeat: a heartbeat of 5ms is too often to watch; use at least 10ms",
+        "t.toml:16: processor \"b\".heartbeat_timeout: heartbeat_timeout (150ms) must be at least 2 heartbeats (200ms), or one late beat counts as a stall; raise heartbeat_timeout or lower heartbeat",
+        "processor \"c\".restart_window: the restart window is the time max_restarts are counted in and must be longer than 0",
+        "processor \"c\".fault.defer_notices: the payload defers notices with this reason",
+    ] {
+        assert!(e.contains(needle), "missing {needle:?} in\n{e}");
+    }
+    assert!(!e.contains("processor \"a\".heartbeat_timeout"), "5ms × 2 fits in 1s: {e}");
+}
+
+#[test]
+fn a_netboot_secondary_refuses_only_what_needs_watching_after_its_boot() {
+    let e = errors(&format!(
+        "{HEAD}[defaults]\nheartbeat = \"50ms\"\nheartbeat_timeout = \"500ms\"\n{}{}",
+        sec("dpu0", ""),
+        netboot(
+            "nb",
+            "requires = [\"dpu0\"]\nwait = \"1s\"\npower = \"main\"\nports = [\"eth1\"]\nheartbeat = \"20ms\"\nheartbeat_timeout = \"1s\"\nready_after = \"1s\"\nfault = { never_ready = true, defer_notices = \"busy\" }"
+        ),
+    ));
+    for name in
+        ["ports", "heartbeat", "heartbeat_timeout", "ready_after", "fault.never_ready", "fault.defer_notices"]
+    {
+        let needle = format!(
+            "processor \"nb\".{name}: a netboot secondary has no window to report through, so nothing watches it after its boot; remove {name}"
+        );
+        assert!(e.contains(&needle), "missing {needle:?} in\n{e}");
+    }
+    assert!(!e.contains(".requires") && !e.contains(".wait") && !e.contains(".power"), "{e}");
+    // Dependencies, power, values from [defaults], and being named as a supervisor are fine.
+    let t = parse(&format!(
+        "{HEAD}[defaults]\nheartbeat = \"50ms\"\nready_after = \"1s\"\n{}{}",
+        netboot("nb", "wait = \"1s\"\npower = \"aux\""),
+        sec("b", "requires = [\"nb\"]\nsupervisor = \"nb\"")
+    ));
+    assert!(t.is_err(), "ready_after is a processor's own field, not a setting for [defaults]");
+    let t = parse(&format!(
+        "{HEAD}[defaults]\nheartbeat = \"50ms\"\n{}{}",
+        netboot("nb", "wait = \"1s\"\npower = \"aux\""),
+        sec("b", "requires = [\"nb\"]\nsupervisor = \"nb\"")
+    ))
+    .unwrap();
+    assert_eq!(t.secondaries[0].life.heartbeat, Duration::from_millis(50));
+    assert_eq!(t.secondaries[1].life.supervisor.as_deref(), Some("nb"));
+}
+
+#[test]
+fn a_monarch_has_no_lifecycle_fields() {
+    let e =
+        errors(&format!("{HEAD}requires = [\"a\"]\npower = \"main\"\nheartbeat = \"1s\"\n{}", sec("a", "")));
+    for name in ["requires", "power", "heartbeat"] {
+        let needle = format!("processor \"mm\".{name}: a monarch has no {name}; remove the field");
+        assert!(e.contains(&needle), "missing {needle:?} in\n{e}");
+    }
+}
+
+/// The examples in `examples/` that describe a server and its DPUs.
+#[test]
+fn the_server_examples_resolve_with_their_start_order() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for (file, levels, main) in [
+        ("server-dpus.toml", vec![vec!["dpu0", "dpu1"], vec!["host"]], vec!["host"]),
+        ("server-dpu-amc.toml", vec![vec!["amc0"], vec!["dpu0"], vec!["host"]], vec!["host"]),
+    ] {
+        let t = Topology::load(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let plan = crate::plan::Plan::new(t);
+        let ids: Vec<Vec<&str>> = plan
+            .levels()
+            .iter()
+            .map(|l| l.iter().map(|&i| plan.topology.secondaries[i].id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, levels, "{file}");
+        assert_eq!(plan.in_domain(PowerDomain::Main), main, "{file}");
+        assert!(plan.topology.secondaries.iter().all(|s| s.life.ports.is_empty()), "{file}: no ports");
+        assert!(plan.topology.managers.len() == 1, "{file}: one BMC");
+    }
+}
