@@ -201,6 +201,50 @@ pub const SIG_RECORD: usize = 0x808;
 /// Longest record the block holds (`crate::sign::SIG_MAX`).
 pub const SIG_MAX: usize = 256;
 
+// --- Life block: after the handoff, while the chassis is supervised ----------------------
+// In space version 2 left reserved and zero. A monarch that does not supervise leaves
+// `life.beat_period` 0, and an image that does not know the block never looks at it.
+/// Secondary (the running image): heartbeat counter, incremented every `life.beat_period`.
+pub const LIFE_BEAT: Reg = r64(0xA00, "life.beat");
+/// Secondary (the running image): bit 0 ready (its services are up), bit 1 fault (it
+/// reports a failure it cannot recover from by itself).
+pub const LIFE_FLAGS: Reg = r32(0xA08, "life.flags");
+/// Secondary: publication word of the answer block (seqlock, as `status.seq`).
+pub const ANSWER_SEQ: Reg = r32(0xA10, "answer.seq");
+/// Secondary: the `notice.seq` this answer is for.
+pub const ANSWER_NOTICE: Reg = r32(0xA14, "answer.notice");
+/// Secondary: 1 ACK (done: go on), 2 DEFER (not yet, see the reason).
+pub const ANSWER_CODE: Reg = r32(0xA18, "answer.code");
+/// Secondary: bytes of the answer's reason text.
+pub const ANSWER_LEN: Reg = r32(0xA1C, "answer.len");
+/// Secondary: first word of the answer's reason text (UTF-8, [`LIFE_TEXT_MAX`] bytes).
+pub const ANSWER_TEXT: usize = 0xA20;
+/// Primary: how often the running image must beat, in milliseconds (0: not supervised).
+pub const LIFE_BEAT_PERIOD: Reg = r32(0xB00, "life.beat_period");
+/// Primary: non-zero while the monarch holds this secondary at its rendezvous (configuration
+/// retry: its dependencies are not ready yet); the agent keeps waiting for RELEASE.
+pub const LIFE_HOLD: Reg = r32(0xB04, "life.hold");
+/// Primary: publication word of the notice block (seqlock, as a command block's `seq`).
+pub const NOTICE_SEQ: Reg = r32(0xB08, "notice.seq");
+/// Primary: notice code (`life::notice_code`).
+pub const NOTICE_CODE: Reg = r32(0xB0C, "notice.code");
+/// Primary: milliseconds the secondary has to answer before the supervisor goes on anyway
+/// (0: forced, no answer is awaited).
+pub const NOTICE_DEADLINE: Reg = r64(0xB10, "notice.deadline");
+/// Primary: the writer's epoch, as in every command.
+pub const NOTICE_EPOCH: Reg = r32(0xB18, "notice.epoch");
+/// Primary: bytes of the notice's text.
+pub const NOTICE_LEN: Reg = r32(0xB1C, "notice.len");
+/// Primary: first word of the notice's text (which processor, why).
+pub const NOTICE_TEXT: usize = 0xB20;
+/// Primary: bytes of the list of missing dependencies.
+pub const MISSING_LEN: Reg = r32(0xBA0, "life.missing_len");
+/// Primary: first word of the comma-separated ids of the dependencies this secondary runs
+/// without (degraded), kept current while it runs.
+pub const MISSING_TEXT: usize = 0xBA8;
+/// Longest text of the life block's text fields.
+pub const LIFE_TEXT_MAX: usize = 128;
+
 // --- Doorbells: each on its own cache line ------------------------------------------------
 /// Rung (incremented) by the primary after posting a command.
 pub const DB_TO_SECONDARY: Reg = r32(0x300, "doorbell.to_secondary");
@@ -239,6 +283,20 @@ pub const ALL: &[Reg] = &[
     STREAM_NAK_SEQ,
     DB_TO_SECONDARY,
     DB_TO_PRIMARY,
+    LIFE_BEAT,
+    LIFE_FLAGS,
+    ANSWER_SEQ,
+    ANSWER_NOTICE,
+    ANSWER_CODE,
+    ANSWER_LEN,
+    LIFE_BEAT_PERIOD,
+    LIFE_HOLD,
+    NOTICE_SEQ,
+    NOTICE_CODE,
+    NOTICE_DEADLINE,
+    NOTICE_EPOCH,
+    NOTICE_LEN,
+    MISSING_LEN,
 ];
 
 /// One register write: the register and the value (a 32-bit register takes the low half).
@@ -277,6 +335,10 @@ mod tests {
         const { assert!(CMD_BLOCK_BASE + CMD_BLOCKS * CMD_BLOCK_STRIDE <= SIG_LEN.offset) };
         assert_eq!(SIG_RECORD % 8, 0);
         assert_eq!(SIG_MAX, crate::sign::SIG_MAX);
+        const { assert!(SIG_RECORD + SIG_MAX <= LIFE_BEAT.offset) };
+        const { assert!(ANSWER_TEXT + LIFE_TEXT_MAX <= LIFE_BEAT_PERIOD.offset) };
+        const { assert!(NOTICE_TEXT + LIFE_TEXT_MAX <= MISSING_LEN.offset) };
+        const { assert!(MISSING_TEXT + LIFE_TEXT_MAX <= REGS_SIZE) };
     }
 
     #[test]

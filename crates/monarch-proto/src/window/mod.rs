@@ -9,12 +9,15 @@
 //! - [`stream`]: push mode's ring of chunks in the data area: the arithmetic.
 //! - [`msg`]: the messages (config block, commands, statuses, report) and their encoding
 //!   into register writes; the golden-byte tests of the wire format.
+//! - [`life`]: after the handoff: heartbeat, ready, the supervisor's notices and the
+//!   image's answers, the hold of a secondary whose dependencies are not ready.
 //! - [`primary`]: the monarch's side of the handshake, as a state machine.
 //! - [`secondary`]: the secondary's side of the handshake, as a state machine.
 //! - `model.rs` (test-only): the model check that runs both machines against one page
 //!   through every interleaving of register stores, loads and doorbells.
 
 pub mod layout;
+pub mod life;
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)] // the model stores 32-bit registers in u64 slots
 mod model;

@@ -321,6 +321,12 @@ pub enum RegisterError {
     /// Unknown status code.
     #[error("register status.code at 0x104 holds unknown status {0}")]
     UnknownStatus(u32),
+    /// Unknown notice code.
+    #[error("register notice.code at 0xb0c holds unknown notice {0}")]
+    UnknownNotice(u32),
+    /// Unknown answer code.
+    #[error("register answer.code at 0xa18 holds unknown answer {0}")]
+    UnknownAnswer(u32),
     /// The streaming ring does not fit.
     #[error(
         "config: ring of {ring_size} bytes in chunks of {chunk_size} at load offset {load_offset} in a {data_size}-byte data area: {why} (registers cfg.chunk_size 0x060, cfg.ring_size 0x068)"
@@ -387,7 +393,7 @@ impl SeqWord {
     }
 }
 
-fn publish(seq_reg: Reg, seq: u32, payload: Vec<Write>) -> Vec<Write> {
+pub(crate) fn publish(seq_reg: Reg, seq: u32, payload: Vec<Write>) -> Vec<Write> {
     let seq = seq & !SEQ_BUSY;
     let mut w = Vec::with_capacity(payload.len() + 2);
     w.push((seq_reg, u64::from(seq | SEQ_BUSY)));
@@ -504,7 +510,7 @@ impl Geometry {
 
 /// Read a 32-bit register through the width-agnostic reader: only the low half is the register.
 #[allow(clippy::cast_possible_truncation)]
-fn read32(read: &dyn Fn(Reg) -> u64, r: Reg) -> u32 {
+pub(crate) fn read32(read: &dyn Fn(Reg) -> u64, r: Reg) -> u32 {
     read(r) as u32
 }
 
@@ -657,30 +663,51 @@ pub fn decode_signature(read: &dyn Fn(Reg) -> u64) -> Result<Option<Vec<u8>>, Re
 
 /// The report block writes for a report text (truncated to [`layout::REPORT_MAX`] bytes).
 pub fn encode_report(text: &str) -> Vec<Write> {
-    let bytes = &text.as_bytes()[..text.len().min(layout::REPORT_MAX)];
-    let mut w: Vec<Write> = Vec::new();
-    for (i, chunk) in bytes.chunks(8).enumerate() {
-        let mut b = [0u8; 8];
-        b[..chunk.len()].copy_from_slice(chunk);
-        w.push((report_word(i), u64::from_le_bytes(b)));
-    }
-    w.push((layout::REPORT_LEN, bytes.len() as u64));
-    w
-}
-
-fn report_word(i: usize) -> Reg {
-    Reg { offset: layout::REPORT_TEXT + 8 * i, width: layout::Width::W64, name: "report.text" }
+    text_writes(layout::REPORT_LEN, layout::REPORT_TEXT, "report.text", layout::REPORT_MAX, text)
 }
 
 /// Decode the report text as the peer wrote it; the length is clamped and invalid UTF-8
 /// replaced. It is peer data: show it through [`crate::text::printable`].
 pub fn decode_report(read: &dyn Fn(Reg) -> u64) -> String {
-    let len = usize::try_from(read32(read, layout::REPORT_LEN)).unwrap_or(usize::MAX).min(layout::REPORT_MAX);
-    let mut bytes = Vec::with_capacity(len + 8);
-    for i in 0..len.div_ceil(8) {
-        bytes.extend_from_slice(&read(report_word(i)).to_le_bytes());
+    read_text(read, layout::REPORT_LEN, layout::REPORT_TEXT, "report.text", layout::REPORT_MAX)
+}
+
+/// The writes of a text field: its words from `base` (`text` truncated to `max` bytes at a
+/// character boundary), then its length in `len`.
+pub(crate) fn text_writes(len: Reg, base: usize, name: &'static str, max: usize, text: &str) -> Vec<Write> {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
-    bytes.truncate(len);
+    let bytes = &text.as_bytes()[..end];
+    let mut w: Vec<Write> = Vec::new();
+    for (i, chunk) in bytes.chunks(8).enumerate() {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        w.push((text_word(base, name, i), u64::from_le_bytes(b)));
+    }
+    w.push((len, bytes.len() as u64));
+    w
+}
+
+fn text_word(base: usize, name: &'static str, i: usize) -> Reg {
+    Reg { offset: base + 8 * i, width: layout::Width::W64, name }
+}
+
+/// A text field as the peer wrote it: the length clamped to `max`, invalid UTF-8 replaced.
+pub(crate) fn read_text(
+    read: &dyn Fn(Reg) -> u64,
+    len: Reg,
+    base: usize,
+    name: &'static str,
+    max: usize,
+) -> String {
+    let n = usize::try_from(read32(read, len)).unwrap_or(usize::MAX).min(max);
+    let mut bytes = Vec::with_capacity(n + 8);
+    for i in 0..n.div_ceil(8) {
+        bytes.extend_from_slice(&read(text_word(base, name, i)).to_le_bytes());
+    }
+    bytes.truncate(n);
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

@@ -41,6 +41,9 @@ pub enum SecondaryInput {
     },
     /// The handoff could not be carried out.
     HandoffFailed(FailCode),
+    /// The primary holds this secondary at its rendezvous (`life.hold`: configuration
+    /// retry, its dependencies are not ready): before RELEASE, the wait for it starts over.
+    Held,
     /// Time passed; check deadlines.
     Tick,
 }
@@ -255,6 +258,11 @@ impl Secondary {
             // Handing off: the image is ours now; the primary can no longer stop it.
             (State::HandingOff { .. }, _) => Vec::new(),
             (_, I::Start) => Vec::new(),
+            (State::AwaitRelease, I::Held) => {
+                self.wait(State::AwaitRelease, now);
+                Vec::new()
+            }
+            (_, I::Held) => Vec::new(),
             (_, I::Tick) => match self.deadline {
                 Some(d) if now >= d => {
                     self.fail(attempt, FailCode::Timeout, SecondaryFailure::Failed(FailCode::Timeout))
@@ -445,6 +453,23 @@ mod tests {
     }
 
     #[test]
+    fn a_held_secondary_waits_for_release_past_its_timeout_and_only_then() {
+        let mut s = Secondary::new(7, ms(1000));
+        assert!(s.handle(ms(0), SecondaryInput::Start).is_empty());
+        // Held at 900 ms: the wait for RELEASE starts over.
+        assert!(s.handle(ms(900), SecondaryInput::Held).is_empty());
+        assert!(s.handle(ms(1500), SecondaryInput::Tick).is_empty(), "held: no timeout yet");
+        assert_eq!(s.deadline(), Some(ms(1900)));
+        let a = s.handle(ms(1901), SecondaryInput::Tick);
+        assert_eq!(a[0], SecondaryAction::Post(Status::Failed { attempt: 0, error: FailCode::Timeout }));
+        // Once released, a hold changes nothing: the verify wait is the monarch's business.
+        let mut s = verified(d(1));
+        let before = s.deadline();
+        assert!(s.handle(ms(900), SecondaryInput::Held).is_empty());
+        assert_eq!(s.deadline(), before);
+    }
+
+    #[test]
     fn abort_timeout_garbage_and_bad_config() {
         let mut s = verified(d(1));
         let a = s
@@ -592,6 +617,7 @@ mod tests {
         prop_oneof![
             Just(SecondaryInput::Start),
             Just(SecondaryInput::Tick),
+            Just(SecondaryInput::Held),
             Just(SecondaryInput::Release(Ok(CFG))),
             Just(SecondaryInput::Release(Err(RegisterError::EmptyImage))),
             Just(SecondaryInput::Restart(Ok(CFG))),
