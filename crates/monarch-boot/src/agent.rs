@@ -147,8 +147,16 @@ pub fn run_on<W: WindowMemory>(opts: &AgentOptions, window: W, start: Instant) -
     }
     // The epoch that configured the window: no older monarch is ever obeyed.
     let fence = Fence::with_floor(claimed.max(opts.epoch.unwrap_or(0)));
-    let mut agent =
-        Agent { opts, window, status_seq: 0, staged: None, held: None, fence, block_seq: [0; BLOCKS] };
+    let mut agent = Agent {
+        opts,
+        window,
+        status_seq: 0,
+        staged: None,
+        held: None,
+        fence,
+        block_seq: [0; BLOCKS],
+        on_hold: false,
+    };
     agent.handshake()
 }
 
@@ -250,6 +258,8 @@ struct Agent<'a, W: WindowMemory> {
     fence: Fence,
     /// Last message taken from each command block.
     block_seq: [u32; BLOCKS],
+    /// The monarch held us at the rendezvous (said once in the log).
+    on_hold: bool,
 }
 
 impl<W: WindowMemory> Agent<'_, W> {
@@ -390,6 +400,17 @@ impl<W: WindowMemory> Agent<'_, W> {
                     self.fence.followed().map_or(0, |(b, _)| b)
                 ),
                 Heard::Nothing => {
+                    if self.window.load32(layout::LIFE_HOLD) != 0 {
+                        // Configuration retry: the monarch holds us until our dependencies
+                        // are ready; our wait for RELEASE starts over while it does.
+                        if !std::mem::replace(&mut self.on_hold, true) {
+                            eprintln!(
+                                "agent {}: held at the rendezvous (configuration retry): the monarch waits for this secondary's dependencies",
+                                self.opts.id
+                            );
+                        }
+                        inputs.push(SecondaryInput::Held);
+                    }
                     let left = fsm
                         .deadline()
                         .map_or(Duration::from_millis(100), |d| d.saturating_sub(clock.elapsed()));

@@ -2,13 +2,15 @@
 //!
 //! It proves it is the delivered image: it reads its own bytes (`/proc/self/exe`, which is
 //! the sealed memfd the agent executed), computes their CRC-32C, reads the banner from its
-//! trailer, writes both into the window's report block and posts RUNNING. Then it idles like
-//! a booted OS until the monarch posts SHUTDOWN (or its parent is gone).
+//! trailer, writes both into the window's report block and posts RUNNING. Then it lives like
+//! a booted OS ([`live`]): it beats, says when its services are up, and answers the
+//! supervisor's notices, until it is shut down (or its parent is gone).
 
 use crate::image;
 use monarch_drivers::{Poll, Window};
 use monarch_proto::Algo;
 use monarch_proto::window::layout;
+use monarch_proto::window::life::{self, Answer, NoticeKind};
 use monarch_proto::window::msg::{self, Command, Status};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -35,7 +37,7 @@ pub enum PayloadError {
 pub fn run() -> Result<(), PayloadError> {
     let me = std::fs::read("/proc/self/exe").map_err(PayloadError::OwnImage)?;
     let banner = image::read_banner(&me).unwrap_or_else(|| "(no banner)".into());
-    let report = format!(
+    let mut report = format!(
         "{banner} [image {} bytes, crc32c {}]",
         me.len(),
         Algo::Crc32c.digest(&me).to_hex(Algo::Crc32c)
@@ -51,21 +53,37 @@ pub fn run() -> Result<(), PayloadError> {
         .and_then(|s| humantime::parse_duration(&s).ok())
         .unwrap_or(Duration::from_secs(3600));
     let w = Window::open(&path)?;
+    let missing = life::decode_missing(&|r| w.load(r));
+    if !missing.is_empty() {
+        report.push_str(&format!(" (degraded: without {})", missing.join(", ")));
+    }
     let since = announce(&w, &report).map_err(PayloadError::Report)?;
     // Stop when the chassis goes away: the process named by MONARCH_SUPERVISOR (`monarch up`
     // when several candidates may take turns as monarch), else the parent that started us.
     let supervisor = std::env::var("MONARCH_SUPERVISOR").ok().and_then(|p| p.parse::<u32>().ok());
     let parent = rustix::process::getppid();
-    idle_until_shutdown(&w, &since, linger, &|| match supervisor {
-        Some(pid) => !monarch_drivers::host::alive(pid),
-        None => rustix::process::getppid() != parent,
-    });
+    let id = std::env::var("MONARCH_ID").unwrap_or_else(|_| "payload".into());
+    let ended = live(
+        &w,
+        &since,
+        linger,
+        &Behaviour::from_env(),
+        &|| match supervisor {
+            Some(pid) => !monarch_drivers::host::alive(pid),
+            None => rustix::process::getppid() != parent,
+        },
+        &mut |line| eprintln!("image {id}: {line}"),
+    );
+    eprintln!("image {id}: stopping ({})", ended.describe());
     Ok(())
 }
 
-/// Where every command block stood just before RUNNING was posted: commands after it are
-/// for the running image (see [`idle_until_shutdown`]).
-pub struct Since(Vec<u32>);
+/// Where every command block and the notice block stood just before RUNNING was posted:
+/// messages after it are for the running image (see [`live`]).
+pub struct Since {
+    commands: Vec<u32>,
+    notice: u32,
+}
 
 /// Check the window's header, write `report` into its report block and post RUNNING.
 pub(crate) fn announce(w: &Window, report: &str) -> Result<Since, String> {
@@ -74,8 +92,14 @@ pub(crate) fn announce(w: &Window, report: &str) -> Result<Since, String> {
     // Taken before RUNNING: a monarch that sees it may post SHUTDOWN at once (regression:
     // taken after, under load, that SHUTDOWN was counted as already seen, and the image
     // idled until the monarch's grace ran out and it was killed).
-    let since = Since((0..layout::CMD_BLOCKS).map(|k| w.load32(layout::cmd(k).seq)).collect());
+    let since = Since {
+        commands: (0..layout::CMD_BLOCKS).map(|k| w.load32(layout::cmd(k).seq)).collect(),
+        notice: w.load32(layout::NOTICE_SEQ) & !msg::SEQ_BUSY,
+    };
     w.apply(&msg::encode_report(report));
+    // A fresh life: no beat, not ready yet.
+    w.store(layout::LIFE_BEAT, 0);
+    w.apply(&[life::encode_flags(false, false)]);
     let seq = msg::next_seq(w.load32(layout::ST_SEQ));
     // RUNNING answers the monarch the agent handed off under (its last status's epoch).
     let epoch = w.load32(layout::ST_EPOCH);
@@ -86,34 +110,178 @@ pub(crate) fn announce(w: &Window, report: &str) -> Result<Since, String> {
     Ok(since)
 }
 
-/// Idle like a booted OS until the monarch posts SHUTDOWN, `gone()` says to stop, or
-/// `linger` has passed.
+/// How a running image behaves under supervision. The demo payload takes it from its
+/// environment, which the monarch sets from the topology: `MONARCH_READY_AFTER` (a
+/// duration), `MONARCH_NEVER_READY=1`, `MONARCH_DEFER` (the reason it defers shutdown and
+/// reboot notices with).
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Its services take this long to come up after RUNNING.
+    pub ready_after: Duration,
+    /// Its services never come up.
+    pub never_ready: bool,
+    /// It cannot let go: every notice that awaits an answer is deferred with this reason.
+    pub defer: Option<String>,
+}
+
+impl Behaviour {
+    /// From the environment (see [`Behaviour`]).
+    pub fn from_env() -> Behaviour {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Behaviour {
+            ready_after: var("MONARCH_READY_AFTER")
+                .and_then(|s| humantime::parse_duration(&s).ok())
+                .unwrap_or_default(),
+            never_ready: var("MONARCH_NEVER_READY").is_some_and(|v| v == "1"),
+            defer: var("MONARCH_DEFER"),
+        }
+    }
+
+    /// The environment that gives an exec'd demo payload this behaviour.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![(
+            "MONARCH_READY_AFTER".to_string(),
+            humantime::format_duration(self.ready_after).to_string(),
+        )];
+        if self.never_ready {
+            env.push(("MONARCH_NEVER_READY".into(), "1".into()));
+        }
+        if let Some(why) = &self.defer {
+            env.push(("MONARCH_DEFER".into(), why.clone()));
+        }
+        env
+    }
+}
+
+/// Why a running image stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The monarch's SHUTDOWN command (the end of a boot that is not held).
+    Shutdown,
+    /// A shutdown or reboot notice, acknowledged.
+    Notice(NoticeKind),
+    /// The chassis went away.
+    Gone,
+    /// The linger time passed (no supervisor).
+    Lingered,
+}
+
+impl Ended {
+    /// For the log.
+    pub fn describe(&self) -> String {
+        match self {
+            Ended::Shutdown => "SHUTDOWN received".into(),
+            Ended::Notice(k) => format!("{} notice acknowledged", k.name()),
+            Ended::Gone => "the chassis is gone".into(),
+            Ended::Lingered => "lingered long enough".into(),
+        }
+    }
+}
+
+/// Live like a booted OS until the monarch posts SHUTDOWN, a shutdown or reboot notice is
+/// acknowledged, `gone()` says to stop, or (unsupervised) `linger` has passed: beat every
+/// `life.beat_period`, say ready once its services are up, answer the supervisor's notices.
 ///
-/// SHUTDOWN is taken from any command block whose epoch is at least the one the image was
-/// released under (and the window's claim, `cfg.epoch`): the monarch that finishes the boot
-/// may not be the one that released it. Commands are counted from `since`, what
+/// SHUTDOWN and notices are taken from any writer whose epoch is at least the one the image
+/// was released under (and the window's claim, `cfg.epoch`): the monarch that supervises the
+/// image may not be the one that released it. Messages are counted from `since`, what
 /// `announce` saw before it posted RUNNING.
-pub fn idle_until_shutdown(w: &Window, since: &Since, linger: Duration, gone: &dyn Fn() -> bool) {
-    let mut seqs = since.0.clone();
+pub fn live(
+    w: &Window,
+    since: &Since,
+    linger: Duration,
+    behaviour: &Behaviour,
+    gone: &dyn Fn() -> bool,
+    say: &mut dyn FnMut(&str),
+) -> Ended {
+    let mut seqs = since.commands.clone();
+    let mut notice_seq = since.notice;
+    let mut answer_seq = w.load32(layout::ANSWER_SEQ) & !msg::SEQ_BUSY;
     let released = w.load32(layout::ST_EPOCH);
     let start = Instant::now();
-    while start.elapsed() < linger {
+    let period = Duration::from_millis(u64::from(w.load32(layout::LIFE_BEAT_PERIOD)));
+    let supervised = !period.is_zero();
+    let mut beats = 0u64;
+    let mut next_beat = start;
+    let mut ready = false;
+    let fenced = |epoch: u32| epoch < released.max(w.load32(layout::CFG_EPOCH));
+    let count_fenced = || w.store(layout::ST_FENCED, w.load(layout::ST_FENCED) + 1);
+    loop {
+        let now = Instant::now();
+        if !supervised && now.duration_since(start) >= linger {
+            return Ended::Lingered;
+        }
+        if supervised && now >= next_beat {
+            beats += 1;
+            w.store(layout::LIFE_BEAT, beats);
+            next_beat = now + period;
+        }
+        if !ready && !behaviour.never_ready && now.duration_since(start) >= behaviour.ready_after {
+            ready = true;
+            w.apply(&[life::encode_flags(true, false)]);
+            say("services up: ready");
+        }
         let seen = w.bell_value(layout::DB_TO_SECONDARY);
         for (k, last) in seqs.iter_mut().enumerate() {
             let dec = |r: &dyn Fn(layout::Reg) -> u64| msg::decode_command(k, r);
             if let Poll::Message(seq, stamped) = w.read_message(layout::cmd(k).seq, *last, dec) {
                 *last = seq;
-                if stamped.epoch < released.max(w.load32(layout::CFG_EPOCH)) {
+                if fenced(stamped.epoch) {
                     // A deposed monarch: ignored, and counted like the agent counts them.
-                    w.store(layout::ST_FENCED, w.load(layout::ST_FENCED) + 1);
+                    count_fenced();
                 } else if stamped.cmd == Ok(Command::Shutdown) {
-                    return;
+                    return Ended::Shutdown;
                 }
             }
         }
-        if gone() {
-            return;
+        match w.read_message(layout::NOTICE_SEQ, notice_seq, life::decode_notice) {
+            Poll::Message(seq, n) if fenced(n.epoch) => {
+                notice_seq = seq;
+                count_fenced();
+            }
+            Poll::Message(seq, n) => {
+                notice_seq = seq;
+                let kind = n.notice.kind;
+                say(&format!(
+                    "notice: {} ({}), deadline {} ms",
+                    kind.name(),
+                    n.notice.text,
+                    n.notice.deadline_ms
+                ));
+                let answer = match (&behaviour.defer, kind.awaits_answer()) {
+                    (Some(why), true) => Answer::Defer(why.clone()),
+                    _ => Answer::Ack,
+                };
+                answer_seq = msg::next_seq(answer_seq);
+                w.post(&life::encode_answer(answer_seq, seq, &answer), layout::DB_TO_PRIMARY);
+                match (&answer, kind) {
+                    (Answer::Defer(why), _) => say(&format!("deferred: {why}")),
+                    (Answer::Ack, NoticeKind::Shutdown | NoticeKind::Reboot) => {
+                        say("cleaned up; acknowledged");
+                        return Ended::Notice(kind);
+                    }
+                    (Answer::Ack, NoticeKind::PeerReboot) => {
+                        say("context of the rebooting processor cleaned up; acknowledged")
+                    }
+                    (Answer::Ack, _) => say("acknowledged"),
+                }
+            }
+            Poll::Garbage(seq, e) => {
+                notice_seq = seq;
+                say(&format!("ignored an unreadable notice: {e}"));
+            }
+            Poll::Nothing => {}
         }
-        w.wait_bell(layout::DB_TO_SECONDARY, seen, Duration::from_millis(500));
+        if gone() {
+            return Ended::Gone;
+        }
+        let mut wait = Duration::from_millis(500);
+        if supervised {
+            wait = wait.min(next_beat.saturating_duration_since(Instant::now()));
+        }
+        if !ready && !behaviour.never_ready {
+            wait = wait.min((start + behaviour.ready_after).saturating_duration_since(Instant::now()));
+        }
+        w.wait_bell(layout::DB_TO_SECONDARY, seen, wait.max(Duration::from_millis(1)));
     }
 }

@@ -156,8 +156,11 @@ fn delivered(cmdline: &str) {
             return;
         }
     };
-    payload::idle_until_shutdown(&window, &since, Duration::MAX, &|| false);
-    say("monarch payload: SHUTDOWN received; powering off");
+    let ended =
+        payload::live(&window, &since, Duration::MAX, &payload::Behaviour::default(), &|| false, &mut |l| {
+            say(&format!("monarch payload: {l}"))
+        });
+    say(&format!("monarch payload: {}; powering off", ended.describe()));
     let e = kexec::power_off();
     say(&format!("monarch payload: power off failed: {e}"));
 }
