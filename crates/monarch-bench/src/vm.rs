@@ -114,7 +114,8 @@ fn window_boot(art: &Artifacts, dir: &Path, agent_exe: &Path) -> Result<WindowBo
     );
     let topo = Topology::parse(&text, &dir.join("bench.toml"), dir).map_err(|e| e.to_string())?;
     let plan = Plan::new(topo);
-    let opts = UpOptions { agent_exe: agent_exe.to_path_buf(), shutdown_grace: Duration::from_secs(5) };
+    let opts =
+        UpOptions { agent_exe: agent_exe.to_path_buf(), shutdown_grace: Duration::from_secs(5), hold: None };
     let (mut launched, mut done) = (None, None);
     let summary = run::up(&plan, &opts, &mut |ev| match &ev.kind {
         EventKind::Launched { .. } => launched = Some(ev.t_ms),

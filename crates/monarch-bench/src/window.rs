@@ -375,7 +375,8 @@ fn deliver(opts: &WindowBenchOptions, dir: &Path, image: &Path, signed: bool) ->
     }
     let topo = Topology::parse(&text, Path::new("<bench>"), dir).map_err(|e| e.to_string())?;
     let plan = Plan::new(topo);
-    let up_opts = UpOptions { agent_exe: opts.agent_exe.clone(), shutdown_grace: Duration::from_secs(1) };
+    let up_opts =
+        UpOptions { agent_exe: opts.agent_exe.clone(), shutdown_grace: Duration::from_secs(1), hold: None };
     // Per secondary: from its copy start to the arrival of its written checksum (its
     // "handoff" phase starts right after the monarch compared it).
     let mut starts = std::collections::HashMap::new();

@@ -190,6 +190,124 @@ pub enum EventKind {
         /// Why, with the fix where there is one.
         why: String,
     },
+    /// A main-domain secondary waits for main power (it stays off until then).
+    PoweredOff {
+        /// Secondary.
+        id: String,
+    },
+    /// A secondary is held at its rendezvous until its dependencies are ready (its agent sees
+    /// configuration retry).
+    Held {
+        /// Secondary.
+        id: String,
+        /// The dependencies it waits for.
+        waiting_for: Vec<String>,
+    },
+    /// A secondary's dependencies let it go: RELEASE follows.
+    Released {
+        /// Secondary.
+        id: String,
+        /// Wanted dependencies it goes on without (degraded).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        without: Vec<String>,
+    },
+    /// A running image said its services are up.
+    Ready {
+        /// Secondary.
+        id: String,
+    },
+    /// A power domain was switched.
+    Power {
+        /// `aux` or `main`.
+        domain: String,
+        /// On or off.
+        on: bool,
+        /// Why (`the aux domain is up`, `operator`, `shutdown`).
+        why: String,
+    },
+    /// The chassis is supervised: where its control socket and state are.
+    Supervising {
+        /// Chassis name.
+        chassis: String,
+        /// The control socket (`monarch status`, `reboot`, …).
+        socket: String,
+        /// Where reboot causes are kept.
+        state_dir: String,
+    },
+    /// A running secondary was lost; the reboot cause is recorded.
+    Lost {
+        /// Secondary.
+        id: String,
+        /// The reboot cause.
+        cause: String,
+    },
+    /// A secondary is restarted after a crash (its image delivered and verified again).
+    Restarting {
+        /// Secondary.
+        id: String,
+        /// Restarts within its restart window, this one included.
+        restart: u32,
+        /// Back-off before the restart.
+        after_ms: f64,
+    },
+    /// A secondary went down for good: failed (recovery off, or its restart limit hit), or
+    /// shut down by the operator.
+    Down {
+        /// Secondary.
+        id: String,
+        /// `failed` or `shut_down`.
+        state: String,
+        /// Why.
+        why: String,
+    },
+    /// The supervisor posted a notice into a secondary's window.
+    Notice {
+        /// Secondary.
+        id: String,
+        /// `shutdown`, `reboot`, `peer-reboot`, `dependency-lost`, `dependency-restored`,
+        /// `dependency-leaving`.
+        notice: String,
+        /// Which processor it concerns, and why.
+        about: String,
+        /// How long it may take to answer (0: forced, not awaited).
+        deadline_ms: u64,
+    },
+    /// A secondary answered a notice.
+    Answer {
+        /// Secondary.
+        id: String,
+        /// The notice answered.
+        notice: String,
+        /// `ack` or `defer`.
+        answer: String,
+        /// A deferral's reason.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A notice's deadline passed while it was deferred or unanswered, or the operator
+    /// forced the operation: the supervisor goes on.
+    Overridden {
+        /// Secondary.
+        id: String,
+        /// The notice.
+        notice: String,
+        /// Why (`deadline`, `force`).
+        why: String,
+    },
+    /// A secondary's host network interface was set administratively up or down.
+    Port {
+        /// Secondary that owns it.
+        id: String,
+        /// Interface name.
+        port: String,
+        /// Up or down.
+        up: bool,
+    },
+    /// An operator's request through the control socket.
+    Request {
+        /// What (`reboot dpu0`, `shutdown`, `power on`, …).
+        what: String,
+    },
     /// The final line.
     Summary(Summary),
 }
@@ -204,7 +322,18 @@ impl EventKind {
             | EventKind::Copied { id, .. }
             | EventKind::Mismatch { id, .. }
             | EventKind::Repaired { id, .. }
-            | EventKind::Done { id, .. } => Some(id),
+            | EventKind::Done { id, .. }
+            | EventKind::PoweredOff { id }
+            | EventKind::Held { id, .. }
+            | EventKind::Released { id, .. }
+            | EventKind::Ready { id }
+            | EventKind::Lost { id, .. }
+            | EventKind::Restarting { id, .. }
+            | EventKind::Down { id, .. }
+            | EventKind::Notice { id, .. }
+            | EventKind::Answer { id, .. }
+            | EventKind::Overridden { id, .. }
+            | EventKind::Port { id, .. } => Some(id),
             EventKind::Start { .. }
             | EventKind::Candidate { .. }
             | EventKind::Elected { .. }
@@ -213,6 +342,9 @@ impl EventKind {
             | EventKind::StoodDown { .. }
             | EventKind::Finished { .. }
             | EventKind::GaveUp { .. }
+            | EventKind::Power { .. }
+            | EventKind::Supervising { .. }
+            | EventKind::Request { .. }
             | EventKind::Summary(_) => None,
         }
     }
@@ -295,6 +427,9 @@ pub struct ProcessorSummary {
     /// its old epoch) into the window: the secondary must have ignored it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late_command: bool,
+    /// Wanted dependencies it was released without (it runs degraded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub without: Vec<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -325,6 +460,7 @@ impl ProcessorSummary {
             resumed: None,
             fenced: 0,
             late_command: false,
+            without: Vec::new(),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod bundle;
 pub mod cmdline;
 pub mod election;
 pub mod events;
+pub mod gate;
 /// The host's own tools (moved to the drivers; re-exported for existing callers).
 pub use monarch_drivers::host;
 /// The etcd election (feature `etcd`), for callers that need its types or a local server.
@@ -39,6 +40,7 @@ pub mod run;
 pub mod run_folder;
 pub mod signing;
 pub mod stage;
+pub mod supervise;
 pub mod topology;
 pub mod values;
 pub mod vm;

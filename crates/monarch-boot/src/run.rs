@@ -2,8 +2,12 @@
 //! events to the caller as they happen; a summary at the end.
 
 use crate::events::{Event, EventKind, ProcessorSummary, Summary};
+use crate::gate::Gate;
 use crate::plan::Plan;
 use crate::stage::{Authority, StageCtx, Staged, stage};
+use crate::supervise::control;
+pub use crate::supervise::keeper::HoldOptions;
+use crate::supervise::keeper::Keeper;
 use monarch_proto::window::layout;
 use monarch_proto::window::msg::{self, Command};
 use std::path::PathBuf;
@@ -17,6 +21,8 @@ pub struct UpOptions {
     pub agent_exe: PathBuf,
     /// How long running images get to stop after SHUTDOWN at the end of the run.
     pub shutdown_grace: Duration,
+    /// Keep the chassis managed after the boot (`monarch up --hold`).
+    pub hold: Option<HoldOptions>,
 }
 
 /// Boot everything in `plan`, calling `on_event` for every event (the summary last).
@@ -38,22 +44,7 @@ pub fn boot(
     if t.run_dir_is_temporary
         && let Err(why) = crate::run_folder::create(&t.run_dir)
     {
-        let mut monarch =
-            ProcessorSummary::new(authority.name.unwrap_or(plan.monarch()), "monarch", "failed");
-        monarch.error = Some(why.clone());
-        let mut processors = vec![monarch];
-        processors.extend(t.secondaries.iter().map(|s| failed_summary(&s.id, &format!("not booted: {why}"))));
-        let total_ms = clock.elapsed().as_secs_f64() * 1e3;
-        let summary = Summary {
-            ok: false,
-            chassis: t.name.clone(),
-            total_ms,
-            processors,
-            election: None,
-            error: Some(why),
-        };
-        on_event(&Event { t_ms: total_ms, kind: EventKind::Summary(summary.clone()) });
-        return summary;
+        return refused(plan, authority, clock, why, on_event);
     }
     let (tx, rx) = mpsc::channel::<Event>();
     let send = |tx: &mpsc::Sender<Event>, kind| {
@@ -70,45 +61,120 @@ pub fn boot(
             },
         );
     }
-    let mut staged: Vec<Option<Staged>> = (0..t.secondaries.len()).map(|_| None).collect();
+    let gate = Gate::new(t, opts.hold.is_some());
+    let (ctl_tx, ctl_rx) = mpsc::channel::<control::Incoming>();
+    let mut causes = None;
+    let mut server = None;
+    if let Some(hold) = &opts.hold {
+        match prepare_hold(plan, hold, ctl_tx) {
+            Ok((log, socket, srv)) => {
+                server = Some(srv);
+                send(
+                    &tx,
+                    EventKind::Supervising {
+                        chassis: t.name.clone(),
+                        socket: socket.display().to_string(),
+                        state_dir: hold.state_dir.display().to_string(),
+                    },
+                );
+                causes = Some(log);
+            }
+            Err(why) => return refused(plan, authority, clock, why, on_event),
+        }
+    }
+    let mut results: Vec<(Option<Staged>, Option<ProcessorSummary>)> = Vec::new();
     std::thread::scope(|scope| {
-        let mut handles = Vec::new();
+        let (stx, srx) = mpsc::channel::<(usize, Staged)>();
+        let agent_exe = opts.agent_exe.as_path();
+        let gate = &gate;
         for lane in &plan.lanes {
             let tx = tx.clone();
+            let stx = stx.clone();
             let members = lane.members();
-            let agent_exe = opts.agent_exe.as_path();
-            handles.push(scope.spawn(move || {
+            scope.spawn(move || {
                 let emit = move |kind| {
                     let _ = tx.send(Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
                 };
                 let lane_start = Instant::now();
-                let mut out = Vec::new();
                 for i in members {
+                    let ctx = StageCtx {
+                        clock,
+                        emit: &emit,
+                        agent_exe,
+                        queued: lane_start.elapsed(),
+                        authority,
+                        gate,
+                    };
+                    let _ = stx.send((i, stage(&t.secondaries[i], &ctx)));
+                }
+            });
+        }
+        let keeper_tx = tx.clone();
+        let keeper_emit = move |kind| {
+            let _ = keeper_tx.send(Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
+        };
+        let mut keeper =
+            Keeper::new(t, gate, &keeper_emit, authority.epoch, opts.hold.clone(), causes.take());
+        loop {
+            while let Ok(ev) = rx.try_recv() {
+                keeper.observe(&ev);
+                on_event(&ev);
+            }
+            while let Ok((i, s)) = srx.try_recv() {
+                keeper.staged(i, s);
+            }
+            while let Ok(inc) = ctl_rx.try_recv() {
+                keeper.request(inc);
+            }
+            for i in keeper.tick() {
+                // Booted again (a restart, a reboot, a startup): a stage of its own.
+                let tx = tx.clone();
+                let stx = stx.clone();
+                scope.spawn(move || {
+                    let emit = move |kind| {
+                        let _ = tx.send(Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
+                    };
                     let ctx =
-                        StageCtx { clock, emit: &emit, agent_exe, queued: lane_start.elapsed(), authority };
-                    out.push((i, stage(&t.secondaries[i], &ctx)));
-                }
-                out
-            }));
-        }
-        drop(tx);
-        for ev in rx {
-            on_event(&ev);
-        }
-        for h in handles {
-            match h.join() {
-                Ok(results) => {
-                    for (i, s) in results {
-                        staged[i] = Some(s);
-                    }
-                }
-                Err(_) => {
-                    eprintln!("monarch: a staging thread panicked; its secondaries are reported failed")
-                }
+                        StageCtx { clock, emit: &emit, agent_exe, queued: Duration::ZERO, authority, gate };
+                    let _ = stx.send((i, stage(&t.secondaries[i], &ctx)));
+                });
+            }
+            if keeper.finished() {
+                break;
+            }
+            if let Ok(ev) = rx.recv_timeout(Duration::from_millis(5)) {
+                keeper.observe(&ev);
+                on_event(&ev);
             }
         }
+        // Stages still waiting at a gate (a shutdown came first) stop now.
+        gate.close("the chassis shut down");
+        drop(stx);
+        // Whatever stage still runs ends (and hands its secondary in) before the summary.
+        for (i, s) in srx.iter() {
+            keeper.staged(i, s);
+        }
+        while let Ok(ev) = rx.try_recv() {
+            keeper.observe(&ev);
+            on_event(&ev);
+        }
+        results = keeper.into_results();
     });
+    drop(tx);
+    for ev in rx.try_iter() {
+        on_event(&ev);
+    }
+    if let Some(s) = &server {
+        // The last answers (`monarch shutdown`'s) reach their callers before we exit.
+        s.drain(Duration::from_secs(2));
+    }
     let total_ms = clock.elapsed().as_secs_f64() * 1e3;
+    let mut staged: Vec<Option<Staged>> = Vec::new();
+    let mut summaries = Vec::new();
+    for (s, summary) in results {
+        staged.push(s);
+        summaries.push(summary);
+    }
     // End of the emulated run: ask running images to stop, then make sure they did.
     if (authority.check)().is_ok() {
         shutdown(&mut staged, opts.shutdown_grace, authority);
@@ -116,9 +182,9 @@ pub fn boot(
     let mut monarch = ProcessorSummary::new(monarch_id, "monarch", "monarch");
     monarch.timings_ms.total = total_ms;
     let mut processors = vec![monarch];
-    for (i, s) in staged.into_iter().enumerate() {
+    for (i, s) in summaries.into_iter().enumerate() {
         processors.push(match s {
-            Some(s) => s.summary,
+            Some(s) => s,
             None => failed_summary(&t.secondaries[i].id, "its staging thread died"),
         });
     }
@@ -128,7 +194,7 @@ pub fn boot(
     let ok = processors
         .iter()
         .filter(|p| p.role == "secondary" && p.required)
-        .all(|p| matches!(p.state.as_str(), "running" | "released"));
+        .all(|p| matches!(p.state.as_str(), "running" | "released" | "shut_down"));
     // The operator's stop, said once for the whole run (each secondary it cut short says so too).
     let error = processors.iter().any(|p| p.state == "interrupted").then(|| {
         format!(
@@ -139,6 +205,63 @@ pub fn boot(
     let summary = Summary { ok, chassis: t.name.clone(), total_ms, processors, election: None, error };
     on_event(&Event { t_ms: total_ms, kind: EventKind::Summary(summary.clone()) });
     summary
+}
+
+/// The run could not start: every secondary is reported not booted, for `why`.
+fn refused(
+    plan: &Plan,
+    authority: &Authority<'_>,
+    clock: Instant,
+    why: String,
+    on_event: &mut dyn FnMut(&Event),
+) -> Summary {
+    let t = &plan.topology;
+    let mut monarch = ProcessorSummary::new(authority.name.unwrap_or(plan.monarch()), "monarch", "failed");
+    monarch.error = Some(why.clone());
+    let mut processors = vec![monarch];
+    processors.extend(t.secondaries.iter().map(|s| failed_summary(&s.id, &format!("not booted: {why}"))));
+    let total_ms = clock.elapsed().as_secs_f64() * 1e3;
+    let summary = Summary {
+        ok: false,
+        chassis: t.name.clone(),
+        total_ms,
+        processors,
+        election: None,
+        error: Some(why),
+    };
+    on_event(&Event { t_ms: total_ms, kind: EventKind::Summary(summary.clone()) });
+    summary
+}
+
+/// Before a held boot: the state folder's reboot causes, every port down until its owner is
+/// ready (each must exist), and the control socket in the run folder.
+fn prepare_hold(
+    plan: &Plan,
+    hold: &HoldOptions,
+    ctl: mpsc::Sender<control::Incoming>,
+) -> Result<(crate::supervise::causes::CauseLog, PathBuf, control::Server), String> {
+    let t = &plan.topology;
+    let log = crate::supervise::causes::CauseLog::open(&hold.state_dir).map_err(|e| e.to_string())?;
+    for s in &t.secondaries {
+        for port in &s.life.ports {
+            match monarch_drivers::link::exists(port) {
+                Ok(true) => monarch_drivers::link::set_up(port, false)
+                    .map_err(|e| format!("{}: cannot hold port {port} down until it is ready: {e}", s.id))?,
+                Ok(false) => {
+                    return Err(format!(
+                        "{}: port {port}: network interface {port} does not exist in this network namespace; create it or fix `ports`",
+                        s.id
+                    ));
+                }
+                Err(e) => return Err(format!("{}: port {port}: {e}", s.id)),
+            }
+        }
+    }
+    std::fs::create_dir_all(&t.run_dir)
+        .map_err(|e| format!("cannot create the run folder {}: {e}", t.run_dir.display()))?;
+    let socket = t.run_dir.join(control::SOCKET);
+    let server = control::serve(&socket, ctl).map_err(|e| e.to_string())?;
+    Ok((log, socket, server))
 }
 
 fn failed_summary(id: &str, why: &str) -> ProcessorSummary {

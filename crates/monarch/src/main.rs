@@ -1,6 +1,7 @@
 //! `monarch`: the command line. Thin: parse, wire, print. The work is in `monarch-boot`.
 #![forbid(unsafe_code)]
 
+mod chassis_cli;
 mod exit;
 mod netboot_cli;
 mod output;
@@ -63,6 +64,43 @@ process with a 30 MiB image in a shared-memory window.")]
     Up(UpArgs),
     /// Show the resolved plan: who is staged in parallel, who waits behind which switch.
     Plan(PlanArgs),
+    /// A supervised chassis (`monarch up --hold`): each processor's state, readiness, pid,
+    /// restarts and reboot causes.
+    #[command(
+        long_about = "Show the state of a supervised chassis (`monarch up --hold`), through its control socket.\n\n\
+Per processor: its state (booting, running, restarting, failed, shut_down, off), its admin state (down after \
+`monarch shutdown ID`), whether its services are ready, the pid of its running image, how often it was restarted, \
+its power domain, what it runs without (degraded), and its last reboot causes; --history prints every cause kept \
+in the state folder, across runs of monarch.\n\n\
+Examples:\n  monarch status\n  monarch status dpu1 --history\n  monarch status --chassis server-dpus --json"
+    )]
+    Status(chassis_cli::StatusArgs),
+    /// Reboot a processor of a supervised chassis: negotiated, then delivered again.
+    #[command(long_about = "Reboot one processor of a supervised chassis.\n\n\
+In reverse dependency order: the processors that depend on it are told it is leaving and may defer (until \
+--deadline); it is told to reboot and may defer too; the processors it depends on are told to clean up its \
+context (a host reboot: its DPUs stay up). Then its image is stopped, delivered and verified again (a fresh \
+copy, a fresh checksum), and its dependents get it back once it is ready. --force skips the waiting.\n\n\
+Examples:\n  monarch reboot dpu0\n  monarch reboot host --deadline 30s\n  monarch reboot dpu1 --force")]
+    Reboot(chassis_cli::RebootArgs),
+    /// Shut down one processor, or the whole supervised chassis (then `up --hold` exits 0).
+    #[command(long_about = "Shut down one processor of a supervised chassis, or the whole chassis.\n\n\
+Without an ID: every processor, in reverse dependency order (the main power domain first, then main power off, \
+then the aux domain); each level is told and acknowledges (or defers until --deadline) before it is stopped; \
+then `monarch up --hold` exits 0. With an ID: the processors that depend on it are told it is leaving, it is \
+told to shut down, then stopped; it stays down (admin down) until `monarch startup ID`. --force skips the \
+waiting.\n\nExamples:\n  monarch shutdown\n  monarch shutdown dpu1 --deadline 5s")]
+    Shutdown(chassis_cli::ShutdownArgs),
+    /// Bring a processor that was shut down (or failed) up again.
+    Startup(chassis_cli::StartupArgs),
+    /// Switch the main power domain of a supervised chassis (the host CPUs).
+    #[command(long_about = "Switch the main power domain of a supervised chassis.\n\n\
+Processors with power = \"main\" (the host CPUs) run only while main power is on. With [chassis] \
+main_power = \"auto\" it comes on once the aux domain (the BMC's side, the DPUs) is up; with \"manual\" it waits \
+for `monarch power on`. `monarch power off` shuts the main domain down first (negotiated, as `monarch shutdown`).")]
+    Power(chassis_cli::PowerArgs),
+    /// Follow the events of a supervised chassis.
+    Events(chassis_cli::EventsArgs),
     /// The secondary's side: wait on a window, verify the image, hand off.
     #[command(long_about = "The secondary's side of the handshake, run by the secondary (from its \
 firmware or initramfs), or started by `monarch up` for launch = \"process\".\n\n\
@@ -141,6 +179,17 @@ struct UpArgs {
 self-test (overrides the topology's [election] monarch; the operator's choice)"
     )]
     monarch: Option<String>,
+    /// Keep the chassis managed after the boot, until `monarch shutdown` or SIGINT/SIGTERM:
+    /// heartbeats, crash recovery, reboots, power (see `monarch status`).
+    #[arg(long)]
+    hold: bool,
+    /// With --hold: where reboot causes are kept across runs [default: the topology's
+    /// state_dir, else $STATE_DIRECTORY, else /var/lib/monarch/CHASSIS].
+    #[arg(long, value_name = "DIR", requires = "hold")]
+    state_dir: Option<PathBuf>,
+    /// With --hold: how long processors may defer the shutdown that SIGINT/SIGTERM starts.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = values::parse_duration, requires = "hold")]
+    deadline: Duration,
 }
 
 #[derive(Args)]
@@ -226,6 +275,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Up(a) => cmd_up(a),
+        Cmd::Status(a) => chassis_cli::status(a),
+        Cmd::Reboot(a) => chassis_cli::reboot(a),
+        Cmd::Shutdown(a) => chassis_cli::shutdown(a),
+        Cmd::Startup(a) => chassis_cli::startup(a),
+        Cmd::Power(a) => chassis_cli::power(a),
+        Cmd::Events(a) => chassis_cli::events(a),
         Cmd::Plan(a) => match a.topo.load() {
             Ok(t) => {
                 print!("{}", Plan::new(t).render());
@@ -298,7 +353,32 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let opts = UpOptions { agent_exe, shutdown_grace: a.shutdown_grace };
+    let hold = if a.hold {
+        if plan.topology.managers.len() > 1 {
+            return bad_input(&format!(
+                "--hold: chassis {} has {} management processors; supervision after boot runs on a chassis with one (for now): keep one role = \"monarch\" processor",
+                plan.topology.name,
+                plan.topology.managers.len()
+            ));
+        }
+        let state_dir = a
+            .state_dir
+            .clone()
+            .or_else(|| plan.topology.state_dir.clone())
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/monarch").join(&plan.topology.name));
+        Some(run::HoldOptions { state_dir, deadline: a.deadline })
+    } else {
+        if plan.topology.main_power == topology::MainPower::Manual
+            && plan.topology.secondaries.iter().any(|s| s.life.power == topology::PowerDomain::Main)
+        {
+            return bad_input(
+                &"main_power = \"manual\": the main domain waits for `monarch power on`, which needs a supervised chassis; run `monarch up --hold`",
+            );
+        }
+        None
+    };
+    let opts = UpOptions { agent_exe, shutdown_grace: a.shutdown_grace, hold };
     let managers = &plan.topology.managers;
     let pinned = match pinned_manager(&plan.topology, a.monarch.as_deref()) {
         Ok(p) => p,
@@ -319,6 +399,10 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         run::up(&plan, &opts, &mut |ev| out.event(ev))
     };
     out.finish(&summary);
+    if a.hold && summary.ok {
+        // A supervised chassis shut down as asked (by `monarch shutdown` or a stop signal).
+        return ExitCode::SUCCESS;
+    }
     if let Some(code) = monarch_boot::interrupt::exit_status() {
         // Interrupted: 128 + the signal's number, as a shell reports a program it stopped.
         return ExitCode::from(code);
@@ -372,7 +456,7 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
         pinned,
         backplane: a.backplane,
         session: a.session,
-        up: UpOptions { agent_exe, shutdown_grace: a.shutdown_grace },
+        up: UpOptions { agent_exe, shutdown_grace: a.shutdown_grace, hold: None },
         clock: election::instant_at(a.t0_unix_ns),
     };
     let outcome = election::run_candidate(&o, &mut |ev| {

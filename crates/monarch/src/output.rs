@@ -151,6 +151,37 @@ fn describe(k: &EventKind) -> String {
             format!("{id} (epoch {epoch}) finished the boot, with failed secondaries")
         }
         EventKind::GaveUp { id, why } => format!("{id} gives up: {why}"),
+        EventKind::PoweredOff { .. } => "off: waits for main power".into(),
+        EventKind::Held { waiting_for, .. } => {
+            format!("held at its rendezvous (configuration retry): waits for {}", waiting_for.join(", "))
+        }
+        EventKind::Released { without, .. } if without.is_empty() => "released".into(),
+        EventKind::Released { without, .. } => {
+            format!("released DEGRADED: goes on without {} (not ready in time)", without.join(", "))
+        }
+        EventKind::Ready { .. } => "ready: its services are up".into(),
+        EventKind::Power { domain, on, why } => {
+            format!("{domain} power {} ({why})", if *on { "ON" } else { "OFF" })
+        }
+        EventKind::Supervising { chassis, socket, state_dir } => format!(
+            "supervising chassis \"{chassis}\": `monarch status` (control socket {socket}); reboot causes in {state_dir}"
+        ),
+        EventKind::Lost { cause, .. } => format!("LOST: {cause}"),
+        EventKind::Restarting { restart, after_ms, .. } => {
+            format!(
+                "restarting (restart {restart}) in {after_ms:.0} ms: its image is delivered and verified again"
+            )
+        }
+        EventKind::Down { state, why, .. } => format!("{}: {why}", state.to_uppercase()),
+        EventKind::Notice { notice, about, deadline_ms: 0, .. } => format!("told {notice}: {about}"),
+        EventKind::Notice { notice, about, deadline_ms, .. } => {
+            format!("told {notice}: {about} (answer within {deadline_ms} ms)")
+        }
+        EventKind::Answer { answer, reason: Some(r), notice, .. } => format!("{answer}s the {notice}: {r}"),
+        EventKind::Answer { answer, notice, .. } => format!("{answer}: {notice}"),
+        EventKind::Overridden { notice, why, .. } => format!("{notice}: going on ({why})"),
+        EventKind::Port { port, up, .. } => format!("port {port} {}", if *up { "up" } else { "down" }),
+        EventKind::Request { what } => format!("operator: {what}"),
         EventKind::Summary(_) => String::new(),
     }
 }

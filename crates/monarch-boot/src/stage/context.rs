@@ -21,6 +21,8 @@ pub struct StageCtx<'a> {
     pub queued: Duration,
     /// On whose authority the monarch acts (its command block and epoch).
     pub authority: &'a Authority<'a>,
+    /// What a secondary waits for before it is released: power, dependencies.
+    pub gate: &'a crate::gate::Gate,
 }
 
 /// The monarch's authority over the windows (monarch election): the command block it writes, the

@@ -152,6 +152,13 @@ fn start_agent(sec: &Secondary, ctx: &StageCtx<'_>, window: &Window, memfd: bool
         trust: sec.signing.agent_args(),
     };
     cmd.args(args.to_args());
+    // How the demo payload behaves once it runs (it inherits the agent's environment).
+    let behaviour = crate::payload::Behaviour {
+        ready_after: sec.life.ready_after,
+        never_ready: sec.faults.never_ready,
+        defer: sec.faults.defer_notices.clone(),
+    };
+    cmd.envs(behaviour.env());
     let child = spawn_logged(&mut cmd, &log, "agent log")
         .map_err(|e| format!("cannot start agent {}: {e}", ctx.agent_exe.display()))?;
     Ok(Started { child, log, qemu_log: None, console: None })

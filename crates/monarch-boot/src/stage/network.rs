@@ -147,6 +147,10 @@ impl<'a, 'c> NetStage<'a, 'c> {
 
     fn run(&mut self) -> Result<&'static str, String> {
         let sec = self.sec;
+        let stop =
+            || crate::interrupt::received().map(|sig| format!("interrupted by {sig} before it was released"));
+        // A main-domain machine stays off until main power is on.
+        self.ctx.gate.power(sec, &mut || self.emit(EventKind::PoweredOff { id: sec.id.clone() }), &stop)?;
         // 1. Retrieve into the served root; the checksum is of the served bytes.
         let t = Instant::now();
         let (served, name) = self.retrieve()?;
@@ -170,7 +174,16 @@ impl<'a, 'c> NetStage<'a, 'c> {
             corrupt_keeping_mtime(&served)?;
         }
         self.timings.configure = ms(t.elapsed());
-        // 3. Release: start the agent.
+        // 3. Release: start the agent, once its dependencies let it go (no window to hold it
+        // at: it is not started before).
+        let mut without = Vec::new();
+        if sec.life.has_dependencies() {
+            let on_wait = &mut |awaited: &[String]| {
+                self.emit(EventKind::Held { id: sec.id.clone(), waiting_for: awaited.to_vec() });
+            };
+            without = self.ctx.gate.dependencies(sec, on_wait, &stop)?.without;
+        }
+        self.emit(EventKind::Released { id: sec.id.clone(), without });
         self.phase("launching", 0);
         let released = Instant::now();
         self.launch(udp, tx)?;

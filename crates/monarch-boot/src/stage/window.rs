@@ -10,12 +10,12 @@ use crate::image::{self, Image};
 use crate::topology::{ImageSource, Secondary};
 use monarch_drivers::{Poll, Window};
 use monarch_proto::text::{MAX_CHARS, printable};
-use monarch_proto::window::layout;
 use monarch_proto::window::msg::{self, Command, Mode, WindowConfig};
 use monarch_proto::window::primary::{
     Failure, Phase, Primary, PrimaryAction, PrimaryInput, PrimarySpec, Timeouts,
 };
 use monarch_proto::window::stream;
+use monarch_proto::window::{layout, life};
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -65,6 +65,8 @@ struct Stage<'a, 'c> {
     late_command: bool,
     /// The secondary said HANDING_OFF (its agent may now be gone: it became the image).
     handing_off: bool,
+    /// Wanted dependencies it was released without (degraded).
+    without: Vec<String>,
 }
 
 /// The producer side of one push attempt.
@@ -135,6 +137,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             interrupted: false,
             late_command: false,
             handing_off: false,
+            without: Vec::new(),
         }
     }
 
@@ -183,6 +186,10 @@ impl<'a, 'c> Stage<'a, 'c> {
                 image.len, sec.window.data_size
             ));
         }
+        // A main-domain secondary stays off until main power is on.
+        self.ctx.gate.power(sec, &mut || self.emit(EventKind::PoweredOff { id: sec.id.clone() }), &|| {
+            self.stop_reason()
+        })?;
         // 2. Configure the window (size limit, load offset, ring) before releasing the secondary.
         self.phase("configuring", 0);
         let t = Instant::now();
@@ -222,14 +229,23 @@ impl<'a, 'c> Stage<'a, 'c> {
             &msg::encode_signature(signature.as_deref())
                 .ok_or("internal: a signature record over 256 bytes")?,
         );
+        // Supervision: how often the running image beats (0: not supervised), and the hold
+        // word, set while the dependencies are awaited.
+        let beat_ms = if self.ctx.gate.supervised {
+            u32::try_from(sec.life.heartbeat.as_millis()).unwrap_or(u32::MAX).max(1)
+        } else {
+            0
+        };
+        window.apply(&life::encode_life_config(beat_ms, sec.life.has_dependencies(), &[]));
         self.timings.configure = ms(t.elapsed());
         self.geometry = Some(stream::Geometry::new(&cfg));
         self.window = Some(window);
         self.image = Some(image);
         // 3. Release from reset: start the agent (process or VM) or let the external one see
-        // RELEASE.
-        let released = Instant::now();
+        // RELEASE, once the dependencies let it go.
         self.launch()?;
+        self.wait_for_dependencies()?;
+        let released = Instant::now();
         self.handshake(released, None)
     }
 
@@ -367,6 +383,39 @@ impl<'a, 'c> Stage<'a, 'c> {
                 handoff: sec.timeouts.handoff,
             },
         }
+    }
+
+    /// Why the stage must stop waiting, if it must: the operator's stop, a lost election.
+    fn stop_reason(&self) -> Option<String> {
+        if let Some(sig) = crate::interrupt::received() {
+            return Some(format!("interrupted by {sig} before it was released"));
+        }
+        (self.ctx.authority.check)().err()
+    }
+
+    /// Hold the secondary at its rendezvous (the hold word is set: its agent keeps waiting)
+    /// until its dependencies let it go; then tell it which wanted ones it goes on without.
+    fn wait_for_dependencies(&mut self) -> Result<(), String> {
+        let sec = self.sec;
+        if sec.life.has_dependencies() {
+            let passed = self.ctx.gate.dependencies(
+                sec,
+                &mut |awaited| {
+                    self.emit(EventKind::Held { id: sec.id.clone(), waiting_for: awaited.to_vec() })
+                },
+                &|| self.stop_reason(),
+            );
+            if passed.is_err() {
+                self.interrupted = crate::interrupt::received().is_some();
+            }
+            let passed = passed?;
+            let w = self.window();
+            w.apply(&life::encode_missing(&passed.without));
+            w.store(layout::LIFE_HOLD, 0);
+            self.without = passed.without;
+        }
+        self.emit(EventKind::Released { id: sec.id.clone(), without: self.without.clone() });
+        Ok(())
     }
 
     /// Release the secondary: start its agent (or its VM) as its launch mode says; an
@@ -877,6 +926,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             resumed: self.resumed.clone(),
             fenced: 0,
             late_command: self.late_command,
+            without: self.without.clone(),
         };
         announce_done(self.ctx.emit, &summary);
         Staged {

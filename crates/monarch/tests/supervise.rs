@@ -1,0 +1,482 @@
+//! End-to-end tests of the chassis after its boot: dependencies, power domains, crash
+//! recovery, negotiated reboots and shutdowns, ports, reboot causes across runs. Real
+//! `monarch up` processes, real agents and images, a real control socket; ports live in a
+//! network namespace each test creates (and that disappears with its monarch).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use serde_json::Value;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{MONARCH, Run, up_json};
+
+/// Long enough for a loaded CI host; the tests never assert a duration.
+const WAIT: Duration = Duration::from_secs(90);
+
+const HEAD: &str = r#"
+[chassis]
+name = "sup"
+run_dir = "win"
+state_dir = "state"
+
+[defaults]
+timeouts = { rendezvous = "30s", verify = "30s", handoff = "30s", agent = "60s" }
+heartbeat = "100ms"
+heartbeat_timeout = "5s"
+restart_backoff = "50ms"
+
+[[processor]]
+id = "bmc"
+role = "monarch"
+"#;
+
+fn secondary(id: &str, extra: &str) -> String {
+    format!(
+        "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"16MiB\"\nbanner = \"{id} up\"\n{extra}\n"
+    )
+}
+
+/// A server: dpu0 (storage, the host requires it), dpu1 (network, the host wants it), the
+/// host on main power. `dpu0`, `dpu1` and `host` add lines to each.
+fn server(dpu0: &str, dpu1: &str, host: &str) -> String {
+    format!(
+        "{HEAD}\n{}\n{}\n{}",
+        secondary("dpu0", &format!("ready_after = \"300ms\"\n{dpu0}")),
+        secondary("dpu1", dpu1),
+        secondary(
+            "host",
+            &format!("power = \"main\"\nrequires = [\"dpu0\"]\nwants = [\"dpu1\"]\nwait = \"5s\"\n{host}")
+        ),
+    )
+}
+
+fn write_topology(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("t.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn t_of(e: &Value) -> f64 {
+    e["t_ms"].as_f64().unwrap()
+}
+
+/// Index of the first event matching, after `from`.
+fn find(events: &[Value], from: usize, pred: &dyn Fn(&Value) -> bool) -> Option<usize> {
+    events.iter().enumerate().skip(from).find(|(_, e)| pred(e)).map(|(i, _)| i)
+}
+
+fn is(e: &Value, event: &str, id: &str) -> bool {
+    e["event"] == event && e["id"] == id
+}
+
+/// `monarch up --hold --json` running in the background, its events collected as they come.
+struct Chassis {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Chassis {
+    /// Start the chassis of `topology`, in a network namespace of its own when `ports` names
+    /// veth pairs to create there first (`(port, peer)`).
+    fn start(topology: &str, ports: &[(&str, &str)]) -> Chassis {
+        let dir = tempfile::tempdir().unwrap();
+        let t = write_topology(dir.path(), topology);
+        let up = format!("exec {MONARCH} up --hold --json --topology {}", t.display());
+        let mut cmd = if ports.is_empty() {
+            let mut c = Command::new(MONARCH);
+            c.args(["up", "--hold", "--json", "--topology"]).arg(&t);
+            c
+        } else {
+            ensure_iproute2();
+            let mut script = String::new();
+            for (port, peer) in ports {
+                script.push_str(&format!("ip link add {port} type veth peer name {peer} && "));
+            }
+            script.push_str(&up);
+            let mut c = Command::new("unshare");
+            c.args(["--net", "--", "sh", "-c", &script]);
+            c
+        };
+        let mut child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start monarch up --hold");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                sink.lock().unwrap().push(v);
+            }
+        });
+        let socket = dir.path().join("win/control.sock");
+        let c = Chassis { child, events, socket, _dir: dir };
+        c.wait_for("the supervisor to start", &|e| e["event"] == "supervising");
+        c
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Wait until an event matches; it is returned with its index.
+    fn wait_for(&self, what: &str, pred: &dyn Fn(&Value) -> bool) -> (usize, Value) {
+        self.wait_after(0, what, pred)
+    }
+
+    fn wait_after(&self, from: usize, what: &str, pred: &dyn Fn(&Value) -> bool) -> (usize, Value) {
+        let start = Instant::now();
+        loop {
+            let ev = self.events();
+            if let Some(i) = find(&ev, from, pred) {
+                return (i, ev[i].clone());
+            }
+            assert!(start.elapsed() < WAIT, "no event for {what} within {WAIT:?}; events:\n{}", dump(&ev));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(MONARCH).args(args).arg("--socket").arg(&self.socket).output().unwrap()
+    }
+
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "monarch {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            dump(&self.events())
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    fn status(&self, id: &str) -> Value {
+        let out = self.ctl(&["status", id, "--json", "--history"]);
+        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["processors"][0].clone()
+    }
+
+    /// `monarch shutdown`, and the exit status of `up --hold` with every event.
+    fn shut_down(self) -> (i32, Vec<Value>) {
+        self.shut_down_with(&[])
+    }
+
+    fn shut_down_with(mut self, args: &[&str]) -> (i32, Vec<Value>) {
+        let mut a = vec!["shutdown"];
+        a.extend_from_slice(if args.is_empty() { &["--deadline", "20s"] } else { args });
+        self.ctl_ok(&a);
+        let start = Instant::now();
+        let code = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s.code().unwrap_or(-1);
+            }
+            assert!(start.elapsed() < WAIT, "monarch up --hold did not exit after shutdown");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread drains what is left.
+        std::thread::sleep(Duration::from_millis(100));
+        (code, self.events())
+    }
+
+    fn monarch_pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Chassis {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // A failed test: stop the chassis (its images follow their parent).
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn dump(ev: &[Value]) -> String {
+    ev.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+}
+
+fn ensure_iproute2() {
+    monarch_drivers::host::ensure_packages(&[("ip", "iproute2")], &mut |l| eprintln!("{l}")).unwrap();
+}
+
+/// Whether `port` is administratively up in the network namespace of process `pid`.
+fn port_up(pid: u32, port: &str) -> bool {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["ip", "-o", "link", "show", port])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ip link show {port}: {}", String::from_utf8_lossy(&out.stderr));
+    let flags = text.split('<').nth(1).and_then(|r| r.split('>').next()).unwrap_or("");
+    flags.split(',').any(|f| f == "UP")
+}
+
+fn pid_of(status: &Value) -> u32 {
+    u32::try_from(status["pid"].as_u64().unwrap_or_else(|| panic!("no pid in {status}"))).unwrap()
+}
+
+fn kill9(pid: u32) {
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+}
+
+fn up(topology: &str) -> (Run, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let t = write_topology(dir.path(), topology);
+    (up_json(Some(&t)), dir)
+}
+
+#[test]
+fn a_dependent_is_released_only_after_its_requirement_is_ready_and_goes_on_without_a_late_want() {
+    // dpu1 never gets ready: the host waits for it 1 s (its `wait`), then goes on degraded.
+    let topo = server("", "fault = { never_ready = true }", "").replace("wait = \"5s\"", "wait = \"1s\"");
+    for _ in 0..2 {
+        let (r, _dir) = up(&topo);
+        assert_eq!(r.code, 0, "{}\n{}", r.stderr, dump(&r.events));
+        let ready = r.events.iter().find(|e| is(e, "ready", "dpu0")).expect("dpu0 ready");
+        let released = r.events.iter().find(|e| is(e, "released", "host")).expect("host released");
+        assert!(t_of(released) >= t_of(ready), "host released before dpu0 was ready:\n{}", dump(&r.events));
+        let held = r.events.iter().find(|e| is(e, "held", "host")).expect("host held at its rendezvous");
+        assert!(t_of(held) <= t_of(released));
+        assert_eq!(released["without"], serde_json::json!(["dpu1"]), "{released}");
+        let host = r.processor("host");
+        assert_eq!(host["state"], "running");
+        assert_eq!(host["without"], serde_json::json!(["dpu1"]));
+        assert!(host["report"].as_str().unwrap().contains("degraded: without dpu1"), "{host}");
+        // Main power came on only after the aux domain was up.
+        let power = r.events.iter().find(|e| e["event"] == "power" && e["domain"] == "main").unwrap();
+        for id in ["dpu0", "dpu1"] {
+            let done = r.events.iter().find(|e| is(e, "done", id)).unwrap();
+            assert!(t_of(power) >= t_of(done), "main power before {id} was up");
+        }
+        assert!(r.events.iter().any(|e| is(e, "powered_off", "host")));
+    }
+}
+
+#[test]
+fn a_required_dependency_that_fails_fails_its_dependent_with_a_reason_naming_it() {
+    // dpu0's only copy is corrupted: it fails, and the host with it.
+    let topo = server("attempts = 1\nfault = { corrupt_attempts = 1 }", "", "");
+    let (r, _dir) = up(&topo);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.processor("dpu0")["state"], "failed");
+    assert_eq!(r.processor("dpu1")["state"], "running");
+    let host = r.processor("host");
+    assert_eq!(host["state"], "failed");
+    let why = host["error"].as_str().unwrap();
+    assert!(why.contains("required dependency dpu0 failed"), "{why}");
+}
+
+#[test]
+fn a_killed_dpu_is_delivered_again_while_its_host_runs_on_told_lost_then_restored_and_its_port_follows() {
+    let topo = server("", "ports = [\"p-dpu1\"]", "");
+    let c = Chassis::start(&topo, &[("p-dpu1", "p-peer")]);
+    let (_, _) = c.wait_for("the host ready", &|e| is(e, "ready", "host"));
+    let (_, _) = c.wait_for("dpu1's port up", &|e| is(e, "port", "dpu1") && e["up"] == true);
+    assert!(port_up(c.monarch_pid(), "p-dpu1"), "dpu1 is ready: its port is up");
+    let host_pid = pid_of(&c.status("host"));
+    let dpu1_pid = pid_of(&c.status("dpu1"));
+    let mark = c.events().len();
+    kill9(dpu1_pid);
+
+    let (lost, e) = c.wait_after(mark, "dpu1 lost", &|e| is(e, "lost", "dpu1"));
+    assert!(e["cause"].as_str().unwrap().contains("SIGKILL"), "{e}");
+    let (told_lost, _) =
+        c.wait_after(mark, "host told", &|e| is(e, "notice", "host") && e["notice"] == "dependency-lost");
+    let (down, _) = c.wait_after(mark, "port down", &|e| is(e, "port", "dpu1") && e["up"] == false);
+    // Delivered and verified again: a fresh copy, RUNNING again, ready again.
+    let (copied, _) = c.wait_after(lost, "dpu1 copied again", &|e| is(e, "copied", "dpu1"));
+    let (running, _) =
+        c.wait_after(copied, "dpu1 running again", &|e| is(e, "done", "dpu1") && e["state"] == "running");
+    let (ready, _) = c.wait_after(running, "dpu1 ready again", &|e| is(e, "ready", "dpu1"));
+    let (restored, _) = c.wait_after(ready, "host told restored", &|e| {
+        is(e, "notice", "host") && e["notice"] == "dependency-restored"
+    });
+    let (up, _) = c.wait_after(ready, "port up", &|e| is(e, "port", "dpu1") && e["up"] == true);
+    assert!(lost < told_lost && told_lost < restored && down < up, "order:\n{}", dump(&c.events()));
+    assert!(port_up(c.monarch_pid(), "p-dpu1"));
+    // The host never went down.
+    let host = c.status("host");
+    assert_eq!(pid_of(&host), host_pid, "the host kept running: {host}");
+    assert_eq!(host["restarts"], 0);
+    let dpu1 = c.status("dpu1");
+    assert_ne!(pid_of(&dpu1), dpu1_pid);
+    assert_eq!(dpu1["restarts"], 1);
+    assert!(dpu1["last_causes"][0]["cause"].as_str().unwrap().contains("SIGKILL"), "{dpu1}");
+    assert!(!c.events()[mark..].iter().any(|e| is(e, "lost", "host")));
+    let (code, _) = c.shut_down();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn past_its_restart_limit_a_dpu_stays_failed_and_its_reboot_causes_outlive_monarch() {
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("state");
+    let topo = server("", "max_restarts = 1", "")
+        .replace("state_dir = \"state\"", &format!("state_dir = \"{}\"", state.display()));
+    let c = Chassis::start(&topo, &[]);
+    c.wait_for("host ready", &|e| is(e, "ready", "host"));
+    kill9(pid_of(&c.status("dpu1")));
+    let (i, _) = c.wait_for("restart", &|e| is(e, "restarting", "dpu1"));
+    let (i, _) = c.wait_after(i, "running again", &|e| is(e, "done", "dpu1") && e["state"] == "running");
+    c.wait_after(i, "ready again", &|e| is(e, "ready", "dpu1"));
+    kill9(pid_of(&c.status("dpu1")));
+    let (_, down) = c.wait_for("dpu1 failed", &|e| is(e, "down", "dpu1"));
+    assert_eq!(down["state"], "failed");
+    assert!(down["why"].as_str().unwrap().contains("restart limit"), "{down}");
+    let dpu1 = c.status("dpu1");
+    assert_eq!(dpu1["state"], "failed");
+    let history = dpu1["history"].as_array().unwrap().clone();
+    assert_eq!(history.len(), 2, "{dpu1}");
+    assert!(history[1]["action"].as_str().unwrap().contains("restart limit"), "{dpu1}");
+    // The host runs on, degraded.
+    assert_eq!(c.status("host")["state"], "running");
+    assert_eq!(c.status("host")["without"], serde_json::json!(["dpu1"]));
+    let (code, _) = c.shut_down();
+    assert_eq!(code, 1, "a required secondary failed for good");
+
+    // A new monarch over the same state folder still knows.
+    assert!(state.join("reboot-causes.jsonl").exists());
+    let again = Chassis::start(&topo, &[]);
+    let h = again.status("dpu1");
+    assert_eq!(h["history"].as_array().unwrap().len(), 2, "{h}");
+    assert_eq!(h["history"][0]["cause"], history[0]["cause"]);
+    let out = again.ctl(&["status", "dpu1", "--history"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("restart limit reached"), "{text}");
+    drop(again);
+}
+
+#[test]
+fn a_reboot_waits_for_a_deferring_dependent_until_its_deadline_force_does_not_and_shutdown_goes_in_reverse_order()
+ {
+    let topo = server("", "", "fault = { defer_notices = \"I/O in flight\" }");
+    let c = Chassis::start(&topo, &[]);
+    c.wait_for("host ready", &|e| is(e, "ready", "host"));
+    let mark = c.events().len();
+    let said = c.ctl_ok(&["reboot", "dpu0", "--deadline", "1s"]);
+    assert!(said.contains("host defers") && said.contains("I/O in flight"), "{said}");
+    let ev = c.events();
+    let defer =
+        find(&ev, mark, &|e| is(e, "answer", "host") && e["answer"] == "defer").expect("host deferred");
+    let over =
+        find(&ev, mark, &|e| is(e, "overridden", "host") && e["why"] == "deadline").expect("deadline passed");
+    let lost =
+        find(&ev, mark, &|e| is(e, "notice", "host") && e["notice"] == "dependency-lost").expect("host told");
+    let again = find(&ev, mark, &|e| is(e, "done", "dpu0") && e["state"] == "running").expect("dpu0 back");
+    assert!(defer < over && over < lost && lost < again, "order:\n{}", dump(&ev));
+    assert_eq!(ev[defer]["reason"], "I/O in flight");
+    // The host stayed up throughout.
+    assert!(!ev[mark..].iter().any(|e| is(e, "lost", "host")));
+    c.wait_after(again, "dpu0 ready", &|e| is(e, "ready", "dpu0"));
+
+    // --force: no waiting for anyone.
+    let mark = c.events().len();
+    c.ctl_ok(&["reboot", "dpu0", "--force"]);
+    let ev = c.events();
+    assert!(
+        find(&ev, mark, &|e| is(e, "overridden", "host") && e["why"] == "force").is_some(),
+        "{}",
+        dump(&ev)
+    );
+    assert!(
+        find(&ev, mark, &|e| is(e, "overridden", "host") && e["why"] == "deadline").is_none(),
+        "{}",
+        dump(&ev)
+    );
+    c.wait_after(mark, "dpu0 ready", &|e| is(e, "ready", "dpu0"));
+
+    // Shutdown of the chassis: every acknowledgement before power-off, dependents first
+    // (the host defers until its deadline, then goes).
+    let mark = c.events().len();
+    let (code, ev) = c.shut_down_with(&["--deadline", "1s"]);
+    assert_eq!(code, 0);
+    let ack = |id: &str| {
+        find(&ev, mark, &|e| is(e, "answer", id) && e["notice"] == "shutdown")
+            .unwrap_or_else(|| panic!("{id}: no answer\n{}", dump(&ev)))
+    };
+    let main_off =
+        find(&ev, mark, &|e| e["event"] == "power" && e["domain"] == "main" && e["on"] == false).unwrap();
+    let aux_off =
+        find(&ev, mark, &|e| e["event"] == "power" && e["domain"] == "aux" && e["on"] == false).unwrap();
+    let host_down = find(&ev, mark, &|e| is(e, "down", "host")).unwrap();
+    assert!(ack("host") < host_down && host_down < main_off, "host first:\n{}", dump(&ev));
+    for dpu in ["dpu0", "dpu1"] {
+        let down = find(&ev, mark, &|e| is(e, "down", dpu)).unwrap();
+        assert!(main_off < ack(dpu) && ack(dpu) < down && down < aux_off, "{dpu}:\n{}", dump(&ev));
+    }
+}
+
+#[test]
+fn with_manual_main_power_the_host_waits_for_power_on() {
+    let topo =
+        server("", "", "").replace("state_dir = \"state\"", "state_dir = \"state\"\nmain_power = \"manual\"");
+    let c = Chassis::start(&topo, &[]);
+    c.wait_for("dpu0 ready", &|e| is(e, "ready", "dpu0"));
+    c.wait_for("host off", &|e| is(e, "powered_off", "host"));
+    // The aux domain is up and ready; the host still waits for main power.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!c.events().iter().any(|e| is(e, "launched", "host")), "{}", dump(&c.events()));
+    let host = c.status("host");
+    assert_eq!(host["state"], "booting");
+    let mark = c.events().len();
+    c.ctl_ok(&["power", "on"]);
+    let (p, _) = c.wait_after(mark, "power on", &|e| e["event"] == "power" && e["on"] == true);
+    let (l, _) = c.wait_after(mark, "host launched", &|e| is(e, "launched", "host"));
+    assert!(p < l);
+    c.wait_after(l, "host ready", &|e| is(e, "ready", "host"));
+    // Power off: the host is shut down first; power on again brings it back.
+    c.ctl_ok(&["power", "off"]);
+    assert_eq!(c.status("host")["state"], "off");
+    assert_eq!(c.status("dpu0")["state"], "running");
+    let mark = c.events().len();
+    c.ctl_ok(&["power", "on"]);
+    c.wait_after(mark, "host ready again", &|e| is(e, "ready", "host"));
+    let (code, _) = c.shut_down();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn the_chassis_commands_say_what_is_wrong() {
+    // No chassis under that name.
+    let out = Command::new(MONARCH).args(["status", "--chassis", "no-such-chassis-here"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("monarch up --hold") && e.contains("no-such-chassis-here"), "{e}");
+    // An unknown id on a running chassis.
+    let c = Chassis::start(&server("", "", ""), &[]);
+    let out = c.ctl(&["reboot", "dpu9"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("dpu9") && e.contains("dpu0, dpu1, host"), "{e}");
+    let out = c.ctl(&["startup", "dpu0"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already"), "{out:?}");
+    // Events follow: a request shows up in the stream.
+    let follow = Command::new(MONARCH)
+        .args(["events", "--follow", "--json", "--socket"])
+        .arg(&c.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.ctl_ok(&["shutdown", "dpu1"]);
+    assert_eq!(c.status("dpu1")["admin"], "down");
+    c.ctl_ok(&["startup", "dpu1"]);
+    let (code, _) = c.shut_down();
+    assert_eq!(code, 0);
+    let out = follow.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"event\":\"request\"") && text.contains("shutdown dpu1"), "{text}");
+}
