@@ -20,9 +20,12 @@ pub enum BenchError {
     /// Its input was wrong (the topology of `bench failover`).
     #[error("{0}")]
     BadInput(String),
-    /// Failover trials ran, and some did not end with every secondary booted once, correctly.
-    #[error("monarch bench failover: {failed} of {trials} trials were not ok")]
+    /// Trials ran, and some were not ok (failover: not every secondary booted once,
+    /// correctly; recovery: not detected and RUNNING again).
+    #[error("monarch bench {bench}: {failed} of {trials} trials were not ok")]
     TrialsFailed {
+        /// Which bench.
+        bench: &'static str,
         /// Trials not ok.
         failed: usize,
         /// Trials run.
@@ -38,6 +41,7 @@ pub fn run(cmd: BenchCmd, exe: &Path) -> Result<(), BenchError> {
         BenchCmd::Baseline(a) => baseline(a, exe),
         BenchCmd::Vm(a) => vm(a, exe),
         BenchCmd::Failover(a) => failover(a, exe),
+        BenchCmd::Recovery(a) => recovery(a, exe),
         BenchCmd::Netboot(a) => {
             let opts = crate::netboot::NetbenchOptions {
                 tftp_size: a.tftp_size,
@@ -101,6 +105,50 @@ new monarch's takeover (next epoch claimed on the backplane or in etcd, and in e
 floor is the heartbeat timeout ([election] timeout), or the lease TTL on etcd ([election] ttl), \
 which the report prints beside it.")]
     Failover(BenchFailoverArgs),
+    /// Crash recovery: kill running images at random under `up --hold`; detect and recover p50/p99.
+    #[command(long_about = "Crash recovery of a supervised chassis, measured in one run.\n\n\
+`monarch up --hold` boots a server chassis (two DPUs and a host that depends on them; or --topology, with \
+one management processor); each trial SIGKILLs the running image of one secondary drawn at random and \
+times, as a client following the events sees them, the detection (kill → the supervisor's `lost` event) \
+and the recovery (kill → RUNNING again: its image retrieved, delivered and verified afresh). The built-in \
+chassis restarts without back-off and without a restart limit, so the figures are the mechanism's own. \
+Reference, from the same run: one image's delivery alone (its stage's time, retrieve → RUNNING).")]
+    Recovery(BenchRecoveryArgs),
+}
+
+#[allow(missing_docs)] // clap would show a doc comment here as the help text
+#[derive(Args)]
+pub struct BenchRecoveryArgs {
+    /// Topology file (one management processor) [default: a built-in server with two DPUs].
+    #[arg(long, short = 't', value_name = "FILE")]
+    topology: Option<PathBuf>,
+    /// Trials (each one image killed and recovered).
+    #[arg(long, default_value_t = 30)]
+    trials: usize,
+    /// One JSON object on stdout: trials, ok, detect_p50_ms, detect_p99_ms, recover_p50_ms,
+    /// recover_p99_ms, deliver_p50_ms, deliver_p99_ms, secondaries, failures.
+    #[arg(long)]
+    json: bool,
+}
+
+fn recovery(a: BenchRecoveryArgs, exe: &Path) -> Result<(), BenchError> {
+    let json = a.json;
+    let r = crate::recovery::bench(exe, a.topology.as_deref(), a.trials.max(1), &mut |i, line| {
+        if !json {
+            eprintln!("trial {:>3}: {line}", i + 1);
+        }
+    })
+    .map_err(|message| BenchError::Failed { bench: "recovery".into(), message })?;
+    if json {
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else {
+        print!("{}", crate::recovery::render(&r));
+    }
+    if r.ok == r.trials {
+        Ok(())
+    } else {
+        Err(BenchError::TrialsFailed { bench: "recovery", failed: r.trials - r.ok, trials: r.trials })
+    }
 }
 
 #[allow(missing_docs)] // clap would show a doc comment here as the help text
@@ -231,7 +279,7 @@ fn failover(a: BenchFailoverArgs, exe: &Path) -> Result<(), BenchError> {
             if r.ok == r.trials {
                 Ok(())
             } else {
-                Err(BenchError::TrialsFailed { failed: r.trials - r.ok, trials: r.trials })
+                Err(BenchError::TrialsFailed { bench: "failover", failed: r.trials - r.ok, trials: r.trials })
             }
         }
         Err(e) => Err(BenchError::BadInput(e)),

@@ -11,6 +11,7 @@
 //!   servers' drivers and the network namespaces they run in.
 //! - [`vm`]: a QEMU VM's start to its delivered kernel running, window beside iPXE.
 //! - [`failover`]: the monarch killed or paused at random points of a boot.
+//! - [`recovery`]: a supervised chassis's running images killed at random, recovered.
 //! - [`cli`]: the command line of all of them.
 #![forbid(unsafe_code)]
 
@@ -18,5 +19,6 @@ pub mod baseline;
 pub mod cli;
 pub mod failover;
 pub mod netboot;
+pub mod recovery;
 pub mod vm;
 pub mod window;

@@ -108,6 +108,12 @@ pub struct CandidateArgs {
     /// As for `monarch up`.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = values::parse_duration)]
     pub shutdown_grace: Duration,
+    /// `monarch up --hold`: the monarch keeps the chassis after its boot; its state folder.
+    #[arg(long, value_name = "DIR")]
+    pub hold_state_dir: Option<PathBuf>,
+    /// With --hold-state-dir: how long a stop signal's shutdown may be deferred.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = values::parse_duration)]
+    pub hold_deadline: Duration,
 }
 
 impl CandidateArgs {
@@ -131,6 +137,12 @@ impl CandidateArgs {
         a.push(self.run_dir.clone().into());
         a.extend(words(&["--t0-unix-ns", &self.t0_unix_ns.to_string(), "--shutdown-grace"]));
         a.push(duration(self.shutdown_grace));
+        if let Some(d) = &self.hold_state_dir {
+            a.push("--hold-state-dir".into());
+            a.push(d.clone().into());
+            a.push("--hold-deadline".into());
+            a.push(duration(self.hold_deadline));
+        }
         a
     }
 }

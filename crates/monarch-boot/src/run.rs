@@ -83,6 +83,16 @@ pub fn boot(
         }
     }
     let mut results: Vec<(Option<Staged>, Option<ProcessorSummary>)> = Vec::new();
+    // A secondary booted again starts from scratch, even under a monarch that took over.
+    let again_authority = Authority {
+        name: authority.name,
+        block: authority.block,
+        epoch: authority.epoch,
+        resume: false,
+        check: authority.check,
+        shared: authority.shared,
+    };
+    let again = &again_authority;
     std::thread::scope(|scope| {
         let (stx, srx) = mpsc::channel::<(usize, Staged)>();
         let agent_exe = opts.agent_exe.as_path();
@@ -104,6 +114,7 @@ pub fn boot(
                         queued: lane_start.elapsed(),
                         authority,
                         gate,
+                        again: false,
                     };
                     let _ = stx.send((i, stage(&t.secondaries[i], &ctx)));
                 }
@@ -134,8 +145,15 @@ pub fn boot(
                     let emit = move |kind| {
                         let _ = tx.send(Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
                     };
-                    let ctx =
-                        StageCtx { clock, emit: &emit, agent_exe, queued: Duration::ZERO, authority, gate };
+                    let ctx = StageCtx {
+                        clock,
+                        emit: &emit,
+                        agent_exe,
+                        queued: Duration::ZERO,
+                        authority: again,
+                        gate,
+                        again: true,
+                    };
                     let _ = stx.send((i, stage(&t.secondaries[i], &ctx)));
                 });
             }

@@ -354,13 +354,6 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         Err(code) => return code,
     };
     let hold = if a.hold {
-        if plan.topology.managers.len() > 1 {
-            return bad_input(&format!(
-                "--hold: chassis {} has {} management processors; supervision after boot runs on a chassis with one (for now): keep one role = \"monarch\" processor",
-                plan.topology.name,
-                plan.topology.managers.len()
-            ));
-        }
         let state_dir = a
             .state_dir
             .clone()
@@ -456,7 +449,14 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
         pinned,
         backplane: a.backplane,
         session: a.session,
-        up: UpOptions { agent_exe, shutdown_grace: a.shutdown_grace, hold: None },
+        up: UpOptions {
+            agent_exe,
+            shutdown_grace: a.shutdown_grace,
+            hold: a
+                .hold_state_dir
+                .clone()
+                .map(|state_dir| run::HoldOptions { state_dir, deadline: a.hold_deadline }),
+        },
         clock: election::instant_at(a.t0_unix_ns),
     };
     let outcome = election::run_candidate(&o, &mut |ev| {
@@ -668,6 +668,8 @@ mod tests {
                 run_dir: "/tmp/monarch-run".into(),
                 t0_unix_ns: 1_765_000_000_123_456_789,
                 shutdown_grace: Duration::from_secs(3),
+                hold_state_dir: monarch.map(|_| PathBuf::from("/var/lib/monarch/c")),
+                hold_deadline: Duration::from_secs(10),
             };
             let Cmd::Candidate(back) = parse(a.to_args()) else { panic!("not `candidate`") };
             assert_eq!(back, a);

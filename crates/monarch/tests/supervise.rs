@@ -480,3 +480,59 @@ fn the_chassis_commands_say_what_is_wrong() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\"event\":\"request\"") && text.contains("shutdown dpu1"), "{text}");
 }
+
+#[test]
+fn when_the_holding_monarch_dies_a_serf_takes_supervision_over_without_restarting_anyone() {
+    let topo = server("", "", "").replace(
+        "[[processor]]\nid = \"bmc\"\nrole = \"monarch\"\n",
+        "[election]\nheartbeat = \"50ms\"\ntimeout = \"1s\"\n\n[[processor]]\nid = \"bmc\"\nrole = \"monarch\"\n\n[[processor]]\nid = \"bmc1\"\nrole = \"monarch\"\n",
+    );
+    let c = Chassis::start(&topo, &[]);
+    c.wait_for("host ready", &|e| is(e, "ready", "host"));
+    let (_, elected) = c.wait_for("the election", &|e| e["event"] == "elected");
+    let monarch = elected["monarch"].as_str().unwrap().to_string();
+    let (_, cand) =
+        c.wait_for("the monarch's candidate", &|e| e["event"] == "candidate" && e["id"] == monarch.as_str());
+    let pids: Vec<u32> = ["dpu0", "dpu1", "host"].iter().map(|id| pid_of(&c.status(id))).collect();
+    let mark = c.events().len();
+    kill9(u32::try_from(cand["pid"].as_u64().unwrap()).unwrap());
+    let (f, failover) = c.wait_after(mark, "a failover", &|e| e["event"] == "failover");
+    assert_eq!(failover["from"], monarch.as_str());
+    // The new monarch supervises: its control socket answers, and nothing was restarted.
+    c.wait_after(f, "the new supervisor", &|e| e["event"] == "supervising");
+    for id in ["dpu0", "dpu1", "host"] {
+        let (_, d) = c.wait_after(f, "adopted", &|e| is(e, "done", id));
+        assert_eq!(d["state"], "running", "{d}");
+    }
+    let after: Vec<u32> = ["dpu0", "dpu1", "host"].iter().map(|id| pid_of(&c.status(id))).collect();
+    assert_eq!(after, pids, "every image kept its pid");
+    let ev = c.events();
+    assert!(
+        !ev[mark..].iter().any(|e| e["event"] == "launched" || e["event"] == "lost"),
+        "{}",
+        dump(&ev[mark..])
+    );
+    // A later crash of a DPU is still recovered, by the new monarch.
+    let mark = c.events().len();
+    kill9(pids[1]);
+    let (l, _) = c.wait_after(mark, "dpu1 lost", &|e| is(e, "lost", "dpu1"));
+    let (r, _) = c.wait_after(l, "dpu1 running again", &|e| is(e, "done", "dpu1") && e["state"] == "running");
+    c.wait_after(r, "dpu1 ready again", &|e| is(e, "ready", "dpu1"));
+    assert_eq!(c.status("dpu1")["restarts"], 1);
+    assert_eq!(pid_of(&c.status("host")), pids[2]);
+    let (code, _) = c.shut_down();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn bench_recovery_kills_running_images_and_reports_detection_and_recovery_beside_delivery() {
+    let out = Command::new(MONARCH).args(["bench", "recovery", "--trials", "3", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["trials"], 3);
+    assert_eq!(r["ok"], 3, "{r}");
+    for f in ["detect_p50_ms", "detect_p99_ms", "recover_p50_ms", "recover_p99_ms", "deliver_p50_ms"] {
+        assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f}: {r}");
+    }
+    assert!(r["detect_p50_ms"].as_f64() <= r["recover_p50_ms"].as_f64(), "{r}");
+}

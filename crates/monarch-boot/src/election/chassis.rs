@@ -102,6 +102,8 @@ pub fn up(
             run_dir: t.run_dir.clone(),
             t0_unix_ns: t0,
             shutdown_grace: opts.shutdown_grace,
+            hold_state_dir: opts.hold.as_ref().map(|h| h.state_dir.clone()),
+            hold_deadline: opts.hold.as_ref().map_or(Duration::from_secs(10), |h| h.deadline),
         };
         let mut cmd = Command::new(&opts.agent_exe);
         cmd.args(args.to_args())

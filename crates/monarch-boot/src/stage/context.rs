@@ -23,6 +23,9 @@ pub struct StageCtx<'a> {
     pub authority: &'a Authority<'a>,
     /// What a secondary waits for before it is released: power, dependencies.
     pub gate: &'a crate::gate::Gate,
+    /// Booted again by the supervisor (a restart, a reboot, a startup): its previous image
+    /// is gone, and the secondary's registers are reset as a reset of it would.
+    pub again: bool,
 }
 
 /// The monarch's authority over the windows (monarch election): the command block it writes, the

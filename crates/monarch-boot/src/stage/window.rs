@@ -207,6 +207,9 @@ impl<'a, 'c> Stage<'a, 'c> {
         self.mandate()?;
         let window = launch::create_window(sec, self.ctx.authority.shared).map_err(|e| e.to_string())?;
         self.claim_window(&window)?;
+        if self.ctx.again {
+            window.apply(&life::reset_secondary_writes());
+        }
         let mut window = window;
         if let Some(bell) = launch::doorbell(&sec.launch) {
             window.set_doorbell(bell);

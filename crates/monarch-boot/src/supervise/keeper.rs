@@ -636,9 +636,14 @@ impl<'a> Keeper<'a> {
     fn stop(&mut self, i: usize, cause: &str, then: Then) {
         let id = self.sec(i).id.clone();
         if let Some(s) = self.procs[i].staged.as_mut() {
+            let until = Instant::now() + EXIT_GRACE;
             if let Some(c) = s.child.as_mut() {
-                let until = Instant::now() + EXIT_GRACE;
                 while matches!(c.try_wait(), Ok(None)) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            } else if let Some(pid) = s.adopted_pid {
+                // Adopted from a monarch that died: not our child, watched by its pid.
+                while monarch_drivers::host::alive(pid) && Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }

@@ -257,6 +257,37 @@ pub fn decode_missing(read: &dyn Fn(Reg) -> u64) -> Vec<String> {
         .collect()
 }
 
+/// What a reset of the secondary clears: its status, stream and life registers (the
+/// monarch writes them only when it boots again a secondary whose image it knows is gone,
+/// so that the new agent does not find the old image's RUNNING).
+pub fn reset_secondary_writes() -> Vec<Write> {
+    let mut w: Vec<Write> = [
+        layout::ST_SEQ,
+        layout::ST_CODE,
+        layout::ST_ATTEMPT,
+        layout::ST_ERROR,
+        layout::ST_PID,
+        layout::ST_PROGRESS,
+        layout::ST_EPOCH,
+        layout::ST_FENCED,
+        layout::STREAM_CONSUMED,
+        layout::STREAM_NAK,
+        layout::STREAM_NAK_SEQ,
+        layout::LIFE_BEAT,
+        layout::LIFE_FLAGS,
+        layout::ANSWER_SEQ,
+        layout::ANSWER_NOTICE,
+        layout::ANSWER_CODE,
+        layout::ANSWER_LEN,
+        layout::REPORT_LEN,
+    ]
+    .into_iter()
+    .map(|r| (r, 0))
+    .collect();
+    w.extend(layout::ST_DIGEST.map(|r| (r, 0)));
+    w
+}
+
 /// The writes that configure supervision before release: the heartbeat period (0: not
 /// supervised), the hold word, an empty notice block and the missing list.
 pub fn encode_life_config(beat_period_ms: u32, hold: bool, missing: &[String]) -> Vec<Write> {
