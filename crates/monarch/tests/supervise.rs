@@ -398,6 +398,26 @@ fn a_reboot_waits_for_a_deferring_dependent_until_its_deadline_force_does_not_an
     );
     c.wait_after(mark, "dpu0 ready", &|e| is(e, "ready", "dpu0"));
 
+    // A host reboot: its DPUs are told to clean up its context, answer, and stay up.
+    let dpu_pids: Vec<u32> = ["dpu0", "dpu1"].iter().map(|id| pid_of(&c.status(id))).collect();
+    let mark = c.events().len();
+    c.ctl_ok(&["reboot", "host", "--deadline", "1s"]);
+    let ev = c.events();
+    for dpu in ["dpu0", "dpu1"] {
+        let told =
+            find(&ev, mark, &|e| is(e, "notice", dpu) && e["notice"] == "peer-reboot").expect("DPU told");
+        assert!(ev[told]["about"].as_str().unwrap().contains("host reboots"), "{}", ev[told]);
+        assert!(find(&ev, told, &|e| is(e, "answer", dpu) && e["notice"] == "peer-reboot").is_some());
+    }
+    let after: Vec<u32> = ["dpu0", "dpu1"].iter().map(|id| pid_of(&c.status(id))).collect();
+    assert_eq!(after, dpu_pids, "the DPUs stayed up");
+    assert!(
+        find(&ev, mark, &|e| is(e, "done", "host") && e["state"] == "running").is_some(),
+        "{}",
+        dump(&ev)
+    );
+    c.wait_after(mark, "host ready", &|e| is(e, "ready", "host"));
+
     // Shutdown of the chassis: every acknowledgement before power-off, dependents first
     // (the host defers until its deadline, then goes).
     let mark = c.events().len();
@@ -535,4 +555,30 @@ fn bench_recovery_kills_running_images_and_reports_detection_and_recovery_beside
         assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f}: {r}");
     }
     assert!(r["detect_p50_ms"].as_f64() <= r["recover_p50_ms"].as_f64(), "{r}");
+}
+
+#[test]
+fn a_host_whose_dpu_resets_crash_it_is_restarted_with_the_dpu_when_asked() {
+    let topo = server("", "", "on_dependency_loss = \"restart\"");
+    let c = Chassis::start(&topo, &[]);
+    c.wait_for("host ready", &|e| is(e, "ready", "host"));
+    let host_pid = pid_of(&c.status("host"));
+    let mark = c.events().len();
+    kill9(pid_of(&c.status("dpu0")));
+    let (_, lost) = c.wait_after(mark, "host lost", &|e| is(e, "lost", "host"));
+    assert!(lost["cause"].as_str().unwrap().contains("dpu0"), "{lost}");
+    // The host comes back only once dpu0 is ready again.
+    let (dpu_ready, _) = c.wait_after(mark, "dpu0 ready", &|e| is(e, "ready", "dpu0"));
+    let (released, _) = c.wait_after(mark, "host released", &|e| is(e, "released", "host"));
+    assert!(dpu_ready < released, "{}", dump(&c.events()));
+    c.wait_after(released, "host ready", &|e| is(e, "ready", "host"));
+    assert_ne!(pid_of(&c.status("host")), host_pid);
+    // Killing a DPU the host only wants leaves the host alone.
+    let host_pid = pid_of(&c.status("host"));
+    let mark = c.events().len();
+    kill9(pid_of(&c.status("dpu1")));
+    c.wait_after(mark, "dpu1 back", &|e| is(e, "ready", "dpu1"));
+    assert_eq!(pid_of(&c.status("host")), host_pid);
+    let (code, _) = c.shut_down();
+    assert_eq!(code, 0);
 }

@@ -469,7 +469,8 @@ impl<'a> Keeper<'a> {
                     i,
                     cause,
                     &format!(
-                        "restarted (restart {nth} of {} within {})",
+                        "restarted by {} (restart {nth} of {} within {})",
+                        sec.life.supervisor.as_deref().unwrap_or("the monarch"),
                         sec.life.max_restarts,
                         fmt_d(sec.life.restart_window)
                     ),
