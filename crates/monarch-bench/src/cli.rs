@@ -138,7 +138,12 @@ fn recovery(a: BenchRecoveryArgs, exe: &Path) -> Result<(), BenchError> {
             eprintln!("trial {:>3}: {line}", i + 1);
         }
     })
-    .map_err(|message| BenchError::Failed { bench: "recovery".into(), message })?;
+    .map_err(|e| match e {
+        crate::recovery::RecoveryError::BadInput(m) => BenchError::BadInput(m),
+        crate::recovery::RecoveryError::Failed(message) => {
+            BenchError::Failed { bench: "recovery".into(), message }
+        }
+    })?;
     if json {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {

@@ -68,13 +68,22 @@ wants = ["dpu1"]
 wait = "5s"
 "#;
 
+/// Why the bench gave no figures.
+#[derive(Debug)]
+pub enum RecoveryError {
+    /// The topology given is not one the bench can use.
+    BadInput(String),
+    /// The chassis could not be started or booted.
+    Failed(String),
+}
+
 /// What `monarch bench recovery` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecoveryBench {
     /// Trials run.
     pub trials: usize,
     /// Trials where the killed secondary was detected and RUNNING again, with a new image
-    /// process, and no other secondary was lost.
+    /// process, and no other secondary was lost meanwhile.
     pub ok: usize,
     /// Kill → `lost`, 50th percentile (ms).
     pub detect_p50_ms: f64,
@@ -85,7 +94,8 @@ pub struct RecoveryBench {
     /// … 99th percentile.
     pub recover_p99_ms: f64,
     /// Reference: one image's delivery alone (its stage, retrieve → RUNNING), 50th
-    /// percentile over every delivery of the run (ms).
+    /// percentile over the deliveries of the recoveries (ms). The first boot's are left out:
+    /// their stages include waiting for main power and dependencies.
     pub deliver_p50_ms: f64,
     /// … 99th percentile.
     pub deliver_p99_ms: f64,
@@ -103,11 +113,15 @@ struct Held {
     socket: PathBuf,
     /// Last pid launched for each secondary (the agent, which becomes the image).
     pids: HashMap<String, u32>,
+    /// Stage times of the deliveries seen (while `counting`).
     delivered_ms: Vec<f64>,
+    counting: bool,
+    /// Secondaries the supervisor reported lost since this was last cleared.
+    lost: Vec<String>,
 }
 
 impl Held {
-    fn start(exe: &Path, topology: &Path, socket: PathBuf) -> Result<Held, String> {
+    fn start(exe: &Path, topology: &Path) -> Result<Held, String> {
         let mut child = Command::new(exe)
             .args(["up", "--hold", "--json", "--topology"])
             .arg(topology)
@@ -125,14 +139,27 @@ impl Held {
                 }
             }
         });
-        Ok(Held {
+        let mut held = Held {
             exe: exe.to_path_buf(),
             child,
             events: rx,
-            socket,
+            socket: PathBuf::new(),
             pids: HashMap::new(),
             delivered_ms: Vec::new(),
-        })
+            counting: false,
+            lost: Vec::new(),
+        };
+        // Its control socket, as it says (a temporary run folder is named after its pid).
+        match held.until(TRIAL_LIMIT, &|e| e["event"] == "supervising") {
+            Ok((_, e)) => {
+                held.socket = PathBuf::from(e["socket"].as_str().unwrap_or_default());
+                Ok(held)
+            }
+            Err(e) => {
+                held.stop();
+                Err(format!("monarch up --hold did not start supervising: {e}"))
+            }
+        }
     }
 
     /// The next event matching `pred`, within `limit` (every event seen is noted).
@@ -148,11 +175,12 @@ impl Held {
                         self.pids.insert(id, pid);
                     }
                 }
-                Some("done") if v["state"] == "running" => {
+                Some("done") if v["state"] == "running" && self.counting => {
                     if let Some(ms) = v["ms"].as_f64() {
                         self.delivered_ms.push(ms);
                     }
                 }
+                Some("lost") => self.lost.push(id.clone()),
                 Some("summary") => return Err("the chassis stopped".into()),
                 _ => {}
             }
@@ -184,29 +212,28 @@ pub fn bench(
     topology: Option<&Path>,
     trials: usize,
     progress: &mut dyn FnMut(usize, &str),
-) -> Result<RecoveryBench, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary folder: {e}"))?;
-    let (topo, run_dir) = match topology {
-        Some(t) => {
-            let parsed = monarch_boot::topology::Topology::load(t).map_err(|e| e.to_string())?;
-            if parsed.managers.len() != 1 {
-                return Err("bench recovery needs a topology with one management processor".into());
-            }
-            (t.to_path_buf(), parsed.run_dir)
-        }
+) -> Result<RecoveryBench, RecoveryError> {
+    let dir = tempfile::tempdir()
+        .map_err(|e| RecoveryError::Failed(format!("cannot make a temporary folder: {e}")))?;
+    let topo = match topology {
+        Some(t) => t.to_path_buf(),
         None => {
             let p = dir.path().join("server.toml");
-            std::fs::write(&p, SERVER).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-            (p, dir.path().join("win"))
+            std::fs::write(&p, SERVER)
+                .map_err(|e| RecoveryError::Failed(format!("cannot write {}: {e}", p.display())))?;
+            p
         }
     };
-    let ids: Vec<String> = monarch_boot::topology::Topology::load(&topo)
-        .map_err(|e| e.to_string())?
-        .secondaries
-        .iter()
-        .map(|s| s.id.clone())
-        .collect();
-    let mut held = Held::start(exe, &topo, run_dir.join(monarch_boot::supervise::control::SOCKET))?;
+    let parsed =
+        monarch_boot::topology::Topology::load(&topo).map_err(|e| RecoveryError::BadInput(e.to_string()))?;
+    if parsed.managers.len() != 1 {
+        return Err(RecoveryError::BadInput(format!(
+            "{}: bench recovery needs a topology with one management processor (role = \"monarch\")",
+            topo.display()
+        )));
+    }
+    let ids: Vec<String> = parsed.secondaries.iter().map(|s| s.id.clone()).collect();
+    let mut held = Held::start(exe, &topo).map_err(RecoveryError::Failed)?;
     let boot = (|| {
         let mut ready = std::collections::HashSet::new();
         while ready.len() < ids.len() {
@@ -217,8 +244,9 @@ pub fn bench(
     })();
     if let Err(e) = boot {
         held.stop();
-        return Err(format!("the chassis did not boot: {e}"));
+        return Err(RecoveryError::Failed(format!("the chassis did not boot: {e}")));
     }
+    held.counting = true;
     let (mut detect, mut recover) = (Vec::new(), Vec::new());
     let mut failures = Vec::new();
     let mut ok = 0;
@@ -257,6 +285,7 @@ pub fn bench(
 /// One trial: kill `id`'s image; (detect ms, recover ms).
 fn one(held: &mut Held, id: &str) -> Result<(f64, f64), String> {
     let pid = *held.pids.get(id).ok_or("no pid known for it")?;
+    held.lost.clear();
     let killed = Instant::now();
     monarch_drivers::host::signal(pid, rustix::process::Signal::KILL);
     let want = id.to_string();
@@ -267,6 +296,9 @@ fn one(held: &mut Held, id: &str) -> Result<(f64, f64), String> {
     held.until(TRIAL_LIMIT, &|e| e["event"] == "ready" && e["id"] == want.as_str())?;
     if held.pids.get(id) == Some(&pid) {
         return Err("RUNNING again with the same process: it was not restarted".into());
+    }
+    if let Some(other) = held.lost.iter().find(|l| l.as_str() != id) {
+        return Err(format!("{other} was lost too"));
     }
     let ms = |t: Instant| t.duration_since(killed).as_secs_f64() * 1e3;
     Ok((ms(lost_at), ms(up_at)))
