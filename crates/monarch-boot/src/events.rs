@@ -222,7 +222,8 @@ pub enum EventKind {
         domain: String,
         /// On or off.
         on: bool,
-        /// Why (`the aux domain is up`, `operator`, `shutdown`).
+        /// Why (`auto: the aux domain is up`, `operator`, `the chassis shuts down`, `the
+        /// chassis shut down`).
         why: String,
     },
     /// The chassis is supervised: where its control socket and state are.
@@ -255,7 +256,7 @@ pub enum EventKind {
     Down {
         /// Secondary.
         id: String,
-        /// `failed` or `shut_down`.
+        /// `failed`, `shut_down` (the operator's shutdown) or `off` (main power off).
         state: String,
         /// Why.
         why: String,
@@ -378,7 +379,8 @@ pub struct ProcessorSummary {
     pub id: String,
     /// `monarch` or `secondary`.
     pub role: String,
-    /// `running`, `released`, `failed` (secondaries); `monarch` for the monarch.
+    /// `running`, `released`, `failed`, `shut_down` (a supervised chassis the operator shut
+    /// down) (secondaries); `monarch` for the monarch.
     pub state: String,
     /// `direct` or `switch` (secondaries).
     #[serde(skip_serializing_if = "Option::is_none")]

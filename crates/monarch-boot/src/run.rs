@@ -66,7 +66,8 @@ pub fn boot(
     let mut causes = None;
     let mut server = None;
     if let Some(hold) = &opts.hold {
-        match prepare_hold(plan, hold, ctl_tx) {
+        // Several management processors: whoever is monarch now serves the socket.
+        match prepare_hold(plan, hold, ctl_tx, authority.shared) {
             Ok((log, socket, srv)) => {
                 server = Some(srv);
                 send(
@@ -158,6 +159,12 @@ pub fn boot(
                 });
             }
             if keeper.finished() {
+                break;
+            }
+            if opts.hold.is_some() && (authority.check)().is_err() {
+                // Deposed (a monarch that was paused wakes up to a newer one): the chassis is
+                // the new monarch's to supervise; stop acting on it at once.
+                gate.close("this monarch was deposed");
                 break;
             }
             if let Ok(ev) = rx.recv_timeout(Duration::from_millis(5)) {
@@ -257,6 +264,7 @@ fn prepare_hold(
     plan: &Plan,
     hold: &HoldOptions,
     ctl: mpsc::Sender<control::Incoming>,
+    take_over: bool,
 ) -> Result<(crate::supervise::causes::CauseLog, PathBuf, control::Server), String> {
     let t = &plan.topology;
     let log = crate::supervise::causes::CauseLog::open(&hold.state_dir).map_err(|e| e.to_string())?;
@@ -277,8 +285,10 @@ fn prepare_hold(
     }
     std::fs::create_dir_all(&t.run_dir)
         .map_err(|e| format!("cannot create the run folder {}: {e}", t.run_dir.display()))?;
-    let socket = t.run_dir.join(control::SOCKET);
-    let server = control::serve(&socket, ctl).map_err(|e| e.to_string())?;
+    // Absolute, for the operator who reads it from the events.
+    let socket = std::path::absolute(t.run_dir.join(control::SOCKET))
+        .map_err(|e| format!("cannot name the control socket in {}: {e}", t.run_dir.display()))?;
+    let server = control::serve(&socket, ctl, take_over).map_err(|e| e.to_string())?;
     Ok((log, socket, server))
 }
 

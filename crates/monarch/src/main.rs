@@ -34,7 +34,7 @@ secondary to jump into the image.\n\n\
 Start here:\n  monarch up                      boot the built-in emulated chassis\n  \
 monarch plan                    show what `up` would do, without booting\n  \
 monarch topology default        print the built-in topology, to edit for your chassis",
-    after_help = "Exit status: 0 every required secondary booted; 1 a secondary failed; 2 bad input (topology, arguments); 130/143 stopped by SIGINT/SIGTERM."
+    after_help = "Exit status: 0 every required secondary booted (with `up --hold`: and the chassis was shut down as asked, by `monarch shutdown` or a stop signal); 1 a secondary failed; 2 bad input (topology, arguments, no supervised chassis); 130/143 a boot stopped by SIGINT/SIGTERM."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -58,6 +58,12 @@ Ctrl-C (SIGINT) or SIGTERM stops the boot cleanly: secondaries not yet released 
 reported `interrupted`, running images get SHUTDOWN and --shutdown-grace, the run folder is \
 removed, the summary printed, and the exit status is 130 (143 for SIGTERM); a second Ctrl-C exits \
 at once.\n\n\
+With --hold, the chassis stays managed after the boot (docs/supervision.md): running images \
+heartbeat through their windows, a crashed one is recovered within its restart limits and the \
+processors that depend on it are told, ports follow their owner's readiness, and `monarch status`, \
+`reboot`, `shutdown`, `startup`, `power` and `events` talk to it through RUN_DIR/control.sock. \
+It ends with `monarch shutdown` (exit 0) or SIGINT/SIGTERM, which shut the chassis down in \
+reverse dependency order (--deadline); a second signal exits at once.\n\n\
 Without --topology, boots the built-in emulated chassis (`monarch topology default` prints it): \
 two management processors, a route card and four line cards, two behind a switch, each a real \
 process with a 30 MiB image in a shared-memory window.")]
@@ -359,7 +365,10 @@ fn cmd_up(a: UpArgs) -> ExitCode {
             .clone()
             .or_else(|| plan.topology.state_dir.clone())
             .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("/var/lib/monarch").join(&plan.topology.name));
+            .unwrap_or_else(|| {
+                PathBuf::from("/var/lib/monarch")
+                    .join(monarch_boot::supervise::control::sanitize(&plan.topology.name))
+            });
         Some(run::HoldOptions { state_dir, deadline: a.deadline })
     } else {
         if plan.topology.main_power == topology::MainPower::Manual

@@ -195,14 +195,26 @@ pub fn table(s: &Summary) -> String {
     let mut out = String::new();
     let secs: Vec<_> = s.processors.iter().filter(|p| p.role == "secondary").collect();
     let up = secs.iter().filter(|p| matches!(p.state.as_str(), "running" | "released")).count();
-    out.push_str(&format!(
-        "\n{}: chassis \"{}\" {} in {:.1} ms: {up}/{} secondaries up\n\n",
-        if s.ok { "OK" } else { "FAILED" },
-        s.chassis,
-        if s.ok { "booted" } else { "did not boot" },
-        s.total_ms,
-        secs.len()
-    ));
+    let shut = secs.iter().filter(|p| p.state == "shut_down").count();
+    if shut > 0 {
+        // A supervised chassis (`up --hold`), shut down by the operator at the end.
+        out.push_str(&format!(
+            "\n{}: chassis \"{}\" supervised for {:.1} s, then shut down: {shut}/{} secondaries shut down as asked\n\n",
+            if s.ok { "OK" } else { "FAILED" },
+            s.chassis,
+            s.total_ms / 1e3,
+            secs.len()
+        ));
+    } else {
+        out.push_str(&format!(
+            "\n{}: chassis \"{}\" {} in {:.1} ms: {up}/{} secondaries up\n\n",
+            if s.ok { "OK" } else { "FAILED" },
+            s.chassis,
+            if s.ok { "booted" } else { "did not boot" },
+            s.total_ms,
+            secs.len()
+        ));
+    }
     if let Some(e) = &s.error {
         out.push_str(&format!("why: {e}\n\n"));
     }

@@ -6,17 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use serde_json::Value;
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 mod common;
-use common::{MONARCH, Run, up_json};
-
-/// Long enough for a loaded CI host; the tests never assert a duration.
-const WAIT: Duration = Duration::from_secs(90);
+use common::{Chassis, MONARCH, Run, dump, find, is, t_of, up_json, write_topology};
 
 const HEAD: &str = r#"
 [chassis]
@@ -53,162 +47,6 @@ fn server(dpu0: &str, dpu1: &str, host: &str) -> String {
             &format!("power = \"main\"\nrequires = [\"dpu0\"]\nwants = [\"dpu1\"]\nwait = \"5s\"\n{host}")
         ),
     )
-}
-
-fn write_topology(dir: &Path, text: &str) -> PathBuf {
-    let p = dir.join("t.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn t_of(e: &Value) -> f64 {
-    e["t_ms"].as_f64().unwrap()
-}
-
-/// Index of the first event matching, after `from`.
-fn find(events: &[Value], from: usize, pred: &dyn Fn(&Value) -> bool) -> Option<usize> {
-    events.iter().enumerate().skip(from).find(|(_, e)| pred(e)).map(|(i, _)| i)
-}
-
-fn is(e: &Value, event: &str, id: &str) -> bool {
-    e["event"] == event && e["id"] == id
-}
-
-/// `monarch up --hold --json` running in the background, its events collected as they come.
-struct Chassis {
-    child: Child,
-    events: Arc<Mutex<Vec<Value>>>,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Chassis {
-    /// Start the chassis of `topology`, in a network namespace of its own when `ports` names
-    /// veth pairs to create there first (`(port, peer)`).
-    fn start(topology: &str, ports: &[(&str, &str)]) -> Chassis {
-        let dir = tempfile::tempdir().unwrap();
-        let t = write_topology(dir.path(), topology);
-        let up = format!("exec {MONARCH} up --hold --json --topology {}", t.display());
-        let mut cmd = if ports.is_empty() {
-            let mut c = Command::new(MONARCH);
-            c.args(["up", "--hold", "--json", "--topology"]).arg(&t);
-            c
-        } else {
-            ensure_iproute2();
-            let mut script = String::new();
-            for (port, peer) in ports {
-                script.push_str(&format!("ip link add {port} type veth peer name {peer} && "));
-            }
-            script.push_str(&up);
-            let mut c = Command::new("unshare");
-            c.args(["--net", "--", "sh", "-c", &script]);
-            c
-        };
-        let mut child =
-            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start monarch up --hold");
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let v: Value =
-                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                sink.lock().unwrap().push(v);
-            }
-        });
-        let socket = dir.path().join("win/control.sock");
-        let c = Chassis { child, events, socket, _dir: dir };
-        c.wait_for("the supervisor to start", &|e| e["event"] == "supervising");
-        c
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.events.lock().unwrap().clone()
-    }
-
-    /// Wait until an event matches; it is returned with its index.
-    fn wait_for(&self, what: &str, pred: &dyn Fn(&Value) -> bool) -> (usize, Value) {
-        self.wait_after(0, what, pred)
-    }
-
-    fn wait_after(&self, from: usize, what: &str, pred: &dyn Fn(&Value) -> bool) -> (usize, Value) {
-        let start = Instant::now();
-        loop {
-            let ev = self.events();
-            if let Some(i) = find(&ev, from, pred) {
-                return (i, ev[i].clone());
-            }
-            assert!(start.elapsed() < WAIT, "no event for {what} within {WAIT:?}; events:\n{}", dump(&ev));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(MONARCH).args(args).arg("--socket").arg(&self.socket).output().unwrap()
-    }
-
-    fn ctl_ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
-        assert!(
-            out.status.success(),
-            "monarch {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            dump(&self.events())
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    }
-
-    fn status(&self, id: &str) -> Value {
-        let out = self.ctl(&["status", id, "--json", "--history"]);
-        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["processors"][0].clone()
-    }
-
-    /// `monarch shutdown`, and the exit status of `up --hold` with every event.
-    fn shut_down(self) -> (i32, Vec<Value>) {
-        self.shut_down_with(&[])
-    }
-
-    fn shut_down_with(mut self, args: &[&str]) -> (i32, Vec<Value>) {
-        let mut a = vec!["shutdown"];
-        a.extend_from_slice(if args.is_empty() { &["--deadline", "20s"] } else { args });
-        self.ctl_ok(&a);
-        let start = Instant::now();
-        let code = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s.code().unwrap_or(-1);
-            }
-            assert!(start.elapsed() < WAIT, "monarch up --hold did not exit after shutdown");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // The reader thread drains what is left.
-        std::thread::sleep(Duration::from_millis(100));
-        (code, self.events())
-    }
-
-    fn monarch_pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Chassis {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // A failed test: stop the chassis (its images follow their parent).
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn dump(ev: &[Value]) -> String {
-    ev.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
-}
-
-fn ensure_iproute2() {
-    monarch_drivers::host::ensure_packages(&[("ip", "iproute2")], &mut |l| eprintln!("{l}")).unwrap();
 }
 
 /// Whether `port` is administratively up in the network namespace of process `pid`.
@@ -581,4 +419,39 @@ fn a_host_whose_dpu_resets_crash_it_is_restarted_with_the_dpu_when_asked() {
     assert_eq!(pid_of(&c.status("host")), host_pid);
     let (code, _) = c.shut_down();
     assert_eq!(code, 0);
+}
+
+#[test]
+fn sigterm_shuts_a_held_chassis_down_gracefully_and_a_released_firmware_is_not_mistaken_for_a_crash() {
+    // fw0 hands off with `none` (firmware that jumps by itself): released, no image to watch.
+    let topo = format!("{}\n{}", server("", "", ""), secondary("fw0", "handoff = \"none\""));
+    let mut c = Chassis::start(&topo, &[]);
+    c.wait_for("host ready", &|e| is(e, "ready", "host"));
+    c.wait_for("fw0 released", &|e| is(e, "done", "fw0") && e["state"] == "released");
+    std::thread::sleep(Duration::from_millis(1500));
+    let fw = c.status("fw0");
+    assert_eq!(fw["state"], "running", "{fw}");
+    assert_eq!(fw["restarts"], 0, "{fw}");
+    assert!(!c.events().iter().any(|e| is(e, "lost", "fw0")), "{}", dump(&c.events()));
+    let pid = c.monarch_pid();
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let start = std::time::Instant::now();
+    let code = loop {
+        if let Some(s) = c.child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(start.elapsed() < common::WAIT, "up --hold did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let ev = c.events();
+    assert_eq!(code, Some(0), "{}", dump(&ev));
+    let ack = find(&ev, 0, &|e| is(e, "answer", "host") && e["notice"] == "shutdown").expect("host told");
+    let main_off =
+        find(&ev, 0, &|e| e["event"] == "power" && e["domain"] == "main" && e["on"] == false).unwrap();
+    assert!(ack < main_off);
+    assert!(
+        find(&ev, 0, &|e| e["event"] == "request" && e["what"].as_str().unwrap().contains("SIGTERM"))
+            .is_some()
+    );
 }

@@ -207,3 +207,35 @@ fn vm_topology_mistakes_are_named_with_their_fix() {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+#[test]
+fn a_supervised_vm_beats_through_its_bar_and_answers_the_shutdown_notice() {
+    prepared();
+    let text = "[chassis]\nname = \"vm-held\"\nrun_dir = \"win\"\nstate_dir = \"state\"\n\n\
+         [[processor]]\nid = \"mm\"\nrole = \"monarch\"\n\n\
+         [[processor]]\nid = \"vm1\"\nrole = \"secondary\"\nlaunch = \"qemu\"\nimage = \"vm:payload\"\n\
+         heartbeat = \"200ms\"\nheartbeat_timeout = \"30s\"\n";
+    let c = common::Chassis::start(text, &[]);
+    c.wait_for("vm1 ready", &|e| common::is(e, "ready", "vm1"));
+    // The delivered kernel's payload beats into the ivshmem BAR; the monarch's side of the
+    // window file sees the counter move.
+    let w = monarch_drivers::Window::open(&c.dir.path().join("win/vm1.win")).unwrap();
+    let first = w.load(monarch_proto::window::layout::LIFE_BEAT);
+    let start = std::time::Instant::now();
+    while w.load(monarch_proto::window::layout::LIFE_BEAT) <= first + 2 {
+        assert!(start.elapsed() < common::WAIT, "vm1 does not beat (still {first})");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let st = c.status("vm1");
+    assert_eq!(st["state"], "running", "{st}");
+    assert_eq!(st["ready"], true, "{st}");
+    let (code, ev) = c.shut_down();
+    assert_eq!(code, 0);
+    let ack = ev
+        .iter()
+        .find(|e| common::is(e, "answer", "vm1") && e["notice"] == "shutdown")
+        .expect("vm1 answered");
+    assert_eq!(ack["answer"], "ack");
+    assert!(ev.iter().any(|e| common::is(e, "down", "vm1") && e["state"] == "shut_down"));
+    assert!(!ev.iter().any(|e| common::is(e, "lost", "vm1")), "never counted as a crash");
+}

@@ -151,10 +151,23 @@ pub enum ControlError {
 
 /// Serve the control socket at `path` (in a run folder only this user can enter): every
 /// request of the owner goes to `tx`; a connection from anyone else is refused.
-pub fn serve(path: &Path, tx: mpsc::Sender<Incoming>) -> Result<Server, ControlError> {
+///
+/// A socket nobody answers on is left by a monarch that died: it is replaced. One that still
+/// answers belongs to a supervisor that is alive: with `take_over` (a monarch elected over
+/// another of the same chassis, which may be only paused and is deposed now) it is replaced
+/// too; otherwise the chassis is held already, and that is an error.
+pub fn serve(path: &Path, tx: mpsc::Sender<Incoming>, take_over: bool) -> Result<Server, ControlError> {
     let io = |source| ControlError::Io { path: path.to_path_buf(), source };
-    // A socket left by a monarch of this run folder that died: ours to replace.
-    if path.exists() && UnixStream::connect(path).is_err() {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() && !take_over {
+            return Err(ControlError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another supervisor answers on it: this chassis is held already (`monarch status`), or give it another run_dir",
+                ),
+            });
+        }
         std::fs::remove_file(path).map_err(io)?;
     }
     let listener = UnixListener::bind(path).map_err(io)?;
@@ -313,7 +326,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SOCKET);
         let (tx, rx) = mpsc::channel();
-        let _server = serve(&path, tx).unwrap();
+        let _server = serve(&path, tx, false).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         std::thread::spawn(move || {
             let inc: Incoming = rx.recv().unwrap();
@@ -335,7 +348,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SOCKET);
         let (tx, _rx) = mpsc::channel();
-        let _server = serve(&path, tx).unwrap();
+        let _server = serve(&path, tx, false).unwrap();
         let mut c = UnixStream::connect(&path).unwrap();
         c.write_all(b"{\"op\":\"format_disk\"}\n").unwrap();
         let mut answer = String::new();

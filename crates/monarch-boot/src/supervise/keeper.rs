@@ -88,6 +88,9 @@ struct Proc {
     leaving: bool,
     /// Told to leave, it did: it answers nothing more.
     gone: bool,
+    /// Released without an image to watch (handoff `none`, a network boot): no exit,
+    /// heartbeat or window of its own after the release.
+    unwatched: bool,
     /// The last notices posted to it (number, kind), to name what an answer answers.
     posted: VecDeque<(u32, NoticeKind)>,
 }
@@ -186,6 +189,7 @@ impl<'a> Keeper<'a> {
                 why: None,
                 leaving: false,
                 gone: false,
+                unwatched: false,
                 posted: VecDeque::new(),
             })
             .collect();
@@ -252,6 +256,7 @@ impl<'a> Keeper<'a> {
         match state.as_str() {
             "running" => {
                 p.st = St::Running;
+                p.unwatched = false;
                 p.ready = false;
                 p.leaving = false;
                 p.gone = false;
@@ -267,6 +272,7 @@ impl<'a> Keeper<'a> {
             "released" => {
                 p.st = St::Running;
                 p.ready = true;
+                p.unwatched = true;
                 p.staged = Some(s);
                 self.gate.set(&id, Avail::Ready);
             }
@@ -347,7 +353,7 @@ impl<'a> Keeper<'a> {
         let sec = self.sec(i);
         let now = Instant::now();
         let p = &mut self.procs[i];
-        if p.st != St::Running {
+        if p.st != St::Running || p.unwatched {
             return;
         }
         // Answers first: an image that acknowledged a shutdown may be gone a moment later.
@@ -581,6 +587,10 @@ impl<'a> Keeper<'a> {
     fn notice(&mut self, j: usize, kind: NoticeKind, about: &str, deadline_ms: u64) -> Option<u32> {
         let id = self.sec(j).id.clone();
         let p = &mut self.procs[j];
+        if p.unwatched {
+            // Released into firmware or over the network: nobody reads its window.
+            return None;
+        }
         let w = p.staged.as_ref().and_then(|s| s.window.as_ref())?;
         let seq = msg::next_seq(p.notice_seq);
         p.notice_seq = seq;
@@ -843,11 +853,20 @@ impl<'a> Keeper<'a> {
         let ms = |d: u64| Duration::from_millis(d);
         let op = match &request {
             Request::Reboot { id, force, deadline_ms } => lookup(id).and_then(|i| {
-                if matches!(self.procs[i].st, St::ShutDown | St::Off) {
-                    return Err(format!(
-                        "{id} is {}: bring it up with `monarch startup {id}`",
-                        self.procs[i].st.name()
-                    ));
+                match self.procs[i].st {
+                    St::ShutDown | St::Off => {
+                        return Err(format!(
+                            "{id} is {}: bring it up with `monarch startup {id}`",
+                            self.procs[i].st.name()
+                        ));
+                    }
+                    St::Booting | St::Restarting => {
+                        return Err(format!(
+                            "{id} is {} already: wait until it runs (`monarch status {id}`)",
+                            self.procs[i].st.name()
+                        ));
+                    }
+                    St::Running | St::Failed => {}
                 }
                 Ok(self.reboot(i, *force, ms(*deadline_ms), reply.clone()))
             }),

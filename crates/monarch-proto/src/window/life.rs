@@ -289,7 +289,7 @@ pub fn reset_secondary_writes() -> Vec<Write> {
 }
 
 /// The writes that configure supervision before release: the heartbeat period (0: not
-/// supervised), the hold word, an empty notice block and the missing list.
+/// supervised), the hold word and the missing list.
 pub fn encode_life_config(beat_period_ms: u32, hold: bool, missing: &[String]) -> Vec<Write> {
     let mut w =
         vec![(layout::LIFE_BEAT_PERIOD, u64::from(beat_period_ms)), (layout::LIFE_HOLD, u64::from(hold))];
