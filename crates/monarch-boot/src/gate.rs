@@ -151,13 +151,14 @@ impl Gate {
             }
             let late = start.elapsed() >= wait;
             let mut awaited = Vec::new();
-            for dep in sec.life.requires.iter().chain(&sec.life.supervisor) {
+            let hard = sec.life.requires.iter().map(|d| (d, "required dependency"));
+            for (dep, what) in hard.chain(sec.life.supervisor.iter().map(|d| (d, "its supervisor"))) {
                 match st.avail.get(dep).unwrap_or(&Avail::Pending) {
                     Avail::Ready => {}
-                    Avail::Down(why) => return Err(format!("required dependency {dep} failed: {why}")),
+                    Avail::Down(why) => return Err(format!("{what} {dep} failed: {why}")),
                     Avail::Running | Avail::Pending if late => {
                         return Err(format!(
-                            "required dependency {dep} was not ready within {} (its `wait`)",
+                            "{what} {dep} was not ready within {} (its `wait`)",
                             humantime::format_duration(wait)
                         ));
                     }

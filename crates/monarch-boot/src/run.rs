@@ -192,6 +192,10 @@ pub fn boot(
     if let Some(s) = &server {
         // The last answers (`monarch shutdown`'s) reach their callers before we exit.
         s.drain(Duration::from_secs(2));
+        // Deposed, the socket may be the new monarch's already: leave it.
+        if (authority.check)().is_ok() {
+            s.remove();
+        }
     }
     let total_ms = clock.elapsed().as_secs_f64() * 1e3;
     let mut staged: Vec<Option<Staged>> = Vec::new();

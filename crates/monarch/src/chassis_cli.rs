@@ -256,7 +256,10 @@ pub fn events(a: EventsArgs) -> ExitCode {
     match r {
         Ok(_) => ExitCode::SUCCESS,
         // The chassis stopped: the stream ends with it.
-        Err(ControlError::Garbled { .. }) => ExitCode::SUCCESS,
+        Err(ControlError::Closed { .. }) => {
+            eprintln!("monarch: the supervisor stopped; no more events");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("monarch: {e}");
             ExitCode::from(exit::BOOT_FAILED)

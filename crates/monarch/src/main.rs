@@ -401,9 +401,10 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         run::up(&plan, &opts, &mut |ev| out.event(ev))
     };
     out.finish(&summary);
-    if a.hold && summary.ok {
-        // A supervised chassis shut down as asked (by `monarch shutdown` or a stop signal).
-        return ExitCode::SUCCESS;
+    if a.hold && !summary.processors.iter().any(|p| p.state == "interrupted") {
+        // A supervised chassis shut down as asked (by `monarch shutdown` or a stop signal,
+        // which is not a boot cut short): 0, or 1 if a required secondary had failed for good.
+        return if summary.ok { ExitCode::SUCCESS } else { ExitCode::from(exit::BOOT_FAILED) };
     }
     if let Some(code) = monarch_boot::interrupt::exit_status() {
         // Interrupted: 128 + the signal's number, as a shell reports a program it stopped.
@@ -435,6 +436,12 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return bad_input(&e),
     };
+    // A candidate lives as long as its chassis (`monarch up`): if that dies, a stop signal
+    // ends this one cleanly (a held chassis is shut down) instead of leaving it orphaned.
+    if !election::candidate::bind_to_chassis() {
+        eprintln!("monarch candidate: its chassis is gone already; stopping");
+        return ExitCode::from(exit::BOOT_FAILED);
+    }
     topology.relocate(&a.run_dir);
     // The chassis owns the run folder; the candidates only use it.
     topology.run_dir_is_temporary = false;

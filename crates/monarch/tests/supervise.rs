@@ -455,3 +455,56 @@ fn sigterm_shuts_a_held_chassis_down_gracefully_and_a_released_firmware_is_not_m
             .is_some()
     );
 }
+
+#[test]
+fn a_shutdown_during_the_boot_reports_the_waiting_host_shut_down_and_refuses_what_comes_after() {
+    let topo =
+        server("", "", "").replace("state_dir = \"state\"", "state_dir = \"state\"\nmain_power = \"manual\"");
+    let c = Chassis::start(&topo, &[]);
+    c.wait_for("host off", &|e| is(e, "powered_off", "host"));
+    c.wait_for("dpu0 ready", &|e| is(e, "ready", "dpu0"));
+    // Still booting: a reboot of it would start a second boot.
+    let out = c.ctl(&["reboot", "host"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("booting already"), "{out:?}");
+    let (code, ev) = c.shut_down();
+    assert_eq!(code, 0, "{}", dump(&ev));
+    let summary = ev.last().unwrap();
+    let host = summary["processors"].as_array().unwrap().iter().find(|p| p["id"] == "host").unwrap();
+    assert_eq!(host["state"], "shut_down", "{host}");
+    assert!(host.get("error").is_none(), "{host}");
+}
+
+#[test]
+fn a_card_whose_amc_is_down_waits_for_it_and_comes_back_with_it() {
+    let topo = format!(
+        "{HEAD}\n{}\n{}\n{}",
+        secondary("amc0", "max_restarts = 0"),
+        secondary("dpu0", "supervisor = \"amc0\""),
+        secondary("host", "power = \"main\"\nrequires = [\"dpu0\"]"),
+    );
+    let c = Chassis::start(&topo, &[]);
+    c.wait_for("host ready", &|e| is(e, "ready", "host"));
+    kill9(pid_of(&c.status("amc0")));
+    let (_, down) = c.wait_for("amc0 failed", &|e| is(e, "down", "amc0"));
+    assert_eq!(down["state"], "failed");
+    // dpu0 keeps running without its AMC (told), until it crashes itself.
+    assert_eq!(c.status("dpu0")["state"], "running");
+    let mark = c.events().len();
+    kill9(pid_of(&c.status("dpu0")));
+    let (_, d) = c.wait_after(mark, "dpu0 down", &|e| is(e, "down", "dpu0"));
+    assert!(d["why"].as_str().unwrap().contains("its supervisor amc0 is down"), "{d}");
+    let dpu0 = c.status("dpu0");
+    assert!(
+        dpu0["last_causes"][0]["action"].as_str().unwrap().contains("waits for its supervisor amc0"),
+        "{dpu0}"
+    );
+    // The AMC back: the card it supervises comes back with it.
+    let mark = c.events().len();
+    c.ctl_ok(&["startup", "amc0"]);
+    let (r, _) = c.wait_after(mark, "amc0 ready", &|e| is(e, "ready", "amc0"));
+    c.wait_after(r, "dpu0 ready again", &|e| is(e, "ready", "dpu0"));
+    assert_eq!(c.status("dpu0")["state"], "running");
+    let (code, _) = c.shut_down();
+    assert_eq!(code, 0);
+}

@@ -130,3 +130,14 @@ pub fn reign(
     }
     Some(summary)
 }
+
+/// Tie this candidate to its chassis (`monarch up`, whose pid the chassis passes as
+/// `MONARCH_SUPERVISOR`): when the chassis dies, the kernel sends this process SIGTERM, which
+/// stops it cleanly (a held chassis is shut down) instead of leaving it orphaned. False if
+/// the chassis is gone already.
+pub fn bind_to_chassis() -> bool {
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    // The chassis may have died before the line above: then no signal comes.
+    let chassis = std::env::var("MONARCH_SUPERVISOR").ok().and_then(|p| p.parse::<u32>().ok());
+    chassis.is_none_or(monarch_drivers::host::alive)
+}

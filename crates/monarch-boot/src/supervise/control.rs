@@ -23,6 +23,9 @@ pub const SOCKET: &str = "control.sock";
 /// Longest request line the server reads.
 const MAX_REQUEST: u64 = 64 << 10;
 
+/// Connections served at once; more are refused (each holds a thread).
+const MAX_CONNECTIONS: usize = 64;
+
 /// What an operator asks the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -139,6 +142,14 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    /// The supervisor went away before it answered: it stopped, or died.
+    #[error(
+        "control socket {path}: the supervisor closed the connection before it answered: it stopped (or died); `monarch status` tells whether it still runs"
+    )]
+    Closed {
+        /// The socket.
+        path: PathBuf,
+    },
     /// The supervisor answered something this build does not understand.
     #[error("control socket {path}: unreadable answer ({why}); is the running monarch the same version?")]
     Garbled {
@@ -178,7 +189,15 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Incoming>, take_over: bool) -> Result
         .name("control".into())
         .spawn(move || {
             for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
+                let Ok(mut conn) = conn else { continue };
+                if counted.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    let refusal =
+                        Reply::error(format!("too many connections at once ({MAX_CONNECTIONS}); try again"));
+                    let _ = conn.write_all(
+                        format!("{}\n", serde_json::to_string(&refusal).unwrap_or_default()).as_bytes(),
+                    );
+                    continue;
+                }
                 let tx = tx.clone();
                 counted.fetch_add(1, Ordering::SeqCst);
                 let done = counted.clone();
@@ -192,13 +211,14 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Incoming>, take_over: bool) -> Result
             }
         })
         .map_err(io)?;
-    Ok(Server { active })
+    Ok(Server { active, path: path.to_path_buf() })
 }
 
 /// A running control socket.
 #[derive(Debug)]
 pub struct Server {
     active: Arc<AtomicUsize>,
+    path: PathBuf,
 }
 
 impl Server {
@@ -209,6 +229,11 @@ impl Server {
         while self.active.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Remove the socket file (the chassis is no longer supervised by this process).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -235,8 +260,21 @@ fn handle(conn: UnixStream, tx: &mpsc::Sender<Incoming>) -> std::io::Result<()> 
         Err(e) => return send(&mut out, &Reply::error(format!("cannot check who is asking: {e}"))),
     }
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut line = String::new();
-    BufReader::new(&conn).take(MAX_REQUEST).read_line(&mut line)?;
+    let mut raw = Vec::new();
+    if let Err(e) = BufReader::new(&conn).take(MAX_REQUEST).read_until(b'\n', &mut raw) {
+        return send(&mut out, &Reply::error(format!("no request read: {e}")));
+    }
+    if raw.last() != Some(&b'\n') {
+        let why = if raw.len() as u64 >= MAX_REQUEST {
+            format!("request too long (over {} KiB)", MAX_REQUEST >> 10)
+        } else {
+            "request not ended by a newline".to_string()
+        };
+        return send(&mut out, &Reply::error(why));
+    }
+    let Ok(line) = String::from_utf8(raw) else {
+        return send(&mut out, &Reply::error("unreadable request: not UTF-8"));
+    };
     let request = match serde_json::from_str::<Request>(&line) {
         Ok(r) => r,
         Err(e) => return send(&mut out, &Reply::error(format!("unreadable request: {e}"))),
@@ -310,10 +348,7 @@ pub fn call(path: &Path, request: &Request, on_line: &mut dyn FnMut(&Reply)) -> 
         }
         on_line(&r);
     }
-    Err(ControlError::Garbled {
-        path: path.to_path_buf(),
-        why: "the supervisor closed the connection before it answered (did it stop?)".into(),
-    })
+    Err(ControlError::Closed { path: path.to_path_buf() })
 }
 
 #[cfg(test)]

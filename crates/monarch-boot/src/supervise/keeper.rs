@@ -91,6 +91,10 @@ struct Proc {
     /// Released without an image to watch (handoff `none`, a network boot): no exit,
     /// heartbeat or window of its own after the release.
     unwatched: bool,
+    /// A stage of it runs (its result is still to come): never a second one at once.
+    staging: bool,
+    /// Failed because its supervisor (an AMC) was down: booted again once it is back.
+    awaits_supervisor: bool,
     /// The last notices posted to it (number, kind), to name what an answer answers.
     posted: VecDeque<(u32, NoticeKind)>,
 }
@@ -107,11 +111,28 @@ enum Then {
 }
 
 enum Step {
-    Notify { ids: Vec<usize>, kind: NoticeKind, about: String },
-    Stop { id: usize, cause: String, then: Then },
-    Start { id: usize },
-    AwaitUp { id: usize },
-    Power { on: bool, why: String },
+    Notify {
+        ids: Vec<usize>,
+        kind: NoticeKind,
+        about: String,
+    },
+    Stop {
+        id: usize,
+        cause: String,
+        then: Then,
+    },
+    Start {
+        id: usize,
+    },
+    AwaitUp {
+        id: usize,
+    },
+    Power {
+        on: bool,
+        why: String,
+    },
+    /// The gate closes: nothing more is released.
+    Close,
     Finish,
 }
 
@@ -152,6 +173,8 @@ pub(crate) struct Keeper<'a> {
     finished: bool,
     /// A stop signal was turned into a shutdown already.
     signalled: bool,
+    /// A whole-chassis shutdown is queued or under way: no more requests, no more boots.
+    closing: bool,
     start: Instant,
 }
 
@@ -190,6 +213,8 @@ impl<'a> Keeper<'a> {
                 leaving: false,
                 gone: false,
                 unwatched: false,
+                staging: true,
+                awaits_supervisor: false,
                 posted: VecDeque::new(),
             })
             .collect();
@@ -208,6 +233,7 @@ impl<'a> Keeper<'a> {
             auto_power_done: false,
             finished: false,
             signalled: false,
+            closing: false,
             start: now,
         }
     }
@@ -243,14 +269,28 @@ impl<'a> Keeper<'a> {
         let id = self.sec(i).id.clone();
         let state = s.summary.state.clone();
         let now = Instant::now();
+        let closing = self.closing || self.finished;
         let p = &mut self.procs[i];
+        p.staging = false;
         p.summary = Some(s.summary.clone());
         p.without.clone_from(&s.summary.without);
-        if self.finished || matches!(p.st, St::ShutDown | St::Off) {
-            // The operator took it down meanwhile.
-            p.staged = Some(s);
-            let then = if p.st == St::Off { Then::Off } else { Then::ShutDown };
-            self.stop(i, "stopped as it came up: it was taken down meanwhile", then);
+        if closing || matches!(p.st, St::ShutDown | St::Off) {
+            // Taken down while it was coming up (the chassis shuts down, or the operator
+            // shut it down or switched main power off): it never ran for anyone, so it is
+            // stopped quietly, and it is down as asked, not failed.
+            let mut s = s;
+            if let Some(c) = s.child.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            if p.st != St::Off {
+                p.st = St::ShutDown;
+                p.admin_up = false;
+            }
+            if let Some(sum) = p.summary.as_mut() {
+                sum.state = if p.st == St::Off { "off".into() } else { "shut_down".into() };
+                sum.error = None;
+            }
             return;
         }
         match state.as_str() {
@@ -302,8 +342,11 @@ impl<'a> Keeper<'a> {
             self.signalled = true;
             (self.emit)(EventKind::Request { what: format!("shutdown ({sig})") });
             let deadline = self.hold.as_ref().map_or(Duration::from_secs(10), |h| h.deadline);
+            // The operator wants out: whatever was under way or queued is cut short (a
+            // service manager's stop timeout must not run out on a deferred reboot).
+            let why = format!("interrupted by {sig}: the chassis shuts down");
+            self.refuse_pending(&why, true);
             let op = self.shutdown_chassis(false, deadline, None);
-            // Before anything queued: the operator wants out.
             self.ops.push_front(op);
         }
         for i in 0..self.procs.len() {
@@ -316,11 +359,23 @@ impl<'a> Keeper<'a> {
             if p.st == St::Restarting && p.restart_at.is_some_and(|t| now >= t) {
                 p.restart_at = None;
                 p.st = St::Booting;
+                p.staging = true;
                 stage.push(i);
             }
         }
         self.step_ops(&mut stage);
         stage
+    }
+
+    /// Answer the operation under way (with `current`) and every queued one with `why`, and
+    /// drop them.
+    fn refuse_pending(&mut self, why: &str, current: bool) {
+        let now = if current { self.op.take() } else { None };
+        for op in now.into_iter().chain(self.ops.drain(..)) {
+            if let Some(r) = op.reply {
+                let _ = r.send(Reply::error(format!("{}: {why}", op.what)));
+            }
+        }
     }
 
     fn auto_power(&mut self) {
@@ -458,6 +513,28 @@ impl<'a> Keeper<'a> {
         let id = sec.id.clone();
         (self.emit)(EventKind::Lost { id: id.clone(), cause: cause.to_string() });
         let now = Instant::now();
+        // A card supervised by its AMC cannot be recovered while the AMC is down: it waits
+        // for it instead of spending its restarts.
+        let supervisor_down = sec.life.supervisor.as_deref().and_then(|s| self.index(s)).filter(|k| {
+            let q = &self.procs[*k];
+            !(q.st == St::Running && q.ready)
+        });
+        if let (Some(k), Recovery::Restart) = (supervisor_down, sec.life.recovery) {
+            let sup = self.sec(k).id.clone();
+            let why = format!("{cause}; its supervisor {sup} is down: it is booted again once {sup} is back");
+            let p = &mut self.procs[i];
+            p.ready = false;
+            p.staged = None;
+            p.st = St::Failed;
+            p.awaits_supervisor = true;
+            p.why = Some(why.clone());
+            self.gate.set(&id, Avail::Down(why.clone()));
+            self.record(i, cause, &format!("waits for its supervisor {sup}"));
+            (self.emit)(EventKind::Down { id: id.clone(), state: "failed".into(), why });
+            self.ports(i, false);
+            self.dependency_lost(i, cause);
+            return;
+        }
         let p = &mut self.procs[i];
         p.ready = false;
         p.staged = None;
@@ -568,6 +645,25 @@ impl<'a> Keeper<'a> {
     /// `i` is ready again: its dependents that ran without it get it back.
     fn restore_dependents(&mut self, i: usize) {
         let id = self.sec(i).id.clone();
+        // The cards it supervises that failed while it was down come back now.
+        for j in 0..self.procs.len() {
+            let p = &mut self.procs[j];
+            if p.awaits_supervisor
+                && p.st == St::Failed
+                && self.t.secondaries[j].life.supervisor.as_ref() == Some(&id)
+            {
+                p.awaits_supervisor = false;
+                p.st = St::Restarting;
+                p.restart_at = Some(Instant::now());
+                p.restarts += 1;
+                self.gate.set(&self.t.secondaries[j].id, Avail::Pending);
+                (self.emit)(EventKind::Restarting {
+                    id: self.t.secondaries[j].id.clone(),
+                    restart: 0,
+                    after_ms: 0.0,
+                });
+            }
+        }
         for j in self.running_dependents(i) {
             if let Some(k) = self.procs[j].without.iter().position(|d| d == &id) {
                 self.procs[j].without.remove(k);
@@ -791,8 +887,14 @@ impl<'a> Keeper<'a> {
                         p.st = St::Booting;
                         p.admin_up = true;
                         p.why = None;
+                        p.awaits_supervisor = false;
                         self.gate.set(&self.t.secondaries[id].id, Avail::Pending);
-                        stage.push(id);
+                        // A stage of it that still runs (it was taken down while it came up)
+                        // delivers this boot: never two at once.
+                        if !p.staging {
+                            p.staging = true;
+                            stage.push(id);
+                        }
                     }
                 }
                 Step::AwaitUp { id } => match self.procs[id].st {
@@ -813,11 +915,15 @@ impl<'a> Keeper<'a> {
                     }
                 },
                 Step::Power { on, why } => {
-                    self.gate.set_main_power(on);
-                    (self.emit)(EventKind::Power { domain: "main".into(), on, why });
+                    if self.gate.main_power() != on {
+                        self.gate.set_main_power(on);
+                        (self.emit)(EventKind::Power { domain: "main".into(), on, why });
+                    }
                 }
+                Step::Close => self.gate.close("the chassis shuts down"),
                 Step::Finish => {
                     self.finished = true;
+                    self.refuse_pending("the chassis shut down before it was carried out", false);
                     (self.emit)(EventKind::Power {
                         domain: "aux".into(),
                         on: false,
@@ -840,7 +946,7 @@ impl<'a> Keeper<'a> {
             self.followers.push(reply);
             return;
         }
-        if self.finished || self.signalled {
+        if self.finished || self.signalled || self.closing {
             let _ = reply.send(Reply::error("the chassis is shutting down"));
             return;
         }
@@ -854,12 +960,10 @@ impl<'a> Keeper<'a> {
         let op = match &request {
             Request::Reboot { id, force, deadline_ms } => lookup(id).and_then(|i| {
                 match self.procs[i].st {
-                    St::ShutDown | St::Off => {
-                        return Err(format!(
-                            "{id} is {}: bring it up with `monarch startup {id}`",
-                            self.procs[i].st.name()
-                        ));
+                    St::ShutDown => {
+                        return Err(format!("{id} is shut down: bring it up with `monarch startup {id}`"));
                     }
+                    St::Off => return Err(format!("{id} is off with main power: `monarch power on`")),
                     St::Booting | St::Restarting => {
                         return Err(format!(
                             "{id} is {} already: wait until it runs (`monarch status {id}`)",
@@ -874,6 +978,7 @@ impl<'a> Keeper<'a> {
                 lookup(id).map(|i| self.shutdown_one(i, *force, ms(*deadline_ms), reply.clone()))
             }
             Request::Shutdown { id: None, force, deadline_ms } => {
+                self.closing = true;
                 Ok(self.shutdown_chassis(*force, ms(*deadline_ms), Some(reply.clone())))
             }
             Request::Startup { id } => lookup(id).and_then(|i| match self.procs[i].st {
@@ -901,13 +1006,17 @@ impl<'a> Keeper<'a> {
                 } else {
                     self.auto_power_done = true;
                     let mut steps = vec![Step::Power { on: true, why: "operator".into() }];
+                    let mut started = Vec::new();
                     for level in self.levels() {
                         for i in level {
                             if self.procs[i].st == St::Off && self.sec(i).life.power == PowerDomain::Main {
                                 steps.push(Step::Start { id: i });
+                                started.push(i);
                             }
                         }
                     }
+                    // Done when the main domain runs again, as `reboot` and `startup` are.
+                    steps.extend(started.into_iter().map(|id| Step::AwaitUp { id }));
                     Ok(self.op("power on".into(), steps, false, Duration::ZERO, reply.clone()))
                 }
             }
@@ -1020,8 +1129,12 @@ impl<'a> Keeper<'a> {
         steps
     }
 
-    fn shutdown_chassis(&self, force: bool, deadline: Duration, reply: Option<Sender<Reply>>) -> Op {
-        let mut steps = self.shutdown_steps(PowerDomain::Main, Then::ShutDown, "the chassis shuts down");
+    fn shutdown_chassis(&mut self, force: bool, deadline: Duration, reply: Option<Sender<Reply>>) -> Op {
+        self.closing = true;
+        // Nothing more is released: stages still waiting at the gate stop (and are reported
+        // shut down, not failed).
+        let mut steps = vec![Step::Close];
+        steps.extend(self.shutdown_steps(PowerDomain::Main, Then::ShutDown, "the chassis shuts down"));
         steps.push(Step::Power { on: false, why: "the chassis shuts down".into() });
         steps.extend(self.shutdown_steps(PowerDomain::Aux, Then::ShutDown, "the chassis shuts down"));
         steps.push(Step::Finish);
