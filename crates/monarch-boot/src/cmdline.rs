@@ -114,6 +114,9 @@ pub struct CandidateArgs {
     /// With --hold-state-dir: how long a stop signal's shutdown may be deferred.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = values::parse_duration)]
     pub hold_deadline: Duration,
+    /// With --hold-state-dir: where to serve Prometheus metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub hold_metrics: Option<std::net::SocketAddr>,
 }
 
 impl CandidateArgs {
@@ -142,6 +145,9 @@ impl CandidateArgs {
             a.push(d.clone().into());
             a.push("--hold-deadline".into());
             a.push(duration(self.hold_deadline));
+            if let Some(m) = &self.hold_metrics {
+                a.extend(words(&["--hold-metrics", &m.to_string()]));
+            }
         }
         a
     }

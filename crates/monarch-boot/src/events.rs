@@ -234,6 +234,9 @@ pub enum EventKind {
         socket: String,
         /// Where reboot causes are kept.
         state_dir: String,
+        /// Where Prometheus metrics are served (`http://ADDR/metrics`), if they are.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metrics: Option<String>,
     },
     /// A running secondary was lost; the reboot cause is recorded.
     Lost {

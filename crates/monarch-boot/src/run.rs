@@ -65,17 +65,24 @@ pub fn boot(
     let (ctl_tx, ctl_rx) = mpsc::channel::<control::Incoming>();
     let mut causes = None;
     let mut server = None;
+    let mut metrics = None;
+    let mut metrics_addr = None;
     if let Some(hold) = &opts.hold {
         // Several management processors: whoever is monarch now serves the socket.
         match prepare_hold(plan, hold, ctl_tx, authority.shared) {
-            Ok((log, socket, srv)) => {
+            Ok((log, socket, srv, served)) => {
                 server = Some(srv);
+                metrics = served.map(|(m, addr)| {
+                    metrics_addr = Some(addr.to_string());
+                    m
+                });
                 send(
                     &tx,
                     EventKind::Supervising {
                         chassis: t.name.clone(),
                         socket: socket.display().to_string(),
                         state_dir: hold.state_dir.display().to_string(),
+                        metrics: metrics_addr.clone(),
                     },
                 );
                 causes = Some(log);
@@ -127,6 +134,9 @@ pub fn boot(
         };
         let mut keeper =
             Keeper::new(t, gate, &keeper_emit, authority.epoch, opts.hold.clone(), causes.take());
+        if let Some(m) = metrics.take() {
+            keeper.with_metrics(m);
+        }
         loop {
             while let Ok(ev) = rx.try_recv() {
                 keeper.observe(&ev);
@@ -269,7 +279,7 @@ fn prepare_hold(
     hold: &HoldOptions,
     ctl: mpsc::Sender<control::Incoming>,
     take_over: bool,
-) -> Result<(crate::supervise::causes::CauseLog, PathBuf, control::Server), String> {
+) -> Result<Held, String> {
     let t = &plan.topology;
     let log = crate::supervise::causes::CauseLog::open(&hold.state_dir).map_err(|e| e.to_string())?;
     for s in &t.secondaries {
@@ -293,8 +303,29 @@ fn prepare_hold(
     let socket = std::path::absolute(t.run_dir.join(control::SOCKET))
         .map_err(|e| format!("cannot name the control socket in {}: {e}", t.run_dir.display()))?;
     let server = control::serve(&socket, ctl, take_over).map_err(|e| e.to_string())?;
-    Ok((log, socket, server))
+    let mut served = None;
+    if let Some(addr) = hold.metrics {
+        let ids: Vec<String> = t.secondaries.iter().map(|s| s.id.clone()).collect();
+        let m = std::sync::Arc::new(crate::supervise::metrics::Metrics::new(&ids));
+        match crate::supervise::metrics::serve(addr, m.clone()) {
+            Ok(bound) => served = Some((m, bound)),
+            // A monarch taking over from one that is only paused finds the port taken: it
+            // supervises without metrics rather than not at all.
+            Err(e) if take_over => eprintln!("monarch: warning: {e}; supervising without metrics"),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok((log, socket, server, served))
 }
+
+/// What a held boot starts with: its reboot causes, its control socket (path and server),
+/// and its metrics with the address they are served at.
+type Held = (
+    crate::supervise::causes::CauseLog,
+    PathBuf,
+    control::Server,
+    Option<(std::sync::Arc<crate::supervise::metrics::Metrics>, std::net::SocketAddr)>,
+);
 
 fn failed_summary(id: &str, why: &str) -> ProcessorSummary {
     ProcessorSummary { error: Some(why.into()), ..ProcessorSummary::new(id, "secondary", "failed") }

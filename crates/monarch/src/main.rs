@@ -196,6 +196,10 @@ self-test (overrides the topology's [election] monarch; the operator's choice)"
     /// With --hold: how long processors may defer the shutdown that SIGINT/SIGTERM starts.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = values::parse_duration, requires = "hold")]
     deadline: Duration,
+    /// With --hold: serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464;
+    /// port 0 picks one, named in the `supervising` event).
+    #[arg(long, value_name = "ADDR", requires = "hold")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -369,7 +373,7 @@ fn cmd_up(a: UpArgs) -> ExitCode {
                 PathBuf::from("/var/lib/monarch")
                     .join(monarch_boot::supervise::control::sanitize(&plan.topology.name))
             });
-        Some(run::HoldOptions { state_dir, deadline: a.deadline })
+        Some(run::HoldOptions { state_dir, deadline: a.deadline, metrics: a.metrics })
     } else {
         if plan.topology.main_power == topology::MainPower::Manual
             && plan.topology.secondaries.iter().any(|s| s.life.power == topology::PowerDomain::Main)
@@ -468,10 +472,11 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
         up: UpOptions {
             agent_exe,
             shutdown_grace: a.shutdown_grace,
-            hold: a
-                .hold_state_dir
-                .clone()
-                .map(|state_dir| run::HoldOptions { state_dir, deadline: a.hold_deadline }),
+            hold: a.hold_state_dir.clone().map(|state_dir| run::HoldOptions {
+                state_dir,
+                deadline: a.hold_deadline,
+                metrics: a.hold_metrics,
+            }),
         },
         clock: election::instant_at(a.t0_unix_ns),
     };
@@ -686,6 +691,7 @@ mod tests {
                 shutdown_grace: Duration::from_secs(3),
                 hold_state_dir: monarch.map(|_| PathBuf::from("/var/lib/monarch/c")),
                 hold_deadline: Duration::from_secs(10),
+                hold_metrics: monarch.map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 9100))),
             };
             let Cmd::Candidate(back) = parse(a.to_args()) else { panic!("not `candidate`") };
             assert_eq!(back, a);

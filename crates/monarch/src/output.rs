@@ -163,7 +163,10 @@ fn describe(k: &EventKind) -> String {
         EventKind::Power { domain, on, why } => {
             format!("{domain} power {} ({why})", if *on { "ON" } else { "OFF" })
         }
-        EventKind::Supervising { chassis, socket, state_dir } => format!(
+        EventKind::Supervising { chassis, socket, state_dir, metrics: Some(m) } => format!(
+            "supervising chassis \"{chassis}\": `monarch status` (control socket {socket}); reboot causes in {state_dir}; metrics at http://{m}/metrics"
+        ),
+        EventKind::Supervising { chassis, socket, state_dir, metrics: None } => format!(
             "supervising chassis \"{chassis}\": `monarch status` (control socket {socket}); reboot causes in {state_dir}"
         ),
         EventKind::Lost { cause, .. } => format!("LOST: {cause}"),

@@ -104,6 +104,7 @@ pub fn up(
             shutdown_grace: opts.shutdown_grace,
             hold_state_dir: opts.hold.as_ref().map(|h| h.state_dir.clone()),
             hold_deadline: opts.hold.as_ref().map_or(Duration::from_secs(10), |h| h.deadline),
+            hold_metrics: opts.hold.as_ref().and_then(|h| h.metrics),
         };
         let mut cmd = Command::new(&opts.agent_exe);
         cmd.args(args.to_args())

@@ -10,6 +10,7 @@
 
 use super::causes::{Cause, CauseLog};
 use super::control::{Incoming, Reply, Request};
+use super::metrics::Metrics;
 use super::restart::{Decision, RestartBudget};
 use crate::events::{Event, EventKind, ProcessorSummary};
 use crate::gate::{Avail, Gate};
@@ -22,6 +23,7 @@ use monarch_proto::window::msg;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,8 @@ pub struct HoldOptions {
     pub state_dir: PathBuf,
     /// How long a notice may be deferred when the operator names no deadline (SIGTERM too).
     pub deadline: Duration,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Where a secondary stands in the supervisor's eyes.
@@ -175,6 +179,14 @@ pub(crate) struct Keeper<'a> {
     signalled: bool,
     /// A whole-chassis shutdown is queued or under way: no more requests, no more boots.
     closing: bool,
+    /// Prometheus metrics, when served.
+    metrics: Option<Arc<Metrics>>,
+    /// When the gauges were last set.
+    gauges_at: Instant,
+    /// systemd was told the chassis is ready (`Type=notify`).
+    notified_ready: bool,
+    /// systemd's watchdog period, and when it was last fed.
+    watchdog: Option<(Duration, Instant)>,
     start: Instant,
 }
 
@@ -234,6 +246,10 @@ impl<'a> Keeper<'a> {
             finished: false,
             signalled: false,
             closing: false,
+            metrics: None,
+            gauges_at: now,
+            notified_ready: false,
+            watchdog: sd_notify::watchdog_enabled().map(|p| (p, now)),
             start: now,
         }
     }
@@ -255,8 +271,16 @@ impl<'a> Keeper<'a> {
         if self.held() { self.finished } else { self.first_pending == 0 }
     }
 
-    /// Pass an event on to the operators following them.
+    /// Count events and set gauges into `metrics` from now on.
+    pub(crate) fn with_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    /// Pass an event on to the operators following them (and the metrics).
     pub(crate) fn observe(&mut self, ev: &Event) {
+        if let Some(m) = &self.metrics {
+            m.observe(ev);
+        }
         self.followers.retain(|f| f.send(Reply::Event { event: ev.clone() }).is_ok());
     }
 
@@ -293,6 +317,12 @@ impl<'a> Keeper<'a> {
             }
             return;
         }
+        if let Some(m) = &self.metrics
+            && matches!(state.as_str(), "running" | "released")
+        {
+            m.phases(&id, &s.summary.timings_ms);
+        }
+        let p = &mut self.procs[i];
         match state.as_str() {
             "running" => {
                 p.st = St::Running;
@@ -364,7 +394,45 @@ impl<'a> Keeper<'a> {
             }
         }
         self.step_ops(&mut stage);
+        self.tell_the_service_manager();
+        if self.metrics.is_some() && now.duration_since(self.gauges_at) >= Duration::from_millis(100) {
+            self.gauges_at = now;
+            self.set_gauges(now);
+        }
         stage
+    }
+
+    /// Set the metrics' gauges from where every secondary stands.
+    fn set_gauges(&self, now: Instant) {
+        let Some(m) = &self.metrics else { return };
+        for (s, p) in self.t.secondaries.iter().zip(&self.procs) {
+            m.set_state(&s.id, p.st.name());
+            let beats = p.st == St::Running && !p.unwatched && self.held();
+            m.set_life(&s.id, p.ready, beats.then(|| now.duration_since(p.beat_at).as_secs_f64()));
+        }
+        m.set_chassis(self.gate.main_power(), self.epoch);
+    }
+
+    /// systemd (`Type=notify`): ready once the boot is done and the chassis is held, the
+    /// watchdog fed while this loop turns. Nothing happens outside systemd.
+    fn tell_the_service_manager(&mut self) {
+        if !self.held() {
+            return;
+        }
+        if !self.notified_ready && self.first_pending == 0 {
+            self.notified_ready = true;
+            let up = self.procs.iter().filter(|p| p.st == St::Running).count();
+            let status =
+                format!("supervising chassis {}: {up}/{} secondaries running", self.t.name, self.procs.len());
+            let _ =
+                sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+        }
+        if let Some((period, fed)) = self.watchdog
+            && fed.elapsed() >= period / 2
+        {
+            self.watchdog = Some((period, Instant::now()));
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
     }
 
     /// Answer the operation under way (with `current`) and every queued one with `why`, and
@@ -1131,6 +1199,12 @@ impl<'a> Keeper<'a> {
 
     fn shutdown_chassis(&mut self, force: bool, deadline: Duration, reply: Option<Sender<Reply>>) -> Op {
         self.closing = true;
+        if self.held() {
+            let _ = sd_notify::notify(&[
+                sd_notify::NotifyState::Stopping,
+                sd_notify::NotifyState::Status("shutting the chassis down in reverse dependency order"),
+            ]);
+        }
         // Nothing more is released: stages still waiting at the gate stop (and are reported
         // shut down, not failed).
         let mut steps = vec![Step::Close];

@@ -92,12 +92,17 @@ impl Chassis {
     /// Start the chassis of `topology`, in a network namespace of its own when `ports` names
     /// veth pairs to create there first (`(port, peer)`).
     pub fn start(topology: &str, ports: &[(&str, &str)]) -> Chassis {
+        Chassis::start_with(topology, ports, &[])
+    }
+
+    /// [`Chassis::start`] with more arguments for `monarch up --hold`.
+    pub fn start_with(topology: &str, ports: &[(&str, &str)], extra: &[&str]) -> Chassis {
         let dir = tempfile::tempdir().unwrap();
         let t = write_topology(dir.path(), topology);
-        let up = format!("exec {MONARCH} up --hold --json --topology {}", t.display());
+        let up = format!("exec {MONARCH} up --hold --json --topology {} {}", t.display(), extra.join(" "));
         let mut cmd = if ports.is_empty() {
             let mut c = Command::new(MONARCH);
-            c.args(["up", "--hold", "--json", "--topology"]).arg(&t);
+            c.args(["up", "--hold", "--json", "--topology"]).arg(&t).args(extra);
             c
         } else {
             monarch_drivers::host::ensure_packages(&[("ip", "iproute2")], &mut |l| eprintln!("{l}")).unwrap();
