@@ -32,6 +32,7 @@ pub use monarch_etcd;
 pub mod handoff;
 pub mod image;
 pub mod interrupt;
+pub mod metrics;
 pub mod netagent;
 pub mod netboot;
 pub mod payload;

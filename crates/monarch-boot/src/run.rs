@@ -307,7 +307,7 @@ fn prepare_hold(
     if let Some(addr) = hold.metrics {
         let ids: Vec<String> = t.secondaries.iter().map(|s| s.id.clone()).collect();
         let m = std::sync::Arc::new(crate::supervise::metrics::Metrics::new(&ids));
-        match crate::supervise::metrics::serve(addr, m.clone()) {
+        match crate::metrics::serve(addr, m.clone()) {
             Ok(bound) => served = Some((m, bound)),
             // A monarch taking over from one that is only paused finds the port taken: it
             // supervises without metrics rather than not at all.

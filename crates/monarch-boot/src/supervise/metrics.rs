@@ -1,5 +1,5 @@
 //! Prometheus metrics of a supervised chassis (`monarch up --hold --metrics ADDR`): what the
-//! supervisor knows, in the text exposition format, served at `/metrics` by axum.
+//! supervisor knows, served at `/metrics` by [`crate::metrics::serve`].
 //!
 //! Counters and histograms follow the event stream (every event the supervisor sees goes
 //! through [`Metrics::observe`]); gauges (state, readiness, heartbeat age, main power, epoch)
@@ -11,8 +11,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 /// Every state a secondary can be in, as `monarch status` names them.
@@ -222,122 +220,12 @@ impl Metrics {
         self.epoch.set(i64::from(epoch));
     }
 
-    /// Every metric in the OpenMetrics text format (what a Prometheus server asks for).
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+}
+
+impl crate::metrics::Exposition for Metrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
-}
-
-impl Metrics {
-    /// Every metric in the older Prometheus text format (version 0.0.4), for clients that do
-    /// not ask for OpenMetrics (`promtool check metrics`, `curl`). prometheus-client writes
-    /// only OpenMetrics; the two differ, for what is served here, in three things, which
-    /// this rewrites: a counter's HELP and TYPE name the family, not its `_total` sample;
-    /// UNIT lines; the `# EOF` line.
-    pub fn render_text(&self) -> String {
-        to_text_format(&self.render())
-    }
-}
-
-fn to_text_format(open_metrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = open_metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(open_metrics.len());
-    for line in open_metrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta = line
-            .strip_prefix("# HELP ")
-            .map(|r| ("# HELP ", r))
-            .or(line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
-        match meta {
-            Some((kind, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                if counters.contains(name) {
-                    out.push_str(&format!("{kind}{name}_total {tail}\n"));
-                } else {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("metrics endpoint {addr}: {source}; give another address with --metrics")]
-pub struct MetricsError {
-    /// The address asked for.
-    pub addr: SocketAddr,
-    /// Why.
-    #[source]
-    pub source: std::io::Error,
-}
-
-/// Serve `metrics` at `http://ADDR/metrics` from a thread of its own, until the process
-/// ends. Returns the address bound (port 0 picks one).
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, MetricsError> {
-    let err = |source| MetricsError { addr, source };
-    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
-    listener.set_nonblocking(true).map_err(err)?;
-    let bound = listener.local_addr().map_err(err)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(err)?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                let app = axum::Router::new().route(
-                    "/metrics",
-                    axum::routing::get(move |headers: axum::http::HeaderMap| {
-                        let m = metrics.clone();
-                        async move {
-                            // A Prometheus server asks for OpenMetrics; anything else gets
-                            // the older text format.
-                            let open_metrics = headers
-                                .get_all(axum::http::header::ACCEPT)
-                                .iter()
-                                .filter_map(|v| v.to_str().ok())
-                                .any(|v| v.contains("application/openmetrics-text"));
-                            if open_metrics {
-                                (
-                                    [(
-                                        axum::http::header::CONTENT_TYPE,
-                                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                    )],
-                                    m.render(),
-                                )
-                            } else {
-                                (
-                                    [(
-                                        axum::http::header::CONTENT_TYPE,
-                                        "text/plain; version=0.0.4; charset=utf-8",
-                                    )],
-                                    m.render_text(),
-                                )
-                            }
-                        }
-                    }),
-                );
-                let _ = axum::serve(listener, app).await;
-            });
-        })
-        .map_err(err)?;
-    Ok(bound)
 }
 
 #[cfg(test)]
@@ -345,6 +233,7 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, Metr
 mod tests {
     use super::*;
     use crate::events::Timings;
+    use crate::metrics::Exposition as _;
 
     fn ev(kind: EventKind) -> Event {
         Event { t_ms: 1.0, kind }
