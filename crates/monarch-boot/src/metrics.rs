@@ -131,7 +131,6 @@ pub fn serve(addr: SocketAddr, metrics: Arc<dyn Exposition>) -> Result<SocketAdd
     Ok(bound)
 }
 
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Protocol {
     protocol: String,
@@ -184,17 +183,29 @@ impl NetbootMetrics {
             return;
         }
         let l = Protocol { protocol: service.to_string() };
-        let done = matches!(
-            (service, event),
-            ("tftp", "finished") | ("http", "served") | ("discovery", "sent") | ("dhcp", "ack")
-        );
-        let failed = matches!(
-            (service, event),
-            ("tftp", "failed" | "refused")
-                | ("http", "dropped")
-                | ("discovery", "refused" | "dropped" | "failed")
-                | ("dhcp", "nak" | "declined" | "bad_option" | "send_failed" | "recv_failed" | "leases_save_failed")
-        );
+        // An HTTP answer with an error status is a refusal, not a transfer.
+        let http_error = service == "http" && v["status"].as_u64().is_some_and(|s| s >= 400);
+        let done = !http_error
+            && matches!(
+                (service, event),
+                ("tftp", "finished") | ("http", "served") | ("discovery", "sent") | ("dhcp", "ack")
+            );
+        let failed = http_error
+            || matches!(
+                (service, event),
+                ("tftp", "failed" | "refused")
+                    | ("http", "dropped")
+                    | ("discovery", "refused" | "dropped" | "failed")
+                    | (
+                        "dhcp",
+                        "nak"
+                            | "declined"
+                            | "bad_option"
+                            | "send_failed"
+                            | "recv_failed"
+                            | "leases_save_failed"
+                    )
+            );
         if done {
             self.transfers.get_or_create(&l).inc();
             if let Some(b) = v["bytes"].as_u64() {
@@ -220,7 +231,8 @@ mod tests {
 
     #[test]
     fn the_text_format_names_counters_by_their_samples_and_drops_eof() {
-        let text = to_text_format("# HELP x Things.\n# TYPE x counter\nx_total 3\n# TYPE g gauge\ng 1\n# EOF\n");
+        let text =
+            to_text_format("# HELP x Things.\n# TYPE x counter\nx_total 3\n# TYPE g gauge\ng 1\n# EOF\n");
         assert_eq!(text, "# HELP x_total Things.\n# TYPE x_total counter\nx_total 3\n# TYPE g gauge\ng 1\n");
     }
 
@@ -229,7 +241,8 @@ mod tests {
         let m = NetbootMetrics::default();
         m.observe(&json!({"service": "tftp", "event": "finished", "bytes": 1000}));
         m.observe(&json!({"service": "tftp", "event": "refused"}));
-        m.observe(&json!({"service": "http", "event": "served", "bytes": 5}));
+        m.observe(&json!({"service": "http", "event": "served", "bytes": 5, "status": 200}));
+        m.observe(&json!({"service": "http", "event": "served", "bytes": 37, "status": 404}));
         m.observe(&json!({"service": "dhcp", "event": "ack"}));
         m.observe(&json!({"service": "smtp", "event": "finished", "bytes": 9}));
         m.observe(&json!({"event": "ready"}));
@@ -239,6 +252,7 @@ mod tests {
             "monarch_netboot_bytes_total{protocol=\"tftp\"} 1000",
             "monarch_netboot_errors_total{protocol=\"tftp\"} 1",
             "monarch_netboot_bytes_total{protocol=\"http\"} 5",
+            "monarch_netboot_errors_total{protocol=\"http\"} 1",
             "monarch_netboot_transfers_total{protocol=\"dhcp\"} 1",
             "monarch_netboot_transfers_total{protocol=\"discovery\"} 0",
         ] {

@@ -119,6 +119,10 @@ pub struct ServeArgs {
     /// One JSON object per line on stdout.
     #[arg(long)]
     json: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics: transfers, bytes and errors per
+    /// protocol (e.g. 127.0.0.1:9465; the `ready` event names the address).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -188,7 +192,28 @@ fn serve(a: ServeArgs) -> ExitCode {
         discovery_port: port(a.discovery_port),
     };
     let json = a.json;
+    let metrics = match a.metrics {
+        Some(addr) => {
+            let m = Arc::new(monarch_boot::metrics::NetbootMetrics::default());
+            match monarch_boot::metrics::serve(addr, m.clone()) {
+                Ok(bound) => {
+                    let v = serde_json::json!({"service": "netboot", "event": "metrics", "address": bound.to_string()});
+                    if json {
+                        println!("{v}")
+                    } else {
+                        println!("{}", human(&v))
+                    }
+                    Some(m)
+                }
+                Err(e) => return bad_input(&e),
+            }
+        }
+        None => None,
+    };
     let emit: Arc<dyn Fn(Value) + Send + Sync> = Arc::new(move |v: Value| {
+        if let Some(m) = &metrics {
+            m.observe(&v);
+        }
         if json {
             println!("{v}");
         } else {

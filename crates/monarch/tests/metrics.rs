@@ -42,11 +42,11 @@ image = "builtin:payload"
 image_size = "16MiB"
 "#;
 
-/// GET `path` from `addr` (HTTP/1.0, so the server closes when done): (status, body).
+/// GET `path` from `addr`, asking the server to close when done: (status, body).
 fn get(addr: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
@@ -154,4 +154,70 @@ fn promtool_accepts_the_metrics_and_a_prometheus_server_sees_the_restart_after_a
     let _ = server.wait();
     let (code, _) = c.shut_down();
     assert_eq!(code, 0);
+}
+
+#[test]
+fn netboot_serve_counts_transfers_bytes_and_errors_per_protocol() {
+    monarch_drivers::host::ensure_packages(&[("promtool", "prometheus")], &mut |l| eprintln!("{l}")).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("img.bin"), vec![7u8; 100_000]).unwrap();
+    let (http, metrics) = (free_port(), free_port());
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Command::new(common::MONARCH)
+        .args(["netboot", "serve", "--root"])
+        .arg(root.path())
+        .args(["--address", "127.0.0.1", "--tftp-port", "0", "--discovery-port", "0", "--json"])
+        .args(["--http-port", &http.to_string(), "--metrics", &format!("127.0.0.1:{metrics}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let _child = Killed(child);
+    // Read its events to the end (a closed pipe would stop it), saying when it is ready.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            if serde_json::from_str::<Value>(&l).is_ok_and(|e| e["event"] == "ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(WAIT).expect("netboot serve never said ready");
+    let web = format!("127.0.0.1:{http}");
+    assert_eq!(get(&web, "/img.bin").0, 200);
+    assert_eq!(get(&web, "/no-such-file").0, 404);
+    let m = format!("127.0.0.1:{metrics}");
+    let start = Instant::now();
+    let text = loop {
+        let (_, text) = get(&m, "/metrics");
+        if text.contains("monarch_netboot_errors_total{protocol=\"http\"} 1") || start.elapsed() > WAIT {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for want in [
+        "monarch_netboot_transfers_total{protocol=\"http\"} 1",
+        "monarch_netboot_bytes_total{protocol=\"http\"} 100000",
+        "monarch_netboot_errors_total{protocol=\"http\"} 1",
+        "monarch_netboot_transfers_total{protocol=\"tftp\"} 0",
+    ] {
+        assert!(text.contains(want), "no {want} in:\n{text}");
+    }
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(out.status.success(), "promtool: {}", String::from_utf8_lossy(&out.stdout));
 }

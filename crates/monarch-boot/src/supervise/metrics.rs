@@ -219,7 +219,6 @@ impl Metrics {
         self.main_power.set(i64::from(main_power));
         self.epoch.set(i64::from(epoch));
     }
-
 }
 
 impl crate::metrics::Exposition for Metrics {
