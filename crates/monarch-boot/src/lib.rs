@@ -9,7 +9,8 @@
 //! - the secondary's side: [`agent`] (window agent), [`netagent`] (network agent),
 //!   [`handoff`] (what either does with its verified image), [`payload`] (the demo image);
 //! - both: [`signing`] (signed images: key and signature files, the policy, and the check
-//!   every secondary runs before a handoff), [`events`] (what every front end reads), [`vm`] (QEMU secondaries: artifacts,
+//!   every secondary runs before a handoff), [`events`] (what every front end reads),
+//!   [`timeline`] (a run's events drawn as an SVG picture), [`vm`] (QEMU secondaries: artifacts,
 //!   the monarch's QEMU command, PID 1 inside the VM, the [`bundle`] it kexecs),
 //!   [`values`] (sizes, durations, checksum names), [`interrupt`] (Ctrl-C and SIGTERM).
 //!
@@ -42,6 +43,7 @@ pub mod run_folder;
 pub mod signing;
 pub mod stage;
 pub mod supervise;
+pub mod timeline;
 pub mod topology;
 pub mod values;
 pub mod vm;

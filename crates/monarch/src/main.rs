@@ -13,6 +13,7 @@ use monarch_boot::cmdline::{AgentArgs, CandidateArgs, TopologyOpt};
 use monarch_boot::election;
 use monarch_boot::plan::Plan;
 use monarch_boot::run::{self, UpOptions};
+use monarch_boot::timeline;
 use monarch_boot::topology::{self, Topology};
 use monarch_boot::values;
 use monarch_drivers::Doorbell;
@@ -134,6 +135,35 @@ not confirm.")]
     /// Network boot for machines with no window: DHCP/ProxyDHCP, TFTP, HTTP, discovery.
     #[command(subcommand)]
     Netboot(netboot_cli::NetbootCmd),
+    /// Draw a saved `monarch up --json` stream as a picture: an SVG timeline of the boot.
+    #[command(
+        long_about = "Draw a saved `monarch up --json` stream as a picture of the boot: an SVG timeline to open in a browser.\n\n\
+One row per secondary, in the order they appear, under a row that says who was monarch; a time axis in ms since \
+the run started. Each secondary's boot is a bar per phase, each phase its own colour: retrieve, configure, \
+launching, rendezvous, copy, verify, handoff, then running (to the end of the picture, or until it was lost). \
+Small symbols mark what an operator looks for: a checksum mismatch (red) and the new attempt after it, a chunk \
+re-sent, held and released at a rendezvous, a deferred notice, a lost image and its restart, a failed secondary; \
+a failover is a dashed line across every row, labelled `from → to`. Hover over a bar or a symbol for its \
+details (times, attempt, checksums, reasons).\n\n\
+Lines of the file that are not events (a newer monarch's kinds of events, text around the JSON) are ignored, \
+and counted in a warning on stderr. `monarch up --timeline FILE.svg` draws the same picture at the end of a run.",
+        after_help = "Examples:\n  monarch up --json > boot.jsonl && monarch timeline boot.jsonl -o boot.svg\n  \
+monarch up --json | tee boot.jsonl | monarch timeline - -o boot.svg\n  \
+monarch up --timeline boot.svg                  # the same picture, without saving the events\n\n\
+Exit status: 0 the picture was written; 2 the file cannot be read, holds no event at all, or the picture \
+cannot be written (the message names the file, and the line)."
+    )]
+    Timeline(TimelineArgs),
+}
+
+#[derive(Args)]
+struct TimelineArgs {
+    /// The saved output of `monarch up --json`, one event per line (`-`: standard input).
+    #[arg(value_name = "EVENTS.jsonl")]
+    events: PathBuf,
+    /// Where to write the picture (`-`: standard output).
+    #[arg(long, short = 'o', value_name = "FILE.svg")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -185,6 +215,10 @@ struct UpArgs {
 self-test (overrides the topology's [election] monarch; the operator's choice)"
     )]
     monarch: Option<String>,
+    /// At the end of the run (with --hold: once the chassis is shut down), write a picture
+    /// of it to FILE: an SVG timeline, as `monarch timeline` draws.
+    #[arg(long, value_name = "FILE.svg")]
+    timeline: Option<PathBuf>,
     /// Keep the chassis managed after the boot, until `monarch shutdown` or SIGINT/SIGTERM:
     /// heartbeats, crash recovery, reboots, power (see `monarch status`).
     #[arg(long)]
@@ -335,6 +369,25 @@ fn main() -> ExitCode {
         Cmd::Bench(c) => cmd_bench(c),
         Cmd::Vm(VmCmd::Prepare(a)) => cmd_vm_prepare(a),
         Cmd::Netboot(c) => netboot_cli::run(c),
+        Cmd::Timeline(a) => cmd_timeline(&a),
+    }
+}
+
+fn cmd_timeline(a: &TimelineArgs) -> ExitCode {
+    let stream = match timeline::load(&a.events) {
+        Ok(s) => s,
+        Err(e) => return bad_input(&e),
+    };
+    if let Some(w) = stream.warning() {
+        eprintln!("monarch timeline: warning: {w}");
+    }
+    match timeline::save(&a.out, &timeline::render(&stream.events)) {
+        Ok(()) if a.out.as_os_str() == "-" => ExitCode::SUCCESS,
+        Ok(()) => {
+            println!("{}: a picture of {} events from {}", a.out.display(), stream.events.len(), stream.file);
+            ExitCode::SUCCESS
+        }
+        Err(e) => bad_input(&e),
     }
 }
 
@@ -384,6 +437,11 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         }
         None
     };
+    if let Some(f) = &a.timeline
+        && let Err(e) = timeline::check_destination(f)
+    {
+        return bad_input(&e);
+    }
     let opts = UpOptions { agent_exe, shutdown_grace: a.shutdown_grace, hold };
     let managers = &plan.topology.managers;
     let pinned = match pinned_manager(&plan.topology, a.monarch.as_deref()) {
@@ -395,16 +453,32 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         eprintln!("monarch: warning: cannot catch SIGINT/SIGTERM ({e}): an interruption will not be clean");
     }
     let mut out = output::Output::new(a.json, &plan);
+    // With --timeline, the run's events are kept for its picture.
+    let mut seen = Vec::new();
+    let mut on_event = |ev: &monarch_boot::events::Event| {
+        out.event(ev);
+        if a.timeline.is_some() {
+            seen.push(ev.clone());
+        }
+    };
     let summary = if managers.len() > 1 {
         let source = match &a.topo.topology {
             Some(f) => election::TopologySource::File(f.clone()),
             None => election::TopologySource::Builtin,
         };
-        election::up(&plan, &source, &opts, pinned, &mut |ev| out.event(ev))
+        election::up(&plan, &source, &opts, pinned, &mut on_event)
     } else {
-        run::up(&plan, &opts, &mut |ev| out.event(ev))
+        run::up(&plan, &opts, &mut on_event)
     };
     out.finish(&summary);
+    if let Some(f) = &a.timeline {
+        // The boot's own outcome decides the exit status; a picture that cannot be written
+        // is said, not a failed boot.
+        match timeline::save(f, &timeline::render(&seen)) {
+            Ok(()) => eprintln!("monarch: the picture of this run: {}", f.display()),
+            Err(e) => eprintln!("monarch: warning: {e}"),
+        }
+    }
     if a.hold && !summary.processors.iter().any(|p| p.state == "interrupted") {
         // A supervised chassis shut down as asked (by `monarch shutdown` or a stop signal,
         // which is not a boot cut short): 0, or 1 if a required secondary had failed for good.
