@@ -1,7 +1,7 @@
 //! Prometheus metrics: the exposition of a registry (OpenMetrics, or the older text format
 //! for clients that do not ask for OpenMetrics), the `/metrics` endpoint (axum, on a thread
 //! of its own), and the metrics of `monarch netboot serve`. The supervised chassis's own are
-//! in [`crate::supervise::metrics`].
+//! in `supervise/metrics.rs`.
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
