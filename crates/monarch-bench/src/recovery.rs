@@ -46,21 +46,21 @@ role = "monarch"
 id = "dpu0"
 role = "secondary"
 image = "builtin:payload"
-image_size = "16MiB"
+image_size = "24MiB"
 banner = "dpu0: storage DPU up"
 
 [[processor]]
 id = "dpu1"
 role = "secondary"
 image = "builtin:payload"
-image_size = "16MiB"
+image_size = "24MiB"
 banner = "dpu1: network DPU up"
 
 [[processor]]
 id = "host"
 role = "secondary"
 image = "builtin:payload"
-image_size = "16MiB"
+image_size = "24MiB"
 banner = "host up"
 power = "main"
 requires = ["dpu0"]

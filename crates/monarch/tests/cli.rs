@@ -41,7 +41,7 @@ impl Topo {
 
 fn secondary(id: &str, extra: &str) -> String {
     format!(
-        "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"16MiB\"\n{extra}\n"
+        "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"24MiB\"\n{extra}\n"
     )
 }
 
@@ -112,7 +112,7 @@ fn the_running_secondary_is_the_delivered_image() {
         "image",
         "build",
         "--size",
-        "16MiB",
+        "24MiB",
         "--banner",
         "version ALPHA-1111",
         "-o",
@@ -156,7 +156,7 @@ fn one_corrupted_copy_is_rewritten_and_the_secondary_runs() {
     let a = r.processor("a");
     assert_eq!(a["state"], "running");
     assert_eq!(a["attempts"], 2);
-    assert_eq!(a["bytes"], 2 * (16 << 20));
+    assert_eq!(a["bytes"], 2 * (24 << 20));
     let mism = r.events_of("a", "mismatch");
     assert_eq!(mism.len(), 1);
     assert_eq!(mism[0]["attempt"], 1);
@@ -427,7 +427,7 @@ fn a_corrupted_chunk_is_repaired_by_resending_that_chunk_alone() {
     assert_eq!(p["attempts"], 1, "no whole-image retry");
     assert_eq!(p["repairs"], 2);
     assert_eq!(p["bytes_resent"], 2 << 20, "exactly the two bad chunks were re-sent");
-    assert_eq!(p["bytes"], (16 << 20) + (2 << 20));
+    assert_eq!(p["bytes"], (24 << 20) + (2 << 20));
     let chunks: Vec<u64> =
         r.events_of("r", "repaired").iter().map(|e| e["chunk"].as_u64().unwrap()).collect();
     assert_eq!(chunks, [3, 7]);
@@ -650,8 +650,8 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_tmpfs_fails_the_window_that_does_not_fit_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let _small = Tmpfs::mount(&dir.path().join("small"), "20m");
-    // Two 16 MiB windows in a 20 MiB file system: one fits, the other cannot.
+    let _small = Tmpfs::mount(&dir.path().join("small"), "30m");
+    // Two 24 MiB windows in a 30 MiB file system: one fits, the other cannot.
     let text = format!(
         "[chassis]\nname = \"full\"\nrun_dir = \"small\"\n[[processor]]\nid = \"m\"\nrole = \"monarch\"\n{}{}",
         secondary("a", ""),
@@ -668,7 +668,7 @@ fn a_full_tmpfs_fails_the_window_that_does_not_fit_and_nothing_else() {
     let why = r.processor(failed)["error"].as_str().unwrap();
     assert!(
         why.contains(&format!("small/{failed}.win"))
-            && why.contains("needs 17829888 bytes")
+            && why.contains("needs 26218496 bytes")
             && why.contains("free"),
         "{why}"
     );

@@ -33,13 +33,13 @@ role = "monarch"
 id = "dpu0"
 role = "secondary"
 image = "builtin:payload"
-image_size = "16MiB"
+image_size = "24MiB"
 
 [[processor]]
 id = "dpu1"
 role = "secondary"
 image = "builtin:payload"
-image_size = "16MiB"
+image_size = "24MiB"
 "#;
 
 /// GET `path` from `addr`, asking the server to close when done: (status, body).

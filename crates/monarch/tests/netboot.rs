@@ -110,7 +110,7 @@ fn a_diskless_machine_runs_the_image_from_its_pre_posted_buffer() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    let img = build_image(&root, "os.img", "16MiB", "diskless demo");
+    let img = build_image(&root, "os.img", "24MiB", "diskless demo");
     provision(&root, &img);
     let server = Server::start(&root);
     let out = agent(&["--server", &server.addr(), "--json"]);
@@ -118,11 +118,11 @@ fn a_diskless_machine_runs_the_image_from_its_pre_posted_buffer() {
     assert!(out.status.success(), "{stderr}");
     let report: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(report["source"], "network", "{report}");
-    assert_eq!(report["bytes"], 16 << 20);
+    assert_eq!(report["bytes"], 24 << 20);
     // The delivered bytes ran: the payload prints its own banner and size.
-    assert!(stdout.contains(&format!("{MARKER} diskless demo [image {} bytes", 16 << 20)), "{stdout}");
+    assert!(stdout.contains(&format!("{MARKER} diskless demo [image {} bytes", 24 << 20)), "{stdout}");
     let events = server.drain();
-    assert!(events.iter().any(|e| e["event"] == "sent" && e["bytes"] == 16 << 20), "{events:#?}");
+    assert!(events.iter().any(|e| e["event"] == "sent" && e["bytes"] == 24 << 20), "{events:#?}");
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn a_disk_machine_installs_restarts_into_the_disk_and_survives_repurpose_outage_
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    let v1 = build_image(dir.path(), "os-v1.img", "16MiB", "disk demo v1");
+    let v1 = build_image(dir.path(), "os-v1.img", "24MiB", "disk demo v1");
     let v2 = build_image(dir.path(), "os-v2.img", "20MiB", "disk demo v2");
     let disk = dir.path().join("disk.img");
     let r = root.to_str().unwrap();
@@ -317,7 +317,7 @@ fn signatures_required_refuse_an_unsigned_image_already_on_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    let img = build_image(&root, "os.img", "16MiB", "unsigned on disk");
+    let img = build_image(&root, "os.img", "24MiB", "unsigned on disk");
     // Keys only: this image stays unsigned (its .sig is removed).
     keys_and_signed_copy(dir.path(), &img, &dir.path().join("unused.img"));
     std::fs::remove_file(root.join("os.img.sig")).unwrap();
@@ -380,7 +380,7 @@ fn a_signed_image_is_installed_once_and_checked_at_every_boot_from_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    let img = build_image(dir.path(), "plain.img", "16MiB", "signed on disk");
+    let img = build_image(dir.path(), "plain.img", "24MiB", "signed on disk");
     keys_and_signed_copy(dir.path(), &img, &root.join("os.img"));
     provision(&root, &root.join("os.img"));
     let disk = dir.path().join("disk.img");
@@ -389,7 +389,7 @@ fn a_signed_image_is_installed_once_and_checked_at_every_boot_from_the_disk() {
     let ops = ops.to_str().unwrap();
     let server = Server::start(&root);
     let srv = server.addr();
-    let ran = format!("{MARKER} signed on disk [image {} bytes", 16 << 20);
+    let ran = format!("{MARKER} signed on disk [image {} bytes", 24 << 20);
     let required = ["--trust", ops, "--signature", "required"];
 
     let out =
@@ -414,7 +414,7 @@ fn a_signed_image_is_installed_once_and_checked_at_every_boot_from_the_disk() {
     assert!(stderr.contains("already has"), "{stderr}");
     let report: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!((report["source"].as_str(), report["slot"].as_str()), (Some("disk"), Some("A")), "{report}");
-    assert_eq!(report["bytes"], 16 << 20, "{report}");
+    assert_eq!(report["bytes"], 24 << 20, "{report}");
     assert!(stderr.matches("signed by trusted key").count() >= 2, "{stderr}");
     assert!(stdout.contains(&ran), "{stdout}");
     assert_eq!(server.drain().iter().filter(|e| e["event"] == "sent").count(), 0, "no transfer");

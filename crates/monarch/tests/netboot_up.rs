@@ -17,7 +17,7 @@ fn topology(dir: &Path, extra: &str) -> PathBuf {
         "[chassis]\nname = \"nbup\"\nrun_dir = \"run\"\n\n\
          [defaults]\ntimeouts = {{ rendezvous = \"30s\", verify = \"30s\", handoff = \"30s\", agent = \"30s\" }}\n\n\
          [[processor]]\nid = \"mm\"\nrole = \"monarch\"\n\n\
-         [[processor]]\nid = \"win\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"16MiB\"\nbanner = \"window card up\"\n\n\
+         [[processor]]\nid = \"win\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"24MiB\"\nbanner = \"window card up\"\n\n\
          {extra}"
     );
     let p = dir.join("t.toml");
@@ -95,7 +95,7 @@ fn netboot_secondaries_boot_beside_a_window_one_with_the_same_events_and_summary
             netboot("nb-diskless", "20MiB", "diskless node up", ""),
             netboot(
                 "nb-disk",
-                "16MiB",
+                "24MiB",
                 "disk node up",
                 "mac = \"52:54:00:6e:62:02\"\ndisk = \"disks/nb-disk.img\"\ndisk_size = \"64MiB\""
             ),
@@ -107,7 +107,7 @@ fn netboot_secondaries_boot_beside_a_window_one_with_the_same_events_and_summary
     assert_eq!(r.processor("win")["state"], "running");
     assert!(r.processor("win")["report"].as_str().unwrap().starts_with("window card up"));
     assert_running_netboot(&r, "nb-diskless", 20 << 20, "diskless node up");
-    assert_running_netboot(&r, "nb-disk", 16 << 20, "disk node up");
+    assert_running_netboot(&r, "nb-disk", 24 << 20, "disk node up");
     // The disk machine installed the image A/B and booted it from the disk.
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 64 << 20);
     let status = common::monarch(&["netboot", "status", "--disk", disk.to_str().unwrap(), "--json"]);
@@ -128,17 +128,17 @@ fn a_netboot_secondary_whose_image_fails_verification_fails_alone() {
         dir.path(),
         &format!(
             "{}{}",
-            netboot("nb-ok", "16MiB", "good node up", ""),
+            netboot("nb-ok", "24MiB", "good node up", ""),
             // A byte of the served image flips after the server hashed it: the agent's
             // verification against the offered digest must refuse it.
-            netboot("nb-bad", "16MiB", "must never run", "fault = { corrupt_attempts = 1 }"),
+            netboot("nb-bad", "24MiB", "must never run", "fault = { corrupt_attempts = 1 }"),
         ),
     );
     let r = up_json(Some(&topo));
     assert_eq!(r.code, 1, "{}\n{}", r.summary, r.stderr);
     assert_eq!(r.summary["ok"], false);
     assert_eq!(r.processor("win")["state"], "running");
-    assert_running_netboot(&r, "nb-ok", 16 << 20, "good node up");
+    assert_running_netboot(&r, "nb-ok", 24 << 20, "good node up");
     let bad = r.processor("nb-bad");
     assert_eq!(bad["state"], "failed", "{bad}");
     assert!(bad["report"].is_null(), "the corrupted image never ran: {bad}");

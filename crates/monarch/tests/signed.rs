@@ -37,7 +37,7 @@ impl Keys {
             ok(&monarch(&["image", "keygen", "-o", s(&dir.path().join(k))]));
         }
         let img = dir.path().join("lc.img");
-        ok(&monarch(&["image", "build", "--size", "16MiB", "--banner", "signed lc", "-o", s(&img)]));
+        ok(&monarch(&["image", "build", "--size", "24MiB", "--banner", "signed lc", "-o", s(&img)]));
         ok(&monarch(&["image", "sign", "--key", s(&dir.path().join("ops.key")), s(&img)]));
         Keys { dir }
     }
@@ -234,7 +234,7 @@ fn hostile(
     handoff: &str,
 ) -> (Status, i32, String) {
     let path = k.file(&format!("{name}.win"));
-    let w = Window::create(&path, 16 << 20).unwrap();
+    let w = Window::create(&path, 24 << 20).unwrap();
     let algo = monarch_proto::Algo::Crc32c;
     let cfg = WindowConfig {
         image_size: bytes.len() as u64,
@@ -283,7 +283,7 @@ fn the_agent_itself_refuses_bytes_that_do_not_match_a_trusted_signature_even_aft
     let mut flipped = image.clone();
     flipped[3 << 20] ^= 0x08; // a bit flip on the monarch's side, after any check it made
     let other =
-        monarch(&["image", "build", "--size", "16MiB", "--banner", "another", "-o", s(&k.file("o.img"))]);
+        monarch(&["image", "build", "--size", "24MiB", "--banner", "another", "-o", s(&k.file("o.img"))]);
     ok(&other);
     ok(&monarch(&["image", "sign", "--key", s(&k.file("ops.key")), s(&k.file("o.img"))]));
     let other_record = std::fs::read(k.file("o.img.sig")).unwrap();

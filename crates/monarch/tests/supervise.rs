@@ -31,7 +31,7 @@ role = "monarch"
 
 fn secondary(id: &str, extra: &str) -> String {
     format!(
-        "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"16MiB\"\nbanner = \"{id} up\"\n{extra}\n"
+        "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"24MiB\"\nbanner = \"{id} up\"\n{extra}\n"
     )
 }
 

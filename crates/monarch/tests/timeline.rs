@@ -47,9 +47,9 @@ fn the_picture_of_a_boot_with_a_corrupted_copy_shows_every_phase_and_the_mismatc
         "[chassis]\nname = \"pictured\"\nrun_dir = \"win\"\n\n\
          [defaults]\ntimeouts = { rendezvous = \"20s\", verify = \"20s\", handoff = \"20s\", agent = \"20s\" }\n\n\
          [[processor]]\nid = \"mm\"\nrole = \"monarch\"\n\n\
-         [[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"16MiB\"\nfault = { corrupt_attempts = 1 }\n\n\
-         [[processor]]\nid = \"b\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"16MiB\"\nmode = \"pull\"\n\n\
-         [[processor]]\nid = \"c\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"16MiB\"\n",
+         [[processor]]\nid = \"a\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"24MiB\"\nfault = { corrupt_attempts = 1 }\n\n\
+         [[processor]]\nid = \"b\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"24MiB\"\nmode = \"pull\"\n\n\
+         [[processor]]\nid = \"c\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"24MiB\"\n",
     );
     let from_up = dir.path().join("up.svg");
     let out = monarch(&[
