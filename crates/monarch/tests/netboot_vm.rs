@@ -139,8 +139,12 @@ fn qemu_ipxe_boots_the_initrd_over_dhcp_tftp_and_http_from_netboot_serve() {
             events.push(v);
         }
         let text = std::fs::read_to_string(&console).unwrap_or_default();
-        if text.contains(PAYLOAD_MARKER) {
-            assert!(text.contains("monarch.role=payload"), "{text}");
+        // The marker's whole line: the slow serial console may be caught mid-line.
+        if let Some(at) = text.find(PAYLOAD_MARKER)
+            && text[at..].contains('\n')
+        {
+            let line = text[at..].lines().next().unwrap_or_default();
+            assert!(line.contains("monarch.role=payload"), "{text}");
             break;
         }
         if let Ok(Some(st)) = vm.0.try_wait() {
