@@ -423,8 +423,7 @@ fn cmd_up(a: UpArgs) -> ExitCode {
             .or_else(|| plan.topology.state_dir.clone())
             .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
             .unwrap_or_else(|| {
-                PathBuf::from("/var/lib/monarch")
-                    .join(monarch_boot::supervise::control::sanitize(&plan.topology.name))
+                PathBuf::from("/var/lib/monarch").join(topology::sanitize(&plan.topology.name))
             });
         Some(run::HoldOptions { state_dir, deadline: a.deadline, metrics: a.metrics })
     } else {

@@ -308,7 +308,7 @@ pub fn find(chassis: Option<&str>) -> Result<PathBuf, ControlError> {
             if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
                 continue;
             }
-            if chassis.is_some_and(|c| sanitize(c) != chassis_part) {
+            if chassis.is_some_and(|c| crate::topology::sanitize(c) != chassis_part) {
                 continue;
             }
             let sock = e.path().join(SOCKET);
@@ -324,11 +324,6 @@ pub fn find(chassis: Option<&str>) -> Result<PathBuf, ControlError> {
             found.iter().map(|(c, p)| format!("{c} at {}", p.display())).collect::<Vec<_>>().join(", "),
         )),
     }
-}
-
-/// A chassis name as it appears in its temporary run folder's name.
-pub fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
 /// Send `request` to the supervisor at `path`; every line before the last goes to `on_line`.

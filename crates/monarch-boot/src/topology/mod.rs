@@ -24,5 +24,5 @@ pub use env::{Environment, Host, ImageFileProblem, WindowFile};
 pub use error::{Problem, TopologyError};
 pub use launch::{Launch, NetbootSpec, QemuSpec, derived_mac};
 pub use model::*;
-pub use resolve::DEFAULT_TOPOLOGY;
+pub use resolve::{DEFAULT_TOPOLOGY, sanitize};
 pub use schema::Role;

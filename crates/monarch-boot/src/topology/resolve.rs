@@ -585,7 +585,10 @@ fn merge(p: &SettingsDef, d: &SettingsDef) -> SettingsDef {
     }
 }
 
-fn sanitize(s: &str) -> String {
+/// A chassis name as it appears in file names: its temporary run folder
+/// (`/dev/shm/monarch-NAME-PID`, which `monarch status --chassis NAME` looks for) and its
+/// default state folder. Every character but ASCII letters, digits and `-` becomes `_`.
+pub fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
