@@ -188,6 +188,8 @@ pub(crate) struct Keeper<'a> {
     /// systemd's watchdog period, and when it was last fed.
     watchdog: Option<(Duration, Instant)>,
     start: Instant,
+    /// Dependency levels (the plan's rule): level 0 depends on nothing.
+    levels: Vec<Vec<usize>>,
 }
 
 impl<'a> Keeper<'a> {
@@ -251,6 +253,7 @@ impl<'a> Keeper<'a> {
             notified_ready: false,
             watchdog: sd_notify::watchdog_enabled().map(|p| (p, now)),
             start: now,
+            levels: crate::plan::Plan::new(t.clone()).levels(),
         }
     }
 
@@ -1075,8 +1078,8 @@ impl<'a> Keeper<'a> {
                     self.auto_power_done = true;
                     let mut steps = vec![Step::Power { on: true, why: "operator".into() }];
                     let mut started = Vec::new();
-                    for level in self.levels() {
-                        for i in level {
+                    for level in &self.levels {
+                        for &i in level {
                             if self.procs[i].st == St::Off && self.sec(i).life.power == PowerDomain::Main {
                                 steps.push(Step::Start { id: i });
                                 started.push(i);
@@ -1131,11 +1134,6 @@ impl<'a> Keeper<'a> {
         }
     }
 
-    /// Dependency levels (from the plan's rule): level 0 depends on nothing.
-    fn levels(&self) -> Vec<Vec<usize>> {
-        crate::plan::Plan::new(self.t.clone()).levels()
-    }
-
     fn reboot(&self, i: usize, force: bool, deadline: Duration, reply: Sender<Reply>) -> Op {
         let id = self.sec(i).id.clone();
         let steps = vec![
@@ -1184,8 +1182,9 @@ impl<'a> Keeper<'a> {
     /// the level below is notified.
     fn shutdown_steps(&self, domain: PowerDomain, then: Then, about: &str) -> Vec<Step> {
         let mut steps = Vec::new();
-        for level in self.levels().into_iter().rev() {
-            let ids: Vec<usize> = level.into_iter().filter(|i| self.sec(*i).life.power == domain).collect();
+        for level in self.levels.iter().rev() {
+            let ids: Vec<usize> =
+                level.iter().copied().filter(|i| self.sec(*i).life.power == domain).collect();
             if ids.is_empty() {
                 continue;
             }
