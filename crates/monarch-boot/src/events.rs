@@ -3,6 +3,7 @@
 //! `monarch up --json` prints each [`Event`] as one JSON object per line; the last line is
 //! the [`Summary`]. Field names are part of the CLI contract (see docs/cli.md).
 
+use crate::values::fmt_size;
 use serde::{Deserialize, Serialize};
 
 /// One event, stamped with milliseconds since the run started.
@@ -352,6 +353,116 @@ impl EventKind {
             | EventKind::Summary(_) => None,
         }
     }
+
+    /// The event as a line for a person (`monarch up`'s progress, Redfish log entries).
+    pub fn describe(&self) -> String {
+        match self {
+            EventKind::Start { chassis, monarch, secondaries } => {
+                format!("monarch {monarch} boots chassis \"{chassis}\": {secondaries} secondaries")
+            }
+            EventKind::Retrieved { image, bytes, algo, checksum, .. } => {
+                format!("retrieved {image}: {} {algo} {checksum}", fmt_size(*bytes))
+            }
+            EventKind::Phase { phase, attempt, .. } if *attempt > 0 => format!("{phase}, attempt {attempt}"),
+            EventKind::Phase { phase, .. } => phase.clone(),
+            EventKind::Launched { pid, console: None, .. } => format!("agent started, pid {pid}"),
+            EventKind::Launched { pid, console: Some(c), .. } => {
+                format!("VM started, qemu pid {pid}, console {c}")
+            }
+            EventKind::Copied { attempt, bytes, ms, .. } => {
+                format!(
+                    "copied attempt {attempt}: {} in {ms:.1} ms ({:.0} MiB/s)",
+                    fmt_size(*bytes),
+                    mib_s(*bytes, *ms)
+                )
+            }
+            EventKind::Repaired { attempt, chunk, bytes, .. } => {
+                format!(
+                    "chunk {chunk} failed its digest in attempt {attempt}: re-sent it alone ({})",
+                    fmt_size(*bytes)
+                )
+            }
+            EventKind::Mismatch { attempt, written, expected, .. } => {
+                format!("CHECKSUM MISMATCH on attempt {attempt}: written {written}, retrieved {expected}")
+            }
+            EventKind::Done { state, attempts, ms, report, error, .. } => match (error, report) {
+                (Some(e), _) => {
+                    format!("{} after {attempts} attempt(s), {ms:.1} ms: {e}", state.to_uppercase())
+                }
+                (None, Some(r)) => {
+                    format!("{} after {attempts} attempt(s), {ms:.1} ms: \"{r}\"", state.to_uppercase())
+                }
+                (None, None) => format!("{} after {attempts} attempt(s), {ms:.1} ms", state.to_uppercase()),
+            },
+            EventKind::Candidate { id, slot, boot_id, health, pid } => {
+                format!("candidate {id} (slot {slot}, BOOT_ID {boot_id}, pid {pid}): {health}")
+            }
+            EventKind::Elected { monarch, epoch, reason } => {
+                format!("{monarch} is monarch (epoch {epoch}): {reason}")
+            }
+            EventKind::Stalled { monarch, epoch, by, silent_ms } => {
+                format!("monarch {monarch} (epoch {epoch}) silent for {silent_ms:.0} ms: {by} deposes it")
+            }
+            EventKind::Failover { from, to, epoch, reason, ms } => {
+                format!(
+                    "FAILOVER: {to} takes over from {from} (epoch {epoch}, {ms:.0} ms after it was last seen alive): {reason}"
+                )
+            }
+            EventKind::StoodDown { id, epoch, why, aborted } if aborted.is_empty() => {
+                format!("{id} (epoch {epoch}) stands down: {why}")
+            }
+            EventKind::StoodDown { id, epoch, why, aborted } => format!(
+                "{id} (epoch {epoch}) stands down: {why}; its last commands (ABORT at epoch {epoch}) to {} are ignored by them",
+                aborted.join(", ")
+            ),
+            EventKind::Finished { id, epoch, ok: true } => format!("{id} (epoch {epoch}) finished the boot"),
+            EventKind::Finished { id, epoch, ok: false } => {
+                format!("{id} (epoch {epoch}) finished the boot, with failed secondaries")
+            }
+            EventKind::GaveUp { id, why } => format!("{id} gives up: {why}"),
+            EventKind::PoweredOff { .. } => "off: waits for main power".into(),
+            EventKind::Held { waiting_for, .. } => {
+                format!("held at its rendezvous (configuration retry): waits for {}", waiting_for.join(", "))
+            }
+            EventKind::Released { without, .. } if without.is_empty() => "released".into(),
+            EventKind::Released { without, .. } => {
+                format!("released DEGRADED: goes on without {} (not ready in time)", without.join(", "))
+            }
+            EventKind::Ready { .. } => "ready: its services are up".into(),
+            EventKind::Power { domain, on, why } => {
+                format!("{domain} power {} ({why})", if *on { "ON" } else { "OFF" })
+            }
+            EventKind::Supervising { chassis, socket, state_dir, metrics: Some(m) } => format!(
+                "supervising chassis \"{chassis}\": `monarch status` (control socket {socket}); reboot causes in {state_dir}; metrics at http://{m}/metrics"
+            ),
+            EventKind::Supervising { chassis, socket, state_dir, metrics: None } => format!(
+                "supervising chassis \"{chassis}\": `monarch status` (control socket {socket}); reboot causes in {state_dir}"
+            ),
+            EventKind::Lost { cause, .. } => format!("LOST: {cause}"),
+            EventKind::Restarting { restart, after_ms, .. } => {
+                format!(
+                    "restarting (restart {restart}) in {after_ms:.0} ms: its image is delivered and verified again"
+                )
+            }
+            EventKind::Down { state, why, .. } => format!("{}: {why}", state.to_uppercase()),
+            EventKind::Notice { notice, about, deadline_ms: 0, .. } => format!("told {notice}: {about}"),
+            EventKind::Notice { notice, about, deadline_ms, .. } => {
+                format!("told {notice}: {about} (answer within {deadline_ms} ms)")
+            }
+            EventKind::Answer { answer, reason: Some(r), notice, .. } => {
+                format!("{answer}s the {notice}: {r}")
+            }
+            EventKind::Answer { answer, notice, .. } => format!("{answer}: {notice}"),
+            EventKind::Overridden { notice, why, .. } => format!("{notice}: going on ({why})"),
+            EventKind::Port { port, up, .. } => format!("port {port} {}", if *up { "up" } else { "down" }),
+            EventKind::Request { what } => format!("operator: {what}"),
+            EventKind::Summary(_) => String::new(),
+        }
+    }
+}
+
+fn mib_s(bytes: u64, ms: f64) -> f64 {
+    if ms <= 0.0 { 0.0 } else { bytes as f64 / (1 << 20) as f64 / (ms / 1e3) }
 }
 
 /// Per-phase times of one secondary, in milliseconds (0 where a phase did not happen).
