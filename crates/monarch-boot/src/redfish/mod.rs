@@ -1,0 +1,2 @@
+//! The Redfish management service of a supervised chassis: its users and its TLS identity.
+pub mod users;
