@@ -38,6 +38,7 @@ pub mod netagent;
 pub mod netboot;
 pub mod payload;
 pub mod plan;
+pub mod redfish;
 pub mod run;
 pub mod run_folder;
 pub mod signing;

@@ -12,6 +12,7 @@ use monarch_boot::agent::{self, AgentOptions};
 use monarch_boot::cmdline::{AgentArgs, CandidateArgs, TopologyOpt};
 use monarch_boot::election;
 use monarch_boot::plan::Plan;
+use monarch_boot::redfish::users::Role;
 use monarch_boot::run::{self, UpOptions};
 use monarch_boot::timeline;
 use monarch_boot::topology::{self, Topology};
@@ -154,6 +155,48 @@ Exit status: 0 the picture was written; 2 the file cannot be read, holds no even
 cannot be written (the message names the file, and the line)."
     )]
     Timeline(TimelineArgs),
+    /// The Redfish management service of `monarch up --hold --redfish`: its users file.
+    #[command(subcommand)]
+    Redfish(RedfishCmd),
+}
+
+#[derive(Subcommand)]
+enum RedfishCmd {
+    /// Add a user to a Redfish users file, or with --replace set its password and role.
+    #[command(
+        long_about = "Add a user to a Redfish users file (made with mode 0600 if missing), or with --replace \
+set a user's new password and role.\n\n\
+The password is the first line of standard input (its newline is not part of it); typed at a terminal, \
+it is asked for on stderr and not echoed. It is stored as an argon2id hash, never as text. The file is \
+the operator's: one user a line, `NAME:HASH:ROLE`, comments (#) and blank lines kept as they are; \
+bcrypt lines written by `htpasswd -B FILE NAME` are accepted too (a line without a role is ReadOnly). \
+The file is replaced atomically and keeps its mode; a running `monarch up --hold --redfish` re-reads it \
+within a second of the change.\n\n\
+Roles (Redfish's standard ones): Administrator (everything, users included), Operator (read, and \
+reset or power the chassis), ReadOnly (read only).",
+        after_help = "Examples:\n  printf '%s\\n' \"$PASS\" | monarch redfish useradd /etc/monarch/redfish-users admin --role Administrator\n  \
+monarch redfish useradd users viewer                 # asks for the password; ReadOnly\n  \
+monarch redfish useradd users ops --role Operator --replace   # a new password\n\n\
+Exit status: 0 the user was written; 2 bad input: a bad name, an empty password, a name already there \
+without --replace, a users file that cannot be read or written (the message says which)."
+    )]
+    Useradd(UseraddArgs),
+}
+
+#[derive(Args)]
+struct UseraddArgs {
+    /// The users file (made if missing).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The user's name: 1 to 64 of A-Z a-z 0-9 . _ -
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// What the user may do.
+    #[arg(long, value_enum, ignore_case = true, default_value = "ReadOnly")]
+    role: Role,
+    /// Set the password and role of a user already in the file.
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(Args)]
@@ -370,7 +413,50 @@ fn main() -> ExitCode {
         Cmd::Vm(VmCmd::Prepare(a)) => cmd_vm_prepare(a),
         Cmd::Netboot(c) => netboot_cli::run(c),
         Cmd::Timeline(a) => cmd_timeline(&a),
+        Cmd::Redfish(RedfishCmd::Useradd(a)) => cmd_redfish_useradd(&a),
     }
+}
+
+fn cmd_redfish_useradd(a: &UseraddArgs) -> ExitCode {
+    let password = match read_password(&format!("password for {}: ", a.name)) {
+        Ok(p) => p,
+        Err(e) => return bad_input(&format!("cannot read the password from standard input: {e}")),
+    };
+    match monarch_boot::redfish::users::add(&a.file, &a.name, &password, a.role, a.replace) {
+        Ok(added) => {
+            let verb = if added.replaced { "replaced" } else { "added" };
+            let made = if added.created { " (a new file, mode 0600)" } else { "" };
+            println!("{verb} user {} ({}) in {}{made}", added.name, added.role, added.path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => bad_input(&e),
+    }
+}
+
+/// The first line of standard input, without its line end; at a terminal, asked for on stderr
+/// with echo off (and echo restored after).
+fn read_password(prompt: &str) -> std::io::Result<String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if stdin.is_terminal() {
+        let mut stderr = std::io::stderr();
+        write!(stderr, "{prompt}")?;
+        stderr.flush()?;
+        let saved = rustix::termios::tcgetattr(&stdin)?;
+        let mut quiet = saved.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Flush, &quiet)?;
+        let read = stdin.lock().read_line(&mut line);
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &saved)?;
+        writeln!(stderr)?;
+        read?;
+    } else {
+        stdin.lock().read_line(&mut line)?;
+    }
+    let end = line.trim_end_matches(['\n', '\r']).len();
+    line.truncate(end);
+    Ok(line)
 }
 
 fn cmd_timeline(a: &TimelineArgs) -> ExitCode {
