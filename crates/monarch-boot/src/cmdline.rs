@@ -117,6 +117,18 @@ pub struct CandidateArgs {
     /// With --hold-state-dir: where to serve Prometheus metrics.
     #[arg(long, value_name = "ADDR")]
     pub hold_metrics: Option<std::net::SocketAddr>,
+    /// With --hold-state-dir: where to serve Redfish.
+    #[arg(long, value_name = "ADDR", requires = "hold_redfish_users")]
+    pub hold_redfish: Option<std::net::SocketAddr>,
+    /// With --hold-redfish: its users file.
+    #[arg(long, value_name = "FILE")]
+    pub hold_redfish_users: Option<PathBuf>,
+    /// With --hold-redfish: its certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "hold_redfish_key")]
+    pub hold_redfish_certificate: Option<PathBuf>,
+    /// With --hold-redfish: its private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub hold_redfish_key: Option<PathBuf>,
 }
 
 impl CandidateArgs {
@@ -147,6 +159,16 @@ impl CandidateArgs {
             a.push(duration(self.hold_deadline));
             if let Some(m) = &self.hold_metrics {
                 a.extend(words(&["--hold-metrics", &m.to_string()]));
+            }
+            if let (Some(r), Some(u)) = (&self.hold_redfish, &self.hold_redfish_users) {
+                a.extend(words(&["--hold-redfish", &r.to_string(), "--hold-redfish-users"]));
+                a.push(u.clone().into());
+                if let (Some(c), Some(k)) = (&self.hold_redfish_certificate, &self.hold_redfish_key) {
+                    a.push("--hold-redfish-certificate".into());
+                    a.push(c.clone().into());
+                    a.push("--hold-redfish-key".into());
+                    a.push(k.clone().into());
+                }
             }
         }
         a

@@ -238,6 +238,9 @@ pub enum EventKind {
         /// Where Prometheus metrics are served (`http://ADDR/metrics`), if they are.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         metrics: Option<String>,
+        /// Where the Redfish service answers (`https://ADDR/redfish/v1/`), if it does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        redfish: Option<String>,
     },
     /// A running secondary was lost; the reboot cause is recorded.
     Lost {
@@ -432,12 +435,18 @@ impl EventKind {
             EventKind::Power { domain, on, why } => {
                 format!("{domain} power {} ({why})", if *on { "ON" } else { "OFF" })
             }
-            EventKind::Supervising { chassis, socket, state_dir, metrics: Some(m) } => format!(
-                "supervising chassis \"{chassis}\": `monarch status` (control socket {socket}); reboot causes in {state_dir}; metrics at http://{m}/metrics"
-            ),
-            EventKind::Supervising { chassis, socket, state_dir, metrics: None } => format!(
-                "supervising chassis \"{chassis}\": `monarch status` (control socket {socket}); reboot causes in {state_dir}"
-            ),
+            EventKind::Supervising { chassis, socket, state_dir, metrics, redfish } => {
+                let mut line = format!(
+                    "supervising chassis \"{chassis}\": `monarch status` (control socket {socket}); reboot causes in {state_dir}"
+                );
+                if let Some(m) = metrics {
+                    line.push_str(&format!("; metrics at http://{m}/metrics"));
+                }
+                if let Some(r) = redfish {
+                    line.push_str(&format!("; Redfish at https://{r}/redfish/v1/"));
+                }
+                line
+            }
             EventKind::Lost { cause, .. } => format!("LOST: {cause}"),
             EventKind::Restarting { restart, after_ms, .. } => {
                 format!(

@@ -67,25 +67,29 @@ pub fn boot(
     let mut server = None;
     let mut metrics = None;
     let mut metrics_addr = None;
+    let mut journal = None;
     if let Some(hold) = &opts.hold {
         // Several management processors: whoever is monarch now serves the socket.
-        match prepare_hold(plan, hold, ctl_tx, authority.shared) {
-            Ok((log, socket, srv, served)) => {
-                server = Some(srv);
-                metrics = served.map(|(m, addr)| {
+        match prepare_hold(plan, hold, ctl_tx, authority.shared, monarch_id) {
+            Ok(held) => {
+                server = Some(held.server);
+                metrics = held.metrics.map(|(m, addr)| {
                     metrics_addr = Some(addr.to_string());
                     m
                 });
+                let redfish_addr = held.redfish.as_ref().map(|(_, a)| a.to_string());
+                journal = held.redfish.map(|(j, _)| j);
                 send(
                     &tx,
                     EventKind::Supervising {
                         chassis: t.name.clone(),
-                        socket: socket.display().to_string(),
+                        socket: held.socket.display().to_string(),
                         state_dir: hold.state_dir.display().to_string(),
                         metrics: metrics_addr.clone(),
+                        redfish: redfish_addr,
                     },
                 );
-                causes = Some(log);
+                causes = Some(held.causes);
             }
             Err(why) => return refused(plan, authority, clock, why, on_event),
         }
@@ -136,6 +140,9 @@ pub fn boot(
             Keeper::new(t, gate, &keeper_emit, authority.epoch, opts.hold.clone(), causes.take());
         if let Some(m) = metrics.take() {
             keeper.with_metrics(m);
+        }
+        if let Some(j) = journal.take() {
+            keeper.with_watcher(Box::new(move |ev| j.observe(ev)));
         }
         loop {
             while let Ok(ev) = rx.try_recv() {
@@ -273,15 +280,17 @@ fn refused(
 }
 
 /// Before a held boot: the state folder's reboot causes, every port down until its owner is
-/// ready (each must exist), and the control socket in the run folder.
+/// ready (each must exist), the control socket in the run folder, and the metrics and Redfish
+/// services if asked for.
 fn prepare_hold(
     plan: &Plan,
     hold: &HoldOptions,
     ctl: mpsc::Sender<control::Incoming>,
     take_over: bool,
+    monarch_id: &str,
 ) -> Result<Held, String> {
     let t = &plan.topology;
-    let log = crate::supervise::causes::CauseLog::open(&hold.state_dir).map_err(|e| e.to_string())?;
+    let causes = crate::supervise::causes::CauseLog::open(&hold.state_dir).map_err(|e| e.to_string())?;
     for s in &t.secondaries {
         for port in &s.life.ports {
             match monarch_drivers::link::exists(port) {
@@ -302,30 +311,69 @@ fn prepare_hold(
     // Absolute, for the operator who reads it from the events.
     let socket = std::path::absolute(t.run_dir.join(control::SOCKET))
         .map_err(|e| format!("cannot name the control socket in {}: {e}", t.run_dir.display()))?;
-    let server = control::serve(&socket, ctl, take_over).map_err(|e| e.to_string())?;
-    let mut served = None;
+    let server = control::serve(&socket, ctl.clone(), take_over).map_err(|e| e.to_string())?;
+    let mut metrics = None;
     if let Some(addr) = hold.metrics {
         let ids: Vec<String> = t.secondaries.iter().map(|s| s.id.clone()).collect();
         let m = std::sync::Arc::new(crate::supervise::metrics::Metrics::new(&ids));
         match crate::metrics::serve(addr, m.clone()) {
-            Ok(bound) => served = Some((m, bound)),
+            Ok(bound) => metrics = Some((m, bound)),
             // A monarch taking over from one that is only paused finds the port taken: it
             // supervises without metrics rather than not at all.
             Err(e) if take_over => eprintln!("monarch: warning: {e}; supervising without metrics"),
             Err(e) => return Err(e.to_string()),
         }
     }
-    Ok((log, socket, server, served))
+    let mut redfish = None;
+    if let Some(opts) = &hold.redfish {
+        use crate::redfish::{journal::Journal, service, tree};
+        let mut managers: Vec<String> = t.managers.iter().map(|m| m.id.clone()).collect();
+        if !managers.iter().any(|m| m == monarch_id) {
+            managers.insert(0, monarch_id.to_string());
+        }
+        let info = tree::Info {
+            chassis: t.name.clone(),
+            chassis_id: crate::topology::sanitize(&t.name),
+            uuid: tree::uuid(&t.name),
+            systems: t.secondaries.iter().map(|s| s.id.clone()).collect(),
+            managers,
+            monarch: monarch_id.to_string(),
+        };
+        let journal = std::sync::Arc::new(Journal::default());
+        match service::serve(opts, &hold.state_dir, info, ctl, journal.clone(), hold.deadline) {
+            Ok(served) => {
+                for w in &served.warnings {
+                    eprintln!("monarch: warning: Redfish: {w}");
+                }
+                if served.made {
+                    eprintln!(
+                        "monarch: Redfish: made a self-signed certificate {} (SHA-256 {}); give your own with --redfish-cert and --redfish-key",
+                        served.certificate.display(),
+                        served.fingerprint
+                    );
+                }
+                redfish = Some((journal, served.addr));
+            }
+            Err(e) if take_over => eprintln!("monarch: warning: {e}; supervising without Redfish"),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(Held { causes, socket, server, metrics, redfish })
 }
 
-/// What a held boot starts with: its reboot causes, its control socket (path and server),
-/// and its metrics with the address they are served at.
-type Held = (
-    crate::supervise::causes::CauseLog,
-    PathBuf,
-    control::Server,
-    Option<(std::sync::Arc<crate::supervise::metrics::Metrics>, std::net::SocketAddr)>,
-);
+/// What a held boot starts with.
+struct Held {
+    /// Reboot causes kept across runs.
+    causes: crate::supervise::causes::CauseLog,
+    /// The control socket's path.
+    socket: PathBuf,
+    /// Its server.
+    server: control::Server,
+    /// The metrics, with the address they are served at.
+    metrics: Option<(std::sync::Arc<crate::supervise::metrics::Metrics>, std::net::SocketAddr)>,
+    /// The Redfish service's memory of events, with its address.
+    redfish: Option<(std::sync::Arc<crate::redfish::journal::Journal>, std::net::SocketAddr)>,
+}
 
 fn failed_summary(id: &str, why: &str) -> ProcessorSummary {
     ProcessorSummary { error: Some(why.into()), ..ProcessorSummary::new(id, "secondary", "failed") }

@@ -277,6 +277,21 @@ self-test (overrides the topology's [election] monarch; the operator's choice)"
     /// port 0 picks one, named in the `supervising` event).
     #[arg(long, value_name = "ADDR", requires = "hold")]
     metrics: Option<std::net::SocketAddr>,
+    /// With --hold: serve Redfish over HTTPS at ADDR (e.g. 127.0.0.1:8443; port 0 picks one,
+    /// named in the `supervising` event) [default: the topology's [management] redfish].
+    #[arg(long, value_name = "ADDR", requires = "hold")]
+    redfish: Option<std::net::SocketAddr>,
+    /// With --redfish: the users file (`NAME:HASH[:ROLE]` lines; make one with `monarch redfish
+    /// useradd`) [default: the topology's [management] users].
+    #[arg(long, value_name = "FILE", requires = "hold")]
+    redfish_users: Option<PathBuf>,
+    /// With --redfish: its certificate (PEM) [default: [management] certificate, else one made
+    /// at first start and kept in the state folder].
+    #[arg(long, value_name = "FILE", requires = "redfish_key")]
+    redfish_certificate: Option<PathBuf>,
+    /// With --redfish-certificate: its private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "redfish_certificate")]
+    redfish_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -492,6 +507,26 @@ fn cmd_bench(c: monarch_bench::cli::BenchCmd) -> ExitCode {
     }
 }
 
+/// The Redfish service `up --hold` is asked for: its flags, else the topology's `[management]`.
+fn redfish_options(
+    a: &UpArgs,
+    m: &topology::Management,
+) -> Result<Option<monarch_boot::redfish::RedfishOptions>, String> {
+    let Some(addr) = a.redfish.or(m.redfish) else {
+        return Ok(None);
+    };
+    let users = a.redfish_users.clone().or_else(|| m.users.clone()).ok_or_else(|| {
+        format!(
+            "the Redfish service at {addr} needs a users file: give --redfish-users FILE (or [management] users), made with `monarch redfish useradd FILE admin --role Administrator`"
+        )
+    })?;
+    let (certificate, key) = match (&a.redfish_certificate, &a.redfish_key) {
+        (Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),
+        _ => (m.certificate.clone(), m.key.clone()),
+    };
+    Ok(Some(monarch_boot::redfish::RedfishOptions { addr, users, certificate, key }))
+}
+
 fn cmd_up(a: UpArgs) -> ExitCode {
     let topology = match a.topo.load() {
         Ok(t) => t,
@@ -511,7 +546,12 @@ fn cmd_up(a: UpArgs) -> ExitCode {
             .unwrap_or_else(|| {
                 PathBuf::from("/var/lib/monarch").join(topology::sanitize(&plan.topology.name))
             });
-        Some(run::HoldOptions { state_dir, deadline: a.deadline, metrics: a.metrics })
+        let redfish = match redfish_options(&a, &plan.topology.management) {
+            Ok(r) => r,
+            Err(e) => return bad_input(&e),
+        };
+        let metrics = a.metrics.or(plan.topology.management.metrics);
+        Some(run::HoldOptions { state_dir, deadline: a.deadline, metrics, redfish })
     } else {
         if plan.topology.main_power == topology::MainPower::Manual
             && plan.topology.secondaries.iter().any(|s| s.life.power == topology::PowerDomain::Main)
@@ -635,6 +675,14 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
                 state_dir,
                 deadline: a.hold_deadline,
                 metrics: a.hold_metrics,
+                redfish: a.hold_redfish.zip(a.hold_redfish_users.clone()).map(|(addr, users)| {
+                    monarch_boot::redfish::RedfishOptions {
+                        addr,
+                        users,
+                        certificate: a.hold_redfish_certificate.clone(),
+                        key: a.hold_redfish_key.clone(),
+                    }
+                }),
             }),
         },
         clock: election::instant_at(a.t0_unix_ns),
@@ -851,6 +899,10 @@ mod tests {
                 hold_state_dir: monarch.map(|_| PathBuf::from("/var/lib/monarch/c")),
                 hold_deadline: Duration::from_secs(10),
                 hold_metrics: monarch.map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 9100))),
+                hold_redfish: monarch.map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 8443))),
+                hold_redfish_users: monarch.map(|_| PathBuf::from("/etc/monarch/users")),
+                hold_redfish_certificate: monarch.map(|_| PathBuf::from("/etc/monarch/cert.pem")),
+                hold_redfish_key: monarch.map(|_| PathBuf::from("/etc/monarch/key.pem")),
             };
             let Cmd::Candidate(back) = parse(a.to_args()) else { panic!("not `candidate`") };
             assert_eq!(back, a);

@@ -83,6 +83,7 @@ pub fn up(
     let (tx, rx) = mpsc::channel::<(usize, Event)>();
     let mut children: Vec<Option<Child>> = Vec::new();
     let mut readers = Vec::new();
+    let redfish = opts.hold.as_ref().and_then(|h| h.redfish.as_ref());
     for (k, m) in t.managers.iter().enumerate() {
         let args = crate::cmdline::CandidateArgs {
             topo: crate::cmdline::TopologyOpt {
@@ -105,6 +106,10 @@ pub fn up(
             hold_state_dir: opts.hold.as_ref().map(|h| h.state_dir.clone()),
             hold_deadline: opts.hold.as_ref().map_or(Duration::from_secs(10), |h| h.deadline),
             hold_metrics: opts.hold.as_ref().and_then(|h| h.metrics),
+            hold_redfish: redfish.map(|r| r.addr),
+            hold_redfish_users: redfish.map(|r| r.users.clone()),
+            hold_redfish_certificate: redfish.and_then(|r| r.certificate.clone()),
+            hold_redfish_key: redfish.and_then(|r| r.key.clone()),
         };
         let mut cmd = Command::new(&opts.agent_exe);
         cmd.args(args.to_args())

@@ -39,6 +39,8 @@ pub struct HoldOptions {
     pub deadline: Duration,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where and how to serve Redfish, if anywhere.
+    pub redfish: Option<crate::redfish::RedfishOptions>,
 }
 
 /// Where a secondary stands in the supervisor's eyes.
@@ -159,6 +161,9 @@ struct Op {
     error: Option<String>,
 }
 
+/// Something else that sees every event.
+pub(crate) type Watcher<'a> = Box<dyn Fn(&Event) + 'a>;
+
 /// The supervisor of one run.
 pub(crate) struct Keeper<'a> {
     t: &'a Topology,
@@ -181,6 +186,8 @@ pub(crate) struct Keeper<'a> {
     closing: bool,
     /// Prometheus metrics, when served.
     metrics: Option<Arc<Metrics>>,
+    /// Who else sees every event (the Redfish service's log and stream).
+    watchers: Vec<Watcher<'a>>,
     /// When the gauges were last set.
     gauges_at: Instant,
     /// systemd was told the chassis is ready (`Type=notify`).
@@ -249,6 +256,7 @@ impl<'a> Keeper<'a> {
             signalled: false,
             closing: false,
             metrics: None,
+            watchers: Vec::new(),
             gauges_at: now,
             notified_ready: false,
             watchdog: sd_notify::watchdog_enabled().map(|p| (p, now)),
@@ -279,10 +287,18 @@ impl<'a> Keeper<'a> {
         self.metrics = Some(metrics);
     }
 
+    /// Show every event to `watch` too.
+    pub(crate) fn with_watcher(&mut self, watch: Watcher<'a>) {
+        self.watchers.push(watch);
+    }
+
     /// Pass an event on to the operators following them (and the metrics).
     pub(crate) fn observe(&mut self, ev: &Event) {
         if let Some(m) = &self.metrics {
             m.observe(ev);
+        }
+        for w in &self.watchers {
+            w(ev);
         }
         self.followers.retain(|f| f.send(Reply::Event { event: ev.clone() }).is_ok());
     }

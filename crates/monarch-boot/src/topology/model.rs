@@ -303,6 +303,22 @@ impl Signing {
     }
 }
 
+/// How a supervised chassis is managed from outside (the `[management]` table; `up --hold`'s
+/// flags win over it). Paths are resolved against the topology file's folder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Management {
+    /// Where to serve Redfish (HTTPS).
+    pub redfish: Option<std::net::SocketAddr>,
+    /// The Redfish users file.
+    pub users: Option<PathBuf>,
+    /// The Redfish service's certificate (PEM).
+    pub certificate: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
 /// A management processor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manager {
@@ -388,6 +404,8 @@ pub struct Topology {
     /// Where the supervisor keeps reboot causes across runs (`[chassis] state_dir`, resolved
     /// against the topology file's folder); `None`: nothing is kept.
     pub state_dir: Option<PathBuf>,
+    /// How a supervised chassis is managed from outside (`[management]`).
+    pub management: Management,
 }
 
 /// Defaults when neither the processor nor `[defaults]` say otherwise.

@@ -120,6 +120,7 @@ impl Topology {
             MainPower::default(),
         );
         let state_dir = file.chassis.state_dir.as_ref().map(|d| base.join(d));
+        let management = management(&mut cx, &file.management, base);
         for p in &file.processors {
             let id = p.id.get_ref().clone();
             let who = format!("processor \"{id}\"");
@@ -438,6 +439,7 @@ impl Topology {
                 secondaries,
                 main_power,
                 state_dir,
+                management,
             })
         } else {
             Err(invalid(cx.problems))
@@ -813,4 +815,36 @@ fn image(
             ImageSource::File(f)
         }
     }
+}
+
+/// The `[management]` table.
+fn management(cx: &mut Ctx<'_>, m: &ManagementDef, base: &Path) -> Management {
+    let mut addr = |v: &Option<Spanned<String>>, key: &str, example: &str| {
+        let v = v.as_ref()?;
+        match v.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                cx.push(
+                    Some(v.span()),
+                    format!("management.{key}"),
+                    format!("{:?} is not an address: give IP:PORT, like \"{example}\"", v.get_ref()),
+                );
+                None
+            }
+        }
+    };
+    let redfish = addr(&m.redfish, "redfish", "127.0.0.1:8443");
+    let metrics = addr(&m.metrics, "metrics", "127.0.0.1:9464");
+    let path = |p: &Option<String>| p.as_ref().map(|p| base.join(p));
+    let (certificate, key) = (path(&m.certificate), path(&m.key));
+    if certificate.is_some() != key.is_some() {
+        let (given, missing) =
+            if certificate.is_some() { ("certificate", "key") } else { ("key", "certificate") };
+        cx.push(
+            None,
+            format!("management.{missing}"),
+            format!("a {given} is given without its {missing}: give both, or neither (a self-signed certificate is then made at first start)"),
+        );
+    }
+    Management { redfish, users: path(&m.users), certificate, key, metrics }
 }

@@ -36,6 +36,23 @@ pub(super) struct FileDef {
     pub(super) switches: Vec<SwitchDef>,
     #[serde(default, rename = "processor")]
     pub(super) processors: Vec<ProcessorDef>,
+    #[serde(default)]
+    pub(super) management: ManagementDef,
+}
+
+/// How the supervised chassis is managed from outside (`monarch up --hold`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ManagementDef {
+    /// Where to serve Redfish (HTTPS), `IP:PORT`.
+    pub(super) redfish: Option<Spanned<String>>,
+    /// The Redfish users file.
+    pub(super) users: Option<String>,
+    /// The Redfish service's certificate and key (PEM).
+    pub(super) certificate: Option<String>,
+    pub(super) key: Option<String>,
+    /// Where to serve Prometheus metrics, `IP:PORT`.
+    pub(super) metrics: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
