@@ -76,6 +76,13 @@ pub fn boot(
                     metrics_addr = Some(addr.to_string());
                     m
                 });
+                tracing::info!(
+                    chassis = %t.name,
+                    socket = %socket.display(),
+                    state_dir = %hold.state_dir.display(),
+                    metrics = metrics_addr.as_deref(),
+                    "supervising the chassis"
+                );
                 send(
                     &tx,
                     EventKind::Supervising {
@@ -175,6 +182,7 @@ pub fn boot(
                 // Deposed (a monarch that was paused wakes up to a newer one): the chassis is
                 // the new monarch's to supervise; stop acting on it at once.
                 gate.close("this monarch was deposed");
+                tracing::warn!(chassis = %t.name, "deposed by a newer monarch; it supervises the chassis now");
                 break;
             }
             if let Ok(ev) = rx.recv_timeout(Duration::from_millis(5)) {
@@ -311,7 +319,7 @@ fn prepare_hold(
             Ok(bound) => served = Some((m, bound)),
             // A monarch taking over from one that is only paused finds the port taken: it
             // supervises without metrics rather than not at all.
-            Err(e) if take_over => eprintln!("monarch: warning: {e}; supervising without metrics"),
+            Err(e) if take_over => tracing::warn!(error = %e, "supervising without metrics"),
             Err(e) => return Err(e.to_string()),
         }
     }

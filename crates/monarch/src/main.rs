@@ -3,6 +3,7 @@
 
 mod chassis_cli;
 mod exit;
+mod logs;
 mod netboot_cli;
 mod output;
 
@@ -40,6 +41,8 @@ monarch topology default        print the built-in topology, to edit for your ch
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    logs: logs::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -317,6 +320,7 @@ fn main() -> ExitCode {
         monarch_boot::vm::stage1::init_main();
     }
     let cli = Cli::parse();
+    logs::install(&cli.logs);
     match cli.cmd {
         Cmd::Up(a) => cmd_up(a),
         Cmd::Status(a) => chassis_cli::status(a),
@@ -449,7 +453,7 @@ fn cmd_up(a: UpArgs) -> ExitCode {
     };
     // Ctrl-C / SIGTERM: stop staging, shut down what runs, report (a second one: at once).
     if let Err(e) = monarch_boot::interrupt::install(true) {
-        eprintln!("monarch: warning: cannot catch SIGINT/SIGTERM ({e}): an interruption will not be clean");
+        tracing::warn!(error = %e, "cannot catch SIGINT/SIGTERM: an interruption will not be clean");
     }
     let mut out = output::Output::new(a.json, &plan);
     // With --timeline, the run's events are kept for its picture.
@@ -474,8 +478,8 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         // The boot's own outcome decides the exit status; a picture that cannot be written
         // is said, not a failed boot.
         match timeline::save(f, &timeline::render(&seen)) {
-            Ok(()) => eprintln!("monarch: the picture of this run: {}", f.display()),
-            Err(e) => eprintln!("monarch: warning: {e}"),
+            Ok(()) => tracing::info!(file = %f.display(), "the picture of this run is written"),
+            Err(e) => tracing::warn!(error = %e, "the picture of this run is not written"),
         }
     }
     if a.hold && !summary.processors.iter().any(|p| p.state == "interrupted") {
@@ -516,7 +520,7 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
     // A candidate lives as long as its chassis (`monarch up`): if that dies, a stop signal
     // ends this one cleanly (a held chassis is shut down) instead of leaving it orphaned.
     if !election::candidate::bind_to_chassis() {
-        eprintln!("monarch candidate: its chassis is gone already; stopping");
+        tracing::warn!("its chassis is gone already; stopping");
         return ExitCode::from(exit::BOOT_FAILED);
     }
     topology.relocate(&a.run_dir);
@@ -534,7 +538,7 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
     // on a second signal: from a terminal the candidate gets the Ctrl-C and `monarch up`'s
     // relay of it.
     if let Err(e) = monarch_boot::interrupt::install(false) {
-        eprintln!("monarch candidate: warning: cannot catch SIGINT/SIGTERM: {e}");
+        tracing::warn!(error = %e, "cannot catch SIGINT/SIGTERM");
     }
     let o = election::CandidateOptions {
         plan: Plan::new(topology),
@@ -569,7 +573,7 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
         election::CandidateOutcome::StoodDown => ExitCode::from(exit::STOOD_DOWN),
         election::CandidateOutcome::Deconfigured => ExitCode::from(exit::DECONFIGURED),
         election::CandidateOutcome::Failed(e) => {
-            eprintln!("monarch candidate: {e}");
+            tracing::error!(error = %e, "the candidate failed");
             ExitCode::from(exit::BAD_INPUT)
         }
     }

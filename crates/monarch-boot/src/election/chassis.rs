@@ -107,6 +107,7 @@ pub fn up(
             hold_metrics: opts.hold.as_ref().and_then(|h| h.metrics),
         };
         let mut cmd = Command::new(&opts.agent_exe);
+        crate::logs::inherit(&mut cmd);
         cmd.args(args.to_args())
             .env("MONARCH_SUPERVISOR", std::process::id().to_string())
             .stdin(Stdio::null())
