@@ -12,7 +12,8 @@
 //!   every secondary runs before a handoff), [`events`] (what every front end reads),
 //!   [`timeline`] (a run's events drawn as an SVG picture), [`vm`] (QEMU secondaries: artifacts,
 //!   the monarch's QEMU command, PID 1 inside the VM, the [`bundle`] it kexecs),
-//!   [`values`] (sizes, durations, checksum names), [`interrupt`] (Ctrl-C and SIGTERM).
+//!   [`values`] (sizes, durations, checksum names), [`interrupt`] (Ctrl-C and SIGTERM),
+//!   [`logs`] (the diagnostics on stderr, and how started processes write theirs).
 //!
 //! The protocol decisions are `monarch-proto`'s; the memory and processes are
 //! `monarch-drivers`'. `docs/architecture.md` maps every concept to its files.
@@ -33,6 +34,7 @@ pub use monarch_etcd;
 pub mod handoff;
 pub mod image;
 pub mod interrupt;
+pub mod logs;
 pub mod metrics;
 pub mod netagent;
 pub mod netboot;

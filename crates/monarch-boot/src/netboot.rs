@@ -164,7 +164,7 @@ pub async fn serve(
         let events = sink("http", &emit);
         tasks.spawn(async move {
             if let Err(e) = server.run(events).await {
-                eprintln!("monarch netboot: HTTP service ended: {e}");
+                tracing::error!(service = "http", error = %e, "the HTTP service ended");
             }
         });
     }
@@ -184,7 +184,7 @@ pub async fn serve(
         let events = sink("discovery", &emit);
         tasks.spawn(async move {
             if let Err(e) = server.run(events).await {
-                eprintln!("monarch netboot: discovery service ended: {e}");
+                tracing::error!(service = "discovery", error = %e, "the discovery service ended");
             }
         });
     }
@@ -210,7 +210,7 @@ pub async fn serve(
         let events = sink("dhcp", &emit);
         tasks.spawn(async move {
             if let Err(e) = server.run(events).await {
-                eprintln!("monarch netboot: DHCP service ended: {e}");
+                tracing::error!(service = "dhcp", error = %e, "the DHCP service ended");
             }
         });
     }
@@ -224,6 +224,14 @@ pub async fn serve(
         m.insert("event".into(), json!("ready"));
     }
     emit(r);
+    tracing::info!(
+        root = %catalog.root().display(),
+        tftp = ready.tftp.map(tracing::field::display),
+        http = ready.http.as_deref(),
+        discovery = ready.discovery.map(tracing::field::display),
+        dhcp = ready.dhcp.as_deref(),
+        "network boot services ready"
+    );
     tokio::select! {
         () = stop => {}
         Some(done) = tasks.join_next() => {
@@ -257,10 +265,15 @@ async fn watch_catalog(shared: SharedCatalog, emit: Arc<dyn Fn(Value) + Send + S
                 shared.replace(c);
                 emit(json!({"service": "netboot", "event": "catalog_reloaded", "machines": machines}));
             }
-            Err(e) => emit(json!({
-                "service": "netboot", "event": "catalog_error",
-                "error": format!("{e}; still serving the previous catalog"),
-            })),
+            Err(e) => {
+                // The operator's edit did not take: say so in the logs too, not only in the
+                // event stream, since nothing else will.
+                tracing::warn!(catalog = %file.display(), error = %e, "the catalog does not load; still serving the previous one");
+                emit(json!({
+                    "service": "netboot", "event": "catalog_error",
+                    "error": format!("{e}; still serving the previous catalog"),
+                }));
+            }
         }
     }
 }

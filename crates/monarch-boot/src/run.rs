@@ -79,6 +79,14 @@ pub fn boot(
                 });
                 let redfish_addr = held.redfish.as_ref().map(|(_, a)| a.to_string());
                 journal = held.redfish.map(|(j, _)| j);
+                tracing::info!(
+                    chassis = %t.name,
+                    socket = %held.socket.display(),
+                    state_dir = %hold.state_dir.display(),
+                    metrics = metrics_addr.as_deref(),
+                    redfish = redfish_addr.as_deref(),
+                    "supervising the chassis"
+                );
                 send(
                     &tx,
                     EventKind::Supervising {
@@ -182,6 +190,7 @@ pub fn boot(
                 // Deposed (a monarch that was paused wakes up to a newer one): the chassis is
                 // the new monarch's to supervise; stop acting on it at once.
                 gate.close("this monarch was deposed");
+                tracing::warn!(chassis = %t.name, "deposed by a newer monarch; it supervises the chassis now");
                 break;
             }
             if let Ok(ev) = rx.recv_timeout(Duration::from_millis(5)) {
@@ -320,7 +329,7 @@ fn prepare_hold(
             Ok(bound) => metrics = Some((m, bound)),
             // A monarch taking over from one that is only paused finds the port taken: it
             // supervises without metrics rather than not at all.
-            Err(e) if take_over => eprintln!("monarch: warning: {e}; supervising without metrics"),
+            Err(e) if take_over => tracing::warn!(error = %e, "supervising without metrics"),
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -343,18 +352,18 @@ fn prepare_hold(
         match service::serve(opts, &hold.state_dir, info, ctl, journal.clone(), hold.deadline) {
             Ok(served) => {
                 for w in &served.warnings {
-                    eprintln!("monarch: warning: Redfish: {w}");
+                    tracing::warn!("Redfish: {w}");
                 }
                 if served.made {
-                    eprintln!(
-                        "monarch: Redfish: made a self-signed certificate {} (SHA-256 {}); give your own with --redfish-cert and --redfish-key",
-                        served.certificate.display(),
-                        served.fingerprint
+                    tracing::info!(
+                        certificate = %served.certificate.display(),
+                        sha256 = %served.fingerprint,
+                        "Redfish: made a self-signed certificate; give your own with --redfish-cert and --redfish-key"
                     );
                 }
                 redfish = Some((journal, served.addr));
             }
-            Err(e) if take_over => eprintln!("monarch: warning: {e}; supervising without Redfish"),
+            Err(e) if take_over => tracing::warn!("{e}; supervising without Redfish"),
             Err(e) => return Err(e.to_string()),
         }
     }

@@ -3,6 +3,7 @@
 
 mod chassis_cli;
 mod exit;
+mod logs;
 mod netboot_cli;
 mod output;
 
@@ -41,6 +42,8 @@ monarch topology default        print the built-in topology, to edit for your ch
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    logs: logs::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -288,9 +291,9 @@ self-test (overrides the topology's [election] monarch; the operator's choice)"
     /// With --redfish: its certificate (PEM) [default: [management] certificate, else one made
     /// at first start and kept in the state folder].
     #[arg(long, value_name = "FILE", requires = "redfish_key")]
-    redfish_certificate: Option<PathBuf>,
-    /// With --redfish-certificate: its private key (PEM).
-    #[arg(long, value_name = "FILE", requires = "redfish_certificate")]
+    redfish_cert: Option<PathBuf>,
+    /// With --redfish-cert: its private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "redfish_cert")]
     redfish_key: Option<PathBuf>,
 }
 
@@ -375,6 +378,7 @@ fn main() -> ExitCode {
         monarch_boot::vm::stage1::init_main();
     }
     let cli = Cli::parse();
+    logs::install(&cli.logs);
     match cli.cmd {
         Cmd::Up(a) => cmd_up(a),
         Cmd::Status(a) => chassis_cli::status(a),
@@ -520,7 +524,7 @@ fn redfish_options(
             "the Redfish service at {addr} needs a users file: give --redfish-users FILE (or [management] users), made with `monarch redfish useradd FILE admin --role Administrator`"
         )
     })?;
-    let (certificate, key) = match (&a.redfish_certificate, &a.redfish_key) {
+    let (certificate, key) = match (&a.redfish_cert, &a.redfish_key) {
         (Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),
         _ => (m.certificate.clone(), m.key.clone()),
     };
@@ -575,7 +579,7 @@ fn cmd_up(a: UpArgs) -> ExitCode {
     };
     // Ctrl-C / SIGTERM: stop staging, shut down what runs, report (a second one: at once).
     if let Err(e) = monarch_boot::interrupt::install(true) {
-        eprintln!("monarch: warning: cannot catch SIGINT/SIGTERM ({e}): an interruption will not be clean");
+        tracing::warn!(error = %e, "cannot catch SIGINT/SIGTERM: an interruption will not be clean");
     }
     let mut out = output::Output::new(a.json, &plan);
     // With --timeline, the run's events are kept for its picture.
@@ -600,8 +604,8 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         // The boot's own outcome decides the exit status; a picture that cannot be written
         // is said, not a failed boot.
         match timeline::save(f, &timeline::render(&seen)) {
-            Ok(()) => eprintln!("monarch: the picture of this run: {}", f.display()),
-            Err(e) => eprintln!("monarch: warning: {e}"),
+            Ok(()) => tracing::info!(file = %f.display(), "the picture of this run is written"),
+            Err(e) => tracing::warn!(error = %e, "the picture of this run is not written"),
         }
     }
     if a.hold && !summary.processors.iter().any(|p| p.state == "interrupted") {
@@ -642,7 +646,7 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
     // A candidate lives as long as its chassis (`monarch up`): if that dies, a stop signal
     // ends this one cleanly (a held chassis is shut down) instead of leaving it orphaned.
     if !election::candidate::bind_to_chassis() {
-        eprintln!("monarch candidate: its chassis is gone already; stopping");
+        tracing::warn!("its chassis is gone already; stopping");
         return ExitCode::from(exit::BOOT_FAILED);
     }
     topology.relocate(&a.run_dir);
@@ -660,7 +664,7 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
     // on a second signal: from a terminal the candidate gets the Ctrl-C and `monarch up`'s
     // relay of it.
     if let Err(e) = monarch_boot::interrupt::install(false) {
-        eprintln!("monarch candidate: warning: cannot catch SIGINT/SIGTERM: {e}");
+        tracing::warn!(error = %e, "cannot catch SIGINT/SIGTERM");
     }
     let o = election::CandidateOptions {
         plan: Plan::new(topology),
@@ -703,7 +707,7 @@ fn cmd_candidate(a: CandidateArgs) -> ExitCode {
         election::CandidateOutcome::StoodDown => ExitCode::from(exit::STOOD_DOWN),
         election::CandidateOutcome::Deconfigured => ExitCode::from(exit::DECONFIGURED),
         election::CandidateOutcome::Failed(e) => {
-            eprintln!("monarch candidate: {e}");
+            tracing::error!(error = %e, "the candidate failed");
             ExitCode::from(exit::BAD_INPUT)
         }
     }

@@ -112,6 +112,7 @@ pub fn up(
             hold_redfish_key: redfish.and_then(|r| r.key.clone()),
         };
         let mut cmd = Command::new(&opts.agent_exe);
+        crate::logs::inherit(&mut cmd);
         cmd.args(args.to_args())
             .env("MONARCH_SUPERVISOR", std::process::id().to_string())
             .stdin(Stdio::null())

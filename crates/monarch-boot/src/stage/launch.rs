@@ -159,6 +159,7 @@ fn start_agent(sec: &Secondary, ctx: &StageCtx<'_>, window: &Window, memfd: bool
         defer: sec.faults.defer_notices.clone(),
     };
     cmd.envs(behaviour.env());
+    crate::logs::inherit(&mut cmd);
     let child = spawn_logged(&mut cmd, &log, "agent log")
         .map_err(|e| format!("cannot start agent {}: {e}", ctx.agent_exe.display()))?;
     Ok(Started { child, log, qemu_log: None, console: None })

@@ -304,6 +304,7 @@ impl<'a, 'c> NetStage<'a, 'c> {
         cmd.args(args.to_args());
         // The payload reports through a window when it sees one; this one has none.
         cmd.env_remove("MONARCH_WINDOW");
+        crate::logs::inherit(&mut cmd);
         // Appended to, like a window agent's log: a relaunch keeps what the first run said.
         let log = super::context::open_log(&self.log)
             .map_err(|e| format!("cannot create agent log {}: {e}; check run_dir", self.log.display()))?;

@@ -511,7 +511,7 @@ impl<'a> Keeper<'a> {
             }
             Some(Poll::Garbage(seq, e)) => {
                 self.procs[i].answer_seq = seq;
-                eprintln!("monarch: {}: an unreadable answer in its window: {e}", sec.id);
+                tracing::warn!(processor = %sec.id, error = %e, "an unreadable answer in its window");
             }
             _ => {}
         }
@@ -589,7 +589,7 @@ impl<'a> Keeper<'a> {
         if let Some(log) = self.causes.as_mut()
             && let Err(e) = log.record(&id, cause, action)
         {
-            eprintln!("monarch: {id}: the reboot cause could not be kept: {e}");
+            tracing::warn!(processor = %id, error = %e, "the reboot cause could not be kept");
         }
     }
 
@@ -682,7 +682,9 @@ impl<'a> Keeper<'a> {
         for port in &sec.life.ports {
             match monarch_drivers::link::set_up(port, up) {
                 Ok(()) => (self.emit)(EventKind::Port { id: sec.id.clone(), port: port.clone(), up }),
-                Err(e) => eprintln!("monarch: {}: port {port}: {e}", sec.id),
+                Err(e) => {
+                    tracing::warn!(processor = %sec.id, port = %port, up, error = %e, "cannot set the port")
+                }
             }
         }
     }
@@ -795,7 +797,7 @@ impl<'a> Keeper<'a> {
         let Some(kind) = self.procs[i].posted.iter().find(|(seq, _)| *seq == a.notice).map(|(_, k)| *k)
         else {
             // An answer to nothing we posted (peer data): noted, not acted on.
-            eprintln!("monarch: {id}: an answer to notice {} that was never posted; ignored", a.notice);
+            tracing::warn!(processor = %id, notice = a.notice, "an answer to a notice that was never posted; ignored");
             return;
         };
         let (answer, reason) = answer_parts(&a.answer);

@@ -84,6 +84,9 @@ pub fn is(e: &Value, event: &str, id: &str) -> bool {
 pub struct Chassis {
     pub child: Child,
     events: Arc<Mutex<Vec<Value>>>,
+    /// Its stderr lines as they come, when started with [`Chassis::start_capturing_stderr`]
+    /// (collected on after the chassis is shut down and gone).
+    pub stderr: Option<Arc<Mutex<Vec<String>>>>,
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
 }
@@ -97,6 +100,16 @@ impl Chassis {
 
     /// [`Chassis::start`] with more arguments for `monarch up --hold`.
     pub fn start_with(topology: &str, ports: &[(&str, &str)], extra: &[&str]) -> Chassis {
+        Chassis::spawn(topology, ports, extra, false)
+    }
+
+    /// [`Chassis::start_with`] (no ports), its stderr collected for [`Chassis::stderr_lines`]
+    /// instead of passed through.
+    pub fn start_capturing_stderr(topology: &str, extra: &[&str]) -> Chassis {
+        Chassis::spawn(topology, &[], extra, true)
+    }
+
+    fn spawn(topology: &str, ports: &[(&str, &str)], extra: &[&str], capture: bool) -> Chassis {
         let dir = tempfile::tempdir().unwrap();
         let t = write_topology(dir.path(), topology);
         let up = format!("exec {MONARCH} up --hold --json --topology {} {}", t.display(), extra.join(" "));
@@ -115,8 +128,18 @@ impl Chassis {
             c.args(["--net", "--", "sh", "-c", &script]);
             c
         };
-        let mut child =
-            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start monarch up --hold");
+        let stderr = if capture { Stdio::piped() } else { Stdio::inherit() };
+        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("start monarch up --hold");
+        let stderr = child.stderr.take().map(|err| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        });
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         let stdout = child.stdout.take().unwrap();
@@ -129,7 +152,7 @@ impl Chassis {
             }
         });
         let socket = dir.path().join("win/control.sock");
-        let c = Chassis { child, events, socket, dir };
+        let c = Chassis { child, events, stderr, socket, dir };
         c.wait_for("the supervisor to start", &|e| e["event"] == "supervising");
         c
     }
@@ -197,6 +220,11 @@ impl Chassis {
         // The reader thread drains what is left.
         std::thread::sleep(Duration::from_millis(100));
         (code, self.events())
+    }
+
+    /// Its stderr so far (empty unless started with [`Chassis::start_capturing_stderr`]).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.as_ref().map(|l| l.lock().unwrap().clone()).unwrap_or_default()
     }
 
     pub fn monarch_pid(&self) -> u32 {
