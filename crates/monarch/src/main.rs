@@ -281,14 +281,14 @@ self-test (overrides the topology's [election] monarch; the operator's choice)"
     #[arg(long, value_name = "ADDR", requires = "hold")]
     metrics: Option<std::net::SocketAddr>,
     /// With --hold: serve Redfish over HTTPS at ADDR (e.g. 127.0.0.1:8443; port 0 picks one,
-    /// named in the `supervising` event) [default: the topology's [management] redfish].
+    /// named in the `supervising` event) [default: the topology's `[management]` redfish].
     #[arg(long, value_name = "ADDR", requires = "hold")]
     redfish: Option<std::net::SocketAddr>,
     /// With --redfish: the users file (`NAME:HASH[:ROLE]` lines; make one with `monarch redfish
-    /// useradd`) [default: the topology's [management] users].
+    /// useradd`) [default: the topology's `[management]` users].
     #[arg(long, value_name = "FILE", requires = "hold")]
     redfish_users: Option<PathBuf>,
-    /// With --redfish: its certificate (PEM) [default: [management] certificate, else one made
+    /// With --redfish: its certificate (PEM) [default: `[management]` certificate, else one made
     /// at first start and kept in the state folder].
     #[arg(long, value_name = "FILE", requires = "redfish_key")]
     redfish_cert: Option<PathBuf>,

@@ -239,7 +239,7 @@ async fn authenticate(
                 req.extensions_mut().insert(c);
             }
             Err(refused) => {
-                tracing::info!(path = %req.uri().path(), "redfish: refused: {}", refused.message);
+                tracing::debug!(path = %req.uri().path(), "redfish: refused: {}", refused.message);
                 return with_odata(refused.into_response());
             }
         }
@@ -462,9 +462,11 @@ async fn log_entries(State(svc): State<Arc<Service>>, Path((kind, id)): Path<(St
         move |s| entries(s, &owner, who.as_deref())
     })
     .await?;
-    let members: Vec<String> =
-        list.iter().filter_map(|e| e["@odata.id"].as_str().map(str::to_string)).collect();
-    doc(tree::collection(&path, "LogEntryCollection", "Log Entries", &members))
+    // The schema has a log's entries expanded in their collection (OData.AutoExpand).
+    let mut c = tree::collection(&path, "LogEntryCollection", "Log Entries", &[]);
+    c["Members@odata.count"] = json!(list.len());
+    c["Members"] = Value::Array(list);
+    doc(c)
 }
 
 async fn log_entry(
@@ -640,6 +642,10 @@ fn router(svc: Arc<Service>) -> Router {
         .route(
             "/redfish/v1/$metadata",
             get(|| async { ([(header::CONTENT_TYPE, "application/xml")], tree::metadata()) }),
+        )
+        .route(
+            tree::OEM_SCHEMA_PATH,
+            get(|| async { ([(header::CONTENT_TYPE, "application/xml")], tree::OEM_SCHEMA) }),
         )
         .route("/redfish/v1/Systems", get(systems))
         .route("/redfish/v1/Systems/{id}", get(system))

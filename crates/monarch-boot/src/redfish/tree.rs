@@ -217,7 +217,11 @@ pub fn manager(info: &Info, id: &str, epoch: u64) -> Value {
         "Name": id,
         "ManagerType": "ManagementController",
         "PowerState": "On",
-        "Oem": { "Monarch": { "Role": if monarch { "monarch" } else { "serf" }, "Epoch": epoch } },
+        "Oem": { "Monarch": {
+            "@odata.type": "#MonarchManager.v1_0_0.Monarch",
+            "Role": if monarch { "monarch" } else { "serf" },
+            "Epoch": epoch,
+        } },
     });
     if monarch {
         doc["Description"] = json!(format!(
@@ -386,6 +390,53 @@ pub fn odata() -> Value {
     })
 }
 
+/// Where the service serves its own schema (the manager's `Oem.Monarch`: role and epoch).
+pub const OEM_SCHEMA_PATH: &str = "/redfish/v1/Schemas/MonarchManager_v1.xml";
+
+/// The CSDL of `Oem.Monarch` in a Manager: whether it is the monarch or a serf, and the
+/// election's epoch.
+pub const OEM_SCHEMA: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<edmx:Edmx xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx" Version="4.0">
+  <edmx:Reference Uri="http://docs.oasis-open.org/odata/odata/v4.0/errata03/csd01/complete/vocabularies/Org.OData.Core.V1.xml">
+    <edmx:Include Namespace="Org.OData.Core.V1" Alias="OData"/>
+  </edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/RedfishExtensions_v1.xml">
+    <edmx:Include Namespace="RedfishExtensions.v1_0_0" Alias="Redfish"/>
+  </edmx:Reference>
+  <edmx:Reference Uri="http://redfish.dmtf.org/schemas/v1/Resource_v1.xml">
+    <edmx:Include Namespace="Resource"/>
+    <edmx:Include Namespace="Resource.v1_0_0"/>
+  </edmx:Reference>
+  <edmx:DataServices>
+    <Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="MonarchManager">
+      <Annotation Term="Redfish.OwningEntity" String="monarch"/>
+      <ComplexType Name="Monarch" BaseType="Resource.OemObject" Abstract="true">
+        <Annotation Term="OData.Description" String="The management processor's place in monarch election."/>
+        <Annotation Term="OData.LongDescription" String="This type shall contain the management processor's role in monarch election and the election's epoch."/>
+      </ComplexType>
+    </Schema>
+    <Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="MonarchManager.v1_0_0">
+      <Annotation Term="Redfish.OwningEntity" String="monarch"/>
+      <ComplexType Name="Monarch" BaseType="MonarchManager.Monarch">
+        <Annotation Term="OData.AdditionalProperties" Bool="false"/>
+        <Annotation Term="OData.Description" String="The management processor's place in monarch election."/>
+        <Annotation Term="OData.LongDescription" String="This type shall contain the management processor's role in monarch election and the election's epoch."/>
+        <Property Name="Role" Type="Edm.String" Nullable="false">
+          <Annotation Term="OData.Permissions" EnumMember="OData.Permission/Read"/>
+          <Annotation Term="OData.Description" String="monarch: elected, it supervises the chassis; serf: a candidate standing by."/>
+          <Annotation Term="OData.LongDescription" String="This property shall contain monarch for the elected management processor and serf for the others."/>
+        </Property>
+        <Property Name="Epoch" Type="Edm.Int64" Nullable="false">
+          <Annotation Term="OData.Permissions" EnumMember="OData.Permission/Read"/>
+          <Annotation Term="OData.Description" String="The election's epoch: one more at every failover."/>
+          <Annotation Term="OData.LongDescription" String="This property shall contain the epoch of the monarch election in force."/>
+        </Property>
+      </ComplexType>
+    </Schema>
+  </edmx:DataServices>
+</edmx:Edmx>
+"#;
+
 /// The CSDL `$metadata` document: a reference to each schema the service uses (at DMTF's
 /// published address; clients and validators keep their own copies).
 pub fn metadata() -> String {
@@ -399,6 +450,9 @@ pub fn metadata() -> String {
         }
         refs.push_str("  </edmx:Reference>\n");
     }
+    refs.push_str(&format!(
+        "  <edmx:Reference Uri=\"{OEM_SCHEMA_PATH}\">\n    <edmx:Include Namespace=\"MonarchManager\"/>\n    <edmx:Include Namespace=\"MonarchManager.v1_0_0\"/>\n  </edmx:Reference>\n"
+    ));
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<edmx:Edmx xmlns:edmx=\"http://docs.oasis-open.org/odata/ns/edmx\" Version=\"4.0\">\n{refs}  <edmx:DataServices>\n    <Schema xmlns=\"http://docs.oasis-open.org/odata/ns/edm\" Namespace=\"Service\">\n      <EntityContainer Name=\"Service\" Extends=\"ServiceRoot.{}.ServiceContainer\"/>\n    </Schema>\n  </edmx:DataServices>\n</edmx:Edmx>\n",
         SCHEMAS[0].1
@@ -473,7 +527,8 @@ mod tests {
         let m = metadata();
         let doc = roxmltree::Document::parse(&m).expect("well-formed XML");
         let refs = doc.descendants().filter(|n| n.has_tag_name("Reference")).count();
-        assert_eq!(refs, SCHEMAS.len());
+        assert_eq!(refs, SCHEMAS.len() + 1, "and the service's own");
+        roxmltree::Document::parse(OEM_SCHEMA).expect("the OEM schema is well-formed XML");
         assert!(m.contains("Namespace=\"ComputerSystem.v1_27_0\""));
     }
 

@@ -1,0 +1,106 @@
+"""Real Redfish clients against a monarch chassis, for crates/monarch/tests/redfish.rs.
+
+Each subcommand does one thing with a client operators use and prints what it saw as one
+JSON object; the Rust test decides whether that is right.
+
+  crawl URL USER PASS            every resource reachable from the service root, and the
+                                 status each answers without credentials and with a wrong
+                                 password (requests, as sushy and the validator use)
+  systems URL USER PASS          sushy: the systems and their power states
+  reset URL USER PASS ID TYPE    sushy: reset a system, then read it back
+"""
+
+import json
+import sys
+
+import requests
+import urllib3
+
+urllib3.disable_warnings()
+
+
+def crawl(url, user, password):
+    base = url.rstrip("/")
+    root = base.split("/redfish")[0]
+    seen, todo = [], ["/redfish/v1/"]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.append(path)
+        r = requests.get(root + path, auth=(user, password), verify=False, timeout=60)
+        if r.status_code != 200 or "json" not in r.headers.get("Content-Type", ""):
+            continue
+        stack = [r.json()]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    if k == "@odata.id" and isinstance(x, str) and x.startswith("/redfish/v1"):
+                        todo.append(x.split("#")[0])
+                    elif k != "Oem":
+                        stack.append(x)
+            elif isinstance(v, list):
+                stack.extend(v)
+    # Documents every client may read first, and actions' targets.
+    seen += ["/redfish", "/redfish/v1/odata", "/redfish/v1/$metadata", "/redfish/v1/EventService/SSE"]
+    out = {}
+    for path in seen:
+        anon = requests.get(root + path, verify=False, timeout=60, stream=True)
+        wrong = requests.get(root + path, auth=(user, password + "x"), verify=False, timeout=60, stream=True)
+        good = requests.get(root + path, auth=(user, password), verify=False, timeout=60, stream=True)
+        out[path] = [anon.status_code, wrong.status_code, good.status_code]
+        for r in (anon, wrong, good):
+            r.close()
+    return out
+
+
+def connect(url, user, password):
+    import sushy
+
+    return sushy.Sushy(url, username=user, password=password, verify=False)
+
+
+def systems(url, user, password):
+    s = connect(url, user, password)
+    out = {}
+    for path in s.get_system_collection().members_identities:
+        out[path] = str(s.get_system(path).power_state)
+    return out
+
+
+def reset(url, user, password, ident, kind):
+    import sushy
+
+    s = connect(url, user, password)
+    system = s.get_system("/redfish/v1/Systems/" + ident)
+    allowed = sorted(str(v) for v in system.get_allowed_reset_system_values())
+
+    def progress():
+        p = system.boot_progress
+        return [str(p.last_state), str(p.last_state_updated_at)] if p else None
+
+    before = progress()
+    error = None
+    try:
+        system.reset_system(sushy.ResetType(kind))
+    except sushy.exceptions.SushyError as e:
+        error = str(e)
+    system.refresh()
+    return {
+        "allowed": allowed,
+        "error": error,
+        "power_state": str(system.power_state),
+        "boot_progress_before": before,
+        "boot_progress": progress(),
+    }
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    result = {"crawl": crawl, "systems": systems, "reset": reset}[cmd](*args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
