@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use serde_json::Value;
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
@@ -212,7 +213,16 @@ fn operators_tools_read_and_reset_a_chassis_through_redfish() {
     let why = denied["error"].as_str().expect("refused");
     assert!(why.contains("403") || why.contains("ConfigureComponents"), "{denied}");
 
-    // ForceRestart of a DPU: it comes back On, its image delivered and verified afresh.
+    // ForceRestart of a DPU: it comes back On, its image delivered and verified afresh. The
+    // event stream follows it, from its loss to its being ready again.
+    let mut stream = Command::new(venv.join("bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redfish/clients.py"))
+        .args(["sse", &url, "viewer", "look only", "dpu1", "ready"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(stream.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "connected");
     let before = c.events().len();
     let reset = client(&venv, &["reset", &url, "admin", "s3cret pass", "dpu1", "ForceRestart"]);
     assert_eq!(reset["error"], Value::Null, "{reset}");
@@ -238,6 +248,22 @@ fn operators_tools_read_and_reset_a_chassis_through_redfish() {
         "{}",
         dump(&ev)
     );
+
+    let streamed: Value = serde_json::from_str(&lines.next().expect("the stream's events").unwrap()).unwrap();
+    assert!(stream.wait().unwrap().success());
+    assert_eq!(streamed["status"], 200);
+    assert!(streamed["content_type"].as_str().unwrap().starts_with("text/event-stream"), "{streamed}");
+    let kinds: Vec<&str> = streamed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["Events"][0]["OriginOfCondition"]["@odata.id"] == "/redfish/v1/Systems/dpu1")
+        .map(|e| e["Events"][0]["Oem"]["Monarch"]["event"].as_str().unwrap())
+        .collect();
+    let at =
+        |k: &str| kinds.iter().position(|x| *x == k).unwrap_or_else(|| panic!("no {k} streamed: {kinds:?}"));
+    assert!(at("copied") < at("done") && at("done") < at("ready"), "{kinds:?}");
+    assert_eq!(streamed["events"][0]["@odata.type"], "#Event.v1_13_0.Event");
 
     // GracefulShutdown of dpu0, which the host requires: the host is told, defers (until the
     // 1 s deadline), and only then does dpu0 go down.

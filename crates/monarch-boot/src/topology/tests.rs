@@ -619,3 +619,39 @@ fn the_server_examples_resolve_with_their_start_order() {
         assert!(plan.topology.managers.len() == 1, "{file}: one BMC");
     }
 }
+
+#[test]
+fn the_management_table_resolves_its_addresses_and_paths() {
+    let src = format!(
+        "[chassis]\nname = \"t\"\n[management]\nredfish = \"127.0.0.1:8443\"\nusers = \"redfish-users\"\n\
+         certificate = \"/etc/monarch/cert.pem\"\nkey = \"key.pem\"\nmetrics = \"[::1]:9464\"\n\
+         [[processor]]\nid = \"bmc\"\nrole = \"monarch\"\n{}",
+        sec("a", "")
+    );
+    let m = parse(&src).unwrap().management;
+    assert_eq!(m.redfish, Some("127.0.0.1:8443".parse().unwrap()));
+    assert_eq!(m.metrics, Some("[::1]:9464".parse().unwrap()));
+    assert_eq!(m.users.as_deref(), Some(Path::new("/nonexistent/redfish-users")), "relative to the file");
+    assert_eq!(m.certificate.as_deref(), Some(Path::new("/etc/monarch/cert.pem")));
+    assert_eq!(m.key.as_deref(), Some(Path::new("/nonexistent/key.pem")));
+    let none = parse(&format!(
+        "[chassis]\nname = \"t\"\n[[processor]]\nid = \"bmc\"\nrole = \"monarch\"\n{}",
+        sec("a", "")
+    ));
+    assert_eq!(none.unwrap().management, Management::default(), "off unless asked");
+}
+
+#[test]
+fn a_bad_management_address_or_half_a_certificate_is_named_with_the_fix() {
+    let e = errors(&format!(
+        "[chassis]\nname = \"t\"\n[management]\nredfish = \"localhost\"\ncertificate = \"c.pem\"\n\
+         [[processor]]\nid = \"bmc\"\nrole = \"monarch\"\n{}",
+        sec("a", "")
+    ));
+    for needle in [
+        "t.toml:4: management.redfish: \"localhost\" is not an address: give IP:PORT, like \"127.0.0.1:8443\"",
+        "management.key: a certificate is given without its key: give both, or neither",
+    ] {
+        assert!(e.contains(needle), "{needle}\nin:\n{e}");
+    }
+}

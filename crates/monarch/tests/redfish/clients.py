@@ -8,6 +8,8 @@ JSON object; the Rust test decides whether that is right.
                                  password (requests, as sushy and the validator use)
   systems URL USER PASS          sushy: the systems and their power states
   reset URL USER PASS ID TYPE    sushy: reset a system, then read it back
+  sse URL USER PASS ID EVENT     the Server-Sent Events stream: prints "connected" once it
+                                 is open, then every event up to ID's first EVENT
 """
 
 import json
@@ -96,9 +98,29 @@ def reset(url, user, password, ident, kind):
     }
 
 
+def sse(url, user, password, ident, until):
+    root = url.rstrip("/").split("/redfish")[0]
+    r = requests.get(
+        root + "/redfish/v1/EventService/SSE", auth=(user, password), verify=False, stream=True, timeout=120
+    )
+    print("connected", flush=True)
+    events = []
+    for line in r.iter_lines(decode_unicode=True):
+        if not line or not line.startswith("data:"):
+            continue
+        ev = json.loads(line[len("data:"):])
+        events.append(ev)
+        record = ev["Events"][0]
+        mine = record["OriginOfCondition"]["@odata.id"] == "/redfish/v1/Systems/" + ident
+        if mine and record["Oem"]["Monarch"].get("event") == until:
+            break
+    r.close()
+    return {"status": r.status_code, "content_type": r.headers.get("Content-Type"), "events": events}
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
-    result = {"crawl": crawl, "systems": systems, "reset": reset}[cmd](*args)
+    result = {"crawl": crawl, "systems": systems, "reset": reset, "sse": sse}[cmd](*args)
     print(json.dumps(result))
 
 
