@@ -127,7 +127,7 @@ pub struct CandidateArgs {
     #[arg(long, value_name = "FILE", requires = "hold_redfish_key")]
     pub hold_redfish_certificate: Option<PathBuf>,
     /// With --hold-redfish: its private key (PEM).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "hold_redfish_certificate")]
     pub hold_redfish_key: Option<PathBuf>,
 }
 

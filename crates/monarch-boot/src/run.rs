@@ -70,7 +70,7 @@ pub fn boot(
     let mut journal = None;
     if let Some(hold) = &opts.hold {
         // Several management processors: whoever is monarch now serves the socket.
-        match prepare_hold(plan, hold, ctl_tx, authority.shared, monarch_id) {
+        match prepare_hold(plan, hold, ctl_tx, authority.shared, authority.resume, monarch_id) {
             Ok(held) => {
                 server = Some(held.server);
                 metrics = held.metrics.map(|(m, addr)| {
@@ -296,6 +296,7 @@ fn prepare_hold(
     hold: &HoldOptions,
     ctl: mpsc::Sender<control::Incoming>,
     take_over: bool,
+    resume: bool,
     monarch_id: &str,
 ) -> Result<Held, String> {
     let t = &plan.topology;
@@ -329,7 +330,7 @@ fn prepare_hold(
             Ok(bound) => metrics = Some((m, bound)),
             // A monarch taking over from one that is only paused finds the port taken: it
             // supervises without metrics rather than not at all.
-            Err(e) if take_over => tracing::warn!(error = %e, "supervising without metrics"),
+            Err(e) if resume => tracing::warn!(error = %e, "supervising without metrics"),
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -360,10 +361,16 @@ fn prepare_hold(
                         sha256 = %served.fingerprint,
                         "Redfish: made a self-signed certificate; give your own with --redfish-cert and --redfish-key"
                     );
+                } else {
+                    tracing::info!(
+                        certificate = %served.certificate.display(),
+                        sha256 = %served.fingerprint,
+                        "Redfish: serving with its certificate"
+                    );
                 }
                 redfish = Some((journal, served.addr));
             }
-            Err(e) if take_over => tracing::warn!("{e}; supervising without Redfish"),
+            Err(e) if resume => tracing::warn!("{e}; supervising without Redfish"),
             Err(e) => return Err(e.to_string()),
         }
     }

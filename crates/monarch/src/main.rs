@@ -290,10 +290,10 @@ self-test (overrides the topology's [election] monarch; the operator's choice)"
     redfish_users: Option<PathBuf>,
     /// With --redfish: its certificate (PEM) [default: `[management]` certificate, else one made
     /// at first start and kept in the state folder].
-    #[arg(long, value_name = "FILE", requires = "redfish_key")]
+    #[arg(long, value_name = "FILE", requires_all = ["hold", "redfish_key"])]
     redfish_cert: Option<PathBuf>,
     /// With --redfish-cert: its private key (PEM).
-    #[arg(long, value_name = "FILE", requires = "redfish_cert")]
+    #[arg(long, value_name = "FILE", requires_all = ["hold", "redfish_cert"])]
     redfish_key: Option<PathBuf>,
 }
 
@@ -562,6 +562,12 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         {
             return bad_input(
                 &"main_power = \"manual\": the main domain waits for `monarch power on`, which needs a supervised chassis; run `monarch up --hold`",
+            );
+        }
+        let m = &plan.topology.management;
+        if m.redfish.is_some() || m.metrics.is_some() {
+            tracing::warn!(
+                "the topology's [management] services (Redfish, metrics) are served only by a supervised chassis: run `monarch up --hold` to have them"
             );
         }
         None

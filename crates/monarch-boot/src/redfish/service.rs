@@ -421,8 +421,10 @@ async fn log_services(State(svc): State<Arc<Service>>, Path((kind, id)): Path<(S
 }
 
 async fn log_service(State(svc): State<Arc<Service>>, Path((kind, id)): Path<(String, String)>) -> Answer {
-    let (owner, _) = log_owner(&svc, &kind, &id)?;
-    doc(tree::log_service(&owner, &id, super::journal::KEEP + crate::supervise::causes::KEEP))
+    let (owner, who) = log_owner(&svc, &kind, &id)?;
+    // A processor's log holds its reboot causes too; the chassis-wide one only events.
+    let causes = if who.is_some() { crate::supervise::causes::KEEP } else { 0 };
+    doc(tree::log_service(&owner, &id, super::journal::KEEP + causes))
 }
 
 /// A log's entries: a system's reboot causes (kept across runs, `c<n>`), then the events of

@@ -314,7 +314,15 @@ impl Users {
                 *self.table.write().unwrap_or_else(PoisonError::into_inner) = t;
                 *error = None;
             }
-            Err(e) => *error = Some(e.to_string()),
+            Err(e) => {
+                // Told once per change: the old table stays in force meanwhile.
+                if error.as_deref() != Some(&e.to_string()) {
+                    tracing::warn!(
+                        "Redfish: the changed users file was not taken; the users before the change stay in force: {e}"
+                    );
+                }
+                *error = Some(e.to_string());
+            }
         }
     }
 }
