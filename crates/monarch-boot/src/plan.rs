@@ -263,8 +263,73 @@ impl Plan {
             }
         }
         s.push_str(&self.render_start_order());
+        if let Some(c) = &t.clusters {
+            s.push_str(&render_clusters(c));
+        }
         s
     }
+}
+
+/// Each cluster's cores, banks and zone map, as `monarch plan` prints them.
+fn render_clusters(c: &crate::topology::Clusters) -> String {
+    let mut s = String::new();
+    let policy = match c.barrier_policy {
+        crate::topology::BarrierPolicy::Exclude => "exclude a core that misses a barrier",
+        crate::topology::BarrierPolicy::Abort => "abort the boot when a core misses a barrier",
+    };
+    let _ = writeln!(
+        s,
+        "
+{} clusters (barriers wait {}, then {policy}):",
+        c.clusters.len(),
+        humantime::format_duration(c.barrier_timeout)
+    );
+    for cl in &c.clusters {
+        let failed: Vec<String> = cl
+            .cores
+            .iter()
+            .filter(|k| k.failed)
+            .map(|k| format!("core {}", k.lid))
+            .chain(cl.banks.iter().enumerate().filter(|(_, b)| b.failed).map(|(i, _)| format!("bank {i}")))
+            .collect();
+        let banks: Vec<String> = cl.banks.iter().map(|b| crate::values::fmt_size(b.size)).collect();
+        let _ = writeln!(
+            s,
+            "  cluster {} ({},{}): {} cores (head {}), banks {}{}",
+            cl.id,
+            cl.x,
+            cl.y,
+            cl.cores.len(),
+            cl.cores.first().map_or("none", |k| k.processor.as_str()),
+            banks.join(", "),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!("; failed its self-test, left out: {}", failed.join(", "))
+            }
+        );
+        let bank = cl.banks.iter().find(|b| !b.failed).map_or(0, |b| b.size);
+        for z in &c.zones {
+            let _ = writeln!(
+                s,
+                "    {:<10} {:#010x}..{:#010x}  max {}",
+                z.kind.name(),
+                z.base,
+                z.end(),
+                crate::values::fmt_size(z.max)
+            );
+        }
+        let used = c.zones.iter().map(crate::topology::ZoneSpec::end).max().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "    {:<10} {:#010x}..{:#010x}  {}",
+            "usable",
+            used,
+            bank,
+            crate::values::fmt_size(bank.saturating_sub(used))
+        );
+    }
+    s
 }
 
 /// What a secondary waits for before it starts: `requires dpu0; wants dpu1 (waits 2s);

@@ -10,6 +10,7 @@
 //! artifacts) goes through one `Environment` (`env.rs`), and problems are collected in
 //! `error.rs`.
 
+mod clusters;
 mod env;
 mod error;
 mod launch;
@@ -20,6 +21,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
+pub use clusters::{STACK, core_id};
 pub use env::{Environment, Host, ImageFileProblem, WindowFile};
 pub use error::{Problem, TopologyError};
 pub use launch::{Launch, NetbootSpec, QemuSpec, derived_mac};

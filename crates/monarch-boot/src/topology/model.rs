@@ -319,6 +319,118 @@ pub struct Management {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
+/// A machine of many clusters: each cluster has cores and memory banks; core 0 of each is
+/// its head, and core 0 of cluster 0 is the monarch. Its cores are the topology's processors
+/// (`c<cluster>-<core>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clusters {
+    /// The clusters, by id (0, 1, …).
+    pub clusters: Vec<ClusterSpec>,
+    /// The zones of every cluster's memory bank, in bank order.
+    pub zones: Vec<ZoneSpec>,
+    /// How long a barrier waits for its participants.
+    pub barrier_timeout: std::time::Duration,
+    /// What a missed barrier does.
+    pub barrier_policy: BarrierPolicy,
+    /// The kernel image's size (every core boots the same one).
+    pub image_size: u64,
+}
+
+/// One cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// Its id.
+    pub id: u16,
+    /// Its place in the mesh.
+    pub x: u8,
+    /// Its place in the mesh.
+    pub y: u8,
+    /// Its cores; core 0 is its head.
+    pub cores: Vec<CoreSpec>,
+    /// Its memory banks.
+    pub banks: Vec<BankSpec>,
+}
+
+/// One core of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreSpec {
+    /// Its index in the cluster.
+    pub lid: u16,
+    /// The processor it is (`c<cluster>-<lid>`).
+    pub processor: String,
+    /// It fails its self-test: left out of every boot info and not booted.
+    pub failed: bool,
+}
+
+/// One memory bank of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BankSpec {
+    /// Its size.
+    pub size: u64,
+    /// It fails its self-test: left out of every boot info.
+    pub failed: bool,
+}
+
+/// A named zone of a memory bank (the same map in every cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneSpec {
+    /// What it holds.
+    pub kind: ZoneKind,
+    /// Its offset in the bank.
+    pub base: u64,
+    /// Its maximum size.
+    pub max: u64,
+}
+
+impl ZoneSpec {
+    /// One past its last byte.
+    pub fn end(&self) -> u64 {
+        self.base.saturating_add(self.max)
+    }
+}
+
+/// What a zone holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZoneKind {
+    /// The boot code (copied by each head into its cluster).
+    BootCode,
+    /// The copy of the binary hardware description.
+    ArchInfo,
+    /// The kernel image.
+    Kernel,
+    /// The cluster's boot info.
+    BootInfo,
+    /// One boot stack per core.
+    Stacks,
+}
+
+impl ZoneKind {
+    /// Every zone, in bank order.
+    pub const ALL: [ZoneKind; 5] =
+        [ZoneKind::BootCode, ZoneKind::ArchInfo, ZoneKind::Kernel, ZoneKind::BootInfo, ZoneKind::Stacks];
+
+    /// Its name in topologies and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ZoneKind::BootCode => "boot_code",
+            ZoneKind::ArchInfo => "arch_info",
+            ZoneKind::Kernel => "kernel",
+            ZoneKind::BootInfo => "boot_info",
+            ZoneKind::Stacks => "stacks",
+        }
+    }
+}
+
+/// What a core that misses a barrier's deadline does to the boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BarrierPolicy {
+    /// It is left out; the others go on.
+    #[default]
+    Exclude,
+    /// The boot fails.
+    Abort,
+}
+
 /// A management processor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manager {
@@ -406,6 +518,8 @@ pub struct Topology {
     pub state_dir: Option<PathBuf>,
     /// How a supervised chassis is managed from outside (`[management]`).
     pub management: Management,
+    /// A machine of many clusters (`[[cluster]]`), whose processors are its cores.
+    pub clusters: Option<Clusters>,
 }
 
 /// Defaults when neither the processor nor `[defaults]` say otherwise.

@@ -50,7 +50,7 @@ impl Topology {
         env: &dyn Environment,
     ) -> Result<Topology, TopologyError> {
         let invalid = |problems| TopologyError::Invalid { path: path.into(), problems };
-        let file: FileDef = match toml::from_str(src) {
+        let mut file: FileDef = match toml::from_str(src) {
             Ok(f) => f,
             Err(e) => {
                 let line = e.span().map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1);
@@ -70,6 +70,7 @@ impl Topology {
             }
         };
         let mut cx = Ctx { src, problems: Vec::new() };
+        let expanded = super::clusters::expand(&mut cx, &mut file);
         let d = &file.defaults;
 
         let mut switches = Vec::new();
@@ -428,6 +429,13 @@ impl Topology {
                 cx.push(span, format!("processor \"{id}\".slot"), format!("slot {slot} is already taken by \"{other}\"; slots are physical positions, one processor each"));
             }
         }
+        let clusters = expanded.map(|(specs, policy, timeout)| {
+            let image_size = secondaries.first().map_or(0, |s| match &s.image {
+                ImageSource::Builtin { size, .. } => *size,
+                ImageSource::File(p) => env.image_file(p).unwrap_or(0),
+            });
+            super::clusters::zones(&mut cx, file.clusters.as_ref(), specs, policy, timeout, image_size)
+        });
         if cx.problems.is_empty() {
             Ok(Topology {
                 name: file.chassis.name,
@@ -440,6 +448,7 @@ impl Topology {
                 main_power,
                 state_dir,
                 management,
+                clusters,
             })
         } else {
             Err(invalid(cx.problems))

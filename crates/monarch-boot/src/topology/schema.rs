@@ -38,6 +38,73 @@ pub(super) struct FileDef {
     pub(super) processors: Vec<ProcessorDef>,
     #[serde(default)]
     pub(super) management: ManagementDef,
+    /// What every cluster shares (a machine of many clusters).
+    #[serde(default)]
+    pub(super) clusters: Option<ClustersDef>,
+    #[serde(default, rename = "cluster")]
+    pub(super) cluster: Vec<ClusterDef>,
+}
+
+/// `[clusters]`: what every cluster of a machine shares.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClustersDef {
+    /// The kernel image every core boots.
+    pub(super) image: Option<Spanned<String>>,
+    pub(super) image_size: Option<Spanned<SizeDef>>,
+    /// The zones of every cluster's memory bank, with their maximum sizes, in bank order.
+    pub(super) zones: Option<ZonesDef>,
+    /// How long a barrier waits for its participants.
+    pub(super) barrier_timeout: Option<Spanned<String>>,
+    /// What a missed barrier does: "exclude" the late core, or "abort" the boot.
+    pub(super) barrier_policy: Option<Spanned<String>>,
+}
+
+/// The maximum size of each zone of a memory bank.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ZonesDef {
+    pub(super) boot_code: Option<Spanned<ZoneDef>>,
+    pub(super) arch_info: Option<Spanned<ZoneDef>>,
+    pub(super) kernel: Option<Spanned<ZoneDef>>,
+    pub(super) boot_info: Option<Spanned<ZoneDef>>,
+    pub(super) stacks: Option<Spanned<ZoneDef>>,
+}
+
+/// A zone: its maximum size (placed after the zone before it), or its base and maximum.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum ZoneDef {
+    Max(SizeDef),
+    At { base: SizeDef, max: SizeDef },
+}
+
+/// `[[cluster]]`: a cluster's cores and memory banks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClusterDef {
+    pub(super) id: Spanned<u16>,
+    /// Its place in the mesh (default: x = id, y = 0).
+    pub(super) x: Option<u8>,
+    pub(super) y: Option<u8>,
+    /// How many cores (core 0 is the cluster's head).
+    pub(super) cores: Spanned<u16>,
+    /// Its memory banks' sizes.
+    pub(super) banks: Option<Spanned<Vec<SizeDef>>>,
+    /// Hardware that fails its self-test (emulated): left out of every boot info.
+    pub(super) self_test: Option<Spanned<SelfTestDef>>,
+}
+
+/// What fails its self-test in a cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SelfTestDef {
+    /// Core indexes in the cluster.
+    #[serde(default)]
+    pub(super) failed_cores: Vec<u16>,
+    /// Bank indexes in the cluster.
+    #[serde(default)]
+    pub(super) failed_banks: Vec<u16>,
 }
 
 /// How the supervised chassis is managed from outside (`monarch up --hold`).

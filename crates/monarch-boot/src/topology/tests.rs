@@ -655,3 +655,71 @@ fn a_bad_management_address_or_half_a_certificate_is_named_with_the_fix() {
         assert!(e.contains(needle), "{needle}\nin:\n{e}");
     }
 }
+
+const CLUSTERS: &str = "[chassis]\nname = \"m\"\n[clusters]\nimage_size = \"2MiB\"\nbarrier_policy = \"abort\"\nbarrier_timeout = \"3s\"\n\
+     [[cluster]]\nid = 0\ncores = 2\nbanks = [\"16MiB\"]\n\
+     [[cluster]]\nid = 1\ncores = 3\nbanks = [\"16MiB\", \"8MiB\"]\nself_test = { failed_cores = [2], failed_banks = [1] }\n";
+
+#[test]
+fn clusters_become_processors_core_0_of_cluster_0_the_monarch() {
+    let t = parse(CLUSTERS).unwrap();
+    let managers: Vec<&str> = t.managers.iter().map(|m| m.id.as_str()).collect();
+    let secondaries: Vec<&str> = t.secondaries.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(managers, ["c0-0"]);
+    assert_eq!(secondaries, ["c0-1", "c1-0", "c1-1"], "c1-2 failed its self-test: not booted");
+    let c = t.clusters.as_ref().expect("clusters");
+    assert_eq!((c.barrier_policy, c.barrier_timeout), (BarrierPolicy::Abort, Duration::from_secs(3)));
+    assert_eq!(c.clusters[1].cores[2], CoreSpec { lid: 2, processor: "c1-2".into(), failed: true });
+    assert_eq!(
+        c.clusters[1].banks,
+        [BankSpec { size: 16 << 20, failed: false }, BankSpec { size: 8 << 20, failed: true }]
+    );
+    // The zones, in bank order, each after the other on a page boundary; the kernel's holds the image.
+    let kinds: Vec<&str> = c.zones.iter().map(|z| z.kind.name()).collect();
+    assert_eq!(kinds, ["boot_code", "arch_info", "kernel", "boot_info", "stacks"]);
+    for w in c.zones.windows(2) {
+        assert!(w[0].end() <= w[1].base && w[1].base % 4096 == 0, "{w:?}");
+    }
+    assert_eq!(c.zones[2].max, 2 << 20);
+    assert_eq!(c.zones[4].max, 3 * STACK, "one stack per core of the largest cluster");
+    // Every core boots the same image: one banner.
+    assert!(t.secondaries.iter().all(|s| s.image == t.secondaries[0].image));
+}
+
+#[test]
+fn cluster_mistakes_name_the_cluster_and_the_fix() {
+    let e = errors(
+        "[chassis]\nname = \"m\"\n[[cluster]]\nid = 0\ncores = 2\nself_test = { failed_cores = [0, 5] }\n\
+         [[cluster]]\nid = 2\ncores = 0\n[[cluster]]\nid = 0\ncores = 1\n",
+    );
+    for needle in [
+        "cluster 0.self_test.failed_cores: there is no core 5: the cluster's cores are 0..1",
+        "cluster 2.cores: a cluster needs at least one core",
+        "t.toml:11: cluster 0.id: two clusters have this id",
+        "cluster 0.self_test: core 0 of cluster 0 is the monarch",
+    ] {
+        assert!(e.contains(needle), "{needle}\nin:\n{e}");
+    }
+    let e =
+        errors("[chassis]\nname = \"m\"\n[[cluster]]\nid = 0\ncores = 2\n[[cluster]]\nid = 2\ncores = 2\n");
+    assert!(e.contains("cluster ids run from 0 without gaps; there is no cluster 1"), "{e}");
+    let e = errors(&format!("{HEAD}[[cluster]]\nid = 0\ncores = 2\n"));
+    assert!(e.contains("takes its processors from its [[cluster]] tables"), "{e}");
+}
+
+#[test]
+fn zones_must_fit_the_bank_hold_their_content_and_not_overlap() {
+    let e = errors(
+        "[chassis]\nname = \"m\"\n[clusters]\nimage_size = \"4MiB\"\n\
+         zones = { kernel = \"1MiB\", boot_info = { base = \"1MiB\", max = \"4KiB\" } }\n\
+         [[cluster]]\nid = 0\ncores = 2\nbanks = [\"2MiB\"]\n",
+    );
+    for needle in [
+        "clusters.zones.kernel: the kernel image takes 4MiB and zone kernel holds at most 1MiB: raise [clusters] zones.kernel to 4MiB or more",
+        "clusters.zones.boot_info: zone boot_info (0x100000..0x101000) overlaps zone arch_info",
+        "cluster 0.banks: zone ",
+        "does not fit the cluster's memory bank (2MiB)",
+    ] {
+        assert!(e.contains(needle), "{needle}\nin:\n{e}");
+    }
+}
