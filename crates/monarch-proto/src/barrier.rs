@@ -44,6 +44,9 @@
 //! end against the mapped block; the model check (`barrier/model.rs`, test-only) runs the
 //! very same machines one step at a time, in every interleaving.
 
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // participant indices of the model are tiny
+mod model;
 
 /// `b"MNRCHBAR"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MNRCHBAR");
