@@ -278,6 +278,14 @@ pub enum HeaderError {
     /// A participant count of 0 or above [`MAX_PARTICIPANTS`].
     #[error("barrier of {0} participants (1..={MAX_PARTICIPANTS})")]
     Participants(u32),
+    /// A participant number outside `0..N`.
+    #[error("participant {me} of a barrier of {participants}")]
+    NotAParticipant {
+        /// The number asked for.
+        me: u16,
+        /// `N`.
+        participants: u16,
+    },
     /// An unknown policy code.
     #[error("unknown barrier policy {0}")]
     Policy(u32),
