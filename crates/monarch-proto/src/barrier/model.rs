@@ -17,8 +17,9 @@
 //!   and is then told consistently);
 //! - in a final state (nothing can move), every live participant and the owner finished.
 //!
-//! The owner here is not a participant (the monarch at a global barrier) and does not die:
-//! if the owner dies the supervisor stops the whole boot. The model stores words in a
+//! The owner is either no participant (the monarch at a global barrier) or participant 0
+//! (a head at its cluster's local barrier: it arrives, then waits and decides); it does not
+//! die: if the owner dies the supervisor stops the whole boot. The model stores words in a
 //! [`MemBlock`], sequentially consistent per word, which is what the drivers' `SeqCst`
 //! atomics give.
 
@@ -42,13 +43,22 @@ enum Part {
     },
     Done(Outcome),
     Dead,
+    /// Participant 0 when the owner is it (the owner's actor plays it).
+    Owner,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 enum Owner {
+    /// The owner as participant 0 arrives first.
+    Arriving(Arrive),
+    /// Its arrival released the barrier: wake the waiters.
+    WakingArrived,
     Looking(Poll),
     Sleep(u32),
-    Sleeping { seen: u32, wakes: u32 },
+    Sleeping {
+        seen: u32,
+        wakes: u32,
+    },
     Deciding(Decide),
     Waking(Outcome),
     Done(Outcome),
@@ -72,6 +82,8 @@ struct World {
     owner: Owner,
     aborter: Aborter,
     deaths_left: u32,
+    /// The owner's participant number, when it is one.
+    owner_me: Option<u16>,
     /// The arrival bits when the owner's decision began (its first step).
     arrived_at_close: Option<u64>,
     /// The owner's decision, when it made one (not when it found the barrier decided).
@@ -100,6 +112,9 @@ pub(crate) struct Config {
     pub slices: bool,
     /// Someone outside may abort at any step.
     pub aborter: bool,
+    /// The owner is participant 0 (a cluster's head at its local barrier): it arrives, then
+    /// waits and decides.
+    pub owner_participates: bool,
     /// Mutation for the checker's self-test: the last arrival does not wake anyone.
     pub forget_wake: bool,
 }
@@ -182,7 +197,7 @@ impl World {
                 }
                 w.parts[i] = Part::Looking(Poll::new(h, Some(me), w.now()));
             }
-            Part::Done(_) | Part::Dead => return out,
+            Part::Done(_) | Part::Dead | Part::Owner => return out,
         }
         out.push(w);
         out
@@ -190,7 +205,18 @@ impl World {
 
     fn step_owner(&self, h: &Header) -> Option<World> {
         let mut w = self.clone();
+        let me = self.owner_me;
         match &mut w.owner {
+            Owner::Arriving(a) => {
+                if let Some(r) = a.step(&w.mem) {
+                    w.owner =
+                        if r.wake { Owner::WakingArrived } else { Owner::Looking(Poll::new(h, me, w.now())) };
+                }
+            }
+            Owner::WakingArrived => {
+                w.wakes += 1;
+                w.owner = Owner::Looking(Poll::new(h, me, w.now()));
+            }
             Owner::Looking(p) => match p.step(&w.mem) {
                 None => {}
                 Some(Outcome::Waiting { seen }) => w.owner = Owner::Sleep(seen),
@@ -205,7 +231,7 @@ impl World {
                 w.owner = if w.state() == seen {
                     Owner::Sleeping { seen, wakes: w.wakes }
                 } else {
-                    Owner::Looking(Poll::new(h, None, w.now()))
+                    Owner::Looking(Poll::new(h, me, w.now()))
                 };
             }
             Owner::Sleeping { seen, wakes } => {
@@ -213,7 +239,7 @@ impl World {
                 if !(self.past || (self.state() != *seen && self.wakes > *wakes)) {
                     return None;
                 }
-                w.owner = Owner::Looking(Poll::new(h, None, w.now()));
+                w.owner = Owner::Looking(Poll::new(h, me, w.now()));
             }
             Owner::Deciding(d) => {
                 if let Some(dec) = d.step(&w.mem) {
@@ -253,12 +279,18 @@ impl World {
     fn check(&self, h: &Header, cfg: &Config, terminal: bool) {
         let arrived = self.mem.load64(OFF_ARRIVALS);
         let n = usize::from(h.participants);
-        let released: Vec<(usize, &Vec<u16>)> = (0..n)
+        let mut released: Vec<(usize, &Vec<u16>)> = (0..n)
             .filter_map(|i| match &self.parts[i] {
                 Part::Done(Outcome::Released { excluded }) => Some((i, excluded)),
                 _ => None,
             })
             .collect();
+        if let (Some(me), Owner::Done(o)) = (self.owner_me, &self.owner) {
+            assert!(*o != Outcome::Excluded, "the owner excluded itself");
+            if let Outcome::Released { excluded } = o {
+                released.push((usize::from(me), excluded));
+            }
+        }
         let excluded_told: Vec<u16> =
             (0..n).filter(|i| self.parts[*i] == Part::Done(Outcome::Excluded)).map(|i| i as u16).collect();
         let aborted_seen = self.parts.iter().any(|p| matches!(p, Part::Done(Outcome::Aborted { .. })))
@@ -306,7 +338,10 @@ impl World {
         }
         if terminal {
             for (i, p) in self.parts.iter().enumerate() {
-                assert!(matches!(p, Part::Done(_) | Part::Dead), "participant {i} never finished: {self:?}");
+                assert!(
+                    matches!(p, Part::Done(_) | Part::Dead | Part::Owner),
+                    "participant {i} never finished: {self:?}"
+                );
             }
             assert!(matches!(self.owner, Owner::Done(_)), "the owner never finished: {self:?}");
         }
@@ -323,8 +358,21 @@ pub(crate) fn explore(cfg: Config) -> usize {
         mem,
         wakes: 0,
         past: false,
-        parts: (0..cfg.participants).map(|i| Part::Arriving(Arrive::new(&h, i))).collect(),
-        owner: Owner::Looking(Poll::new(&h, None, 0)),
+        parts: (0..cfg.participants)
+            .map(|i| {
+                if cfg.owner_participates && i == 0 {
+                    Part::Owner
+                } else {
+                    Part::Arriving(Arrive::new(&h, i))
+                }
+            })
+            .collect(),
+        owner: if cfg.owner_participates {
+            Owner::Arriving(Arrive::new(&h, 0))
+        } else {
+            Owner::Looking(Poll::new(&h, None, 0))
+        },
+        owner_me: cfg.owner_participates.then_some(0),
         aborter: if cfg.aborter {
             Aborter::Aborting(Abort::new(super::reason::STOPPED))
         } else {
@@ -375,10 +423,26 @@ mod tests {
                             where_deaths,
                             slices,
                             aborter,
+                            owner_participates: false,
                             forget_wake: false,
                         });
                     }
                 }
+            }
+        }
+        // The owner as one of the participants: two or three in all, the others may die.
+        for participants in [2, 3] {
+            for policy in [Policy::Exclude, Policy::Abort] {
+                v.push(Config {
+                    participants,
+                    policy,
+                    deaths: u32::from(participants - 1),
+                    where_deaths: Deaths::BeforeArriving,
+                    slices: false,
+                    aborter: participants == 2,
+                    owner_participates: true,
+                    forget_wake: false,
+                });
             }
         }
         v
@@ -408,6 +472,7 @@ mod tests {
                 where_deaths: Deaths::BeforeArriving,
                 slices: false,
                 aborter: false,
+                owner_participates: false,
                 forget_wake: true,
             })
         });
