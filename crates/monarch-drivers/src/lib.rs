@@ -5,6 +5,8 @@
 //!   a mapped file (`/dev/shm`, memfd, PCI BAR resource file: [`Window`]) or heap memory
 //!   shared between threads ([`MemWindow`]); registers and data copies by atomics only,
 //!   seqlock message reads.
+//! - [`barrier`]: boot barriers with a deadline in a shared block (a `/dev/shm` file or any
+//!   mapping): arrive, wait (futex or bounded polling), the owner's decision, abort.
 //! - [`doorbell`]: futex doorbells, bounded polling where there is no shared kernel.
 //! - [`memimage`]: an image held in a sealed memfd, and the `exec` handoff that runs the
 //!   delivered bytes themselves.
@@ -15,6 +17,7 @@
 //!
 //! The protocol decisions live in `monarch-proto`; the orchestration in `monarch-boot`.
 
+pub mod barrier;
 pub mod disk;
 pub mod doorbell;
 pub mod fs;

@@ -26,6 +26,11 @@
 //! - [`netboot`]: the discovery flow of monarch agents that boot over the network: the
 //!   messages ([`netboot::wire`]) and the agent's state machine ([`netboot::client`]).
 //!
+//! - [`barrier`]: boot barriers with a deadline in shared memory: the block's words, and
+//!   arrival, look, the owner's timeout decision and abort as machines of one atomic word
+//!   access per step; a model check (`barrier/model.rs`, test-only) visits every
+//!   interleaving.
+//!
 //! At the root, what several protocols share or what fits one file: checksums
 //! ([`checksum`]), MAC addresses ([`mac`]), monarch election and failover ([`election`]),
 //! the A/B slots of a disk target ([`slots`]), text a peer wrote, made safe to show
@@ -37,6 +42,7 @@
 //! (`scripts/import-cycles` checks it).
 #![forbid(unsafe_code)]
 
+pub mod barrier;
 pub mod checksum;
 pub mod dhcp;
 pub mod election;
