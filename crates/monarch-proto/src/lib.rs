@@ -37,6 +37,7 @@
 //! (`scripts/import-cycles` checks it).
 #![forbid(unsafe_code)]
 
+pub mod arch;
 pub mod checksum;
 pub mod dhcp;
 pub mod election;
