@@ -738,3 +738,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_huge_cluster_is_checked_without_quadratic_work() {
+    // 65 000 cores in one cluster, the last lid off by one: the error comes at once.
+    let mut a = golden();
+    a.cores.retain(|c| c.cluster == 1);
+    a.cores.extend((2..65_000u16).map(|lid| Core {
+        gid: 100_000 + u32::from(lid),
+        cluster: 1,
+        lid,
+        failed: false,
+    }));
+    a.cores.extend([Core { gid: 0, cluster: 0, lid: 0, failed: false }]);
+    a.cores[64_999].lid = 65_000;
+    let start = std::time::Instant::now();
+    assert_eq!(
+        err(&a),
+        "cluster descriptor 1 (id 1): its 65000 cores' lids are not 0..=64999: lid 65000 is beyond them (lid 64999 is missing)"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+}

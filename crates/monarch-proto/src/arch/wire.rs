@@ -705,19 +705,23 @@ impl<'a> ArchView<'a> {
             }
         }
 
-        // Every cluster: a core and a bank (failed ones count), lids 0..n.
+        // Every cluster: a core and a bank (failed ones count), lids 0..n. One pass over
+        // each table: a file of 65 535 cores must not cost 65 535² steps.
+        let mut lids_of: BTreeMap<u16, Vec<u16>> = BTreeMap::new();
+        for c in self.cores {
+            lids_of.entry(c.cluster()).or_default().push(c.lid());
+        }
+        let banked: std::collections::BTreeSet<u16> = self.banks.iter().map(BankDesc::cluster).collect();
         for (i, c) in self.clusters.iter().enumerate() {
             let err = |p| desc_err(Table::Clusters, i, cluster_label(c), p);
-            let mine: Vec<u16> = self.cores_of(c.id()).map(CoreDesc::lid).collect();
-            if mine.is_empty() {
-                return Err(err(Problem::NoCore));
-            }
-            if self.banks_of(c.id()).next().is_none() {
+            let Some(mine) = lids_of.get_mut(&c.id()) else { return Err(err(Problem::NoCore)) };
+            if !banked.contains(&c.id()) {
                 return Err(err(Problem::NoBank));
             }
             let count = mine.len();
             if let Some(&lid) = mine.iter().find(|l| usize::from(**l) >= count) {
-                let missing = (0..=u16::MAX).find(|l| !mine.contains(l)).unwrap_or(0);
+                mine.sort_unstable();
+                let missing = mine.iter().zip(0u16..).find(|(l, i)| *l != i).map_or(0, |(_, i)| i);
                 return Err(err(Problem::LidGap { count, lid, missing }));
             }
         }
