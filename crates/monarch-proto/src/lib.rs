@@ -23,6 +23,9 @@
 //!   ([`dhcp::wire`]), the boot file each kind of client gets ([`dhcp::boot`]), the address
 //!   pool and its lease table ([`dhcp::pool`]) and the server's decisions ([`dhcp::server`]).
 //! - [`http`]: which answer an HTTP range request gets (RFC 9110 §13.1.5, §14).
+//! - [`arch`]: multi-cluster machines: the hardware description `arch_info.bin`
+//!   ([`arch::wire`]) and each cluster's boot info ([`arch::boot_info`](mod@arch::boot_info),
+//!   [`arch::select`]).
 //! - [`netboot`]: the discovery flow of monarch agents that boot over the network: the
 //!   messages ([`netboot::wire`]) and the agent's state machine ([`netboot::client`]).
 //!
@@ -42,6 +45,7 @@
 //! (`scripts/import-cycles` checks it).
 #![forbid(unsafe_code)]
 
+pub mod arch;
 pub mod barrier;
 pub mod checksum;
 pub mod dhcp;

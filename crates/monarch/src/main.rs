@@ -1,6 +1,7 @@
 //! `monarch`: the command line. Thin: parse, wire, print. The work is in `monarch-boot`.
 #![forbid(unsafe_code)]
 
+mod arch_cli;
 mod chassis_cli;
 mod exit;
 mod logs;
@@ -161,6 +162,10 @@ cannot be written (the message names the file, and the line)."
     /// The Redfish management service of `monarch up --hold --redfish`: its users file.
     #[command(subcommand)]
     Redfish(RedfishCmd),
+    /// Multi-cluster machines: their hardware description (arch_info.bin) and each cluster's
+    /// boot info.
+    #[command(subcommand)]
+    Arch(arch_cli::ArchCmd),
 }
 
 #[derive(Subcommand)]
@@ -433,6 +438,7 @@ fn main() -> ExitCode {
         Cmd::Netboot(c) => netboot_cli::run(c),
         Cmd::Timeline(a) => cmd_timeline(&a),
         Cmd::Redfish(RedfishCmd::Useradd(a)) => cmd_redfish_useradd(&a),
+        Cmd::Arch(c) => arch_cli::run(c),
     }
 }
 
