@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod netagent;
 pub mod netboot;
 pub mod payload;
+pub mod phased;
 pub mod plan;
 pub mod redfish;
 pub mod run;

@@ -25,7 +25,29 @@ Exit status: 0 the file is a valid description; 2 it cannot be read or breaks a 
 the descriptor and the rule)."
     )]
     Show(ShowArgs),
-    // `compile` (an arch_info.bin from a topology's [[cluster]] tables) goes here.
+    /// Compile a topology's clusters into an arch_info.bin.
+    #[command(
+        long_about = "Compile the [[cluster]] tables of a topology into a binary hardware description \
+(arch_info.bin, docs/arch-info.md): one descriptor per cluster, core (numbered globally, cluster after \
+cluster), memory bank (placed one after another in one address space) and zone (the same map in every \
+cluster's bank). Hardware that fails its self-test (`self_test` in a [[cluster]]) is described and marked \
+failed, so that every boot info leaves it out. The description is checked against every rule of the format \
+before it is written.",
+        after_help = "Examples:\n  monarch arch compile --topology examples/clusters.toml -o arch_info.bin\n  \
+monarch arch compile -t examples/clusters.toml -o arch_info.bin && monarch arch show arch_info.bin\n\n\
+Exit status: 0 written; 2 the topology cannot be read, describes no clusters or breaks a rule of the format; \
+1 the file cannot be written."
+    )]
+    Compile(CompileArgs),
+}
+
+#[derive(Args)]
+pub struct CompileArgs {
+    #[command(flatten)]
+    topo: monarch_boot::cmdline::TopologyOpt,
+    /// Where to write the description (replaced if it exists).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -41,7 +63,39 @@ pub struct ShowArgs {
 pub fn run(cmd: ArchCmd) -> ExitCode {
     match cmd {
         ArchCmd::Show(a) => show(&a),
+        ArchCmd::Compile(a) => compile(&a),
     }
+}
+
+fn compile(a: &CompileArgs) -> ExitCode {
+    let t = match a.topo.load() {
+        Ok(t) => t,
+        Err(e) => return bad_input(&e),
+    };
+    let (info, bytes) = match monarch_boot::phased::describe::describe(&t) {
+        Ok(d) => d,
+        Err(e) => return bad_input(&e),
+    };
+    if let Err(e) = std::fs::write(&a.output, &bytes) {
+        eprintln!("monarch: cannot write {}: {e}; choose another file with -o", a.output.display());
+        return ExitCode::from(crate::exit::BOOT_FAILED);
+    }
+    let failed =
+        info.cores.iter().filter(|c| c.failed).count() + info.banks.iter().filter(|b| b.failed).count();
+    println!(
+        "wrote {}: {} bytes, {} clusters, {} cores, {} banks{}",
+        a.output.display(),
+        bytes.len(),
+        info.clusters.len(),
+        info.cores.len(),
+        info.banks.len(),
+        if failed > 0 {
+            format!(" ({failed} failed their self-test: left out of every boot info)")
+        } else {
+            String::new()
+        }
+    );
+    ExitCode::SUCCESS
 }
 
 fn show(a: &ShowArgs) -> ExitCode {

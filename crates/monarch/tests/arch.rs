@@ -102,3 +102,28 @@ fn a_corrupted_or_wrong_file_exits_2_naming_the_problem() {
         "{err}"
     );
 }
+
+#[test]
+fn a_topology_of_clusters_compiles_to_a_description_show_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = common::write_topology(
+        dir.path(),
+        "[chassis]\nname = \"two\"\n[clusters]\nimage_size = \"12MiB\"\n\
+         [[cluster]]\nid = 0\ncores = 2\nbanks = [\"32MiB\"]\n\
+         [[cluster]]\nid = 1\ncores = 2\nbanks = [\"32MiB\"]\nself_test = { failed_cores = [1] }\n",
+    );
+    let out_file = dir.path().join("arch_info.bin");
+    let out =
+        monarch(&["arch", "compile", "--topology", t.to_str().unwrap(), "-o", out_file.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("2 clusters, 4 cores, 2 banks (1 failed their self-test"), "{said}");
+    let out = monarch(&["arch", "show", out_file.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "two", "{v}");
+    // A topology without clusters: named, exit 2.
+    let out = monarch(&["arch", "compile", "-o", out_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("describes no clusters"));
+}

@@ -1,0 +1,4 @@
+//! The phased boot of a machine of many clusters (`[[cluster]]`): its binary hardware
+//! description ([`describe`]), built from the topology.
+
+pub mod describe;
