@@ -238,7 +238,8 @@ fn up_hold_with_json_logs_writes_only_json_lines_on_stderr() {
 #[test]
 fn candidates_write_their_logs_in_the_chassis_format() {
     // Two management processors: the supervisor runs in the elected candidate, a process of
-    // its own whose stderr is its log in the run folder; `--log-format json` reaches it.
+    // its own whose stderr is its log in the run folder, and, held, `monarch up`'s stderr too
+    // (the journal, under systemd); `--log-format json` reaches it.
     let topo = format!(
         "{HEAD}\n{}\n{}\n{}",
         processor("mgmt0", "monarch"),
@@ -271,6 +272,7 @@ fn candidates_write_their_logs_in_the_chassis_format() {
         "{}",
         log.display()
     );
+    wait_stderr(&c, "supervising the chassis");
     for l in c.stderr_lines() {
         json_log(&l);
     }

@@ -118,12 +118,32 @@ pub fn up(
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         let log = t.run_dir.join(format!("{}.candidate.log", m.id));
-        match crate::stage::open_log(&log) {
-            Ok(f) => cmd.stderr(f),
-            Err(_) => cmd.stderr(Stdio::null()),
+        let file = crate::stage::open_log(&log).ok();
+        // A supervised chassis (a service, under systemd) runs for long in a candidate: its
+        // logs go to our stderr too (the journal), not only to the run folder's file.
+        let relay_logs = opts.hold.is_some();
+        match (&file, relay_logs) {
+            (_, true) => cmd.stderr(Stdio::piped()),
+            (Some(f), false) => match f.try_clone() {
+                Ok(f) => cmd.stderr(f),
+                Err(_) => cmd.stderr(Stdio::null()),
+            },
+            (None, false) => cmd.stderr(Stdio::null()),
         };
         match cmd.spawn() {
             Ok(mut c) => {
+                if let Some(err) = c.stderr.take() {
+                    let mut file = file;
+                    readers.push(std::thread::spawn(move || {
+                        use std::io::Write as _;
+                        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                            if let Some(f) = file.as_mut() {
+                                let _ = writeln!(f, "{line}");
+                            }
+                            let _ = writeln!(std::io::stderr().lock(), "{line}");
+                        }
+                    }));
+                }
                 if let Some(out) = c.stdout.take() {
                     let tx = tx.clone();
                     readers.push(std::thread::spawn(move || {
