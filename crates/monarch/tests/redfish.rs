@@ -165,6 +165,25 @@ fn operators_tools_read_and_reset_a_chassis_through_redfish() {
         }
     }
 
+    // Limits: one user's sessions never end another's; a trailing slash is the same resource;
+    // bad bodies get Redfish errors.
+    let limits = client(&venv, &["limits", &url, "admin", "s3cret pass", "viewer", "look only"]);
+    assert_eq!(limits["admin_login"], 201, "{limits}");
+    assert_eq!(
+        limits["user_logins"],
+        serde_json::json!([201]),
+        "a user's oldest session makes room: {limits}"
+    );
+    assert_eq!(limits["admin_session_after"], 200, "{limits}");
+    assert_eq!(limits["trailing_slash"], 200, "{limits}");
+    assert_eq!(
+        limits["wrong_type"],
+        serde_json::json!([400, "Base.1.22.ActionParameterValueTypeError"]),
+        "{limits}"
+    );
+    assert_eq!(limits["huge_body"][0], 413, "{limits}");
+    assert!(limits["huge_body"][1].as_str().unwrap().contains("json"), "{limits}");
+
     // DMTF's validator over the whole tree.
     let schemas = tempfile::tempdir().unwrap();
     let csdl = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redfish/csdl");

@@ -27,8 +27,28 @@ use std::time::{Duration, Instant};
 /// A session not used for this long ends (`SessionService.SessionTimeout`).
 const SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// Sessions open at once; the oldest is closed to make room.
+/// Sessions open at once; a new one beyond is refused until some end.
 const MAX_SESSIONS: usize = 64;
+
+/// Sessions one user may have open; that user's least recently used one is closed to make
+/// room (never another user's).
+const MAX_SESSIONS_PER_USER: usize = 16;
+
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Password hash checks at once (each takes tens of milliseconds and MiBs): a flood of wrong
+/// passwords waits here instead of taking threads and memory from the supervisor.
+const HASHING: usize = 2;
+
+/// Hash checks waiting for their turn; one more is answered 503 at once.
+const HASHING_QUEUE: usize = 64;
+
+/// How long a client may take to send a request's head, or its body.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest request body read (a reset, a log-in).
+const MAX_BODY: usize = 64 << 10;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE: Duration = Duration::from_secs(10);
@@ -55,11 +75,42 @@ struct Sessions {
 
 struct Service {
     info: Info,
-    users: Users,
+    users: Arc<Users>,
     sessions: Mutex<Sessions>,
     journal: Arc<Journal>,
     ctl: Mutex<mpsc::Sender<Incoming>>,
     deadline: Duration,
+    hashing: Hasher,
+}
+
+/// A password check for the hashing threads: the name, the password, where the answer goes.
+type HashJob = (String, String, tokio::sync::oneshot::Sender<Option<Role>>);
+
+/// The threads that check passwords, [`HASHING`] of them for the life of the service: a
+/// flood of wrong passwords queues here (and is refused when the queue is full) instead of
+/// taking threads and memory from the supervisor; each thread reuses its memory for every
+/// hash.
+#[derive(Clone)]
+struct Hasher {
+    jobs: mpsc::SyncSender<HashJob>,
+}
+
+impl Hasher {
+    fn start(users: Arc<Users>) -> std::io::Result<Hasher> {
+        let (jobs, rx) = mpsc::sync_channel::<HashJob>(HASHING_QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for k in 0..HASHING {
+            let (rx, users) = (rx.clone(), users.clone());
+            std::thread::Builder::new().name(format!("redfish-hash{k}")).spawn(move || {
+                loop {
+                    let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok((name, given, answer)) = job else { return };
+                    let _ = answer.send(users.check(&name, &given));
+                }
+            })?;
+        }
+        Ok(Hasher { jobs })
+    }
 }
 
 /// A request the supervisor refused or could not carry out.
@@ -139,49 +190,104 @@ impl Service {
         body["processors"].get(0).cloned().ok_or_else(|| missing(&format!("{ROOT}/Systems/{id}")))
     }
 
-    /// Who the headers say is asking: a session's token, or Basic credentials.
-    fn caller(&self, headers: &HeaderMap) -> Result<Caller, Refused> {
-        let unauthorized = |m: &str| Refused::new(StatusCode::UNAUTHORIZED, "NoValidSession", m);
-        if let Some(token) = headers.get("x-auth-token") {
-            let token = token.to_str().unwrap_or_default();
-            let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            s.by_token.retain(|_, v| v.last.elapsed() < SESSION_TIMEOUT);
-            return match s.by_token.get_mut(token) {
-                Some(v) => {
-                    v.last = Instant::now();
-                    Ok(Caller { user: v.user.clone(), role: v.role })
-                }
-                None => Err(unauthorized("no such session (it ended, or timed out): log in again")),
-            };
-        }
-        let Some(auth) = headers.get(header::AUTHORIZATION) else {
-            return Err(unauthorized(
-                "credentials required: Basic authentication, or a session's X-Auth-Token (POST /redfish/v1/SessionService/Sessions)",
-            ));
-        };
-        let (name, password) = basic(auth)
-            .ok_or_else(|| unauthorized("unreadable Authorization header: Basic credentials expected"))?;
-        match self.users.check(&name, &password) {
-            Some(role) => Ok(Caller { user: name, role }),
-            None => Err(unauthorized("wrong user name or password")),
-        }
+    /// Who a session's token says is asking (`None`: no token given).
+    fn session_caller(&self, headers: &HeaderMap) -> Option<Result<Caller, Refused>> {
+        let token = headers.get("x-auth-token")?;
+        let token = token.to_str().unwrap_or_default();
+        let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        s.prune();
+        Some(match s.by_token.get_mut(token) {
+            Some(v) => {
+                v.last = Instant::now();
+                Ok(Caller { user: v.user.clone(), role: v.role })
+            }
+            None => Err(unauthorized("no such session (it ended, or timed out): log in again")),
+        })
     }
 
-    fn log_in(&self, user: &str, role: Role) -> (String, String) {
+    fn log_in(&self, user: &str, role: Role) -> Result<(String, String), Refused> {
         let mut raw = [0u8; 24];
-        let _ = getrandom::fill(&mut raw);
+        getrandom::fill(&mut raw).map_err(|e| {
+            Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "GeneralError",
+                format!("no randomness for a session token: {e}"),
+            )
+        })?;
         let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        s.next += 1;
-        let id = s.next.to_string();
-        if s.by_token.len() >= MAX_SESSIONS
-            && let Some(oldest) = s.by_token.iter().min_by_key(|(_, v)| v.last).map(|(k, _)| k.clone())
-        {
+        s.prune();
+        let oldest_of_mine = {
+            let mine: Vec<(&String, Instant)> =
+                s.by_token.iter().filter(|(_, v)| v.user == user).map(|(k, v)| (k, v.last)).collect();
+            (mine.len() >= MAX_SESSIONS_PER_USER)
+                .then(|| mine.iter().min_by_key(|(_, last)| *last).map(|(k, _)| (*k).clone()))
+                .flatten()
+        };
+        if let Some(oldest) = oldest_of_mine {
             s.by_token.remove(&oldest);
         }
+        if s.by_token.len() >= MAX_SESSIONS {
+            return Err(Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SessionLimitExceeded",
+                format!(
+                    "{MAX_SESSIONS} sessions are open: log out of one (DELETE its session) or wait until one times out"
+                ),
+            ));
+        }
+        s.next += 1;
+        let id = s.next.to_string();
         s.by_token
             .insert(token.clone(), Session { id: id.clone(), user: user.into(), role, last: Instant::now() });
-        (id, token)
+        Ok((id, token))
+    }
+}
+
+impl Sessions {
+    /// Forget the sessions that timed out.
+    fn prune(&mut self) {
+        self.by_token.retain(|_, v| v.last.elapsed() < SESSION_TIMEOUT);
+    }
+}
+
+fn unauthorized(m: &str) -> Refused {
+    Refused::new(StatusCode::UNAUTHORIZED, "NoValidSession", m)
+}
+
+/// Whether `name` has password `given`, and its role: from the cache at once, else by the
+/// hashing threads (503 when their queue is full).
+async fn password(svc: &Arc<Service>, name: &str, given: &str) -> Result<Option<Role>, Refused> {
+    if let Some(role) = svc.users.cached(name, given) {
+        return Ok(Some(role));
+    }
+    let busy = || {
+        Refused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceTemporarilyUnavailable",
+            "too many password checks at once: try again in a few seconds",
+        )
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    svc.hashing.jobs.try_send((name.to_string(), given.to_string(), tx)).map_err(|_| busy())?;
+    rx.await.map_err(|_| busy())
+}
+
+/// Who is asking: a session's token, or Basic credentials.
+async fn caller(svc: &Arc<Service>, headers: &HeaderMap) -> Result<Caller, Refused> {
+    if let Some(c) = svc.session_caller(headers) {
+        return c;
+    }
+    let Some(auth) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauthorized(
+            "credentials required: Basic authentication, or a session's X-Auth-Token (POST /redfish/v1/SessionService/Sessions)",
+        ));
+    };
+    let (name, given) = basic(auth)
+        .ok_or_else(|| unauthorized("unreadable Authorization header: Basic credentials expected"))?;
+    match password(svc, &name, &given).await? {
+        Some(role) => Ok(Caller { user: name, role }),
+        None => Err(unauthorized("wrong user name or password")),
     }
 }
 
@@ -224,47 +330,107 @@ fn open(method: &Method, path: &str) -> bool {
             | "/redfish/v1/"
             | "/redfish/v1/odata"
             | "/redfish/v1/$metadata"
-    ) || (method == Method::POST && path == "/redfish/v1/SessionService/Sessions")
+    ) || path == tree::OEM_SCHEMA_PATH
+        || (method == Method::POST && path == "/redfish/v1/SessionService/Sessions")
 }
 
-async fn authenticate(
-    State(svc): State<Arc<Service>>,
-    mut req: axum::extract::Request,
-    next: Next,
-) -> Response {
+async fn authenticate(State(svc): State<Arc<Service>>, req: axum::extract::Request, next: Next) -> Response {
+    // The body first, within a time and a size: a client that trickles it ties up nothing.
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            let too_big = format!("the request body is over {} KiB", MAX_BODY >> 10);
+            return with_odata(
+                Refused::new(StatusCode::PAYLOAD_TOO_LARGE, "GeneralError", too_big).into_response(),
+            )
+            .await;
+        }
+        Err(_) => {
+            let late = "the request body did not arrive in time";
+            return with_odata(
+                Refused::new(StatusCode::REQUEST_TIMEOUT, "GeneralError", late).into_response(),
+            )
+            .await;
+        }
+    };
+    let mut req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
     if !open(req.method(), req.uri().path()) {
-        let headers = req.headers().clone();
-        match blocking(&svc, move |s| s.caller(&headers)).await {
+        match caller(&svc, req.headers()).await {
             Ok(c) => {
                 req.extensions_mut().insert(c);
             }
             Err(refused) => {
                 tracing::debug!(path = %req.uri().path(), "redfish: refused: {}", refused.message);
-                return with_odata(refused.into_response());
+                return with_odata(refused.into_response()).await;
             }
         }
     }
-    with_odata(next.run(req).await)
+    with_odata(next.run(req).await).await
 }
 
-fn with_odata(mut r: Response) -> Response {
+/// Every answer carries `OData-Version`, and every error is a Redfish error (axum's own
+/// rejections, of a path that is not UTF-8 say, are plain text).
+async fn with_odata(r: Response) -> Response {
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let mut r = if (r.status().is_client_error() || r.status().is_server_error()) && !json {
+        let status = r.status();
+        let allow = r.headers().get(header::ALLOW).cloned();
+        let text = axum::body::to_bytes(r.into_body(), 4096).await.unwrap_or_default();
+        let text = monarch_proto::text::printable(&String::from_utf8_lossy(&text), 200);
+        let message =
+            if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+        let mut e = Refused::new(status, "GeneralError", message).into_response();
+        if let Some(a) = allow {
+            e.headers_mut().insert(header::ALLOW, a);
+        }
+        e
+    } else {
+        r
+    };
     r.headers_mut().insert("OData-Version", HeaderValue::from_static("4.0"));
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// `/redfish/v1/Systems/` is `/redfish/v1/Systems` (the service root keeps its slash).
+fn without_trailing_slash<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    let path = req.uri().path();
+    if path.len() > 1 && path.ends_with('/') && path != "/redfish/v1/" {
+        let trimmed = path.trim_end_matches('/');
+        let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+        let new = match req.uri().query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_string(),
+        };
+        if let Ok(uri) = new.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
 }
 
 fn may_configure(c: &Caller, users: &Users) -> Result<(), Refused> {
     if c.role.may_configure() {
         return Ok(());
     }
+    tracing::info!(
+        user = %c.user,
+        role = c.role.name(),
+        users = %users.path().display(),
+        "redfish: refused a change to a user without the ConfigureComponents privilege"
+    );
     Err(Refused::new(
         StatusCode::FORBIDDEN,
         "InsufficientPrivilege",
         format!(
-            "user {} has role {}, without the ConfigureComponents privilege this needs: give it role Operator or Administrator in {}",
+            "user {} has role {}, without the ConfigureComponents privilege this needs: give it role Operator or Administrator in the users file",
             c.user,
-            c.role.name(),
-            users.path().display()
+            c.role.name()
         ),
     ))
 }
@@ -282,10 +448,19 @@ fn reset_type(body: &Bytes, allowed: &[&str]) -> Result<String, Refused> {
     };
     match t.as_str() {
         Some(t) if allowed.contains(&t) => Ok(t.to_string()),
-        _ => Err(Refused::new(
+        Some(t) => Err(Refused::new(
             StatusCode::BAD_REQUEST,
             "ActionParameterValueNotInList",
-            format!("ResetType {t} is not one of {}", allowed.join(", ")),
+            format!(
+                "ResetType {:?} is not one of {}",
+                monarch_proto::text::printable(t, 40),
+                allowed.join(", ")
+            ),
+        )),
+        None => Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "ActionParameterValueTypeError",
+            format!("ResetType must be a string, one of {}", allowed.join(", ")),
         )),
     }
 }
@@ -482,7 +657,8 @@ async fn log_entry(
 }
 
 async fn sessions(State(svc): State<Arc<Service>>, Extension(c): Extension<Caller>) -> Answer {
-    let s = svc.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut s = svc.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    s.prune();
     let mut ids: Vec<u64> = s
         .by_token
         .values()
@@ -505,7 +681,8 @@ async fn session(
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Answer {
-    let s = svc.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut s = svc.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    s.prune();
     s.by_token
         .values()
         .find(|v| v.id == id && (c.role == Role::Administrator || v.user == c.user))
@@ -521,6 +698,7 @@ async fn log_out(
     Path(id): Path<String>,
 ) -> Answer {
     let mut s = svc.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+    s.prune();
     let token = s
         .by_token
         .iter()
@@ -548,14 +726,11 @@ async fn log_in(State(svc): State<Arc<Service>>, body: Bytes) -> Answer {
             )
         })
     };
-    let (user, password) = (field("UserName")?, field("Password")?);
-    let role = blocking(&svc, {
-        let user = user.clone();
-        move |s| s.users.check(&user, &password)
-    })
-    .await
-    .ok_or_else(|| Refused::new(StatusCode::UNAUTHORIZED, "NoValidSession", "wrong user name or password"))?;
-    let (id, token) = svc.log_in(&user, role);
+    let (user, given) = (field("UserName")?, field("Password")?);
+    let role = password(&svc, &user, &given).await?.ok_or_else(|| {
+        Refused::new(StatusCode::UNAUTHORIZED, "NoValidSession", "wrong user name or password")
+    })?;
+    let (id, token) = svc.log_in(&user, role)?;
     tracing::info!(user = %user, session = %id, "redfish: logged in");
     let location = format!("{ROOT}/SessionService/Sessions/{id}");
     let mut r = (StatusCode::CREATED, axum::Json(tree::session(&id, &user))).into_response();
@@ -711,7 +886,15 @@ pub fn serve(
     let listener = std::net::TcpListener::bind(opts.addr).map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
     let addr = listener.local_addr().map_err(err)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(err)?;
+    // Blocking work: the supervisor's answers (a reset waits for its operation) and the
+    // password checks (at most HASHING of them at once).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()
+        .map_err(err)?;
+    let users = Arc::new(users);
+    let hashing = Hasher::start(users.clone()).map_err(err)?;
     let svc = Arc::new(Service {
         info,
         users,
@@ -719,8 +902,10 @@ pub fn serve(
         journal,
         ctl: Mutex::new(ctl),
         deadline,
+        hashing,
     });
-    let app = router(svc);
+    let app = tower::ServiceExt::map_request(router(svc), without_trailing_slash);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.config.clone());
     std::thread::Builder::new()
         .name("redfish".into())
@@ -728,18 +913,33 @@ pub fn serve(
             runtime.block_on(async move {
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
                 loop {
-                    let Ok((tcp, _)) = listener.accept().await else { continue };
+                    let tcp = match listener.accept().await {
+                        Ok((tcp, _)) => tcp,
+                        Err(e) => {
+                            // Out of descriptors, say: wait rather than spin.
+                            tracing::warn!("redfish: cannot accept a connection: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    // Full: the connection is closed at once.
+                    let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
                     let (acceptor, app) = (acceptor.clone(), app.clone());
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await else {
                             return;
                         };
                         let service = hyper_util::service::TowerToHyperService::new(app);
-                        let _ = hyper_util::server::conn::auto::Builder::new(
+                        let mut http = hyper_util::server::conn::auto::Builder::new(
                             hyper_util::rt::TokioExecutor::new(),
-                        )
-                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
-                        .await;
+                        );
+                        http.http1()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(READ_TIMEOUT);
+                        let _ = http
+                            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                            .await;
                     });
                 }
             });

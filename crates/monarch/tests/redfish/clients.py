@@ -8,6 +8,8 @@ JSON object; the Rust test decides whether that is right.
                                  password (requests, as sushy and the validator use)
   systems URL USER PASS          sushy: the systems and their power states
   reset URL USER PASS ID TYPE    sushy: reset a system, then read it back
+  limits URL ADMIN PASS USER PASS  sessions of one user never end another's; trailing slashes;
+                                 bad bodies get Redfish errors
   sse URL USER PASS ID EVENT     the Server-Sent Events stream: prints "connected" once it
                                  is open, then every event up to ID's first EVENT
 """
@@ -118,9 +120,37 @@ def sse(url, user, password, ident, until):
     return {"status": r.status_code, "content_type": r.headers.get("Content-Type"), "events": events}
 
 
+def limits(url, admin, admin_pw, user, user_pw):
+    root = url.rstrip("/").split("/redfish")[0]
+    sessions = root + "/redfish/v1/SessionService/Sessions"
+
+    def log_in(name, pw):
+        r = requests.post(sessions, json={"UserName": name, "Password": pw}, verify=False, timeout=60)
+        return r.status_code, r.headers.get("X-Auth-Token")
+
+    status, token = log_in(admin, admin_pw)
+    mine = [log_in(user, user_pw)[0] for _ in range(80)]
+    still = requests.get(root + "/redfish/v1/Systems", headers={"X-Auth-Token": token}, verify=False, timeout=60)
+    slash = requests.get(root + "/redfish/v1/Systems/", auth=(admin, admin_pw), verify=False, timeout=60)
+    reset = root + "/redfish/v1/Systems/%s/Actions/ComputerSystem.Reset"
+    first = slash.json()["Members"][0]["@odata.id"].rsplit("/", 1)[1]
+    typed = requests.post(reset % first, json={"ResetType": 1}, auth=(admin, admin_pw), verify=False, timeout=60)
+    huge = requests.post(
+        reset % first, data=b"x" * (80 << 10), auth=(admin, admin_pw), verify=False, timeout=60
+    )
+    return {
+        "admin_login": status,
+        "user_logins": sorted(set(mine)),
+        "admin_session_after": still.status_code,
+        "trailing_slash": slash.status_code,
+        "wrong_type": [typed.status_code, typed.json()["error"]["code"]],
+        "huge_body": [huge.status_code, huge.headers.get("Content-Type"), huge.json()["error"]["code"]],
+    }
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
-    result = {"crawl": crawl, "systems": systems, "reset": reset, "sse": sse}[cmd](*args)
+    result = {"crawl": crawl, "systems": systems, "reset": reset, "sse": sse, "limits": limits}[cmd](*args)
     print(json.dumps(result))
 
 
