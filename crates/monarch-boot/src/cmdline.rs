@@ -244,6 +244,63 @@ impl NetbootAgentArgs {
     }
 }
 
+/// `monarch core`: one core of a machine of clusters in the phased boot (a head copies for
+/// its cluster; every core verifies, meets its barriers and jumps into the kernel).
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct CoreArgs {
+    /// The run folder: the banks (`bank-N`) and barriers (`barrier-…`) are there.
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: PathBuf,
+    /// Its cluster.
+    #[arg(long)]
+    pub cluster: u16,
+    /// Its index in the cluster (0: the head).
+    #[arg(long)]
+    pub lid: u16,
+    /// Where the description is in bank 0 (the arch-info zone's offset and maximum).
+    #[arg(long, value_name = "OFFSET")]
+    pub arch_base: u64,
+    /// The arch-info zone's maximum size.
+    #[arg(long, value_name = "BYTES")]
+    pub arch_max: u64,
+    /// How long a barrier waits (the head decides its cluster's).
+    #[arg(long, value_name = "DURATION", value_parser = values::parse_duration)]
+    pub barrier_timeout: Duration,
+    /// A missed barrier: `exclude` or `abort`.
+    #[arg(long, value_name = "POLICY")]
+    pub barrier_policy: String,
+    /// The boot's start, in Unix nanoseconds (event times count from it).
+    #[arg(long)]
+    pub t0_unix_ns: u128,
+}
+
+impl CoreArgs {
+    /// The arguments after the executable: `core --run-dir … …`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a = words(&["core", "--run-dir"]);
+        a.push(self.run_dir.clone().into());
+        a.extend(words(&[
+            "--cluster",
+            &self.cluster.to_string(),
+            "--lid",
+            &self.lid.to_string(),
+            "--arch-base",
+            &self.arch_base.to_string(),
+            "--arch-max",
+            &self.arch_max.to_string(),
+            "--barrier-timeout",
+        ]));
+        a.push(duration(self.barrier_timeout));
+        a.extend(words(&[
+            "--barrier-policy",
+            &self.barrier_policy,
+            "--t0-unix-ns",
+            &self.t0_unix_ns.to_string(),
+        ]));
+        a
+    }
+}
+
 fn words(w: &[&str]) -> Vec<OsString> {
     w.iter().map(OsString::from).collect()
 }

@@ -242,6 +242,19 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         redfish: Option<String>,
     },
+    /// A barrier of the phased boot was decided: released (with whoever was left out for
+    /// missing it) or aborted.
+    Barrier {
+        /// Which: `heads` (one core per cluster), `cluster N` (a cluster's cores) or `final`.
+        barrier: String,
+        /// `released` or `aborted`.
+        outcome: String,
+        /// Who arrived.
+        arrived: usize,
+        /// Who did not, in time (left out, or the reason for the abort).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        missing: Vec<String>,
+    },
     /// A running secondary was lost; the reboot cause is recorded.
     Lost {
         /// Secondary.
@@ -352,6 +365,7 @@ impl EventKind {
             | EventKind::GaveUp { .. }
             | EventKind::Power { .. }
             | EventKind::Supervising { .. }
+            | EventKind::Barrier { .. }
             | EventKind::Request { .. }
             | EventKind::Summary(_) => None,
         }
@@ -446,6 +460,12 @@ impl EventKind {
                     line.push_str(&format!("; Redfish at https://{r}/redfish/v1/"));
                 }
                 line
+            }
+            EventKind::Barrier { barrier, outcome, arrived, missing } if missing.is_empty() => {
+                format!("{barrier} barrier {outcome}: all {arrived} arrived")
+            }
+            EventKind::Barrier { barrier, outcome, arrived, missing } => {
+                format!("{barrier} barrier {outcome}: {arrived} arrived, {} missed it", missing.join(", "))
             }
             EventKind::Lost { cause, .. } => format!("LOST: {cause}"),
             EventKind::Restarting { restart, after_ms, .. } => {

@@ -102,6 +102,17 @@ impl MemImage {
     }
 }
 
+/// Map `file` shared and writable: a memory bank of the phased boot, which the cores of a
+/// cluster map together.
+pub fn map_shared(file: &std::fs::File) -> io::Result<MmapMut> {
+    // SAFETY: memmap2 marks this unsafe because another process may change or shrink the
+    // file while it is mapped. The phased boot orders every write to a bank before its reads
+    // (a process is started, or a barrier released, only after the bank was written), and
+    // bank files are the run's own, never shrunk while the run lasts; a peer that broke that
+    // rule could tear what we read (which the digests catch) or make a read a SIGBUS.
+    unsafe { MmapMut::map_mut(file) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

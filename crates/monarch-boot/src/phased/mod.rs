@@ -1,4 +1,5 @@
 //! The phased boot of a machine of many clusters (`[[cluster]]`): its binary hardware
 //! description ([`describe`]), built from the topology.
 
+pub mod bank;
 pub mod describe;
