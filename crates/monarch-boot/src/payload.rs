@@ -42,6 +42,11 @@ pub fn run() -> Result<(), PayloadError> {
         me.len(),
         Algo::Crc32c.digest(&me).to_hex(Algo::Crc32c)
     );
+    if let Ok(spec) = std::env::var("MONARCH_BOOT_INFO") {
+        // Booted in phases (a machine of clusters): its cluster's boot info says who it is.
+        println!("{}", phased_report(&spec, &report, me.len() as u64)?);
+        return Ok(());
+    }
     let Some(path) = std::env::var_os("MONARCH_WINDOW").map(PathBuf::from) else {
         // Booted over the network (`monarch netboot agent`): no window to report through;
         // standard output is the report.
@@ -76,6 +81,50 @@ pub fn run() -> Result<(), PayloadError> {
     );
     eprintln!("image {id}: stopping ({})", ended.describe());
     Ok(())
+}
+
+/// The RUNNING report of a core booted in phases, as an event line: what its cluster's boot
+/// info (`MONARCH_BOOT_INFO` = `BANK@OFFSET`) gives it: its cluster, its index among the
+/// cluster's cores, their count, and the memory its kernel may use.
+fn phased_report(spec: &str, report: &str, bytes: u64) -> Result<String, PayloadError> {
+    use std::os::unix::fs::FileExt as _;
+    let bad = |why: String| PayloadError::Report(format!("boot info {spec}: {why}"));
+    let (path, offset) = spec.rsplit_once('@').ok_or_else(|| bad("not BANK@OFFSET".into()))?;
+    let offset: u64 = offset.parse().map_err(|_| bad("the offset is not a number".into()))?;
+    let f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let mut raw = vec![0u8; monarch_proto::arch::BOOT_INFO_SIZE];
+    f.read_exact_at(&mut raw, offset).map_err(|e| bad(e.to_string()))?;
+    let info = monarch_proto::arch::BootInfoView::parse(&raw).map_err(|e| bad(e.to_string()))?;
+    let gid: u32 = std::env::var("MONARCH_CORE_GID")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .ok_or_else(|| bad("no MONARCH_CORE_GID".into()))?;
+    let index = info.core_index(gid).ok_or_else(|| bad(format!("core gid {gid} has no entry")))?;
+    let memory = info.memory();
+    let id = std::env::var("MONARCH_ID").unwrap_or_else(|_| format!("gid{gid}"));
+    // Event times count from the boot's start.
+    let t0 = std::env::var("MONARCH_T0_UNIX_NS").ok().and_then(|t| t.parse::<u128>().ok()).unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let report = format!(
+        "{report} cluster {} core {index} of {}, memory {:#x}+{:#x}",
+        info.cluster(),
+        info.core_count(),
+        memory.base,
+        memory.size
+    );
+    let ev = crate::events::Event {
+        t_ms: now.saturating_sub(t0) as f64 / 1e6,
+        kind: crate::events::EventKind::Done {
+            id,
+            state: "running".into(),
+            attempts: 1,
+            bytes,
+            ms: 0.0,
+            report: Some(report),
+            error: None,
+        },
+    };
+    serde_json::to_string(&ev).map_err(|e| bad(e.to_string()))
 }
 
 /// Where every command block and the notice block stood just before RUNNING was posted:

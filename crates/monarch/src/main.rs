@@ -11,7 +11,7 @@ mod output;
 use clap::{Args, Parser, Subcommand};
 use exit::bad_input;
 use monarch_boot::agent::{self, AgentOptions};
-use monarch_boot::cmdline::{AgentArgs, CandidateArgs, TopologyOpt};
+use monarch_boot::cmdline::{AgentArgs, CandidateArgs, CoreArgs, TopologyOpt};
 use monarch_boot::election;
 use monarch_boot::plan::Plan;
 use monarch_boot::redfish::users::Role;
@@ -125,6 +125,10 @@ not confirm.")]
     /// One management processor of a chassis with several (started by `monarch up`).
     #[command(hide = true)]
     Candidate(CandidateArgs),
+    /// One core of a machine of clusters in the phased boot (started by `monarch up` and by
+    /// the cluster heads).
+    #[command(hide = true)]
+    Core(CoreArgs),
     /// Topology helpers.
     #[command(subcommand)]
     Topology(TopologyCmd),
@@ -281,6 +285,10 @@ self-test (overrides the topology's [election] monarch; the operator's choice)"
     /// With --hold: how long processors may defer the shutdown that SIGINT/SIGTERM starts.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = values::parse_duration, requires = "hold")]
     deadline: Duration,
+    /// A machine of clusters: boot it flat (the monarch delivers to every core through its
+    /// own window) instead of in phases.
+    #[arg(long)]
+    flat: bool,
     /// With --hold: serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464;
     /// port 0 picks one, named in the `supervising` event).
     #[arg(long, value_name = "ADDR", requires = "hold")]
@@ -401,6 +409,15 @@ fn main() -> ExitCode {
         },
         Cmd::Agent(a) => cmd_agent(a),
         Cmd::Candidate(a) => cmd_candidate(a),
+        Cmd::Core(a) => {
+            let exe = match own_exe() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let why = monarch_boot::phased::core::run(&a, &exe);
+            eprintln!("monarch core: {why}");
+            ExitCode::from(exit::BOOT_FAILED)
+        }
         Cmd::Topology(TopologyCmd::Default) => {
             print!("{}", topology::DEFAULT_TOPOLOGY);
             ExitCode::SUCCESS
@@ -547,6 +564,23 @@ fn cmd_up(a: UpArgs) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
+    if plan.topology.clusters.is_some() && !a.flat && !a.hold {
+        // A machine of clusters: booted in phases (heads copy for their clusters, barriers).
+        let mut out = output::Output::new(a.json, &plan);
+        let summary = monarch_boot::phased::boot::run(&plan, &agent_exe, &mut |ev| out.event(ev));
+        out.finish(&summary);
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string(&monarch_boot::events::Event {
+                    t_ms: summary.total_ms,
+                    kind: monarch_boot::events::EventKind::Summary(summary.clone())
+                })
+                .unwrap_or_default()
+            );
+        }
+        return if summary.ok { ExitCode::SUCCESS } else { ExitCode::from(exit::BOOT_FAILED) };
+    }
     let hold = if a.hold {
         let state_dir = a
             .state_dir

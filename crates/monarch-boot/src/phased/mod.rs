@@ -2,4 +2,6 @@
 //! description ([`describe`]), built from the topology.
 
 pub mod bank;
+pub mod boot;
+pub mod core;
 pub mod describe;

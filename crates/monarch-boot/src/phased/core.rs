@@ -1,0 +1,272 @@
+//! One core's side of the phased boot (`monarch core`): a head (core 0 of a cluster other
+//! than 0) copies the boot code, the description and the kernel from cluster 0's bank into its
+//! own, checks what it copied against the handoff record, builds its cluster's boot info and
+//! meets the other heads at the `heads` barrier; then it starts its cluster's other cores,
+//! which check the kernel and their boot info entry and meet at their cluster's barrier and
+//! at the `final` one, after which every core jumps into the kernel in its bank.
+//!
+//! Events go to standard output as JSON lines (`monarch up --json`'s format), one write each,
+//! so the cores of a cluster can share the head's pipe to the monarch.
+
+use super::bank::{self, Bank, Record};
+use crate::cmdline::CoreArgs;
+use crate::events::{Event, EventKind};
+use monarch_drivers::barrier::{Barrier, BarrierFile};
+use monarch_drivers::doorbell::Doorbell;
+use monarch_proto::arch::{self, ArchView, ZoneKind};
+use monarch_proto::barrier::{Header, Outcome, Policy};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Every barrier is used once.
+pub const GENERATION: u32 = 1;
+
+/// How long a participant waits past a barrier's deadline for its owner's decision.
+const OWNER_GRACE: Duration = Duration::from_secs(5);
+
+/// A barrier's file in the run folder: `heads`, `c<N>` (a cluster's), `final`.
+pub fn barrier_path(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(format!("barrier-{name}"))
+}
+
+/// The policy named on the command line.
+pub fn policy(name: &str) -> Policy {
+    if name == "abort" { Policy::Abort } else { Policy::Exclude }
+}
+
+/// A zone of the description: (offset, maximum).
+pub fn zone(view: &ArchView<'_>, kind: ZoneKind) -> Result<bank::Span, String> {
+    view.zone(kind)
+        .map(|z| (z.base(), z.max()))
+        .ok_or_else(|| format!("the description has no {} zone", kind.name()))
+}
+
+/// Who meets at the `final` barrier, in order: every tested core of every booting cluster,
+/// as (cluster, lid, gid).
+pub fn final_participants(view: &ArchView<'_>) -> Vec<(u16, u16, u32)> {
+    let mut out = Vec::new();
+    for c in arch::select::booting_clusters(view) {
+        if let Ok(info) = arch::boot_info(view, c) {
+            out.extend(info.cores.iter().map(|k| (c, k.lid, k.gid)));
+        }
+    }
+    out
+}
+
+/// Events on standard output, timed from the boot's start.
+pub struct Emitter {
+    clock: Instant,
+}
+
+impl Emitter {
+    /// Timed from `t0_unix_ns`.
+    pub fn new(t0_unix_ns: u128) -> Emitter {
+        Emitter { clock: crate::election::instant_at(t0_unix_ns) }
+    }
+
+    /// One event, one line, one write.
+    pub fn emit(&self, kind: EventKind) {
+        let ev = Event { t_ms: self.clock.elapsed().as_secs_f64() * 1e3, kind };
+        if let Ok(mut line) = serde_json::to_string(&ev) {
+            line.push('\n');
+            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        }
+    }
+}
+
+/// The deadline of a barrier, `timeout` from now, as `CLOCK_MONOTONIC` nanoseconds.
+pub fn deadline_ns(timeout: Duration) -> u64 {
+    monarch_drivers::barrier::monotonic_ns()
+        .saturating_add(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Wait as a participant (not the owner) until the owner decides.
+fn wait_decided(b: &Barrier<'_>) -> Outcome {
+    let until = b.header().deadline_ns.saturating_add(u64::try_from(OWNER_GRACE.as_nanos()).unwrap_or(0));
+    b.wait(until)
+}
+
+/// Run core `a.lid` of cluster `a.cluster`; returns only when it failed (a core that gets
+/// through every barrier becomes its kernel).
+pub fn run(a: &CoreArgs, exe: &Path) -> String {
+    let out = Emitter::new(a.t0_unix_ns);
+    let id = crate::topology::core_id(a.cluster, a.lid);
+    let why = match steps(a, exe, &out, &id) {
+        Ok(never) => match never {},
+        Err(why) => why,
+    };
+    out.emit(EventKind::Done {
+        id: id.clone(),
+        state: "failed".into(),
+        attempts: 1,
+        bytes: 0,
+        ms: 0.0,
+        report: None,
+        error: Some(why.clone()),
+    });
+    why
+}
+
+enum Never {}
+
+fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, String> {
+    let phase = |p: &str| out.emit(EventKind::Phase { id: id.to_string(), phase: p.into(), attempt: 0 });
+    let mut mine = Bank::open(&bank::path(&a.run_dir, a.cluster)).map_err(|e| format!("its bank: {e}"))?;
+    let head = a.lid == 0;
+    if head && a.cluster != 0 {
+        // Phase 2: copy from cluster 0, check, build this cluster's boot info.
+        phase("copying");
+        let zero = Bank::open(&bank::path(&a.run_dir, 0)).map_err(|e| format!("cluster 0's bank: {e}"))?;
+
+        let arch_zone = (a.arch_base, a.arch_max);
+        let record_bytes = zero.read((0, bank::RECORD as u64), bank::RECORD as u64)?.to_vec();
+        let record = Record::decode(&record_bytes)?;
+        let arch_bytes = zero.read(arch_zone, u64::from(record.arch_len))?.to_vec();
+        let view = ArchView::parse(&arch_bytes).map_err(|e| format!("cluster 0's description: {e}"))?;
+        let kernel_zone = zone(&view, ZoneKind::Kernel)?;
+        let boot_code = zone(&view, ZoneKind::BootCode)?;
+        let started = Instant::now();
+        let kernel = zero.read(kernel_zone, record.kernel_len)?;
+        mine.write(kernel_zone, kernel)?;
+        mine.write(arch_zone, &arch_bytes)?;
+        mine.write(boot_code, &record_bytes)?;
+        out.emit(EventKind::Copied {
+            id: id.to_string(),
+            attempt: 1,
+            bytes: record.kernel_len + arch_bytes.len() as u64,
+            ms: started.elapsed().as_secs_f64() * 1e3,
+        });
+        phase("verifying");
+        let copied = mine.read(kernel_zone, record.kernel_len)?;
+        let copied_arch = mine.read(arch_zone, u64::from(record.arch_len))?;
+        record.check(copied, copied_arch)?;
+        let info = arch::boot_info(&view, a.cluster).map_err(|e| e.to_string())?;
+        let bytes = info.encode().map_err(|e| e.to_string())?;
+        mine.write(zone(&view, ZoneKind::BootInfo)?, &bytes)?;
+        phase("boot-info");
+        // The heads barrier.
+        let clusters = arch::select::booting_clusters(&view);
+        let me = clusters.iter().position(|c| *c == a.cluster).ok_or("this cluster does not boot")?;
+        let f = BarrierFile::open(&barrier_path(&a.run_dir, "heads"))
+            .map_err(|e| format!("heads barrier: {e}"))?;
+        let b =
+            Barrier::attach(f.block(), GENERATION, u16::try_from(me).unwrap_or(u16::MAX), Doorbell::detect())
+                .map_err(|e| format!("heads barrier: {e}"))?;
+        phase("heads-barrier");
+        b.arrive();
+        match wait_decided(&b) {
+            Outcome::Released { .. } => {}
+            other => return Err(format!("the heads barrier: {other:?}")),
+        }
+    }
+    // Every core: the kernel and this cluster's boot info, as its head left them.
+    let record = Record::decode(mine.read((0, bank::RECORD as u64), bank::RECORD as u64)?)?;
+    let arch_bytes = mine.read((a.arch_base, a.arch_max), u64::from(record.arch_len))?;
+    let view = ArchView::parse(arch_bytes).map_err(|e| format!("its cluster's description: {e}"))?;
+    let kernel_zone = zone(&view, ZoneKind::Kernel)?;
+    let boot_info_zone = zone(&view, ZoneKind::BootInfo)?;
+    if !head {
+        phase("verifying");
+        record.check(mine.read(kernel_zone, record.kernel_len)?, arch_bytes)?;
+    }
+    let info_bytes = mine.read(boot_info_zone, arch::BOOT_INFO_SIZE as u64)?;
+    let info = arch::BootInfoView::parse(info_bytes).map_err(|e| format!("its boot info: {e}"))?;
+    let gid = view
+        .cores_of(a.cluster)
+        .find(|k| k.lid() == a.lid)
+        .map(|k| k.gid())
+        .ok_or_else(|| format!("core {} is not in cluster {}'s description", a.lid, a.cluster))?;
+    let index = info
+        .core_index(gid)
+        .ok_or_else(|| format!("core gid {gid} has no entry in its cluster's boot info"))?;
+    // This cluster's barrier: its head owns it and starts the others.
+    let local = barrier_path(&a.run_dir, &format!("c{}", a.cluster));
+    let participants = u16::try_from(info.core_count()).unwrap_or(u16::MAX);
+    let local_file = if head {
+        BarrierFile::create(&local).map_err(|e| format!("cluster barrier: {e}"))?
+    } else {
+        BarrierFile::open(&local).map_err(|e| format!("cluster barrier: {e}"))?
+    };
+    let me = u16::try_from(index).unwrap_or(u16::MAX);
+    let lb = if head {
+        let header = Header {
+            participants,
+            generation: GENERATION,
+            policy: policy(&a.barrier_policy),
+            deadline_ns: deadline_ns(a.barrier_timeout),
+        };
+        let b = Barrier::create(local_file.block(), header, Some(me), Doorbell::detect());
+        // Phase 3: release the cluster's other cores.
+        for k in view.cores_of(a.cluster).filter(|k| k.lid() != 0 && info.core_index(k.gid()).is_some()) {
+            let args = CoreArgs { lid: k.lid(), ..a.clone() };
+            std::process::Command::new(exe)
+                .args(args.to_args())
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start core {}: {e}", k.lid()))?;
+        }
+        b
+    } else {
+        Barrier::attach(local_file.block(), GENERATION, me, Doorbell::detect())
+            .map_err(|e| format!("cluster barrier: {e}"))?
+    };
+    phase("cluster-barrier");
+    let outcome = if head {
+        lb.own(lb.header().deadline_ns)
+    } else {
+        lb.arrive();
+        wait_decided(&lb)
+    };
+    match outcome {
+        Outcome::Released { excluded } => {
+            if head {
+                let missing: Vec<String> = excluded
+                    .iter()
+                    .filter_map(|m| {
+                        info.cores()
+                            .get(usize::from(*m))
+                            .map(|k| crate::topology::core_id(a.cluster, k.lid.get()))
+                    })
+                    .collect();
+                out.emit(EventKind::Barrier {
+                    barrier: format!("cluster {}", a.cluster),
+                    outcome: "released".into(),
+                    arrived: usize::from(participants) - missing.len(),
+                    missing,
+                });
+            }
+        }
+        other => return Err(format!("cluster {}'s barrier: {other:?}", a.cluster)),
+    }
+    // The final barrier (the monarch owns it).
+    let all = final_participants(&view);
+    let me = all
+        .iter()
+        .position(|(c, l, _)| *c == a.cluster && *l == a.lid)
+        .ok_or("not among the final barrier's cores")?;
+    let f =
+        BarrierFile::open(&barrier_path(&a.run_dir, "final")).map_err(|e| format!("final barrier: {e}"))?;
+    let fb =
+        Barrier::attach(f.block(), GENERATION, u16::try_from(me).unwrap_or(u16::MAX), Doorbell::detect())
+            .map_err(|e| format!("final barrier: {e}"))?;
+    phase("final-barrier");
+    fb.arrive();
+    match wait_decided(&fb) {
+        Outcome::Released { .. } => {}
+        other => return Err(format!("the final barrier: {other:?}")),
+    }
+    // Jump: the kernel in this cluster's bank, told where its boot info is.
+    phase("handoff");
+    let kernel = mine.read(kernel_zone, record.kernel_len)?;
+    let mut image =
+        monarch_drivers::memimage::MemImage::new(id, record.kernel_len).map_err(|e| e.to_string())?;
+    image.bytes_mut().copy_from_slice(kernel);
+    let env = vec![
+        ("MONARCH_BOOT_INFO".to_string(), format!("{}@{}", mine.path().display(), boot_info_zone.0)),
+        ("MONARCH_CORE_GID".to_string(), gid.to_string()),
+        ("MONARCH_ID".to_string(), id.to_string()),
+        ("MONARCH_T0_UNIX_NS".to_string(), a.t0_unix_ns.to_string()),
+    ];
+    Err(format!("cannot jump into its kernel: {}", image.exec(id, &[], &env)))
+}

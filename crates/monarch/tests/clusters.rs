@@ -1,0 +1,67 @@
+//! A machine of clusters booted in phases, with real processes: the monarch writes the kernel
+//! once into cluster 0's bank, one head per cluster copies it into its own and checks it, the
+//! heads meet, each head starts its cluster's cores, and all meet before they jump.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use serde_json::Value;
+use std::path::Path;
+
+mod common;
+use common::{monarch, t_of};
+
+fn events(out: &std::process::Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn sixteen_cores_boot_in_phases_each_reporting_what_its_boot_info_gave_it() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clusters.toml");
+    let out = monarch(&["up", "--json", "--topology", example.to_str().unwrap()]);
+    let ev = events(&out);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), common::dump(&ev));
+    let summary = &ev.last().unwrap()["summary"];
+    let summary = if summary.is_null() { ev.last().unwrap() } else { summary };
+    let procs = summary["processors"].as_array().unwrap();
+    assert_eq!(procs.len(), 16, "{summary}");
+    let kernel = 16u64 << 20;
+    for p in &procs[1..] {
+        assert_eq!(p["state"], "running", "{p}");
+        let id = p["id"].as_str().unwrap();
+        let (c, l) = id[1..].split_once('-').unwrap();
+        let report = p["report"].as_str().unwrap();
+        assert!(report.contains(&format!("cluster {c} core {l} of 4, memory ")), "{id}: {report}");
+    }
+    // The monarch wrote the kernel once (with the description and cluster 0's boot info).
+    let written = procs[0]["bytes"].as_u64().unwrap();
+    assert!(written > kernel && written < kernel + (1 << 20), "{}", procs[0]);
+    let mut copied: Vec<&str> =
+        ev.iter().filter(|e| e["event"] == "copied").map(|e| e["id"].as_str().unwrap()).collect();
+    copied.sort_unstable();
+    assert_eq!(copied, ["c0-0", "c1-0", "c2-0", "c3-0"], "the monarch once, then each head for its cluster");
+    // Phase order, by the events' times.
+    let at = |pred: &dyn Fn(&Value) -> bool| ev.iter().filter(|e| pred(e)).map(t_of).collect::<Vec<f64>>();
+    let boot_info_0 = at(&|e| e["event"] == "phase" && e["id"] == "c0-0" && e["phase"] == "boot-info")[0];
+    let heads_started = at(&|e| e["event"] == "launched" && e["id"].as_str().unwrap().ends_with("-0"));
+    assert_eq!(heads_started.len(), 3);
+    assert!(heads_started.iter().all(|t| *t > boot_info_0), "no head before cluster 0's boot info");
+    let heads_arrived = at(&|e| e["event"] == "phase" && e["phase"] == "heads-barrier");
+    let others_first = at(&|e| {
+        e["event"] == "phase" && e["phase"] == "verifying" && !e["id"].as_str().unwrap().ends_with("-0")
+    });
+    assert_eq!(others_first.len(), 12);
+    let last_head = heads_arrived.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(others_first.iter().all(|t| *t > last_head), "no other core before the heads barrier");
+    let final_arrived = at(&|e| e["event"] == "phase" && e["phase"] == "final-barrier");
+    assert_eq!(final_arrived.len(), 15);
+    let jumps = at(&|e| e["event"] == "phase" && e["phase"] == "handoff");
+    assert_eq!(jumps.len(), 15);
+    let last_arrival = final_arrived.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(jumps.iter().all(|t| *t >= last_arrival), "no jump before everyone reached the final barrier");
+    for b in ["heads", "cluster 0", "cluster 1", "cluster 2", "cluster 3", "final"] {
+        assert!(
+            ev.iter().any(|e| e["event"] == "barrier" && e["barrier"] == b && e["outcome"] == "released"),
+            "{b} barrier released"
+        );
+    }
+}
