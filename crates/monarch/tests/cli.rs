@@ -455,7 +455,16 @@ fn the_tftp_baseline_runs_real_servers_and_cleans_up_its_namespaces() {
         eprintln!("skipped: the baseline bench needs root (apt-get, network namespaces)");
         return;
     }
-    let out = monarch(&["bench", "baseline", "--size", "1MiB", "--reps", "1", "--json"]);
+    let child = Command::new(MONARCH)
+        .args(["bench", "baseline", "--size", "1MiB", "--reps", "1", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its namespaces are named after its pid: look for those only (another bench on the
+    // machine may be running its own).
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["bench"], "baseline");
@@ -467,8 +476,13 @@ fn the_tftp_baseline_runs_real_servers_and_cleans_up_its_namespaces() {
         assert!(t["window_speedup"].as_f64().is_some(), "{t}");
     }
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let pid_tag = "monarch-bl-";
-    assert!(!String::from_utf8_lossy(&netns.stdout).contains(pid_tag), "namespaces left behind");
+    let names = String::from_utf8_lossy(&netns.stdout);
+    for ns in [format!("monarch-bl-srv-{pid}"), format!("monarch-bl-cli-{pid}")] {
+        assert!(
+            !names.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())),
+            "{ns} left behind:\n{names}"
+        );
+    }
 }
 
 /// Ctrl-C as a terminal sends it, to the whole process group, once the first secondary
