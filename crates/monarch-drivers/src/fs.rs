@@ -17,6 +17,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace(path, |f| f.write_all(bytes))
 }
 
+/// Replace `path` with `bytes` in a file of permissions `mode` (set before anything is
+/// written, so a secret is never readable under the default ones), atomically as
+/// [`write_atomically`].
+pub fn write_atomically_with_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    replace(path, |f| {
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)
+    })
+}
+
 /// Replace `dest` with a copy of the file `src` (its bytes and permissions, as `fs::copy`
 /// does), atomically as [`write_atomically`]. Returns the bytes copied.
 pub fn copy_atomically(src: &Path, dest: &Path) -> io::Result<u64> {

@@ -6,8 +6,6 @@
 //! `openssl x509 -noout -fingerprint -sha256 -in STATE_DIR/redfish-cert.pem`), or gives a
 //! certificate of their own.
 
-use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -178,25 +176,10 @@ fn make(cert: &Path, key: &Path, state_dir: &Path) -> Result<(), TlsError> {
     params.distinguished_name.push(rcgen::DnType::CommonName, COMMON_NAME);
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let made = params.self_signed(&pair)?;
-    write_atomic(key, pair.serialize_pem().as_bytes(), 0o600)
+    monarch_drivers::fs::write_atomically_with_mode(key, pair.serialize_pem().as_bytes(), 0o600)
         .map_err(|source| TlsError::Write { path: key.to_owned(), source })?;
-    write_atomic(cert, made.pem().as_bytes(), 0o644)
+    monarch_drivers::fs::write_atomically_with_mode(cert, made.pem().as_bytes(), 0o644)
         .map_err(|source| TlsError::Write { path: cert.to_owned(), source })
-}
-
-/// Replace `path` by `bytes` with `mode`: a new file beside it, synced, renamed over it, and
-/// the folder synced.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new().prefix(".monarch-").tempfile_in(dir)?;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -205,7 +188,7 @@ mod tests {
     use super::*;
 
     fn mode(p: &Path) -> u32 {
-        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777
     }
 
     #[test]

@@ -19,7 +19,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -495,24 +494,9 @@ pub fn add(path: &Path, name: &str, password: &str, role: Role, replace: bool) -
         out.push_str(&record);
         out.push('\n');
     }
-    write_atomic(path, out.as_bytes(), mode)
+    monarch_drivers::fs::write_atomically_with_mode(path, out.as_bytes(), mode)
         .map_err(|source| UsersError::Write { path: path.to_owned(), source })?;
     Ok(Added { path: path.to_owned(), name: name.to_owned(), role, replaced, created: old.is_none() })
-}
-
-/// Replace `path` by `bytes` with `mode`: a new file beside it, synced, renamed over it, and
-/// the folder synced.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new().prefix(".monarch-").tempfile_in(dir)?;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
