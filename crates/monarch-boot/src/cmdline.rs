@@ -267,8 +267,12 @@ pub struct CoreArgs {
     #[arg(long, value_name = "DURATION", value_parser = values::parse_duration)]
     pub barrier_timeout: Duration,
     /// A missed barrier: `exclude` or `abort`.
-    #[arg(long, value_name = "POLICY")]
-    pub barrier_policy: String,
+    #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
+    pub barrier_policy: monarch_proto::barrier::Policy,
+    /// Fault injection: these cores of its cluster (by index) kill themselves just before
+    /// their first barrier.
+    #[arg(long, value_name = "LIDS", value_delimiter = ',')]
+    pub killed_before_barrier: Vec<u16>,
     /// The boot's start, in Unix nanoseconds (event times count from it).
     #[arg(long)]
     pub t0_unix_ns: u128,
@@ -293,12 +297,21 @@ impl CoreArgs {
         a.push(duration(self.barrier_timeout));
         a.extend(words(&[
             "--barrier-policy",
-            &self.barrier_policy,
+            self.barrier_policy.name(),
             "--t0-unix-ns",
             &self.t0_unix_ns.to_string(),
         ]));
+        if !self.killed_before_barrier.is_empty() {
+            let lids: Vec<String> = self.killed_before_barrier.iter().map(u16::to_string).collect();
+            a.extend(words(&["--killed-before-barrier", &lids.join(",")]));
+        }
         a
     }
+}
+
+fn parse_policy(s: &str) -> Result<monarch_proto::barrier::Policy, String> {
+    monarch_proto::barrier::Policy::from_name(s)
+        .ok_or_else(|| format!("\"{s}\": the policy is exclude or abort"))
 }
 
 fn words(w: &[&str]) -> Vec<OsString> {

@@ -255,6 +255,14 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         missing: Vec<String>,
     },
+    /// Hardware the phased boot goes on without: a core, a memory bank or a whole cluster
+    /// that failed its self-test (in no boot info), or a core left out for missing a barrier.
+    LeftOut {
+        /// What: `c1-2` (a core), `bank 0 of cluster 1`, `cluster 3`.
+        what: String,
+        /// Why, for a person.
+        why: String,
+    },
     /// A running secondary was lost; the reboot cause is recorded.
     Lost {
         /// Secondary.
@@ -366,6 +374,7 @@ impl EventKind {
             | EventKind::Power { .. }
             | EventKind::Supervising { .. }
             | EventKind::Barrier { .. }
+            | EventKind::LeftOut { .. }
             | EventKind::Request { .. }
             | EventKind::Summary(_) => None,
         }
@@ -467,6 +476,7 @@ impl EventKind {
             EventKind::Barrier { barrier, outcome, arrived, missing } => {
                 format!("{barrier} barrier {outcome}: {arrived} arrived, {} missed it", missing.join(", "))
             }
+            EventKind::LeftOut { what, why } => format!("{what} left out of the boot: {why}"),
             EventKind::Lost { cause, .. } => format!("LOST: {cause}"),
             EventKind::Restarting { restart, after_ms, .. } => {
                 format!(

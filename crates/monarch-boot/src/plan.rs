@@ -274,8 +274,8 @@ impl Plan {
 fn render_clusters(c: &crate::topology::Clusters) -> String {
     let mut s = String::new();
     let policy = match c.barrier_policy {
-        crate::topology::BarrierPolicy::Exclude => "exclude a core that misses a barrier",
-        crate::topology::BarrierPolicy::Abort => "abort the boot when a core misses a barrier",
+        monarch_proto::barrier::Policy::Exclude => "exclude a core that misses a barrier",
+        monarch_proto::barrier::Policy::Abort => "abort the boot when a core misses a barrier",
     };
     let _ = writeln!(
         s,

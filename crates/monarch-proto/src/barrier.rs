@@ -88,14 +88,17 @@ pub mod reason {
     pub const OWNER_SILENT: u32 = 2;
     /// The supervisor (or an operator) stopped the boot.
     pub const STOPPED: u32 = 3;
+    /// An earlier barrier of some participants aborted, so they can never arrive at this one.
+    pub const EARLIER_ABORTED: u32 = 4;
     /// Largest reason that fits in the state word.
     pub const MAX: u32 = 0x00ff_ffff;
 }
 
 /// What the owner does with participants missing at the deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Policy {
     /// Mark the missing excluded and release the others.
+    #[default]
     Exclude,
     /// Abort the barrier: nobody is released.
     Abort,
@@ -116,6 +119,19 @@ impl Policy {
             1 => Some(Policy::Abort),
             _ => None,
         }
+    }
+
+    /// Its name in a topology and on a command line: `exclude` or `abort`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Exclude => "exclude",
+            Policy::Abort => "abort",
+        }
+    }
+
+    /// The policy of a name ([`Policy::name`]).
+    pub fn from_name(name: &str) -> Option<Policy> {
+        [Policy::Exclude, Policy::Abort].into_iter().find(|p| p.name() == name)
     }
 }
 

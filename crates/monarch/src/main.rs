@@ -986,4 +986,26 @@ mod tests {
             assert_eq!(back, a);
         }
     }
+
+    #[test]
+    fn the_core_command_line_the_monarch_writes_parses_back() {
+        for (policy, killed) in [
+            (monarch_proto::barrier::Policy::Exclude, vec![]),
+            (monarch_proto::barrier::Policy::Abort, vec![1, 3]),
+        ] {
+            let a = CoreArgs {
+                run_dir: "/tmp/monarch run".into(),
+                cluster: 2,
+                lid: 3,
+                arch_base: 0x10_0000,
+                arch_max: 0x1_0000,
+                barrier_timeout: Duration::from_millis(1500),
+                barrier_policy: policy,
+                killed_before_barrier: killed,
+                t0_unix_ns: 1_765_000_000_000_000_000,
+            };
+            let Cmd::Core(back) = parse(a.to_args()) else { panic!("not `core`") };
+            assert_eq!(back, a);
+        }
+    }
 }

@@ -104,13 +104,17 @@ pub fn table(s: &Summary) -> String {
             secs.len()
         ));
     } else {
+        // The phased boot of a machine of clusters goes on without hardware that failed its
+        // self-test or missed a barrier (barrier_policy = "exclude").
+        let left_out = secs.iter().filter(|p| p.state == "left-out").count();
         out.push_str(&format!(
-            "\n{}: chassis \"{}\" {} in {:.1} ms: {up}/{} secondaries up\n\n",
+            "\n{}: chassis \"{}\" {} in {:.1} ms: {up}/{} secondaries up{}\n\n",
             if s.ok { "OK" } else { "FAILED" },
             s.chassis,
             if s.ok { "booted" } else { "did not boot" },
             s.total_ms,
-            secs.len()
+            secs.len(),
+            if left_out > 0 { format!(", {left_out} left out") } else { String::new() }
         ));
     }
     if let Some(e) = &s.error {
@@ -162,6 +166,7 @@ pub fn table(s: &Summary) -> String {
         .filter_map(|p| match (&p.error, &p.report) {
             (Some(e), _) if p.role != "secondary" => Some(format!("  {}: {e}", p.id)),
             (Some(e), _) if p.state == "interrupted" => Some(format!("  {}: INTERRUPTED: {e}", p.id)),
+            (Some(e), _) if p.state == "left-out" => Some(format!("  {}: left out: {e}", p.id)),
             (Some(e), _) => Some(format!("  {}: FAILED: {e}", p.id)),
             (None, Some(r)) => Some(format!("  {}: {r}", p.id)),
             _ => None,

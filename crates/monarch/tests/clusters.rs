@@ -8,7 +8,42 @@ use serde_json::Value;
 use std::path::Path;
 
 mod common;
-use common::{monarch, t_of};
+use common::{Run, monarch, t_of, up_json};
+
+/// `monarch arch show --json` of the description `monarch arch compile` writes for `topology`.
+fn described(topology: &Path, dir: &Path) -> Value {
+    let bin = dir.join("arch_info.bin");
+    let out = monarch(&["arch", "compile", "-t", topology.to_str().unwrap(), "-o", bin.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = monarch(&["arch", "show", "--json", bin.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every running core's report against its cluster's boot info in the description: its
+/// cluster, its index among the cluster's tested cores, their count, its memory.
+fn check_reports(summary: &Value, arch: &Value) {
+    for p in summary["processors"].as_array().unwrap().iter().filter(|p| p["state"] == "running") {
+        let id = p["id"].as_str().unwrap();
+        let (c, l) = id[1..].split_once('-').unwrap();
+        let cluster =
+            arch["clusters"].as_array().unwrap().iter().find(|k| k["id"].as_u64() == c.parse().ok()).unwrap();
+        let info = &cluster["boot_info"];
+        let cores = info["cores"].as_array().unwrap();
+        let index = cores
+            .iter()
+            .position(|k| k["lid"].as_u64() == l.parse().ok())
+            .expect("a running core is in its boot info");
+        let want = format!(
+            "cluster {c} core {index} of {}, memory {:#x}+{:#x}",
+            cores.len(),
+            info["memory"]["base"].as_u64().unwrap(),
+            info["memory"]["size"].as_u64().unwrap()
+        );
+        let report = p["report"].as_str().unwrap();
+        assert!(report.ends_with(&want), "{id} reported \"{report}\", its boot info says \"{want}\"");
+    }
+}
 
 fn events(out: &std::process::Output) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -17,6 +52,8 @@ fn events(out: &std::process::Output) -> Vec<Value> {
 #[test]
 fn sixteen_cores_boot_in_phases_each_reporting_what_its_boot_info_gave_it() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clusters.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let arch = described(&example, dir.path());
     let out = monarch(&["up", "--json", "--topology", example.to_str().unwrap()]);
     let ev = events(&out);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), common::dump(&ev));
@@ -32,6 +69,7 @@ fn sixteen_cores_boot_in_phases_each_reporting_what_its_boot_info_gave_it() {
         let report = p["report"].as_str().unwrap();
         assert!(report.contains(&format!("cluster {c} core {l} of 4, memory ")), "{id}: {report}");
     }
+    check_reports(summary, &arch);
     // The monarch wrote the kernel once (with the description and cluster 0's boot info).
     let written = procs[0]["bytes"].as_u64().unwrap();
     assert!(written > kernel && written < kernel + (1 << 20), "{}", procs[0]);
@@ -64,4 +102,103 @@ fn sixteen_cores_boot_in_phases_each_reporting_what_its_boot_info_gave_it() {
             "{b} barrier released"
         );
     }
+}
+
+/// Two clusters of three cores: cluster 0's core 1 and cluster 1's first bank fail their
+/// self-test; cluster 1's core 2 is killed just before its cluster's barrier.
+const FAULTY: &str = r#"
+[chassis]
+name = "faulty"
+[clusters]
+image_size = "16MiB"
+barrier_timeout = "1s"
+barrier_policy = "POLICY"
+[[cluster]]
+id = 0
+cores = 3
+banks = ["32MiB"]
+self_test = { failed_cores = [1] }
+[[cluster]]
+id = 1
+cores = 3
+banks = ["16MiB", "32MiB"]
+self_test = { failed_banks = [0] }
+fault = { killed_before_barrier = [2] }
+"#;
+
+fn faulty(policy: &str, dir: &Path) -> (Run, Value) {
+    let t = common::write_topology(dir, &FAULTY.replace("POLICY", policy));
+    let arch = described(&t, dir);
+    (up_json(Some(&t)), arch)
+}
+
+#[test]
+fn untested_hardware_is_in_no_boot_info_and_a_core_killed_before_its_barrier_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, arch) = faulty("exclude", dir.path());
+    let all = common::dump(&run.events);
+    assert_eq!(run.code, 0, "{}\n{all}", run.stderr);
+    // The self-test: the failed core and bank are named, and no boot info has them.
+    for what in ["c0-1", "bank 0 of cluster 1"] {
+        assert!(
+            run.events
+                .iter()
+                .any(|e| e["event"] == "left_out" && e["what"] == what && e["why"] == "failed its self-test"),
+            "{what} named as left out: {all}"
+        );
+    }
+    assert_eq!(run.processor("c0-1")["state"], "left-out");
+    assert!(
+        run.events_of("c0-1", "launched").is_empty(),
+        "a core that failed its self-test is never started"
+    );
+    let clusters = arch["clusters"].as_array().unwrap();
+    let lids: Vec<u64> = clusters[0]["boot_info"]["cores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["lid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lids, [0, 2], "cluster 0's boot info leaves out core 1");
+    let second_bank = clusters[1]["banks"][1]["base"].as_u64().unwrap();
+    let memory = clusters[1]["boot_info"]["memory"]["base"].as_u64().unwrap();
+    assert!(memory > second_bank, "cluster 1's memory is in its tested bank: {}", clusters[1]);
+    // The killed core: reported at its cluster's barrier, left out; the others boot.
+    assert!(
+        run.events.iter().any(|e| e["event"] == "barrier"
+            && e["barrier"] == "cluster 1"
+            && e["outcome"] == "released"
+            && e["missing"] == serde_json::json!(["c1-2"])),
+        "{all}"
+    );
+    let killed = run.processor("c1-2");
+    assert_eq!(killed["state"], "left-out", "{killed}");
+    assert!(killed["error"].as_str().unwrap().contains("missed the cluster 1 barrier"), "{killed}");
+    for id in ["c0-2", "c1-0", "c1-1"] {
+        assert_eq!(run.processor(id)["state"], "running", "{all}");
+    }
+    check_reports(&run.summary, &arch);
+}
+
+#[test]
+fn a_core_killed_before_its_barrier_fails_the_boot_under_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, _) = faulty("abort", dir.path());
+    let all = common::dump(&run.events);
+    assert_eq!(run.code, 1, "the boot fails: {}\n{all}", run.stderr);
+    assert!(
+        run.events.iter().any(|e| e["event"] == "barrier"
+            && e["barrier"] == "cluster 1"
+            && e["outcome"] == "aborted"
+            && e["missing"] == serde_json::json!(["c1-2"])),
+        "{all}"
+    );
+    assert!(run.summary["error"].as_str().unwrap().contains("barrier"), "{}", run.summary);
+    let killed = run.processor("c1-2");
+    assert!(killed["error"].as_str().unwrap().contains("missed the cluster 1 barrier"), "{killed}");
+    assert!(
+        run.summary["processors"].as_array().unwrap().iter().all(|p| p["state"] != "running"),
+        "nobody jumps: {}",
+        run.summary
+    );
 }

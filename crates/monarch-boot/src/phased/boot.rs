@@ -5,7 +5,7 @@
 //! `final` one, after which every core jumps into its kernel and reports RUNNING.
 
 use super::bank::{self, Bank, Record};
-use super::core::{GENERATION, barrier_path, deadline_ns, final_participants, policy, zone};
+use super::core::{barrier_path, final_participants, header, outcome_text, zone};
 use crate::cmdline::CoreArgs;
 use crate::events::{Event, EventKind, ProcessorSummary, Summary};
 use crate::plan::Plan;
@@ -13,7 +13,7 @@ use crate::topology::ImageSource;
 use monarch_drivers::barrier::{Barrier, BarrierFile};
 use monarch_drivers::doorbell::Doorbell;
 use monarch_proto::arch::{self, ArchView, ZoneKind};
-use monarch_proto::barrier::{Header, Outcome};
+use monarch_proto::barrier::Outcome;
 use std::collections::BTreeMap;
 use std::io::BufRead as _;
 use std::path::Path;
@@ -31,19 +31,24 @@ pub fn run(plan: &Plan, exe: &Path, on_event: &mut dyn FnMut(&Event)) -> Summary
     let emit = |kind| {
         let _ = tx.send(Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
     };
-    let result = phases(plan, exe, t0, &emit, &tx);
+    let mut expected: Vec<String> = Vec::new();
+    let mut children = Vec::new();
+    let mut failed_early = phases(plan, exe, t0, &emit, &tx, &mut expected, &mut children).err();
     drop(tx);
     let mut done: BTreeMap<String, Event> = BTreeMap::new();
+    // Cores the boot went on without, and why.
+    let mut left_out: BTreeMap<String, String> = BTreeMap::new();
+    // Cores whose missed barrier failed the boot.
+    let mut missed: BTreeMap<String, String> = BTreeMap::new();
+    // Bytes each core copied (a head, for its cluster).
+    let mut copied: BTreeMap<String, u64> = BTreeMap::new();
     let monarch = plan.monarch().to_string();
-    let mut written = 0u64;
-    let mut failed_early = result.as_ref().err().cloned();
-    let expected: Vec<String> = result.as_ref().map(|(e, _)| e.clone()).unwrap_or_default();
-    let mut children = result.map(|(_, c)| c).unwrap_or_default();
     // Events until every core that should run has said how it ended.
     let until =
         Instant::now() + t.clusters.as_ref().map_or(Duration::from_secs(30), |c| c.barrier_timeout * 3);
     loop {
-        if expected.iter().all(|id| done.contains_key(id)) && failed_early.is_none() {
+        let settled = |id: &String| done.contains_key(id) || left_out.contains_key(id);
+        if expected.iter().all(settled) && failed_early.is_none() {
             break;
         }
         match rx.recv_timeout(Duration::from_millis(50)) {
@@ -52,7 +57,22 @@ pub fn run(plan: &Plan, exe: &Path, on_event: &mut dyn FnMut(&Event)) -> Summary
                     EventKind::Done { id, .. } => {
                         done.insert(id.clone(), ev.clone());
                     }
-                    EventKind::Copied { id, bytes, .. } if *id == monarch => written += bytes,
+                    EventKind::Copied { id, bytes, .. } => *copied.entry(id.clone()).or_default() += bytes,
+                    EventKind::LeftOut { what, why } => {
+                        left_out.entry(what.clone()).or_insert_with(|| why.clone());
+                    }
+                    EventKind::Barrier { barrier, outcome, missing, .. } => {
+                        let released = outcome == "released";
+                        let into = if released { &mut left_out } else { &mut missed };
+                        for m in missing {
+                            into.entry(m.clone()).or_insert_with(|| {
+                                format!(
+                                    "missed the {barrier} barrier's deadline (barrier_policy = \"{}\")",
+                                    if released { "exclude" } else { "abort" }
+                                )
+                            });
+                        }
+                    }
                     _ => {}
                 }
                 on_event(&ev);
@@ -62,7 +82,7 @@ pub fn run(plan: &Plan, exe: &Path, on_event: &mut dyn FnMut(&Event)) -> Summary
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
-                if expected.iter().all(|id| done.contains_key(id)) {
+                if expected.iter().all(|id| done.contains_key(id) || left_out.contains_key(id)) {
                     break;
                 }
             }
@@ -79,21 +99,42 @@ pub fn run(plan: &Plan, exe: &Path, on_event: &mut dyn FnMut(&Event)) -> Summary
     }
     let mut me = ProcessorSummary::new(&monarch, "monarch", "monarch");
     // What the monarch wrote: the kernel, the description and cluster 0's boot info, once.
-    me.bytes = written;
+    me.bytes = copied.get(&monarch).copied().unwrap_or(0);
     let mut processors = vec![me];
     let mut ok = failed_early.is_none();
     for id in &expected {
         let mut p = ProcessorSummary::new(id, "secondary", "failed");
-        match done.get(id).map(|e| &e.kind) {
-            Some(EventKind::Done { state, report, error, .. }) => {
+        p.bytes = copied.get(id).copied().unwrap_or(0);
+        if let Some(ev) = done.get(id) {
+            // From the boot's start to its report.
+            p.timings_ms.total = ev.t_ms;
+        }
+        match (done.get(id).map(|e| &e.kind), left_out.get(id)) {
+            (Some(EventKind::Done { state, report, .. }), _) if state == "running" => {
+                p.state.clone_from(state);
+                p.report.clone_from(report);
+            }
+            (_, Some(why)) => {
+                p.state = "left-out".into();
+                p.error = Some(why.clone());
+            }
+            (Some(EventKind::Done { state, report, error, .. }), None) => {
                 p.state.clone_from(state);
                 p.report.clone_from(report);
                 p.error.clone_from(error);
             }
-            _ => p.error = Some("no report".into()),
+            _ => p.error = Some(missed.get(id).cloned().unwrap_or_else(|| "no report".into())),
         }
-        ok &= p.state == "running";
+        ok &= p.state == "running" || p.state == "left-out";
         processors.push(p);
+    }
+    // Cores that failed their self-test were never booted: the summary names them too.
+    for (id, why) in &left_out {
+        if !expected.contains(id) && id.starts_with('c') && !id.contains(' ') {
+            let mut p = ProcessorSummary::new(id, "secondary", "left-out");
+            p.error = Some(why.clone());
+            processors.push(p);
+        }
     }
     let total_ms = started.elapsed().as_secs_f64() * 1e3;
     if t.run_dir_is_temporary {
@@ -102,14 +143,17 @@ pub fn run(plan: &Plan, exe: &Path, on_event: &mut dyn FnMut(&Event)) -> Summary
     Summary { ok, chassis: t.name.clone(), total_ms, processors, election: None, error: failed_early }
 }
 
-/// The three phases; returns the cores expected to report and the processes started.
+/// The three phases; fills in the cores expected to report (as soon as they are known) and
+/// the processes started, even when it fails.
 fn phases(
     plan: &Plan,
     exe: &Path,
     t0: u128,
     emit: &dyn Fn(EventKind),
     tx: &mpsc::Sender<Event>,
-) -> Result<(Vec<String>, Vec<Child>), String> {
+    expected: &mut Vec<String>,
+    children: &mut Vec<Child>,
+) -> Result<(), String> {
     let t = &plan.topology;
     let c = t.clusters.as_ref().ok_or("not a machine of clusters")?;
     if t.run_dir_is_temporary {
@@ -153,36 +197,32 @@ fn phases(
         ms: copy_started.elapsed().as_secs_f64() * 1e3,
     });
     emit(EventKind::Phase { id: monarch.clone(), phase: "boot-info".into(), attempt: 0 });
+    for (what, why) in untested(&view) {
+        emit(EventKind::LeftOut { what, why });
+    }
     // The barriers the monarch owns.
     let hf = BarrierFile::create(&barrier_path(&t.run_dir, "heads")).map_err(|e| e.to_string())?;
     let heads = Barrier::create(
         hf.block(),
-        Header {
-            participants: u16::try_from(clusters.len()).unwrap_or(u16::MAX),
-            generation: GENERATION,
-            policy: c.barrier_policy_proto(),
-            deadline_ns: deadline_ns(c.barrier_timeout),
-        },
+        header(clusters.len(), c.barrier_policy, c.barrier_timeout),
         Some(0),
         Doorbell::detect(),
     );
     let everyone = final_participants(&view);
+    expected.extend(
+        everyone
+            .iter()
+            .filter(|(cl, lid, _)| !(*cl == 0 && *lid == 0))
+            .map(|(cl, lid, _)| crate::topology::core_id(*cl, *lid)),
+    );
     let ff = BarrierFile::create(&barrier_path(&t.run_dir, "final")).map_err(|e| e.to_string())?;
+    // Its deadline covers the heads barrier and a cluster's barrier before it.
     let last = Barrier::create(
         ff.block(),
-        Header {
-            participants: u16::try_from(everyone.len()).unwrap_or(u16::MAX),
-            generation: GENERATION,
-            policy: c.barrier_policy_proto(),
-            deadline_ns: deadline_ns(c.barrier_timeout * 3),
-        },
+        header(everyone.len(), c.barrier_policy, c.barrier_timeout * 3),
         Some(0),
         Doorbell::detect(),
     );
-    let policy_name = match c.barrier_policy {
-        crate::topology::BarrierPolicy::Exclude => "exclude",
-        crate::topology::BarrierPolicy::Abort => "abort",
-    };
     let args = |cluster: u16, lid: u16| CoreArgs {
         run_dir: t.run_dir.clone(),
         cluster,
@@ -190,10 +230,15 @@ fn phases(
         arch_base: view.zone(ZoneKind::ArchInfo).map_or(0, |z| z.base()),
         arch_max: view.zone(ZoneKind::ArchInfo).map_or(0, |z| z.max()),
         barrier_timeout: c.barrier_timeout,
-        barrier_policy: policy_name.into(),
+        barrier_policy: c.barrier_policy,
+        killed_before_barrier: c
+            .clusters
+            .iter()
+            .find(|k| k.id == cluster)
+            .map(|k| k.killed_before_barrier.clone())
+            .unwrap_or_default(),
         t0_unix_ns: t0,
     };
-    let mut children = Vec::new();
     let start = |cluster: u16, lid: u16, children: &mut Vec<Child>| -> Result<(), String> {
         let mut child = Command::new(exe)
             .args(args(cluster, lid).to_args())
@@ -221,85 +266,79 @@ fn phases(
     };
     // Phase 2: one head per other cluster.
     for &cl in clusters.iter().filter(|c| **c != 0) {
-        start(cl, 0, &mut children)?;
+        start(cl, 0, children)?;
     }
     let name = |cl: u16, k: u16| crate::topology::core_id(cl, k);
     let decided = heads.own(heads.header().deadline_ns);
-    let released =
-        barrier_event(emit, "heads", &decided, clusters.len(), &|k| name(clusters[usize::from(k)], 0));
-    if !released {
-        return Err(format!("the heads barrier: {decided:?}"));
-    }
+    barrier_event(emit, "heads", &heads, &decided, &|k| name(clusters[usize::from(k)], 0))?;
     // Phase 3 for cluster 0: its other cores, its barrier.
     let tested = arch::boot_info(&view, 0).map_err(|e| e.to_string())?;
     let lf = BarrierFile::create(&barrier_path(&t.run_dir, "c0")).map_err(|e| e.to_string())?;
     let local = Barrier::create(
         lf.block(),
-        Header {
-            participants: u16::try_from(tested.cores.len()).unwrap_or(u16::MAX),
-            generation: GENERATION,
-            policy: c.barrier_policy_proto(),
-            deadline_ns: deadline_ns(c.barrier_timeout),
-        },
+        header(tested.cores.len(), c.barrier_policy, c.barrier_timeout),
         Some(0),
         Doorbell::detect(),
     );
     for k in tested.cores.iter().filter(|k| k.lid != 0) {
-        start(0, k.lid, &mut children)?;
+        start(0, k.lid, children)?;
     }
     let decided = local.own(local.header().deadline_ns);
-    if !barrier_event(emit, "cluster 0", &decided, tested.cores.len(), &|k| {
-        name(0, tested.cores[usize::from(k)].lid)
-    }) {
-        return Err(format!("cluster 0's barrier: {decided:?}"));
-    }
+    barrier_event(emit, "cluster 0", &local, &decided, &|k| name(0, tested.cores[usize::from(k)].lid))?;
     let decided = last.own(last.header().deadline_ns);
-    if !barrier_event(emit, "final", &decided, everyone.len(), &|k| {
+    barrier_event(emit, "final", &last, &decided, &|k| {
         let (cl, lid, _) = everyone[usize::from(k)];
         name(cl, lid)
-    }) {
-        return Err(format!("the final barrier: {decided:?}"));
-    }
-    let expected: Vec<String> = everyone
-        .iter()
-        .filter(|(cl, lid, _)| !(*cl == 0 && *lid == 0))
-        .map(|(cl, lid, _)| name(*cl, *lid))
-        .collect();
-    Ok((expected, children))
+    })?;
+    Ok(())
 }
 
-/// The event of a barrier decided by its owner; whether it released.
+/// What failed its self-test, as (what, why): every cluster that does not boot, and the
+/// failed cores (`c<cluster>-<lid>`) and banks of those that do. No boot info lists them.
+fn untested(view: &ArchView<'_>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for c in view.clusters() {
+        let id = c.id();
+        if let Some(why) = arch::select::exclusion(view, c) {
+            out.push((format!("cluster {id}"), why.to_string()));
+            continue;
+        }
+        for k in view.cores_of(id).filter(|k| k.failed()) {
+            out.push((crate::topology::core_id(id, k.lid()), "failed its self-test".into()));
+        }
+        for (i, b) in view.banks_of(id).enumerate() {
+            if b.failed() {
+                out.push((format!("bank {i} of cluster {id}"), "failed its self-test".into()));
+            }
+        }
+    }
+    out
+}
+
+/// The event of a barrier decided by its owner; an error that says why, unless it released.
 fn barrier_event(
     emit: &dyn Fn(EventKind),
     barrier: &str,
+    b: &Barrier<'_>,
     o: &Outcome,
-    n: usize,
     name: &dyn Fn(u16) -> String,
-) -> bool {
-    let (outcome, missing, released) = match o {
-        Outcome::Released { excluded } => {
-            ("released", excluded.iter().map(|k| name(*k)).collect::<Vec<_>>(), true)
-        }
-        Outcome::Aborted { missing, .. } => ("aborted", missing.iter().map(|k| name(*k)).collect(), false),
-        other => {
-            (if matches!(other, Outcome::Excluded) { "excluded" } else { "undecided" }, Vec::new(), false)
-        }
+) -> Result<(), String> {
+    let n = usize::from(b.header().participants);
+    let (outcome, missing) = match o {
+        Outcome::Released { excluded } => ("released", excluded.iter().map(|k| name(*k)).collect::<Vec<_>>()),
+        Outcome::Aborted { missing, .. } => ("aborted", missing.iter().map(|k| name(*k)).collect()),
+        _ => ("undecided", Vec::new()),
     };
-    emit(EventKind::Barrier {
-        barrier: barrier.into(),
-        outcome: outcome.into(),
-        arrived: n - missing.len(),
-        missing,
-    });
-    released
-}
-
-impl crate::topology::Clusters {
-    /// The barrier policy, as the barriers take it.
-    pub fn barrier_policy_proto(&self) -> monarch_proto::barrier::Policy {
-        policy(match self.barrier_policy {
-            crate::topology::BarrierPolicy::Exclude => "exclude",
-            crate::topology::BarrierPolicy::Abort => "abort",
-        })
+    // Stopped early (an earlier barrier aborted): whoever had arrived by then.
+    let arrived = match o {
+        Outcome::Aborted { missing, .. } if missing.is_empty() => {
+            usize::try_from(b.arrived()).unwrap_or(n).min(n)
+        }
+        _ => n - missing.len(),
+    };
+    emit(EventKind::Barrier { barrier: barrier.into(), outcome: outcome.into(), arrived, missing });
+    match o {
+        Outcome::Released { .. } => Ok(()),
+        other => Err(format!("the {barrier} barrier: {}", outcome_text(other, name))),
     }
 }

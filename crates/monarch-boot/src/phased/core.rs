@@ -14,7 +14,7 @@ use crate::events::{Event, EventKind};
 use monarch_drivers::barrier::{Barrier, BarrierFile};
 use monarch_drivers::doorbell::Doorbell;
 use monarch_proto::arch::{self, ArchView, ZoneKind};
-use monarch_proto::barrier::{Header, Outcome, Policy};
+use monarch_proto::barrier::{Header, Outcome, Policy, reason};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,9 +30,54 @@ pub fn barrier_path(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join(format!("barrier-{name}"))
 }
 
-/// The policy named on the command line.
-pub fn policy(name: &str) -> Policy {
-    if name == "abort" { Policy::Abort } else { Policy::Exclude }
+/// The header of a barrier its owner creates now: `participants`, `policy`, the deadline
+/// `timeout` from now.
+pub fn header(participants: usize, policy: Policy, timeout: Duration) -> Header {
+    Header {
+        participants: u16::try_from(participants).unwrap_or(u16::MAX),
+        generation: GENERATION,
+        policy,
+        deadline_ns: deadline_ns(timeout),
+    }
+}
+
+/// A barrier's outcome for a person, its participants named by `name`.
+pub fn outcome_text(o: &Outcome, name: &dyn Fn(u16) -> String) -> String {
+    let names = |ks: &[u16]| ks.iter().map(|k| name(*k)).collect::<Vec<_>>().join(", ");
+    match o {
+        Outcome::Released { excluded } if excluded.is_empty() => "released".into(),
+        Outcome::Released { excluded } => format!("released without {}", names(excluded)),
+        Outcome::Excluded => "left out: it arrived after the deadline".into(),
+        Outcome::Aborted { reason: reason::TIMEOUT, missing } => {
+            format!("aborted: {} missed its deadline (barrier_policy = \"abort\")", names(missing))
+        }
+        Outcome::Aborted { reason: reason::OWNER_SILENT, .. } => "aborted: its owner never decided".into(),
+        Outcome::Aborted { reason: reason::STOPPED, .. } => "aborted: the boot was stopped".into(),
+        Outcome::Aborted { reason: reason::EARLIER_ABORTED, .. } => {
+            "aborted: a cluster's barrier aborted before it".into()
+        }
+        Outcome::Aborted { reason, .. } => format!("aborted (reason {reason})"),
+        Outcome::Waiting { .. } | Outcome::TimedOut { .. } => "not decided in time by its owner".into(),
+    }
+}
+
+/// The final barrier's file and this core's place among its participants.
+fn final_barrier(a: &CoreArgs, view: &ArchView<'_>) -> Result<(BarrierFile, u16), String> {
+    let me = final_participants(view)
+        .iter()
+        .position(|(c, l, _)| *c == a.cluster && *l == a.lid)
+        .ok_or("not among the final barrier's cores")?;
+    let f =
+        BarrierFile::open(&barrier_path(&a.run_dir, "final")).map_err(|e| format!("final barrier: {e}"))?;
+    Ok((f, u16::try_from(me).unwrap_or(u16::MAX)))
+}
+
+/// Fault injection: a core named in `--killed-before-barrier` dies here, as a core that
+/// stops dead would (SIGKILL: no last word, no clean-up).
+fn maybe_killed(a: &CoreArgs) {
+    if a.killed_before_barrier.contains(&a.lid) {
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
 }
 
 /// A zone of the description: (offset, maximum).
@@ -153,11 +198,16 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
         let b =
             Barrier::attach(f.block(), GENERATION, u16::try_from(me).unwrap_or(u16::MAX), Doorbell::detect())
                 .map_err(|e| format!("heads barrier: {e}"))?;
+        maybe_killed(a);
         phase("heads-barrier");
         b.arrive();
         match wait_decided(&b) {
             Outcome::Released { .. } => {}
-            other => return Err(format!("the heads barrier: {other:?}")),
+            other => {
+                let name =
+                    |k: u16| crate::topology::core_id(clusters.get(usize::from(k)).copied().unwrap_or(k), 0);
+                return Err(format!("the heads barrier: {}", outcome_text(&other, &name)));
+            }
         }
     }
     // Every core: the kernel and this cluster's boot info, as its head left them.
@@ -190,12 +240,7 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     };
     let me = u16::try_from(index).unwrap_or(u16::MAX);
     let lb = if head {
-        let header = Header {
-            participants,
-            generation: GENERATION,
-            policy: policy(&a.barrier_policy),
-            deadline_ns: deadline_ns(a.barrier_timeout),
-        };
+        let header = header(usize::from(participants), a.barrier_policy, a.barrier_timeout);
         let b = Barrier::create(local_file.block(), header, Some(me), Doorbell::detect());
         // Phase 3: release the cluster's other cores.
         for k in view.cores_of(a.cluster).filter(|k| k.lid() != 0 && info.core_index(k.gid()).is_some()) {
@@ -211,6 +256,9 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
         Barrier::attach(local_file.block(), GENERATION, me, Doorbell::detect())
             .map_err(|e| format!("cluster barrier: {e}"))?
     };
+    if !head {
+        maybe_killed(a);
+    }
     phase("cluster-barrier");
     let outcome = if head {
         lb.own(lb.header().deadline_ns)
@@ -237,24 +285,52 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
                 });
             }
         }
-        other => return Err(format!("cluster {}'s barrier: {other:?}", a.cluster)),
+        other => {
+            let name = |k: u16| {
+                let lid = info.cores().get(usize::from(k)).map_or(k, |c| c.lid.get());
+                crate::topology::core_id(a.cluster, lid)
+            };
+            if head {
+                out.emit(EventKind::Barrier {
+                    barrier: format!("cluster {}", a.cluster),
+                    outcome: "aborted".into(),
+                    arrived: usize::from(participants)
+                        - match &other {
+                            Outcome::Aborted { missing, .. } => missing.len(),
+                            _ => 0,
+                        },
+                    missing: match &other {
+                        Outcome::Aborted { missing, .. } => missing.iter().map(|k| name(*k)).collect(),
+                        _ => Vec::new(),
+                    },
+                });
+                // Nobody of this cluster can meet the final barrier now: stop it for all,
+                // rather than let the monarch wait out its deadline.
+                if let Ok((f, me)) = final_barrier(a, &view)
+                    && let Ok(fb) = Barrier::attach(f.block(), GENERATION, me, Doorbell::detect())
+                {
+                    fb.abort(reason::EARLIER_ABORTED);
+                }
+            }
+            return Err(format!("cluster {}'s barrier: {}", a.cluster, outcome_text(&other, &name)));
+        }
     }
     // The final barrier (the monarch owns it).
-    let all = final_participants(&view);
-    let me = all
-        .iter()
-        .position(|(c, l, _)| *c == a.cluster && *l == a.lid)
-        .ok_or("not among the final barrier's cores")?;
-    let f =
-        BarrierFile::open(&barrier_path(&a.run_dir, "final")).map_err(|e| format!("final barrier: {e}"))?;
-    let fb =
-        Barrier::attach(f.block(), GENERATION, u16::try_from(me).unwrap_or(u16::MAX), Doorbell::detect())
-            .map_err(|e| format!("final barrier: {e}"))?;
+    let (f, me) = final_barrier(a, &view)?;
+    let fb = Barrier::attach(f.block(), GENERATION, me, Doorbell::detect())
+        .map_err(|e| format!("final barrier: {e}"))?;
     phase("final-barrier");
     fb.arrive();
     match wait_decided(&fb) {
         Outcome::Released { .. } => {}
-        other => return Err(format!("the final barrier: {other:?}")),
+        other => {
+            let all = final_participants(&view);
+            let name = |k: u16| {
+                all.get(usize::from(k))
+                    .map_or_else(|| k.to_string(), |(c, l, _)| crate::topology::core_id(*c, *l))
+            };
+            return Err(format!("the final barrier: {}", outcome_text(&other, &name)));
+        }
     }
     // Jump: the kernel in this cluster's bank, told where its boot info is.
     phase("handoff");

@@ -199,8 +199,32 @@ fn cluster(cx: &mut Ctx<'_>, c: &ClusterDef, who: &str) -> Option<ClusterSpec> {
             }
         }
     }
+    let mut killed_before_barrier = Vec::new();
+    if let Some(f) = &c.fault {
+        for &k in &f.get_ref().killed_before_barrier {
+            let field = format!("{who}.fault.killed_before_barrier");
+            match cores.get(usize::from(k)) {
+                None => cx.push(
+                    Some(f.span()),
+                    field,
+                    format!("there is no core {k}: the cluster's cores are 0..{}", n - 1),
+                ),
+                Some(_) if id == 0 && k == 0 => cx.push(
+                    Some(f.span()),
+                    field,
+                    "core 0 of cluster 0 is the monarch, which owns the barriers: kill another core",
+                ),
+                Some(core) if core.failed => cx.push(
+                    Some(f.span()),
+                    field,
+                    format!("core {k} failed its self-test, so it is never started: kill another core"),
+                ),
+                Some(_) => killed_before_barrier.push(k),
+            }
+        }
+    }
     let x = c.x.unwrap_or(u8::try_from(id).unwrap_or(u8::MAX));
-    Some(ClusterSpec { id, x, y: c.y.unwrap_or(0), cores, banks })
+    Some(ClusterSpec { id, x, y: c.y.unwrap_or(0), cores, banks, killed_before_barrier })
 }
 
 fn clone_size(s: &SizeDef) -> SizeDef {

@@ -349,6 +349,8 @@ pub struct ClusterSpec {
     pub cores: Vec<CoreSpec>,
     /// Its memory banks.
     pub banks: Vec<BankSpec>,
+    /// Fault injection: these cores (by index) are killed just before their first barrier.
+    pub killed_before_barrier: Vec<u16>,
 }
 
 /// One core of a cluster.
@@ -421,15 +423,9 @@ impl ZoneKind {
     }
 }
 
-/// What a core that misses a barrier's deadline does to the boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BarrierPolicy {
-    /// It is left out; the others go on.
-    #[default]
-    Exclude,
-    /// The boot fails.
-    Abort,
-}
+/// What a core that misses a barrier's deadline does to the boot: it is left out and the
+/// others go on (`exclude`), or the boot fails (`abort`). The barriers' own type.
+pub use monarch_proto::barrier::Policy as BarrierPolicy;
 
 /// A management processor.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -93,6 +93,18 @@ pub(super) struct ClusterDef {
     pub(super) banks: Option<Spanned<Vec<SizeDef>>>,
     /// Hardware that fails its self-test (emulated): left out of every boot info.
     pub(super) self_test: Option<Spanned<SelfTestDef>>,
+    /// Fault injection, for tests and demonstrations of the barrier policies.
+    pub(super) fault: Option<Spanned<ClusterFaultDef>>,
+}
+
+/// Faults injected into a cluster's phased boot.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClusterFaultDef {
+    /// These cores (indexes in the cluster) are killed (SIGKILL) just before their first
+    /// barrier: a head before the heads barrier, any other core before its cluster's.
+    #[serde(default)]
+    pub(super) killed_before_barrier: Vec<u16>,
 }
 
 /// What fails its self-test in a cluster.

@@ -705,6 +705,17 @@ fn cluster_mistakes_name_the_cluster_and_the_fix() {
     assert!(e.contains("cluster ids run from 0 without gaps; there is no cluster 1"), "{e}");
     let e = errors(&format!("{HEAD}[[cluster]]\nid = 0\ncores = 2\n"));
     assert!(e.contains("takes its processors from its [[cluster]] tables"), "{e}");
+    let e = errors(
+        "[chassis]\nname = \"m\"\n[[cluster]]\nid = 0\ncores = 3\nself_test = { failed_cores = [2] }\n\
+         fault = { killed_before_barrier = [0, 2, 7] }\n",
+    );
+    for needle in [
+        "cluster 0.fault.killed_before_barrier: core 0 of cluster 0 is the monarch, which owns the barriers",
+        "cluster 0.fault.killed_before_barrier: core 2 failed its self-test, so it is never started",
+        "cluster 0.fault.killed_before_barrier: there is no core 7: the cluster's cores are 0..2",
+    ] {
+        assert!(e.contains(needle), "{needle}\nin:\n{e}");
+    }
 }
 
 #[test]
