@@ -289,6 +289,12 @@ self-test (overrides the topology's [election] monarch; the operator's choice)"
     /// own window) instead of in phases.
     #[arg(long)]
     flat: bool,
+    /// Boot the machine of clusters a binary hardware description describes
+    /// (`monarch arch compile` writes one; docs/arch-info.md), from the description alone:
+    /// its clusters, cores, banks and zones, what failed its self-test left out, every core
+    /// booting the built-in demo kernel sized to the kernel zone.
+    #[arg(long, value_name = "ARCH_INFO.bin", conflicts_with = "topology")]
+    arch: Option<PathBuf>,
     /// With --hold: serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464;
     /// port 0 picks one, named in the `supervising` event).
     #[arg(long, value_name = "ADDR", requires = "hold")]
@@ -555,7 +561,11 @@ fn redfish_options(
 }
 
 fn cmd_up(a: UpArgs) -> ExitCode {
-    let topology = match a.topo.load() {
+    let loaded = match &a.arch {
+        Some(f) => monarch_boot::phased::describe::booted_from(f).map_err(|e| e.to_string()),
+        None => a.topo.load().map_err(|e| e.to_string()),
+    };
+    let topology = match loaded {
         Ok(t) => t,
         Err(e) => return bad_input(&e),
     };

@@ -57,8 +57,8 @@ fn sixteen_cores_boot_in_phases_each_reporting_what_its_boot_info_gave_it() {
     let out = monarch(&["up", "--json", "--topology", example.to_str().unwrap()]);
     let ev = events(&out);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), common::dump(&ev));
-    let summary = &ev.last().unwrap()["summary"];
-    let summary = if summary.is_null() { ev.last().unwrap() } else { summary };
+    let summary = ev.last().unwrap();
+    assert_eq!(summary["event"], "summary");
     let procs = summary["processors"].as_array().unwrap();
     assert_eq!(procs.len(), 16, "{summary}");
     let kernel = 16u64 << 20;
@@ -201,4 +201,32 @@ fn a_core_killed_before_its_barrier_fails_the_boot_under_abort() {
         "nobody jumps: {}",
         run.summary
     );
+}
+
+#[test]
+fn a_machine_boots_from_its_binary_description_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = common::write_topology(dir.path(), &FAULTY.replace("POLICY", "exclude"));
+    let arch = described(&t, dir.path());
+    let bin = dir.path().join("arch_info.bin");
+    let out = monarch(&["up", "--json", "--arch", bin.to_str().unwrap()]);
+    let ev = events(&out);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), common::dump(&ev));
+    let summary = ev.last().unwrap();
+    let state = |id: &str| {
+        summary["processors"].as_array().unwrap().iter().find(|p| p["id"] == id).unwrap()["state"].clone()
+    };
+    // The description knows what failed its self-test; fault injection is not hardware.
+    assert_eq!(state("c0-1"), "left-out");
+    for id in ["c0-2", "c1-0", "c1-1", "c1-2"] {
+        assert_eq!(state(id), "running", "{summary}");
+    }
+    check_reports(summary, &arch);
+    // A damaged description is refused, naming what is wrong.
+    let bytes = std::fs::read(&bin).unwrap();
+    std::fs::write(&bin, &bytes[..bytes.len() / 2]).unwrap();
+    let out = monarch(&["up", "--arch", bin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a valid arch_info.bin") && err.contains("truncated"), "{err}");
 }

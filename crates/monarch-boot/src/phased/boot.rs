@@ -163,7 +163,10 @@ fn phases(
     }
     let monarch = plan.monarch().to_string();
     // Phase 1, sequential: the kernel and the description into cluster 0's bank, once.
-    let (_, arch_bytes) = super::describe::describe(t).map_err(|e| e.to_string())?;
+    let arch_bytes = match &c.arch {
+        Some(bytes) => bytes.clone(),
+        None => super::describe::describe(t).map_err(|e| e.to_string())?.1,
+    };
     let view = ArchView::parse(&arch_bytes).map_err(|e| e.to_string())?;
     let kernel = match &t.secondaries.first().ok_or("no core to boot")?.image {
         ImageSource::Builtin { size, banner } => {

@@ -5,8 +5,10 @@
 //! after another in one physical address space, each on a 1 MiB boundary. Hardware that
 //! failed its self-test is described, marked failed: every boot info leaves it out.
 
-use crate::topology::{Clusters, Topology, ZoneKind};
-use monarch_proto::arch::{self, ArchError, ArchInfo};
+use crate::topology::{Clusters, Topology, TopologyError, ZoneKind};
+use monarch_proto::arch::{self, ArchError, ArchInfo, ArchView};
+use std::fmt::Write as _;
+use std::path::Path;
 
 /// Banks start on this boundary.
 const BANK_ALIGN: u64 = 1 << 20;
@@ -28,6 +30,96 @@ pub enum DescribeError {
         #[source]
         source: ArchError,
     },
+}
+
+/// Why a binary description cannot be booted (`monarch up --arch`).
+#[derive(Debug, thiserror::Error)]
+pub enum BootFromError {
+    /// It cannot be read.
+    #[error("cannot read {path}: {source}; give the arch_info.bin that `monarch arch compile` wrote")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It breaks a rule of the format (the error names the descriptor).
+    #[error("{path} is not a valid arch_info.bin: {source}; `monarch arch show {path}` tells more")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The rule.
+        #[source]
+        source: ArchError,
+    },
+    /// It is valid, but describes a machine monarch cannot boot as described.
+    #[error("{path} describes a machine that cannot be booted:\n{source}")]
+    Unbootable {
+        /// The file.
+        path: String,
+        /// What the topology made of it says.
+        #[source]
+        source: TopologyError,
+    },
+}
+
+/// The machine a binary description describes, ready to boot: its clusters, cores, banks
+/// (what failed its self-test marked so) and zones, every core booting the built-in demo
+/// kernel sized to the kernel zone, with the default barrier timeout and policy. The boot
+/// uses the description's own bytes, not a recompilation.
+pub fn booted_from(path: &Path) -> Result<Topology, BootFromError> {
+    let bytes = std::fs::read(path).map_err(|source| BootFromError::Read { path: path.into(), source })?;
+    let shown = path.display().to_string();
+    let view =
+        ArchView::parse(&bytes).map_err(|source| BootFromError::Invalid { path: shown.clone(), source })?;
+    let mut t = Topology::parse(&topology_text(&view), path, Path::new("."))
+        .map_err(|source| BootFromError::Unbootable { path: shown, source })?;
+    if let Some(c) = t.clusters.as_mut() {
+        c.arch = Some(bytes);
+    }
+    Ok(t)
+}
+
+/// A topology (TOML) with the description's machine.
+fn topology_text(view: &ArchView<'_>) -> String {
+    let mut s = String::new();
+    let name = view.name().replace(['"', '\\'], "_");
+    let _ = writeln!(s, "[chassis]\nname = \"{name}\"\n\n[clusters]");
+    let kernel = view.zone(arch::ZoneKind::Kernel).map_or(0, |z| z.max());
+    if kernel > 0 {
+        let _ = writeln!(s, "image_size = {kernel}");
+    }
+    let zones: Vec<String> = view
+        .zones()
+        .iter()
+        .filter_map(|z| {
+            let kind = ZoneKind::ALL.into_iter().find(|k| Some(zone_kind(*k)) == z.kind())?;
+            Some(format!("{} = {{ base = {}, max = {} }}", kind.name(), z.base(), z.max()))
+        })
+        .collect();
+    let _ = writeln!(s, "zones = {{ {} }}", zones.join(", "));
+    for c in view.clusters() {
+        let id = c.id();
+        let cores: Vec<_> = view.cores_of(id).collect();
+        let banks: Vec<_> = view.banks_of(id).collect();
+        let failed_cores: Vec<String> =
+            cores.iter().filter(|k| k.failed() || c.failed()).map(|k| k.lid().to_string()).collect();
+        let failed_banks: Vec<String> =
+            banks.iter().enumerate().filter(|(_, b)| b.failed()).map(|(i, _)| i.to_string()).collect();
+        let sizes: Vec<String> = banks.iter().map(|b| b.size().to_string()).collect();
+        let _ = writeln!(
+            s,
+            "\n[[cluster]]\nid = {id}\nx = {}\ny = {}\ncores = {}\nbanks = [{}]\nself_test = {{ failed_cores = [{}], failed_banks = [{}] }}",
+            c.x,
+            c.y,
+            cores.len(),
+            sizes.join(", "),
+            failed_cores.join(", "),
+            failed_banks.join(", ")
+        );
+    }
+    s
 }
 
 /// The description of `t`'s clusters, checked, as the model and as bytes.
@@ -111,6 +203,28 @@ mod tests {
         let (info, _) = describe(&t).unwrap();
         assert_eq!((info.clusters.len(), info.cores.len()), (4, 16));
         assert_eq!(t.secondaries.len(), 15, "every core but the monarch is booted");
+    }
+
+    #[test]
+    fn a_compiled_description_boots_as_the_machine_it_describes() {
+        let src = include_str!("../../../../examples/clusters.toml").replace(
+            "[[cluster]]\nid = 2\ncores = 4",
+            "[[cluster]]\nid = 2\ncores = 4\nself_test = { failed_cores = [3] }",
+        );
+        let t = Topology::parse(&src, Path::new("clusters.toml"), Path::new("/nonexistent")).unwrap();
+        let (_, bytes) = describe(&t).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("arch_info.bin");
+        std::fs::write(&file, &bytes).unwrap();
+        let back = booted_from(&file).unwrap();
+        let ids = |t: &Topology| t.secondaries.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&back), ids(&t), "the same cores boot");
+        let c = back.clusters.as_ref().unwrap();
+        assert_eq!(c.arch.as_deref(), Some(&bytes[..]), "booted from the file's own bytes");
+        assert_eq!(describe(&back).unwrap().1, bytes, "and it compiles back to them");
+        std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
+        let e = booted_from(&file).unwrap_err().to_string();
+        assert!(e.contains("is not a valid arch_info.bin"), "{e}");
     }
 
     #[test]

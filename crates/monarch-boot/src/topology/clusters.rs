@@ -358,5 +358,6 @@ pub(super) fn zones(
         barrier_timeout,
         barrier_policy: policy,
         image_size,
+        arch: None,
     }
 }

@@ -334,6 +334,9 @@ pub struct Clusters {
     pub barrier_policy: BarrierPolicy,
     /// The kernel image's size (every core boots the same one).
     pub image_size: u64,
+    /// The binary description this machine was read from (`monarch up --arch`), booted as
+    /// is; `None`: it is compiled from the topology.
+    pub arch: Option<Vec<u8>>,
 }
 
 /// One cluster.
