@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// Boot the machine of clusters `plan` describes, in phases.
@@ -242,6 +242,9 @@ fn phases(
             .unwrap_or_default(),
         t0_unix_ns: t0,
     };
+    // The clusters whose barrier was decided, released, and how many cores each left out:
+    // once all are, and everyone else arrived, the final barrier need not wait any longer.
+    let settled: Arc<Mutex<BTreeMap<u16, usize>>> = Arc::default();
     let start = |cluster: u16, lid: u16, children: &mut Vec<Child>| -> Result<(), String> {
         let mut child = Command::new(exe)
             .args(args(cluster, lid).to_args())
@@ -256,9 +259,17 @@ fn phases(
         });
         if let Some(out) = child.stdout.take() {
             let tx = tx.clone();
+            let settled = Arc::clone(&settled);
             std::thread::spawn(move || {
                 for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
                     if let Ok(ev) = serde_json::from_str::<Event>(&line) {
+                        if let EventKind::Barrier { barrier, outcome, missing, .. } = &ev.kind
+                            && outcome == "released"
+                            && let Some(cl) = barrier.strip_prefix("cluster ").and_then(|n| n.parse().ok())
+                            && let Ok(mut s) = settled.lock()
+                        {
+                            s.insert(cl, missing.len());
+                        }
                         let _ = tx.send(ev);
                     }
                 }
@@ -274,6 +285,13 @@ fn phases(
     let name = |cl: u16, k: u16| crate::topology::core_id(cl, k);
     let decided = heads.own(heads.header().deadline_ns);
     barrier_event(emit, "heads", &heads, &decided, &|k| name(clusters[usize::from(k)], 0))?;
+    if let (Outcome::Released { excluded }, Ok(mut s)) = (&decided, settled.lock()) {
+        // A cluster whose head missed the heads barrier never starts: none of its cores come.
+        for &k in excluded {
+            let cl = clusters[usize::from(k)];
+            s.insert(cl, view.cores_of(cl).filter(|c| !c.failed()).count());
+        }
+    }
     // Phase 3 for cluster 0: its other cores, its barrier.
     let tested = arch::boot_info(&view, 0).map_err(|e| e.to_string())?;
     let lf = BarrierFile::create(&barrier_path(&t.run_dir, "c0")).map_err(|e| e.to_string())?;
@@ -288,12 +306,40 @@ fn phases(
     }
     let decided = local.own(local.header().deadline_ns);
     barrier_event(emit, "cluster 0", &local, &decided, &|k| name(0, tested.cores[usize::from(k)].lid))?;
-    let decided = last.own(last.header().deadline_ns);
+    if let (Outcome::Released { excluded }, Ok(mut s)) = (&decided, settled.lock()) {
+        s.insert(0, excluded.len());
+    }
+    let decided = own_final(&last, clusters.len(), &settled);
     barrier_event(emit, "final", &last, &decided, &|k| {
         let (cl, lid, _) = everyone[usize::from(k)];
         name(cl, lid)
     })?;
     Ok(())
+}
+
+/// The monarch's part in the `final` barrier: arrive, wait, and decide at the deadline or as
+/// soon as every cluster's barrier was released and everyone those did not leave out has
+/// arrived (those left out never come: waiting out the deadline would only delay the boot).
+fn own_final(b: &Barrier<'_>, clusters: usize, settled: &Mutex<BTreeMap<u16, usize>>) -> Outcome {
+    const LOOK: u64 = 10_000_000;
+    b.arrive();
+    let deadline = b.header().deadline_ns;
+    loop {
+        let until = deadline.min(monarch_drivers::barrier::monotonic_ns().saturating_add(LOOK));
+        match b.wait(until) {
+            Outcome::TimedOut { .. } => return b.decide(),
+            Outcome::Waiting { .. } => {
+                let left_out =
+                    settled.lock().ok().filter(|s| s.len() == clusters).map(|s| s.values().sum::<usize>());
+                let arrived = usize::try_from(b.arrived()).unwrap_or(usize::MAX);
+                if left_out.is_some_and(|n| arrived.saturating_add(n) >= usize::from(b.header().participants))
+                {
+                    return b.decide();
+                }
+            }
+            decided => return decided,
+        }
+    }
 }
 
 /// What failed its self-test, as (what, why): every cluster that does not boot, and the
