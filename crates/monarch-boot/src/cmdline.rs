@@ -272,6 +272,10 @@ pub struct CoreArgs {
     /// The boot's start, in Unix nanoseconds (event times count from it).
     #[arg(long)]
     pub t0_unix_ns: u128,
+    /// Its cluster boots over the network: the network its head serves on, as JSON
+    /// (`phased::serve`).
+    #[arg(long, value_name = "JSON")]
+    pub netboot: Option<String>,
 }
 
 impl CoreArgs {
@@ -297,6 +301,9 @@ impl CoreArgs {
             "--t0-unix-ns",
             &self.t0_unix_ns.to_string(),
         ]));
+        if let Some(n) = &self.netboot {
+            a.extend(words(&["--netboot", n]));
+        }
         a
     }
 }

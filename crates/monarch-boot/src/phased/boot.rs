@@ -192,6 +192,7 @@ fn phases(
         barrier_timeout: c.barrier_timeout,
         barrier_policy: policy_name.into(),
         t0_unix_ns: t0,
+        netboot: super::serve::arg(c, cluster),
     };
     let mut children = Vec::new();
     let start = |cluster: u16, lid: u16, children: &mut Vec<Child>| -> Result<(), String> {
