@@ -81,10 +81,10 @@ fn network(prefix: &str) -> Namespaces {
     ns
 }
 
-fn topology(prefix: &str) -> String {
-    let mut t = String::from(
+fn topology(prefix: &str, timeout: &str, policy: &str) -> String {
+    let mut t = format!(
         "[chassis]\nname = \"clusters-netboot\"\nrun_dir = \"run\"\n\n\
-         [clusters]\nimage = \"builtin:payload\"\nimage_size = \"16MiB\"\nbarrier_timeout = \"15s\"\nbarrier_policy = \"abort\"\n\n\
+         [clusters]\nimage = \"builtin:payload\"\nimage_size = \"16MiB\"\nbarrier_timeout = \"{timeout}\"\nbarrier_policy = \"{policy}\"\n\n\
          [[cluster]]\nid = 0\ncores = 2\nbanks = [\"64MiB\"]\n\n",
     );
     for c in NET_CLUSTERS {
@@ -99,22 +99,32 @@ fn topology(prefix: &str) -> String {
     t
 }
 
-#[test]
-fn each_netboot_clusters_head_serves_its_cores_the_kernel_it_copied_once() {
-    let prefix = format!("monarch-cnb-{}", std::process::id() % 100_000);
-    let net = network(&prefix);
-    let dir = tempfile::tempdir().unwrap();
-    let topo = dir.path().join("t.toml");
-    std::fs::write(&topo, topology(&prefix)).unwrap();
+/// `monarch up --json` of `topology` in the machine's namespace: whether it succeeded, its
+/// events, its standard error.
+fn up(prefix: &str, dir: &std::path::Path, topology: &str) -> (bool, Vec<Value>, String) {
+    let topo = dir.join("t.toml");
+    std::fs::write(&topo, topology).unwrap();
     let out = Command::new("ip")
-        .args(["netns", "exec", &prefix, MONARCH, "up", "--json", "--topology"])
+        .args(["netns", "exec", prefix, MONARCH, "up", "--json", "--topology"])
         .arg(&topo)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     let ev: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(out.status.success(), "{stderr}\n{}", common::dump(&ev));
+    (out.status.success(), ev, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn prefix(test: &str) -> String {
+    format!("monarch-cnb{test}-{}", std::process::id() % 100_000)
+}
+
+#[test]
+fn each_netboot_clusters_head_serves_its_cores_the_kernel_it_copied_once() {
+    let prefix = prefix("a");
+    let net = network(&prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, ev, stderr) = up(&prefix, dir.path(), &topology(&prefix, "15s", "abort"));
+    assert!(ok, "{stderr}\n{}", common::dump(&ev));
     let summary = ev.last().unwrap();
     let procs = summary["processors"].as_array().unwrap();
     assert_eq!(procs.len(), 2 + NET_CLUSTERS.len() * usize::from(NET_CORES + 1), "{summary}");
@@ -185,6 +195,38 @@ fn each_netboot_clusters_head_serves_its_cores_the_kernel_it_copied_once() {
         );
     }
     // The namespaces go with the guard.
+    drop(net);
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(&prefix), "namespaces left behind");
+}
+
+/// A core that cannot reach its head (its namespace has lost its link) gets no kernel: it
+/// fails saying so, its cluster's barrier leaves it out, and every other core boots.
+#[test]
+fn a_core_cut_off_from_its_head_is_left_out_and_the_others_boot() {
+    let prefix = prefix("b");
+    let net = network(&prefix);
+    ip(&["-n", &core_ns(&prefix, 1, 3), "link", "delete", "nb0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, ev, stderr) = up(&prefix, dir.path(), &topology(&prefix, "3s", "exclude"));
+    assert!(!ok, "c1-3 cannot have booted: {stderr}\n{}", common::dump(&ev));
+    let summary = ev.last().unwrap();
+    for p in &summary["processors"].as_array().unwrap()[1..] {
+        if p["id"] == "c1-3" {
+            assert_eq!(p["state"], "failed", "{p}");
+            let error = p["error"].as_str().unwrap();
+            assert!(error.contains("cannot fetch its kernel from its head at 10.232.1.1:4012"), "{error}");
+        } else {
+            assert_eq!(p["state"], "running", "{p}\n{stderr}");
+        }
+    }
+    let served = |head: &str| ev.iter().filter(|e| e["event"] == "served" && e["id"] == head).count();
+    assert_eq!((served("c1-0"), served("c2-0")), (2, 3), "{stderr}");
+    let cluster1 = ev.iter().find(|e| e["event"] == "barrier" && e["barrier"] == "cluster 1").unwrap();
+    assert_eq!(
+        (&cluster1["outcome"], &cluster1["missing"]),
+        (&Value::from("released"), &serde_json::json!(["c1-3"]))
+    );
     drop(net);
     let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&list.stdout).contains(&prefix), "namespaces left behind");
