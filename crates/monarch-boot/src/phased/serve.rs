@@ -67,6 +67,14 @@ pub fn command(exe: &Path, args: &CoreArgs) -> Result<Command, String> {
     })
 }
 
+/// Where `ip netns add` puts a named network namespace.
+const NETNS_DIR: &str = "/run/netns";
+
+/// The namespaces of `net` not under `dir`.
+fn missing_namespaces<'n>(net: &'n ClusterNet, dir: &Path) -> Vec<&'n str> {
+    net.namespaces.iter().map(String::as_str).filter(|n| !dir.join(n).exists()).collect()
+}
+
 /// A head's boot server for its cluster's cores; stopped (and its served copy removed) when
 /// dropped.
 pub struct Serving {
@@ -97,6 +105,16 @@ pub fn start(
 ) -> Result<Option<Serving>, String> {
     let Some(net) = net_of(a)? else { return Ok(None) };
     let head = core_id(a.cluster, 0);
+    // Before anything is served or started: every core's namespace is there.
+    let missing = missing_namespaces(&net, Path::new(NETNS_DIR));
+    if !missing.is_empty() {
+        return Err(format!(
+            "cluster {}'s cores are to run in network namespaces that do not exist: {}; create them (ip netns add NAME, linked to {}) or fix the cluster's network.namespaces",
+            a.cluster,
+            missing.join(", "),
+            net.interface
+        ));
+    }
     // The served folder: the discovery service serves files, so the kernel is written out of
     // the bank once, into the run folder.
     let root = a.run_dir.join(format!("c{}.netboot", a.cluster));
@@ -210,4 +228,57 @@ pub fn fetch(
     phase("verifying");
     record.check(&got.bytes, arch).map_err(|e| format!("the kernel its head served: {e}"))?;
     Ok(Some(got.bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cores_namespace_that_is_not_there_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("here"), b"").unwrap();
+        let net = ClusterNet {
+            interface: "br1".into(),
+            address: std::net::Ipv4Addr::new(10, 0, 1, 1),
+            port: 4012,
+            namespaces: vec!["here".into(), "gone".into()],
+        };
+        assert_eq!(missing_namespaces(&net, dir.path()), ["gone"]);
+        assert_eq!(
+            (net.namespace_of(0), net.namespace_of(2), net.namespace_of(3)),
+            (None, Some("gone"), None)
+        );
+    }
+
+    #[test]
+    fn the_network_goes_to_a_core_on_its_command_line() {
+        let net = ClusterNet {
+            interface: "br1".into(),
+            address: std::net::Ipv4Addr::new(10, 0, 1, 1),
+            port: 4012,
+            namespaces: vec!["ns a".into()],
+        };
+        let a = CoreArgs {
+            run_dir: "/run/x".into(),
+            cluster: 1,
+            lid: 1,
+            arch_base: 0,
+            arch_max: 1,
+            barrier_timeout: Duration::from_secs(1),
+            barrier_policy: "exclude".into(),
+            t0_unix_ns: 0,
+            netboot: serde_json::to_string(&net).ok(),
+        };
+        assert_eq!(net_of(&a).unwrap(), Some(net));
+        let c = command(Path::new("/bin/monarch"), &a).unwrap();
+        let args: Vec<String> = c.get_args().map(|s| s.to_string_lossy().into_owned()).collect();
+        assert_eq!(c.get_program(), "ip");
+        assert_eq!(&args[..4], ["netns", "exec", "ns a", "/bin/monarch"]);
+        assert!(args.contains(&"--netboot".to_string()));
+        let head = CoreArgs { lid: 0, ..a.clone() };
+        assert_eq!(command(Path::new("/bin/monarch"), &head).unwrap().get_program(), "/bin/monarch");
+        let bad = CoreArgs { netboot: Some("{".into()), ..a };
+        assert!(net_of(&bad).unwrap_err().contains("--netboot"));
+    }
 }
