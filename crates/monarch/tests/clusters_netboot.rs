@@ -208,7 +208,7 @@ fn a_core_cut_off_from_its_head_is_left_out_and_the_others_boot() {
     let net = network(&prefix);
     ip(&["-n", &core_ns(&prefix, 1, 3), "link", "delete", "nb0"]);
     let dir = tempfile::tempdir().unwrap();
-    let (ok, ev, stderr) = up(&prefix, dir.path(), &topology(&prefix, "3s", "exclude"));
+    let (ok, ev, stderr) = up(&prefix, dir.path(), &topology(&prefix, "5s", "exclude"));
     assert!(!ok, "c1-3 cannot have booted: {stderr}\n{}", common::dump(&ev));
     let summary = ev.last().unwrap();
     for p in &summary["processors"].as_array().unwrap()[1..] {
