@@ -276,6 +276,10 @@ pub struct CoreArgs {
     /// The boot's start, in Unix nanoseconds (event times count from it).
     #[arg(long)]
     pub t0_unix_ns: u128,
+    /// Its cluster boots over the network: the network its head serves on, as JSON
+    /// (`phased::serve`).
+    #[arg(long, value_name = "JSON")]
+    pub netboot: Option<String>,
 }
 
 impl CoreArgs {
@@ -304,6 +308,9 @@ impl CoreArgs {
         if !self.killed_before_barrier.is_empty() {
             let lids: Vec<String> = self.killed_before_barrier.iter().map(u16::to_string).collect();
             a.extend(words(&["--killed-before-barrier", &lids.join(",")]));
+        }
+        if let Some(n) = &self.netboot {
+            a.extend(words(&["--netboot", n]));
         }
         a
     }

@@ -263,6 +263,17 @@ pub enum EventKind {
         /// Why, for a person.
         why: String,
     },
+    /// A head of a cluster booted over the network sent its kernel to one of its cores.
+    Served {
+        /// The head.
+        id: String,
+        /// The core's address.
+        to: String,
+        /// Bytes sent.
+        bytes: u64,
+        /// From the download request to the last byte.
+        ms: f64,
+    },
     /// A running secondary was lost; the reboot cause is recorded.
     Lost {
         /// Secondary.
@@ -349,6 +360,7 @@ impl EventKind {
             | EventKind::Phase { id, .. }
             | EventKind::Launched { id, .. }
             | EventKind::Copied { id, .. }
+            | EventKind::Served { id, .. }
             | EventKind::Mismatch { id, .. }
             | EventKind::Repaired { id, .. }
             | EventKind::Done { id, .. }
@@ -477,6 +489,9 @@ impl EventKind {
                 format!("{barrier} barrier {outcome}: {arrived} arrived, {} missed it", missing.join(", "))
             }
             EventKind::LeftOut { what, why } => format!("{what} left out of the boot: {why}"),
+            EventKind::Served { to, bytes, ms, .. } => {
+                format!("served its kernel to {to}: {} in {ms:.1} ms", fmt_size(*bytes))
+            }
             EventKind::Lost { cause, .. } => format!("LOST: {cause}"),
             EventKind::Restarting { restart, after_ms, .. } => {
                 format!(

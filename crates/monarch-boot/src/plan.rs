@@ -308,6 +308,16 @@ fn render_clusters(c: &crate::topology::Clusters) -> String {
                 format!("; failed its self-test, left out: {}", failed.join(", "))
             }
         );
+        if let Some(n) = &cl.net {
+            let _ = writeln!(
+                s,
+                "    its other cores boot over the network: served by its head on {} ({}:{}), in namespaces {}",
+                n.interface,
+                n.address,
+                n.port,
+                n.namespaces.join(", ")
+            );
+        }
         let bank = cl.banks.iter().find(|b| !b.failed).map_or(0, |b| b.size);
         for z in &c.zones {
             let _ = writeln!(

@@ -1012,6 +1012,7 @@ mod tests {
                 barrier_timeout: Duration::from_millis(1500),
                 barrier_policy: policy,
                 killed_before_barrier: killed,
+                netboot: None,
                 t0_unix_ns: 1_765_000_000_000_000_000,
             };
             let Cmd::Core(back) = parse(a.to_args()) else { panic!("not `core`") };

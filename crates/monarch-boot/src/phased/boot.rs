@@ -114,9 +114,13 @@ pub fn run(plan: &Plan, exe: &Path, on_event: &mut dyn FnMut(&Event)) -> Summary
                 p.state.clone_from(state);
                 p.report.clone_from(report);
             }
-            (_, Some(why)) => {
+            (done, Some(why)) => {
                 p.state = "left-out".into();
-                p.error = Some(why.clone());
+                // What it said of itself, if it got to say something, then why it was left out.
+                p.error = Some(match done {
+                    Some(EventKind::Done { error: Some(e), .. }) => format!("{e}; {why}"),
+                    _ => why.clone(),
+                });
             }
             (Some(EventKind::Done { state, report, error, .. }), None) => {
                 p.state.clone_from(state);
@@ -241,6 +245,7 @@ fn phases(
             .map(|k| k.killed_before_barrier.clone())
             .unwrap_or_default(),
         t0_unix_ns: t0,
+        netboot: super::serve::arg(c, cluster),
     };
     // The clusters whose barrier was decided, released, and how many cores each left out:
     // once all are, and everyone else arrived, the final barrier need not wait any longer.

@@ -216,7 +216,10 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     let view = ArchView::parse(arch_bytes).map_err(|e| format!("its cluster's description: {e}"))?;
     let kernel_zone = zone(&view, ZoneKind::Kernel)?;
     let boot_info_zone = zone(&view, ZoneKind::BootInfo)?;
-    if !head {
+    // A core of a cluster booted over the network fetches its kernel from its head.
+    let fetched =
+        if head { None } else { super::serve::fetch(a, &record, arch_bytes, &|k| out.emit(k), id)? };
+    if !head && fetched.is_none() {
         phase("verifying");
         record.check(mine.read(kernel_zone, record.kernel_len)?, arch_bytes)?;
     }
@@ -239,14 +242,17 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
         BarrierFile::open(&local).map_err(|e| format!("cluster barrier: {e}"))?
     };
     let me = u16::try_from(index).unwrap_or(u16::MAX);
+    let mut serving = None;
     let lb = if head {
         let header = header(usize::from(participants), a.barrier_policy, a.barrier_timeout);
         let b = Barrier::create(local_file.block(), header, Some(me), Doorbell::detect());
-        // Phase 3: release the cluster's other cores.
+        // Phase 3: release the cluster's other cores (served over the network, when it boots so).
+        let served = Emitter::new(a.t0_unix_ns);
+        serving =
+            super::serve::start(a, mine.read(kernel_zone, record.kernel_len)?, move |k| served.emit(k))?;
         for k in view.cores_of(a.cluster).filter(|k| k.lid() != 0 && info.core_index(k.gid()).is_some()) {
             let args = CoreArgs { lid: k.lid(), ..a.clone() };
-            std::process::Command::new(exe)
-                .args(args.to_args())
+            super::serve::command(exe, &args)?
                 .stdin(std::process::Stdio::null())
                 .spawn()
                 .map_err(|e| format!("cannot start core {}: {e}", k.lid()))?;
@@ -315,6 +321,7 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
             return Err(format!("cluster {}'s barrier: {}", a.cluster, outcome_text(&other, &name)));
         }
     }
+    drop(serving);
     // The final barrier (the monarch owns it).
     let (f, me) = final_barrier(a, &view)?;
     let fb = Barrier::attach(f.block(), GENERATION, me, Doorbell::detect())
@@ -334,7 +341,10 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     }
     // Jump: the kernel in this cluster's bank, told where its boot info is.
     phase("handoff");
-    let kernel = mine.read(kernel_zone, record.kernel_len)?;
+    let kernel = match &fetched {
+        Some(k) => k.as_slice(),
+        None => mine.read(kernel_zone, record.kernel_len)?,
+    };
     let mut image =
         monarch_drivers::memimage::MemImage::new(id, record.kernel_len).map_err(|e| e.to_string())?;
     image.bytes_mut().copy_from_slice(kernel);

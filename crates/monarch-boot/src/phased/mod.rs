@@ -5,3 +5,4 @@ pub mod bank;
 pub mod boot;
 pub mod core;
 pub mod describe;
+pub mod serve;

@@ -223,8 +223,9 @@ fn cluster(cx: &mut Ctx<'_>, c: &ClusterDef, who: &str) -> Option<ClusterSpec> {
             }
         }
     }
+    let net = super::netcluster::resolve(cx, who, id, n, c.launch.as_ref(), c.network.as_ref());
     let x = c.x.unwrap_or(u8::try_from(id).unwrap_or(u8::MAX));
-    Some(ClusterSpec { id, x, y: c.y.unwrap_or(0), cores, banks, killed_before_barrier })
+    Some(ClusterSpec { id, x, y: c.y.unwrap_or(0), cores, banks, net, killed_before_barrier })
 }
 
 fn clone_size(s: &SizeDef) -> SizeDef {

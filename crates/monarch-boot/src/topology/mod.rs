@@ -16,6 +16,7 @@ mod error;
 mod launch;
 mod lifecycle;
 mod model;
+mod netcluster;
 mod resolve;
 mod schema;
 #[cfg(test)]

@@ -354,6 +354,8 @@ pub struct ClusterSpec {
     pub banks: Vec<BankSpec>,
     /// Fault injection: these cores (by index) are killed just before their first barrier.
     pub killed_before_barrier: Vec<u16>,
+    /// launch = "netboot": the network its head serves its other cores on.
+    pub net: Option<ClusterNet>,
 }
 
 /// One core of a cluster.
@@ -590,5 +592,29 @@ impl Topology {
             }
         }
         self.run_dir = dir.to_path_buf();
+    }
+}
+
+/// The discovery port a head serves on unless `network.port` says otherwise (the port of
+/// `monarch netboot serve`).
+pub const DISCOVERY_PORT: u16 = 4012;
+
+/// The network a cluster's head serves its cores on, and where those cores run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterNet {
+    /// The interface the head's boot server answers on only (`SO_BINDTODEVICE`).
+    pub interface: String,
+    /// The head's address on that interface.
+    pub address: std::net::Ipv4Addr,
+    /// Its discovery port (UDP); downloads go to the TCP port each offer names.
+    pub port: u16,
+    /// The network namespace of core `k` is `namespaces[k - 1]` (`ip netns exec` runs it there).
+    pub namespaces: Vec<String>,
+}
+
+impl ClusterNet {
+    /// The namespace core `lid` (not the head) runs in.
+    pub fn namespace_of(&self, lid: u16) -> Option<&str> {
+        usize::from(lid).checked_sub(1).and_then(|k| self.namespaces.get(k)).map(String::as_str)
     }
 }

@@ -93,6 +93,10 @@ pub(super) struct ClusterDef {
     pub(super) banks: Option<Spanned<Vec<SizeDef>>>,
     /// Hardware that fails its self-test (emulated): left out of every boot info.
     pub(super) self_test: Option<Spanned<SelfTestDef>>,
+    /// How its cores other than the head boot: `process` (default) or `netboot`.
+    pub(super) launch: Option<Spanned<LaunchDef>>,
+    /// launch = "netboot": the network its head serves the cores on.
+    pub(super) network: Option<Spanned<ClusterNetDef>>,
     /// Fault injection, for tests and demonstrations of the barrier policies.
     pub(super) fault: Option<Spanned<ClusterFaultDef>>,
 }
@@ -105,6 +109,20 @@ pub(super) struct ClusterFaultDef {
     /// barrier: a head before the heads barrier, any other core before its cluster's.
     #[serde(default)]
     pub(super) killed_before_barrier: Vec<u16>,
+}
+
+/// `network` of a `[[cluster]]`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClusterNetDef {
+    /// The interface the head serves on (a bridge its cores' links are on).
+    pub(super) interface: String,
+    /// The head's address on it: where the cores send their DISCOVERs.
+    pub(super) address: String,
+    /// The discovery port (default 4012).
+    pub(super) port: Option<u16>,
+    /// The network namespace of each core but the head, in core order (core 1 first).
+    pub(super) namespaces: Vec<String>,
 }
 
 /// What fails its self-test in a cluster.
