@@ -39,17 +39,41 @@ pub enum TopologyError {
 }
 
 fn render(path: &Path, problems: &[Problem]) -> String {
+    // The same problem at the same line for several processors (every core of a machine of
+    // clusters shares the [clusters] image, say) is told once, with how many share it.
+    let mut told: Vec<(&Problem, usize)> = Vec::new();
+    for p in problems {
+        let same = told.iter_mut().find(|(q, _)| {
+            q.line == p.line
+                && q.message == p.message
+                && processor_field(&q.field) == processor_field(&p.field)
+        });
+        match same {
+            Some((_, n)) if processor_field(&p.field).is_some() => *n += 1,
+            _ => told.push((p, 0)),
+        }
+    }
     let mut s = String::new();
-    for (i, p) in problems.iter().enumerate() {
+    for (i, (p, more)) in told.iter().enumerate() {
         if i > 0 {
             s.push('\n');
         }
+        let field = match more {
+            0 => p.field.clone(),
+            n => format!("{} (and {n} more processors)", p.field),
+        };
         match p.line {
-            Some(l) => s.push_str(&format!("{}:{l}: {}: {}", path.display(), p.field, p.message)),
-            None => s.push_str(&format!("{}: {}: {}", path.display(), p.field, p.message)),
+            Some(l) => s.push_str(&format!("{}:{l}: {field}: {}", path.display(), p.message)),
+            None => s.push_str(&format!("{}: {field}: {}", path.display(), p.message)),
         }
     }
     s
+}
+
+/// `image_size` of `processor "c1-0".image_size`: the field, whichever processor it is.
+fn processor_field(field: &str) -> Option<&str> {
+    let rest = field.strip_prefix("processor \"")?;
+    Some(rest.split_once("\".")?.1)
 }
 
 /// Where resolution collects problems: each with the line its span points at.
@@ -164,5 +188,33 @@ impl Ctx<'_> {
         };
         self.push(Some(v.span()), field, format!("unknown {what} \"{}\"; use {allowed}", v.get_ref()));
         default
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_problem_of_many_processors_is_told_once() {
+        let p = |field: &str, message: &str| Problem {
+            line: Some(4),
+            field: field.into(),
+            message: message.into(),
+        };
+        let problems = vec![
+            p("processor \"c0-1\".image_size", "too small"),
+            p("processor \"c0-2\".image_size", "too small"),
+            p("processor \"c0-2\".window", "too small"),
+            p("processor \"c0-3\".image_size", "too small"),
+            p("clusters.zones", "too small"),
+        ];
+        let e = TopologyError::Invalid { path: "m.toml".into(), problems }.to_string();
+        assert_eq!(
+            e,
+            "m.toml:4: processor \"c0-1\".image_size (and 2 more processors): too small\n\
+             m.toml:4: processor \"c0-2\".window: too small\n\
+             m.toml:4: clusters.zones: too small"
+        );
     }
 }
