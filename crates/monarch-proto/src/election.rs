@@ -187,6 +187,14 @@ impl Watchdog {
         }
     }
 
+    /// The silence counted so far, up to `now` (as [`Watchdog::observe`] would count it).
+    pub fn silent_for(&self, now: Duration) -> Duration {
+        match self.last {
+            Some((_, prev)) => self.silent.saturating_add(now.saturating_sub(prev).min(self.max_gap)),
+            None => Duration::ZERO,
+        }
+    }
+
     /// Forget the last beat (a new monarch took over: give it a full timeout).
     pub fn reset(&mut self) {
         self.last = None;

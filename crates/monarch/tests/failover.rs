@@ -317,3 +317,41 @@ window = {{ path = "{}" }}
     let launched: Vec<_> = events.iter().filter(|e| e["event"] == "launched").collect();
     assert!(launched.is_empty(), "no monarch may start an agent for an external secondary: {launched:?}");
 }
+
+/// A monarch that dies is noticed through its death (the kernel releases its pidfd), not its
+/// silence: with a heartbeat timeout of ten minutes, a serf still takes over, and says it
+/// had heard the monarch only moments before.
+#[test]
+fn a_dead_monarch_is_noticed_by_its_death_not_its_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let default =
+        monarch_boot::topology::DEFAULT_TOPOLOGY.replace(r#"timeout = "500ms""#, r#"timeout = "10min""#);
+    assert!(default.contains("10min"), "the default chassis's election timeout moved");
+    let t = dir.path().join("t.toml");
+    std::fs::write(&t, default).unwrap();
+    let mut took_over = 0;
+    for events in [10usize, 30] {
+        let r = failover::trial(&TrialSpec {
+            exe: exe(),
+            topology: Some(t.clone()),
+            fault: Fault::Kill,
+            after: When::Events(events),
+            limit: Duration::from_secs(120),
+        })
+        .unwrap();
+        assert!(r.ok, "kill after {events} events: {:?}", r.problems);
+        if r.struck && r.failover_ms.is_some() {
+            took_over += 1;
+            let stalled = r
+                .events
+                .iter()
+                .find_map(|(_, e)| match &e.kind {
+                    monarch_boot::events::EventKind::Stalled { silent_ms, .. } => Some(*silent_ms),
+                    _ => None,
+                })
+                .expect("the serf says whom it deposed");
+            assert!(stalled < 600_000.0, "deposed for its silence ({stalled} ms), not its death");
+        }
+    }
+    assert!(took_over > 0, "the monarch was never killed inside the boot");
+}

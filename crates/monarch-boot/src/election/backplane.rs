@@ -3,6 +3,7 @@
 use crate::events::EventKind;
 use monarch_drivers::Window;
 use monarch_proto::election::{self as el, Candidate, Health, Watchdog};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,6 +107,11 @@ impl Backplane {
             .is_ok()
     }
 
+    /// The process candidate `k` published (0: none yet).
+    fn pid(&self, k: usize) -> u32 {
+        u32::try_from(self.w.load(el::candidate(k).pid)).unwrap_or(0)
+    }
+
     /// `(epoch, ok)` once a monarch finished the boot.
     pub fn done(&self) -> Option<(u32, bool)> {
         el::decode_done(self.w.load(el::BP_CLAIM))
@@ -141,6 +147,8 @@ pub fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -
     let mut last_claim = None;
     // The claim word this serf has already waited a whole timeout on (its monarch deposed).
     let mut waited_on: Option<u64> = None;
+    // The monarch's process, watched for its death (see [`Death`]).
+    let mut death = Death::default();
     loop {
         if bp.done().is_some() {
             return CandidateOutcome::Serf;
@@ -188,9 +196,12 @@ pub fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -
                     // Our claim, but we are not serving: a restart of this process. Stay out.
                     return CandidateOutcome::Failed("this candidate's claim outlived it".into());
                 }
+                death.watch(el::claim_word(epoch, holder), bp.pid(holder));
                 let beat = bp.w.load(el::BP_HEARTBEAT);
-                if dog.observe(beat, now) {
-                    let silent_ms = e.timeout.as_secs_f64() * 1e3;
+                let silent = dog.observe(beat, now);
+                if silent || death.dead {
+                    let silent_ms =
+                        if silent { e.timeout.as_secs_f64() * 1e3 } else { death.since_beat(&dog, now) };
                     if bp.depose(holder) {
                         emit(EventKind::Stalled {
                             monarch: name(holder),
@@ -229,7 +240,70 @@ pub fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -
                 }
             }
         }
-        std::thread::sleep(tick);
+        death.sleep(tick);
+    }
+}
+
+/// Kernel-speed death detection: a pidfd on the monarch's process, which the kernel makes
+/// readable the moment the process is gone, so a serf sharing the monarch's kernel notices a
+/// dead monarch at once instead of after `timeout` of heartbeat silence. A monarch that hangs
+/// (SIGSTOP, a livelock) stays alive for the kernel: its heartbeat's silence still catches
+/// it, as it catches everything this cannot see.
+///
+/// Only a death the kernel reports counts. The pid is read from the backplane (untrusted):
+/// when no pidfd can be opened for it (no such process: not in this pid namespace, or gone
+/// already; a kernel without pidfds) the serf just relies on the heartbeat, and a wrong pid
+/// that names some other live process can only make the serf wait for the heartbeat too. The
+/// pid cannot name a later process while the monarch lives, so a death seen is the monarch's.
+#[derive(Default)]
+struct Death {
+    /// The claim word the watched process holds.
+    word: u64,
+    /// Its pidfd, if one could be opened.
+    fd: Option<OwnedFd>,
+    /// The kernel said it is gone.
+    dead: bool,
+}
+
+impl Death {
+    /// Watch `pid`, the holder of claim `word` (a new claim: a new process to watch).
+    fn watch(&mut self, word: u64, pid: u32) {
+        if self.word == word {
+            return;
+        }
+        *self = Death { word, fd: None, dead: false };
+        let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else { return };
+        if pid == rustix::process::getpid() {
+            return;
+        }
+        self.fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok();
+    }
+
+    /// Sleep `tick`, or less if the watched process dies meanwhile.
+    fn sleep(&mut self, tick: Duration) {
+        let Some(fd) = &self.fd else {
+            std::thread::sleep(tick);
+            return;
+        };
+        let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+        let timeout = rustix::time::Timespec::try_from(tick).ok();
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(n) if n > 0 => {
+                self.dead = true;
+                self.fd = None;
+            }
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => {
+                // Cannot wait on it: from now on, the heartbeat alone.
+                self.fd = None;
+                std::thread::sleep(tick);
+            }
+        }
+    }
+
+    /// How long the dead monarch had been silent: since the last heartbeat the serf saw.
+    fn since_beat(&self, dog: &Watchdog, now: Duration) -> f64 {
+        dog.silent_for(now).as_secs_f64() * 1e3
     }
 }
 
