@@ -65,3 +65,25 @@ fn sixteen_cores_boot_in_phases_each_reporting_what_its_boot_info_gave_it() {
         );
     }
 }
+
+/// `monarch bench clusters`, one boot of each kind: the four figures, sensible (no times
+/// compared: only that they were measured).
+#[test]
+fn bench_clusters_measures_phased_beside_flat() {
+    let out = monarch(&["bench", "clusters", "--runs", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["bench"], "clusters");
+    let (phased, flat) = (v["phased_ms"].as_f64().unwrap(), v["flat_ms"].as_f64().unwrap());
+    assert!(phased > 0.0 && flat > 0.0, "{v}");
+    let (bp, bf) = (v["monarch_bytes_phased"].as_u64().unwrap(), v["monarch_bytes_flat"].as_u64().unwrap());
+    let kernel = 16u64 << 20;
+    assert!(bp > kernel && bp < kernel + (1 << 20), "the kernel once: {v}");
+    assert_eq!(bf, 15 * kernel, "the kernel to every core: {v}");
+    assert!(bp < bf);
+    assert_eq!(v["phased_samples"].as_array().unwrap().len(), 1);
+    assert_eq!(v["flat_samples"].as_array().unwrap().len(), 1);
+    assert!(v["memcpy_gib_s"].as_f64().unwrap() > 0.0);
+    assert!(v["prediction"]["phased_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["phased_error_pct"].as_f64().unwrap().is_finite());
+}
