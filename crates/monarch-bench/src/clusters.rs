@@ -3,7 +3,8 @@
 //! the model's prediction (`monarch plan --simulate`), calibrated on costs measured in the
 //! same run, beside both.
 //!
-//! Time to all RUNNING: the `t_ms` of the last `done` event in state `running`. Both boots
+//! The costs the model takes are measured before every pair of boots, and their medians
+//! calibrate it. Time to all RUNNING: the `t_ms` of the last `done` event in state `running`. Both boots
 //! count their events' times from the same point, the start of the boot inside `monarch up`
 //! (so neither includes starting `monarch up` itself), and a run counts only when every
 //! core reached RUNNING. Bytes written by the monarch, from the summary: the phased boot's
@@ -57,6 +58,9 @@ pub struct Measured {
     /// Mapping a fresh shared window of the kernel's size, populated (page faults and
     /// zeroing), best of 3, GiB/s.
     pub touch_gib_s: f64,
+    /// Reading a populated file of the kernel's size through a mapping just made (a page at
+    /// a time: the faults), best of 3, GiB/s.
+    pub map_gib_s: f64,
     /// Starting this executable (`monarch --version`) until it exited, median of 5, ms.
     pub process_start_ms: f64,
     /// Starting the kernel itself (the built-in payload of the kernel's size, exec'd from a
@@ -64,6 +68,9 @@ pub struct Measured {
     pub kernel_start_ms: f64,
     /// CPUs this process may run on.
     pub host_cpus: u32,
+    /// The CPUs the boots get: `host_cpus` kernels started at once, against one alone,
+    /// `host_cpus × alone ÷ together` (less than `host_cpus` when other work takes its share).
+    pub effective_cpus: f64,
 }
 
 /// Everything `monarch bench clusters` measured.
@@ -101,7 +108,7 @@ pub struct ClustersBench {
     pub phased_samples: Vec<Sample>,
     /// Every flat boot, in order.
     pub flat_samples: Vec<Sample>,
-    /// The host's costs, measured before the boots.
+    /// The host's costs: each the median of its measurements, taken before every pair of boots.
     pub measured: Measured,
     /// The reference every speed is beside: memcpy into a fresh shared mapping, GiB/s.
     pub memcpy_gib_s: f64,
@@ -160,7 +167,8 @@ pub fn measure(exe: &Path, image_bytes: u64) -> Result<Measured, String> {
     let size = image_bytes.clamp(1 << 20, 256 << 20);
     let len = usize::try_from(size).map_err(|e| e.to_string())?;
     let piece = pattern(len, 0x636c_7573_7465_7273);
-    let (memcpy, touch, kernel_start_ms) =
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1));
+    let (memcpy, touch, map, kernel_start_ms, effective_cpus) =
         monarch_drivers::host::with_scratch(Path::new("/dev/shm"), "bench-clusters", |dir| {
             let memcpy = memcpy_reference(dir, &piece, size, size, 3)?;
             let mut best = Duration::MAX;
@@ -173,6 +181,20 @@ pub fn measure(exe: &Path, image_bytes: u64) -> Result<Measured, String> {
                 let _ = std::fs::remove_file(&path);
             }
             let touch = size as f64 / f64::from(1u32 << 30) / best.as_secs_f64().max(1e-9);
+            // A file another process populated, mapped afresh and read: a bank, a window.
+            let path = dir.join("map.bank");
+            std::fs::write(&path, &piece).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut best = Duration::MAX;
+            for _ in 0..3 {
+                let t = Instant::now();
+                let bank = monarch_boot::phased::bank::Bank::open(&path).map_err(|e| e.to_string())?;
+                let bytes = bank.read((0, size), size)?;
+                let sum = bytes.iter().step_by(4096).fold(0u8, |a, b| a.wrapping_add(*b));
+                std::hint::black_box(sum);
+                best = best.min(t.elapsed());
+            }
+            let _ = std::fs::remove_file(&path);
+            let map = size as f64 / f64::from(1u32 << 30) / best.as_secs_f64().max(1e-9);
             // The kernel: the payload program next to `exe`, padded to the kernel's size.
             let program = exe.with_file_name("monarch-payload");
             let kernel = monarch_boot::image::build_payload(&program, size, "bench clusters")
@@ -185,26 +207,63 @@ pub fn measure(exe: &Path, image_bytes: u64) -> Result<Measured, String> {
             let mut cmd = Command::new(&path);
             cmd.env_remove("MONARCH_WINDOW").env_remove("MONARCH_BOOT_INFO");
             let kernel_start = time_process(&mut cmd, 3)?;
-            Ok((memcpy, touch, kernel_start))
+            // As many at once as there are CPUs: how many the boots really get.
+            let mut together = Vec::new();
+            for _ in 0..3 {
+                let t = Instant::now();
+                let children = (0..host_cpus)
+                    .map(|_| {
+                        cmd.stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .map_err(|e| format!("cannot start {}: {e}", path.display()))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                for mut c in children {
+                    c.wait().map_err(|e| e.to_string())?;
+                }
+                together.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let effective = (f64::from(host_cpus) * kernel_start / median(&together).max(1e-9))
+                .clamp(1.0, f64::from(host_cpus));
+            Ok((memcpy, touch, map, kernel_start, effective))
         })?;
     let sums = checksum_figures(&piece, 3, memcpy);
     let of = |name: &str| sums.iter().find(|c| c.algo == name).map_or(0.0, |c| c.gib_s);
     let process_start_ms = time_process(Command::new(exe).arg("--version"), 5)?;
-    let host_cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1));
     Ok(Measured {
         memcpy_gib_s: memcpy,
         blake3_gib_s: of("blake3"),
         crc32c_gib_s: of("crc32c"),
         touch_gib_s: touch,
+        map_gib_s: map,
         process_start_ms,
         kernel_start_ms,
         host_cpus,
+        effective_cpus,
     })
 }
 
 impl Measured {
+    /// Each cost's median over several measurements.
+    pub fn median(all: &[Measured]) -> Measured {
+        let of = |f: fn(&Measured) -> f64| median(&all.iter().map(f).collect::<Vec<f64>>());
+        Measured {
+            memcpy_gib_s: of(|m| m.memcpy_gib_s),
+            blake3_gib_s: of(|m| m.blake3_gib_s),
+            crc32c_gib_s: of(|m| m.crc32c_gib_s),
+            touch_gib_s: of(|m| m.touch_gib_s),
+            map_gib_s: of(|m| m.map_gib_s),
+            process_start_ms: of(|m| m.process_start_ms),
+            kernel_start_ms: of(|m| m.kernel_start_ms),
+            host_cpus: all.first().map_or(1, |m| m.host_cpus),
+            effective_cpus: of(|m| m.effective_cpus),
+        }
+    }
+
     /// The model's costs from these measurements: the cores of a machine booted by `monarch
-    /// up` are processes of this host, so they share its CPUs; the link is memcpy (banks and
+    /// up` are processes of this host, so they share the CPUs it measured they get; the link is memcpy (banks and
     /// windows are shared memory of this host); barriers keep their default.
     pub fn costs(&self) -> Costs {
         Costs {
@@ -213,9 +272,10 @@ impl Measured {
             hash_gib_s: self.blake3_gib_s,
             checksum_gib_s: self.crc32c_gib_s,
             touch_gib_s: self.touch_gib_s,
+            map_gib_s: self.map_gib_s,
             process_start_ms: self.process_start_ms,
             kernel_start_ms: Some(self.kernel_start_ms),
-            host_cpus: Some(self.host_cpus),
+            host_cpus: Some(self.effective_cpus),
             ..Costs::default()
         }
     }
@@ -298,15 +358,19 @@ pub fn bench(opts: &ClustersOptions, progress: &mut dyn FnMut(&str)) -> Result<C
     let topology = Topology::load(&path).map_err(|e| e.to_string())?;
     let machine =
         Machine::of(&topology).ok_or("the topology has no [[cluster]]: not a machine of clusters")?;
-    progress(&format!(
-        "measuring this host: memcpy, BLAKE3 and CRC32C over {}, starting a process",
-        fmt_size(machine.image_bytes)
-    ));
-    let measured = measure(&opts.exe, machine.image_bytes)?;
     let limit = Duration::from_secs(120);
     let (mut phased, mut flat) = (Vec::new(), Vec::new());
+    let mut costs = Vec::new();
     let runs = opts.runs.max(1);
     for i in 0..runs {
+        // The costs before every pair of boots, so that the calibration sees the host the
+        // boots see (other work on it comes and goes).
+        progress(&format!(
+            "run {}/{runs}: measuring this host: memcpy, populating, BLAKE3 and CRC32C over {}, starting a process and the kernel",
+            i + 1,
+            fmt_size(machine.image_bytes)
+        ));
+        costs.push(measure(&opts.exe, machine.image_bytes)?);
         // Alternating, and which goes first alternates too, so both see the same host.
         for is_flat in if i % 2 == 0 { [false, true] } else { [true, false] } {
             let s = boot_once(&opts.exe, &path, is_flat, limit)?;
@@ -329,6 +393,7 @@ pub fn bench(opts: &ClustersOptions, progress: &mut dyn FnMut(&str)) -> Result<C
     };
     let (phased_ms, flat_ms) = (median(&ms(&phased)), median(&ms(&flat)));
     let (monarch_bytes_phased, monarch_bytes_flat) = (bytes(&phased), bytes(&flat));
+    let measured = Measured::median(&costs);
     let prediction = simulate::predict(&machine, &measured.costs());
     let err = |p: f64, m: f64| (p - m) / m.max(1e-9) * 100.0;
     Ok(ClustersBench {
@@ -370,8 +435,9 @@ pub fn render(r: &ClustersBench) -> String {
     );
     out.push_str(&format!(
         "  reference  memcpy into a fresh shared mapping, one core   {:>7.2} GiB/s\n\
-         \x20 this host  BLAKE3 {:.2} GiB/s ({:.2}x memcpy), CRC32C {:.2} GiB/s ({:.2}x memcpy), populating fresh memory {:.2} GiB/s ({:.2}x memcpy)\n\
-         \x20            process start {:.2} ms, kernel start {:.2} ms, {} CPU(s)\n\n",
+         \x20 this host  BLAKE3 {:.2} GiB/s ({:.2}x memcpy), CRC32C {:.2} GiB/s ({:.2}x memcpy), populating fresh memory {:.2} GiB/s ({:.2}x memcpy),\n\
+         \x20            reading through a fresh mapping {:.2} GiB/s ({:.2}x memcpy)\n\
+         \x20            process start {:.2} ms, kernel start {:.2} ms, {} CPU(s), of which the boots get {:.2}\n\n",
         m.memcpy_gib_s,
         m.blake3_gib_s,
         m.blake3_gib_s / m.memcpy_gib_s.max(1e-9),
@@ -379,9 +445,12 @@ pub fn render(r: &ClustersBench) -> String {
         m.crc32c_gib_s / m.memcpy_gib_s.max(1e-9),
         m.touch_gib_s,
         m.touch_gib_s / m.memcpy_gib_s.max(1e-9),
+        m.map_gib_s,
+        m.map_gib_s / m.memcpy_gib_s.max(1e-9),
         m.process_start_ms,
         m.kernel_start_ms,
-        m.host_cpus
+        m.host_cpus,
+        m.effective_cpus
     ));
     out.push_str(&format!(
         "  {:<8} {:>12} {:>12} {:>16} {:>14} {:>8}\n",

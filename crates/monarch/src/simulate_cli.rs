@@ -35,15 +35,19 @@ pub struct SimulateArgs {
     /// process and the kernel), and run every core on its CPUs, as `monarch up` does here.
     #[arg(long, requires = "simulate")]
     pub measure: bool,
-    /// CPUs every core shares [default: each core its own CPU; with --measure, this host's].
+    /// CPUs every core shares, a fraction when other work takes its share [default: each
+    /// core its own CPU; with --measure, the parallelism measured on this host].
     #[arg(long, value_name = "N", requires = "simulate")]
-    pub host_cpus: Option<u32>,
+    pub host_cpus: Option<f64>,
     /// memcpy into fresh memory, GiB/s, one core [default: 4].
     #[arg(long, value_name = "GIB_S", requires = "simulate")]
     pub memcpy_gib_s: Option<f64>,
     /// Populating fresh memory (page faults, zeroing), GiB/s [default: 4].
     #[arg(long, value_name = "GIB_S", requires = "simulate")]
     pub touch_gib_s: Option<f64>,
+    /// Reading memory another process populated, through a fresh mapping, GiB/s [default: 8].
+    #[arg(long, value_name = "GIB_S", requires = "simulate")]
+    pub map_gib_s: Option<f64>,
     /// BLAKE3, GiB/s, one core [default: 2].
     #[arg(long, value_name = "GIB_S", requires = "simulate")]
     pub hash_gib_s: Option<f64>,
@@ -116,6 +120,7 @@ pub fn run(a: &SimulateArgs, topo: &TopologyOpt) -> ExitCode {
     };
     set(&mut c.memcpy_gib_s, a.memcpy_gib_s);
     set(&mut c.touch_gib_s, a.touch_gib_s);
+    set(&mut c.map_gib_s, a.map_gib_s);
     set(&mut c.hash_gib_s, a.hash_gib_s);
     set(&mut c.checksum_gib_s, a.checksum_gib_s);
     set(&mut c.process_start_ms, a.process_start_ms);
@@ -129,14 +134,8 @@ pub fn run(a: &SimulateArgs, topo: &TopologyOpt) -> ExitCode {
     if let Some(g) = a.link_gbps {
         c.link_gib_s = Some(g * GBIT_IN_GIB);
     }
-    let positive = [
-        c.memcpy_gib_s,
-        c.touch_gib_s,
-        c.hash_gib_s,
-        c.checksum_gib_s,
-        c.link(),
-        f64::from(c.host_cpus.unwrap_or(1)),
-    ];
+    let positive =
+        [c.memcpy_gib_s, c.touch_gib_s, c.hash_gib_s, c.checksum_gib_s, c.link(), c.host_cpus.unwrap_or(1.0)];
     if positive.iter().any(|v| !v.is_finite() || *v <= 0.0)
         || [c.process_start_ms, c.barrier_ms, c.kernel_start_ms.unwrap_or(0.0)]
             .iter()

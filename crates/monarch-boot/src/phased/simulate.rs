@@ -35,6 +35,10 @@ pub struct Costs {
     /// are first written, a window mapped at configure time, a kernel's memfd), GiB/s, one
     /// core. Default 4.
     pub touch_gib_s: f64,
+    /// Reading memory another process populated through a mapping just made (a head reading
+    /// bank 0, a core its bank, an agent its window: page faults, no zeroing), GiB/s, one
+    /// core. Default 8.
+    pub map_gib_s: f64,
     /// Starting a process (a core, an agent) until it runs its own code, ms. Default 2.
     pub process_start_ms: f64,
     /// Starting the kernel: exec of the image, its read and check of itself, its report, ms.
@@ -43,8 +47,9 @@ pub struct Costs {
     /// A barrier, from its last arrival to everyone released, ms. Default 0.1.
     pub barrier_ms: f64,
     /// CPUs that run every core: `None` on real hardware (each core its own CPU, and the
-    /// monarch one core); `Some(n)` when the cores are processes sharing n host CPUs.
-    pub host_cpus: Option<u32>,
+    /// monarch one core); `Some(n)` when the cores are processes sharing n host CPUs (a
+    /// fraction when other work on the host takes its share of them).
+    pub host_cpus: Option<f64>,
 }
 
 impl Default for Costs {
@@ -55,6 +60,7 @@ impl Default for Costs {
             hash_gib_s: 2.0,
             checksum_gib_s: 8.0,
             touch_gib_s: 4.0,
+            map_gib_s: 8.0,
             process_start_ms: 2.0,
             kernel_start_ms: None,
             barrier_ms: 0.1,
@@ -166,12 +172,12 @@ pub struct Prediction {
 
 /// A step of `tasks` equal tasks of `cpu_ms` CPU time each, `link_bytes` crossing the shared
 /// link, on `cpus` CPUs.
-fn step(what: &str, tasks: u64, cpu_ms: f64, link_bytes: u64, cpus: u64, c: &Costs) -> Step {
+fn step(what: &str, tasks: u64, cpu_ms: f64, link_bytes: u64, cpus: f64, c: &Costs) -> Step {
     if tasks == 0 {
         return Step { what: what.into(), tasks, task_ms: 0.0, ms: 0.0, bound: "task" };
     }
     let alone = cpu_ms;
-    let shared = tasks as f64 * cpu_ms / cpus.clamp(1, tasks) as f64;
+    let shared = tasks as f64 * cpu_ms / cpus.clamp(1.0, tasks as f64);
     let link = Costs::ms(link_bytes, c.link());
     let (ms, bound) = if link > 0.0 && link >= shared.max(alone) {
         (link, "link")
@@ -198,11 +204,12 @@ pub fn predict(m: &Machine, c: &Costs) -> Prediction {
     let secondaries = n.saturating_sub(1);
     let heads = m.cores.len().saturating_sub(1) as u64;
     // Every core its own CPU on real hardware, the host's CPUs in an emulation.
-    let cpus = |tasks: u64| c.host_cpus.map_or(tasks, u64::from);
+    let cpus = |tasks: u64| c.host_cpus.unwrap_or(tasks as f64);
     // The monarch: one core on real hardware; its threads share the host's CPUs otherwise.
-    let monarch_cpus = c.host_cpus.map_or(1, u64::from);
+    let monarch_cpus = c.host_cpus.unwrap_or(1.0);
     let copy = Costs::ms(s, c.memcpy_gib_s);
     let touch = Costs::ms(s, c.touch_gib_s);
+    let map = Costs::ms(s, c.map_gib_s);
     let hash = Costs::ms(s, c.hash_gib_s);
     let crc = Costs::ms(s, c.checksum_gib_s);
     let start = c.process_start_ms;
@@ -220,13 +227,13 @@ pub fn predict(m: &Machine, c: &Costs) -> Prediction {
                 1,
                 touch + hash + touch + copy,
                 0,
-                1,
+                1.0,
                 c,
             ),
             step(
                 "2 heads: copy from bank 0, check (BLAKE3), boot info",
                 heads,
-                start + touch + copy + hash,
+                start + map + touch + copy + hash,
                 heads * s,
                 cpus(heads),
                 c,
@@ -235,7 +242,7 @@ pub fn predict(m: &Machine, c: &Costs) -> Prediction {
             step(
                 "3 cores started by their heads, check the kernel",
                 others,
-                start + hash,
+                start + map + hash,
                 0,
                 cpus(others),
                 c,
@@ -265,7 +272,7 @@ pub fn predict(m: &Machine, c: &Costs) -> Prediction {
                 c,
             ),
             step("3 monarch copies into every window", secondaries, copy, secondaries * s, monarch_cpus, c),
-            step("4 agents verify the written checksum", secondaries, crc, 0, cpus(secondaries), c),
+            step("4 agents verify the written checksum", secondaries, map + crc, 0, cpus(secondaries), c),
             step("5 every core jumps into its kernel", secondaries, jump, 0, cpus(secondaries), c),
         ],
         secondaries * s,
@@ -289,7 +296,7 @@ pub fn render(p: &Prediction) -> String {
     let mut out = format!(
         "monarch plan --simulate: {} clusters, {} cores, {} kernel\n\
          costs: memcpy {:.2} GiB/s, link {:.2} GiB/s ({:.1} Gbit/s), BLAKE3 {:.2} GiB/s, CRC32C {:.2} GiB/s, \
-         touch {:.2} GiB/s, process start {:.2} ms, kernel start {}, barrier {:.2} ms, {}\n",
+         touch {:.2} GiB/s, map {:.2} GiB/s, process start {:.2} ms, kernel start {}, barrier {:.2} ms, {}\n",
         p.clusters,
         p.cores,
         crate::values::fmt_size(p.image_bytes),
@@ -299,12 +306,13 @@ pub fn render(p: &Prediction) -> String {
         c.hash_gib_s,
         c.checksum_gib_s,
         c.touch_gib_s,
+        c.map_gib_s,
         c.process_start_ms,
         c.kernel_start_ms.map_or_else(|| "= start + copy + CRC32C".to_string(), |k| format!("{k:.2} ms")),
         c.barrier_ms,
         match c.host_cpus {
             None => "every core its own CPU".to_string(),
-            Some(n) => format!("all cores on {n} host CPU(s)"),
+            Some(n) => format!("all cores on {n:.2} host CPU(s)"),
         }
     );
     for (name, b) in [("phased", &p.phased), ("flat", &p.flat)] {
@@ -362,12 +370,12 @@ mod tests {
     fn more_host_cpus_never_slow_a_boot_and_an_emulation_is_cpu_bound() {
         let m = Machine::uniform(4, 4, MIB16);
         let mut last = f64::MAX;
-        for n in [1, 2, 4, 16] {
+        for n in [1.0, 1.5, 2.0, 4.0, 16.0] {
             let p = predict(&m, &Costs { host_cpus: Some(n), ..Costs::default() });
             assert!(p.phased_ms <= last, "{n}: {}", p.phased_ms);
             last = p.phased_ms;
         }
-        let p = predict(&m, &Costs { host_cpus: Some(2), ..Costs::default() });
+        let p = predict(&m, &Costs { host_cpus: Some(2.0), ..Costs::default() });
         assert!(p.phased.steps.iter().any(|s| s.bound == "cpu"), "{}", render(&p));
     }
 
