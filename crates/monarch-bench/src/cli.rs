@@ -126,7 +126,8 @@ Reference, from the same run: one image's delivery alone (its stage's time, retr
     /// A machine of clusters booted in phases beside flat, with the model's prediction.
     #[command(
         long_about = "A machine of clusters booted in phases beside the same machine booted flat, in one run.\n\n\
-Boots the topology (default: examples/clusters.toml, four clusters of four cores, built in) with \
+Boots the topology (default: examples/clusters.toml, four clusters of four cores, built in; its \
+16 MiB kernel doubled until it holds this build's demo payload, 32 MiB for a release build) with \
 `monarch up --json` and with `monarch up --flat --json`, alternating, --runs of each, and prints the \
 median and p90 time to all RUNNING (the last core's RUNNING report, on the boot's own clock) and the \
 bytes the monarch wrote. First it measures this host: memcpy into a fresh shared mapping (the \

@@ -23,8 +23,22 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The default topology: four clusters of four cores (`examples/clusters.toml`), compiled in
-/// so that the bench needs nothing from the source tree.
+/// so that the bench needs nothing from the source tree (see [`example_for`]).
 pub const EXAMPLE: &str = include_str!("../../../examples/clusters.toml");
+
+/// [`EXAMPLE`], its kernel large enough for the demo payload next to `exe`: a release
+/// build's (25 MiB) does not fit the example's 16 MiB, so the kernel doubles until it does.
+pub fn example_for(exe: &Path) -> (String, u64) {
+    let program = std::fs::metadata(exe.with_file_name("monarch-payload")).map_or(0, |m| m.len());
+    // The banner and the trailer, with room to spare.
+    let need = program + (1 << 20);
+    let mut size: u64 = 16 << 20;
+    while size < need {
+        size *= 2;
+    }
+    let text = EXAMPLE.replace("image_size = \"16MiB\"", &format!("image_size = \"{}MiB\"", size >> 20));
+    (text, size)
+}
 
 /// Options of `monarch bench clusters`.
 #[derive(Debug, Clone)]
@@ -351,8 +365,17 @@ pub fn bench(opts: &ClustersOptions, progress: &mut dyn FnMut(&str)) -> Result<C
         Some(p) => (p.clone(), p.display().to_string()),
         None => {
             let p = scratch.path().join("clusters.toml");
-            std::fs::write(&p, EXAMPLE).map_err(|e| format!("{}: {e}", p.display()))?;
-            (p, "examples/clusters.toml (built in)".to_string())
+            let (text, size) = example_for(&opts.exe);
+            std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+            let name = if size == 16 << 20 {
+                "examples/clusters.toml (built in)".to_string()
+            } else {
+                format!(
+                    "examples/clusters.toml (built in), its kernel {} to hold this build's payload",
+                    fmt_size(size)
+                )
+            };
+            (p, name)
         }
     };
     let topology = Topology::load(&path).map_err(|e| e.to_string())?;
@@ -496,6 +519,18 @@ mod tests {
         let m = Machine::of(&Topology::load(&p).unwrap()).unwrap();
         assert_eq!(m.cores, [4, 4, 4, 4]);
         assert_eq!(m.image_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn the_example_kernel_grows_to_hold_a_large_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("monarch");
+        let (text, size) = example_for(&exe);
+        assert_eq!((text.as_str(), size), (EXAMPLE, 16 << 20), "no payload: as the example");
+        std::fs::write(dir.path().join("monarch-payload"), vec![0u8; 25 << 20]).unwrap();
+        let (text, size) = example_for(&exe);
+        assert_eq!(size, 32 << 20);
+        assert!(text.contains("image_size = \"32MiB\""), "{text}");
     }
 
     #[test]
