@@ -42,6 +42,15 @@ pub fn run(cmd: BenchCmd, exe: &Path) -> Result<(), BenchError> {
         BenchCmd::Vm(a) => vm(a, exe),
         BenchCmd::Failover(a) => failover(a, exe),
         BenchCmd::Recovery(a) => recovery(a, exe),
+        BenchCmd::Clusters(a) => {
+            let opts = crate::clusters::ClustersOptions {
+                runs: a.runs.max(1),
+                topology: a.topology,
+                exe: exe.to_path_buf(),
+            };
+            let result = crate::clusters::bench(&opts, &mut bench_progress(a.json));
+            report_bench("clusters", a.json, result, crate::clusters::render)
+        }
         BenchCmd::Netboot(a) => {
             let opts = crate::netboot::NetbenchOptions {
                 tftp_size: a.tftp_size,
@@ -114,6 +123,36 @@ and the recovery (kill → RUNNING again: its image retrieved, delivered and ver
 chassis restarts without back-off and without a restart limit, so the figures are the mechanism's own. \
 Reference, from the same run: one image's delivery alone (its stage's time, retrieve → RUNNING).")]
     Recovery(BenchRecoveryArgs),
+    /// A machine of clusters booted in phases beside flat, with the model's prediction.
+    #[command(
+        long_about = "A machine of clusters booted in phases beside the same machine booted flat, in one run.\n\n\
+Boots the topology (default: examples/clusters.toml, four clusters of four cores, built in; its \
+16 MiB kernel doubled until it holds this build's demo payload, 32 MiB for a release build) with \
+`monarch up --json` and with `monarch up --flat --json`, alternating, --runs of each, and prints the \
+median and p90 time to all RUNNING (the last core's RUNNING report, on the boot's own clock) and the \
+bytes the monarch wrote. First it measures this host: memcpy into a fresh shared mapping (the \
+reference), BLAKE3 and CRC32C over the kernel's size, and the start of a process; the model of \
+`monarch plan --simulate`, calibrated on those costs, predicts both boots, and its error is printed \
+beside the measured times.\n\n\
+Examples:\n  monarch bench clusters\n  monarch bench clusters --runs 10 --json\n  \
+monarch bench clusters --topology my-clusters.toml"
+    )]
+    Clusters(BenchClustersArgs),
+}
+
+#[allow(missing_docs)] // clap would show a doc comment here as the help text
+#[derive(Args)]
+pub struct BenchClustersArgs {
+    /// Topology of a machine of clusters [default: examples/clusters.toml, built in].
+    #[arg(long, short = 't', value_name = "FILE")]
+    topology: Option<PathBuf>,
+    /// Boots of each kind (phased and flat, alternating); the medians are compared.
+    #[arg(long, default_value_t = 5)]
+    runs: u32,
+    /// One JSON object on stdout: phased_ms, flat_ms, monarch_bytes_phased, monarch_bytes_flat
+    /// (medians), their p90s, ratio, the samples, the measured costs and the prediction.
+    #[arg(long)]
+    json: bool,
 }
 
 #[allow(missing_docs)] // clap would show a doc comment here as the help text

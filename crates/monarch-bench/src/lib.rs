@@ -12,11 +12,14 @@
 //! - [`vm`]: a QEMU VM's start to its delivered kernel running, window beside iPXE.
 //! - [`failover`]: the monarch killed or paused at random points of a boot.
 //! - [`recovery`]: a supervised chassis's running images killed at random, recovered.
+//! - [`clusters`]: a machine of clusters booted in phases beside flat, and the model's
+//!   prediction (`monarch plan --simulate`) calibrated in the same run.
 //! - [`cli`]: the command line of all of them.
 #![forbid(unsafe_code)]
 
 pub mod baseline;
 pub mod cli;
+pub mod clusters;
 pub mod failover;
 pub mod netboot;
 pub mod recovery;

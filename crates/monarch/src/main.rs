@@ -7,6 +7,7 @@ mod exit;
 mod logs;
 mod netboot_cli;
 mod output;
+mod simulate_cli;
 
 use clap::{Args, Parser, Subcommand};
 use exit::bad_input;
@@ -74,7 +75,23 @@ Without --topology, boots the built-in emulated chassis (`monarch topology defau
 two management processors, a route card and four line cards, two behind a switch, each a real \
 process with a 30 MiB image in a shared-memory window.")]
     Up(UpArgs),
-    /// Show the resolved plan: who is staged in parallel, who waits behind which switch.
+    /// Show the resolved plan: who is staged in parallel, who waits behind which switch; or
+    /// (--simulate) a machine of clusters' predicted boot time, phased beside flat.
+    #[command(
+        long_about = "Show the resolved plan: who is staged in parallel, who waits behind which \
+switch, each window, and for a machine of clusters the zone map of its banks.\n\n\
+With --simulate, predict instead how long a machine of clusters takes to boot, phased beside flat \
+(docs/scaling.md): each step is a set of equal tasks in parallel, as long as the longest of one task \
+alone, the tasks' CPU time over the CPUs available, and the bytes that cross the shared link (out of \
+cluster 0's bank when phased, out of the monarch when flat) at its bandwidth. The costs default to round \
+figures of a server core, each core its own CPU; --measure measures them on this host and shares its CPUs \
+among the cores, as `monarch up` does here; every cost can be set on its own.",
+        after_help = "Examples:\n  monarch plan -t examples/clusters.toml\n  \
+monarch plan --simulate -t examples/clusters.toml\n  \
+monarch plan --simulate -t examples/clusters.toml --measure\n  \
+monarch plan --simulate --clusters 256 --cores 64 --link-gbps 100\n  \
+monarch plan --simulate --clusters 256 --cores 64 --json | jq '.phased_ms, .flat_ms'"
+    )]
     Plan(PlanArgs),
     /// A supervised chassis (`monarch up --hold`): each processor's state, readiness, pid,
     /// restarts and reboot causes.
@@ -320,6 +337,8 @@ self-test (overrides the topology's [election] monarch; the operator's choice)"
 struct PlanArgs {
     #[command(flatten)]
     topo: TopologyOpt,
+    #[command(flatten)]
+    sim: simulate_cli::SimulateArgs,
 }
 
 #[derive(Subcommand)]
@@ -406,6 +425,7 @@ fn main() -> ExitCode {
         Cmd::Startup(a) => chassis_cli::startup(a),
         Cmd::Power(a) => chassis_cli::power(a),
         Cmd::Events(a) => chassis_cli::events(a),
+        Cmd::Plan(a) if a.sim.simulate => simulate_cli::run(&a.sim, &a.topo),
         Cmd::Plan(a) => match a.topo.load() {
             Ok(t) => {
                 print!("{}", Plan::new(t).render());

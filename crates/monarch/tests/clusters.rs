@@ -230,3 +230,66 @@ fn a_machine_boots_from_its_binary_description_alone() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a valid arch_info.bin") && err.contains("truncated"), "{err}");
 }
+
+/// `monarch plan --simulate --json`: the model's prediction of the example, phased beside flat.
+#[test]
+fn plan_simulate_predicts_phased_beside_flat() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clusters.toml");
+    let out = monarch(&["plan", "--simulate", "--json", "--topology", example.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clusters"], 4);
+    assert_eq!(v["cores"], 16);
+    assert_eq!(v["image_bytes"], 16u64 << 20);
+    for f in ["phased_ms", "flat_ms", "ratio"] {
+        assert!(v[f].as_f64().unwrap() > 0.0, "{f}: {v}");
+    }
+    assert_eq!(v["phased"]["monarch_bytes"], 16u64 << 20);
+    assert_eq!(v["flat"]["monarch_bytes"], 15 * (16u64 << 20));
+    assert!(!v["phased"]["steps"].as_array().unwrap().is_empty());
+    // A machine given by its size, and a slower link makes neither boot faster.
+    let at = |gbps: &str| {
+        let out = monarch(&[
+            "plan",
+            "--simulate",
+            "--json",
+            "--clusters",
+            "256",
+            "--cores",
+            "64",
+            "--link-gbps",
+            gbps,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let (slow, fast) = (at("10"), at("100"));
+    assert_eq!(fast["cores"], 256 * 64);
+    assert!(fast["phased_ms"].as_f64().unwrap() < fast["flat_ms"].as_f64().unwrap(), "{fast}");
+    assert!(slow["phased_ms"].as_f64().unwrap() >= fast["phased_ms"].as_f64().unwrap());
+    // Not a machine of clusters: bad input.
+    let out = monarch(&["plan", "--simulate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `monarch bench clusters`, one boot of each kind: the four figures, sensible (no times
+/// compared: only that they were measured).
+#[test]
+fn bench_clusters_measures_phased_beside_flat() {
+    let out = monarch(&["bench", "clusters", "--runs", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["bench"], "clusters");
+    let (phased, flat) = (v["phased_ms"].as_f64().unwrap(), v["flat_ms"].as_f64().unwrap());
+    assert!(phased > 0.0 && flat > 0.0, "{v}");
+    let (bp, bf) = (v["monarch_bytes_phased"].as_u64().unwrap(), v["monarch_bytes_flat"].as_u64().unwrap());
+    let kernel = 16u64 << 20;
+    assert!(bp > kernel && bp < kernel + (1 << 20), "the kernel once: {v}");
+    assert_eq!(bf, 15 * kernel, "the kernel to every core: {v}");
+    assert!(bp < bf);
+    assert_eq!(v["phased_samples"].as_array().unwrap().len(), 1);
+    assert_eq!(v["flat_samples"].as_array().unwrap().len(), 1);
+    assert!(v["memcpy_gib_s"].as_f64().unwrap() > 0.0);
+    assert!(v["prediction"]["phased_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["phased_error_pct"].as_f64().unwrap().is_finite());
+}
