@@ -647,8 +647,13 @@ impl<'a, 'c> Stage<'a, 'c> {
             let w = self.window.as_ref()?;
             if w.try_lock().ok()? {
                 w.unlock();
-                let pending = w.load32(layout::ST_SEQ) & !msg::SEQ_BUSY != status_seq;
-                if pending || self.handing_off {
+                let seq = w.load32(layout::ST_SEQ) & !msg::SEQ_BUSY;
+                let pending = seq != status_seq;
+                // An agent the previous monarch started just before it died may not have
+                // taken the lock yet (a takeover is that fast): one that never spoke is still
+                // awaited, for as long as the rendezvous lasts.
+                let starting = phase == Phase::Rendezvous && seq == 0;
+                if pending || starting || self.handing_off {
                     return None;
                 }
                 return Some("the agent (started by the previous monarch) is gone".into());
