@@ -51,6 +51,12 @@ pub fn run(cmd: BenchCmd, exe: &Path) -> Result<(), BenchError> {
             let result = crate::clusters::bench(&opts, &mut bench_progress(a.json));
             report_bench("clusters", a.json, result, crate::clusters::render)
         }
+        BenchCmd::Up(a) => {
+            let opts =
+                crate::up::UpOptions { runs: a.runs.max(1), topology: a.topology, exe: exe.to_path_buf() };
+            let result = crate::up::bench(&opts, &mut bench_progress(a.json));
+            report_bench("up", a.json, result, crate::up::render)
+        }
         BenchCmd::Netboot(a) => {
             let opts = crate::netboot::NetbenchOptions {
                 tftp_size: a.tftp_size,
@@ -138,6 +144,33 @@ Examples:\n  monarch bench clusters\n  monarch bench clusters --runs 10 --json\n
 monarch bench clusters --topology my-clusters.toml"
     )]
     Clusters(BenchClustersArgs),
+    /// The main job's wall time: `monarch up` on the default chassis, beside its copies' memcpy time.
+    #[command(
+        long_about = "The main job's wall time, measured from outside: `monarch up --json` (the built-in \
+default chassis, or --topology) runs --runs times, each a child process timed from its start to its \
+exit; prints the median and p90, the boot's own total and what lies outside it (process start, \
+monarch election, stopping the images), and each phase's slowest secondary (retrieve, configure, \
+rendezvous, copy, verify, handoff), medians over the runs. Beside them, the reference measured in \
+the same run: memcpy into a fresh shared mapping, and what copying every secondary's image at that \
+speed would take, the floor of a delivery through windows.\n\n\
+Examples:\n  monarch bench up\n  monarch bench up --runs 20 --json\n  monarch bench up -t my-chassis.toml"
+    )]
+    Up(BenchUpArgs),
+}
+
+#[allow(missing_docs)] // clap would show a doc comment here as the help text
+#[derive(Args)]
+pub struct BenchUpArgs {
+    /// Topology file [default: the built-in default chassis].
+    #[arg(long, short = 't', value_name = "FILE")]
+    topology: Option<PathBuf>,
+    /// Runs of `monarch up`; the median and p90 are printed.
+    #[arg(long, default_value_t = 10)]
+    runs: u32,
+    /// One JSON object on stdout: wall_ms, wall_p90_ms, boot_ms, outside_ms, phases_ms,
+    /// image_bytes, memcpy_gib_s, memcpy_ms, wall_over_memcpy and every run's samples.
+    #[arg(long)]
+    json: bool,
 }
 
 #[allow(missing_docs)] // clap would show a doc comment here as the help text

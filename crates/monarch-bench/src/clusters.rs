@@ -12,12 +12,11 @@
 //! boot the monarch makes every copy, so the sum of every row's bytes.
 
 use crate::window::{checksum_figures, memcpy_reference, pattern};
-use monarch_boot::events::{Event, EventKind, Summary};
+use monarch_boot::events::{EventKind, Summary};
 use monarch_boot::phased::simulate::{self, Costs, Machine, Prediction};
 use monarch_boot::topology::Topology;
 use monarch_boot::values::fmt_size;
 use serde::Serialize;
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -302,30 +301,7 @@ pub fn boot_once(exe: &Path, topology: &Path, flat: bool, limit: Duration) -> Re
     if flat {
         cmd.arg("--flat");
     }
-    // Its own process group, so that a run that hangs can be stopped whole.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    let out = child.stdout.take().ok_or("no stdout")?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if rx.recv_timeout(limit).is_err() {
-            monarch_drivers::host::signal_group(pid, rustix::process::Signal::KILL);
-        }
-    });
-    let events: Vec<Event> = std::io::BufReader::new(out)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str::<Event>(&l).ok())
-        .collect();
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let _ = tx.send(());
-    let _ = watchdog.join();
+    let (events, status, _) = crate::up::run_up(&mut cmd, limit)?;
     let how = if flat { "flat" } else { "phased" };
     let summary: &Summary = events
         .iter()

@@ -23,5 +23,6 @@ pub mod clusters;
 pub mod failover;
 pub mod netboot;
 pub mod recovery;
+pub mod up;
 pub mod vm;
 pub mod window;

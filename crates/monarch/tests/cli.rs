@@ -807,3 +807,23 @@ fn an_agent_is_not_dumpable_so_its_peers_cannot_reach_its_memory() {
         "the agent (running as uid 65534) is not dumpable: its /proc entries belong to root"
     );
 }
+
+/// `monarch bench up`: the default chassis booted from outside, its wall time beside the copies'
+/// memcpy time in the same run (no time compared: only that each figure was measured and adds up).
+#[test]
+fn bench_up_times_the_default_chassis_beside_its_copies() {
+    let out = monarch(&["bench", "up", "--runs", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["bench"].as_str(), v["chassis"].as_str()), (Some("up"), Some("default")));
+    assert_eq!(v["secondaries"], 5);
+    assert_eq!(v["samples"].as_array().unwrap().len(), 2);
+    let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+    assert!(f("wall_ms") >= f("boot_ms") && f("boot_ms") > 0.0, "{v}");
+    assert!(f("memcpy_gib_s") > 0.0 && f("memcpy_ms") > 0.0, "{v}");
+    assert_eq!(v["image_bytes"], 5 * (30u64 << 20));
+    for p in ["retrieve", "configure", "rendezvous", "copy", "verify", "handoff"] {
+        assert!(v["phases_ms"][p].as_f64().unwrap() >= 0.0, "{p}: {v}");
+    }
+    assert!(v["phases_ms"]["copy"].as_f64().unwrap() > 0.0, "{v}");
+}
