@@ -149,8 +149,8 @@ monarch bench clusters --topology my-clusters.toml"
         long_about = "The main job's wall time, measured from outside: `monarch up --json` (the built-in \
 default chassis, or --topology) runs --runs times, each a child process timed from its start to its \
 exit; prints the median and p90, the boot's own total and what lies outside it (process start, \
-monarch election, stopping the images), and each phase's slowest secondary (retrieve, configure, \
-rendezvous, copy, verify, handoff), medians over the runs. Beside them, the reference measured in \
+monarch election, stopping the images), and each phase's slowest secondary (queued behind a switch, \
+retrieve, configure, rendezvous, copy, verify, handoff), medians over the runs. Beside them, the reference measured in \
 the same run: memcpy into a fresh shared mapping, and what copying every secondary's image at that \
 speed would take, the floor of a delivery through windows.\n\n\
 Examples:\n  monarch bench up\n  monarch bench up --runs 20 --json\n  monarch bench up -t my-chassis.toml"

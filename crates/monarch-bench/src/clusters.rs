@@ -301,7 +301,7 @@ pub fn boot_once(exe: &Path, topology: &Path, flat: bool, limit: Duration) -> Re
     if flat {
         cmd.arg("--flat");
     }
-    let (events, status, _) = crate::up::run_up(&mut cmd, limit)?;
+    let (events, status, _) = crate::run::run_up(&mut cmd, limit)?;
     let how = if flat { "flat" } else { "phased" };
     let summary: &Summary = events
         .iter()

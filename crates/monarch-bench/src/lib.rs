@@ -23,6 +23,7 @@ pub mod clusters;
 pub mod failover;
 pub mod netboot;
 pub mod recovery;
+pub mod run;
 pub mod up;
 pub mod vm;
 pub mod window;

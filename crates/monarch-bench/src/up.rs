@@ -4,8 +4,8 @@
 //! what the copies alone would cost: memcpy of every secondary's image into a fresh shared
 //! mapping, measured in the same run (the floor of any delivery through windows).
 //!
-//! The breakdown, per run: for each phase of the secondaries' boot (retrieve, configure,
-//! rendezvous, copy, verify, handoff) the slowest secondary's time, since the boot waits for
+//! The breakdown, per run: for each phase of the secondaries' boot (queued behind a switch,
+//! retrieve, configure, rendezvous, copy, verify, handoff) the slowest secondary's time, since the boot waits for
 //! the last one; `boot` is the summary's own total (from the boot's start inside `monarch up`
 //! to its summary) and `outside` the rest of the wall time (starting the process, reading the
 //! topology, the monarch election, stopping the images at the end). The figures printed are
@@ -13,19 +13,20 @@
 
 use crate::clusters::{median, pct};
 use crate::window::{memcpy_reference, pattern};
-use monarch_boot::events::{Event, EventKind, Summary};
+use monarch_boot::events::{EventKind, Summary};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::BufRead as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// How long one `monarch up` may take before the bench gives up on it.
 const LIMIT: Duration = Duration::from_secs(120);
 
 /// The phases of a secondary's boot, in order, as the summary's `timings_ms` names them.
-pub const PHASES: [&str; 6] = ["retrieve", "configure", "rendezvous", "copy", "verify", "handoff"];
+/// `queued`: waiting behind the other secondaries on its switch (they are staged one after
+/// another).
+pub const PHASES: [&str; 7] = ["queued", "retrieve", "configure", "rendezvous", "copy", "verify", "handoff"];
 
 /// Options of `monarch bench up`.
 #[derive(Debug, Clone)]
@@ -82,40 +83,6 @@ pub struct UpBench {
     pub samples: Vec<UpRun>,
 }
 
-/// Run a `monarch up --json` command to its end, in its own process group (killed whole if
-/// it outlives `limit`): the events it printed, how it exited, and its wall time in ms.
-pub fn run_up(
-    cmd: &mut Command,
-    limit: Duration,
-) -> Result<(Vec<Event>, std::process::ExitStatus, f64), String> {
-    std::os::unix::process::CommandExt::process_group(cmd, 0);
-    let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cmd.get_program().to_string_lossy()))?;
-    let out = child.stdout.take().ok_or("no stdout")?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if rx.recv_timeout(limit).is_err() {
-            monarch_drivers::host::signal_group(pid, rustix::process::Signal::KILL);
-        }
-    });
-    let events: Vec<Event> = std::io::BufReader::new(out)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str::<Event>(&l).ok())
-        .collect();
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let wall_ms = started.elapsed().as_secs_f64() * 1e3;
-    let _ = tx.send(());
-    let _ = watchdog.join();
-    Ok((events, status, wall_ms))
-}
-
 /// Run `monarch up --json` once, timed from outside.
 fn run_once(opts: &UpOptions) -> Result<(UpRun, Summary), String> {
     let mut cmd = Command::new(&opts.exe);
@@ -123,7 +90,7 @@ fn run_once(opts: &UpOptions) -> Result<(UpRun, Summary), String> {
     if let Some(t) = &opts.topology {
         cmd.arg("--topology").arg(t);
     }
-    let (events, status, wall_ms) = run_up(&mut cmd, LIMIT)?;
+    let (events, status, wall_ms) = crate::run::run_up(&mut cmd, LIMIT)?;
     let summary = events.into_iter().rev().find_map(|e| match e.kind {
         EventKind::Summary(s) => Some(s),
         _ => None,
@@ -138,7 +105,7 @@ fn run_once(opts: &UpOptions) -> Result<(UpRun, Summary), String> {
     for p in secs {
         let t = &p.timings_ms;
         for (name, ms) in
-            PHASES.iter().zip([t.retrieve, t.configure, t.rendezvous, t.copy, t.verify, t.handoff])
+            PHASES.iter().zip([t.queued, t.retrieve, t.configure, t.rendezvous, t.copy, t.verify, t.handoff])
         {
             let slot = phases_ms.entry((*name).to_string()).or_default();
             *slot = slot.max(ms);

@@ -822,7 +822,7 @@ fn bench_up_times_the_default_chassis_beside_its_copies() {
     assert!(f("wall_ms") >= f("boot_ms") && f("boot_ms") > 0.0, "{v}");
     assert!(f("memcpy_gib_s") > 0.0 && f("memcpy_ms") > 0.0, "{v}");
     assert_eq!(v["image_bytes"], 5 * (30u64 << 20));
-    for p in ["retrieve", "configure", "rendezvous", "copy", "verify", "handoff"] {
+    for p in ["queued", "retrieve", "configure", "rendezvous", "copy", "verify", "handoff"] {
         assert!(v["phases_ms"][p].as_f64().unwrap() >= 0.0, "{p}: {v}");
     }
     assert!(v["phases_ms"]["copy"].as_f64().unwrap() > 0.0, "{v}");
