@@ -209,9 +209,12 @@ pub fn fetch(
     let phase = |p: &str| emit(EventKind::Phase { id: id.to_string(), phase: p.into(), attempt: 0 });
     let server = SocketAddr::from((net.address, net.port));
     phase("fetching");
+    // A core that cannot reach its head gives up well before its cluster's barrier is
+    // decided (it started after the barrier's deadline was set), so that its own reason
+    // reaches the monarch before the barrier leaves it out.
     let cfg = FetchConfig {
         interval: REDISCOVER,
-        give_up_after: a.barrier_timeout,
+        give_up_after: a.barrier_timeout / 2,
         max_size: record.kernel_len,
         io_timeout: a.barrier_timeout,
         ..FetchConfig::new(server, derived_mac(id))
