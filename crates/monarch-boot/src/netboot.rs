@@ -420,3 +420,84 @@ fn image_in_root(
     }
     Ok((format!("images/{}", name.to_string_lossy()), Some(canon)))
 }
+
+/// The discovery service on a thread of its own, running a current-thread tokio runtime, for
+/// the synchronous code that serves one image for a while (a network-booted secondary's
+/// monarch, a netbooted cluster's head). Dropping it stops the service and joins the thread,
+/// so its sockets are closed.
+pub struct DiscoveryThread {
+    udp: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DiscoveryThread {
+    /// Bind `cfg` on a thread named `name` and serve until dropped, every event to `sink`;
+    /// `ended` is told how the service ended if it ends by itself. A bind failure reads
+    /// "cannot `what`: why".
+    pub fn start(
+        name: String,
+        what: &str,
+        cfg: DiscoveryConfig,
+        sink: EventSink<monarch_net::discovery::DiscoveryEvent>,
+        ended: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) -> Result<DiscoveryThread, String> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start the boot server's runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let server = match DiscoveryServer::bind(cfg).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(server.local_udp()));
+                    tokio::select! {
+                        r = server.run(sink) => ended(r.map_err(|e| e.to_string())),
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .map_err(|e| format!("cannot start the boot server's thread: {e}"))?;
+        let mut t = DiscoveryThread {
+            udp: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        match ready_rx.recv() {
+            Ok(Ok(udp)) => {
+                t.udp = udp;
+                Ok(t)
+            }
+            Ok(Err(e)) => Err(format!("cannot {what}: {e}")),
+            Err(_) => Err("the boot server's thread died while starting".into()),
+        }
+    }
+
+    /// Where its discovery (UDP) socket is bound.
+    pub fn udp(&self) -> SocketAddr {
+        self.udp
+    }
+}
+
+impl Drop for DiscoveryThread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -17,16 +17,16 @@
 use super::bank::Record;
 use crate::cmdline::CoreArgs;
 use crate::events::EventKind;
+use crate::netboot::DiscoveryThread;
 use crate::topology::{ClusterNet, Clusters, core_id, derived_mac};
 use monarch_net::EventSink;
 use monarch_net::catalog::{Catalog, Machine};
-use monarch_net::discovery::{DiscoveryConfig, DiscoveryEvent, DiscoveryServer, FetchConfig};
+use monarch_net::discovery::{DiscoveryConfig, DiscoveryEvent, FetchConfig};
 use monarch_proto::Algo;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, mpsc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The served copy's name in the head's served folder.
@@ -78,19 +78,14 @@ fn missing_namespaces<'n>(net: &'n ClusterNet, dir: &Path) -> Vec<&'n str> {
 /// A head's boot server for its cluster's cores; stopped (and its served copy removed) when
 /// dropped.
 pub struct Serving {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    server: Option<DiscoveryThread>,
     root: PathBuf,
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // Stopped before its served copy goes.
+        drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
@@ -123,7 +118,7 @@ pub fn start(
             .map_err(|e| format!("cannot clear {}: {e}; remove it", root.display()))?;
     }
     std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
-    let guard = Serving { stop: None, thread: None, root: root.clone() };
+    let mut serving = Serving { server: None, root: root.clone() };
     std::fs::write(root.join(KERNEL), kernel)
         .map_err(|e| format!("cannot write the served kernel in {}: {e}", root.display()))?;
     let machines = (1..=u16::try_from(net.namespaces.len()).unwrap_or(u16::MAX)).map(|lid| {
@@ -139,60 +134,22 @@ pub fn start(
         interface: Some(net.interface.clone()),
         ..DiscoveryConfig::new(udp, tcp, catalog)
     };
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name(format!("serve-c{}", a.cluster))
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("cannot start the boot server's runtime: {e}")));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let server = match DiscoveryServer::bind(cfg).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let sink: EventSink<DiscoveryEvent> = Arc::new(move |e| match e {
-                    DiscoveryEvent::Sent { peer, bytes, millis, .. } => emit(EventKind::Served {
-                        id: head.clone(),
-                        to: peer.ip().to_string(),
-                        bytes,
-                        ms: millis as f64,
-                    }),
-                    DiscoveryEvent::Refused { .. }
-                    | DiscoveryEvent::Dropped { .. }
-                    | DiscoveryEvent::Failed { .. } => {
-                        eprintln!("monarch core {head}: boot server: {}", serde_json::json!(e));
-                    }
-                    _ => {}
-                });
-                tokio::select! {
-                    r = server.run(sink) => {
-                        if let Err(e) = r {
-                            eprintln!("monarch core: the boot server stopped: {e}");
-                        }
-                    }
-                    _ = stopped => {}
-                }
-            });
-        })
-        .map_err(|e| format!("cannot start the boot server's thread: {e}"))?;
-    let mut serving = guard;
-    serving.stop = Some(stop);
-    serving.thread = Some(thread);
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(Some(serving)),
-        Ok(Err(e)) => Err(format!("cannot serve its cluster's cores on {} ({udp}): {e}", net.interface)),
-        Err(_) => Err("the boot server's thread died while starting".into()),
-    }
+    let sink: EventSink<DiscoveryEvent> = Arc::new(move |e| match e {
+        DiscoveryEvent::Sent { peer, bytes, millis, .. } => {
+            emit(EventKind::Served { id: head.clone(), to: peer.ip().to_string(), bytes, ms: millis as f64 })
+        }
+        DiscoveryEvent::Refused { .. } | DiscoveryEvent::Dropped { .. } | DiscoveryEvent::Failed { .. } => {
+            eprintln!("monarch core {head}: boot server: {}", serde_json::json!(e));
+        }
+        _ => {}
+    });
+    let what = format!("serve its cluster's cores on {} ({udp})", net.interface);
+    serving.server = Some(DiscoveryThread::start(format!("serve-c{}", a.cluster), &what, cfg, sink, |r| {
+        if let Err(e) = r {
+            eprintln!("monarch core: the boot server stopped: {e}");
+        }
+    })?);
+    Ok(Some(serving))
 }
 
 /// A core of a cluster booted over the network: its kernel, fetched from its head and checked

@@ -33,11 +33,12 @@ use super::context::{StageCtx, Staged, announce_done, log_tail, ms, port_path, r
 use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::handoff::Handoff;
 use crate::image;
+use crate::netboot::DiscoveryThread;
 use crate::payload::NETBOOT_MARKER;
 use crate::topology::{ImageSource, NetbootSpec, Secondary};
 use monarch_net::EventSink;
 use monarch_net::catalog::{Catalog, Machine};
-use monarch_net::discovery::{DiscoveryConfig, DiscoveryEvent, DiscoveryServer};
+use monarch_net::discovery::{DiscoveryConfig, DiscoveryEvent};
 use monarch_proto::Algo;
 use monarch_proto::checksum::Digest;
 use monarch_proto::mac::Mac;
@@ -49,7 +50,6 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, mpsc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Longest line read from the agent's standard output; longer lines arrive in pieces. The
@@ -116,7 +116,7 @@ struct NetStage<'a, 'c> {
     unsigned: Option<(u64, Digest)>,
     report: Option<String>,
     child: Option<Child>,
-    server: Option<Server>,
+    server: Option<DiscoveryThread>,
     /// The served root: `RUN_DIR/ID.netboot/` with the image in it.
     root: PathBuf,
     /// The agent's standard error.
@@ -165,8 +165,8 @@ impl<'a, 'c> NetStage<'a, 'c> {
             [(self.nb.mac, Machine { name: Some(sec.id.clone()), image: Some(name), ..Machine::default() })],
         )
         .map_err(|e| format!("cannot serve the image: {e}"))?;
-        let server = Server::start(&sec.id, catalog, sec.algo, tx.clone())?;
-        let udp = server.udp;
+        let server = start_server(&sec.id, catalog, sec.algo, tx.clone())?;
+        let udp = server.udp();
         self.server = Some(server);
         let (prime_from, offer) = prime(udp, self.nb.mac, sec.timeouts.rendezvous)?;
         self.check_offer(&offer)?;
@@ -569,74 +569,30 @@ fn doing(step: Step) -> &'static str {
     }
 }
 
-/// This secondary's discovery service: a thread running a current-thread tokio runtime.
-/// Dropping it stops the service and joins the thread, so its sockets are closed.
-struct Server {
-    udp: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(id: &str, catalog: Catalog, algo: Algo, tx: mpsc::Sender<Msg>) -> Result<Server, String> {
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<SocketAddr, String>>();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let lo = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let thread = std::thread::Builder::new()
-            .name(format!("netboot-srv-{id}"))
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("cannot start the boot server's runtime: {e}")));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let cfg = DiscoveryConfig { algo, ..DiscoveryConfig::new(lo, lo, catalog) };
-                    let server = match DiscoveryServer::bind(cfg).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e.to_string()));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(server.local_udp()));
-                    let events = tx.clone();
-                    let sink: EventSink<DiscoveryEvent> = Arc::new(move |e| {
-                        let _ = events.send(Msg::Server(e));
-                    });
-                    tokio::select! {
-                        r = server.run(sink) => {
-                            let why = r.err().map_or_else(|| "it ended".to_string(), |e| e.to_string());
-                            let _ = tx.send(Msg::ServerDown(why));
-                        }
-                        _ = stopped => {}
-                    }
-                });
-            })
-            .map_err(|e| format!("cannot start the boot server's thread: {e}"))?;
-        let mut server = Server { udp: lo, stop: Some(stop), thread: Some(thread) };
-        match ready_rx.recv() {
-            Ok(Ok(udp)) => {
-                server.udp = udp;
-                Ok(server)
-            }
-            Ok(Err(e)) => Err(format!("cannot start the boot server on 127.0.0.1: {e}")),
-            Err(_) => Err("the boot server's thread died while starting".into()),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// This secondary's discovery service on loopback, its events to `tx` (and `ServerDown`
+/// if it ends by itself).
+fn start_server(
+    id: &str,
+    catalog: Catalog,
+    algo: Algo,
+    tx: mpsc::Sender<Msg>,
+) -> Result<DiscoveryThread, String> {
+    let lo = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let cfg = DiscoveryConfig { algo, ..DiscoveryConfig::new(lo, lo, catalog) };
+    let events = tx.clone();
+    let sink: EventSink<DiscoveryEvent> = Arc::new(move |e| {
+        let _ = events.send(Msg::Server(e));
+    });
+    DiscoveryThread::start(
+        format!("netboot-srv-{id}"),
+        "start the boot server on 127.0.0.1",
+        cfg,
+        sink,
+        move |r| {
+            let why = r.err().unwrap_or_else(|| "it ended".to_string());
+            let _ = tx.send(Msg::ServerDown(why));
+        },
+    )
 }
 
 /// The monarch's own DISCOVER for `mac`: the server's OFFER (after it hashed the image) and
@@ -747,8 +703,8 @@ mod tests {
         let m = Machine { image: Some("a.img".into()), ..Machine::default() };
         let catalog = Catalog::from_parts(dir.path(), None, [(mac, m)]).unwrap();
         let (tx, rx) = mpsc::channel();
-        let server = Server::start("t", catalog, Algo::Crc32c, tx).unwrap();
-        let (from, offer) = prime(server.udp, mac, Duration::from_secs(20)).unwrap();
+        let server = start_server("t", catalog, Algo::Crc32c, tx).unwrap();
+        let (from, offer) = prime(server.udp(), mac, Duration::from_secs(20)).unwrap();
         assert_eq!((offer.size, offer.algo), (13, Algo::Crc32c));
         assert_eq!(offer.digest, Algo::Crc32c.digest(b"hello netboot"));
         let offered = rx.iter().find_map(|m| match m {
@@ -758,9 +714,9 @@ mod tests {
         assert_eq!(offered, Some(from));
         // A MAC the catalog does not know gets no answer.
         let e =
-            prime(server.udp, Mac::new([0x52, 0x54, 0, 9, 9, 9]), Duration::from_millis(300)).unwrap_err();
+            prime(server.udp(), Mac::new([0x52, 0x54, 0, 9, 9, 9]), Duration::from_millis(300)).unwrap_err();
         assert!(e.contains("did not answer"), "{e}");
-        let udp = server.udp;
+        let udp = server.udp();
         drop(server);
         // The port is free again: the service is gone.
         UdpSocket::bind(udp).unwrap();
