@@ -297,6 +297,9 @@ impl<'a, 'c> Stage<'a, 'c> {
                 self.resumed = Some(format!("adopted verified attempt {} (not staged again)", p.attempt()));
                 self.attempts = p.attempt();
                 self.foreign_agent = true;
+                // Found handing off: the agent's lock went with its exec of the image, which
+                // has not said RUNNING yet. A free lock is that, not a dead agent.
+                self.handing_off = matches!(found, Some((_, msg::Status::HandingOff { .. })));
                 self.phase("adopted", p.attempt());
                 self.handshake(released, Some((p, actions, status_seq)))
             }
