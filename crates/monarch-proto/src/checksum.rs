@@ -154,7 +154,7 @@ impl Hasher {
             Hasher::Crc32c(c) => {
                 let mut b = [0u8; 4];
                 b.copy_from_slice(&digest_of_data.0[..4]);
-                *c = crc32c::crc32c_combine(*c, u32::from_le_bytes(b), data.len());
+                *c = crc32c_combine(*c, u32::from_le_bytes(b), data.len() as u64);
             }
             _ => self.update(data),
         }
@@ -170,6 +170,62 @@ impl Hasher {
         }
         Digest(d)
     }
+}
+
+/// The reflected CRC-32C (Castagnoli) polynomial.
+const CASTAGNOLI: u32 = 0x82F6_3B78;
+
+/// `a * b mod P` over GF(2), both operands in the reflected representation (bit 31 is x^0).
+const fn mult_mod_p(a: u32, mut b: u32) -> u32 {
+    let mut m = 1u32 << 31;
+    let mut p = 0u32;
+    loop {
+        if a & m != 0 {
+            p ^= b;
+            if a & (m - 1) == 0 {
+                return p;
+            }
+        }
+        m >>= 1;
+        b = if b & 1 != 0 { (b >> 1) ^ CASTAGNOLI } else { b >> 1 };
+    }
+}
+
+/// `x^(2^k) mod P` for k = 0..32, built at compile time.
+const X2N: [u32; 32] = {
+    let mut t = [0u32; 32];
+    let mut p = 1u32 << 30; // x^1
+    let mut k = 0;
+    while k < 32 {
+        t[k] = p;
+        p = mult_mod_p(p, p);
+        k += 1;
+    }
+    t
+};
+
+/// `x^(8 * len) mod P`: the operator that shifts a CRC past `len` bytes.
+fn x8n_mod_p(mut len: u64) -> u32 {
+    let mut p = 1u32 << 31; // x^0
+    let mut k = 3; // a byte is 2^3 bits
+    while len != 0 {
+        if len & 1 != 0 {
+            p = mult_mod_p(X2N[k & 31], p);
+        }
+        len >>= 1;
+        k += 1;
+    }
+    p
+}
+
+/// CRC-32C of `A ‖ B` from `crc32c(A)`, `crc32c(B)` and the length of `B`, with one
+/// polynomial product (the pre- and post-conditioning cancel, as in zlib's
+/// `crc32_combine`). The `crc32c` crate's own combine builds its shift operator from
+/// matrices on every call, which costs more than checksumming a 256 KiB chunk in cache (13 µs
+/// against 9 µs here): the per-chunk combine of a streamed image would cost as much as the
+/// checksum itself.
+pub fn crc32c_combine(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
+    mult_mod_p(x8n_mod_p(len_b), crc_a) ^ crc_b
 }
 
 #[cfg(test)]
@@ -228,5 +284,30 @@ mod tests {
             let d = Digest(bytes);
             prop_assert_eq!(Digest::from_words(d.words()), d);
         }
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_combine_agrees_with_checksumming_the_concatenation(
+            a in proptest::collection::vec(any::<u8>(), 0..3000),
+            b in proptest::collection::vec(any::<u8>(), 0..3000),
+        ) {
+            let whole: Vec<u8> = a.iter().chain(&b).copied().collect();
+            let combined = crc32c_combine(crc32c::crc32c(&a), crc32c::crc32c(&b), b.len() as u64);
+            prop_assert_eq!(combined, crc32c::crc32c(&whole));
+            prop_assert_eq!(combined, crc32c::crc32c_combine(crc32c::crc32c(&a), crc32c::crc32c(&b), b.len()));
+        }
+    }
+
+    #[test]
+    fn the_fast_combine_handles_long_runs() {
+        let a = b"monarch".as_slice();
+        let zeros = vec![0u8; (1 << 20) + 13];
+        let mut whole = a.to_vec();
+        whole.extend_from_slice(&zeros);
+        assert_eq!(
+            crc32c_combine(crc32c::crc32c(a), crc32c::crc32c(&zeros), zeros.len() as u64),
+            crc32c::crc32c(&whole)
+        );
     }
 }
