@@ -11,7 +11,7 @@ use crate::builtin::truncate;
 pub use crate::builtin::{BANNER_MAX, TRAILER_LEN, TRAILER_MAGIC, payload_len, payload_program, read_banner};
 use crate::topology::ImageSource;
 use crate::values::fmt_size;
-use monarch_drivers::{Window, WindowError};
+use monarch_drivers::{SourceFile, Window, WindowError};
 use monarch_proto::checksum::Hasher;
 use monarch_proto::{Algo, Digest};
 use std::fs::File;
@@ -62,9 +62,14 @@ pub const IN_MEMORY_MAX: u64 = 256 << 20;
 pub enum ImageData {
     /// In the monarch's memory (built images).
     Memory(Vec<u8>),
-    /// In a file, read chunk by chunk as it is copied (the monarch's memory stays bounded
-    /// by the chunk, not the image).
-    File(File),
+    /// In a file, mapped read-only and copied from the page cache chunk by chunk (the
+    /// monarch holds no private copy of it).
+    File {
+        /// The open file (read again to tell whether it changed).
+        file: File,
+        /// Its mapping, which copies read.
+        map: SourceFile,
+    },
 }
 
 /// A retrieved image: its size, retrieved checksum and per-chunk manifest.
@@ -99,7 +104,7 @@ impl Image {
         len: u64,
     ) -> Result<(), WindowError> {
         match &self.data {
-            ImageData::File(f) => w.fill_from_file(window_offset, f, image_offset, len),
+            ImageData::File { map, .. } => w.copy_from_source(window_offset, map, image_offset, len),
             ImageData::Memory(b) => {
                 let (start, end) = (idx(image_offset), idx(image_offset + len));
                 w.write_data(window_offset, &b[start.min(b.len())..end.min(b.len())])
@@ -111,7 +116,7 @@ impl Image {
     /// retrieval took. Only a file image can change under the monarch (someone else writes
     /// it during the boot); one in memory cannot.
     pub fn chunk_unchanged(&self, k: u64, offset: u64, len: u64) -> std::io::Result<bool> {
-        let ImageData::File(_) = &self.data else { return Ok(true) };
+        let ImageData::File { .. } = &self.data else { return Ok(true) };
         let Some(want) = usize::try_from(k).ok().and_then(|k| self.manifest.get(k)) else { return Ok(true) };
         let mut buf = vec![0u8; idx(len)];
         self.read_at(offset, &mut buf)?;
@@ -121,7 +126,7 @@ impl Image {
     /// Whether the whole image still has the checksum retrieval took (a file image is read
     /// again; one in memory cannot have changed).
     pub fn unchanged(&self) -> std::io::Result<bool> {
-        let ImageData::File(f) = &self.data else { return Ok(true) };
+        let ImageData::File { file: f, .. } = &self.data else { return Ok(true) };
         let mut digests = Digests::new(self.algo, self.chunk_size);
         digests.absorb_file(f, self.len)?;
         Ok(f.metadata()?.len() == self.len && digests.finish().0 == self.digest)
@@ -150,7 +155,7 @@ impl Image {
     /// Read `buf.len()` bytes at `image_offset` into `buf`.
     pub fn read_at(&self, image_offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         match &self.data {
-            ImageData::File(f) => f.read_exact_at(buf, image_offset),
+            ImageData::File { file, .. } => file.read_exact_at(buf, image_offset),
             ImageData::Memory(b) => {
                 let start = idx(image_offset);
                 let src = b.get(start..start + buf.len()).ok_or(std::io::ErrorKind::UnexpectedEof)?;
@@ -266,10 +271,14 @@ pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Ima
                 digests.absorb_all(&b);
                 (ImageData::Memory(b), len)
             } else {
-                // Larger images stay in their file and are read chunk by chunk: the
-                // monarch's memory is bounded by the chunk, not the image.
+                // Larger images stay in their file, mapped: copies read the page cache,
+                // and the monarch's own memory does not grow with the image.
                 digests.absorb_file(&f, len).map_err(read_err)?;
-                (ImageData::File(f), len)
+                let map = SourceFile::map(&f, path, len).map_err(|e| ImageError::Read {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                (ImageData::File { file: f, map }, len)
             }
         }
         ImageSource::Builtin { size, banner } => {

@@ -2,10 +2,21 @@
 //! waits on. Where both sides share a kernel the wait is a futex (shared, not private: the
 //! word lives in a shared mapping); otherwise bounded polling with backoff. Every wait has a
 //! timeout; a spurious or early return is harmless because callers re-read the message.
+//!
+//! The count is the word's low 31 bits. Bit 31 says that a futex waiter sleeps on the word:
+//! a waiter sets it before it sleeps, and a ring clears it and makes the `futex` wake call
+//! only when it was set. A streamed image rings once per chunk on each side; most of those
+//! rings find the peer busy copying, and a wake call is a system call each (measured in
+//! `docs/performance.md`).
 
 use rustix::thread::futex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+/// A counting doorbell's count: its low 31 bits.
+const COUNT: u32 = 0x7FFF_FFFF;
+/// A counting doorbell's sleeper bit: a futex waiter sleeps on the word.
+const SLEEPER: u32 = 1 << 31;
 
 /// How to wait for a doorbell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +37,58 @@ impl Doorbell {
         Doorbell::Futex
     }
 
-    /// Wake every waiter on `word` (after it was incremented).
+    /// Ring a counting doorbell: add one to its count (and clear the sleeper bit), and wake
+    /// its waiters only if one said it sleeps.
+    pub fn ring(self, word: &AtomicU32) {
+        let old = word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some((v & COUNT).wrapping_add(1) & COUNT))
+            .unwrap_or_else(|v| v);
+        if old & SLEEPER != 0 {
+            self.wake(word);
+        }
+    }
+
+    /// The count of a counting doorbell (the sleeper bit left out).
+    pub fn count(word: &AtomicU32) -> u32 {
+        word.load(Ordering::Acquire) & COUNT
+    }
+
+    /// Wait until a counting doorbell's count differs from `seen` (a value [`Self::count`]
+    /// returned), at most `timeout`. True if it rang. A futex waiter sets the sleeper bit
+    /// before it sleeps, so that [`Self::ring`] knows to wake it.
+    pub fn wait_rung(self, word: &AtomicU32, seen: u32, timeout: Duration) -> bool {
+        if self != Doorbell::Futex {
+            return self.wait_until(word, timeout, |v| v & COUNT != seen);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = word.load(Ordering::Acquire);
+            if v & COUNT != seen {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let asleep = v | SLEEPER;
+            // A ring between the load and here fails the exchange: look again.
+            if v & SLEEPER == 0
+                && word.compare_exchange(v, asleep, Ordering::AcqRel, Ordering::Acquire).is_err()
+            {
+                continue;
+            }
+            let left = deadline - now;
+            let ts = rustix::time::Timespec {
+                tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+                tv_nsec: left.subsec_nanos().into(),
+            };
+            // A ring after the exchange changes the word: the futex then does not sleep
+            // (EAGAIN), or the ring, seeing the sleeper bit, wakes it.
+            let _ = futex::wait(word, futex::Flags::empty(), asleep, Some(&ts));
+        }
+    }
+
+    /// Wake every waiter on `word` (after it was changed).
     pub fn wake(self, word: &AtomicU32) {
         if self == Doorbell::Futex {
             // An error here (ENOSYS on an exotic kernel) only costs the waiter its timeout
@@ -35,12 +97,20 @@ impl Doorbell {
         }
     }
 
-    /// Wait until `word != seen`, at most `timeout`. True if it changed.
+    /// Wait until `word != seen`, at most `timeout`. True if it changed. (A word that is
+    /// not a counting doorbell: the waker calls [`Self::wake`] every time.)
     pub fn wait(self, word: &AtomicU32, seen: u32, timeout: Duration) -> bool {
+        self.wait_until(word, timeout, |v| v != seen)
+    }
+
+    /// Wait until `changed(word)`, at most `timeout`; a futex wait sleeps while the word
+    /// keeps the value it had when it was last looked at.
+    fn wait_until(self, word: &AtomicU32, timeout: Duration, changed: impl Fn(u32) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut sleep = Duration::from_micros(20);
         loop {
-            if word.load(Ordering::Acquire) != seen {
+            let seen = word.load(Ordering::Acquire);
+            if changed(seen) {
                 return true;
             }
             let now = Instant::now();
@@ -86,5 +156,41 @@ mod tests {
             assert!(bell.wait(&w, 0, Duration::from_secs(30)));
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_ring_wakes_a_sleeper_and_no_ring_is_lost() {
+        for bell in [Doorbell::Futex, Doorbell::Poll { max_sleep: Duration::from_millis(1) }] {
+            let w = Arc::new(AtomicU32::new(0));
+            // Nobody sleeps: the ring only counts.
+            bell.ring(&w);
+            assert_eq!(w.load(Ordering::Acquire), 1);
+            assert!(!bell.wait_rung(&w, 1, Duration::from_millis(5)));
+            if bell == Doorbell::Futex {
+                assert_eq!(w.load(Ordering::Acquire), 1 | SLEEPER, "a futex waiter says it sleeps");
+            }
+            assert_eq!(Doorbell::count(&w), 1, "the sleeper bit is not part of the count");
+            // Many rings from another thread, each awaited: none is lost, none sleeps forever.
+            let w2 = Arc::clone(&w);
+            let t = std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    bell.ring(&w2);
+                }
+            });
+            let mut seen = Doorbell::count(&w);
+            while seen != 2001 {
+                assert!(bell.wait_rung(&w, seen, Duration::from_secs(30)), "a ring was lost at {seen}");
+                seen = Doorbell::count(&w);
+            }
+            t.join().unwrap();
+            assert_eq!(w.load(Ordering::Acquire) & SLEEPER, 0, "the last ring cleared the sleeper bit");
+        }
+    }
+
+    #[test]
+    fn the_count_wraps_within_its_bits() {
+        let w = AtomicU32::new(COUNT | SLEEPER);
+        Doorbell::Poll { max_sleep: Duration::from_millis(1) }.ring(&w);
+        assert_eq!(w.load(Ordering::Acquire), 0);
     }
 }

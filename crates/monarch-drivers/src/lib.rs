@@ -28,4 +28,4 @@ pub mod memimage;
 pub mod window;
 
 pub use doorbell::Doorbell;
-pub use window::{MemWindow, Poll, Window, WindowError, WindowMemory};
+pub use window::{MemWindow, Poll, SourceFile, Window, WindowError, WindowMemory};

@@ -51,6 +51,10 @@
 //! to read(2) an image straight into the data area. That copy happens inside the system call,
 //! before the Release store that publishes the image, like a device's DMA.
 //!
+//! A large image file is read the same way: [`SourceFile`] maps it read-only, guarded, and
+//! copies from it into a window are Relaxed loads and stores of words, because whoever owns
+//! the file may write it meanwhile.
+//!
 //! What the copies cost next to memcpy is measured by the `hot_paths` bench.
 
 mod error;
@@ -60,6 +64,7 @@ mod memory;
 mod mmap;
 mod poll;
 mod shared;
+mod source;
 
 pub use error::WindowError;
 pub use heap::MemWindow;
@@ -67,6 +72,7 @@ pub use memory::{CHUNK, WindowMemory};
 pub use mmap::{Existing, Window, existing};
 pub use poll::Poll;
 pub use shared::SharedBytes;
+pub use source::SourceFile;
 
 /// Which kind of doorbell wait a window uses.
 pub use crate::doorbell::Doorbell as DoorbellKind;

@@ -959,7 +959,7 @@ fn check_signature(sec: &Secondary, image: &Image) -> Result<Option<Vec<u8>>, St
     }
     let held = match &image.data {
         image::ImageData::Memory(b) => monarch_proto::sign::ImageDigest::of(b),
-        image::ImageData::File(_) => signing::digest_file(path).map_err(|e| e.to_string())?,
+        image::ImageData::File { .. } => signing::digest_file(path).map_err(|e| e.to_string())?,
     };
     signing::check_image(&sec.signing.trust, path, &held).map_err(|e| e.to_string())
 }

@@ -139,19 +139,17 @@ pub trait WindowMemory {
 
     /// Ring a doorbell: increment it and wake whoever waits on it.
     fn ring(&self, bell: Reg) {
-        let w = reg32(self.memory(), bell);
-        w.fetch_add(1, Ordering::AcqRel);
-        self.doorbell().wake(w);
+        self.doorbell().ring(reg32(self.memory(), bell));
     }
 
     /// Current value of a doorbell (take it *before* reading the message it guards).
     fn bell_value(&self, bell: Reg) -> u32 {
-        reg32(self.memory(), bell).load(Ordering::Acquire)
+        crate::doorbell::Doorbell::count(reg32(self.memory(), bell))
     }
 
     /// Wait until the doorbell differs from `seen`, at most `timeout`. True if it rang.
     fn wait_bell(&self, bell: Reg, seen: u32, timeout: Duration) -> bool {
-        self.doorbell().wait(reg32(self.memory(), bell), seen, timeout)
+        self.doorbell().wait_rung(reg32(self.memory(), bell), seen, timeout)
     }
 
     /// Read a message block seqlock-style: publication word, payload, publication word.
@@ -278,6 +276,21 @@ pub trait WindowMemory {
         Ok(h.finish())
     }
 
+    /// Copy `len` bytes at `src_offset` of a mapped image file into the data area at
+    /// `offset`, word by word (see [`SourceFile`](super::source::SourceFile)).
+    fn copy_from_source(
+        &self,
+        offset: u64,
+        src: &super::source::SourceFile,
+        src_offset: u64,
+        len: u64,
+    ) -> Result<(), WindowError> {
+        let at = data_at(self, offset, len)?;
+        let from = src.range(src_offset, len)?;
+        self.memory().copy_from(at, &src.bytes(), from, idx(len));
+        Ok(())
+    }
+
     /// Copy `dst.len()` bytes at `offset` into `dst` while checksumming what was copied (the
     /// copy, not the window: the digest is of exactly the bytes `dst` ends up holding).
     fn copy_out_digest(
@@ -287,7 +300,25 @@ pub trait WindowMemory {
         algo: Algo,
         mut progress: impl FnMut(u64),
     ) -> Result<Digest, WindowError> {
-        data_at(self, offset, dst.len() as u64)?;
+        let at = data_at(self, offset, dst.len() as u64)?;
+        if algo == Algo::Crc32c {
+            // One pass (load, checksum, store each word) where the CPU allows it: pieces of
+            // three chunks, each taken as three lockstep chains.
+            let mut crc = 0u32;
+            let mut done = 0usize;
+            for piece in dst.chunks_mut(3 * CHUNK) {
+                let n = piece.len();
+                let Some(c) = self.memory().read_crc32c(at + done, piece) else { break };
+                crc = monarch_proto::checksum::crc32c_combine(crc, c, n as u64);
+                done += n;
+                progress(done as u64);
+            }
+            if done == dst.len() {
+                let mut d = [0u8; 32];
+                d[..4].copy_from_slice(&crc.to_le_bytes());
+                return Ok(Digest(d));
+            }
+        }
         let mut h = Hasher::new(algo);
         let mut done = 0usize;
         for chunk in dst.chunks_mut(CHUNK) {

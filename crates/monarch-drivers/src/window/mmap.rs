@@ -355,6 +355,18 @@ impl Window {
         WindowMemory::fill_from_file(self, offset, file, file_offset, len)
     }
 
+    /// [`WindowMemory::copy_from_source`]: copy part of a mapped image file into the data
+    /// area.
+    pub fn copy_from_source(
+        &self,
+        offset: u64,
+        src: &super::source::SourceFile,
+        src_offset: u64,
+        len: u64,
+    ) -> Result<(), WindowError> {
+        WindowMemory::copy_from_source(self, offset, src, src_offset, len)
+    }
+
     /// [`WindowMemory::read_data`]: copy part of the data area into `dst`.
     pub fn read_data(&self, offset: u64, dst: &mut [u8]) -> Result<(), WindowError> {
         WindowMemory::read_data(self, offset, dst)

@@ -10,6 +10,7 @@
 //! ordering between the data and the message that announces it comes from the registers'
 //! Release stores and Acquire loads (see the `window` module).
 
+use monarch_proto::checksum::crc32c_combine;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -176,6 +177,117 @@ impl<'a> SharedBytes<'a> {
     }
 }
 
+/// CRC-32C's update of three streams of words in lockstep, each word stored to its
+/// destination as it goes: the copy and the checksum in one pass, and three independent
+/// `crc32` chains so the instruction's latency is hidden. `s[0]`/`d0` and `s[1]`/`d1` have
+/// the same length; `s[2]`/`d2` at least as long. Returns the three CRC-32Cs.
+///
+/// # Safety
+///
+/// The CPU has SSE 4.2 (checked by the caller).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn copy_crc32c_3(s: [&[AtomicU64]; 3], d0: &mut [u8], d1: &mut [u8], d2: &mut [u8]) -> [u32; 3] {
+    use std::arch::x86_64::_mm_crc32_u64;
+    let mut c = [u64::from(u32::MAX); 3];
+    let n = s[0].len();
+    let mut o2 = d2.chunks_exact_mut(WORD);
+    let lockstep =
+        s[0].iter().zip(s[1]).zip(&s[2][..n]).zip(d0.chunks_exact_mut(WORD)).zip(d1.chunks_exact_mut(WORD));
+    for ((((w0, w1), w2), b0), b1) in lockstep {
+        let (v0, v1, v2) =
+            (w0.load(Ordering::Relaxed), w1.load(Ordering::Relaxed), w2.load(Ordering::Relaxed));
+        c[0] = _mm_crc32_u64(c[0], v0);
+        c[1] = _mm_crc32_u64(c[1], v1);
+        c[2] = _mm_crc32_u64(c[2], v2);
+        b0.copy_from_slice(&v0.to_ne_bytes());
+        b1.copy_from_slice(&v1.to_ne_bytes());
+        if let Some(b2) = o2.next() {
+            b2.copy_from_slice(&v2.to_ne_bytes());
+        }
+    }
+    for (w2, b2) in s[2][n..].iter().zip(o2) {
+        let v2 = w2.load(Ordering::Relaxed);
+        c[2] = _mm_crc32_u64(c[2], v2);
+        b2.copy_from_slice(&v2.to_ne_bytes());
+    }
+    // The chains hold 32-bit values in 64-bit registers: the upper half is always zero.
+    c.map(|x| !u32::try_from(x).unwrap_or(u32::MAX))
+}
+
+impl SharedBytes<'_> {
+    /// Copy `len` bytes at `src_at` of `src` to `at` here: a Relaxed load and a Relaxed
+    /// store per word when both ends start on a word, through a small bounce buffer
+    /// otherwise. Panics when out of bounds (callers check and report first).
+    pub(crate) fn copy_from(&self, at: usize, src: &SharedBytes<'_>, src_at: usize, len: usize) {
+        self.check(at, len);
+        src.check(src_at, len);
+        let words = len / WORD;
+        if at % WORD == 0 && src_at % WORD == 0 {
+            let from = src.words(src_at / WORD, words);
+            for (to, word) in self.words(at / WORD, words).iter().zip(from) {
+                to.store(word.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            let done = words * WORD;
+            let mut tail = [0u8; WORD];
+            let tail = &mut tail[..len - done];
+            src.read(src_at + done, tail);
+            self.write(at + done, tail);
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len());
+            src.read(src_at + done, &mut buf[..n]);
+            self.write(at + done, &buf[..n]);
+            done += n;
+        }
+    }
+
+    /// Copy bytes `at..at + dst.len()` into `dst` and return the CRC-32C of what was copied,
+    /// in one pass: each word is loaded once (Relaxed), checksummed and stored. `None` when
+    /// this CPU or range cannot take the fast path (no SSE 4.2, a start off a word boundary,
+    /// or fewer than three words): the caller copies, then checksums the copy.
+    pub(crate) fn read_crc32c(&self, at: usize, dst: &mut [u8]) -> Option<u32> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let words = dst.len() / WORD;
+            if at % WORD != 0 || words < 3 || !std::arch::is_x86_feature_detected!("sse4.2") {
+                return None;
+            }
+            self.check(at, dst.len());
+            let third = words / 3;
+            let src = self.words(at / WORD, words);
+            let (s0, rest) = src.split_at(third);
+            let (s1, s2) = rest.split_at(third);
+            let (body, tail) = dst.split_at_mut(words * WORD);
+            let (d0, rest) = body.split_at_mut(third * WORD);
+            let (d1, d2) = rest.split_at_mut(third * WORD);
+            // SAFETY: SSE 4.2 is present (detected just above).
+            let [c0, c1, c2] = unsafe { copy_crc32c_3([s0, s1, s2], d0, d1, d2) };
+            let part = (third * WORD) as u64;
+            let mut crc =
+                crc32c_combine(crc32c_combine(c0, c1, part), c2, ((words - 2 * third) * WORD) as u64);
+            if !tail.is_empty() {
+                self.read(at + words * WORD, tail);
+                let t = monarch_proto::Algo::Crc32c.digest(tail);
+                crc = crc32c_combine(
+                    crc,
+                    u32::from_le_bytes([t.0[0], t.0[1], t.0[2], t.0[3]]),
+                    tail.len() as u64,
+                );
+            }
+            Some(crc)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (at, dst);
+            None
+        }
+    }
+}
+
 /// Put `bytes` into `word` at byte `skip`, leaving its other bytes as they are (even if the
 /// peer changes them meanwhile: compare-and-swap, retried).
 fn merge(word: &AtomicU64, skip: usize, bytes: &[u8]) {
@@ -232,6 +344,47 @@ mod tests {
                 assert_eq!(part, src, "read of {len} at {at}");
             }
         }
+    }
+
+    #[test]
+    fn copies_between_two_memories_carry_exactly_their_bytes_at_every_alignment() {
+        let from = memory(64);
+        let src = view(&from, 64 * WORD);
+        let bytes: Vec<u8> = (0..64 * WORD).map(|i| (i % 251).to_le_bytes()[0]).collect();
+        src.write(0, &bytes);
+        for (at, src_at, len) in [(0, 0, 512), (8, 16, 100), (3, 5, 77), (0, 7, 9), (16, 8, 0), (1, 0, 400)] {
+            let to = memory(64);
+            let dst = view(&to, 64 * WORD);
+            dst.copy_from(at, &src, src_at, len);
+            let mut out = vec![0u8; 64 * WORD];
+            dst.read(0, &mut out);
+            let mut want = vec![0u8; 64 * WORD];
+            want[at..at + len].copy_from_slice(&bytes[src_at..src_at + len]);
+            assert_eq!(out, want, "{len} bytes from {src_at} to {at}");
+        }
+    }
+
+    #[test]
+    fn the_one_pass_copy_and_crc32c_agree_with_a_copy_then_a_checksum() {
+        let mem = memory(600);
+        let v = view(&mem, 600 * WORD);
+        let bytes: Vec<u8> = (0..600 * WORD).map(|i| ((i * 7 + i / 251) % 256).to_le_bytes()[0]).collect();
+        v.write(0, &bytes);
+        for (at, len) in [(0, 4800), (8, 24), (16, 23), (40, 1001), (8 * 17, 3 * 8 * 33 + 5), (0, 17)] {
+            let mut dst = vec![0u8; len];
+            let Some(crc) = v.read_crc32c(at, &mut dst) else {
+                assert!(
+                    len < 24 || !std::arch::is_x86_feature_detected!("sse4.2"),
+                    "no fast path for {at}+{len}"
+                );
+                continue;
+            };
+            assert_eq!(dst, bytes[at..at + len], "copy of {at}+{len}");
+            let want = monarch_proto::Algo::Crc32c.digest(&bytes[at..at + len]);
+            assert_eq!(crc.to_le_bytes(), want.0[..4], "checksum of {at}+{len}");
+        }
+        let mut dst = vec![0u8; 64];
+        assert_eq!(v.read_crc32c(3, &mut dst), None, "a start off a word boundary takes the slow path");
     }
 
     #[test]

@@ -403,3 +403,33 @@ fn a_shrunk_window_is_not_intact_before_any_access_meets_the_gap() {
     let e = w.check_intact().unwrap_err().to_string();
     assert!(e.contains("cut.win") && e.contains("truncated"), "{e}");
 }
+
+/// A mapped image file copies into a window exactly, and one cut short under the copy reads
+/// zeroes past its new end instead of killing the process.
+#[test]
+fn an_image_file_copies_from_its_mapping_and_a_cut_one_reads_zeroes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image.bin");
+    let bytes: Vec<u8> = (0..(3 << 16) + 5).map(|i: u32| (i % 253).to_le_bytes()[0]).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let f = File::open(&path).unwrap();
+    let src = super::SourceFile::map(&f, &path, bytes.len() as u64).unwrap();
+    let w = Window::create(&dir.path().join("w.win"), 1 << 18).unwrap();
+    w.copy_from_source(0, &src, 0, bytes.len() as u64).unwrap();
+    let mut out = vec![0u8; bytes.len()];
+    w.read_data(0, &mut out).unwrap();
+    assert_eq!(out, bytes);
+    // An unaligned piece, and one past the end (refused, naming the file).
+    w.copy_from_source(4096 + 3, &src, 77, 1000).unwrap();
+    let mut piece = vec![0u8; 1000];
+    w.read_data(4096 + 3, &mut piece).unwrap();
+    assert_eq!(piece, bytes[77..1077]);
+    let e = w.copy_from_source(0, &src, bytes.len() as u64 - 4, 8).unwrap_err().to_string();
+    assert!(e.contains("image.bin"), "{e}");
+    // Cut short by someone else: the pages past the new end read as zeroes.
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
+    let mut tail = vec![1u8; 4096];
+    src.read_at(1 << 16, &mut tail).unwrap();
+    assert!(src.vanished(), "the guard saw the cut");
+    assert!(tail.iter().all(|b| *b == 0));
+}
