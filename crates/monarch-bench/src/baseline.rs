@@ -157,6 +157,7 @@ pub fn baseline(
             secondaries: 1,
             window: size.next_multiple_of(1 << 20) + (1 << 20),
             algo: Algo::Crc32c,
+            chunk: None,
             reps,
             agent_exe,
             signed: false,

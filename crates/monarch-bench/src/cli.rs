@@ -308,6 +308,10 @@ pub struct BenchWindowArgs {
     /// Written-checksum algorithm: crc32c, xxh3, blake3.
     #[arg(long, default_value = "crc32c", value_parser = values::parse_algo)]
     checksum: monarch_proto::Algo,
+    /// Chunk size of the streamed delivery (default: the topology's default, 256KiB): try
+    /// sizes around the host's L2 cache to see where the pipeline runs fastest.
+    #[arg(long, value_parser = values::parse_size)]
+    chunk: Option<u64>,
     /// Repetitions of each measurement; the best is reported.
     #[arg(long, default_value_t = 3)]
     reps: u32,
@@ -370,6 +374,7 @@ fn window(a: BenchWindowArgs, exe: &Path) -> Result<(), BenchError> {
         secondaries: a.secondaries.max(1),
         window: a.window.unwrap_or(a.size),
         algo: a.checksum,
+        chunk: a.chunk,
         reps: a.reps.max(1),
         agent_exe,
         signed: a.signed,

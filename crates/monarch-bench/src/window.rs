@@ -32,6 +32,8 @@ pub struct WindowBenchOptions {
     pub window: u64,
     /// Written-checksum algorithm.
     pub algo: Algo,
+    /// Chunk size of the streamed delivery (None: the topology's default).
+    pub chunk: Option<u64>,
     /// Repetitions of each measurement (the best is kept).
     pub reps: u32,
     /// The `monarch` binary, to start agents.
@@ -84,6 +86,8 @@ pub struct WindowBench {
     pub window: u64,
     /// Written-checksum algorithm of the delivery.
     pub algo: String,
+    /// Chunk size of the streamed delivery.
+    pub chunk: u64,
     /// The reference: memcpy into a freshly created shared mapping, one core, GiB/s.
     pub memcpy_gib_s: f64,
     /// The best case: memcpy into a cache-warm shared mapping, one core, GiB/s.
@@ -339,6 +343,7 @@ pub fn window(opts: &WindowBenchOptions, progress: &mut dyn FnMut(&str)) -> Resu
             secondaries: opts.secondaries,
             window: opts.window,
             algo: opts.algo.name().into(),
+            chunk: opts.chunk.unwrap_or(monarch_boot::topology::defaults::CHUNK_SIZE),
             memcpy_gib_s: memcpy,
             memcpy_warm_gib_s: warm,
             plain_memcpy_gib_s: plain,
@@ -361,10 +366,11 @@ pub fn deliver_once(opts: &WindowBenchOptions, dir: &Path, image: &Path) -> Resu
 fn deliver(opts: &WindowBenchOptions, dir: &Path, image: &Path, signed: bool) -> Result<(f64, f64), String> {
     let mut text = format!(
         "[chassis]\nname = \"bench\"\nrun_dir = \"{}\"\n{}[defaults]\nhandoff = \"none\"\nchecksum = \"{}\"\nattempts = 1\n\
-         [[processor]]\nid = \"mm\"\nrole = \"monarch\"\n",
+         {}[[processor]]\nid = \"mm\"\nrole = \"monarch\"\n",
         dir.join("run").display(),
         if signed { "trust = [\"bench.pub\"]\nsignature = \"required\"\n" } else { "" },
-        opts.algo.name()
+        opts.algo.name(),
+        opts.chunk.map(|c| format!("chunk_size = {c}\n")).unwrap_or_default()
     );
     for i in 0..opts.secondaries {
         text.push_str(&format!(
@@ -413,11 +419,12 @@ fn deliver(opts: &WindowBenchOptions, dir: &Path, image: &Path, signed: bool) ->
 /// `monarch bench window` for people.
 pub fn render(r: &WindowBench) -> String {
     let mut out = format!(
-        "\nmonarch bench window: {} image, {} secondar{}, {} window, {}\n\n",
+        "\nmonarch bench window: {} image, {} secondar{}, {} window, {} chunks, {}\n\n",
         fmt_size(r.size),
         r.secondaries,
         if r.secondaries == 1 { "y" } else { "ies" },
         fmt_size(r.window),
+        fmt_size(r.chunk),
         r.algo
     );
     out.push_str(&format!(

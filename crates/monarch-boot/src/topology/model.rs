@@ -537,7 +537,7 @@ pub mod defaults {
     /// The agent's wait for each command.
     pub const AGENT: Duration = Duration::from_secs(30);
     /// Push: chunk size.
-    pub const CHUNK_SIZE: u64 = 1 << 20;
+    pub const CHUNK_SIZE: u64 = 256 << 10;
     /// A VM secondary's timeouts are the defaults times this (it boots a kernel under
     /// emulation before its agent answers, and another one after the handoff).
     pub const VM_SLOWDOWN: u32 = 6;
