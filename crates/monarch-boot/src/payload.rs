@@ -33,18 +33,51 @@ pub enum PayloadError {
     Report(String),
 }
 
+/// What the payload knows of its own bytes.
+struct OwnImage {
+    /// Length in bytes.
+    len: u64,
+    /// CRC-32C of all of them.
+    digest: monarch_proto::Digest,
+    /// The last bytes, where the banner and trailer are.
+    tail: Vec<u8>,
+}
+
+/// Read our own executable (the delivered memfd) once, a piece at a time: its checksum, its
+/// length and its last bytes. Holding all of it would cost the image's size in memory for as
+/// long as the payload runs, and a page fault per 4 KiB to fill.
+fn own_image() -> std::io::Result<OwnImage> {
+    use std::io::Read as _;
+    const KEEP: usize = image::TRAILER_LEN + image::BANNER_MAX;
+    let mut f = std::fs::File::open("/proc/self/exe")?;
+    let mut h = monarch_proto::checksum::Hasher::new(Algo::Crc32c);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut tail: Vec<u8> = Vec::with_capacity(2 * KEEP);
+    let mut len = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        len += n as u64;
+        tail.extend_from_slice(&buf[n.saturating_sub(KEEP)..n]);
+        let extra = tail.len().saturating_sub(KEEP);
+        tail.drain(..extra);
+    }
+    Ok(OwnImage { len, digest: h.finish(), tail })
+}
+
 /// Run the payload; the error is printed by the binary.
 pub fn run() -> Result<(), PayloadError> {
-    let me = std::fs::read("/proc/self/exe").map_err(PayloadError::OwnImage)?;
-    let banner = image::read_banner(&me).unwrap_or_else(|| "(no banner)".into());
-    let mut report = format!(
-        "{banner} [image {} bytes, crc32c {}]",
-        me.len(),
-        Algo::Crc32c.digest(&me).to_hex(Algo::Crc32c)
-    );
+    let me = own_image().map_err(PayloadError::OwnImage)?;
+    let banner = image::read_banner(&me.tail).unwrap_or_else(|| "(no banner)".into());
+    let mut report = format!("{banner} [image {} bytes, crc32c {}]", me.len, me.digest.to_hex(Algo::Crc32c));
     if let Ok(spec) = std::env::var("MONARCH_BOOT_INFO") {
         // Booted in phases (a machine of clusters): its cluster's boot info says who it is.
-        println!("{}", phased_report(&spec, &report, me.len() as u64)?);
+        println!("{}", phased_report(&spec, &report, me.len)?);
         return Ok(());
     }
     let Some(path) = std::env::var_os("MONARCH_WINDOW").map(PathBuf::from) else {
@@ -57,7 +90,7 @@ pub fn run() -> Result<(), PayloadError> {
         .ok()
         .and_then(|s| humantime::parse_duration(&s).ok())
         .unwrap_or(Duration::from_secs(3600));
-    let w = Window::open(&path)?;
+    let w = Window::open_registers(&path)?;
     let missing = life::decode_missing(&|r| w.load(r));
     if !missing.is_empty() {
         report.push_str(&format!(" (degraded: without {})", missing.join(", ")));

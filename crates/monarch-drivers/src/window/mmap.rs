@@ -108,6 +108,18 @@ fn reserve(file: &File, path: &Path, len: u64) -> Result<(), WindowError> {
     }
 }
 
+/// Which pages of a window a mapping maps before they are first touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Populate {
+    /// All of them, writable: the side that copies the image in.
+    Write,
+    /// All of them, for reading: the side that copies the image out, once.
+    Read,
+    /// None: a process that touches only the register page (a running image), for which
+    /// mapping every page of a large window would cost more than its whole use of it.
+    No,
+}
+
 impl Window {
     /// Create the file at `path` (or reuse it) as a window with `data_size` bytes of data
     /// area, map it and zero its register page. Done by the primary. An existing file is
@@ -124,7 +136,7 @@ impl Window {
     /// may have written since.
     pub fn create_keep(path: &Path, data_size: u64) -> Result<Window, WindowError> {
         let (file, len) = Self::open_sized(path, data_size, true)?;
-        Self::map(file, path.to_path_buf(), len)
+        Self::map(file, path.to_path_buf(), len, Populate::Write)
     }
 
     /// Open (or create) the window file at `path` and give it the length of a window with
@@ -166,7 +178,7 @@ impl Window {
         let file = File::from(fd);
         file.set_len(len).map_err(io("set size"))?;
         reserve(&file, &path, len)?;
-        Self::map(file, path, len)
+        Self::map(file, path, len, Populate::Write)
     }
 
     /// The descriptor of the backing file (to hand a memfd window to a child process).
@@ -181,7 +193,16 @@ impl Window {
         let io = |what| move |source| WindowError::Io { path: path.to_path_buf(), what, source };
         let file = OpenOptions::new().read(true).write(true).open(path).map_err(io("open"))?;
         let len = file.metadata().map_err(io("stat"))?.len();
-        Self::map(file, path.to_path_buf(), len)
+        Self::map(file, path.to_path_buf(), len, Populate::Read)
+    }
+
+    /// [`Window::open`] for a process that touches the register page only (a running image
+    /// reporting through it): no page of the data area is mapped until it is read.
+    pub fn open_registers(path: &Path) -> Result<Window, WindowError> {
+        let io = |what| move |source| WindowError::Io { path: path.to_path_buf(), what, source };
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io("open"))?;
+        let len = file.metadata().map_err(io("stat"))?.len();
+        Self::map(file, path.to_path_buf(), len, Populate::No)
     }
 
     /// [`Window::create_keep`], but map only the register page: nothing of the data area is
@@ -202,23 +223,32 @@ impl Window {
         Ok(Window { guard, map, file, path: path.to_path_buf(), bell: Doorbell::detect() })
     }
 
-    fn map(file: File, path: PathBuf, len: u64) -> Result<Window, WindowError> {
+    /// Map a window's file, its pages mapped now as `populate` says.
+    fn map(file: File, path: PathBuf, len: u64, populate: Populate) -> Result<Window, WindowError> {
         if len < layout::REGS_SIZE as u64 {
             return Err(WindowError::TooSmall { path, len });
         }
-        // MAP_POPULATE: fault the whole window in now, at configure time, so the copy and the
-        // verification run at memory speed instead of taking a page fault every 4 KiB.
-        let map = MmapOptions::new().populate().map_raw(&file).map_err(|source| WindowError::Io {
+        let map = MmapOptions::new().map_raw(&file).map_err(|source| WindowError::Io {
             path: path.clone(),
             what: "mmap",
             source,
         })?;
-        // MAP_POPULATE maps a shared file's pages read-only first; the first store to each
-        // page would still fault. MADV_POPULATE_WRITE (Linux 5.14) maps them writable now.
+        // Fault the whole window in now, at configure time, so the copy runs at memory speed
+        // instead of taking a page fault every 4 KiB: MADV_POPULATE_WRITE maps every page
+        // writable, MADV_POPULATE_READ readable (Linux 5.14). Not MAP_POPULATE: on a shared
+        // file it maps pages read-only, so a writer's stores still fault, and it took longer
+        // than the two advices together (18 ms for 30 MiB here, see docs/performance.md).
         // Older kernels answer EINVAL: the window still works, a little slower.
-        // SAFETY: the range is exactly this mapping; the advice only pre-faults pages and
-        // never changes their contents.
-        let _ = unsafe { libc::madvise(map.as_mut_ptr().cast(), map.len(), libc::MADV_POPULATE_WRITE) };
+        let advice = match populate {
+            Populate::Write => Some(libc::MADV_POPULATE_WRITE),
+            Populate::Read => Some(libc::MADV_POPULATE_READ),
+            Populate::No => None,
+        };
+        if let Some(advice) = advice {
+            // SAFETY: the range is exactly this mapping; the advice only pre-faults pages
+            // and never changes their contents.
+            let _ = unsafe { libc::madvise(map.as_mut_ptr().cast(), map.len(), advice) };
+        }
         let guard = Guard::new(map.as_mut_ptr(), map.len()).map_err(|source| WindowError::Io {
             path: path.clone(),
             what: "guard",
