@@ -17,6 +17,7 @@ use monarch_proto::{Algo, Digest};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Errors retrieving an image.
@@ -62,6 +63,15 @@ pub const IN_MEMORY_MAX: u64 = 256 << 20;
 pub enum ImageData {
     /// In the monarch's memory (built images).
     Memory(Vec<u8>),
+    /// A built-in payload: the program and its padding, shared by every secondary whose
+    /// payload has the same size, then this secondary's own tail (its banner and the
+    /// trailer). The image is `body ‖ tail`.
+    Payload {
+        /// The shared body.
+        body: Arc<PayloadBody>,
+        /// The last [`PAYLOAD_TAIL`] bytes.
+        tail: Vec<u8>,
+    },
     /// In a file, mapped read-only and copied from the page cache chunk by chunk (the
     /// monarch holds no private copy of it).
     File {
@@ -94,6 +104,125 @@ impl std::fmt::Debug for Image {
     }
 }
 
+/// Bytes at the end of a built-in payload that differ from one secondary to another: room
+/// for the longest banner, and the trailer.
+pub const PAYLOAD_TAIL: usize = BANNER_MAX + TRAILER_LEN;
+
+/// The part of a built-in payload every secondary of the same image size shares: the program
+/// and the zeroes after it, built once per monarch process (while images hold it), and the
+/// digests of its whole chunks, taken once per algorithm and chunk size.
+pub struct PayloadBody {
+    bytes: Vec<u8>,
+    digests: std::sync::Mutex<std::collections::HashMap<(Algo, u64), ChunkDigests>>,
+}
+
+/// The digests of a payload body's whole chunks, shared.
+type ChunkDigests = Arc<Vec<Digest>>;
+
+/// A built-in payload in two pieces: its shared body, and its own tail.
+type PayloadParts = (Arc<PayloadBody>, Vec<u8>);
+
+impl PayloadBody {
+    /// The digest of each whole `step`-byte chunk of the body, computed on first use.
+    fn chunk_digests(&self, algo: Algo, step: u64) -> ChunkDigests {
+        let mut cache = self.digests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(cache.entry((algo, step)).or_insert_with(|| {
+            Arc::new(self.bytes.chunks_exact(idx(step)).map(|c| algo.digest(c)).collect())
+        }))
+    }
+}
+
+/// The bodies built so far, by (program, its length and modification time, body length):
+/// held weakly, so a body goes when the last image using it does.
+type BodyKey = (PathBuf, u64, Option<std::time::SystemTime>, u64);
+static BODIES: std::sync::Mutex<Vec<(BodyKey, std::sync::Weak<PayloadBody>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The built-in payload of `size` bytes carrying `banner`, as a shared body and its own tail:
+/// byte for byte what [`build_payload`] builds. `None` when the program would reach into the
+/// tail (an image barely larger than the program): build it whole then.
+fn payload_parts(program: &Path, size: u64, banner: &str) -> Result<Option<PayloadParts>, ImageError> {
+    let no_payload = |source| ImageError::NoPayload { path: program.into(), source };
+    let meta = std::fs::metadata(program).map_err(no_payload)?;
+    let need = payload_len(meta.len(), banner);
+    if need > size {
+        return Err(ImageError::TooSmall { size, program: need });
+    }
+    let Some(body_len) = size.checked_sub(PAYLOAD_TAIL as u64).filter(|b| *b >= meta.len()) else {
+        return Ok(None);
+    };
+    let key: BodyKey = (program.to_path_buf(), meta.len(), meta.modified().ok(), body_len);
+    // Held while building: the other secondaries' stages wait for this body, not build theirs.
+    let mut bodies = BODIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    bodies.retain(|(_, w)| w.strong_count() > 0);
+    let body = match bodies.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {
+        Some(b) => b,
+        None => {
+            let mut bytes = std::fs::read(program).map_err(no_payload)?;
+            if bytes.len() as u64 != meta.len() {
+                return Ok(None); // changed while we looked: build it whole
+            }
+            bytes.resize(idx(body_len), 0);
+            let b = Arc::new(PayloadBody { bytes, digests: Default::default() });
+            bodies.push((key, Arc::downgrade(&b)));
+            b
+        }
+    };
+    drop(bodies);
+    let banner = truncate(banner, BANNER_MAX);
+    let mut tail = vec![0u8; PAYLOAD_TAIL - TRAILER_LEN - banner.len()];
+    tail.extend_from_slice(banner.as_bytes());
+    tail.extend_from_slice(&u32::try_from(banner.len()).unwrap_or(0).to_le_bytes());
+    tail.extend_from_slice(&[0; 4]);
+    tail.extend_from_slice(TRAILER_MAGIC);
+    Ok(Some((body, tail)))
+}
+
+impl ImageData {
+    /// The bytes held in memory, as one or two pieces to be read one after the other
+    /// (`None` for an image in a file).
+    fn pieces(&self) -> Option<[&[u8]; 2]> {
+        match self {
+            ImageData::Memory(b) => Some([b, &[]]),
+            ImageData::Payload { body, tail } => Some([&body.bytes, tail]),
+            ImageData::File { .. } => None,
+        }
+    }
+
+    /// The bytes held in memory in one piece (a payload's two pieces put together).
+    pub fn contiguous(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            ImageData::Memory(b) => Some(std::borrow::Cow::Borrowed(b)),
+            ImageData::Payload { body, tail } => {
+                Some(std::borrow::Cow::Owned([body.bytes.as_slice(), tail].concat()))
+            }
+            ImageData::File { .. } => None,
+        }
+    }
+}
+
+/// Visit the bytes `offset..offset + len` of `pieces` (read one after the other) as the
+/// slices they fall in, each with its offset from `offset`.
+fn each_slice<E>(
+    pieces: [&[u8]; 2],
+    offset: u64,
+    len: u64,
+    mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let (mut start, end) = (offset, offset + len);
+    let mut base = 0u64;
+    for p in pieces {
+        let p_end = base + p.len() as u64;
+        if start < p_end && start < end {
+            let stop = end.min(p_end);
+            f(start - offset, &p[idx(start - base)..idx(stop - base)])?;
+            start = stop;
+        }
+        base = p_end;
+    }
+    Ok(())
+}
+
 impl Image {
     /// Copy `len` bytes at `image_offset` into the window's data area at `window_offset`.
     pub fn copy_into(
@@ -105,9 +234,9 @@ impl Image {
     ) -> Result<(), WindowError> {
         match &self.data {
             ImageData::File { map, .. } => w.copy_from_source(window_offset, map, image_offset, len),
-            ImageData::Memory(b) => {
-                let (start, end) = (idx(image_offset), idx(image_offset + len));
-                w.write_data(window_offset, &b[start.min(b.len())..end.min(b.len())])
+            data => {
+                let pieces = data.pieces().unwrap_or([&[], &[]]);
+                each_slice(pieces, image_offset, len, |at, bytes| w.write_data(window_offset + at, bytes))
             }
         }
     }
@@ -136,7 +265,11 @@ impl Image {
     /// over the changed bytes (the `tamper_image` fault: every checksum agrees, only a
     /// signature can tell). Only an image held in memory can be changed.
     pub fn tampered(self) -> Result<Image, String> {
-        let ImageData::Memory(mut b) = self.data else {
+        let data = match self.data {
+            ImageData::Payload { body, tail } => ImageData::Memory([body.bytes.as_slice(), &tail].concat()),
+            other => other,
+        };
+        let ImageData::Memory(mut b) = data else {
             return Err(format!(
                 "fault tamper_image needs an image the monarch holds in memory (at most {} MiB)",
                 IN_MEMORY_MAX >> 20
@@ -156,11 +289,16 @@ impl Image {
     pub fn read_at(&self, image_offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         match &self.data {
             ImageData::File { file, .. } => file.read_exact_at(buf, image_offset),
-            ImageData::Memory(b) => {
-                let start = idx(image_offset);
-                let src = b.get(start..start + buf.len()).ok_or(std::io::ErrorKind::UnexpectedEof)?;
-                buf.copy_from_slice(src);
-                Ok(())
+            data => {
+                let n = buf.len() as u64;
+                if image_offset.checked_add(n).is_none_or(|end| end > self.len) {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                let pieces = data.pieces().unwrap_or([&[], &[]]);
+                each_slice(pieces, image_offset, n, |at, bytes| {
+                    buf[idx(at)..idx(at) + bytes.len()].copy_from_slice(bytes);
+                    Ok::<(), std::io::Error>(())
+                })
             }
         }
     }
@@ -219,6 +357,12 @@ impl Digests {
 
     fn absorb(&mut self, chunk: &[u8]) {
         let d = self.algo.digest(chunk);
+        self.absorb_known(chunk, &d);
+    }
+
+    /// Feed a chunk whose digest is known already.
+    fn absorb_known(&mut self, chunk: &[u8], d: &Digest) {
+        let d = *d;
         self.whole.absorb(chunk, &d);
         if self.chunk_size > 0 {
             self.manifest.push(d);
@@ -282,14 +426,43 @@ pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Ima
             }
         }
         ImageSource::Builtin { size, banner } => {
-            let b = build_payload(&payload_program(), *size, banner)?;
-            digests.absorb_all(&b);
-            let len = b.len() as u64;
-            (ImageData::Memory(b), len)
+            return retrieve_payload(&payload_program(), *size, banner, algo, chunk_size);
         }
     };
     let (digest, manifest) = digests.finish();
     Ok(Image { data, len, digest, algo, chunk_size, manifest })
+}
+
+/// [`retrieve`] of the built-in payload made of `program`.
+fn retrieve_payload(
+    program: &Path,
+    size: u64,
+    banner: &str,
+    algo: Algo,
+    chunk_size: u64,
+) -> Result<Image, ImageError> {
+    let mut digests = Digests::new(algo, chunk_size);
+    let data = match payload_parts(program, size, banner)? {
+        Some((body, tail)) => {
+            // The body's whole chunks have digests already (or get them once, for every
+            // secondary); only the rest, which holds this secondary's banner, is read here.
+            let step = digests.step();
+            let known = body.chunk_digests(algo, step);
+            for (chunk, d) in body.bytes.chunks_exact(idx(step)).zip(known.iter()) {
+                digests.absorb_known(chunk, d);
+            }
+            let rest = [&body.bytes[known.len() * idx(step)..], tail.as_slice()].concat();
+            digests.absorb_all(&rest);
+            ImageData::Payload { body, tail }
+        }
+        None => {
+            let b = build_payload(program, size, banner)?;
+            digests.absorb_all(&b);
+            ImageData::Memory(b)
+        }
+    };
+    let (digest, manifest) = digests.finish();
+    Ok(Image { data, len: size, digest, algo, chunk_size, manifest })
 }
 
 #[cfg(test)]
@@ -309,6 +482,50 @@ mod tests {
         assert!(e.to_string().contains("use an image_size of at least 1MiB"), "{e}");
         let e = build_payload(&dir.path().join("missing"), 10, "x").unwrap_err();
         assert!(e.to_string().contains("MONARCH_PAYLOAD"), "{e}");
+    }
+
+    #[test]
+    fn a_payload_with_a_shared_body_is_byte_for_byte_the_one_built_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("prog");
+        std::fs::write(&prog, b"\x7fELF pretend program, a little longer than its name").unwrap();
+        let size = 40_000;
+        for algo in Algo::ALL {
+            for chunk in [0, 4096, 8192] {
+                let whole = build_payload(&prog, size, "line card lc1: ports up").unwrap();
+                let a = retrieve_payload(&prog, size, "line card lc1: ports up", algo, chunk).unwrap();
+                let b = retrieve_payload(&prog, size, "route card rc0", algo, chunk).unwrap();
+                let (ImageData::Payload { body: ba, .. }, ImageData::Payload { body: bb, .. }) =
+                    (&a.data, &b.data)
+                else {
+                    panic!("not built from a shared body")
+                };
+                assert!(Arc::ptr_eq(ba, bb), "the body is built once");
+                assert_eq!(a.data.contiguous().unwrap().as_ref(), whole.as_slice());
+                assert_eq!(a.digest, algo.digest(&whole), "{algo} over {chunk}");
+                let step = if chunk == 0 { whole.len() } else { idx(chunk) };
+                let manifest: Vec<Digest> = if chunk == 0 {
+                    Vec::new()
+                } else {
+                    whole.chunks(step).map(|c| algo.digest(c)).collect()
+                };
+                assert_eq!(a.manifest, manifest);
+                // Reads across the body's end, as copies and repairs do.
+                let at = size - PAYLOAD_TAIL as u64 - 10;
+                let mut buf = [0u8; 40];
+                a.read_at(at, &mut buf).unwrap();
+                assert_eq!(buf, whole[idx(at)..idx(at) + 40]);
+                assert!(a.read_at(size - 4, &mut buf).is_err(), "a read past the end");
+                assert_eq!(read_banner(&b.data.contiguous().unwrap()).as_deref(), Some("route card rc0"));
+            }
+        }
+        // Too small for a separate tail: built whole, still exact.
+        let small = retrieve_payload(&prog, 200, "x", Algo::Crc32c, 0).unwrap();
+        assert!(matches!(small.data, ImageData::Memory(_)));
+        assert_eq!(
+            small.data.contiguous().unwrap().as_ref(),
+            build_payload(&prog, 200, "x").unwrap().as_slice()
+        );
     }
 
     #[test]

@@ -247,8 +247,8 @@ impl<'a, 'c> NetStage<'a, 'c> {
             }
             source => {
                 let image = image::retrieve(source, sec.algo, 0).map_err(|e| e.to_string())?;
-                if let image::ImageData::Memory(bytes) = &image.data {
-                    std::fs::write(&served, bytes)
+                if let Some(bytes) = image.data.contiguous() {
+                    std::fs::write(&served, &bytes)
                         .map_err(|e| format!("cannot write {}: {e}; check run_dir", served.display()))?;
                 }
                 Ok(image)

@@ -168,10 +168,10 @@ impl<'a, 'c> Stage<'a, 'c> {
         self.timings.retrieve = ms(t.elapsed());
         self.emit(retrieved(sec, &image));
         if sec.handoff == Handoff::Kexec
-            && let image::ImageData::Memory(bytes) = &image.data
+            && let Some(bytes) = image.data.contiguous()
         {
             // Refuse a bundle the agent could never boot before a VM is even started.
-            crate::bundle::parse(bytes)
+            crate::bundle::parse(&bytes)
                 .map_err(|e| format!("image {} cannot be booted by kexec: {e}", sec.image))?;
         }
         // The monarch's own signature check, so the operator hears early; the secondary
@@ -958,8 +958,8 @@ fn check_signature(sec: &Secondary, image: &Image) -> Result<Option<Vec<u8>>, St
         return Ok(None);
     }
     let held = match &image.data {
-        image::ImageData::Memory(b) => monarch_proto::sign::ImageDigest::of(b),
         image::ImageData::File { .. } => signing::digest_file(path).map_err(|e| e.to_string())?,
+        data => monarch_proto::sign::ImageDigest::of(&data.contiguous().unwrap_or_default()),
     };
     signing::check_image(&sec.signing.trust, path, &held).map_err(|e| e.to_string())
 }
