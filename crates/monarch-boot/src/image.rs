@@ -63,13 +63,13 @@ pub const IN_MEMORY_MAX: u64 = 256 << 20;
 pub enum ImageData {
     /// In the monarch's memory (built images).
     Memory(Vec<u8>),
-    /// A built-in payload: the program and its padding, shared by every secondary whose
-    /// payload has the same size, then this secondary's own tail (its banner and the
-    /// trailer). The image is `body ‖ tail`.
-    Payload {
-        /// The shared body.
-        body: Arc<PayloadBody>,
-        /// The last [`PAYLOAD_TAIL`] bytes.
+    /// Bytes shared by every secondary that boots the same image (read or built once), then
+    /// this secondary's own tail: a built-in payload's last [`PAYLOAD_TAIL`] bytes (its
+    /// banner and trailer), nothing for an image file. The image is `body ‖ tail`.
+    Shared {
+        /// The shared bytes.
+        body: Arc<SharedBody>,
+        /// This secondary's own last bytes.
         tail: Vec<u8>,
     },
     /// In a file, mapped read-only and copied from the page cache chunk by chunk (the
@@ -108,10 +108,11 @@ impl std::fmt::Debug for Image {
 /// for the longest banner, and the trailer.
 pub const PAYLOAD_TAIL: usize = BANNER_MAX + TRAILER_LEN;
 
-/// The part of a built-in payload every secondary of the same image size shares: the program
-/// and the zeroes after it, built once per monarch process (while images hold it), and the
-/// digests of its whole chunks, taken once per algorithm and chunk size.
-pub struct PayloadBody {
+/// Image bytes every secondary booting the same image shares — an image file's contents, or
+/// a built-in payload's program and the zeroes after it — read or built once per monarch
+/// process (while images hold them), and the digests of their whole chunks, taken once per
+/// algorithm and chunk size.
+pub struct SharedBody {
     bytes: Vec<u8>,
     digests: std::sync::Mutex<std::collections::HashMap<(Algo, u64), ChunkDigests>>,
 }
@@ -120,9 +121,9 @@ pub struct PayloadBody {
 type ChunkDigests = Arc<Vec<Digest>>;
 
 /// A built-in payload in two pieces: its shared body, and its own tail.
-type PayloadParts = (Arc<PayloadBody>, Vec<u8>);
+type PayloadParts = (Arc<SharedBody>, Vec<u8>);
 
-impl PayloadBody {
+impl SharedBody {
     /// The digest of each whole `step`-byte chunk of the body, computed on first use.
     fn chunk_digests(&self, algo: Algo, step: u64) -> ChunkDigests {
         let mut cache = self.digests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -132,11 +133,30 @@ impl PayloadBody {
     }
 }
 
-/// The bodies built so far, by (program, its length and modification time, body length):
-/// held weakly, so a body goes when the last image using it does.
+/// The bodies read or built so far, by (the file they come from, its length and modification
+/// time, the body's length): held weakly, so a body goes when the last image using it does,
+/// and a file changed on disk gets a new one.
 type BodyKey = (PathBuf, u64, Option<std::time::SystemTime>, u64);
-static BODIES: std::sync::Mutex<Vec<(BodyKey, std::sync::Weak<PayloadBody>)>> =
+static BODIES: std::sync::Mutex<Vec<(BodyKey, std::sync::Weak<SharedBody>)>> =
     std::sync::Mutex::new(Vec::new());
+
+/// The body for `key`, shared if one is alive, else made by `make` (`None`: do without a
+/// shared body). The lock is held while making: the other secondaries' stages wait for this
+/// body rather than make their own.
+fn shared_body(
+    key: BodyKey,
+    make: impl FnOnce() -> Result<Option<Vec<u8>>, ImageError>,
+) -> Result<Option<Arc<SharedBody>>, ImageError> {
+    let mut bodies = BODIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    bodies.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(b) = bodies.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {
+        return Ok(Some(b));
+    }
+    let Some(bytes) = make()? else { return Ok(None) };
+    let b = Arc::new(SharedBody { bytes, digests: Default::default() });
+    bodies.push((key, Arc::downgrade(&b)));
+    Ok(Some(b))
+}
 
 /// The built-in payload of `size` bytes carrying `banner`, as a shared body and its own tail:
 /// byte for byte what [`build_payload`] builds. `None` when the program would reach into the
@@ -152,23 +172,15 @@ fn payload_parts(program: &Path, size: u64, banner: &str) -> Result<Option<Paylo
         return Ok(None);
     };
     let key: BodyKey = (program.to_path_buf(), meta.len(), meta.modified().ok(), body_len);
-    // Held while building: the other secondaries' stages wait for this body, not build theirs.
-    let mut bodies = BODIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    bodies.retain(|(_, w)| w.strong_count() > 0);
-    let body = match bodies.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {
-        Some(b) => b,
-        None => {
-            let mut bytes = std::fs::read(program).map_err(no_payload)?;
-            if bytes.len() as u64 != meta.len() {
-                return Ok(None); // changed while we looked: build it whole
-            }
-            bytes.resize(idx(body_len), 0);
-            let b = Arc::new(PayloadBody { bytes, digests: Default::default() });
-            bodies.push((key, Arc::downgrade(&b)));
-            b
+    let body = shared_body(key, || {
+        let mut bytes = std::fs::read(program).map_err(no_payload)?;
+        if bytes.len() as u64 != meta.len() {
+            return Ok(None); // changed while we looked: build it whole
         }
-    };
-    drop(bodies);
+        bytes.resize(idx(body_len), 0);
+        Ok(Some(bytes))
+    })?;
+    let Some(body) = body else { return Ok(None) };
     let banner = truncate(banner, BANNER_MAX);
     let mut tail = vec![0u8; PAYLOAD_TAIL - TRAILER_LEN - banner.len()];
     tail.extend_from_slice(banner.as_bytes());
@@ -184,7 +196,7 @@ impl ImageData {
     fn pieces(&self) -> Option<[&[u8]; 2]> {
         match self {
             ImageData::Memory(b) => Some([b, &[]]),
-            ImageData::Payload { body, tail } => Some([&body.bytes, tail]),
+            ImageData::Shared { body, tail } => Some([&body.bytes, tail]),
             ImageData::File { .. } => None,
         }
     }
@@ -193,7 +205,7 @@ impl ImageData {
     pub fn contiguous(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
         match self {
             ImageData::Memory(b) => Some(std::borrow::Cow::Borrowed(b)),
-            ImageData::Payload { body, tail } => {
+            ImageData::Shared { body, tail } => {
                 Some(std::borrow::Cow::Owned([body.bytes.as_slice(), tail].concat()))
             }
             ImageData::File { .. } => None,
@@ -266,7 +278,7 @@ impl Image {
     /// signature can tell). Only an image held in memory can be changed.
     pub fn tampered(self) -> Result<Image, String> {
         let data = match self.data {
-            ImageData::Payload { body, tail } => ImageData::Memory([body.bytes.as_slice(), &tail].concat()),
+            ImageData::Shared { body, tail } => ImageData::Memory([body.bytes.as_slice(), &tail].concat()),
             other => other,
         };
         let ImageData::Memory(mut b) = data else {
@@ -408,12 +420,18 @@ pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Ima
                 return Err(ImageError::Empty { path: path.clone() });
             }
             if len <= IN_MEMORY_MAX {
-                // The reference design's way: the image is stored in the monarch's memory, and copied from
-                // there at memory speed.
-                let mut b = vec![0u8; idx(len)];
-                f.read_exact_at(&mut b, 0).map_err(read_err)?;
-                digests.absorb_all(&b);
-                (ImageData::Memory(b), len)
+                // The reference design's way: the image is stored in the monarch's memory, and
+                // copied from there at memory speed; once for every secondary that boots it.
+                let meta = f.metadata().map_err(read_err)?;
+                let key: BodyKey = (path.clone(), len, meta.modified().ok(), len);
+                let body = shared_body(key, || {
+                    let mut b = vec![0u8; idx(len)];
+                    f.read_exact_at(&mut b, 0).map_err(read_err)?;
+                    Ok(Some(b))
+                })?;
+                let body = body.ok_or_else(|| read_err(std::io::ErrorKind::UnexpectedEof.into()))?;
+                absorb_body(&mut digests, &body, &[]);
+                (ImageData::Shared { body, tail: Vec::new() }, len)
             } else {
                 // Larger images stay in their file, mapped: copies read the page cache,
                 // and the monarch's own memory does not grow with the image.
@@ -433,6 +451,19 @@ pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Ima
     Ok(Image { data, len, digest, algo, chunk_size, manifest })
 }
 
+/// Feed `body ‖ tail` to `digests`. The body's whole chunks have digests already (or get
+/// them once, for every secondary); only the rest, which holds this secondary's own tail, is
+/// read here.
+fn absorb_body(digests: &mut Digests, body: &SharedBody, tail: &[u8]) {
+    let step = digests.step();
+    let known = body.chunk_digests(digests.algo, step);
+    for (chunk, d) in body.bytes.chunks_exact(idx(step)).zip(known.iter()) {
+        digests.absorb_known(chunk, d);
+    }
+    let rest = [&body.bytes[known.len() * idx(step)..], tail].concat();
+    digests.absorb_all(&rest);
+}
+
 /// [`retrieve`] of the built-in payload made of `program`.
 fn retrieve_payload(
     program: &Path,
@@ -444,16 +475,8 @@ fn retrieve_payload(
     let mut digests = Digests::new(algo, chunk_size);
     let data = match payload_parts(program, size, banner)? {
         Some((body, tail)) => {
-            // The body's whole chunks have digests already (or get them once, for every
-            // secondary); only the rest, which holds this secondary's banner, is read here.
-            let step = digests.step();
-            let known = body.chunk_digests(algo, step);
-            for (chunk, d) in body.bytes.chunks_exact(idx(step)).zip(known.iter()) {
-                digests.absorb_known(chunk, d);
-            }
-            let rest = [&body.bytes[known.len() * idx(step)..], tail.as_slice()].concat();
-            digests.absorb_all(&rest);
-            ImageData::Payload { body, tail }
+            absorb_body(&mut digests, &body, &tail);
+            ImageData::Shared { body, tail }
         }
         None => {
             let b = build_payload(program, size, banner)?;
@@ -495,7 +518,7 @@ mod tests {
                 let whole = build_payload(&prog, size, "line card lc1: ports up").unwrap();
                 let a = retrieve_payload(&prog, size, "line card lc1: ports up", algo, chunk).unwrap();
                 let b = retrieve_payload(&prog, size, "route card rc0", algo, chunk).unwrap();
-                let (ImageData::Payload { body: ba, .. }, ImageData::Payload { body: bb, .. }) =
+                let (ImageData::Shared { body: ba, .. }, ImageData::Shared { body: bb, .. }) =
                     (&a.data, &b.data)
                 else {
                     panic!("not built from a shared body")
@@ -543,8 +566,20 @@ mod tests {
             img.read_at(9990, &mut b).unwrap();
             assert_eq!(b, bytes[9990..]);
         }
-        let img = retrieve(&ImageSource::File(f), Algo::Crc32c, 0).unwrap();
+        let img = retrieve(&ImageSource::File(f.clone()), Algo::Crc32c, 0).unwrap();
         assert!(img.manifest.is_empty());
+        // Every secondary that boots the file shares one copy of it, while one is alive; a
+        // file changed on disk is read again.
+        let again = retrieve(&ImageSource::File(f.clone()), Algo::Xxh3, 4096).unwrap();
+        let (ImageData::Shared { body: a, .. }, ImageData::Shared { body: b, .. }) = (&img.data, &again.data)
+        else {
+            panic!("not shared")
+        };
+        assert!(Arc::ptr_eq(a, b));
+        std::fs::write(&f, [&bytes[..], b"more"].concat()).unwrap();
+        let changed = retrieve(&ImageSource::File(f), Algo::Crc32c, 0).unwrap();
+        assert_eq!(changed.len, 10_004);
+        assert_eq!(changed.data.contiguous().unwrap().len(), 10_004);
     }
 
     #[test]
