@@ -27,6 +27,11 @@ pub struct TftpFigure {
     pub mib_s: f64,
     /// The window path's speed-up over it (window GiB/s measured in the same run).
     pub window_speedup: f64,
+    /// memcpy's speed-up over it (the reference: the same bytes copied into a fresh shared
+    /// mapping, same run): the most any window path on this host could gain.
+    pub memcpy_speedup: f64,
+    /// `window_speedup / memcpy_speedup` (1.0: the window path is as fast as memcpy).
+    pub speedup_ratio: f64,
 }
 
 /// Everything `monarch bench baseline` measured.
@@ -38,6 +43,9 @@ pub struct Baseline {
     pub size: u64,
     /// Window path: seconds to deliver and verify the image (best of the runs).
     pub window_seconds: f64,
+    /// The reference: seconds to memcpy the image into a fresh shared mapping (best of the
+    /// runs, measured just before the window path).
+    pub memcpy_seconds: f64,
     /// TFTP transfers.
     pub tftp: Vec<TftpFigure>,
 }
@@ -165,6 +173,9 @@ pub fn baseline(
         // Windows live in RAM (/dev/shm), as they would in a secondary's memory.
         let shm = PathBuf::from(format!("/dev/shm/monarch-baseline-{}", std::process::id()));
         std::fs::create_dir_all(&shm).map_err(|e| format!("cannot create {}: {e}", shm.display()))?;
+        progress("memcpy of the same bytes into a fresh shared mapping (the reference)");
+        let memcpy_gib_s = crate::window::memcpy_reference(&shm, &image, size, opts.window, reps)?;
+        let memcpy = size as f64 / (1u64 << 30) as f64 / memcpy_gib_s.max(1e-9);
         let mut window = f64::MAX;
         let mut failure = None;
         for _ in 0..reps.max(1) {
@@ -180,7 +191,7 @@ pub fn baseline(
 
         progress("TFTP, 512-byte blocks, tftpd-hpa -> atftp over loopback");
         let lo = tftp_fetch(dir, "image.bin", &image, "127.0.0.1", None, None)?;
-        let mut tftp = vec![figure("loopback", size, lo, window)];
+        let mut tftp = vec![figure("loopback", size, lo, window, memcpy)];
 
         progress("TFTP over a veth pair (MTU 1500) between two network namespaces");
         let id = std::process::id();
@@ -201,18 +212,22 @@ pub fn baseline(
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
         let veth = tftp_fetch(dir, "image.bin", &image, "192.0.2.1", Some(&srv), Some(&cli))?;
-        tftp.push(figure("veth (MTU 1500, two network namespaces)", size, veth, window));
-        Ok(Baseline { bench: "baseline", size, window_seconds: window, tftp })
+        tftp.push(figure("veth (MTU 1500, two network namespaces)", size, veth, window, memcpy));
+        Ok(Baseline { bench: "baseline", size, window_seconds: window, memcpy_seconds: memcpy, tftp })
     })
 }
 
-fn figure(path: &str, size: u64, took: Duration, window_seconds: f64) -> TftpFigure {
+fn figure(path: &str, size: u64, took: Duration, window_seconds: f64, memcpy_seconds: f64) -> TftpFigure {
     let s = took.as_secs_f64();
+    let window_speedup = s / window_seconds.max(1e-9);
+    let memcpy_speedup = s / memcpy_seconds.max(1e-9);
     TftpFigure {
         path: path.into(),
         seconds: s,
         mib_s: size as f64 / (1u64 << 20) as f64 / s.max(1e-9),
-        window_speedup: s / window_seconds.max(1e-9),
+        window_speedup,
+        memcpy_speedup,
+        speedup_ratio: window_speedup / memcpy_speedup.max(1e-9),
     }
 }
 
@@ -223,13 +238,19 @@ pub fn render(r: &Baseline) -> String {
         "  window path (delivered + verified, crc32c)   {:>10.2} ms\n",
         r.window_seconds * 1e3
     ));
+    out.push_str(&format!(
+        "  reference: memcpy into a fresh shared mapping {:>9.2} ms\n\n",
+        r.memcpy_seconds * 1e3
+    ));
     for t in &r.tftp {
         out.push_str(&format!(
-            "  TFTP 512-byte blocks, {:<40} {:>10.2} ms  ({:.1} MiB/s)   window is {:.0}x faster\n\n",
+            "  TFTP 512-byte blocks, {:<40} {:>10.2} ms  ({:.1} MiB/s)\n      window is {:.0}x faster, memcpy {:.0}x: the window gets {:.2} of memcpy's speed-up\n\n",
             t.path,
             t.seconds * 1e3,
             t.mib_s,
-            t.window_speedup
+            t.window_speedup,
+            t.memcpy_speedup,
+            t.speedup_ratio
         ));
     }
     out

@@ -474,7 +474,12 @@ fn the_tftp_baseline_runs_real_servers_and_cleans_up_its_namespaces() {
     for t in tftp {
         assert!(t["seconds"].as_f64().unwrap() > 0.0, "{t}");
         assert!(t["window_speedup"].as_f64().is_some(), "{t}");
+        let (w, m, r) =
+            (t["window_speedup"].as_f64(), t["memcpy_speedup"].as_f64(), t["speedup_ratio"].as_f64());
+        assert!(m.is_some_and(|m| m > 0.0), "{t}");
+        assert!((r.unwrap() - w.unwrap() / m.unwrap()).abs() < 1e-9, "{t}");
     }
+    assert!(v["memcpy_seconds"].as_f64().unwrap() > 0.0);
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let names = String::from_utf8_lossy(&netns.stdout);
     for ns in [format!("monarch-bl-srv-{pid}"), format!("monarch-bl-cli-{pid}")] {
