@@ -1,8 +1,9 @@
 //! The plan: which secondaries are staged in parallel and which wait behind a switch.
 //!
 //! Window boot: secondaries on their own (direct) ports are staged in parallel; secondaries
-//! that share a switch go one after another, the higher priority first (ties: lower slot,
-//! then file order). Each direct secondary is its own *lane*; each switch is one lane.
+//! that share a switch take turns on its link for their copy and verification, the higher
+//! priority first (ties: lower slot, then file order). Each direct secondary is its own
+//! *lane*; each switch is one lane.
 //!
 //! After the boot, the secondaries start in dependency *levels* ([`Plan::levels`]): what
 //! depends on nothing first, then what depends only on those, and so on; the aux power
@@ -14,7 +15,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-/// A unit of parallelism: its secondaries are staged one after another.
+/// A unit of parallelism: its secondaries take turns on one link (a switch's), in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Lane {
@@ -255,7 +256,7 @@ impl Plan {
             if let Lane::Switch { switch, order } = l {
                 let _ = writeln!(
                     s,
-                    "\nbehind switch {switch} (one after another, in parallel with the direct ports):"
+                    "\nbehind switch {switch} (taking turns on its link, in parallel with the direct ports):"
                 );
                 for (n, i) in order.iter().enumerate() {
                     let _ = writeln!(s, "  {}. {}", n + 1, line(&t.secondaries[*i]));

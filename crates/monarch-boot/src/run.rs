@@ -1,9 +1,11 @@
-//! Execute a plan: every lane in parallel, the secondaries of a lane one after another;
-//! events to the caller as they happen; a summary at the end.
+//! Execute a plan: every secondary in parallel, those behind one switch taking turns on its
+//! link for their copy and verification; events to the caller as they happen; a summary at
+//! the end.
 
 use crate::events::{Event, EventKind, ProcessorSummary, Summary};
 use crate::gate::Gate;
 use crate::plan::Plan;
+use crate::stage::link::{Link, Turn};
 use crate::stage::{Authority, StageCtx, Staged, stage};
 use crate::supervise::control;
 pub use crate::supervise::keeper::HoldOptions;
@@ -113,32 +115,38 @@ pub fn boot(
         shared: authority.shared,
     };
     let again = &again_authority;
+    let links: Vec<Option<Link>> = plan
+        .lanes
+        .iter()
+        .map(|lane| matches!(lane, crate::plan::Lane::Switch { .. }).then(|| Link::new(lane.members().len())))
+        .collect();
     std::thread::scope(|scope| {
         let (stx, srx) = mpsc::channel::<(usize, Staged)>();
         let agent_exe = opts.agent_exe.as_path();
         let gate = &gate;
-        for lane in &plan.lanes {
-            let tx = tx.clone();
-            let stx = stx.clone();
-            let members = lane.members();
-            scope.spawn(move || {
-                let emit = move |kind| {
-                    let _ = tx.send(Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
-                };
-                let lane_start = Instant::now();
-                for i in members {
+        // Every secondary in a thread of its own; those behind one switch take turns on its
+        // link for their copy and verification (the rest of their stages run alongside).
+        for (lane, link) in plan.lanes.iter().zip(&links) {
+            for (place, i) in lane.members().into_iter().enumerate() {
+                let tx = tx.clone();
+                let stx = stx.clone();
+                scope.spawn(move || {
+                    let emit = move |kind| {
+                        let _ = tx.send(Event { t_ms: clock.elapsed().as_secs_f64() * 1e3, kind });
+                    };
+                    let turn = link.as_ref().map(|l| Turn::new(l, place));
                     let ctx = StageCtx {
                         clock,
                         emit: &emit,
                         agent_exe,
-                        queued: lane_start.elapsed(),
+                        link: turn.as_ref(),
                         authority,
                         gate,
                         again: false,
                     };
                     let _ = stx.send((i, stage(&t.secondaries[i], &ctx)));
-                }
-            });
+                });
+            }
         }
         let keeper_tx = tx.clone();
         let keeper_emit = move |kind| {
@@ -175,7 +183,7 @@ pub fn boot(
                         clock,
                         emit: &emit,
                         agent_exe,
-                        queued: Duration::ZERO,
+                        link: None,
                         authority: again,
                         gate,
                         again: true,

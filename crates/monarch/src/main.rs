@@ -52,8 +52,8 @@ struct Cli {
 enum Cmd {
     /// Boot the whole system: stage, verify and release every secondary.
     #[command(long_about = "Boot the whole system.\n\n\
-Secondaries on direct ports are staged in parallel; those behind a switch one after another, the \
-highest priority first. Each secondary: retrieve the image (size + retrieved checksum) → configure \
+Secondaries on direct ports are staged in parallel; those behind a switch take turns on its link \
+(copy and verification), the highest priority first. Each secondary: retrieve the image (size + retrieved checksum) → configure \
 its window (size limit, load offset) → release it (start its agent) → copy → the agent posts the \
 written checksum → compare → OK (or rewrite, up to `attempts`) → the secondary hands off and the \
 running image reports RUNNING. A failed secondary never stops the others.\n\n\

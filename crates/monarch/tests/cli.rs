@@ -70,12 +70,16 @@ fn the_default_chassis_boots_every_secondary() {
     let paths: Vec<&str> = secs.iter().map(|p| p["path"].as_str().unwrap()).collect();
     assert_eq!(paths.iter().filter(|p| **p == "direct").count(), 3);
     assert_eq!(paths.iter().filter(|p| **p == "switch").count(), 2);
-    // Behind the switch: lc3 (priority 10) is done before lc4 starts. After a failover both
-    // monarchs' events are in the stream: lc3 running, and the last monarch's start of lc4.
+    // Behind the switch: lc3 (priority 10) is verified before lc4's copy starts: they take
+    // turns on the switch's link. After a failover both monarchs' events are in the stream:
+    // lc3's first verification, and the last monarch's copy to lc4.
     let time = |e: &Value| e["t_ms"].as_f64().unwrap();
-    let lc3_up = r.events_of("lc3", "done").into_iter().find(|e| e["state"] == "running").map(time).unwrap();
-    let lc4_start = r.events_of("lc4", "retrieved").into_iter().map(time).fold(0.0, f64::max);
-    assert!(lc3_up <= lc4_start, "lc4 must wait behind lc3 on the switch");
+    let phase = |id: &str, name: &str| -> Vec<f64> {
+        r.events_of(id, "phase").into_iter().filter(|e| e["phase"] == name).map(time).collect()
+    };
+    let lc3_verified = phase("lc3", "handoff").into_iter().fold(f64::MAX, f64::min);
+    let lc4_copy = phase("lc4", "copying").into_iter().fold(0.0, f64::max);
+    assert!(lc3_verified <= lc4_copy, "lc4's copy must wait for lc3's turn on the switch's link");
 }
 
 #[test]

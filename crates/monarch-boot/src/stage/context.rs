@@ -17,8 +17,9 @@ pub struct StageCtx<'a> {
     pub emit: &'a (dyn Fn(EventKind) + Sync),
     /// The `monarch` binary to start agents with.
     pub agent_exe: &'a Path,
-    /// Time spent queued behind a switch before this stage started.
-    pub queued: Duration,
+    /// Behind a switch: this secondary's turn on its link (taken for the copy and the
+    /// verification; the time waiting for it is the stage's `queued` time).
+    pub link: Option<&'a crate::stage::link::Turn<'a>>,
     /// On whose authority the monarch acts (its command block and epoch).
     pub authority: &'a Authority<'a>,
     /// What a secondary waits for before it is released: power, dependencies.

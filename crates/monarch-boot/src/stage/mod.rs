@@ -6,11 +6,13 @@
 //! - `network`: a secondary with no window, booted over the network.
 //! - `launch`: every decision that depends on a window secondary's launch mode.
 //! - [`takeover`]: a new monarch's claim on the windows before it acts.
+//! - [`link`]: the turns of the secondaries behind one switch for its link.
 //! - [`context`]: what both share: the run's context, the monarch's authority, the result,
 //!   the logs of the processes a stage starts.
 
 pub mod context;
 pub(crate) mod launch;
+pub mod link;
 pub(crate) mod network;
 pub mod takeover;
 pub(crate) mod window;

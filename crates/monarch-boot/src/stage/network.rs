@@ -80,7 +80,8 @@ pub(crate) fn stage(sec: &Secondary, nb: &NetbootSpec, ctx: &StageCtx<'_>) -> St
         nb,
         ctx,
         t0: Instant::now(),
-        timings: Timings { queued: ms(ctx.queued), ..Timings::default() },
+        // Behind a switch, a network boot takes the link for its whole stage.
+        timings: Timings { queued: ctx.link.map_or(0.0, |turn| ms(turn.take())), ..Timings::default() },
         attempts: 0,
         bytes: 0,
         image_bytes: 0,

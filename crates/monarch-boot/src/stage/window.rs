@@ -118,7 +118,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             sec,
             ctx,
             t0: Instant::now(),
-            timings: Timings { queued: ms(ctx.queued), ..Timings::default() },
+            timings: Timings::default(),
             attempts: 0,
             bytes: 0,
             image: None,
@@ -248,8 +248,24 @@ impl<'a, 'c> Stage<'a, 'c> {
         // RELEASE, once the dependencies let it go.
         self.launch()?;
         self.wait_for_dependencies()?;
+        self.take_link();
         let released = Instant::now();
         self.handshake(released, None)
+    }
+
+    /// Behind a switch: wait for this secondary's turn on the switch's link (the
+    /// secondaries before it have been verified, or gave up) before the handshake's copy.
+    fn take_link(&mut self) {
+        if let Some(turn) = self.ctx.link {
+            self.timings.queued += ms(turn.take());
+        }
+    }
+
+    /// Behind a switch: verified (or finished), so the link goes to the next secondary.
+    fn release_link(&self) {
+        if let Some(turn) = self.ctx.link {
+            turn.release();
+        }
     }
 
     /// Take over this secondary's window from a previous monarch: leave a running image
@@ -337,7 +353,10 @@ impl<'a, 'c> Stage<'a, 'c> {
                     Ok::<(), String>(())
                 })();
                 match r {
-                    Ok(()) => self.handshake(released, None).map_err(|e| e.to_string()),
+                    Ok(()) => {
+                        self.take_link();
+                        self.handshake(Instant::now(), None).map_err(|e| e.to_string())
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -778,7 +797,10 @@ impl<'a, 'c> Stage<'a, 'c> {
                 match last_phase {
                     Phase::Rendezvous => self.phase("rendezvous", 0),
                     Phase::Verifying => self.phase("verifying", p.attempt()),
-                    Phase::Handoff => self.phase("handoff", p.attempt()),
+                    Phase::Handoff => {
+                        self.release_link();
+                        self.phase("handoff", p.attempt());
+                    }
                     _ => {}
                 }
             }
@@ -890,6 +912,7 @@ impl<'a, 'c> Stage<'a, 'c> {
     }
 
     fn finish(mut self, result: Result<Phase, String>) -> Staged {
+        self.release_link();
         let sec = self.sec;
         let deposed = result.is_err() && self.is_deposed();
         let (state, error) = match &result {

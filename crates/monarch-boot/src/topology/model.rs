@@ -83,7 +83,8 @@ pub struct Faults {
 pub enum PortPath {
     /// Its own port on the monarch: staged in parallel with the other direct ones.
     Direct,
-    /// Behind a switch: staged one after another with the others on that switch.
+    /// Behind a switch: its copy and verification take turns with the others on that
+    /// switch's link.
     Switch(String),
 }
 
