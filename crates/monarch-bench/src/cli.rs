@@ -241,6 +241,10 @@ pub struct BenchFailoverArgs {
     /// it must stand down, and the secondaries must ignore what it still writes.
     #[arg(long)]
     pause: bool,
+    /// Copy the logs of every trial that is not ok (candidates, agents, images) into
+    /// DIR/trial-N. Built-in chassis only.
+    #[arg(long, value_name = "DIR")]
+    keep_failed: Option<PathBuf>,
     /// One JSON object on stdout: trials, ok, failovers, p50_ms, p99_ms, max_ms, timeout_ms,
     /// boot_ms, fault, stood_down, fenced_commands.
     #[arg(long)]
@@ -327,17 +331,25 @@ pub struct BenchWindowArgs {
 fn failover(a: BenchFailoverArgs, exe: &Path) -> Result<(), BenchError> {
     let json = a.json;
     let did = if a.pause { "paused" } else { "killed" };
-    let r = crate::failover::bench(exe, a.topology.as_deref(), a.trials, a.pause, &mut |i, t| {
-        if !json {
-            let what = match (t.struck, t.failover_ms) {
-                (true, Some(ms)) => format!("{did} the monarch; failover in {ms:.0} ms"),
-                (true, None) => format!("{did} the monarch; no failover seen"),
-                (false, _) => "the boot ended before the fault".into(),
-            };
-            let verdict = if t.ok { "ok".to_string() } else { format!("NOT OK: {}", t.problems.join("; ")) };
-            eprintln!("trial {:>3}: {what}: {verdict}", i + 1);
-        }
-    });
+    let r = crate::failover::bench(
+        exe,
+        a.topology.as_deref(),
+        a.trials,
+        a.pause,
+        a.keep_failed.as_deref(),
+        &mut |i, t| {
+            if !json {
+                let what = match (t.struck, t.failover_ms) {
+                    (true, Some(ms)) => format!("{did} the monarch; failover in {ms:.0} ms"),
+                    (true, None) => format!("{did} the monarch; no failover seen"),
+                    (false, _) => "the boot ended before the fault".into(),
+                };
+                let verdict =
+                    if t.ok { "ok".to_string() } else { format!("NOT OK: {}", t.problems.join("; ")) };
+                eprintln!("trial {:>3}: {what}: {verdict}", i + 1);
+            }
+        },
+    );
     match r {
         Ok(r) => {
             if json {

@@ -256,6 +256,42 @@ pub fn trial(spec: &TrialSpec) -> Result<Trial, String> {
     Ok(t)
 }
 
+/// [`trial`] of the built-in chassis in a run folder of its own (under /dev/shm, as the
+/// chassis's own would be), whose logs (every candidate's, agent's and image's) are copied to
+/// `keep` when the trial is not ok, and named in its problems.
+pub fn trial_keeping_logs(spec: &TrialSpec, keep: &Path) -> Result<Trial, String> {
+    let scratch = tempfile::Builder::new()
+        .prefix("monarch-failover-")
+        .tempdir_in("/dev/shm")
+        .map_err(|e| format!("cannot make a trial folder under /dev/shm: {e}"))?;
+    let run = scratch.path().join("run");
+    let topology = scratch.path().join("chassis.toml");
+    let text = monarch_boot::topology::DEFAULT_TOPOLOGY.replacen(
+        "[chassis]\n",
+        &format!("[chassis]\nrun_dir = {:?}\n", run.display().to_string()),
+        1,
+    );
+    std::fs::write(&topology, text).map_err(|e| format!("cannot write {}: {e}", topology.display()))?;
+    let mut t = trial(&TrialSpec { topology: Some(topology), ..spec.clone() })?;
+    if !t.ok {
+        std::fs::create_dir_all(keep).map_err(|e| format!("cannot create {}: {e}", keep.display()))?;
+        let mut kept = 0;
+        for e in std::fs::read_dir(&run).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            if Path::new(&name).extension().is_some_and(|x| x == "log")
+                && std::fs::copy(e.path(), keep.join(&name)).is_ok()
+            {
+                kept += 1;
+            }
+        }
+        t.problems.push(match kept {
+            0 => format!("it left no logs to keep (its run folder {} has none)", run.display()),
+            n => format!("its {n} logs are kept in {}", keep.display()),
+        });
+    }
+    Ok(t)
+}
+
 /// Judge a finished trial by its summary and release log.
 fn check(t: &mut Trial, release_log: &Path, exited_ok: bool, aborted: &[String]) {
     let Some(s) = &t.summary else {
@@ -343,8 +379,17 @@ pub fn bench(
     topology: Option<&Path>,
     trials: usize,
     pause: bool,
+    keep_failed: Option<&Path>,
     progress: &mut dyn FnMut(usize, &Trial),
 ) -> Result<FailoverBench, String> {
+    if keep_failed.is_some() && topology.is_some() {
+        return Err("--keep-failed works with the built-in chassis only: each trial then runs in a run folder of its own (a topology with its own run_dir keeps its logs there already)".into());
+    }
+    if let Some(dir) = keep_failed {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            format!("cannot create {}: {e}; give --keep-failed a folder you can write", dir.display())
+        })?;
+    }
     let plan_topology = match topology {
         Some(t) => monarch_boot::topology::Topology::load(t).map_err(|e| e.to_string())?,
         None => monarch_boot::topology::Topology::builtin().map_err(|e| e.to_string())?,
@@ -375,7 +420,12 @@ pub fn bench(
     for i in 0..trials {
         // A uniformly random point of the boot's progress: after one of its events.
         let n = fastrand::usize(..calm.boot_events.max(1));
-        let t = trial(&spec(fault, When::Events(n)))?;
+        let t = match keep_failed {
+            None => trial(&spec(fault, When::Events(n)))?,
+            Some(keep) => {
+                trial_keeping_logs(&spec(fault, When::Events(n)), &keep.join(format!("trial-{}", i + 1)))?
+            }
+        };
         if t.ok {
             ok += 1;
         } else {

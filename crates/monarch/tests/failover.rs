@@ -23,7 +23,7 @@ fn trials() -> usize {
 #[test]
 fn the_monarch_killed_at_random_points_never_costs_a_secondary() {
     let n = trials();
-    let r = failover::bench(&exe(), None, n, false, &mut |i, t| {
+    let r = failover::bench(&exe(), None, n, false, None, &mut |i, t| {
         eprintln!("trial {i}: struck {} failover {:?} ok {} {:?}", t.struck, t.failover_ms, t.ok, t.problems);
     })
     .unwrap();
@@ -354,4 +354,39 @@ fn a_dead_monarch_is_noticed_by_its_death_not_its_silence() {
         }
     }
     assert!(took_over > 0, "the monarch was never killed inside the boot");
+}
+
+/// A trial that is not ok keeps its logs when asked (`bench failover --keep-failed`): here a
+/// boot whose `monarch up` is made to exit with a failure after it booted.
+#[test]
+fn a_failed_trial_keeps_its_logs_when_asked() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("monarch-then-fail");
+    std::fs::write(&wrapper, format!("#!/bin/sh\n{:?} \"$@\"\nexit 1\n", exe().display().to_string()))
+        .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let keep = dir.path().join("kept");
+    let t = failover::trial_keeping_logs(
+        &TrialSpec {
+            exe: wrapper,
+            topology: None,
+            fault: Fault::None,
+            after: When::Time(Duration::ZERO),
+            limit: Duration::from_secs(120),
+        },
+        &keep,
+    )
+    .unwrap();
+    assert!(!t.ok, "{:?}", t.problems);
+    assert!(t.problems.iter().any(|p| p.contains("exited with a failure")), "{:?}", t.problems);
+    assert!(t.problems.iter().any(|p| p.contains(&keep.display().to_string())), "{:?}", t.problems);
+    let logs: Vec<String> = std::fs::read_dir(&keep)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for want in ["rc0.log", "lc4.log", "mgmt.candidate.log"] {
+        assert!(logs.iter().any(|l| l == want), "{want} not kept: {logs:?}");
+    }
 }
