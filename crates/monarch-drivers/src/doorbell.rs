@@ -57,35 +57,20 @@ impl Doorbell {
     /// returned), at most `timeout`. True if it rang. A futex waiter sets the sleeper bit
     /// before it sleeps, so that [`Self::ring`] knows to wake it.
     pub fn wait_rung(self, word: &AtomicU32, seen: u32, timeout: Duration) -> bool {
-        if self != Doorbell::Futex {
-            return self.wait_until(word, timeout, |v| v & COUNT != seen);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let v = word.load(Ordering::Acquire);
-            if v & COUNT != seen {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            let asleep = v | SLEEPER;
-            // A ring between the load and here fails the exchange: look again.
-            if v & SLEEPER == 0
-                && word.compare_exchange(v, asleep, Ordering::AcqRel, Ordering::Acquire).is_err()
-            {
-                continue;
-            }
-            let left = deadline - now;
-            let ts = rustix::time::Timespec {
-                tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
-                tv_nsec: left.subsec_nanos().into(),
-            };
-            // A ring after the exchange changes the word: the futex then does not sleep
-            // (EAGAIN), or the ring, seeing the sleeper bit, wakes it.
-            let _ = futex::wait(word, futex::Flags::empty(), asleep, Some(&ts));
-        }
+        self.wait_until(
+            word,
+            timeout,
+            |v| v & COUNT != seen,
+            |v| {
+                if v & SLEEPER != 0 {
+                    return Some(v);
+                }
+                // A ring between the look and here fails the exchange: look again.
+                word.compare_exchange(v, v | SLEEPER, Ordering::AcqRel, Ordering::Acquire)
+                    .ok()
+                    .map(|_| v | SLEEPER)
+            },
+        )
     }
 
     /// Wake every waiter on `word` (after it was changed).
@@ -100,12 +85,19 @@ impl Doorbell {
     /// Wait until `word != seen`, at most `timeout`. True if it changed. (A word that is
     /// not a counting doorbell: the waker calls [`Self::wake`] every time.)
     pub fn wait(self, word: &AtomicU32, seen: u32, timeout: Duration) -> bool {
-        self.wait_until(word, timeout, |v| v != seen)
+        self.wait_until(word, timeout, |v| v != seen, Some)
     }
 
-    /// Wait until `changed(word)`, at most `timeout`; a futex wait sleeps while the word
-    /// keeps the value it had when it was last looked at.
-    fn wait_until(self, word: &AtomicU32, timeout: Duration, changed: impl Fn(u32) -> bool) -> bool {
+    /// Wait until `changed(word)`, at most `timeout`. Before a futex wait, `arm` turns the
+    /// value last looked at into the one to sleep on (`None`: it changed meanwhile, look
+    /// again); the futex sleeps while the word holds that value.
+    fn wait_until(
+        self,
+        word: &AtomicU32,
+        timeout: Duration,
+        changed: impl Fn(u32) -> bool,
+        arm: impl Fn(u32) -> Option<u32>,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         let mut sleep = Duration::from_micros(20);
         loop {
@@ -120,11 +112,14 @@ impl Doorbell {
             let left = deadline - now;
             match self {
                 Doorbell::Futex => {
+                    let Some(seen) = arm(seen) else { continue };
                     let ts = rustix::time::Timespec {
                         tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
                         tv_nsec: left.subsec_nanos().into(),
                     };
-                    // EAGAIN (already changed), EINTR and ETIMEDOUT all lead back to the check.
+                    // EAGAIN (already changed), EINTR and ETIMEDOUT all lead back to the check;
+                    // so does a ring after `arm`, which changes the word or, seeing a
+                    // sleeper's bit, wakes it.
                     let _ = futex::wait(word, futex::Flags::empty(), seen, Some(&ts));
                 }
                 Doorbell::Poll { max_sleep } => {
