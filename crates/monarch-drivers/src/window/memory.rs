@@ -303,7 +303,8 @@ pub trait WindowMemory {
         let at = data_at(self, offset, dst.len() as u64)?;
         if algo == Algo::Crc32c {
             // One pass (load, checksum, store each word) where the CPU allows it: pieces of
-            // three chunks, each taken as three lockstep chains.
+            // three chunks, each taken as three lockstep chains. Every piece starts on a word
+            // when the first does, so the fast path takes all of them or none.
             let mut crc = 0u32;
             let mut done = 0usize;
             for piece in dst.chunks_mut(3 * CHUNK) {
