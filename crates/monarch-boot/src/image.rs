@@ -390,12 +390,22 @@ impl Digests {
 
     /// Feed the first `len` bytes of `f`, a step at a time (memory bounded by the step).
     fn absorb_file(&mut self, f: &File, len: u64) -> std::io::Result<()> {
+        self.absorb_read(len, |off, buf| f.read_exact_at(buf, off))
+    }
+
+    /// Feed `len` bytes that `read(offset, buf)` fills, a step at a time (memory bounded by
+    /// the step).
+    fn absorb_read(
+        &mut self,
+        len: u64,
+        mut read: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let step = self.step();
         let mut buf = vec![0u8; idx(step)];
         let mut off = 0u64;
         while off < len {
             let n = idx(step.min(len - off));
-            f.read_exact_at(&mut buf[..n], off)?;
+            read(off, &mut buf[..n])?;
             self.absorb(&buf[..n]);
             off += n as u64;
         }
@@ -415,14 +425,14 @@ pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Ima
         ImageSource::File(path) => {
             let read_err = |source| ImageError::Read { path: path.clone(), source };
             let f = File::open(path).map_err(read_err)?;
-            let len = f.metadata().map_err(read_err)?.len();
+            let meta = f.metadata().map_err(read_err)?;
+            let len = meta.len();
             if len == 0 {
                 return Err(ImageError::Empty { path: path.clone() });
             }
             if len <= IN_MEMORY_MAX {
                 // The reference design's way: the image is stored in the monarch's memory, and
                 // copied from there at memory speed; once for every secondary that boots it.
-                let meta = f.metadata().map_err(read_err)?;
                 let key: BodyKey = (path.clone(), len, meta.modified().ok(), len);
                 let body = shared_body(key, || {
                     let mut b = vec![0u8; idx(len)];
@@ -434,12 +444,20 @@ pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Ima
                 (ImageData::Shared { body, tail: Vec::new() }, len)
             } else {
                 // Larger images stay in their file, mapped: copies read the page cache,
-                // and the monarch's own memory does not grow with the image.
-                digests.absorb_file(&f, len).map_err(read_err)?;
-                let map = SourceFile::map(&f, path, len).map_err(|e| ImageError::Read {
-                    path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+                // and the monarch's own memory does not grow with the image. The mapping
+                // reads the file in once; the checksums are taken from it.
+                let mapped_err =
+                    |e: monarch_drivers::WindowError| read_err(std::io::Error::other(e.to_string()));
+                let map = SourceFile::map(&f, path, len).map_err(mapped_err)?;
+                digests
+                    .absorb_read(len, |off, buf| {
+                        map.read_at(off, buf).map_err(|e| std::io::Error::other(e.to_string()))
+                    })
+                    .map_err(read_err)?;
+                if map.vanished() {
+                    // Cut short while it was read: what was checksummed past the cut is zeroes.
+                    return Err(read_err(std::io::ErrorKind::UnexpectedEof.into()));
+                }
                 (ImageData::File { file: f, map }, len)
             }
         }
@@ -549,6 +567,28 @@ mod tests {
             small.data.contiguous().unwrap().as_ref(),
             build_payload(&prog, 200, "x").unwrap().as_slice()
         );
+    }
+
+    #[test]
+    fn an_image_too_large_for_memory_is_checksummed_from_its_mapping() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("big");
+        let len = IN_MEMORY_MAX + 4096 + 3;
+        let file = File::create(&f).unwrap();
+        file.set_len(len).unwrap();
+        file.write_all_at(b"head", 0).unwrap();
+        file.write_all_at(b"the end", len - 7).unwrap();
+        let chunk = 1 << 20;
+        let img = retrieve(&ImageSource::File(f.clone()), Algo::Crc32c, chunk).unwrap();
+        assert!(matches!(img.data, ImageData::File { .. }));
+        let bytes = std::fs::read(&f).unwrap();
+        assert_eq!(img.digest, Algo::Crc32c.digest(&bytes));
+        let manifest: Vec<Digest> = bytes.chunks(idx(chunk)).map(|c| Algo::Crc32c.digest(c)).collect();
+        assert_eq!(img.manifest, manifest);
+        let mut end = [0u8; 7];
+        img.read_at(len - 7, &mut end).unwrap();
+        assert_eq!(&end, b"the end");
     }
 
     #[test]
