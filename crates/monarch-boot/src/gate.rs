@@ -19,6 +19,37 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Why a secondary was not let go.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GateError {
+    /// The run stopped, or the caller's `stop` said to (the reason).
+    #[error("{0}")]
+    Stopped(String),
+    /// The run stopped while main power was off.
+    #[error("main power never came on: {0}")]
+    NoMainPower(String),
+    /// A requirement (or the supervisor) failed.
+    #[error("{what} {dep} failed: {why}")]
+    Failed {
+        /// "required dependency" or "its supervisor".
+        what: &'static str,
+        /// Its id.
+        dep: String,
+        /// Why it failed.
+        why: String,
+    },
+    /// A requirement (or the supervisor) was not ready within the secondary's `wait`.
+    #[error("{what} {dep} was not ready within {} (its `wait`)", humantime::format_duration(*wait))]
+    NotReady {
+        /// "required dependency" or "its supervisor".
+        what: &'static str,
+        /// Its id.
+        dep: String,
+        /// The secondary's `wait`.
+        wait: Duration,
+    },
+}
+
 /// Where a secondary stands, as far as the ones that depend on it care.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Avail {
@@ -107,7 +138,7 @@ impl Gate {
         sec: &Secondary,
         on_wait: &mut dyn FnMut(),
         stop: &dyn Fn() -> Option<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), GateError> {
         if sec.life.power == PowerDomain::Aux {
             return Ok(());
         }
@@ -115,13 +146,13 @@ impl Gate {
         let mut st = self.lock();
         loop {
             if let Some(why) = &st.closing {
-                return Err(format!("main power never came on: {why}"));
+                return Err(GateError::NoMainPower(why.clone()));
             }
             if st.main_power {
                 return Ok(());
             }
             if let Some(why) = stop() {
-                return Err(why);
+                return Err(GateError::Stopped(why));
             }
             if !std::mem::replace(&mut said, true) {
                 drop(st);
@@ -140,14 +171,14 @@ impl Gate {
         sec: &Secondary,
         on_wait: &mut dyn FnMut(&[String]),
         stop: &dyn Fn() -> Option<String>,
-    ) -> Result<Passed, String> {
+    ) -> Result<Passed, GateError> {
         let start = Instant::now();
         let wait = sec.life.wait;
         let mut said = false;
         let mut st = self.lock();
         loop {
             if let Some(why) = &st.closing {
-                return Err(why.clone());
+                return Err(GateError::Stopped(why.clone()));
             }
             let late = start.elapsed() >= wait;
             let mut awaited = Vec::new();
@@ -155,12 +186,11 @@ impl Gate {
             for (dep, what) in hard.chain(sec.life.supervisor.iter().map(|d| (d, "its supervisor"))) {
                 match st.avail.get(dep).unwrap_or(&Avail::Pending) {
                     Avail::Ready => {}
-                    Avail::Down(why) => return Err(format!("{what} {dep} failed: {why}")),
+                    Avail::Down(why) => {
+                        return Err(GateError::Failed { what, dep: dep.clone(), why: why.clone() });
+                    }
                     Avail::Running | Avail::Pending if late => {
-                        return Err(format!(
-                            "{what} {dep} was not ready within {} (its `wait`)",
-                            humantime::format_duration(wait)
-                        ));
+                        return Err(GateError::NotReady { what, dep: dep.clone(), wait });
                     }
                     Avail::Running | Avail::Pending => awaited.push(dep.clone()),
                 }
@@ -178,7 +208,7 @@ impl Gate {
                 return Ok(Passed { without });
             }
             if let Some(why) = stop() {
-                return Err(why);
+                return Err(GateError::Stopped(why));
             }
             if !std::mem::replace(&mut said, true) {
                 drop(st);
@@ -264,10 +294,10 @@ image = "builtin:payload"
         let t = topo(Duration::from_millis(100));
         let g = Gate::new(&t, false);
         g.set("dpu0", Avail::Down("its image exited".into()));
-        let e = g.dependencies(host(&t), &mut |_| {}, &|| None).unwrap_err();
+        let e = g.dependencies(host(&t), &mut |_| {}, &|| None).unwrap_err().to_string();
         assert!(e.contains("dpu0") && e.contains("its image exited"), "{e}");
         g.set("dpu0", Avail::Running);
-        let e = g.dependencies(host(&t), &mut |_| {}, &|| None).unwrap_err();
+        let e = g.dependencies(host(&t), &mut |_| {}, &|| None).unwrap_err().to_string();
         assert!(e.contains("dpu0") && e.contains("not ready within"), "{e}");
     }
 
@@ -289,6 +319,6 @@ image = "builtin:payload"
         });
         g.set_main_power(false);
         g.close("shut down");
-        assert!(g.power(host(&t), &mut || {}, &|| None).unwrap_err().contains("shut down"));
+        assert!(g.power(host(&t), &mut || {}, &|| None).unwrap_err().to_string().contains("shut down"));
     }
 }

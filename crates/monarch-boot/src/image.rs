@@ -53,6 +53,9 @@ pub enum ImageError {
         /// The file.
         path: PathBuf,
     },
+    /// The `tamper_image` fault asked of an image streamed from its file.
+    #[error("fault tamper_image needs an image the monarch holds in memory (at most {} MiB)", IN_MEMORY_MAX >> 20)]
+    NotInMemory,
 }
 
 /// Images up to this size are held in the monarch's memory once retrieved; larger ones are
@@ -276,16 +279,13 @@ impl Image {
     /// This image with its middle byte changed, and its checksum and manifest taken again
     /// over the changed bytes (the `tamper_image` fault: every checksum agrees, only a
     /// signature can tell). Only an image held in memory can be changed.
-    pub fn tampered(self) -> Result<Image, String> {
+    pub fn tampered(self) -> Result<Image, ImageError> {
         let data = match self.data {
             ImageData::Shared { body, tail } => ImageData::Memory([body.bytes.as_slice(), &tail].concat()),
             other => other,
         };
         let ImageData::Memory(mut b) = data else {
-            return Err(format!(
-                "fault tamper_image needs an image the monarch holds in memory (at most {} MiB)",
-                IN_MEMORY_MAX >> 20
-            ));
+            return Err(ImageError::NotInMemory);
         };
         let mid = b.len() / 2;
         if let Some(x) = b.get_mut(mid) {

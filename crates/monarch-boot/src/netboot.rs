@@ -313,25 +313,24 @@ pub fn assign(
     image: &std::path::Path,
     name: Option<&str>,
     how: Assign,
-) -> Result<Assigned, String> {
+) -> Result<Assigned, AssignError> {
     use monarch_net::catalog::CATALOG_FILE;
     use monarch_proto::mac::Mac;
-    let mac = mac.parse::<Mac>().ok().map(|m| m.to_string()).ok_or_else(|| {
-        format!("{mac:?} is not a MAC address: write it as aa:bb:cc:dd:ee:ff (or with dashes)")
-    })?;
-    let root = std::fs::canonicalize(root)
-        .map_err(|e| format!("boot root {}: {e}: create it or pass another --root", root.display()))?;
+    let mac =
+        mac.parse::<Mac>().ok().map(|m| m.to_string()).ok_or_else(|| AssignError::Mac(mac.to_string()))?;
+    let root =
+        std::fs::canonicalize(root).map_err(|e| AssignError::Root { path: root.to_path_buf(), source: e })?;
     let file = root.join(CATALOG_FILE);
     let old = match std::fs::read_to_string(&file) {
         Ok(s) => Some(s),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+        Err(e) => return Err(AssignError::Read { path: file, source: e }),
     };
     let mut doc: toml_edit::DocumentMut = old
         .as_deref()
         .unwrap_or("")
         .parse()
-        .map_err(|e| format!("{}: {e}: fix the file first", file.display()))?;
+        .map_err(|e| AssignError::Parse { path: file.clone(), source: Box::new(e) })?;
     let previous = doc
         .get("machine")
         .and_then(|t| t.get(&mac))
@@ -341,17 +340,10 @@ pub fn assign(
     let listed = doc.get("machine").and_then(|t| t.get(&mac)).is_some();
     match how {
         Assign::Provision if previous.is_some() => {
-            return Err(format!(
-                "machine {mac} is already provisioned with {}: use `monarch netboot repurpose` to give it \
-                 another image",
-                previous.unwrap_or_default()
-            ));
+            return Err(AssignError::Provisioned { mac, image: previous.unwrap_or_default() });
         }
         Assign::Repurpose if !listed => {
-            return Err(format!(
-                "machine {mac} is not in {}: use `monarch netboot provision` for its first OS",
-                file.display()
-            ));
+            return Err(AssignError::NotListed { mac, catalog: file });
         }
         _ => {}
     }
@@ -364,28 +356,151 @@ pub fn assign(
             toml_edit::Item::Table(t)
         })
         .as_table_mut()
-        .ok_or_else(|| format!("{}: `machine` must be a table of machines", file.display()))?;
+        .ok_or_else(|| AssignError::Shape {
+            path: file.clone(),
+            what: "`machine` must be a table of machines".into(),
+        })?;
     let entry = machines
         .entry(&mac)
         .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()))
         .as_table_mut()
-        .ok_or_else(|| format!("{}: machine.\"{mac}\" must be a table", file.display()))?;
+        .ok_or_else(|| AssignError::Shape {
+            path: file.clone(),
+            what: format!("machine.\"{mac}\" must be a table"),
+        })?;
     if let Some(n) = name {
         entry["name"] = toml_edit::value(n);
     }
     entry["image"] = toml_edit::value(rel.as_str());
     let text = doc.to_string();
     monarch_drivers::fs::write_atomically(&file, text.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        .map_err(|e| AssignError::Write { path: file.clone(), source: e })?;
     if let Err(e) = Catalog::load(&root) {
         // Put the old catalog back: a change that does not load must not stay.
         let _ = match &old {
             Some(o) => monarch_drivers::fs::write_atomically(&file, o.as_bytes()),
             None => std::fs::remove_file(&file),
         };
-        return Err(format!("the change was not made: {e}"));
+        return Err(AssignError::NotLoaded(e));
     }
     Ok(Assigned { machine: mac, image: rel, previous, copied_from, catalog: file })
+}
+
+/// Why `monarch netboot provision|repurpose` changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AssignError {
+    /// The machine is not named by a MAC address.
+    #[error("{0:?} is not a MAC address: write it as aa:bb:cc:dd:ee:ff (or with dashes)")]
+    Mac(String),
+    /// The boot root is not there.
+    #[error("boot root {}: {source}: create it or pass another --root", path.display())]
+    Root {
+        /// The root given.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The catalog could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The catalog file.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The catalog is not TOML.
+    #[error("{}: {source}: fix the file first", path.display())]
+    Parse {
+        /// The catalog file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        source: Box<toml_edit::TomlError>,
+    },
+    /// The catalog's shape is not a catalog's.
+    #[error("{}: {what}", path.display())]
+    Shape {
+        /// The catalog file.
+        path: PathBuf,
+        /// What must be a table.
+        what: String,
+    },
+    /// `provision` of a machine that already has an image.
+    #[error(
+        "machine {mac} is already provisioned with {image}: use `monarch netboot repurpose` to give it another image"
+    )]
+    Provisioned {
+        /// The machine.
+        mac: String,
+        /// Its image now.
+        image: String,
+    },
+    /// `repurpose` of a machine the catalog does not list.
+    #[error("machine {mac} is not in {}: use `monarch netboot provision` for its first OS", catalog.display())]
+    NotListed {
+        /// The machine.
+        mac: String,
+        /// The catalog file.
+        catalog: PathBuf,
+    },
+    /// The image cannot be found.
+    #[error("image {}: {source}", path.display())]
+    Image {
+        /// The image given.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The image is not a regular file.
+    #[error("image {} is not a file", .0.display())]
+    NotAFile(PathBuf),
+    /// `images/` already holds a different file of the image's name.
+    #[error("{} exists and differs from {}: rename the image or remove the old one", dest.display(), image.display())]
+    Differs {
+        /// The file in the root.
+        dest: PathBuf,
+        /// The image given.
+        image: PathBuf,
+    },
+    /// The image could not be copied into the root.
+    #[error("cannot copy {} into {}: {source}", image.display(), dir.display())]
+    Copy {
+        /// The image given.
+        image: PathBuf,
+        /// `ROOT/images`.
+        dir: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A file or folder could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// What was written.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The changed catalog would not load; the old one was put back.
+    #[error("the change was not made: {0}")]
+    NotLoaded(monarch_net::catalog::CatalogError),
+}
+
+/// Why the discovery service's thread did not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The runtime could not start, or the service could not bind (`what` it was to do).
+    #[error("cannot {what}: {why}")]
+    Bind {
+        /// What it was started to do.
+        what: String,
+        /// Why not.
+        why: String,
+    },
+    /// No thread could be started.
+    #[error("cannot start the boot server's thread: {0}")]
+    Thread(std::io::Error),
+    /// The thread died before it said whether it serves.
+    #[error("the boot server's thread died while starting")]
+    Died,
 }
 
 /// `image` as a path relative to `root`: as it is when it already lies inside the root,
@@ -393,30 +508,30 @@ pub fn assign(
 fn image_in_root(
     root: &std::path::Path,
     image: &std::path::Path,
-) -> Result<(String, Option<PathBuf>), String> {
-    let canon = std::fs::canonicalize(image).map_err(|e| format!("image {}: {e}", image.display()))?;
+) -> Result<(String, Option<PathBuf>), AssignError> {
+    let canon = std::fs::canonicalize(image)
+        .map_err(|e| AssignError::Image { path: image.to_path_buf(), source: e })?;
     if !canon.is_file() {
-        return Err(format!("image {} is not a file", image.display()));
+        return Err(AssignError::NotAFile(image.to_path_buf()));
     }
     if let Ok(rel) = canon.strip_prefix(root) {
         return Ok((rel.to_string_lossy().into_owned(), None));
     }
-    let name = canon.file_name().ok_or_else(|| format!("image {} names no file", image.display()))?;
+    let name = canon.file_name().ok_or_else(|| AssignError::NotAFile(image.to_path_buf()))?;
     let dir = root.join("images");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| AssignError::Write { path: dir.clone(), source: e })?;
     let dest = dir.join(name);
     if dest.exists() {
         let same = std::fs::read(&dest).ok() == std::fs::read(&canon).ok();
         if !same {
-            return Err(format!(
-                "{} exists and differs from {}: rename the image or remove the old one",
-                dest.display(),
-                image.display()
-            ));
+            return Err(AssignError::Differs { dest, image: image.to_path_buf() });
         }
     } else {
-        monarch_drivers::fs::copy_atomically(&canon, &dest)
-            .map_err(|e| format!("cannot copy {} into {}: {e}", image.display(), dir.display()))?;
+        monarch_drivers::fs::copy_atomically(&canon, &dest).map_err(|e| AssignError::Copy {
+            image: image.to_path_buf(),
+            dir: dir.clone(),
+            source: e,
+        })?;
     }
     Ok((format!("images/{}", name.to_string_lossy()), Some(canon)))
 }
@@ -441,7 +556,7 @@ impl DiscoveryThread {
         cfg: DiscoveryConfig,
         sink: EventSink<monarch_net::discovery::DiscoveryEvent>,
         ended: impl FnOnce(Result<(), String>) + Send + 'static,
-    ) -> Result<DiscoveryThread, String> {
+    ) -> Result<DiscoveryThread, StartError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -469,7 +584,7 @@ impl DiscoveryThread {
                     }
                 });
             })
-            .map_err(|e| format!("cannot start the boot server's thread: {e}"))?;
+            .map_err(StartError::Thread)?;
         let mut t = DiscoveryThread {
             udp: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             stop: Some(stop),
@@ -480,8 +595,8 @@ impl DiscoveryThread {
                 t.udp = udp;
                 Ok(t)
             }
-            Ok(Err(e)) => Err(format!("cannot {what}: {e}")),
-            Err(_) => Err("the boot server's thread died while starting".into()),
+            Ok(Err(why)) => Err(StartError::Bind { what: what.to_string(), why }),
+            Err(_) => Err(StartError::Died),
         }
     }
 

@@ -46,7 +46,7 @@ pub fn boot(
     if t.run_dir_is_temporary
         && let Err(why) = crate::run_folder::create(&t.run_dir)
     {
-        return refused(plan, authority, clock, why, on_event);
+        return refused(plan, authority, clock, why.to_string(), on_event);
     }
     let (tx, rx) = mpsc::channel::<Event>();
     let send = |tx: &mpsc::Sender<Event>, kind| {

@@ -88,30 +88,53 @@ impl Owner {
     }
 }
 
-/// Create the temporary run folder `dir` (mode 0700, its parent must exist) with this
-/// process's marker, after removing the abandoned run folders beside it.
-pub fn create(dir: &Path) -> Result<(), String> {
-    let me = Owner::me().ok_or_else(|| {
+/// Why a temporary run folder could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum RunFolderError {
+    /// This process's own ownership marker could not be made.
+    #[error(
         "cannot tell this process's start time, boot id or pid namespace from /proc: is /proc mounted? \
          (or name a run folder with chassis.run_dir)"
-            .to_string()
-    })?;
+    )]
+    NoOwner,
+    /// The folder is there and nothing proves its owner gone.
+    #[error(
+        "cannot create the run folder {}: it exists and was not left by a monarch known to be gone \
+         (another pid namespace's run, or not monarch's); remove it if it is yours, or name a run \
+         folder with chassis.run_dir",
+        .0.display()
+    )]
+    Exists(PathBuf),
+    /// The folder could not be made.
+    #[error("cannot create the run folder {}: {source}; or name a run folder with chassis.run_dir", .path.display())]
+    Create {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The ownership marker could not be written.
+    #[error("cannot write {}: {source}", .path.display())]
+    Marker {
+        /// The marker file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Create the temporary run folder `dir` (mode 0700, its parent must exist) with this
+/// process's marker, after removing the abandoned run folders beside it.
+pub fn create(dir: &Path) -> Result<(), RunFolderError> {
+    let me = Owner::me().ok_or(RunFolderError::NoOwner)?;
     if let Some(parent) = dir.parent() {
         remove_abandoned(parent, &me);
     }
     std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            format!(
-                "cannot create the run folder {}: it exists and was not left by a monarch known to be gone \
-                 (another pid namespace's run, or not monarch's); remove it if it is yours, or name a run \
-                 folder with chassis.run_dir",
-                dir.display()
-            )
+            RunFolderError::Exists(dir.to_path_buf())
         } else {
-            format!(
-                "cannot create the run folder {}: {e}; or name a run folder with chassis.run_dir",
-                dir.display()
-            )
+            RunFolderError::Create { path: dir.to_path_buf(), source: e }
         }
     })?;
     let marker = dir.join(MARKER);
@@ -120,7 +143,7 @@ pub fn create(dir: &Path) -> Result<(), String> {
         .create_new(true)
         .open(&marker)
         .and_then(|mut f| std::io::Write::write_all(&mut f, me.render().as_bytes()))
-        .map_err(|e| format!("cannot write {}: {e}", marker.display()))
+        .map_err(|e| RunFolderError::Marker { path: marker, source: e })
 }
 
 /// Remove the run folders in `parent` that a monarch now gone left behind (see the module's
@@ -255,7 +278,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
         // Ours and alive: not removed, and not created twice.
-        let e = create(&dir).unwrap_err();
+        let e = create(&dir).unwrap_err().to_string();
         assert!(e.contains("exists") && e.contains("run_dir"), "{e}");
         assert!(dir.join(MARKER).exists());
     }

@@ -53,6 +53,20 @@ impl SignaturePolicy {
     }
 }
 
+/// A VM's signature settings on its kernel command line that cannot be used.
+#[derive(Debug, PartialEq, Eq, Error)]
+pub enum KernelParamsError {
+    /// `monarch.signature=` names no policy.
+    #[error("monarch.signature={0} is not off, optional or required")]
+    Policy(String),
+    /// A key in `monarch.trust=` is not a public key.
+    #[error("monarch.trust: {0}")]
+    Key(FormatError),
+    /// A policy that checks signatures, without keys.
+    #[error("monarch.signature={0} without monarch.trust keys")]
+    NoKeys(&'static str),
+}
+
 /// A key or signature file that cannot be used, or an image whose signature is refused.
 #[derive(Debug, Error)]
 pub enum SigningError {
@@ -439,21 +453,22 @@ impl Trust {
 
     /// Read [`Trust::kernel_params`] back (stage 1). Strict: an unknown policy or a bad key
     /// is an error, so a misconfigured secondary refuses every image rather than none.
-    pub fn from_kernel_params(policy: Option<&str>, keys: Option<&str>) -> Result<Trust, String> {
+    pub fn from_kernel_params(policy: Option<&str>, keys: Option<&str>) -> Result<Trust, KernelParamsError> {
         let policy = match policy {
             None => SignaturePolicy::Off,
-            Some(p) => SignaturePolicy::from_name(p)
-                .ok_or_else(|| format!("monarch.signature={p} is not off, optional or required"))?,
+            Some(p) => {
+                SignaturePolicy::from_name(p).ok_or_else(|| KernelParamsError::Policy(p.to_string()))?
+            }
         };
         let keys = match keys {
             None | Some("") => Vec::new(),
             Some(k) => k
                 .split(',')
-                .map(|h| PublicKey::from_hex(h).map_err(|e| format!("monarch.trust: {e}")))
+                .map(|h| PublicKey::from_hex(h).map_err(KernelParamsError::Key))
                 .collect::<Result<_, _>>()?,
         };
         if policy != SignaturePolicy::Off && keys.is_empty() {
-            return Err(format!("monarch.signature={} without monarch.trust keys", policy.name()));
+            return Err(KernelParamsError::NoKeys(policy.name()));
         }
         Ok(Trust { policy, keys })
     }

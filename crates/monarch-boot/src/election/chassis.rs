@@ -53,7 +53,7 @@ pub fn up(
     };
     if t.run_dir_is_temporary {
         if let Err(why) = crate::run_folder::create(&t.run_dir) {
-            return fail(why);
+            return fail(why.to_string());
         }
     } else if let Err(e) = std::fs::create_dir_all(&t.run_dir) {
         return fail(format!("cannot create the run folder {}: {e}", t.run_dir.display()));

@@ -63,35 +63,76 @@ impl Bank {
     }
 
     /// `len` bytes of a zone (checked against the bank and the zone).
-    pub fn read(&self, zone: Span, len: u64) -> Result<&[u8], String> {
+    pub fn read(&self, zone: Span, len: u64) -> Result<&[u8], BankError> {
         let (base, max) = zone;
+        let misfit = BankError::DoesNotFit { len, base, max, bank: self.len() };
         if len > max || base.saturating_add(len) > self.len() {
-            return Err(format!(
-                "{} bytes at {base:#x} do not fit the zone (max {max}) or the bank ({} bytes)",
-                len,
-                self.len()
-            ));
+            return Err(misfit);
         }
-        let (a, b) = (
-            usize::try_from(base).map_err(|e| e.to_string())?,
-            usize::try_from(base + len).map_err(|e| e.to_string())?,
-        );
+        let (Ok(a), Ok(b)) = (usize::try_from(base), usize::try_from(base + len)) else { return Err(misfit) };
         Ok(&self.map[a..b])
     }
 
     /// Write `bytes` at the start of a zone.
-    pub fn write(&mut self, zone: Span, bytes: &[u8]) -> Result<(), String> {
+    pub fn write(&mut self, zone: Span, bytes: &[u8]) -> Result<(), BankError> {
         let (base, max) = zone;
         let len = bytes.len() as u64;
+        let misfit = BankError::DoesNotFit { len, base, max, bank: self.len() };
         if len > max || base.saturating_add(len) > self.len() {
-            return Err(format!(
-                "{len} bytes do not fit the zone at {base:#x} (max {max}) of a {}-byte bank",
-                self.len()
-            ));
+            return Err(misfit);
         }
-        let a = usize::try_from(base).map_err(|e| e.to_string())?;
+        let Ok(a) = usize::try_from(base) else { return Err(misfit) };
         self.map[a..a + bytes.len()].copy_from_slice(bytes);
         Ok(())
+    }
+}
+
+/// A bank's contents that are not what they should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BankError {
+    /// Bytes that would not fit their zone or the bank.
+    #[error("{len} bytes at {base:#x} do not fit the zone (max {max}) or the bank ({bank} bytes)")]
+    DoesNotFit {
+        /// How many bytes.
+        len: u64,
+        /// The zone's offset in the bank.
+        base: u64,
+        /// The zone's maximum.
+        max: u64,
+        /// The bank's size.
+        bank: u64,
+    },
+    /// The boot-code zone holds no record.
+    #[error("no handoff record in the boot-code zone: the bank was not filled")]
+    NoRecord,
+    /// The kernel is not the one the record names.
+    #[error(
+        "kernel mismatch: {len} bytes, BLAKE3 {digest}…, where the record says {want_len} bytes, BLAKE3 {want_digest}…"
+    )]
+    Kernel {
+        /// Its length.
+        len: u64,
+        /// The first bytes of its digest, in hex.
+        digest: String,
+        /// The length the record names.
+        want_len: u64,
+        /// The first bytes of the digest the record names.
+        want_digest: String,
+    },
+    /// The description is not the one the record names.
+    #[error("description mismatch: CRC-32C {crc:08x}, where the record says {want:08x}")]
+    Description {
+        /// Its CRC-32C.
+        crc: u32,
+        /// The record's.
+        want: u32,
+    },
+}
+
+/// The phased boot's processes report a failure as one line of text.
+impl From<BankError> for String {
+    fn from(e: BankError) -> String {
+        e.to_string()
     }
 }
 
@@ -131,9 +172,9 @@ impl Record {
     }
 
     /// Read one (untrusted: another process wrote it).
-    pub fn decode(b: &[u8]) -> Result<Record, String> {
+    pub fn decode(b: &[u8]) -> Result<Record, BankError> {
         if b.len() < RECORD || b[..8] != MAGIC {
-            return Err("no handoff record in the boot-code zone: the bank was not filled".into());
+            return Err(BankError::NoRecord);
         }
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
@@ -143,22 +184,18 @@ impl Record {
     }
 
     /// Whether `kernel` and `arch` are what the record names; the mismatch, if not.
-    pub fn check(&self, kernel: &[u8], arch: &[u8]) -> Result<(), String> {
+    pub fn check(&self, kernel: &[u8], arch: &[u8]) -> Result<(), BankError> {
         let got = Record::of(kernel, arch);
         if got.kernel_digest != self.kernel_digest || got.kernel_len != self.kernel_len {
-            return Err(format!(
-                "kernel mismatch: {} bytes, BLAKE3 {}…, where the record says {} bytes, BLAKE3 {}…",
-                got.kernel_len,
-                hex(&got.kernel_digest[..8]),
-                self.kernel_len,
-                hex(&self.kernel_digest[..8])
-            ));
+            return Err(BankError::Kernel {
+                len: got.kernel_len,
+                digest: hex(&got.kernel_digest[..8]),
+                want_len: self.kernel_len,
+                want_digest: hex(&self.kernel_digest[..8]),
+            });
         }
         if got.arch_crc != self.arch_crc || got.arch_len != self.arch_len {
-            return Err(format!(
-                "description mismatch: CRC-32C {:08x}, where the record says {:08x}",
-                got.arch_crc, self.arch_crc
-            ));
+            return Err(BankError::Description { crc: got.arch_crc, want: self.arch_crc });
         }
         Ok(())
     }
@@ -177,8 +214,8 @@ mod tests {
         let r = Record::of(b"kernel", b"arch");
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         assert!(r.check(b"kernel", b"arch").is_ok());
-        assert!(r.check(b"kernal", b"arch").unwrap_err().contains("kernel mismatch"));
-        assert!(r.check(b"kernel", b"arcH").unwrap_err().contains("description mismatch"));
+        assert!(r.check(b"kernal", b"arch").unwrap_err().to_string().contains("kernel mismatch"));
+        assert!(r.check(b"kernel", b"arcH").unwrap_err().to_string().contains("description mismatch"));
         assert!(Record::decode(&[0u8; RECORD]).is_err());
     }
 

@@ -161,7 +161,7 @@ fn phases(
     let t = &plan.topology;
     let c = t.clusters.as_ref().ok_or("not a machine of clusters")?;
     if t.run_dir_is_temporary {
-        crate::run_folder::create(&t.run_dir)?;
+        crate::run_folder::create(&t.run_dir).map_err(|e| e.to_string())?;
     } else {
         std::fs::create_dir_all(&t.run_dir).map_err(|e| format!("{}: {e}", t.run_dir.display()))?;
     }

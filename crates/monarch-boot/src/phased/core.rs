@@ -81,7 +81,7 @@ fn maybe_killed(a: &CoreArgs) {
 }
 
 /// A zone of the description: (offset, maximum).
-pub fn zone(view: &ArchView<'_>, kind: ZoneKind) -> Result<bank::Span, String> {
+pub(crate) fn zone(view: &ArchView<'_>, kind: ZoneKind) -> Result<bank::Span, String> {
     view.zone(kind)
         .map(|z| (z.base(), z.max()))
         .ok_or_else(|| format!("the description has no {} zone", kind.name()))

@@ -51,7 +51,7 @@ fn net_of(a: &CoreArgs) -> Result<Option<ClusterNet>, String> {
 
 /// The command that starts core `args.lid`: in its network namespace when its cluster boots
 /// over the network, else a plain process beside its head.
-pub fn command(exe: &Path, args: &CoreArgs) -> Result<Command, String> {
+pub(crate) fn command(exe: &Path, args: &CoreArgs) -> Result<Command, String> {
     let ns = net_of(args)?.and_then(|n| n.namespace_of(args.lid).map(str::to_string));
     Ok(match ns {
         Some(ns) => {
@@ -93,7 +93,7 @@ impl Drop for Serving {
 /// Start serving `kernel` (the checked copy in the head's bank) to the cluster's other cores,
 /// when the cluster boots over the network; `None` when it does not. Every download the
 /// server completes is a `served` event of the head, given to `emit` (from the server's thread).
-pub fn start(
+pub(crate) fn start(
     a: &CoreArgs,
     kernel: &[u8],
     emit: impl Fn(EventKind) + Send + Sync + 'static,
@@ -144,18 +144,21 @@ pub fn start(
         _ => {}
     });
     let what = format!("serve its cluster's cores on {} ({udp})", net.interface);
-    serving.server = Some(DiscoveryThread::start(format!("serve-c{}", a.cluster), &what, cfg, sink, |r| {
-        if let Err(e) = r {
-            eprintln!("monarch core: the boot server stopped: {e}");
-        }
-    })?);
+    serving.server = Some(
+        DiscoveryThread::start(format!("serve-c{}", a.cluster), &what, cfg, sink, |r| {
+            if let Err(e) = r {
+                eprintln!("monarch core: the boot server stopped: {e}");
+            }
+        })
+        .map_err(|e| e.to_string())?,
+    );
     Ok(Some(serving))
 }
 
 /// A core of a cluster booted over the network: its kernel, fetched from its head and checked
 /// against the handoff record (and `arch`, the description, against it too); `None` when its
 /// cluster does not boot over the network (the kernel is in its bank).
-pub fn fetch(
+pub(crate) fn fetch(
     a: &CoreArgs,
     record: &Record,
     arch: &[u8],

@@ -151,7 +151,10 @@ impl<'a, 'c> NetStage<'a, 'c> {
         let stop =
             || crate::interrupt::received().map(|sig| format!("interrupted by {sig} before it was released"));
         // A main-domain machine stays off until main power is on.
-        self.ctx.gate.power(sec, &mut || self.emit(EventKind::PoweredOff { id: sec.id.clone() }), &stop)?;
+        self.ctx
+            .gate
+            .power(sec, &mut || self.emit(EventKind::PoweredOff { id: sec.id.clone() }), &stop)
+            .map_err(|e| e.to_string())?;
         // 1. Retrieve into the served root; the checksum is of the served bytes.
         let t = Instant::now();
         let (served, name) = self.retrieve()?;
@@ -182,7 +185,7 @@ impl<'a, 'c> NetStage<'a, 'c> {
             let on_wait = &mut |awaited: &[String]| {
                 self.emit(EventKind::Held { id: sec.id.clone(), waiting_for: awaited.to_vec() });
             };
-            without = self.ctx.gate.dependencies(sec, on_wait, &stop)?.without;
+            without = self.ctx.gate.dependencies(sec, on_wait, &stop).map_err(|e| e.to_string())?.without;
         }
         self.emit(EventKind::Released { id: sec.id.clone(), without });
         self.phase("launching", 0);
@@ -594,6 +597,7 @@ fn start_server(
             let _ = tx.send(Msg::ServerDown(why));
         },
     )
+    .map_err(|e| e.to_string())
 }
 
 /// The monarch's own DISCOVER for `mac`: the server's OFFER (after it hashed the image) and

@@ -178,7 +178,7 @@ impl<'a, 'c> Stage<'a, 'c> {
         // checks again over the bytes it receives, with its own keys.
         let signature = check_signature(sec, &image)?;
         if sec.faults.tamper_image {
-            image = image.tampered()?;
+            image = image.tampered().map_err(|e| e.to_string())?;
         }
         if sec.mode == Mode::Pull && image.len > sec.window.data_size {
             return Err(format!(
@@ -187,9 +187,12 @@ impl<'a, 'c> Stage<'a, 'c> {
             ));
         }
         // A main-domain secondary stays off until main power is on.
-        self.ctx.gate.power(sec, &mut || self.emit(EventKind::PoweredOff { id: sec.id.clone() }), &|| {
-            self.stop_reason()
-        })?;
+        self.ctx
+            .gate
+            .power(sec, &mut || self.emit(EventKind::PoweredOff { id: sec.id.clone() }), &|| {
+                self.stop_reason()
+            })
+            .map_err(|e| e.to_string())?;
         // 2. Configure the window (size limit, load offset, ring) before releasing the secondary.
         self.phase("configuring", 0);
         let t = Instant::now();
@@ -433,7 +436,7 @@ impl<'a, 'c> Stage<'a, 'c> {
             if passed.is_err() {
                 self.interrupted = crate::interrupt::received().is_some();
             }
-            let passed = passed?;
+            let passed = passed.map_err(|e| e.to_string())?;
             let w = self.window();
             w.apply(&life::encode_missing(&passed.without));
             w.store(layout::LIFE_HOLD, 0);
