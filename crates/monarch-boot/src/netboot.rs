@@ -112,6 +112,40 @@ fn sink<E: Serialize + 'static>(
     })
 }
 
+/// Why `monarch netboot serve` did not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The boot root's catalog does not load.
+    #[error(transparent)]
+    Catalog(#[from] monarch_net::catalog::CatalogError),
+    /// `--interface` has no address to serve on.
+    #[error("{0}")]
+    Interface(String),
+    /// The TFTP service could not start.
+    #[error(transparent)]
+    Tftp(#[from] monarch_net::tftp::TftpError),
+    /// The HTTP service could not start.
+    #[error(transparent)]
+    Http(#[from] monarch_net::http::HttpError),
+    /// The discovery service could not start.
+    #[error(transparent)]
+    Discovery(#[from] monarch_net::discovery::DiscoveryError),
+    /// The DHCP service could not start.
+    #[error(transparent)]
+    Dhcp(#[from] monarch_net::dhcp::DhcpError),
+    /// DHCP without an interface to answer on.
+    #[error(
+        "DHCP needs --interface (it answers on that interface only) and an IPv4 address on it (or --address)"
+    )]
+    DhcpNeedsInterface,
+    /// Every service was turned off.
+    #[error("no service chosen: enable at least one of DHCP, TFTP, HTTP, discovery")]
+    NoService,
+    /// A service's task ended abnormally.
+    #[error("a network service stopped: {0}")]
+    Stopped(tokio::task::JoinError),
+}
+
 /// Start every chosen service, emit `ready`, then serve until `stop` resolves (SIGINT or
 /// SIGTERM for the command). Any service that cannot start is an error naming it and the
 /// fix; nothing is left listening.
@@ -119,12 +153,12 @@ pub async fn serve(
     opts: &ServeOptions,
     emit: Arc<dyn Fn(Value) + Send + Sync>,
     stop: impl std::future::Future<Output = ()>,
-) -> Result<(), String> {
-    let catalog = Arc::new(Catalog::load(&opts.root).map_err(|e| e.to_string())?);
+) -> Result<(), ServeError> {
+    let catalog = Arc::new(Catalog::load(&opts.root)?);
     let shared = SharedCatalog::from(catalog.clone());
     let address = match (opts.address, &opts.interface) {
         (Some(a), _) => Some(a),
-        (None, Some(i)) => Some(interface_address(i)?),
+        (None, Some(i)) => Some(interface_address(i).map_err(ServeError::Interface)?),
         (None, None) => None,
     };
     let bind_ip = IpAddr::V4(address.unwrap_or(Ipv4Addr::UNSPECIFIED));
@@ -146,7 +180,7 @@ pub async fn serve(
             spin: opts.tftp_spin,
             ..TftpConfig::new(SocketAddr::new(bind_ip, port), catalog.root())
         };
-        let server = TftpServer::bind(cfg).await.map_err(|e| e.to_string())?;
+        let server = TftpServer::bind(cfg).await?;
         ready.tftp = Some(server.local_addr());
         tasks.spawn(server.run(sink("tftp", &emit)));
     }
@@ -154,8 +188,7 @@ pub async fn serve(
     if let Some(port) = opts.http_port {
         let server =
             HttpServer::bind(HttpConfig::new(SocketAddr::new(bind_ip, port), catalog.root(), shared.clone()))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         let local = server.local_addr();
         let host = address.map_or_else(|| local.ip().to_string(), |a| a.to_string());
         let base = format!("http://{host}:{}", local.port());
@@ -179,7 +212,7 @@ pub async fn serve(
             shared.clone(),
         );
         cfg.interface = opts.interface.clone();
-        let server = DiscoveryServer::bind(cfg).await.map_err(|e| e.to_string())?;
+        let server = DiscoveryServer::bind(cfg).await?;
         ready.discovery = Some(server.local_tcp());
         let events = sink("discovery", &emit);
         tasks.spawn(async move {
@@ -190,9 +223,7 @@ pub async fn serve(
     }
     if opts.dhcp != DhcpChoice::Off {
         let (Some(interface), Some(server_ip)) = (opts.interface.clone(), address) else {
-            return Err("DHCP needs --interface (it answers on that interface only) and an IPv4 address \
-                        on it (or --address)"
-                .into());
+            return Err(ServeError::DhcpNeedsInterface);
         };
         let mode = match &opts.dhcp {
             DhcpChoice::Full { range, leases } => {
@@ -206,7 +237,7 @@ pub async fn serve(
         ));
         let mut cfg = DhcpConfig::new(Some(&interface), server_ip, mode);
         cfg.http_base = http_base.clone();
-        let server = DhcpServer::bind(cfg).await.map_err(|e| e.to_string())?;
+        let server = DhcpServer::bind(cfg).await?;
         let events = sink("dhcp", &emit);
         tasks.spawn(async move {
             if let Err(e) = server.run(events).await {
@@ -215,7 +246,7 @@ pub async fn serve(
         });
     }
     if tasks.is_empty() {
-        return Err("no service chosen: enable at least one of DHCP, TFTP, HTTP, discovery".into());
+        return Err(ServeError::NoService);
     }
     tasks.spawn(watch_catalog(shared, emit.clone()));
     let mut r = serde_json::to_value(&ready).unwrap_or(Value::Null);
@@ -236,7 +267,7 @@ pub async fn serve(
         () = stop => {}
         Some(done) = tasks.join_next() => {
             if let Err(e) = done {
-                return Err(format!("a network service stopped: {e}"));
+                return Err(ServeError::Stopped(e));
             }
         }
     }
