@@ -280,6 +280,11 @@ pub struct CoreArgs {
     /// (`phased::serve`).
     #[arg(long, value_name = "JSON")]
     pub netboot: Option<String>,
+    /// The monarch's own core (core 0 of cluster 0), started once the final barrier has
+    /// released: it checks the kernel in bank 0 and its own boot-info entry, then jumps with
+    /// the others. The monarch itself met every barrier it owns.
+    #[arg(long)]
+    pub monarch_core: bool,
 }
 
 impl CoreArgs {
@@ -311,6 +316,9 @@ impl CoreArgs {
         }
         if let Some(n) = &self.netboot {
             a.extend(words(&["--netboot", n]));
+        }
+        if self.monarch_core {
+            a.push("--monarch-core".into());
         }
         a
     }

@@ -1019,9 +1019,9 @@ mod tests {
 
     #[test]
     fn the_core_command_line_the_monarch_writes_parses_back() {
-        for (policy, killed) in [
-            (monarch_proto::barrier::Policy::Exclude, vec![]),
-            (monarch_proto::barrier::Policy::Abort, vec![1, 3]),
+        for (policy, killed, monarch_core) in [
+            (monarch_proto::barrier::Policy::Exclude, vec![], false),
+            (monarch_proto::barrier::Policy::Abort, vec![1, 3], true),
         ] {
             let a = CoreArgs {
                 run_dir: "/tmp/monarch run".into(),
@@ -1034,6 +1034,7 @@ mod tests {
                 killed_before_barrier: killed,
                 netboot: None,
                 t0_unix_ns: 1_765_000_000_000_000_000,
+                monarch_core,
             };
             let Cmd::Core(back) = parse(a.to_args()) else { panic!("not `core`") };
             assert_eq!(back, a);

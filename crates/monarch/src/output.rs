@@ -107,13 +107,16 @@ pub fn table(s: &Summary) -> String {
         // The phased boot of a machine of clusters goes on without hardware that failed its
         // self-test or missed a barrier (barrier_policy = "exclude").
         let left_out = secs.iter().filter(|p| p.state == "left-out").count();
+        // A machine of clusters: the monarch's own core jumps into the kernel too.
+        let own = s.processors.iter().any(|p| p.role == "monarch" && p.state == "running");
         out.push_str(&format!(
-            "\n{}: chassis \"{}\" {} in {:.1} ms: {up}/{} secondaries up{}\n\n",
+            "\n{}: chassis \"{}\" {} in {:.1} ms: {up}/{} secondaries up{}{}\n\n",
             if s.ok { "OK" } else { "FAILED" },
             s.chassis,
             if s.ok { "booted" } else { "did not boot" },
             s.total_ms,
             secs.len(),
+            if own { ", and the monarch's own core" } else { "" },
             if left_out > 0 { format!(", {left_out} left out") } else { String::new() }
         ));
     }
@@ -135,7 +138,7 @@ pub fn table(s: &Summary) -> String {
         "total"
     ));
     for p in &s.processors {
-        if p.role != "secondary" {
+        if p.role != "secondary" && p.report.is_none() {
             out.push_str(&format!("{:<8} {:<11} {:<16}\n", p.id, p.state, "-"));
             continue;
         }

@@ -62,7 +62,8 @@ fn sixteen_cores_boot_in_phases_each_reporting_what_its_boot_info_gave_it() {
     let procs = summary["processors"].as_array().unwrap();
     assert_eq!(procs.len(), 16, "{summary}");
     let kernel = 16u64 << 20;
-    for p in &procs[1..] {
+    // Every core runs its kernel, the monarch's own (c0-0) too.
+    for p in procs {
         assert_eq!(p["state"], "running", "{p}");
         let id = p["id"].as_str().unwrap();
         let (c, l) = id[1..].split_once('-').unwrap();
@@ -80,7 +81,8 @@ fn sixteen_cores_boot_in_phases_each_reporting_what_its_boot_info_gave_it() {
     // Phase order, by the events' times.
     let at = |pred: &dyn Fn(&Value) -> bool| ev.iter().filter(|e| pred(e)).map(t_of).collect::<Vec<f64>>();
     let boot_info_0 = at(&|e| e["event"] == "phase" && e["id"] == "c0-0" && e["phase"] == "boot-info")[0];
-    let heads_started = at(&|e| e["event"] == "launched" && e["id"].as_str().unwrap().ends_with("-0"));
+    let heads_started =
+        at(&|e| e["event"] == "launched" && e["id"] != "c0-0" && e["id"].as_str().unwrap().ends_with("-0"));
     assert_eq!(heads_started.len(), 3);
     assert!(heads_started.iter().all(|t| *t > boot_info_0), "no head before cluster 0's boot info");
     let heads_arrived = at(&|e| e["event"] == "phase" && e["phase"] == "heads-barrier");
@@ -93,8 +95,15 @@ fn sixteen_cores_boot_in_phases_each_reporting_what_its_boot_info_gave_it() {
     let final_arrived = at(&|e| e["event"] == "phase" && e["phase"] == "final-barrier");
     assert_eq!(final_arrived.len(), 15);
     let jumps = at(&|e| e["event"] == "phase" && e["phase"] == "handoff");
-    assert_eq!(jumps.len(), 15);
+    assert_eq!(jumps.len(), 16);
     let last_arrival = final_arrived.iter().cloned().fold(f64::MIN, f64::max);
+    let final_released =
+        at(&|e| e["event"] == "barrier" && e["barrier"] == "final" && e["outcome"] == "released");
+    let monarch_core = at(&|e| e["event"] == "launched" && e["id"] == "c0-0");
+    assert!(
+        monarch_core.len() == 1 && monarch_core[0] >= final_released[0],
+        "the monarch's core starts after the final barrier"
+    );
     assert!(jumps.iter().all(|t| *t >= last_arrival), "no jump before everyone reached the final barrier");
     for b in ["heads", "cluster 0", "cluster 1", "cluster 2", "cluster 3", "final"] {
         assert!(

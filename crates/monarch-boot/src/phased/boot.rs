@@ -2,7 +2,9 @@
 //! description and cluster 0's boot info into cluster 0's bank, once; (2) it starts one head
 //! per other cluster (`monarch core`), which copy for their clusters, and meets them at the
 //! `heads` barrier; (3) it starts cluster 0's other cores, owns its cluster's barrier and the
-//! `final` one, after which every core jumps into its kernel and reports RUNNING.
+//! `final` one, after which every core jumps into its kernel and reports RUNNING: its own
+//! core (core 0 of cluster 0) too, as a process of its own started once the final barrier
+//! released, so that the monarch stays to report the boot.
 
 use super::bank::{self, Bank, Record};
 use super::core::{barrier_path, final_participants, header, outcome_text, zone};
@@ -100,10 +102,12 @@ pub fn run(plan: &Plan, exe: &Path, on_event: &mut dyn FnMut(&Event)) -> Summary
     let mut me = ProcessorSummary::new(&monarch, "monarch", "monarch");
     // What the monarch wrote: the kernel, the description and cluster 0's boot info, once.
     me.bytes = copied.get(&monarch).copied().unwrap_or(0);
-    let mut processors = vec![me];
+    let mut processors = Vec::new();
     let mut ok = failed_early.is_none();
     for id in &expected {
-        let mut p = ProcessorSummary::new(id, "secondary", "failed");
+        // The monarch's own core, once it jumped: its row is the monarch's.
+        let role = if *id == monarch { "monarch" } else { "secondary" };
+        let mut p = ProcessorSummary::new(id, role, "failed");
         p.bytes = copied.get(id).copied().unwrap_or(0);
         if let Some(ev) = done.get(id) {
             // From the boot's start to its report.
@@ -130,8 +134,16 @@ pub fn run(plan: &Plan, exe: &Path, on_event: &mut dyn FnMut(&Event)) -> Summary
             _ => p.error = Some(missed.get(id).cloned().unwrap_or_else(|| "no report".into())),
         }
         ok &= p.state == "running" || p.state == "left-out";
-        processors.push(p);
+        if *id == monarch {
+            me.state = p.state;
+            me.report = p.report;
+            me.error = p.error;
+            me.timings_ms.total = p.timings_ms.total;
+        } else {
+            processors.push(p);
+        }
     }
+    processors.insert(0, me);
     // Cores that failed their self-test were never booted: the summary names them too.
     for (id, why) in &left_out {
         if !expected.contains(id) && id.starts_with('c') && !id.contains(' ') {
@@ -246,13 +258,15 @@ fn phases(
             .unwrap_or_default(),
         t0_unix_ns: t0,
         netboot: super::serve::arg(c, cluster),
+        monarch_core: false,
     };
     // The clusters whose barrier was decided, released, and how many cores each left out:
     // once all are, and everyone else arrived, the final barrier need not wait any longer.
     let settled: Arc<Mutex<BTreeMap<u16, usize>>> = Arc::default();
-    let start = |cluster: u16, lid: u16, children: &mut Vec<Child>| -> Result<(), String> {
+    let start = |a: CoreArgs, children: &mut Vec<Child>| -> Result<(), String> {
+        let (cluster, lid) = (a.cluster, a.lid);
         let mut child = Command::new(exe)
-            .args(args(cluster, lid).to_args())
+            .args(a.to_args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -285,7 +299,7 @@ fn phases(
     };
     // Phase 2: one head per other cluster.
     for &cl in clusters.iter().filter(|c| **c != 0) {
-        start(cl, 0, children)?;
+        start(args(cl, 0), children)?;
     }
     let name = |cl: u16, k: u16| crate::topology::core_id(cl, k);
     let decided = heads.own(heads.header().deadline_ns);
@@ -307,7 +321,7 @@ fn phases(
         Doorbell::detect(),
     );
     for k in tested.cores.iter().filter(|k| k.lid != 0) {
-        start(0, k.lid, children)?;
+        start(args(0, k.lid), children)?;
     }
     let decided = local.own(local.header().deadline_ns);
     barrier_event(emit, "cluster 0", &local, &decided, &|k| name(0, tested.cores[usize::from(k)].lid))?;
@@ -319,6 +333,10 @@ fn phases(
         let (cl, lid, _) = everyone[usize::from(k)];
         name(cl, lid)
     })?;
+    // The monarch's own core jumps with the others: a process of its own, so that the monarch
+    // can go on to report the boot.
+    expected.push(monarch);
+    start(CoreArgs { monarch_core: true, ..args(0, 0) }, children)?;
     Ok(())
 }
 

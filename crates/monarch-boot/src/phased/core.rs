@@ -219,7 +219,9 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     // A core of a cluster booted over the network fetches its kernel from its head.
     let fetched =
         if head { None } else { super::serve::fetch(a, &record, arch_bytes, &|k| out.emit(k), id)? };
-    if !head && fetched.is_none() {
+    // Every core checks the kernel it will run, but a head (other than the monarch's core)
+    // checked it as it copied it.
+    if (!head || a.monarch_core) && fetched.is_none() {
         phase("verifying");
         record.check(mine.read(kernel_zone, record.kernel_len)?, arch_bytes)?;
     }
@@ -233,6 +235,42 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     let index = info
         .core_index(gid)
         .ok_or_else(|| format!("core gid {gid} has no entry in its cluster's boot info"))?;
+    if !a.monarch_core {
+        meet(a, exe, out, &view, &info, index, mine.read(kernel_zone, record.kernel_len)?)?;
+    }
+    // Jump: the kernel in this cluster's bank, told where its boot info is.
+    phase("handoff");
+    let kernel = match &fetched {
+        Some(k) => k.as_slice(),
+        None => mine.read(kernel_zone, record.kernel_len)?,
+    };
+    let mut image =
+        monarch_drivers::memimage::MemImage::new(id, record.kernel_len).map_err(|e| e.to_string())?;
+    image.bytes_mut().copy_from_slice(kernel);
+    let env = vec![
+        ("MONARCH_BOOT_INFO".to_string(), format!("{}@{}", mine.path().display(), boot_info_zone.0)),
+        ("MONARCH_CORE_GID".to_string(), gid.to_string()),
+        ("MONARCH_ID".to_string(), id.to_string()),
+        ("MONARCH_T0_UNIX_NS".to_string(), a.t0_unix_ns.to_string()),
+    ];
+    Err(format!("cannot jump into its kernel: {}", image.exec(id, &[], &env)))
+}
+
+/// This core's cluster barrier (a head owns it, and starts its cluster's other cores first:
+/// served over the network when the cluster boots so), then the `final` one the monarch owns.
+/// Returns once both released this core.
+fn meet(
+    a: &CoreArgs,
+    exe: &Path,
+    out: &Emitter,
+    view: &ArchView<'_>,
+    info: &arch::BootInfoView<'_>,
+    index: usize,
+    kernel: &[u8],
+) -> Result<(), String> {
+    let head = a.lid == 0;
+    let id = crate::topology::core_id(a.cluster, a.lid);
+    let phase = |p: &str| out.emit(EventKind::Phase { id: id.clone(), phase: p.into(), attempt: 0 });
     // This cluster's barrier: its head owns it and starts the others.
     let local = barrier_path(&a.run_dir, &format!("c{}", a.cluster));
     let participants = u16::try_from(info.core_count()).unwrap_or(u16::MAX);
@@ -248,8 +286,7 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
         let b = Barrier::create(local_file.block(), header, Some(me), Doorbell::detect());
         // Phase 3: release the cluster's other cores (served over the network, when it boots so).
         let served = Emitter::new(a.t0_unix_ns);
-        serving =
-            super::serve::start(a, mine.read(kernel_zone, record.kernel_len)?, move |k| served.emit(k))?;
+        serving = super::serve::start(a, kernel, move |k| served.emit(k))?;
         for k in view.cores_of(a.cluster).filter(|k| k.lid() != 0 && info.core_index(k.gid()).is_some()) {
             let args = CoreArgs { lid: k.lid(), ..a.clone() };
             super::serve::command(exe, &args)?
@@ -312,7 +349,7 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
                 });
                 // Nobody of this cluster can meet the final barrier now: stop it for all,
                 // rather than let the monarch wait out its deadline.
-                if let Ok((f, me)) = final_barrier(a, &view)
+                if let Ok((f, me)) = final_barrier(a, view)
                     && let Ok(fb) = Barrier::attach(f.block(), GENERATION, me, Doorbell::detect())
                 {
                     fb.abort(reason::EARLIER_ABORTED);
@@ -323,7 +360,7 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     }
     drop(serving);
     // The final barrier (the monarch owns it).
-    let (f, me) = final_barrier(a, &view)?;
+    let (f, me) = final_barrier(a, view)?;
     let fb = Barrier::attach(f.block(), GENERATION, me, Doorbell::detect())
         .map_err(|e| format!("final barrier: {e}"))?;
     phase("final-barrier");
@@ -331,7 +368,7 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     match wait_decided(&fb) {
         Outcome::Released { .. } => {}
         other => {
-            let all = final_participants(&view);
+            let all = final_participants(view);
             let name = |k: u16| {
                 all.get(usize::from(k))
                     .map_or_else(|| k.to_string(), |(c, l, _)| crate::topology::core_id(*c, *l))
@@ -339,20 +376,5 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
             return Err(format!("the final barrier: {}", outcome_text(&other, &name)));
         }
     }
-    // Jump: the kernel in this cluster's bank, told where its boot info is.
-    phase("handoff");
-    let kernel = match &fetched {
-        Some(k) => k.as_slice(),
-        None => mine.read(kernel_zone, record.kernel_len)?,
-    };
-    let mut image =
-        monarch_drivers::memimage::MemImage::new(id, record.kernel_len).map_err(|e| e.to_string())?;
-    image.bytes_mut().copy_from_slice(kernel);
-    let env = vec![
-        ("MONARCH_BOOT_INFO".to_string(), format!("{}@{}", mine.path().display(), boot_info_zone.0)),
-        ("MONARCH_CORE_GID".to_string(), gid.to_string()),
-        ("MONARCH_ID".to_string(), id.to_string()),
-        ("MONARCH_T0_UNIX_NS".to_string(), a.t0_unix_ns.to_string()),
-    ];
-    Err(format!("cannot jump into its kernel: {}", image.exec(id, &[], &env)))
+    Ok(())
 }

@@ -233,6 +233,7 @@ mod tests {
             killed_before_barrier: Vec::new(),
             t0_unix_ns: 0,
             netboot: serde_json::to_string(&net).ok(),
+            monarch_core: false,
         };
         assert_eq!(net_of(&a).unwrap(), Some(net));
         let c = command(Path::new("/bin/monarch"), &a).unwrap();
