@@ -280,9 +280,9 @@ pub struct CoreArgs {
     /// (`phased::serve`).
     #[arg(long, value_name = "JSON")]
     pub netboot: Option<String>,
-    /// The monarch's own core (core 0 of cluster 0), started once the final barrier has
-    /// released: it checks the kernel in bank 0 and its own boot-info entry, then jumps with
-    /// the others. The monarch itself met every barrier it owns.
+    /// The monarch's own core (core 0 of cluster 0): a core like cluster 0's others, not a
+    /// head (the monarch heads cluster 0 and owns its barrier): it checks the kernel in bank 0
+    /// and its entry, meets cluster 0's barrier and the final one, and jumps.
     #[arg(long)]
     pub monarch_core: bool,
 }

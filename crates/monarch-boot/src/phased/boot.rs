@@ -2,9 +2,9 @@
 //! description and cluster 0's boot info into cluster 0's bank, once; (2) it starts one head
 //! per other cluster (`monarch core`), which copy for their clusters, and meets them at the
 //! `heads` barrier; (3) it starts cluster 0's other cores, owns its cluster's barrier and the
-//! `final` one, after which every core jumps into its kernel and reports RUNNING: its own
-//! core (core 0 of cluster 0) too, as a process of its own started once the final barrier
-//! released, so that the monarch stays to report the boot.
+//! `final` one (it owns them without taking part), after which every core jumps into its
+//! kernel and reports RUNNING. Its own core (core 0 of cluster 0) is one of them: a process
+//! of its own, started with cluster 0's others, so that the monarch stays to report the boot.
 
 use super::bank::{self, Bank, Record};
 use super::core::{barrier_path, final_participants, header, outcome_text, zone};
@@ -221,6 +221,7 @@ fn phases(
     }
     // The barriers the monarch owns.
     let hf = BarrierFile::create(&barrier_path(&t.run_dir, "heads")).map_err(|e| e.to_string())?;
+    // The monarch arrives at the heads barrier as cluster 0's head.
     let heads = Barrier::create(
         hf.block(),
         header(clusters.len(), c.barrier_policy, c.barrier_timeout),
@@ -228,18 +229,13 @@ fn phases(
         Doorbell::detect(),
     );
     let everyone = final_participants(&view);
-    expected.extend(
-        everyone
-            .iter()
-            .filter(|(cl, lid, _)| !(*cl == 0 && *lid == 0))
-            .map(|(cl, lid, _)| crate::topology::core_id(*cl, *lid)),
-    );
+    expected.extend(everyone.iter().map(|(cl, lid, _)| crate::topology::core_id(*cl, *lid)));
     let ff = BarrierFile::create(&barrier_path(&t.run_dir, "final")).map_err(|e| e.to_string())?;
     // Its deadline covers the heads barrier and a cluster's barrier before it.
     let last = Barrier::create(
         ff.block(),
         header(everyone.len(), c.barrier_policy, c.barrier_timeout * 3),
-        Some(0),
+        None,
         Doorbell::detect(),
     );
     let args = |cluster: u16, lid: u16| CoreArgs {
@@ -258,15 +254,14 @@ fn phases(
             .unwrap_or_default(),
         t0_unix_ns: t0,
         netboot: super::serve::arg(c, cluster),
-        monarch_core: false,
+        monarch_core: cluster == 0 && lid == 0,
     };
     // The clusters whose barrier was decided, released, and how many cores each left out:
     // once all are, and everyone else arrived, the final barrier need not wait any longer.
     let settled: Arc<Mutex<BTreeMap<u16, usize>>> = Arc::default();
-    let start = |a: CoreArgs, children: &mut Vec<Child>| -> Result<(), String> {
-        let (cluster, lid) = (a.cluster, a.lid);
+    let start = |cluster: u16, lid: u16, children: &mut Vec<Child>| -> Result<(), String> {
         let mut child = Command::new(exe)
-            .args(a.to_args())
+            .args(args(cluster, lid).to_args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -299,7 +294,7 @@ fn phases(
     };
     // Phase 2: one head per other cluster.
     for &cl in clusters.iter().filter(|c| **c != 0) {
-        start(args(cl, 0), children)?;
+        start(cl, 0, children)?;
     }
     let name = |cl: u16, k: u16| crate::topology::core_id(cl, k);
     let decided = heads.own(heads.header().deadline_ns);
@@ -311,17 +306,17 @@ fn phases(
             s.insert(cl, view.cores_of(cl).filter(|c| !c.failed()).count());
         }
     }
-    // Phase 3 for cluster 0: its other cores, its barrier.
+    // Phase 3 for cluster 0: its cores, the monarch's own among them; its barrier.
     let tested = arch::boot_info(&view, 0).map_err(|e| e.to_string())?;
     let lf = BarrierFile::create(&barrier_path(&t.run_dir, "c0")).map_err(|e| e.to_string())?;
     let local = Barrier::create(
         lf.block(),
         header(tested.cores.len(), c.barrier_policy, c.barrier_timeout),
-        Some(0),
+        None,
         Doorbell::detect(),
     );
-    for k in tested.cores.iter().filter(|k| k.lid != 0) {
-        start(args(0, k.lid), children)?;
+    for k in &tested.cores {
+        start(0, k.lid, children)?;
     }
     let decided = local.own(local.header().deadline_ns);
     barrier_event(emit, "cluster 0", &local, &decided, &|k| name(0, tested.cores[usize::from(k)].lid))?;
@@ -333,19 +328,14 @@ fn phases(
         let (cl, lid, _) = everyone[usize::from(k)];
         name(cl, lid)
     })?;
-    // The monarch's own core jumps with the others: a process of its own, so that the monarch
-    // can go on to report the boot.
-    expected.push(monarch);
-    start(CoreArgs { monarch_core: true, ..args(0, 0) }, children)?;
     Ok(())
 }
 
-/// The monarch's part in the `final` barrier: arrive, wait, and decide at the deadline or as
-/// soon as every cluster's barrier was released and everyone those did not leave out has
-/// arrived (those left out never come: waiting out the deadline would only delay the boot).
+/// The monarch's part in the `final` barrier: wait, and decide at the deadline or as soon as
+/// every cluster's barrier was released and everyone those did not leave out has arrived
+/// (those left out never come: waiting out the deadline would only delay the boot).
 fn own_final(b: &Barrier<'_>, clusters: usize, settled: &Mutex<BTreeMap<u16, usize>>) -> Outcome {
     const LOOK: u64 = 10_000_000;
-    b.arrive();
     let deadline = b.header().deadline_ns;
     loop {
         let until = deadline.min(monarch_drivers::barrier::monotonic_ns().saturating_add(LOOK));

@@ -158,7 +158,8 @@ enum Never {}
 fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, String> {
     let phase = |p: &str| out.emit(EventKind::Phase { id: id.to_string(), phase: p.into(), attempt: 0 });
     let mut mine = Bank::open(&bank::path(&a.run_dir, a.cluster)).map_err(|e| format!("its bank: {e}"))?;
-    let head = a.lid == 0;
+    // The monarch's own core is core 0 of cluster 0 but no head: the monarch heads cluster 0.
+    let head = a.lid == 0 && !a.monarch_core;
     if head && a.cluster != 0 {
         // Phase 2: copy from cluster 0, check, build this cluster's boot info.
         phase("copying");
@@ -218,10 +219,9 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     let boot_info_zone = zone(&view, ZoneKind::BootInfo)?;
     // A core of a cluster booted over the network fetches its kernel from its head.
     let fetched =
-        if head { None } else { super::serve::fetch(a, &record, arch_bytes, &|k| out.emit(k), id)? };
-    // Every core checks the kernel it will run, but a head (other than the monarch's core)
-    // checked it as it copied it.
-    if (!head || a.monarch_core) && fetched.is_none() {
+        if a.lid == 0 { None } else { super::serve::fetch(a, &record, arch_bytes, &|k| out.emit(k), id)? };
+    // A head checked the kernel as it copied it; every other core checks it now.
+    if !head && fetched.is_none() {
         phase("verifying");
         record.check(mine.read(kernel_zone, record.kernel_len)?, arch_bytes)?;
     }
@@ -235,9 +235,7 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     let index = info
         .core_index(gid)
         .ok_or_else(|| format!("core gid {gid} has no entry in its cluster's boot info"))?;
-    if !a.monarch_core {
-        meet(a, exe, out, &view, &info, index, mine.read(kernel_zone, record.kernel_len)?)?;
-    }
+    meet(a, exe, out, &view, &info, index, mine.read(kernel_zone, record.kernel_len)?)?;
     // Jump: the kernel in this cluster's bank, told where its boot info is.
     phase("handoff");
     let kernel = match &fetched {
@@ -268,7 +266,7 @@ fn meet(
     index: usize,
     kernel: &[u8],
 ) -> Result<(), String> {
-    let head = a.lid == 0;
+    let head = a.lid == 0 && !a.monarch_core;
     let id = crate::topology::core_id(a.cluster, a.lid);
     let phase = |p: &str| out.emit(EventKind::Phase { id: id.clone(), phase: p.into(), attempt: 0 });
     // This cluster's barrier: its head owns it and starts the others.
