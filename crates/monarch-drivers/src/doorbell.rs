@@ -73,13 +73,16 @@ impl Doorbell {
         )
     }
 
-    /// Wake every waiter on `word` (after it was changed).
-    pub fn wake(self, word: &AtomicU32) {
-        if self == Doorbell::Futex {
-            // An error here (ENOSYS on an exotic kernel) only costs the waiter its timeout
-            // slice; waiters always bound their sleep.
-            let _ = futex::wake(word, futex::Flags::empty(), u32::MAX);
+    /// Wake every waiter on `word` (after it was changed); how many were asleep.
+    pub fn wake(self, word: &AtomicU32) -> usize {
+        if self != Doorbell::Futex {
+            return 0;
         }
+        // The kernel reads the count as a signed int: u32::MAX would be -1, which wakes one
+        // waiter and leaves the others to their timeout slice. i32::MAX is "all".
+        // An error here (ENOSYS on an exotic kernel) only costs the waiters their timeout
+        // slice; waiters always bound their sleep.
+        futex::wake(word, futex::Flags::empty(), i32::MAX.unsigned_abs()).unwrap_or(0)
     }
 
     /// Wait until `word != seen`, at most `timeout`. True if it changed. (A word that is
@@ -179,6 +182,36 @@ mod tests {
             }
             t.join().unwrap();
             assert_eq!(w.load(Ordering::Acquire) & SLEEPER, 0, "the last ring cleared the sleeper bit");
+        }
+    }
+
+    /// Whether thread `tid` of this process is blocked in futex(2) now.
+    fn in_futex(tid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+            .is_ok_and(|s| s.split_whitespace().next() == Some(&libc::SYS_futex.to_string()))
+    }
+
+    #[test]
+    fn one_wake_wakes_every_sleeper() {
+        let w = Arc::new(AtomicU32::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleepers: Vec<_> = (0..3)
+            .map(|_| {
+                let (w, tx) = (Arc::clone(&w), tx.clone());
+                std::thread::spawn(move || {
+                    let _ = tx.send(rustix::thread::gettid().as_raw_nonzero().get());
+                    Doorbell::Futex.wait(&w, 0, Duration::from_secs(60))
+                })
+            })
+            .collect();
+        let tids: Vec<i32> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        while !tids.iter().all(|t| in_futex(*t)) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        w.store(1, Ordering::Release);
+        assert_eq!(Doorbell::Futex.wake(&w), 3, "one wake, every sleeper");
+        for s in sleepers {
+            assert!(s.join().unwrap());
         }
     }
 
