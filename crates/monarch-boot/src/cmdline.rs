@@ -285,6 +285,11 @@ pub struct CoreArgs {
     /// and its entry, meets cluster 0's barrier and the final one, and jumps.
     #[arg(long)]
     pub monarch_core: bool,
+    /// Its cluster's kernel, sealed in memory by the cluster's head (by the monarch for
+    /// cluster 0), as a path to the head's descriptor (`/proc/PID/fd/N`): the core checks it
+    /// and runs it. None: a head, or a core that fetches its kernel over the network.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
 }
 
 impl CoreArgs {
@@ -319,6 +324,10 @@ impl CoreArgs {
         }
         if self.monarch_core {
             a.push("--monarch-core".into());
+        }
+        if let Some(k) = &self.kernel {
+            a.push("--kernel".into());
+            a.push(k.clone().into());
         }
         a
     }

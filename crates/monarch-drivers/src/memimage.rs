@@ -2,13 +2,14 @@
 //! filled, then sealed and executed — the `exec` handoff runs exactly the bytes that were
 //! delivered and verified, never a file someone could swap on disk.
 
-use memmap2::MmapMut;
+use memmap2::{Mmap, MmapMut};
 use rustix::fs::{MemfdFlags, SealFlags};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 /// A memfd-backed buffer of fixed size.
 pub struct MemImage {
@@ -56,19 +57,87 @@ impl MemImage {
     /// `args` become its command line, `env` is added to the environment. Returns only on
     /// failure.
     pub fn exec(self, argv0: &str, args: &[String], env: &[(String, String)]) -> io::Error {
-        let MemImage { file, map } = self;
-        drop(map);
-        let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL;
-        if let Err(e) = rustix::fs::fcntl_add_seals(&file, seals) {
-            return e.into();
+        match self.seal() {
+            Ok(sealed) => sealed.exec(argv0, args, env),
+            Err(e) => e,
         }
-        // Exec through a read-only descriptor: the kernel refuses (ETXTBSY) to execute a file
+    }
+
+    /// Seal the image against any change (no write, no resize, no further seal) and keep it
+    /// read-only: what is checked in it from then on is what runs.
+    pub fn seal(self) -> io::Result<SealedImage> {
+        let MemImage { file, map } = self;
+        // A writable shared mapping would make the write seal fail (EBUSY).
+        drop(map);
+        rustix::fs::fcntl_add_seals(&file, SEALED | SealFlags::SEAL)?;
+        // Keep only a read-only descriptor: the kernel refuses (ETXTBSY) to execute a file
         // that is open for writing.
-        let ro = match File::open(format!("/proc/self/fd/{}", file.as_raw_fd())) {
-            Ok(f) => f,
-            Err(e) => return e,
-        };
+        let ro = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
         drop(file);
+        SealedImage::mapped(ro)
+    }
+}
+
+/// The seals that make a memfd immutable.
+const SEALED: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::WRITE);
+
+/// An image sealed in memory (a memfd no one can change or resize any more), mapped
+/// read-only. Several processes may open the same one and run it: the cores of a cluster
+/// share their cluster's kernel, as the cores of one memory share the code in it.
+pub struct SealedImage {
+    file: File,
+    map: Mmap,
+}
+
+impl std::fmt::Debug for SealedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedImage").field("len", &self.map.len()).finish()
+    }
+}
+
+impl SealedImage {
+    /// Open a sealed image another process of this user holds, by a path to its descriptor
+    /// (`/proc/PID/fd/N`, [`SealedImage::path`]). Refused unless it is sealed against writes
+    /// and resizing: a file that could still change would make any check of it worthless.
+    pub fn open(path: &Path) -> io::Result<SealedImage> {
+        let file = File::open(path)?;
+        let seals = rustix::fs::fcntl_get_seals(&file)?;
+        if !seals.contains(SEALED) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a sealed image (seals {seals:?})", path.display()),
+            ));
+        }
+        SealedImage::mapped(file)
+    }
+
+    fn mapped(file: File) -> io::Result<SealedImage> {
+        // SAFETY: the memfd is sealed against writes, shrinking and growing (checked by
+        // `open`, done by `seal`): no process can change the bytes or the size under this
+        // mapping, so handing out `&[u8]` into it is sound.
+        let map = unsafe { Mmap::map(&file)? };
+        // Fault the pages in now, in one call (they are usually in memory already: the
+        // image was just written); older kernels answer EINVAL and the reads fault instead.
+        // SAFETY: the range is exactly this mapping; the advice only maps its pages.
+        let _ = unsafe { libc::madvise(map.as_ptr().cast_mut().cast(), map.len(), libc::MADV_POPULATE_READ) };
+        Ok(SealedImage { file, map })
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// A path by which other processes of this user can open it while this one holds it.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd()))
+    }
+
+    /// Replace this process with the image: `argv0` and `args` become its command line,
+    /// `env` is added to the environment. Returns only on failure.
+    pub fn exec(self, argv0: &str, args: &[String], env: &[(String, String)]) -> io::Error {
+        let SealedImage { file: ro, map } = self;
+        drop(map);
         let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
         let mut argv = Vec::with_capacity(args.len() + 1);
         let mut envp = Vec::new();
@@ -129,6 +198,26 @@ mod tests {
         let mut m = MemImage::new("test", 10).unwrap();
         m.bytes_mut().copy_from_slice(b"0123456789");
         assert_eq!(m.bytes(), b"0123456789");
+    }
+
+    #[test]
+    fn a_sealed_image_opens_by_its_path_unchanged_and_an_unsealed_file_is_refused() {
+        let mut m = MemImage::new("shared", 8192).unwrap();
+        m.bytes_mut()[..5].copy_from_slice(b"hello");
+        let sealed = m.seal().unwrap();
+        let other = SealedImage::open(&sealed.path()).unwrap();
+        assert_eq!(&other.bytes()[..5], b"hello");
+        assert_eq!(other.bytes().len(), 8192);
+        // No one can write it any more, through any descriptor.
+        let mut w = std::fs::OpenOptions::new().write(true).open(sealed.path()).unwrap();
+        assert!(std::io::Write::write_all(&mut w, b"x").is_err());
+        // A file that could still change is refused.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        assert!(SealedImage::open(file.path()).is_err());
+        let unsealed = MemImage::new("unsealed", 4096).unwrap();
+        let path = format!("/proc/self/fd/{}", unsealed.file.as_raw_fd());
+        let e = SealedImage::open(Path::new(&path)).unwrap_err();
+        assert!(e.to_string().contains("not a sealed image"), "{e}");
     }
 
     #[test]

@@ -1035,6 +1035,7 @@ mod tests {
                 netboot: None,
                 t0_unix_ns: 1_765_000_000_000_000_000,
                 monarch_core,
+                kernel: monarch_core.then(|| "/proc/1/fd/3".into()),
             };
             let Cmd::Core(back) = parse(a.to_args()) else { panic!("not `core`") };
             assert_eq!(back, a);

@@ -215,6 +215,8 @@ fn phases(
         bytes: (kernel.len() + arch_bytes.len() + info.len()) as u64,
         ms: copy_started.elapsed().as_secs_f64() * 1e3,
     });
+    // Cluster 0's kernel, sealed in memory once, for its cores to check and run.
+    let kernel_c0 = super::core::seal("kernel-c0", &kernel)?;
     emit(EventKind::Phase { id: monarch.clone(), phase: "boot-info".into(), attempt: 0 });
     for (what, why) in untested(&view) {
         emit(EventKind::LeftOut { what, why });
@@ -255,6 +257,9 @@ fn phases(
         t0_unix_ns: t0,
         netboot: super::serve::arg(c, cluster),
         monarch_core: cluster == 0 && lid == 0,
+        // Cluster 0's cores run the kernel the monarch sealed (unless they boot over the
+        // network); a head makes its own cluster's.
+        kernel: (cluster == 0 && super::serve::arg(c, 0).is_none()).then(|| kernel_c0.path()),
     };
     // The clusters whose barrier was decided, released, and how many cores each left out:
     // once all are, and everyone else arrived, the final barrier need not wait any longer.

@@ -13,6 +13,7 @@ use crate::cmdline::CoreArgs;
 use crate::events::{Event, EventKind};
 use monarch_drivers::barrier::{Barrier, BarrierFile};
 use monarch_drivers::doorbell::Doorbell;
+use monarch_drivers::memimage::{MemImage, SealedImage};
 use monarch_proto::arch::{self, ArchView, ZoneKind};
 use monarch_proto::barrier::{Header, Outcome, Policy, reason};
 use std::io::Write as _;
@@ -160,6 +161,8 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     let mut mine = Bank::open(&bank::path(&a.run_dir, a.cluster)).map_err(|e| format!("its bank: {e}"))?;
     // The monarch's own core is core 0 of cluster 0 but no head: the monarch heads cluster 0.
     let head = a.lid == 0 && !a.monarch_core;
+    // The cluster's kernel sealed in memory, which its head makes and its cores run.
+    let mut made = None;
     if head && a.cluster != 0 {
         // Phase 2: copy from cluster 0, check, build this cluster's boot info.
         phase("copying");
@@ -187,6 +190,9 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
         let copied = mine.read(kernel_zone, record.kernel_len)?;
         let copied_arch = mine.read(arch_zone, u64::from(record.arch_len))?;
         record.check(copied, copied_arch)?;
+        let sealed = seal(&format!("kernel-c{}", a.cluster), copied)?;
+        record.check(sealed.bytes(), copied_arch)?;
+        made = Some(sealed);
         let info = arch::boot_info(&view, a.cluster).map_err(|e| e.to_string())?;
         let bytes = info.encode().map_err(|e| e.to_string())?;
         mine.write(zone(&view, ZoneKind::BootInfo)?, &bytes)?;
@@ -220,10 +226,23 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     // A core of a cluster booted over the network fetches its kernel from its head.
     let fetched =
         if a.lid == 0 { None } else { super::serve::fetch(a, &record, arch_bytes, &|k| out.emit(k), id)? };
-    // A head checked the kernel as it copied it; every other core checks it now.
+    // The kernel it will run: its cluster's, sealed in memory (made by its head, or by the
+    // monarch for cluster 0) and shared by the cluster's cores; or the one it fetched.
+    let sealed = match (made, &a.kernel) {
+        (Some(s), _) => Some(s),
+        (None, Some(path)) if fetched.is_none() => Some(
+            SealedImage::open(path).map_err(|e| format!("its cluster's kernel {}: {e}", path.display()))?,
+        ),
+        _ => None,
+    };
+    // A head checked the kernel as it copied it; every other core checks what it will run.
     if !head && fetched.is_none() {
         phase("verifying");
-        record.check(mine.read(kernel_zone, record.kernel_len)?, arch_bytes)?;
+        let kernel = match &sealed {
+            Some(s) => s.bytes(),
+            None => mine.read(kernel_zone, record.kernel_len)?,
+        };
+        record.check(kernel, arch_bytes)?;
     }
     let info_bytes = mine.read(boot_info_zone, arch::BOOT_INFO_SIZE as u64)?;
     let info = arch::BootInfoView::parse(info_bytes).map_err(|e| format!("its boot info: {e}"))?;
@@ -235,16 +254,15 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     let index = info
         .core_index(gid)
         .ok_or_else(|| format!("core gid {gid} has no entry in its cluster's boot info"))?;
-    meet(a, exe, out, &view, &info, index, mine.read(kernel_zone, record.kernel_len)?)?;
+    let shared = sealed.as_ref().map(SealedImage::path);
+    meet(a, exe, out, (&view, &info, index), mine.read(kernel_zone, record.kernel_len)?, shared)?;
     // Jump: the kernel in this cluster's bank, told where its boot info is.
     phase("handoff");
-    let kernel = match &fetched {
-        Some(k) => k.as_slice(),
-        None => mine.read(kernel_zone, record.kernel_len)?,
+    let image = match (sealed, &fetched) {
+        (Some(s), _) => s,
+        (None, Some(k)) => seal(id, k)?,
+        (None, None) => seal(id, mine.read(kernel_zone, record.kernel_len)?)?,
     };
-    let mut image =
-        monarch_drivers::memimage::MemImage::new(id, record.kernel_len).map_err(|e| e.to_string())?;
-    image.bytes_mut().copy_from_slice(kernel);
     let env = vec![
         ("MONARCH_BOOT_INFO".to_string(), format!("{}@{}", mine.path().display(), boot_info_zone.0)),
         ("MONARCH_CORE_GID".to_string(), gid.to_string()),
@@ -261,10 +279,9 @@ fn meet(
     a: &CoreArgs,
     exe: &Path,
     out: &Emitter,
-    view: &ArchView<'_>,
-    info: &arch::BootInfoView<'_>,
-    index: usize,
+    (view, info, index): (&ArchView<'_>, &arch::BootInfoView<'_>, usize),
     kernel: &[u8],
+    shared: Option<PathBuf>,
 ) -> Result<(), String> {
     let head = a.lid == 0 && !a.monarch_core;
     let id = crate::topology::core_id(a.cluster, a.lid);
@@ -286,7 +303,9 @@ fn meet(
         let served = Emitter::new(a.t0_unix_ns);
         serving = super::serve::start(a, kernel, move |k| served.emit(k))?;
         for k in view.cores_of(a.cluster).filter(|k| k.lid() != 0 && info.core_index(k.gid()).is_some()) {
-            let args = CoreArgs { lid: k.lid(), ..a.clone() };
+            // A core booted over the network fetches its kernel instead.
+            let kernel = if a.netboot.is_none() { shared.clone() } else { None };
+            let args = CoreArgs { lid: k.lid(), monarch_core: false, kernel, ..a.clone() };
             super::serve::command(exe, &args)?
                 .stdin(std::process::Stdio::null())
                 .spawn()
@@ -375,4 +394,13 @@ fn meet(
         }
     }
     Ok(())
+}
+
+/// `kernel` in a memfd of its own named `name`, sealed: what is checked in it is what runs.
+pub(crate) fn seal(name: &str, kernel: &[u8]) -> Result<SealedImage, String> {
+    let image = MemImage::new(name, kernel.len() as u64).and_then(|mut m| {
+        m.bytes_mut().copy_from_slice(kernel);
+        m.seal()
+    });
+    image.map_err(|e| format!("cannot hold the kernel in memory ({name}): {e}"))
 }

@@ -234,6 +234,7 @@ mod tests {
             t0_unix_ns: 0,
             netboot: serde_json::to_string(&net).ok(),
             monarch_core: false,
+            kernel: None,
         };
         assert_eq!(net_of(&a).unwrap(), Some(net));
         let c = command(Path::new("/bin/monarch"), &a).unwrap();

@@ -213,27 +213,29 @@ pub fn predict(m: &Machine, c: &Costs) -> Prediction {
     let hash = Costs::ms(s, c.hash_gib_s);
     let crc = Costs::ms(s, c.checksum_gib_s);
     let start = c.process_start_ms;
-    // Every core but the monarch: the kernel copied into fresh executable memory, then
-    // started. The same in both boots.
-    let jump = touch + copy + c.kernel_start_ms.unwrap_or(start + copy + crc);
-    // The cores a head starts: every core but the heads (the monarch is cluster 0's).
-    let others: u64 = m.cores.iter().map(|k| u64::from(k.saturating_sub(1))).sum();
+    // Starting the kernel: the process replaced by it, which reads itself.
+    let kernel_start = c.kernel_start_ms.unwrap_or(start + copy + crc);
+    // Flat: every secondary's verified copy into fresh executable memory, then started.
+    let jump = touch + copy + kernel_start;
+    // The cores a head starts: every core but the heads; in cluster 0, the monarch's own
+    // core too (the monarch heads it).
+    let others: u64 = m.cores.iter().map(|k| u64::from(k.saturating_sub(1))).sum::<u64>() + 1;
     let phased = boot(
         vec![
-            // The kernel made once (its record hashed with BLAKE3) and written into bank 0,
-            // whose pages are touched as they are written.
+            // The kernel made once (its record hashed with BLAKE3), written into bank 0 and
+            // sealed in memory for cluster 0's cores, fresh pages touched as they are written.
             step(
-                "1 monarch: kernel made, hashed, written into bank 0",
+                "1 monarch: kernel made, hashed, into bank 0 and sealed",
                 1,
-                touch + hash + touch + copy,
+                touch + hash + 2.0 * (touch + copy),
                 0,
                 1.0,
                 c,
             ),
             step(
-                "2 heads: copy from bank 0, check (BLAKE3), boot info",
+                "2 heads: copy from bank 0, check (BLAKE3), seal, boot info",
                 heads,
-                start + map + touch + copy + hash,
+                start + map + 2.0 * (touch + copy + hash),
                 heads * s,
                 cpus(heads),
                 c,
@@ -249,7 +251,8 @@ pub fn predict(m: &Machine, c: &Costs) -> Prediction {
             ),
             barrier("  cluster barriers", c),
             barrier("  final barrier", c),
-            step("4 every core jumps into its kernel", secondaries, jump, 0, cpus(secondaries), c),
+            // Every core of a cluster runs the one sealed kernel its head made: nothing to copy.
+            step("4 every core jumps into its cluster's kernel", n, kernel_start, 0, cpus(n), c),
         ],
         s,
     );
@@ -397,9 +400,9 @@ mod tests {
         assert!(p.phased.steps[1].ms.abs() < f64::EPSILON);
         let sum: f64 = p.phased.steps.iter().map(|s| s.ms).sum();
         assert!((sum - p.phased_ms).abs() < 1e-9);
-        // Three cores started by the monarch, three jumps.
-        assert_eq!(p.phased.steps[3].tasks, 3);
-        assert_eq!(p.phased.steps[6].tasks, 3);
+        // Four cores started by the monarch (its own among them), four jumps.
+        assert_eq!(p.phased.steps[3].tasks, 4);
+        assert_eq!(p.phased.steps[6].tasks, 4);
     }
 
     #[test]
