@@ -335,8 +335,9 @@ fn serve(
         }
     };
     let summary = std::thread::scope(|scope| {
-        // The heartbeat: only while the claim is still ours.
-        scope.spawn(|| {
+        // The heartbeat: only while the claim is still ours. It parks between beats, so
+        // that the end of the reign wakes it at once rather than after its period.
+        let beat = scope.spawn(|| {
             while !stop.load(Ordering::Acquire) {
                 if bp.w.load(el::BP_CLAIM) != word {
                     deposed.store(true, Ordering::Release);
@@ -344,11 +345,12 @@ fn serve(
                 }
                 let b = bp.w.load(el::BP_HEARTBEAT);
                 bp.w.store(el::BP_HEARTBEAT, b.wrapping_add(1));
-                std::thread::sleep(period);
+                std::thread::park_timeout(period);
             }
         });
         let s = reign(o, epoch, reason, takeover, &check, emit);
         stop.store(true, Ordering::Release);
+        beat.thread().unpark();
         s
     });
     let Some(summary) = summary else { return CandidateOutcome::StoodDown };

@@ -184,7 +184,8 @@ pub fn up(
                     }
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                // Parked, so that the end of the run wakes it at once.
+                std::thread::park_timeout(Duration::from_millis(20));
             }
         })
     };
@@ -231,6 +232,7 @@ pub fn up(
         let _ = r.join();
     }
     ended.store(true, Ordering::Release);
+    relay.thread().unpark();
     let _ = relay.join();
     let mut exits = Vec::new();
     for c in children.iter_mut() {
