@@ -87,15 +87,35 @@ pub fn existing(path: &Path, window_len: u64) -> Existing {
 /// has none is SIGBUS, which kills the whole monarch, where this is an error for the one
 /// window. File systems that cannot reserve (a device's BAR in sysfs) are left as they are.
 fn reserve(file: &File, path: &Path, len: u64) -> Result<(), WindowError> {
-    // One reservation at a time in this process: two that race for the last space on a
-    // file system each take part of it, and both fail where one would have fitted.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    use std::os::unix::fs::MetadataExt as _;
+    use std::sync::{Condvar, Mutex, PoisonError};
+    // Bytes that reservations of this process are still taking, and their ends.
+    static PENDING: Mutex<u64> = Mutex::new(0);
+    static ENDED: Condvar = Condvar::new();
+    // Two reservations that race for the last space on a file system each take part of it,
+    // and both fail where one would have fitted. So one goes alongside those under way only
+    // if the file system has room for all of them and for it (counting theirs whole, as if
+    // none of it were taken yet: never too little); else it waits for them to end. Windows
+    // are made in parallel, and reserving is most of their cost (tmpfs zeroes every page).
+    let needed = len.saturating_sub(file.metadata().map_or(0, |m| m.blocks().saturating_mul(512)));
+    let free = || rustix::fs::fstatvfs(file).ok().map(|v| v.f_bavail.saturating_mul(v.f_frsize));
+    {
+        let mut pending = PENDING.lock().unwrap_or_else(PoisonError::into_inner);
+        while *pending > 0 && free().is_some_and(|f| f < pending.saturating_add(needed)) {
+            pending = ENDED.wait(pending).unwrap_or_else(PoisonError::into_inner);
+        }
+        *pending += needed;
+    }
     // A signal (the operator's Ctrl-C included) interrupts a long fallocate on tmpfs: what
     // was reserved stays, so ask again; the caller notices the interruption itself.
     let mut r = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len);
     while r == Err(rustix::io::Errno::INTR) {
         r = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len);
+    }
+    {
+        let mut pending = PENDING.lock().unwrap_or_else(PoisonError::into_inner);
+        *pending = pending.saturating_sub(needed);
+        ENDED.notify_all();
     }
     match r {
         Ok(()) => Ok(()),
