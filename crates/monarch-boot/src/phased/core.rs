@@ -1,9 +1,11 @@
 //! One core's side of the phased boot (`monarch core`): a head (core 0 of a cluster other
 //! than 0) copies the boot code, the description and the kernel from cluster 0's bank into its
-//! own, checks what it copied against the handoff record, builds its cluster's boot info and
-//! meets the other heads at the `heads` barrier; then it starts its cluster's other cores,
-//! which check the kernel and their boot info entry and meet at their cluster's barrier and
-//! at the `final` one, after which every core jumps into the kernel in its bank.
+//! own, checks what it copied against the handoff record, seals a copy of the kernel in memory
+//! for its cluster, builds its cluster's boot info and meets the other heads at the `heads`
+//! barrier; then it starts its cluster's other cores, which check that sealed kernel and their
+//! boot info entry and meet at their cluster's barrier and at the `final` one, after which
+//! every core jumps into its cluster's kernel. The monarch's own core (`--monarch-core`) is
+//! one of cluster 0's cores; the monarch heads cluster 0.
 //!
 //! Events go to standard output as JSON lines (`monarch up --json`'s format), one write each,
 //! so the cores of a cluster can share the head's pipe to the monarch.
@@ -256,7 +258,8 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
         .ok_or_else(|| format!("core gid {gid} has no entry in its cluster's boot info"))?;
     let shared = sealed.as_ref().map(SealedImage::path);
     meet(a, exe, out, (&view, &info, index), mine.read(kernel_zone, record.kernel_len)?, shared)?;
-    // Jump: the kernel in this cluster's bank, told where its boot info is.
+    // Jump: into its cluster's sealed kernel (or the one it fetched), told where its boot
+    // info is.
     phase("handoff");
     let image = match (sealed, &fetched) {
         (Some(s), _) => s,
