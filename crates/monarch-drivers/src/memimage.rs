@@ -57,8 +57,8 @@ impl MemImage {
     /// `args` become its command line, `env` is added to the environment. Returns only on
     /// failure.
     pub fn exec(self, argv0: &str, args: &[String], env: &[(String, String)]) -> io::Error {
-        match self.seal() {
-            Ok(sealed) => sealed.exec(argv0, args, env),
+        match self.sealed_file() {
+            Ok(ro) => exec_file(ro, argv0, args, env),
             Err(e) => e,
         }
     }
@@ -66,15 +66,18 @@ impl MemImage {
     /// Seal the image against any change (no write, no resize, no further seal) and keep it
     /// read-only: what is checked in it from then on is what runs.
     pub fn seal(self) -> io::Result<SealedImage> {
+        SealedImage::mapped(self.sealed_file()?)
+    }
+
+    /// Sealed, as a read-only descriptor (the only one left).
+    fn sealed_file(self) -> io::Result<File> {
         let MemImage { file, map } = self;
         // A writable shared mapping would make the write seal fail (EBUSY).
         drop(map);
         rustix::fs::fcntl_add_seals(&file, SEALED | SealFlags::SEAL)?;
         // Keep only a read-only descriptor: the kernel refuses (ETXTBSY) to execute a file
         // that is open for writing.
-        let ro = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-        drop(file);
-        SealedImage::mapped(ro)
+        File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
     }
 }
 
@@ -136,46 +139,51 @@ impl SealedImage {
     /// Replace this process with the image: `argv0` and `args` become its command line,
     /// `env` is added to the environment. Returns only on failure.
     pub fn exec(self, argv0: &str, args: &[String], env: &[(String, String)]) -> io::Error {
-        let SealedImage { file: ro, map } = self;
+        let SealedImage { file, map } = self;
         drop(map);
-        let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-        let mut argv = Vec::with_capacity(args.len() + 1);
-        let mut envp = Vec::new();
-        let built: io::Result<()> = (|| {
-            argv.push(cstr(argv0.as_bytes())?);
-            for a in args {
-                argv.push(cstr(a.as_bytes())?);
-            }
-            for (k, v) in std::env::vars_os() {
-                if env.iter().any(|(ek, _)| k.as_bytes() == ek.as_bytes()) {
-                    continue;
-                }
-                let mut kv = k.as_bytes().to_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                envp.push(cstr(&kv)?);
-            }
-            for (k, v) in env {
-                envp.push(cstr(format!("{k}={v}").as_bytes())?);
-            }
-            Ok(())
-        })();
-        if let Err(e) = built {
-            return e;
-        }
-        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
-        let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
-        envp_ptrs.push(std::ptr::null());
-        // Why fexecve and not std::process::Command: std execs by path with execvp semantics,
-        // which on ENOEXEC hands the bytes to /bin/sh as a script. Delivered bytes that are
-        // not a program must fail the handoff, never run as shell commands.
-        // SAFETY: `ro` is an open descriptor; argv/envp are NULL-terminated arrays of
-        // pointers to NUL-terminated strings that outlive the call (on success the call does
-        // not return; on failure nothing was consumed).
-        unsafe { libc::fexecve(ro.as_raw_fd(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
-        io::Error::last_os_error()
+        exec_file(file, argv0, args, env)
     }
+}
+
+/// Replace this process with the program in `ro` (read-only, sealed); returns only on failure.
+fn exec_file(ro: File, argv0: &str, args: &[String], env: &[(String, String)]) -> io::Error {
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let mut argv = Vec::with_capacity(args.len() + 1);
+    let mut envp = Vec::new();
+    let built: io::Result<()> = (|| {
+        argv.push(cstr(argv0.as_bytes())?);
+        for a in args {
+            argv.push(cstr(a.as_bytes())?);
+        }
+        for (k, v) in std::env::vars_os() {
+            if env.iter().any(|(ek, _)| k.as_bytes() == ek.as_bytes()) {
+                continue;
+            }
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            envp.push(cstr(&kv)?);
+        }
+        for (k, v) in env {
+            envp.push(cstr(format!("{k}={v}").as_bytes())?);
+        }
+        Ok(())
+    })();
+    if let Err(e) = built {
+        return e;
+    }
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    // Why fexecve and not std::process::Command: std execs by path with execvp semantics,
+    // which on ENOEXEC hands the bytes to /bin/sh as a script. Delivered bytes that are
+    // not a program must fail the handoff, never run as shell commands.
+    // SAFETY: `ro` is an open descriptor; argv/envp are NULL-terminated arrays of
+    // pointers to NUL-terminated strings that outlive the call (on success the call does
+    // not return; on failure nothing was consumed).
+    unsafe { libc::fexecve(ro.as_raw_fd(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+    io::Error::last_os_error()
 }
 
 /// Map `file` shared and writable: a memory bank of the phased boot, which the cores of a
