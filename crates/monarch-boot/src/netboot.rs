@@ -484,6 +484,17 @@ pub enum AssignError {
     /// The image is not a regular file.
     #[error("image {} is not a file", .0.display())]
     NotAFile(PathBuf),
+    /// The image's path names no file.
+    #[error("image {} names no file", .0.display())]
+    NoFileName(PathBuf),
+    /// `ROOT/images` could not be made.
+    #[error("cannot create {}: {source}", path.display())]
+    CreateDir {
+        /// The folder.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
     /// `images/` already holds a different file of the image's name.
     #[error("{} exists and differs from {}: rename the image or remove the old one", dest.display(), image.display())]
     Differs {
@@ -502,7 +513,7 @@ pub enum AssignError {
         /// OS error.
         source: std::io::Error,
     },
-    /// A file or folder could not be written.
+    /// The catalog could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
         /// What was written.
@@ -548,9 +559,9 @@ fn image_in_root(
     if let Ok(rel) = canon.strip_prefix(root) {
         return Ok((rel.to_string_lossy().into_owned(), None));
     }
-    let name = canon.file_name().ok_or_else(|| AssignError::NotAFile(image.to_path_buf()))?;
+    let name = canon.file_name().ok_or_else(|| AssignError::NoFileName(image.to_path_buf()))?;
     let dir = root.join("images");
-    std::fs::create_dir_all(&dir).map_err(|e| AssignError::Write { path: dir.clone(), source: e })?;
+    std::fs::create_dir_all(&dir).map_err(|e| AssignError::CreateDir { path: dir.clone(), source: e })?;
     let dest = dir.join(name);
     if dest.exists() {
         let same = std::fs::read(&dest).ok() == std::fs::read(&canon).ok();

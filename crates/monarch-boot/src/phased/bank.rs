@@ -77,7 +77,7 @@ impl Bank {
     pub fn write(&mut self, zone: Span, bytes: &[u8]) -> Result<(), BankError> {
         let (base, max) = zone;
         let len = bytes.len() as u64;
-        let misfit = BankError::DoesNotFit { len, base, max, bank: self.len() };
+        let misfit = BankError::WriteDoesNotFit { len, base, max, bank: self.len() };
         if len > max || base.saturating_add(len) > self.len() {
             return Err(misfit);
         }
@@ -90,9 +90,21 @@ impl Bank {
 /// A bank's contents that are not what they should be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BankError {
-    /// Bytes that would not fit their zone or the bank.
+    /// Bytes to read that would not fit their zone or the bank.
     #[error("{len} bytes at {base:#x} do not fit the zone (max {max}) or the bank ({bank} bytes)")]
     DoesNotFit {
+        /// How many bytes.
+        len: u64,
+        /// The zone's offset in the bank.
+        base: u64,
+        /// The zone's maximum.
+        max: u64,
+        /// The bank's size.
+        bank: u64,
+    },
+    /// Bytes to write that would not fit their zone or the bank.
+    #[error("{len} bytes do not fit the zone at {base:#x} (max {max}) of a {bank}-byte bank")]
+    WriteDoesNotFit {
         /// How many bytes.
         len: u64,
         /// The zone's offset in the bank.
