@@ -205,7 +205,12 @@ mod tests {
             })
             .collect();
         let tids: Vec<i32> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        let asleep = Instant::now() + Duration::from_secs(30);
         while !tids.iter().all(|t| in_futex(*t)) {
+            assert!(
+                Instant::now() < asleep,
+                "the sleepers never showed in futex(2) (/proc/self/task/*/syscall)"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         w.store(1, Ordering::Release);

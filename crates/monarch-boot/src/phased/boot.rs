@@ -1,7 +1,7 @@
 //! The monarch's side of the phased boot: (1) sequential: it writes the kernel, the
 //! description and cluster 0's boot info into cluster 0's bank, once; (2) it starts one head
 //! per other cluster (`monarch core`), which copy for their clusters, and meets them at the
-//! `heads` barrier; (3) it starts cluster 0's other cores, owns its cluster's barrier and the
+//! `heads` barrier; (3) it starts cluster 0's cores, owns its cluster's barrier and the
 //! `final` one (it owns them without taking part), after which every core jumps into its
 //! kernel and reports RUNNING. Its own core (core 0 of cluster 0) is one of them: a process
 //! of its own, started with cluster 0's others, so that the monarch stays to report the boot.

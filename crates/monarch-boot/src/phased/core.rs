@@ -229,7 +229,9 @@ fn steps(a: &CoreArgs, exe: &Path, out: &Emitter, id: &str) -> Result<Never, Str
     let fetched =
         if a.lid == 0 { None } else { super::serve::fetch(a, &record, arch_bytes, &|k| out.emit(k), id)? };
     // The kernel it will run: its cluster's, sealed in memory (made by its head, or by the
-    // monarch for cluster 0) and shared by the cluster's cores; or the one it fetched.
+    // monarch for cluster 0) and shared by the cluster's cores; or the one it fetched. It is
+    // opened here, before this core arrives at any barrier: its holder keeps it at least
+    // until every core it waits for has arrived at the final barrier.
     let sealed = match (made, &a.kernel) {
         (Some(s), _) => Some(s),
         (None, Some(path)) if fetched.is_none() => Some(

@@ -104,7 +104,7 @@ fn reserve(file: &File, path: &Path, len: u64) -> Result<(), WindowError> {
         while *pending > 0 && free().is_some_and(|f| f < pending.saturating_add(needed)) {
             pending = ENDED.wait(pending).unwrap_or_else(PoisonError::into_inner);
         }
-        *pending += needed;
+        *pending = pending.saturating_add(needed);
     }
     // A signal (the operator's Ctrl-C included) interrupts a long fallocate on tmpfs: what
     // was reserved stays, so ask again; the caller notices the interruption itself.
