@@ -135,6 +135,11 @@ pub fn run(plan: &Plan, exe: &Path, on_event: &mut dyn FnMut(&Event)) -> Summary
         }
         ok &= p.state == "running" || p.state == "left-out";
         if *id == monarch {
+            // Its core never got to say anything (the boot failed before): it stays the
+            // monarch, and the summary's error says why.
+            if failed_early.is_some() && !done.contains_key(id) && !left_out.contains_key(id) {
+                continue;
+            }
             me.state = p.state;
             me.report = p.report;
             me.error = p.error;
