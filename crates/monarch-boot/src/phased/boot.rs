@@ -7,7 +7,7 @@
 //! of its own, started with cluster 0's others, so that the monarch stays to report the boot.
 
 use super::bank::{self, Bank, Record};
-use super::core::{barrier_path, final_participants, header, outcome_text, zone};
+use super::core::{barrier_event, barrier_path, final_participants, header, zone};
 use crate::cmdline::CoreArgs;
 use crate::events::{Event, EventKind, ProcessorSummary, Summary};
 use crate::plan::Plan;
@@ -385,32 +385,4 @@ fn untested(view: &ArchView<'_>) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-/// The event of a barrier decided by its owner; an error that says why, unless it released.
-fn barrier_event(
-    emit: &dyn Fn(EventKind),
-    barrier: &str,
-    b: &Barrier<'_>,
-    o: &Outcome,
-    name: &dyn Fn(u16) -> String,
-) -> Result<(), String> {
-    let n = usize::from(b.header().participants);
-    let (outcome, missing) = match o {
-        Outcome::Released { excluded } => ("released", excluded.iter().map(|k| name(*k)).collect::<Vec<_>>()),
-        Outcome::Aborted { missing, .. } => ("aborted", missing.iter().map(|k| name(*k)).collect()),
-        _ => ("undecided", Vec::new()),
-    };
-    // Stopped early (an earlier barrier aborted): whoever had arrived by then.
-    let arrived = match o {
-        Outcome::Aborted { missing, .. } if missing.is_empty() => {
-            usize::try_from(b.arrived()).unwrap_or(n).min(n)
-        }
-        _ => n - missing.len(),
-    };
-    emit(EventKind::Barrier { barrier: barrier.into(), outcome: outcome.into(), arrived, missing });
-    match o {
-        Outcome::Released { .. } => Ok(()),
-        other => Err(format!("the {barrier} barrier: {}", outcome_text(other, name))),
-    }
 }

@@ -331,54 +331,23 @@ fn meet(
         lb.arrive();
         wait_decided(&lb)
     };
-    match outcome {
-        Outcome::Released { excluded } => {
-            if head {
-                let missing: Vec<String> = excluded
-                    .iter()
-                    .filter_map(|m| {
-                        info.cores()
-                            .get(usize::from(*m))
-                            .map(|k| crate::topology::core_id(a.cluster, k.lid.get()))
-                    })
-                    .collect();
-                out.emit(EventKind::Barrier {
-                    barrier: format!("cluster {}", a.cluster),
-                    outcome: "released".into(),
-                    arrived: usize::from(participants) - missing.len(),
-                    missing,
-                });
-            }
+    let name = |k: u16| {
+        let lid = info.cores().get(usize::from(k)).map_or(k, |c| c.lid.get());
+        crate::topology::core_id(a.cluster, lid)
+    };
+    if head
+        && barrier_event(&|k| out.emit(k), &format!("cluster {}", a.cluster), &lb, &outcome, &name).is_err()
+    {
+        // Nobody of this cluster can meet the final barrier now: stop it for all, rather
+        // than let the monarch wait out its deadline.
+        if let Ok((f, me)) = final_barrier(a, view)
+            && let Ok(fb) = Barrier::attach(f.block(), GENERATION, me, Doorbell::detect())
+        {
+            fb.abort(reason::EARLIER_ABORTED);
         }
-        other => {
-            let name = |k: u16| {
-                let lid = info.cores().get(usize::from(k)).map_or(k, |c| c.lid.get());
-                crate::topology::core_id(a.cluster, lid)
-            };
-            if head {
-                out.emit(EventKind::Barrier {
-                    barrier: format!("cluster {}", a.cluster),
-                    outcome: "aborted".into(),
-                    arrived: usize::from(participants)
-                        - match &other {
-                            Outcome::Aborted { missing, .. } => missing.len(),
-                            _ => 0,
-                        },
-                    missing: match &other {
-                        Outcome::Aborted { missing, .. } => missing.iter().map(|k| name(*k)).collect(),
-                        _ => Vec::new(),
-                    },
-                });
-                // Nobody of this cluster can meet the final barrier now: stop it for all,
-                // rather than let the monarch wait out its deadline.
-                if let Ok((f, me)) = final_barrier(a, view)
-                    && let Ok(fb) = Barrier::attach(f.block(), GENERATION, me, Doorbell::detect())
-                {
-                    fb.abort(reason::EARLIER_ABORTED);
-                }
-            }
-            return Err(format!("cluster {}'s barrier: {}", a.cluster, outcome_text(&other, &name)));
-        }
+    }
+    if !matches!(outcome, Outcome::Released { .. }) {
+        return Err(format!("cluster {}'s barrier: {}", a.cluster, outcome_text(&outcome, &name)));
     }
     drop(serving);
     // The final barrier (the monarch owns it).
@@ -408,4 +377,32 @@ pub(crate) fn seal(name: &str, kernel: &[u8]) -> Result<SealedImage, String> {
         m.seal()
     });
     image.map_err(|e| format!("cannot hold the kernel in memory ({name}): {e}"))
+}
+
+/// The event of a barrier decided by its owner; an error that says why, unless it released.
+pub(crate) fn barrier_event(
+    emit: &dyn Fn(EventKind),
+    barrier: &str,
+    b: &Barrier<'_>,
+    o: &Outcome,
+    name: &dyn Fn(u16) -> String,
+) -> Result<(), String> {
+    let n = usize::from(b.header().participants);
+    let (outcome, missing) = match o {
+        Outcome::Released { excluded } => ("released", excluded.iter().map(|k| name(*k)).collect::<Vec<_>>()),
+        Outcome::Aborted { missing, .. } => ("aborted", missing.iter().map(|k| name(*k)).collect()),
+        _ => ("undecided", Vec::new()),
+    };
+    // Stopped early (an earlier barrier aborted): whoever had arrived by then.
+    let arrived = match o {
+        Outcome::Aborted { missing, .. } if missing.is_empty() => {
+            usize::try_from(b.arrived()).unwrap_or(n).min(n)
+        }
+        _ => n - missing.len(),
+    };
+    emit(EventKind::Barrier { barrier: barrier.into(), outcome: outcome.into(), arrived, missing });
+    match o {
+        Outcome::Released { .. } => Ok(()),
+        other => Err(format!("the {barrier} barrier: {}", outcome_text(other, name))),
+    }
 }
