@@ -324,7 +324,7 @@ fn render_clusters(c: &crate::topology::Clusters) -> String {
             let _ = writeln!(
                 s,
                 "    {:<10} {:#010x}..{:#010x}  max {}",
-                z.kind.name(),
+                crate::topology::zone_field(z.kind),
                 z.base,
                 z.end(),
                 crate::values::fmt_size(z.max)

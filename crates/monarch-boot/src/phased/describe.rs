@@ -5,7 +5,7 @@
 //! after another in one physical address space, each on a 1 MiB boundary. Hardware that
 //! failed its self-test is described, marked failed: every boot info leaves it out.
 
-use crate::topology::{Clusters, Topology, TopologyError, ZoneKind};
+use crate::topology::{Clusters, Topology, TopologyError, zone_field};
 use monarch_proto::arch::{self, ArchError, ArchInfo, ArchView};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -94,8 +94,8 @@ fn topology_text(view: &ArchView<'_>) -> String {
         .zones()
         .iter()
         .filter_map(|z| {
-            let kind = ZoneKind::ALL.into_iter().find(|k| Some(zone_kind(*k)) == z.kind())?;
-            Some(format!("{} = {{ base = {}, max = {} }}", kind.name(), z.base(), z.max()))
+            let kind = z.kind()?;
+            Some(format!("{} = {{ base = {}, max = {} }}", zone_field(kind), z.base(), z.max()))
         })
         .collect();
     let _ = writeln!(s, "zones = {{ {} }}", zones.join(", "));
@@ -131,16 +131,6 @@ pub fn describe(t: &Topology) -> Result<(ArchInfo, Vec<u8>), DescribeError> {
     Ok((info, bytes))
 }
 
-fn zone_kind(k: ZoneKind) -> arch::ZoneKind {
-    match k {
-        ZoneKind::BootCode => arch::ZoneKind::BootCode,
-        ZoneKind::ArchInfo => arch::ZoneKind::ArchInfo,
-        ZoneKind::Kernel => arch::ZoneKind::Kernel,
-        ZoneKind::BootInfo => arch::ZoneKind::BootInfo,
-        ZoneKind::Stacks => arch::ZoneKind::Stacks,
-    }
-}
-
 /// The model of `c` (not checked).
 pub fn model(name: &str, c: &Clusters) -> ArchInfo {
     let mut info = ArchInfo {
@@ -151,11 +141,7 @@ pub fn model(name: &str, c: &Clusters) -> ArchInfo {
         cores: Vec::new(),
         banks: Vec::new(),
         devices: Vec::new(),
-        zones: c
-            .zones
-            .iter()
-            .map(|z| arch::Zone { kind: zone_kind(z.kind), base: z.base, max: z.max })
-            .collect(),
+        zones: c.zones.iter().map(|z| arch::Zone { kind: z.kind, base: z.base, max: z.max }).collect(),
     };
     let mut gid = 0u32;
     let mut address = 0u64;

@@ -4,7 +4,9 @@
 //! its zone's maximum.
 
 use super::error::Ctx;
-use super::model::{BankSpec, BarrierPolicy, ClusterSpec, Clusters, CoreSpec, ZoneKind, ZoneSpec};
+use super::model::{
+    BankSpec, BarrierPolicy, ClusterSpec, Clusters, CoreSpec, ZoneKind, ZoneSpec, zone_field,
+};
 use super::schema::{ClusterDef, ClustersDef, FileDef, ProcessorDef, SizeDef, ZoneDef};
 use crate::values::fmt_size;
 use std::collections::BTreeMap;
@@ -261,7 +263,7 @@ pub(super) fn zones(
             ZoneKind::BootInfo => d.boot_info.as_ref(),
             ZoneKind::Stacks => d.stacks.as_ref(),
         });
-        let field = format!("clusters.zones.{}", kind.name());
+        let field = format!("clusters.zones.{}", zone_field(kind));
         let default = match kind {
             ZoneKind::BootCode => BOOT_CODE,
             ZoneKind::ArchInfo => ARCH_INFO,
@@ -284,7 +286,10 @@ pub(super) fn zones(
             cx.push(
                 span.clone(),
                 field.clone(),
-                format!("zone {} starts at {base:#x}, not on a 4 KiB boundary: align its base", kind.name()),
+                format!(
+                    "zone {} starts at {base:#x}, not on a 4 KiB boundary: align its base",
+                    zone_field(kind)
+                ),
             );
         }
         let zone = ZoneSpec { kind, base, max };
@@ -297,13 +302,13 @@ pub(super) fn zones(
             if a.base < b.end() && b.base < a.end() {
                 cx.push(
                     span.clone(),
-                    format!("clusters.zones.{}", a.kind.name()),
+                    format!("clusters.zones.{}", zone_field(a.kind)),
                     format!(
                         "zone {} ({:#x}..{:#x}) overlaps zone {} ({:#x}..{:#x}): move its base past {:#x}",
-                        a.kind.name(),
+                        zone_field(a.kind),
                         a.base,
                         a.end(),
-                        b.kind.name(),
+                        zone_field(b.kind),
                         b.base,
                         b.end(),
                         b.end()
@@ -324,13 +329,13 @@ pub(super) fn zones(
         {
             cx.push(
                 span.clone(),
-                format!("clusters.zones.{}", z.kind.name()),
+                format!("clusters.zones.{}", zone_field(z.kind)),
                 format!(
                     "{what} takes {} and zone {} holds at most {}: raise [clusters] zones.{} to {} or more",
                     fmt_size(need),
-                    z.kind.name(),
+                    zone_field(z.kind),
                     fmt_size(z.max),
-                    z.kind.name(),
+                    zone_field(z.kind),
                     fmt_size(need)
                 ),
             );
@@ -348,7 +353,7 @@ pub(super) fn zones(
                 format!("cluster {}.banks", c.id),
                 format!(
                     "zone {} ({:#x}..{:#x}) does not fit the cluster's memory bank ({}); the zones need {}: give the bank more memory or the zones less",
-                    z.kind.name(), z.base, z.end(), fmt_size(bank.size), fmt_size(end)
+                    zone_field(z.kind), z.base, z.end(), fmt_size(bank.size), fmt_size(end)
                 ),
             );
         }

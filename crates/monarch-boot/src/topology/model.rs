@@ -397,35 +397,18 @@ impl ZoneSpec {
     }
 }
 
-/// What a zone holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ZoneKind {
-    /// The boot code (copied by each head into its cluster).
-    BootCode,
-    /// The copy of the binary hardware description.
-    ArchInfo,
-    /// The kernel image.
-    Kernel,
-    /// The cluster's boot info.
-    BootInfo,
-    /// One boot stack per core.
-    Stacks,
-}
+/// What a zone holds: the binary description's own kinds.
+pub use monarch_proto::arch::ZoneKind;
 
-impl ZoneKind {
-    /// Every zone, in bank order.
-    pub const ALL: [ZoneKind; 5] =
-        [ZoneKind::BootCode, ZoneKind::ArchInfo, ZoneKind::Kernel, ZoneKind::BootInfo, ZoneKind::Stacks];
-
-    /// Its name in topologies and messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            ZoneKind::BootCode => "boot_code",
-            ZoneKind::ArchInfo => "arch_info",
-            ZoneKind::Kernel => "kernel",
-            ZoneKind::BootInfo => "boot_info",
-            ZoneKind::Stacks => "stacks",
-        }
+/// A zone kind's name in topology files and their messages: `boot_code`, `arch_info`,
+/// `kernel`, `boot_info`, `stacks` (the description's tools spell them with dashes).
+pub fn zone_field(kind: ZoneKind) -> &'static str {
+    match kind {
+        ZoneKind::BootCode => "boot_code",
+        ZoneKind::ArchInfo => "arch_info",
+        ZoneKind::Kernel => "kernel",
+        ZoneKind::BootInfo => "boot_info",
+        ZoneKind::Stacks => "stacks",
     }
 }
 

@@ -675,7 +675,7 @@ fn clusters_become_processors_core_0_of_cluster_0_the_monarch() {
         [BankSpec { size: 16 << 20, failed: false }, BankSpec { size: 8 << 20, failed: true }]
     );
     // The zones, in bank order, each after the other on a page boundary; the kernel's holds the image.
-    let kinds: Vec<&str> = c.zones.iter().map(|z| z.kind.name()).collect();
+    let kinds: Vec<&str> = c.zones.iter().map(|z| crate::topology::zone_field(z.kind)).collect();
     assert_eq!(kinds, ["boot_code", "arch_info", "kernel", "boot_info", "stacks"]);
     for w in c.zones.windows(2) {
         assert!(w[0].end() <= w[1].base && w[1].base % 4096 == 0, "{w:?}");
