@@ -135,7 +135,7 @@ pub enum EventKind {
         /// Why it won.
         reason: String,
     },
-    /// Serfs saw the monarch's heartbeat stall and deposed it.
+    /// Serfs saw the monarch's heartbeat stall, or its process die, and deposed it.
     Stalled {
         /// The deposed monarch.
         monarch: String,
@@ -145,6 +145,9 @@ pub enum EventKind {
         by: String,
         /// Time since the last heartbeat it saw move.
         silent_ms: f64,
+        /// Its process is gone (the kernel said so), rather than silent.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dead: bool,
     },
     /// A new monarch took over the boot.
     Failover {
@@ -438,9 +441,12 @@ impl EventKind {
             EventKind::Elected { monarch, epoch, reason } => {
                 format!("{monarch} is monarch (epoch {epoch}): {reason}")
             }
-            EventKind::Stalled { monarch, epoch, by, silent_ms } => {
+            EventKind::Stalled { monarch, epoch, by, silent_ms, dead: false } => {
                 format!("monarch {monarch} (epoch {epoch}) silent for {silent_ms:.0} ms: {by} deposes it")
             }
+            EventKind::Stalled { monarch, epoch, by, silent_ms, dead: true } => format!(
+                "monarch {monarch} (epoch {epoch}) died ({silent_ms:.0} ms after its last heartbeat): {by} deposes it"
+            ),
             EventKind::Failover { from, to, epoch, reason, ms } => {
                 format!(
                     "FAILOVER: {to} takes over from {from} (epoch {epoch}, {ms:.0} ms after it was last seen alive): {reason}"

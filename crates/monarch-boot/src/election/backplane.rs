@@ -182,6 +182,7 @@ pub fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -
                             epoch: 0,
                             by: mgr.id.clone(),
                             silent_ms: e.timeout.as_secs_f64() * 1e3,
+                            dead: false,
                         });
                     }
                     dog.reset();
@@ -208,6 +209,7 @@ pub fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -
                             epoch,
                             by: mgr.id.clone(),
                             silent_ms,
+                            dead: !silent,
                         });
                     }
                     let word = el::claim_word(epoch, holder);
@@ -224,6 +226,7 @@ pub fn run_on_backplane(o: &CandidateOptions, emit: &mut dyn FnMut(EventKind)) -
                             epoch: 0,
                             by: mgr.id.clone(),
                             silent_ms,
+                            dead: false,
                         });
                     }
                     waited_on = Some(word);
