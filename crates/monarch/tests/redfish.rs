@@ -82,48 +82,15 @@ fn useradd(file: &Path, name: &str, password: &str, role: &str) {
     assert!(out.status.success(), "useradd {name}: {}", text(&out));
 }
 
-/// A server: dpu0 (the host requires it), dpu1 (the host wants it), and a host on main power
-/// that defers every notice.
-const SERVER: &str = r#"
-[chassis]
-name = "rf-server"
-run_dir = "win"
-state_dir = "state"
-
-[defaults]
-timeouts = { rendezvous = "30s", verify = "30s", handoff = "30s", agent = "60s" }
-heartbeat = "100ms"
-heartbeat_timeout = "5s"
-restart_backoff = "50ms"
-
-[[processor]]
-id = "bmc"
-role = "monarch"
-
-[[processor]]
-id = "dpu0"
-role = "secondary"
-image = "builtin:payload"
-image_size = "24MiB"
-ready_after = "200ms"
-
-[[processor]]
-id = "dpu1"
-role = "secondary"
-image = "builtin:payload"
-image_size = "24MiB"
-
-[[processor]]
-id = "host"
-role = "secondary"
-image = "builtin:payload"
-image_size = "24MiB"
-power = "main"
-requires = ["dpu0"]
-wants = ["dpu1"]
-wait = "5s"
-fault = { defer_notices = "I/O in flight" }
-"#;
+/// A server (`common::server`) whose host defers every notice.
+fn server() -> String {
+    common::server(
+        "rf-server",
+        "ready_after = \"200ms\"",
+        "",
+        "fault = { defer_notices = \"I/O in flight\" }",
+    )
+}
 
 #[test]
 fn operators_tools_read_and_reset_a_chassis_through_redfish() {
@@ -133,7 +100,7 @@ fn operators_tools_read_and_reset_a_chassis_through_redfish() {
     useradd(&users, "admin", "s3cret pass", "Administrator");
     useradd(&users, "viewer", "look only", "ReadOnly");
     let c = Chassis::start_with(
-        SERVER,
+        &server(),
         &[],
         &["--redfish", "127.0.0.1:0", "--redfish-users", users.to_str().unwrap(), "--deadline", "1s"],
     );
@@ -263,7 +230,7 @@ fn operators_tools_read_and_reset_a_chassis_through_redfish() {
     let done = find(&ev, copied, &|e| is(e, "done", "dpu1") && e["state"] == "running")
         .unwrap_or_else(|| panic!("dpu1 running again:\n{}", dump(&ev)));
     assert!(
-        ev[done]["report"].as_str().unwrap_or_default().contains("booted the delivered image"),
+        ev[done]["report"].as_str().unwrap_or_default().contains("dpu1 up"),
         "{}",
         dump(&ev)
     );
@@ -315,7 +282,7 @@ fn operators_tools_read_and_reset_a_chassis_through_redfish() {
 #[test]
 fn a_redfish_service_without_a_users_file_is_refused_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let t = common::write_topology(dir.path(), SERVER);
+    let t = common::write_topology(dir.path(), &server());
     let out = Command::new(MONARCH)
         .args(["up", "--hold", "--redfish", "127.0.0.1:0", "--topology"])
         .arg(&t)

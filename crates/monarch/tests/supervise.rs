@@ -10,43 +10,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{Chassis, MONARCH, Run, dump, find, is, t_of, up_json, write_topology};
+use common::{Chassis, MONARCH, Run, dump, find, is, secondary, server_head, t_of, up_json, write_topology};
 
-const HEAD: &str = r#"
-[chassis]
-name = "sup"
-run_dir = "win"
-state_dir = "state"
-
-[defaults]
-timeouts = { rendezvous = "30s", verify = "30s", handoff = "30s", agent = "60s" }
-heartbeat = "100ms"
-heartbeat_timeout = "5s"
-restart_backoff = "50ms"
-
-[[processor]]
-id = "bmc"
-role = "monarch"
-"#;
-
-fn secondary(id: &str, extra: &str) -> String {
-    format!(
-        "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"24MiB\"\nbanner = \"{id} up\"\n{extra}\n"
-    )
-}
-
-/// A server: dpu0 (storage, the host requires it), dpu1 (network, the host wants it), the
-/// host on main power. `dpu0`, `dpu1` and `host` add lines to each.
+/// The supervised server most tests here start (`common::server`), dpu0 ready 300 ms after
+/// it runs. `dpu0`, `dpu1` and `host` add lines to each.
 fn server(dpu0: &str, dpu1: &str, host: &str) -> String {
-    format!(
-        "{HEAD}\n{}\n{}\n{}",
-        secondary("dpu0", &format!("ready_after = \"300ms\"\n{dpu0}")),
-        secondary("dpu1", dpu1),
-        secondary(
-            "host",
-            &format!("power = \"main\"\nrequires = [\"dpu0\"]\nwants = [\"dpu1\"]\nwait = \"5s\"\n{host}")
-        ),
-    )
+    common::server("sup", &format!("ready_after = \"300ms\"\n{dpu0}"), dpu1, host)
 }
 
 /// Whether `port` is administratively up in the network namespace of process `pid`.
@@ -478,7 +447,8 @@ fn a_shutdown_during_the_boot_reports_the_waiting_host_shut_down_and_refuses_wha
 #[test]
 fn a_card_whose_amc_is_down_waits_for_it_and_comes_back_with_it() {
     let topo = format!(
-        "{HEAD}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}",
+        server_head("sup"),
         secondary("amc0", "max_restarts = 0"),
         secondary("dpu0", "supervisor = \"amc0\""),
         secondary("host", "power = \"main\"\nrequires = [\"dpu0\"]"),

@@ -14,6 +14,52 @@ pub const WAIT: Duration = Duration::from_secs(120);
 
 pub const MONARCH: &str = env!("CARGO_BIN_EXE_monarch");
 
+/// The head of a supervised chassis's topology named `name`: a BMC monarch, generous
+/// timeouts, a 100 ms heartbeat, quick restarts, its run and state folders beside it.
+pub fn server_head(name: &str) -> String {
+    format!(
+        r#"
+[chassis]
+name = "{name}"
+run_dir = "win"
+state_dir = "state"
+
+[defaults]
+timeouts = {{ rendezvous = "30s", verify = "30s", handoff = "30s", agent = "60s" }}
+heartbeat = "100ms"
+heartbeat_timeout = "5s"
+restart_backoff = "50ms"
+
+[[processor]]
+id = "bmc"
+role = "monarch"
+"#
+    )
+}
+
+/// A secondary `id` running the built-in payload (24 MiB, banner "`id` up"), with `extra`
+/// lines.
+pub fn secondary(id: &str, extra: &str) -> String {
+    format!(
+        "[[processor]]\nid = \"{id}\"\nrole = \"secondary\"\nimage = \"builtin:payload\"\nimage_size = \"24MiB\"\nbanner = \"{id} up\"\n{extra}\n"
+    )
+}
+
+/// A server named `name`: dpu0 (storage, the host requires it), dpu1 (network, the host wants
+/// it), the host on main power. `dpu0`, `dpu1` and `host` add lines to each.
+pub fn server(name: &str, dpu0: &str, dpu1: &str, host: &str) -> String {
+    format!(
+        "{}\n{}\n{}\n{}",
+        server_head(name),
+        secondary("dpu0", dpu0),
+        secondary("dpu1", dpu1),
+        secondary(
+            "host",
+            &format!("power = \"main\"\nrequires = [\"dpu0\"]\nwants = [\"dpu1\"]\nwait = \"5s\"\n{host}")
+        ),
+    )
+}
+
 pub struct Run {
     pub code: i32,
     pub events: Vec<Value>,
