@@ -229,11 +229,7 @@ fn operators_tools_read_and_reset_a_chassis_through_redfish() {
         .unwrap_or_else(|| panic!("dpu1's image delivered again:\n{}", dump(&ev)));
     let done = find(&ev, copied, &|e| is(e, "done", "dpu1") && e["state"] == "running")
         .unwrap_or_else(|| panic!("dpu1 running again:\n{}", dump(&ev)));
-    assert!(
-        ev[done]["report"].as_str().unwrap_or_default().contains("dpu1 up"),
-        "{}",
-        dump(&ev)
-    );
+    assert!(ev[done]["report"].as_str().unwrap_or_default().contains("dpu1 up"), "{}", dump(&ev));
 
     let streamed: Value = serde_json::from_str(&lines.next().expect("the stream's events").unwrap()).unwrap();
     assert!(stream.wait().unwrap().success());
