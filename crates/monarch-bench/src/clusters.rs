@@ -77,7 +77,8 @@ pub struct Measured {
     /// Starting this executable (`monarch --version`) until it exited, median of 5, ms.
     pub process_start_ms: f64,
     /// Starting the kernel itself (the built-in payload of the kernel's size, exec'd from a
-    /// file in /dev/shm, reading and checking itself, printing its report), median of 3, ms.
+    /// sealed image in memory as the cores run it, checking itself, printing its report),
+    /// median of 3, ms.
     pub kernel_start_ms: f64,
     /// CPUs this process may run on.
     pub host_cpus: u32,
@@ -212,11 +213,15 @@ pub fn measure(exe: &Path, image_bytes: u64) -> Result<Measured, String> {
             let program = exe.with_file_name("monarch-payload");
             let kernel = monarch_boot::image::build_payload(&program, size, "bench clusters")
                 .map_err(|e| format!("the kernel to time: {e}"))?;
-            let path = dir.join("kernel");
-            std::fs::write(&path, &kernel).map_err(|e| format!("{}: {e}", path.display()))?;
+            // Run from a sealed image in memory, as every core runs its cluster's kernel.
+            let sealed = monarch_drivers::memimage::MemImage::new("bench-kernel", size)
+                .and_then(|mut m| {
+                    m.bytes_mut().copy_from_slice(&kernel);
+                    m.seal()
+                })
+                .map_err(|e| format!("the kernel to time, in memory: {e}"))?;
             drop(kernel);
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let path = sealed.path();
             let mut cmd = Command::new(&path);
             cmd.env_remove("MONARCH_WINDOW").env_remove("MONARCH_BOOT_INFO");
             let kernel_start = time_process(&mut cmd, 3)?;
