@@ -40,17 +40,18 @@ fn the_monarch_killed_at_random_points_never_costs_a_secondary() {
 fn a_paused_monarch_is_fenced_and_stands_down() {
     let mut fenced_seen = 0;
     let mut stood_down = 0;
-    // Early in the boot (secondaries in flight) through late.
-    for (i, ms) in [40u64, 120, 200, 280].into_iter().enumerate() {
+    // Early in the boot (secondaries in flight) through late, by the boot's progress (its
+    // events since the election), whatever its speed.
+    for (i, events) in [5usize, 20, 35, 50].into_iter().enumerate() {
         let t = failover::trial(&TrialSpec {
             exe: exe(),
             topology: None,
             fault: Fault::Pause,
-            after: When::Time(Duration::from_millis(ms)),
+            after: When::Events(events),
             limit: Duration::from_secs(120),
         })
         .unwrap();
-        eprintln!("pause after {ms} ms: {t:?}");
+        eprintln!("pause after {events} events: {t:?}");
         assert!(t.ok, "trial {i}: {:?}", t.problems);
         if t.failover_ms.is_some() {
             assert!(t.stood_down, "trial {i}: the paused monarch never said it stood down");
