@@ -93,10 +93,22 @@ pub(crate) fn run_candidate(
     // The reference design's order of arrival in etcd's queue, counted from when etcd answered (so a
     // late etcd does not let everyone in at once).
     std::thread::sleep(STAGGER * u32::try_from(rank).unwrap_or(u32::MAX));
+    // A reign of ours that booted everything but stood down while marking the boot done, its
+    // epoch and outcome: that mark may still land, late (etcd applies a request it received
+    // before it stopped answering), and then that reign finished the boot.
+    let mut unmarked: Option<(u32, bool)> = None;
+    let finished_late = |unmarked: Option<(u32, bool)>, emit: &mut dyn FnMut(EventKind)| {
+        let (epoch, ok) = unmarked?;
+        let done = etcd.read(&keys.done).ok().flatten()?;
+        (done == format!("{epoch} {ok}")).then(|| {
+            emit(EventKind::Finished { id: mgr.id.clone(), epoch, ok });
+            CandidateOutcome::Finished { ok }
+        })
+    };
     loop {
         let (leadership, last_seen) = match campaign(&etcd, &keys, e) {
             Campaign::Won(l, seen) => (*l, seen),
-            Campaign::Done => return CandidateOutcome::Serf,
+            Campaign::Done => return finished_late(unmarked, emit).unwrap_or(CandidateOutcome::Serf),
             Campaign::GaveUp(why) => return CandidateOutcome::Failed(why),
         };
         let Some(epoch) = u32::try_from(leadership.epoch()).ok().filter(|e| *e > 0) else {
@@ -109,7 +121,7 @@ pub(crate) fn run_candidate(
         // Queued behind the monarch that finished: nothing left to do.
         if matches!(etcd.read(&keys.done), Ok(Some(_))) {
             let _ = leadership.resign();
-            return CandidateOutcome::Serf;
+            return finished_late(unmarked, emit).unwrap_or(CandidateOutcome::Serf);
         }
         let previous = match etcd.read(&keys.monarch) {
             Ok(p) => p,
@@ -172,6 +184,7 @@ pub(crate) fn run_candidate(
                         ),
                         aborted: Vec::new(),
                     });
+                    unmarked = Some((epoch, summary.ok));
                     break;
                 }
                 Err(RecordError::Etcd(_)) => std::thread::sleep(POLL),
