@@ -214,11 +214,7 @@ pub fn measure(exe: &Path, image_bytes: u64) -> Result<Measured, String> {
             let kernel = monarch_boot::image::build_payload(&program, size, "bench clusters")
                 .map_err(|e| format!("the kernel to time: {e}"))?;
             // Run from a sealed image in memory, as every core runs its cluster's kernel.
-            let sealed = monarch_drivers::memimage::MemImage::new("bench-kernel", size)
-                .and_then(|mut m| {
-                    m.bytes_mut().copy_from_slice(&kernel);
-                    m.seal()
-                })
+            let sealed = monarch_drivers::memimage::SealedImage::of("bench-kernel", &kernel)
                 .map_err(|e| format!("the kernel to time, in memory: {e}"))?;
             drop(kernel);
             let path = sealed.path();

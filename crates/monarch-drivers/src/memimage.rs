@@ -99,6 +99,13 @@ impl std::fmt::Debug for SealedImage {
 }
 
 impl SealedImage {
+    /// `bytes` in a memfd of its own named `name`, sealed.
+    pub fn of(name: &str, bytes: &[u8]) -> io::Result<SealedImage> {
+        let mut m = MemImage::new(name, bytes.len() as u64)?;
+        m.bytes_mut().copy_from_slice(bytes);
+        m.seal()
+    }
+
     /// Open a sealed image another process of this user holds, by a path to its descriptor
     /// (`/proc/PID/fd/N`, [`SealedImage::path`]). Refused unless it is sealed against writes
     /// and resizing: a file that could still change would make any check of it worthless.

@@ -15,7 +15,7 @@ use crate::cmdline::CoreArgs;
 use crate::events::{Event, EventKind};
 use monarch_drivers::barrier::{Barrier, BarrierFile};
 use monarch_drivers::doorbell::Doorbell;
-use monarch_drivers::memimage::{MemImage, SealedImage};
+use monarch_drivers::memimage::SealedImage;
 use monarch_proto::arch::{self, ArchView, ZoneKind};
 use monarch_proto::barrier::{Header, Outcome, Policy, reason};
 use std::io::Write as _;
@@ -372,11 +372,7 @@ fn meet(
 
 /// `kernel` in a memfd of its own named `name`, sealed: what is checked in it is what runs.
 pub(crate) fn seal(name: &str, kernel: &[u8]) -> Result<SealedImage, String> {
-    let image = MemImage::new(name, kernel.len() as u64).and_then(|mut m| {
-        m.bytes_mut().copy_from_slice(kernel);
-        m.seal()
-    });
-    image.map_err(|e| format!("cannot hold the kernel in memory ({name}): {e}"))
+    SealedImage::of(name, kernel).map_err(|e| format!("cannot hold the kernel in memory ({name}): {e}"))
 }
 
 /// The event of a barrier decided by its owner; an error that says why, unless it released.
