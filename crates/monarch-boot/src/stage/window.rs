@@ -801,8 +801,9 @@ impl<'a, 'c> Stage<'a, 'c> {
                     Phase::Rendezvous => self.phase("rendezvous", 0),
                     Phase::Verifying => self.phase("verifying", p.attempt()),
                     Phase::Handoff => {
-                        self.release_link();
+                        // The event first: the next member's "copying" must come after it.
                         self.phase("handoff", p.attempt());
+                        self.release_link();
                     }
                     _ => {}
                 }
