@@ -18,30 +18,48 @@ pub fn have(tool: &str) -> bool {
 /// For each `(tool, package)` whose tool is missing, install the package with apt-get
 /// (refreshing the package lists first). The error says what to run by hand.
 pub fn ensure_packages(wanted: &[(&str, &str)], progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+    // One install at a time in this process (tests run in parallel threads, and may want
+    // the same package): the second looks again once the first is done.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut missing: Vec<&str> = wanted.iter().filter(|(tool, _)| !have(tool)).map(|(_, pkg)| *pkg).collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
     progress(&format!("installing {} (apt-get)", missing.join(" ")));
+    // Wait for another apt-get or dpkg (another test, a bench, the system's own updates)
+    // rather than fail on its lock.
     let run = |args: &[&str]| {
         Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=600"])
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .stderr(Stdio::piped())
+            .output()
     };
     let _ = run(&["update", "-qq"]);
-    match run(&[&["install", "-y", "-qq", "--no-install-recommends"], missing.as_slice()].concat()) {
-        Ok(s) if s.success() => Ok(()),
-        _ => Err(format!(
-            "could not install {}: run `apt-get install {}` as root and try again",
-            missing.join(" "),
-            missing.join(" ")
-        )),
-    }
+    let said = match run(&[&["install", "-y", "-qq", "--no-install-recommends"], missing.as_slice()].concat())
+    {
+        Ok(out) if out.status.success() => return Ok(()),
+        Ok(out) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+            format!(
+                "apt-get {}{}",
+                out.status,
+                if last.is_empty() { String::new() } else { format!(": {last}") }
+            )
+        }
+        Err(e) => format!("cannot run apt-get: {e}"),
+    };
+    Err(format!(
+        "could not install {} ({said}): run `apt-get install {}` as root and try again",
+        missing.join(" "),
+        missing.join(" ")
+    ))
 }
 
 /// Whether process `pid` exists and is not a zombie (it may not be our child: a monarch
