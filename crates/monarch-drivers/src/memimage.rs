@@ -29,6 +29,9 @@ impl MemImage {
         let fd: OwnedFd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         let file = File::from(fd);
         file.set_len(len)?;
+        // Allocate every page in one call (shmem's fallocate takes them in batches, cheaper
+        // than one fault each; a kernel that refuses leaves them to the populate below).
+        let _ = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len);
         // SAFETY: the memfd was created just now by this process and has not been shared:
         // no other mapping or descriptor can change it while `map` lives, so handing out
         // `&[u8]`/`&mut [u8]` into it is sound.
