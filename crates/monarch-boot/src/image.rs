@@ -15,6 +15,7 @@ use monarch_drivers::{SourceFile, Window, WindowError};
 use monarch_proto::checksum::Hasher;
 use monarch_proto::{Algo, Digest};
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -176,11 +177,21 @@ fn payload_parts(program: &Path, size: u64, banner: &str) -> Result<Option<Paylo
     };
     let key: BodyKey = (program.to_path_buf(), meta.len(), meta.modified().ok(), body_len);
     let body = shared_body(key, || {
-        let mut bytes = std::fs::read(program).map_err(no_payload)?;
-        if bytes.len() as u64 != meta.len() {
-            return Ok(None); // changed while we looked: build it whole
+        // Zeroed by the allocator (fresh anonymous memory for a body this large), then the
+        // program read over its start: the padding after it is never written, so its pages
+        // stay the kernel's shared zero page — no memory to clear, fault in or free, and
+        // reading it (checksums, copies into windows) stays in the cache.
+        let mut bytes = vec![0u8; idx(body_len)];
+        let mut f = File::open(program).map_err(no_payload)?;
+        let n = idx(meta.len());
+        // Changed while we looked (shrank, or grew): build it whole.
+        match f.read_exact(&mut bytes[..n]) {
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            r => r.map_err(no_payload)?,
         }
-        bytes.resize(idx(body_len), 0);
+        if f.read(&mut [0u8; 1]).map_err(no_payload)? != 0 {
+            return Ok(None);
+        }
         Ok(Some(bytes))
     })?;
     let Some(body) = body else { return Ok(None) };
