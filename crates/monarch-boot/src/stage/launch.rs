@@ -125,6 +125,12 @@ fn qemu_pidfile(sec: &Secondary) -> PathBuf {
     sec.window.path.with_extension("qemu.pid")
 }
 
+/// Where the agent a monarch starts for process secondary `sec` writes its log (`None` for
+/// other launches): a monarch that takes the boot over quotes the agent it found from there.
+pub(crate) fn agent_log(sec: &Secondary) -> Option<PathBuf> {
+    matches!(sec.launch, Launch::Process { .. }).then(|| sec.window.path.with_extension("log"))
+}
+
 fn start_agent(sec: &Secondary, ctx: &StageCtx<'_>, window: &Window, memfd: bool) -> Result<Started, String> {
     let log = sec.window.path.with_extension("log");
     let mut cmd = Process::new(ctx.agent_exe);

@@ -295,6 +295,8 @@ impl<'a, 'c> Stage<'a, 'c> {
             }
         };
         let status_seq = found.as_ref().map_or(0, |(s, _)| *s);
+        // An agent the previous monarch started writes where ours would: a failure quotes it.
+        self.log = launch::agent_log(sec);
         let spec = self.primary_spec(expected);
         let decision =
             monarch_proto::window::primary::resume(spec, found.as_ref().map(|(_, s)| s), Duration::ZERO);
