@@ -125,14 +125,14 @@ fn qemu_pidfile(sec: &Secondary) -> PathBuf {
     sec.window.path.with_extension("qemu.pid")
 }
 
-/// Where the agent a monarch starts for process secondary `sec` writes its log (`None` for
-/// other launches): a monarch that takes the boot over quotes the agent it found from there.
-pub(crate) fn agent_log(sec: &Secondary) -> Option<PathBuf> {
-    matches!(sec.launch, Launch::Process { .. }).then(|| sec.window.path.with_extension("log"))
+/// Where the agent a monarch starts for secondary `sec` (process or network boot) writes its
+/// log: a monarch that takes the boot over quotes the agent it found from there.
+pub(crate) fn agent_log(sec: &Secondary) -> PathBuf {
+    sec.window.path.with_extension("log")
 }
 
 fn start_agent(sec: &Secondary, ctx: &StageCtx<'_>, window: &Window, memfd: bool) -> Result<Started, String> {
-    let log = sec.window.path.with_extension("log");
+    let log = agent_log(sec);
     let mut cmd = Process::new(ctx.agent_exe);
     let window_path = if memfd {
         // The child inherits the window as descriptor 3 and opens it by its /proc path.

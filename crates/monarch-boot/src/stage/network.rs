@@ -91,7 +91,7 @@ pub(crate) fn stage(sec: &Secondary, nb: &NetbootSpec, ctx: &StageCtx<'_>) -> St
         child: None,
         server: None,
         root: sec.window.path.with_extension("netboot"),
-        log: sec.window.path.with_extension("log"),
+        log: super::launch::agent_log(sec),
         server_said: None,
         interrupted: false,
     };

@@ -7,7 +7,7 @@ use super::takeover::{config_writes, raise_epoch};
 use crate::events::{EventKind, ProcessorSummary, Timings};
 use crate::handoff::Handoff;
 use crate::image::{self, Image};
-use crate::topology::{ImageSource, Secondary};
+use crate::topology::{ImageSource, Launch, Secondary};
 use monarch_drivers::{Poll, Window};
 use monarch_proto::text::{MAX_CHARS, printable};
 use monarch_proto::window::msg::{self, Command, Mode, WindowConfig};
@@ -296,7 +296,7 @@ impl<'a, 'c> Stage<'a, 'c> {
         };
         let status_seq = found.as_ref().map_or(0, |(s, _)| *s);
         // An agent the previous monarch started writes where ours would: a failure quotes it.
-        self.log = launch::agent_log(sec);
+        self.log = matches!(sec.launch, Launch::Process { .. }).then(|| launch::agent_log(sec));
         let spec = self.primary_spec(expected);
         let decision =
             monarch_proto::window::primary::resume(spec, found.as_ref().map(|(_, s)| s), Duration::ZERO);
