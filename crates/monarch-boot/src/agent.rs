@@ -10,7 +10,7 @@ use crate::signing::{Trust, Verdict};
 use monarch_drivers::memimage::MemImage;
 use monarch_drivers::{Doorbell, Poll, Window, WindowError, WindowMemory};
 use monarch_proto::Digest;
-use monarch_proto::checksum::Hasher;
+use monarch_proto::checksum::{Algo, Hasher};
 use monarch_proto::sign::{ImageDigest, ImageHasher};
 use monarch_proto::window::layout;
 use monarch_proto::window::msg::{self, Command, FailCode, Mode, RegisterError, Status, WindowConfig};
@@ -469,19 +469,43 @@ impl<W: WindowMemory> Agent<'_, W> {
         Ok(())
     }
 
+    /// Pull: take the whole image out of the window a piece at a time — each piece copied
+    /// into a buffer that stays in the cache and checksummed in the same pass, then landed
+    /// in our own image (pages of zeroes are not written: see [`MemImage::land`]).
     fn pull(&mut self, cfg: &WindowConfig) -> Result<Digest, String> {
+        /// A piece: small enough to stay in the core's cache between the copy and the landing.
+        const PIECE: u64 = 256 << 10;
         let name = format!("monarch-image:{}", self.opts.id);
         let mut img = MemImage::new(&name, cfg.image_size)
             .map_err(|e| format!("cannot allocate {} bytes for the image: {e}", cfg.image_size))?;
-        let w = &self.window;
-        let d = w
-            .copy_out_digest(cfg.load_offset, img.bytes_mut(), cfg.algo, |n| w.store(layout::ST_PROGRESS, n))
-            .map_err(|e| e.to_string())?;
-        if self.opts.trust.checks() {
-            self.held = Some(ImageDigest::of(img.bytes()));
+        let mut buf = vec![0u8; usize::try_from(PIECE.min(cfg.image_size)).map_err(|e| e.to_string())?];
+        let mut whole = Hasher::new(cfg.algo);
+        let mut signed = self.opts.trust.checks().then(ImageHasher::default);
+        let mut off = 0u64;
+        while off < cfg.image_size {
+            let piece =
+                &mut buf[..usize::try_from(PIECE.min(cfg.image_size - off)).map_err(|e| e.to_string())?];
+            if cfg.algo == Algo::Crc32c {
+                // CRC-32C's copy checksums as it copies; the pieces' checksums combine.
+                let d = self
+                    .window
+                    .copy_out_digest(cfg.load_offset + off, piece, cfg.algo, |_| {})
+                    .map_err(|e| e.to_string())?;
+                whole.absorb(piece, &d);
+            } else {
+                self.window.read_data(cfg.load_offset + off, piece).map_err(|e| e.to_string())?;
+                whole.update(piece);
+            }
+            if let Some(h) = &mut signed {
+                h.update(piece);
+            }
+            img.land(off, piece).map_err(|e| format!("cannot write the image into memory: {e}"))?;
+            off += piece.len() as u64;
+            self.window.store(layout::ST_PROGRESS, off);
         }
+        self.held = signed.map(|h| h.finish());
         self.staged = Some(img);
-        Ok(d)
+        Ok(whole.finish())
     }
 
     fn consume_stream(&mut self, cfg: &WindowConfig, attempt: u32) -> Result<Digest, String> {
@@ -500,8 +524,7 @@ impl<W: WindowMemory> Agent<'_, W> {
                 Digest(d)
             })
             .collect();
-        let keep = self.opts.handoff != Handoff::None;
-        let mut image = if keep {
+        let mut image = if self.opts.handoff != Handoff::None {
             let name = format!("monarch-image:{}", self.opts.id);
             Some(
                 MemImage::new(&name, cfg.image_size)
@@ -510,11 +533,9 @@ impl<W: WindowMemory> Agent<'_, W> {
         } else {
             None
         };
-        let mut bounce = if keep {
-            Vec::new()
-        } else {
-            vec![0u8; usize::try_from(geo.chunk_size).map_err(|e| e.to_string())?]
-        };
+        // Each chunk is copied here (and checksummed as it is), then landed in the image once
+        // its digest matches: the buffer stays in the cache between the two.
+        let mut bounce = vec![0u8; usize::try_from(geo.chunk_size).map_err(|e| e.to_string())?];
         let mut whole = Hasher::new(cfg.algo);
         let mut signed = self.opts.trust.checks().then(ImageHasher::default);
         for i in 0..chunks {
@@ -523,13 +544,7 @@ impl<W: WindowMemory> Agent<'_, W> {
             let n = usize::try_from(len).map_err(|e| e.to_string())?;
             self.wait_for("chunk", |w| geo.may_consume(pos, w.load(block.produced)))?;
             loop {
-                let dst: &mut [u8] = match &mut image {
-                    Some(img) => {
-                        let start = usize::try_from(off).map_err(|e| e.to_string())?;
-                        &mut img.bytes_mut()[start..start + n]
-                    }
-                    None => &mut bounce[..n],
-                };
+                let dst = &mut bounce[..n];
                 let d = self
                     .window
                     .copy_out_digest(geo.slot_offset(pos), dst, cfg.algo, |_| {})
@@ -538,6 +553,9 @@ impl<W: WindowMemory> Agent<'_, W> {
                     whole.absorb(dst, &d);
                     if let Some(h) = &mut signed {
                         h.update(dst);
+                    }
+                    if let Some(img) = &mut image {
+                        img.land(off, dst).map_err(|e| format!("cannot write the image into memory: {e}"))?;
                     }
                     break;
                 }
@@ -645,7 +663,6 @@ impl<W: WindowMemory> Agent<'_, W> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use monarch_proto::checksum::Algo;
 
     /// A window as a monarch of `epoch` configures it, with `cmd` posted in command block 0.
     fn configured(dir: &Path, epoch: u32, cmd: &Command) -> (PathBuf, Window) {

@@ -40,6 +40,9 @@ pub enum HandoffError {
     /// The verified image could not be executed.
     #[error("exec of the delivered image failed: {0}")]
     Exec(std::io::Error),
+    /// The verified image could not be mapped to be read.
+    #[error("cannot map the verified image to read it: {0}")]
+    Map(std::io::Error),
     /// The verified image is not a kernel bundle, so it cannot be kexec'd.
     #[error("the verified image is not a kernel bundle: {0}")]
     NotABundle(crate::bundle::BundleError),
@@ -77,11 +80,12 @@ impl Handoff {
         match self {
             Handoff::None => Ok(()),
             Handoff::Exec => {
-                say(&format!("handing off into the verified image ({} bytes)", image.bytes().len()));
+                say(&format!("handing off into the verified image ({} bytes)", image.len()));
                 Err(HandoffError::Exec(image.exec(name, &[], env)))
             }
             Handoff::Kexec => {
-                let b = crate::bundle::parse(image.bytes()).map_err(HandoffError::NotABundle)?;
+                let bytes = image.bytes().map_err(HandoffError::Map)?;
+                let b = crate::bundle::parse(bytes).map_err(HandoffError::NotABundle)?;
                 say(&format!(
                     "kexec: loading the verified kernel ({} bytes) and initrd ({} bytes), cmdline {:?}",
                     b.linux.len(),
@@ -98,14 +102,6 @@ impl Handoff {
             }
         }
     }
-}
-
-/// Copy `bytes` into a fresh in-memory image, for [`Handoff::run`] (the network agent's
-/// buffer and a disk slot read back are ordinary memory).
-pub fn image_of(name: &str, bytes: &[u8]) -> std::io::Result<MemImage> {
-    let mut img = MemImage::new(name, bytes.len() as u64)?;
-    img.bytes_mut().copy_from_slice(bytes);
-    Ok(img)
 }
 
 #[cfg(test)]
@@ -127,9 +123,9 @@ mod tests {
     #[test]
     fn none_returns_and_a_kexec_of_a_non_bundle_says_so_without_loading() {
         let mut lines = Vec::new();
-        let img = image_of("t", b"not a kernel").unwrap();
+        let img = MemImage::of("t", b"not a kernel").unwrap();
         assert!(Handoff::None.run(img, "t", &[], &mut |l| lines.push(l.to_string())).is_ok());
-        let img = image_of("t", b"not a kernel").unwrap();
+        let img = MemImage::of("t", b"not a kernel").unwrap();
         let e = Handoff::Kexec.run(img, "t", &[], &mut |l| lines.push(l.to_string())).unwrap_err();
         assert!(matches!(e, HandoffError::NotABundle(_)), "{e}");
         assert!(lines.is_empty(), "nothing loaded, nothing said: {lines:?}");

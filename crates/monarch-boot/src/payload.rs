@@ -43,22 +43,14 @@ struct OwnImage {
     tail: Vec<u8>,
 }
 
-/// Our own executable's checksum, length and last bytes. A sealed image (the delivered
-/// memfd) is checksummed where it lies, through a read-only mapping of the pages it is run
-/// from: nothing is copied, and the mapping is dropped at once. Any other file (the payload
-/// started by hand) is read once, a piece at a time: holding all of it would cost the
-/// image's size in memory for as long as the payload runs.
+/// Our own executable's checksum, length and last bytes, read once a piece at a time.
+/// Read, not mapped, even when it is the delivered memfd: the agent leaves an image's
+/// pages of zeroes unwritten (holes), and a read of a hole copies zeroes without
+/// allocating, where a mapping would fault in a fresh page for each.
 fn own_image() -> std::io::Result<OwnImage> {
     use std::io::Read as _;
     const KEEP: usize = image::TRAILER_LEN + image::BANNER_MAX;
     let exe = std::path::Path::new("/proc/self/exe");
-    if let Ok(me) = monarch_drivers::memimage::SealedImage::open(exe) {
-        let bytes = me.bytes();
-        let mut h = monarch_proto::checksum::Hasher::new(Algo::Crc32c);
-        h.update(bytes);
-        let tail = bytes[bytes.len().saturating_sub(KEEP)..].to_vec();
-        return Ok(OwnImage { len: bytes.len() as u64, digest: h.finish(), tail });
-    }
     let mut f = std::fs::File::open(exe)?;
     let mut h = monarch_proto::checksum::Hasher::new(Algo::Crc32c);
     let mut buf = vec![0u8; 256 << 10];

@@ -1,59 +1,129 @@
-//! An image in this process's own memory: an anonymous memfd, mapped read-write while it is
-//! filled, then sealed and executed — the `exec` handoff runs exactly the bytes that were
+//! An image in this process's own memory: an anonymous memfd, written while it is filled
+//! (landed), then sealed and executed — the `exec` handoff runs exactly the bytes that were
 //! delivered and verified, never a file someone could swap on disk.
 
 use memmap2::{Mmap, MmapMut};
 use rustix::fs::{MemfdFlags, SealFlags};
+use std::cell::OnceCell;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// A memfd-backed buffer of fixed size.
+/// The granularity at which [`MemImage::land`] leaves zeroes unwritten: a page.
+const PAGE: u64 = 4096;
+
+/// A memfd-backed image of fixed size, zero until landed. Nothing maps it while it is
+/// filled: bytes land by `pwrite` (the kernel allocates each page as it copies into it, with
+/// no page table to fill and empty again), and the pages of zeroes that land in a part never
+/// written before are left as holes, which read as zeroes — an image that is mostly padding
+/// costs the memory of what it holds.
 pub struct MemImage {
     file: File,
-    map: MmapMut,
+    len: u64,
+    /// Every byte from here on has never been written: it reads as zero.
+    fresh_from: u64,
+    /// A read-only mapping, made on the first [`MemImage::bytes`].
+    map: OnceCell<Mmap>,
 }
 
 impl std::fmt::Debug for MemImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemImage").field("len", &self.map.len()).finish()
+        f.debug_struct("MemImage").field("len", &self.len).finish()
     }
 }
 
+/// Whether `bytes` are all zero (a word at a time: this runs over every landed byte).
+fn all_zero(bytes: &[u8]) -> bool {
+    let words = bytes.chunks_exact(8);
+    let rest = words.remainder();
+    let or = words.fold(0u64, |acc, w| acc | u64::from_ne_bytes(w.try_into().unwrap_or([1; 8])));
+    or == 0 && rest.iter().all(|b| *b == 0)
+}
+
 impl MemImage {
-    /// A zeroed image of `len` bytes named `name` (shows in `/proc/PID/maps`).
+    /// A zeroed image of `len` bytes named `name` (shows in `/proc/PID/fd` and in
+    /// `/proc/PID/maps` of whatever runs it).
     pub fn new(name: &str, len: u64) -> io::Result<MemImage> {
         let fd: OwnedFd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         let file = File::from(fd);
         file.set_len(len)?;
-        // Allocate every page in one call (shmem's fallocate takes them in batches, cheaper
-        // than one fault each; a kernel that refuses leaves them to the populate below).
-        let _ = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len);
-        // SAFETY: the memfd was created just now by this process and has not been shared:
-        // no other mapping or descriptor can change it while `map` lives, so handing out
-        // `&[u8]`/`&mut [u8]` into it is sound.
-        let map = unsafe { MmapMut::map_mut(&file)? };
-        // Fault every page in now, in one call, rather than one fault per 4 KiB as the copy
-        // first touches each (several times faster; older kernels answer EINVAL and the
-        // copy takes the faults instead).
-        // SAFETY: the range is exactly this mapping; the advice only allocates and maps its
-        // (zeroed) pages, never changing what it holds.
-        let _ =
-            unsafe { libc::madvise(map.as_ptr().cast_mut().cast(), map.len(), libc::MADV_POPULATE_WRITE) };
-        Ok(MemImage { file, map })
+        Ok(MemImage { file, len, fresh_from: 0, map: OnceCell::new() })
     }
 
-    /// The bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.map
+    /// A zeroed image holding `bytes` at its start.
+    pub fn of(name: &str, bytes: &[u8]) -> io::Result<MemImage> {
+        let mut m = MemImage::new(name, bytes.len() as u64)?;
+        m.land(0, bytes)?;
+        Ok(m)
     }
 
-    /// The bytes, writable (while filling).
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.map
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Write `bytes` at `offset`. Where the range was never written before, the pages of it
+    /// that are all zero are skipped: they read as zero already. Refused past the end (the
+    /// image never grows) and once [`MemImage::bytes`] has mapped it.
+    pub fn land(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let end = offset.checked_add(bytes.len() as u64).filter(|e| *e <= self.len).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} bytes at {offset} do not fit an image of {} bytes", bytes.len(), self.len),
+            )
+        })?;
+        if self.map.get().is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the image is mapped: it is read-only",
+            ));
+        }
+        // Pieces end on the file's page boundaries; a run of pieces that are not skipped is
+        // written in one call.
+        let mut run: Option<usize> = None;
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let pos = offset + at as u64;
+            let to_boundary = usize::try_from(PAGE - pos % PAGE).unwrap_or(usize::MAX);
+            let piece = to_boundary.min(bytes.len() - at);
+            let skip = pos >= self.fresh_from && all_zero(&bytes[at..at + piece]);
+            match (skip, run) {
+                (true, Some(from)) => {
+                    self.file.write_all_at(&bytes[from..at], offset + from as u64)?;
+                    run = None;
+                }
+                (false, None) => run = Some(at),
+                _ => {}
+            }
+            at += piece;
+        }
+        if let Some(from) = run {
+            self.file.write_all_at(&bytes[from..], offset + from as u64)?;
+        }
+        self.fresh_from = self.fresh_from.max(end);
+        Ok(())
+    }
+
+    /// The bytes, through a read-only mapping made on first use (a kernel bundle is parsed
+    /// where it lies). Holes are faulted in as they are read.
+    pub fn bytes(&self) -> io::Result<&[u8]> {
+        if self.map.get().is_none() {
+            // SAFETY: the memfd was created by this process and never shared while it is
+            // filled; writes through `land` are refused from now on, so nothing changes the
+            // bytes or the size under the mapping while `&[u8]` into it lives.
+            let map = unsafe { Mmap::map(&self.file)? };
+            let _ = self.map.set(map);
+        }
+        Ok(self.map.get().map_or(&[], |m| &m[..]))
     }
 
     /// Seal the image against any change and replace this process with it: `argv0` and
@@ -74,9 +144,7 @@ impl MemImage {
 
     /// Sealed, as a read-only descriptor (the only one left).
     fn sealed_file(self) -> io::Result<File> {
-        let MemImage { file, map } = self;
-        // A writable shared mapping would make the write seal fail (EBUSY).
-        drop(map);
+        let MemImage { file, .. } = self;
         rustix::fs::fcntl_add_seals(&file, SEALED | SealFlags::SEAL)?;
         // Keep only a read-only descriptor: the kernel refuses (ETXTBSY) to execute a file
         // that is open for writing.
@@ -104,9 +172,7 @@ impl std::fmt::Debug for SealedImage {
 impl SealedImage {
     /// `bytes` in a memfd of its own named `name`, sealed.
     pub fn of(name: &str, bytes: &[u8]) -> io::Result<SealedImage> {
-        let mut m = MemImage::new(name, bytes.len() as u64)?;
-        m.bytes_mut().copy_from_slice(bytes);
-        m.seal()
+        MemImage::of(name, bytes)?.seal()
     }
 
     /// Open a sealed image another process of this user holds, by a path to its descriptor
@@ -213,15 +279,72 @@ mod tests {
 
     #[test]
     fn holds_and_returns_bytes() {
-        let mut m = MemImage::new("test", 10).unwrap();
-        m.bytes_mut().copy_from_slice(b"0123456789");
-        assert_eq!(m.bytes(), b"0123456789");
+        let m = MemImage::of("test", b"0123456789").unwrap();
+        assert_eq!(m.bytes().unwrap(), b"0123456789");
+        assert_eq!(m.len(), 10);
+    }
+
+    /// Bytes of the memfd that hold memory (the rest are holes).
+    fn allocated(m: &MemImage) -> u64 {
+        rustix::fs::fstat(&m.file).unwrap().st_blocks as u64 * 512
+    }
+
+    #[test]
+    fn pages_of_zeroes_landed_where_nothing_was_written_stay_holes() {
+        let p = 4096usize;
+        let mut bytes = vec![0u8; 4 * p];
+        bytes[10] = 1; // page 0
+        bytes[3 * p + p - 1] = 2; // page 3
+        let mut m = MemImage::new("holes", 4 * p as u64).unwrap();
+        // Landed off a page boundary, in two pieces.
+        m.land(0, &bytes[..p + 100]).unwrap();
+        m.land(p as u64 + 100, &bytes[p + 100..]).unwrap();
+        assert_eq!(allocated(&m), 2 * PAGE, "pages 1 and 2 are zeroes: never allocated");
+        assert_eq!(m.bytes().unwrap(), &bytes[..]);
+        assert!(m.land(0, b"x").is_err(), "a mapped image is read-only");
+    }
+
+    #[test]
+    fn zeroes_landed_over_bytes_written_before_are_written() {
+        let mut m = MemImage::new("rewrite", 8192).unwrap();
+        m.land(0, &[7u8; 8192]).unwrap();
+        m.land(4096, &[0u8; 4096]).unwrap();
+        let mut want = vec![7u8; 4096];
+        want.extend_from_slice(&[0u8; 4096]);
+        assert_eq!(m.bytes().unwrap(), &want[..]);
+        let e = m.land(8000, &[0u8; 200]).unwrap_err();
+        assert!(e.to_string().contains("do not fit an image of 8192 bytes"), "{e}");
+    }
+
+    proptest::proptest! {
+        /// Whatever lands where, in whatever order, the image reads back as a plain buffer
+        /// written the same way.
+        #[test]
+        fn an_image_reads_back_as_the_bytes_landed_in_it(
+            writes in proptest::collection::vec((0usize..20_000, 0usize..9_000, 0u8..3), 1..8)
+        ) {
+            const LEN: usize = 24_576;
+            let mut model = vec![0u8; LEN];
+            let mut m = MemImage::new("model", LEN as u64).unwrap();
+            for (at, n, kind) in writes {
+                let n = n.min(LEN - at);
+                // Zeroes, ones, or a few marks in zeroes.
+                let chunk: Vec<u8> = (0..n).map(|i| match kind {
+                    0 => 0,
+                    1 => 1,
+                    _ => u8::from(i % 5000 == 3),
+                }).collect();
+                m.land(at as u64, &chunk).unwrap();
+                model[at..at + n].copy_from_slice(&chunk);
+            }
+            proptest::prop_assert_eq!(m.bytes().unwrap(), &model[..]);
+        }
     }
 
     #[test]
     fn a_sealed_image_opens_by_its_path_unchanged_and_an_unsealed_file_is_refused() {
         let mut m = MemImage::new("shared", 8192).unwrap();
-        m.bytes_mut()[..5].copy_from_slice(b"hello");
+        m.land(0, b"hello").unwrap();
         let sealed = m.seal().unwrap();
         let other = SealedImage::open(&sealed.path()).unwrap();
         assert_eq!(&other.bytes()[..5], b"hello");
@@ -240,8 +363,7 @@ mod tests {
 
     #[test]
     fn exec_of_bytes_that_are_not_a_program_fails_and_returns() {
-        let mut m = MemImage::new("junk", 64).unwrap();
-        m.bytes_mut().fill(0x5a);
+        let m = MemImage::of("junk", &[0x5a; 64]).unwrap();
         let e = m.exec("junk", &[], &[]);
         assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::NOEXEC.raw_os_error()), "{e}");
     }

@@ -356,7 +356,7 @@ fn handoff(name: &str, bytes: &[u8], how: Handoff) -> ExitCode {
         eprintln!("netboot agent: {name} verified; handoff none: exiting");
         return ExitCode::SUCCESS;
     }
-    let e = match monarch_boot::handoff::image_of(name, bytes) {
+    let e = match monarch_drivers::memimage::MemImage::of(name, bytes) {
         Ok(image) => match how.run(image, name, &[], &mut |line| eprintln!("netboot agent: {line}")) {
             Ok(()) => return ExitCode::SUCCESS,
             Err(e) => e.to_string(),
