@@ -114,6 +114,10 @@ pub enum AgentError {
     },
 }
 
+/// How long the agent looks for what it awaits before it sleeps on the doorbell: about the
+/// time the monarch takes to write one 256 KiB chunk.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// Run the agent. Returns `Ok(())` after a handoff `none`; an `exec` handoff does not return.
 pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     let start = Instant::now();
@@ -579,7 +583,17 @@ impl<W: WindowMemory> Agent<'_, W> {
 
     /// Wait (doorbell, bounded by the agent timeout) until `ready` holds; give up if the
     /// monarch posts a new command meanwhile (an ABORT, typically), or a newer one speaks.
+    /// Looks for it for [`SPIN`] first: while the monarch streams, the next chunk is a few
+    /// tens of microseconds away, and sleeping would cost the monarch a futex wake per
+    /// chunk and this side a wake-up (measured in docs/performance.md).
     fn wait_for(&self, what: &str, ready: impl Fn(&W) -> bool) -> Result<(), String> {
+        let spin_until = Instant::now() + SPIN;
+        while Instant::now() < spin_until {
+            if ready(&self.window) {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
         let deadline = Instant::now() + self.opts.timeout;
         loop {
             let seen = self.window.bell_value(layout::DB_TO_SECONDARY);
