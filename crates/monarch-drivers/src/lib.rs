@@ -14,6 +14,7 @@
 //! - [`kexec`]: the `kexec` handoff (a verified kernel + initrd replace the running kernel).
 //! - [`link`]: network interfaces (a secondary's ports) set administratively up or down
 //!   through netlink.
+//! - [`sockopt`]: socket options that rustix, socket2 and nix lack (`TCP_NOTSENT_LOWAT`).
 //!
 //! The protocol decisions live in `monarch-proto`; the orchestration in `monarch-boot`.
 
@@ -25,6 +26,7 @@ pub mod host;
 pub mod kexec;
 pub mod link;
 pub mod memimage;
+pub mod sockopt;
 pub mod window;
 
 pub use doorbell::Doorbell;
