@@ -55,6 +55,9 @@ pub struct ServeOptions {
     pub tftp_spin: std::time::Duration,
     /// HTTP port (None: no HTTP).
     pub http_port: Option<u16>,
+    /// How long an HTTP file transfer polls for room in its socket before sleeping
+    /// ([`monarch_net::http::DEFAULT_SPIN`]; zero: never).
+    pub http_spin: std::time::Duration,
     /// The discovery service's port, UDP for discovery and TCP for the bulk transfer
     /// (None: no discovery service).
     pub discovery_port: Option<u16>,
@@ -186,9 +189,11 @@ pub async fn serve(
     }
     let mut http_base = None;
     if let Some(port) = opts.http_port {
-        let server =
-            HttpServer::bind(HttpConfig::new(SocketAddr::new(bind_ip, port), catalog.root(), shared.clone()))
-                .await?;
+        let cfg = HttpConfig {
+            spin: opts.http_spin,
+            ..HttpConfig::new(SocketAddr::new(bind_ip, port), catalog.root(), shared.clone())
+        };
+        let server = HttpServer::bind(cfg).await?;
         let local = server.local_addr();
         let host = address.map_or_else(|| local.ip().to_string(), |a| a.to_string());
         let base = format!("http://{host}:{}", local.port());

@@ -24,6 +24,8 @@
 
 use crate::EventSink;
 use crate::catalog::SharedCatalog;
+use crate::sendfile::{is_send_stall, send_stalled, sendfile_to};
+use crate::spin::SpinSlot;
 use monarch_proto::checksum::{Algo, Digest, Hasher};
 use monarch_proto::fair::FairTable;
 use monarch_proto::mac::Mac;
@@ -38,7 +40,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{OnceCell, Semaphore};
 
@@ -487,7 +489,7 @@ async fn download(st: &Shared, mut stream: TcpStream, peer: SocketAddr) {
     let stall = st.send_stall;
     let accept = Message::Accept { xid, size }.frame();
     let sent = match tokio::time::timeout(stall, stream.write_all(&accept)).await {
-        Ok(Ok(())) if st.zero_copy => sendfile_to(&stream, &file, 0, size, stall).await,
+        Ok(Ok(())) if st.zero_copy => sendfile_to(&stream, &file, 0, size, stall, &SpinSlot::never()).await,
         Ok(Ok(())) => copy_to(&mut stream, file, size, stall).await,
         Ok(Err(e)) => Err((0, e)),
         Err(_) => Err((0, send_stalled(stall))),
@@ -512,74 +514,6 @@ async fn download(st: &Shared, mut stream: TcpStream, peer: SocketAddr) {
     // Free before reporting, so whoever sees the event finds the permit back.
     drop(permit);
     (st.events)(event);
-}
-
-/// Why a send stopped: the client read nothing for `stall`.
-#[derive(Debug, thiserror::Error)]
-#[error("the client read nothing for {0:?} (the send stall)")]
-struct SendStalled(Duration);
-
-/// The error a send that made no progress for `stall` ends with (kind `TimedOut`).
-pub(crate) fn send_stalled(stall: Duration) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, SendStalled(stall))
-}
-
-/// Whether `e` is [`send_stalled`]'s, and not, say, the kernel's own `ETIMEDOUT`.
-pub(crate) fn is_send_stall(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<SendStalled>())
-}
-
-/// Send `file[off..end]` on `stream` with `sendfile(2)`: the bytes go from the page cache to
-/// the socket without being copied through this process. Ok(bytes sent) — fewer than asked
-/// only if the file shrank; Err((bytes sent, error)) when the peer went away, or read
-/// nothing for `stall` ([`is_send_stall`]).
-///
-/// The socket is non-blocking (tokio); the file read may block on a page-cache miss, as in
-/// nginx. Also used by the HTTP service's fast path.
-pub(crate) async fn sendfile_to(
-    stream: &TcpStream,
-    file: &std::fs::File,
-    off: u64,
-    end: u64,
-    stall: Duration,
-) -> Result<u64, (u64, io::Error)> {
-    // Corked, as nginx's `tcp_nopush` does: only full segments leave while the body is
-    // sent, whatever TCP_NODELAY says (the HTTP service sets it for its small answers).
-    // Measured 2026-12-02, 1 GiB over loopback with curl: 1.0–1.2 GB/s without, 1.5–1.8
-    // with — nginx's speed. Uncorking at the end pushes the last partial segment.
-    let _ = rustix::net::sockopt::set_tcp_cork(stream, true);
-    let sent = sendfile_loop(stream, file, off, end, stall).await;
-    let _ = rustix::net::sockopt::set_tcp_cork(stream, false);
-    sent
-}
-
-async fn sendfile_loop(
-    stream: &TcpStream,
-    file: &std::fs::File,
-    off: u64,
-    end: u64,
-    stall: Duration,
-) -> Result<u64, (u64, io::Error)> {
-    let mut pos = off;
-    while pos < end {
-        // Linux sends at most 0x7ffff000 bytes per call.
-        let want = usize::try_from(end - pos).unwrap_or(usize::MAX).min(0x7fff_f000);
-        // No room in the socket for `stall`: the client stopped reading.
-        tokio::time::timeout(stall, stream.writable())
-            .await
-            .map_err(|_| (pos - off, send_stalled(stall)))?
-            .map_err(|e| (pos - off, e))?;
-        let r = stream.try_io(Interest::WRITABLE, || {
-            rustix::fs::sendfile(stream, file, Some(&mut pos), want).map_err(io::Error::from)
-        });
-        match r {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err((pos - off, e)),
-        }
-    }
-    Ok(pos - off)
 }
 
 /// The plain alternative to [`sendfile_to`]: read 1 MiB, write it, repeat (two copies per

@@ -10,6 +10,8 @@
 //! - [`discovery`]: the reference design's flow for monarch agents: discovery, size + digest, pre-posted
 //!   buffer, bulk transfer straight into it.
 //! - [`catalog`]: what each machine boots (from a directory and/or the topology).
+//! - [`spin`]: polling a socket for a moment before sleeping on it (TFTP's ACKs, HTTP's
+//!   sends), and the limits on it.
 //!
 //! Every service reports what it does through an [`EventSink`].
 #![forbid(unsafe_code)]
@@ -18,6 +20,8 @@ pub mod catalog;
 pub mod dhcp;
 pub mod discovery;
 pub mod http;
+mod sendfile;
+pub mod spin;
 pub mod tftp;
 
 /// Where a service reports its events (progress, completions, refusals). Cheap to clone.

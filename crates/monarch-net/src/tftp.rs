@@ -35,6 +35,7 @@
 //! What the server does is reported through an [`EventSink`] of [`TftpEvent`]s.
 
 use crate::EventSink;
+use crate::spin::{Backoff, SpinSlot};
 use monarch_proto::fair::Admission;
 use monarch_proto::tftp::negotiate::ServerConfig;
 use monarch_proto::tftp::request::{Refusal, check_read_request};
@@ -142,8 +143,7 @@ impl TftpConfig {
             max_transfers: 128,
             max_per_source: DEFAULT_MAX_PER_SOURCE,
             spin: DEFAULT_SPIN,
-            max_spinning: std::thread::available_parallelism()
-                .map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            max_spinning: crate::spin::default_max_spinning(),
         }
     }
 
@@ -774,71 +774,27 @@ fn tick(timeout: Duration) -> Duration {
     (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(100))
 }
 
-/// The right to poll for ACKs, held by at most `max` transfers at once; given back when
-/// dropped.
-struct SpinSlot<'a> {
-    count: Option<&'a AtomicUsize>,
-    spin: Duration,
-}
-
-impl<'a> SpinSlot<'a> {
-    fn take(count: &'a AtomicUsize, max: usize, spin: Duration) -> SpinSlot<'a> {
-        let got = !spin.is_zero()
-            && count
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-                .is_ok();
-        SpinSlot { count: got.then_some(count), spin }
-    }
-
-    /// How long to poll before each `recv` (zero without a slot).
-    fn budget(&self) -> Duration {
-        if self.count.is_some() { self.spin } else { Duration::ZERO }
-    }
-}
-
-impl Drop for SpinSlot<'_> {
-    fn drop(&mut self) {
-        if let Some(c) = self.count {
-            c.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-/// Polls in a row that ran out before the ACK came, after which a transfer stops polling:
-/// its client is slower than the budget (a real NIC, firmware, an emulated machine), and
-/// polling would only burn the core for nothing.
-const MISSES_BEFORE_BACKING_OFF: u32 = 8;
-/// While backed off, one `recv` in this many polls again, in case the client sped up.
-const PROBE_EVERY: u32 = 64;
-
-/// How a transfer waits for the client: it polls for up to `budget` before sleeping in
-/// `recv` (see [`DEFAULT_SPIN`]), unless polling keeps missing.
+/// How a transfer waits for the client: it polls for up to its budget before sleeping in
+/// `recv` (see [`DEFAULT_SPIN`]), unless polling keeps missing ([`Backoff`]).
 struct Waiter {
-    budget: Duration,
-    misses: u32,
-    calls: u32,
+    backoff: Backoff,
 }
 
 impl Waiter {
     fn new(budget: Duration) -> Waiter {
-        Waiter { budget, misses: 0, calls: 0 }
-    }
-
-    /// Whether the next `recv` polls first.
-    fn polls(&mut self) -> bool {
-        self.calls = self.calls.wrapping_add(1);
-        !self.budget.is_zero() && (self.misses < MISSES_BEFORE_BACKING_OFF || self.calls % PROBE_EVERY == 0)
+        Waiter { backoff: Backoff::new(budget) }
     }
 
     /// Receive one datagram (until the socket's read timeout).
     fn recv(&mut self, sock: &std::net::UdpSocket, buf: &mut [u8]) -> io::Result<usize> {
-        if self.polls() {
-            match poll(sock, buf, self.budget) {
+        let budget = self.backoff.poll_for();
+        if !budget.is_zero() {
+            match poll(sock, buf, budget) {
                 Some(r) => {
-                    self.misses = 0;
+                    self.backoff.hit();
                     return r;
                 }
-                None => self.misses = self.misses.saturating_add(1),
+                None => self.backoff.miss(),
             }
         }
         sock.recv(buf)
@@ -1007,21 +963,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_max_spinning_transfers_poll_at_once() {
-        let count = AtomicUsize::new(0);
-        let spin = Duration::from_micros(100);
-        let a = SpinSlot::take(&count, 1, spin);
-        let b = SpinSlot::take(&count, 1, spin);
-        assert_eq!((a.budget(), b.budget()), (spin, Duration::ZERO));
-        drop(b);
-        assert_eq!(count.load(Ordering::Relaxed), 1, "a transfer without a slot gives none back");
-        drop(a);
-        assert_eq!(SpinSlot::take(&count, 1, spin).budget(), spin, "the slot is free again");
-        assert_eq!(SpinSlot::take(&count, 1, Duration::ZERO).budget(), Duration::ZERO, "zero: never poll");
-        assert_eq!(count.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
     fn a_polling_receive_gets_what_arrives_and_then_sleeps_to_the_timeout() {
         let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -1033,11 +974,11 @@ mod tests {
         // Nothing comes: the poll gives up and the blocking recv times out.
         let e = w.recv(&a, &mut buf).unwrap_err();
         assert!(is_timeout(&e), "{e}");
-        assert_eq!(w.misses, 1);
+        assert_eq!(w.backoff.misses(), 1);
         // Already queued: seen by the first poll.
         b.send(b"ack").unwrap();
         assert_eq!(w.recv(&a, &mut buf).unwrap(), 3);
-        assert_eq!(w.misses, 0, "a hit forgives the misses");
+        assert_eq!(w.backoff.misses(), 0, "a hit forgives the misses");
         // Arrives while sleeping after a short poll.
         let sender = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(5));
@@ -1084,16 +1025,5 @@ mod tests {
         assert_eq!(transfer(&[0, 1, 3]), Ok(1100));
         // Without the final ACK it is a client that went away.
         assert_eq!(transfer(&[0, 1]), Err(CLIENT_GONE.to_string()));
-    }
-
-    #[test]
-    fn a_client_slower_than_the_budget_is_not_polled_for() {
-        let mut w = Waiter::new(Duration::from_micros(100));
-        w.misses = MISSES_BEFORE_BACKING_OFF - 1;
-        assert!(w.polls(), "still polling before the last miss");
-        w.misses = MISSES_BEFORE_BACKING_OFF;
-        let polled = (0..PROBE_EVERY * 4).filter(|_| w.polls()).count();
-        assert_eq!(polled, 4, "backed off: one probe in {PROBE_EVERY}");
-        assert!(!(0..1000).any(|_| Waiter::new(Duration::ZERO).polls()), "a zero budget never polls");
     }
 }

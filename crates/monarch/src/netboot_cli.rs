@@ -113,6 +113,13 @@ pub struct ServeArgs {
     /// HTTP port (0: no HTTP).
     #[arg(long, value_name = "PORT", default_value_t = 8080)]
     http_port: u16,
+    /// How long, in microseconds, an HTTP file transfer polls for room in its socket before
+    /// it sleeps (0: never), keeping at most 256 KiB queued unsent meanwhile. Measured on a
+    /// 2-core VM with curl: 1.04–1.24× nginx's rate, against 0.87–1.03× without; it costs a
+    /// core while a transfer runs, and only one less than the cores' count of transfers poll
+    /// at once.
+    #[arg(long, value_name = "US", default_value_t = monarch_net::http::DEFAULT_SPIN_MICROS)]
+    http_spin_us: u64,
     /// Discovery port, UDP and TCP (0: no discovery service).
     #[arg(long, value_name = "PORT", default_value_t = 4012)]
     discovery_port: u16,
@@ -189,6 +196,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         tftp_port: port(a.tftp_port),
         tftp_spin: std::time::Duration::from_micros(a.tftp_spin_us),
         http_port: port(a.http_port),
+        http_spin: std::time::Duration::from_micros(a.http_spin_us),
         discovery_port: port(a.discovery_port),
     };
     let json = a.json;
