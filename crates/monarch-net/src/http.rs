@@ -23,8 +23,8 @@
 //! round on a shared 2-core machine (`tests/http_interop.rs::measure_against_nginx`):
 //! `ServeFile` alone 0.5–0.9× nginx depending on its chunk (best at 256 KiB) and the load;
 //! the sendfile path 0.8–1.2×, i.e. nginx's speed within the noise; and with the polling
-//! described in the `sendfile` module ([`DEFAULT_SPIN`]), 1.04–1.24× in `monarch bench
-//! netboot`.
+//! described in the `sendfile` module ([`DEFAULT_SPIN`]), 0.82–1.24× in `monarch bench
+//! netboot` (12 of 14 figures at or above 1).
 //! The fast path sends `application/octet-stream` and Last-Modified but no ETag; boot
 //! clients need neither.
 //!

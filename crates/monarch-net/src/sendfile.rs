@@ -10,9 +10,9 @@
 //! bytes queued unsent, so that each `sendfile` finds room soon and sends what the client's
 //! window allows at once. Measured with curl fetching 1 GiB over loopback on a 2-core VM
 //! (docs/performance.md), where curl's core is the limit (it runs at 100 %):
-//! - sleeping as before, the rate is nginx's within the noise (0.87–1.03× in `bench netboot`);
-//! - polling with the short queue: 1.04–1.24× nginx in six of six figures, and curl spends
-//!   less CPU per GiB; the server's core is busy for the whole transfer;
+//! - sleeping as before: 0.68–1.03× nginx in `bench netboot`, 3 of 10 figures at or above 1;
+//! - polling with the short queue: 0.82–1.24×, 12 of 14 figures at or above 1, and curl
+//!   spends less CPU per GiB; the server's core is busy for the whole transfer;
 //! - the short queue alone (the server sleeping between ACKs) and polling alone (with the
 //!   kernel's 4 MiB queue) gain nothing.
 //!
