@@ -9,8 +9,9 @@
 //! - sends each reply where RFC 2131 says ([`Destination`]): 255.255.255.255:68 when the
 //!   client has no address (or for a NAK), the client's `ciaddr`, the relay's `giaddr`:67,
 //!   or back to the sender for port-4011 requests.
-//! - persists the lease table after every change that matters (bound, released, declined)
-//!   and loads it at start, so a restarted server gives each machine the address it had.
+//! - persists the lease table after every change that matters (bound, released, declined;
+//!   a new binding before the ACK that announces it), and loads it at start, so a
+//!   restarted server gives each machine the address it had.
 //!   The file is replaced atomically (temp file in the same directory, fsync, rename, fsync
 //!   of the directory): a crash leaves either the old table or the new one, never half.
 //!
@@ -403,6 +404,9 @@ impl DhcpServer {
                 return;
             }
         };
+        // A binding is on disk before the client hears of it: a server restarted right
+        // after its ACK must not hand the same address to another machine.
+        self.save_if_dirty(events).await;
         let sock = match (via, &self.pxe) {
             (Via::PxeBoot, Some(s)) => s,
             _ => &self.dhcp,
