@@ -38,7 +38,7 @@
 use crate::EventSink;
 use crate::catalog::{PathError, SharedCatalog, resolve_in};
 use crate::sendfile::{is_send_stall, sendfile_to};
-use crate::spin::SpinSlot;
+use crate::spin::SpinSlots;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -53,7 +53,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -195,10 +194,8 @@ struct Shared {
     local: SocketAddr,
     head_deadline: Duration,
     send_stall: Duration,
-    spin: Duration,
-    max_spinning: usize,
-    /// Fast-path transfers polling right now (at most `max_spinning`).
-    spinning: Arc<AtomicUsize>,
+    /// The fast path's polling ([`HttpConfig::spin`], [`HttpConfig::max_spinning`]).
+    spinning: SpinSlots,
     events: EventSink<HttpEvent>,
 }
 
@@ -240,9 +237,7 @@ impl HttpServer {
             local: self.local,
             head_deadline: self.cfg.head_deadline,
             send_stall: self.cfg.send_stall,
-            spin: self.cfg.spin,
-            max_spinning: self.cfg.max_spinning,
-            spinning: Arc::new(AtomicUsize::new(0)),
+            spinning: SpinSlots::new(self.cfg.spin, self.cfg.max_spinning),
             events,
         });
         let (tx, rx) = mpsc::channel(64);
@@ -557,8 +552,7 @@ async fn send_file(
     if plain.head {
         return Ok((0, true, start, false));
     }
-    let slot = SpinSlot::take(&st.spinning, st.max_spinning, st.spin);
-    match sendfile_to(stream, &file, 0, size, stall, &slot).await {
+    match sendfile_to(stream, &file, 0, size, stall, &st.spinning.take()).await {
         Ok(n) => Ok((n, n == size, start, false)),
         Err((n, e)) => Ok((n, false, start, is_send_stall(&e))),
     }

@@ -187,9 +187,8 @@ fn push(stream: &TcpStream, file: &std::fs::File, pos: &mut u64, end: u64, budge
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spin::SpinSlots;
     use std::io::{Read, Write};
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
 
     /// A file of `len` bytes that differ from their neighbours, and a connected pair.
     async fn setup(len: usize) -> (std::fs::File, Vec<u8>, TcpStream, std::net::TcpStream) {
@@ -203,7 +202,7 @@ mod tests {
     }
 
     fn polling_slot() -> SpinSlot {
-        SpinSlot::take(&Arc::new(AtomicUsize::new(0)), 1, Duration::from_micros(100))
+        SpinSlots::new(Duration::from_micros(100), 1).take()
     }
 
     /// Read everything, pausing now and then so that the sender finds its socket full,

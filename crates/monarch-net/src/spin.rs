@@ -5,7 +5,7 @@
 //! in the send queue) may instead poll for up to a short budget. It costs the polling core
 //! and saves a sleep and a wake-up, and where the client runs on the same machine it keeps
 //! the server's kernel work on the server's core. Two limits keep the cost bounded:
-//! - `SpinSlot`: at most `max` transfers of a service poll at once ([`default_max_spinning`]:
+//! - `SpinSlots`: at most `max` transfers of a service poll at once ([`default_max_spinning`]:
 //!   one less than the cores), so the clients and the rest of the machine keep a core;
 //! - `Backoff`: a transfer whose polls keep running out ([`MISSES_BEFORE_BACKING_OFF`] in
 //!   a row: its client is slower than the budget) sleeps from then on, polling again only
@@ -28,8 +28,36 @@ pub fn default_max_spinning() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
-/// The right to poll, held by at most `max` transfers of one service at once; given back
-/// when dropped.
+/// One service's polling budget and the slots to poll with: at most `max` of its transfers
+/// poll at once. Clones share the slots.
+#[derive(Debug, Clone)]
+pub(crate) struct SpinSlots {
+    taken: Arc<AtomicUsize>,
+    max: usize,
+    spin: Duration,
+}
+
+impl SpinSlots {
+    /// Slots for `max` transfers at once, each polling for up to `spin` (zero: never).
+    pub(crate) fn new(spin: Duration, max: usize) -> SpinSlots {
+        SpinSlots { taken: Arc::new(AtomicUsize::new(0)), max, spin }
+    }
+
+    /// A slot if fewer than `max` are taken and the budget is not zero; else a slot that
+    /// never polls.
+    pub(crate) fn take(&self) -> SpinSlot {
+        let (max, spin) = (self.max, self.spin);
+        let got = !spin.is_zero()
+            && self
+                .taken
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+                .is_ok();
+        SpinSlot { count: got.then(|| Arc::clone(&self.taken)), spin }
+    }
+}
+
+/// The right to poll, held by at most `max` transfers of one service at once
+/// ([`SpinSlots::take`]); given back when dropped.
 #[derive(Debug)]
 pub(crate) struct SpinSlot {
     count: Option<Arc<AtomicUsize>>,
@@ -37,16 +65,6 @@ pub(crate) struct SpinSlot {
 }
 
 impl SpinSlot {
-    /// Take a slot of `count` if fewer than `max` are taken and `spin` is not zero; else a
-    /// slot that never polls.
-    pub(crate) fn take(count: &Arc<AtomicUsize>, max: usize, spin: Duration) -> SpinSlot {
-        let got = !spin.is_zero()
-            && count
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-                .is_ok();
-        SpinSlot { count: got.then(|| Arc::clone(count)), spin }
-    }
-
     /// A slot that never polls.
     pub(crate) fn never() -> SpinSlot {
         SpinSlot { count: None, spin: Duration::ZERO }
@@ -111,16 +129,16 @@ mod tests {
 
     #[test]
     fn only_max_spinning_transfers_poll_at_once() {
-        let count = Arc::new(AtomicUsize::new(0));
         let spin = Duration::from_micros(100);
-        let a = SpinSlot::take(&count, 1, spin);
-        let b = SpinSlot::take(&count, 1, spin);
-        assert_eq!((a.budget(), b.budget()), (spin, Duration::ZERO));
+        let slots = SpinSlots::new(spin, 1);
+        let a = slots.take();
+        let b = slots.clone().take();
+        assert_eq!((a.budget(), b.budget()), (spin, Duration::ZERO), "clones share the slots");
         drop(b);
-        assert_eq!(count.load(Ordering::Acquire), 1, "a slot that was not taken is not given back");
+        assert_eq!(slots.taken.load(Ordering::Acquire), 1, "a slot that was not taken is not given back");
         drop(a);
-        assert_eq!(SpinSlot::take(&count, 1, spin).budget(), spin, "the slot is free again");
-        assert_eq!(SpinSlot::take(&count, 1, Duration::ZERO).budget(), Duration::ZERO);
+        assert_eq!(slots.take().budget(), spin, "the slot is free again");
+        assert_eq!(SpinSlots::new(Duration::ZERO, 1).take().budget(), Duration::ZERO);
     }
 
     #[test]

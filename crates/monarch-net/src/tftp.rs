@@ -35,7 +35,7 @@
 //! What the server does is reported through an [`EventSink`] of [`TftpEvent`]s.
 
 use crate::EventSink;
-use crate::spin::{Backoff, SpinSlot};
+use crate::spin::{Backoff, SpinSlots};
 use monarch_proto::fair::Admission;
 use monarch_proto::tftp::negotiate::ServerConfig;
 use monarch_proto::tftp::request::{Refusal, check_read_request};
@@ -46,7 +46,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -250,8 +250,8 @@ pub struct TftpServer {
     local: SocketAddr,
     root: Arc<PathBuf>,
     cfg: TftpConfig,
-    /// Transfers polling right now (at most `cfg.max_spinning`).
-    spinning: Arc<AtomicUsize>,
+    /// The transfers' polling ([`TftpConfig::spin`], [`TftpConfig::max_spinning`]).
+    spinning: SpinSlots,
 }
 
 impl TftpServer {
@@ -269,7 +269,8 @@ impl TftpServer {
         let socket =
             UdpSocket::bind(cfg.bind).await.map_err(|source| TftpError::Bind { addr: cfg.bind, source })?;
         let local = socket.local_addr().map_err(|source| TftpError::Bind { addr: cfg.bind, source })?;
-        Ok(TftpServer { socket, local, root: Arc::new(root), cfg, spinning: Arc::new(AtomicUsize::new(0)) })
+        let spinning = SpinSlots::new(cfg.spin, cfg.max_spinning);
+        Ok(TftpServer { socket, local, root: Arc::new(root), cfg, spinning })
     }
 
     /// The address requests go to (with the port the OS chose, if the config said 0).
@@ -312,7 +313,7 @@ impl TftpServer {
                                 cfg: self.cfg.clone(),
                                 local_ip: self.local.ip(),
                                 events: Arc::clone(&events),
-                                spinning: Arc::clone(&self.spinning),
+                                spinning: self.spinning.clone(),
                                 _slot: slot,
                             };
                             let stop = Arc::clone(&stop.0);
@@ -397,7 +398,7 @@ struct Transfer {
     cfg: TftpConfig,
     local_ip: IpAddr,
     events: EventSink<TftpEvent>,
-    spinning: Arc<AtomicUsize>,
+    spinning: SpinSlots,
     /// Released when the transfer ends.
     _slot: Slot,
 }
@@ -751,7 +752,7 @@ impl Transfer {
             windowsize: fsm.windowsize(),
         });
         let mut src = Source::new(f, size, fsm.blksize());
-        let spin = SpinSlot::take(&self.spinning, self.cfg.max_spinning, self.cfg.spin);
+        let spin = self.spinning.take();
         let outcome = drive(&sock, &mut fsm, &mut src, begun, &stop, spin.budget(), |bytes| {
             events(TftpEvent::Progress { peer, file: file.clone(), bytes, total: size })
         });

@@ -115,10 +115,9 @@ pub struct ServeArgs {
     http_port: u16,
     /// How long, in microseconds, an HTTP file transfer polls for room in its socket before
     /// it sleeps (0: never), keeping at most 256 KiB queued unsent meanwhile. Measured on a
-    /// 2-core VM with curl: 0.82–1.24× nginx's rate (12 of 14 figures ≥ 1), against 0.68–1.03×
-    /// (3 of 10) without; it costs a
-    /// core while a transfer runs, and only one less than the cores' count of transfers poll
-    /// at once.
+    /// 2-core VM with curl: 0.82–1.24× nginx's rate (12 of 14 figures ≥ 1), against
+    /// 0.68–1.03× (3 of 10) without; it costs a core while a transfer runs, and only one less
+    /// than the cores' count of transfers poll at once.
     #[arg(long, value_name = "US", default_value_t = monarch_net::http::DEFAULT_SPIN_MICROS)]
     http_spin_us: u64,
     /// Discovery port, UDP and TCP (0: no discovery service).
