@@ -43,32 +43,35 @@ struct OwnImage {
     tail: Vec<u8>,
 }
 
-/// Our own executable's checksum, length and last bytes, read once a piece at a time.
-/// Read, not mapped, even when it is the delivered memfd: the agent leaves an image's
-/// pages of zeroes unwritten (holes), and a read of a hole copies zeroes without
-/// allocating, where a mapping would fault in a fresh page for each.
+/// Our own executable's checksum, length and last bytes. Read, not mapped, even when it is
+/// the delivered memfd: the agent leaves an image's pages of zeroes unwritten (holes), and a
+/// mapping would fault in a fresh page for each. Only the runs that hold data are read, a
+/// piece at a time; the holes between them are checksummed as the zeroes they read as,
+/// without reading them (a read of a hole copies the zero page, as long as a read of data:
+/// the default image is two thirds padding).
 fn own_image() -> std::io::Result<OwnImage> {
-    use std::io::Read as _;
-    const KEEP: usize = image::TRAILER_LEN + image::BANNER_MAX;
-    let exe = std::path::Path::new("/proc/self/exe");
-    let mut f = std::fs::File::open(exe)?;
+    use std::os::unix::fs::FileExt as _;
+    const KEEP: u64 = (image::TRAILER_LEN + image::BANNER_MAX) as u64;
+    const PIECE: usize = 256 << 10;
+    let f = std::fs::File::open("/proc/self/exe")?;
+    let len = f.metadata()?.len();
     let mut h = monarch_proto::checksum::Hasher::new(Algo::Crc32c);
-    let mut buf = vec![0u8; 256 << 10];
-    let mut tail: Vec<u8> = Vec::with_capacity(2 * KEEP);
-    let mut len = 0u64;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        len += n as u64;
-        tail.extend_from_slice(&buf[n.saturating_sub(KEEP)..n]);
-        let extra = tail.len().saturating_sub(KEEP);
-        tail.drain(..extra);
+    let mut buf = vec![0u8; PIECE];
+    let mut pos = 0u64;
+    for run in monarch_drivers::memimage::data_ranges(&f, len)? {
+        h.update_zeros(run.start - pos);
+        pos = run.start;
+        while pos < run.end {
+            let piece = &mut buf[..usize::try_from(run.end - pos).unwrap_or(PIECE).min(PIECE)];
+            f.read_exact_at(piece, pos)?;
+            h.update(piece);
+            pos += piece.len() as u64;
+        }
     }
+    h.update_zeros(len - pos);
+    let keep = len.min(KEEP);
+    let mut tail = vec![0u8; usize::try_from(keep).unwrap_or(0)];
+    f.read_exact_at(&mut tail, len - keep)?;
     Ok(OwnImage { len, digest: h.finish(), tail })
 }
 

@@ -273,9 +273,56 @@ pub fn map_shared(file: &std::fs::File) -> io::Result<MmapMut> {
     unsafe { MmapMut::map_mut(file) }
 }
 
+/// The parts of `file`'s first `len` bytes that may hold data, in order; everything else
+/// is a hole, which reads as zeroes (`SEEK_DATA`/`SEEK_HOLE`). A landed image's padding is
+/// such holes: whoever checksums it can skip them (see `Hasher::update_zeros`). A file
+/// system that does not report holes reports one run of data, the whole file.
+pub fn data_ranges(file: &File, len: u64) -> io::Result<Vec<std::ops::Range<u64>>> {
+    use rustix::fs::SeekFrom;
+    let mut runs = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let start = match rustix::fs::seek(file, SeekFrom::Data(pos)) {
+            Ok(start) => start,
+            // No data after `pos`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            // The file system cannot say: treat it all as data.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+                return Ok(std::iter::once(0..len).collect());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if start >= len {
+            break;
+        }
+        let end = rustix::fs::seek(file, SeekFrom::Hole(start))?.min(len);
+        runs.push(start..end);
+        pos = end;
+    }
+    Ok(runs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_ranges_skip_the_holes_and_cover_every_written_byte() {
+        let p = 4096u64;
+        let mut m = MemImage::new("ranges", 10 * p).unwrap();
+        m.land(p, &[7u8; 4096]).unwrap();
+        m.land(5 * p + 1, &[9u8; 2 * 4096]).unwrap();
+        let runs = data_ranges(&m.file, m.len()).unwrap();
+        // tmpfs reports holes page by page; a file system may round a run out, never in.
+        assert!(runs.iter().any(|r| r.start <= p && r.end >= 2 * p), "{runs:?}");
+        assert!(runs.iter().any(|r| r.start <= 5 * p + 1 && r.end > 7 * p), "{runs:?}");
+        assert!(!runs.iter().any(|r| r.contains(&0) || r.contains(&(9 * p))), "{runs:?}");
+        assert!(runs.windows(2).all(|w| w[0].end <= w[1].start), "{runs:?}");
+        // Cut short by `len`, and nothing for an empty file.
+        let cut = data_ranges(&m.file, p + 10).unwrap();
+        assert!(cut.len() == 1 && cut[0] == (p..p + 10), "{cut:?}");
+        assert!(data_ranges(&MemImage::new("empty", 0).unwrap().file, 0).unwrap().is_empty());
+    }
 
     #[test]
     fn holds_and_returns_bytes() {
