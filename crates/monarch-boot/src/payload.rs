@@ -43,19 +43,37 @@ struct OwnImage {
     tail: Vec<u8>,
 }
 
-/// Our own executable's checksum, length and last bytes. Read, not mapped, even when it is
-/// the delivered memfd: the agent leaves an image's pages of zeroes unwritten (holes), and a
-/// mapping would fault in a fresh page for each. Only the runs that hold data are read, a
-/// piece at a time; the holes between them are checksummed as the zeroes they read as,
-/// without reading them (a read of a hole copies the zero page, as long as a read of data:
-/// the default image is two thirds padding).
+/// Our own executable's checksum, length and last bytes. Only the runs that hold data are
+/// read; the holes between them are checksummed as the zeroes they read as, without reading
+/// them (the agent leaves an image's pages of zeroes unwritten, and a read of a hole costs
+/// a copy of the zero page: the default image is two thirds padding).
+///
+/// The delivered image is a sealed memfd, which nothing can change: its data is checksummed
+/// where it lies, through a mapping that faults in only the pages read. Any other
+/// executable (a network boot's, on disk) is read a piece at a time.
 fn own_image() -> std::io::Result<OwnImage> {
     use std::os::unix::fs::FileExt as _;
     const KEEP: u64 = (image::TRAILER_LEN + image::BANNER_MAX) as u64;
     const PIECE: usize = 256 << 10;
-    let f = std::fs::File::open("/proc/self/exe")?;
-    let len = f.metadata()?.len();
+    let exe = std::path::Path::new("/proc/self/exe");
     let mut h = monarch_proto::checksum::Hasher::new(Algo::Crc32c);
+    if let Ok(img) = monarch_drivers::memimage::SealedImage::view(exe) {
+        let bytes = img.bytes();
+        let mut pos = 0u64;
+        for run in img.data_ranges()? {
+            let (start, end) = (usize::try_from(run.start), usize::try_from(run.end));
+            let (Ok(start), Ok(end)) = (start, end) else { break };
+            h.update_zeros(run.start - pos);
+            h.update(&bytes[start..end]);
+            pos = run.end;
+        }
+        let len = bytes.len() as u64;
+        h.update_zeros(len - pos);
+        let tail = bytes[bytes.len() - usize::try_from(len.min(KEEP)).unwrap_or(0)..].to_vec();
+        return Ok(OwnImage { len, digest: h.finish(), tail });
+    }
+    let f = std::fs::File::open(exe)?;
+    let len = f.metadata()?.len();
     let mut buf = vec![0u8; PIECE];
     let mut pos = 0u64;
     for run in monarch_drivers::memimage::data_ranges(&f, len)? {

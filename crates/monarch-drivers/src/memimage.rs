@@ -179,6 +179,16 @@ impl SealedImage {
     /// (`/proc/PID/fd/N`, [`SealedImage::path`]). Refused unless it is sealed against writes
     /// and resizing: a file that could still change would make any check of it worthless.
     pub fn open(path: &Path) -> io::Result<SealedImage> {
+        let img = SealedImage::view(path)?;
+        img.populate();
+        Ok(img)
+    }
+
+    /// Open a sealed image as [`SealedImage::open`] does, but map nothing until it is
+    /// touched: for reading only parts of it, such as the runs of a sparse image that hold
+    /// data ([`SealedImage::data_ranges`]). Touching a hole through the mapping gives it a
+    /// page of its own.
+    pub fn view(path: &Path) -> io::Result<SealedImage> {
         let file = File::open(path)?;
         let seals = rustix::fs::fcntl_get_seals(&file)?;
         if !seals.contains(SEALED) {
@@ -187,19 +197,35 @@ impl SealedImage {
                 format!("{} is not a sealed image (seals {seals:?})", path.display()),
             ));
         }
-        SealedImage::mapped(file)
+        SealedImage::unpopulated(file)
     }
 
     fn mapped(file: File) -> io::Result<SealedImage> {
+        let img = SealedImage::unpopulated(file)?;
+        img.populate();
+        Ok(img)
+    }
+
+    fn unpopulated(file: File) -> io::Result<SealedImage> {
         // SAFETY: the memfd is sealed against writes, shrinking and growing (checked by
-        // `open`, done by `seal`): no process can change the bytes or the size under this
+        // `view`, done by `seal`): no process can change the bytes or the size under this
         // mapping, so handing out `&[u8]` into it is sound.
         let map = unsafe { Mmap::map(&file)? };
-        // Fault the pages in now, in one call (they are usually in memory already: the
-        // image was just written); older kernels answer EINVAL and the reads fault instead.
-        // SAFETY: the range is exactly this mapping; the advice only maps its pages.
-        let _ = unsafe { libc::madvise(map.as_ptr().cast_mut().cast(), map.len(), libc::MADV_POPULATE_READ) };
         Ok(SealedImage { file, map })
+    }
+
+    /// Fault the pages in now, in one call (they are usually in memory already: the image
+    /// was just written); older kernels answer EINVAL and the reads fault instead.
+    fn populate(&self) {
+        // SAFETY: the range is exactly this mapping; the advice only maps its pages.
+        let _ = unsafe {
+            libc::madvise(self.map.as_ptr().cast_mut().cast(), self.map.len(), libc::MADV_POPULATE_READ)
+        };
+    }
+
+    /// The runs of the image that may hold data; the rest reads as zeroes ([`data_ranges`]).
+    pub fn data_ranges(&self) -> io::Result<Vec<std::ops::Range<u64>>> {
+        data_ranges(&self.file, self.map.len() as u64)
     }
 
     /// The bytes.
@@ -406,6 +432,26 @@ mod tests {
         let path = format!("/proc/self/fd/{}", unsealed.file.as_raw_fd());
         let e = SealedImage::open(Path::new(&path)).unwrap_err();
         assert!(e.to_string().contains("not a sealed image"), "{e}");
+    }
+
+    #[test]
+    fn a_view_reads_the_data_runs_without_filling_the_holes() {
+        let p = 4096usize;
+        let mut m = MemImage::new("view", 64 * p as u64).unwrap();
+        m.land(3 * p as u64, &[5u8; 4096]).unwrap();
+        // Sealed as the exec handoff seals it (`seal` would fault every page in).
+        let ro = m.sealed_file().unwrap();
+        let view = SealedImage::view(Path::new(&format!("/proc/self/fd/{}", ro.as_raw_fd()))).unwrap();
+        let runs = view.data_ranges().unwrap();
+        assert!(runs.iter().any(|r| r.start <= 3 * p as u64 && r.end >= 4 * p as u64), "{runs:?}");
+        for r in &runs {
+            let (a, b) = (usize::try_from(r.start).unwrap(), usize::try_from(r.end).unwrap());
+            assert!(view.bytes()[a..b].iter().all(|&x| x == 5 || x == 0));
+        }
+        // Only the data was touched: the 63 pages of holes are still holes.
+        let blocks = rustix::fs::fstat(&view.file).unwrap().st_blocks as u64 * 512;
+        assert!(blocks < 8 * p as u64, "{blocks} bytes allocated");
+        assert!(SealedImage::view(tempfile::NamedTempFile::new().unwrap().path()).is_err());
     }
 
     #[test]
