@@ -118,6 +118,9 @@ pub const PAYLOAD_TAIL: usize = BANNER_MAX + TRAILER_LEN;
 /// algorithm and chunk size.
 pub struct SharedBody {
     bytes: Vec<u8>,
+    /// Every byte from here on is zero (a built-in payload's padding; the length, for a
+    /// file's contents, which are not looked at).
+    zero_from: usize,
     digests: std::sync::Mutex<std::collections::HashMap<(Algo, u64), ChunkDigests>>,
 }
 
@@ -128,11 +131,21 @@ type ChunkDigests = Arc<Vec<Digest>>;
 type PayloadParts = (Arc<SharedBody>, Vec<u8>);
 
 impl SharedBody {
-    /// The digest of each whole `step`-byte chunk of the body, computed on first use.
+    /// The digest of each whole `step`-byte chunk of the body, computed on first use. The
+    /// chunks of the zero padding all have the same digest: it is taken once.
     fn chunk_digests(&self, algo: Algo, step: u64) -> ChunkDigests {
         let mut cache = self.digests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(cache.entry((algo, step)).or_insert_with(|| {
-            Arc::new(self.bytes.chunks_exact(idx(step)).map(|c| algo.digest(c)).collect())
+            let step = idx(step);
+            let mut zero_chunk = None;
+            let digest = |(k, c): (usize, &[u8])| {
+                if k * step >= self.zero_from {
+                    *zero_chunk.get_or_insert_with(|| algo.digest(c))
+                } else {
+                    algo.digest(c)
+                }
+            };
+            Arc::new(self.bytes.chunks_exact(step).enumerate().map(digest).collect())
         }))
     }
 }
@@ -144,20 +157,20 @@ type BodyKey = (PathBuf, u64, Option<std::time::SystemTime>, u64);
 static BODIES: std::sync::Mutex<Vec<(BodyKey, std::sync::Weak<SharedBody>)>> =
     std::sync::Mutex::new(Vec::new());
 
-/// The body for `key`, shared if one is alive, else made by `make` (`None`: do without a
-/// shared body). The lock is held while making: the other secondaries' stages wait for this
-/// body rather than make their own.
+/// The body for `key`, shared if one is alive, else made by `make` (its bytes, and where the
+/// zeroes that end it start; `None`: do without a shared body). The lock is held while
+/// making: the other secondaries' stages wait for this body rather than make their own.
 fn shared_body(
     key: BodyKey,
-    make: impl FnOnce() -> Result<Option<Vec<u8>>, ImageError>,
+    make: impl FnOnce() -> Result<Option<(Vec<u8>, usize)>, ImageError>,
 ) -> Result<Option<Arc<SharedBody>>, ImageError> {
     let mut bodies = BODIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     bodies.retain(|(_, w)| w.strong_count() > 0);
     if let Some(b) = bodies.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {
         return Ok(Some(b));
     }
-    let Some(bytes) = make()? else { return Ok(None) };
-    let b = Arc::new(SharedBody { bytes, digests: Default::default() });
+    let Some((bytes, zero_from)) = make()? else { return Ok(None) };
+    let b = Arc::new(SharedBody { bytes, zero_from, digests: Default::default() });
     bodies.push((key, Arc::downgrade(&b)));
     Ok(Some(b))
 }
@@ -192,7 +205,7 @@ fn payload_parts(program: &Path, size: u64, banner: &str) -> Result<Option<Paylo
         if f.read(&mut [0u8; 1]).map_err(no_payload)? != 0 {
             return Ok(None);
         }
-        Ok(Some(bytes))
+        Ok(Some((bytes, n)))
     })?;
     let Some(body) = body else { return Ok(None) };
     let banner = truncate(banner, BANNER_MAX);
@@ -448,7 +461,8 @@ pub fn retrieve(source: &ImageSource, algo: Algo, chunk_size: u64) -> Result<Ima
                 let body = shared_body(key, || {
                     let mut b = vec![0u8; idx(len)];
                     f.read_exact_at(&mut b, 0).map_err(read_err)?;
-                    Ok(Some(b))
+                    let n = b.len();
+                    Ok(Some((b, n)))
                 })?;
                 let body = body.ok_or_else(|| read_err(std::io::ErrorKind::UnexpectedEof.into()))?;
                 absorb_body(&mut digests, &body, &[]);
