@@ -167,7 +167,7 @@ impl Hasher {
         match self {
             Hasher::Crc32c(c) => *c = crc32c_extend_zeros(*c, len),
             _ => {
-                const ZEROS: [u8; 4096] = [0; 4096];
+                const ZEROS: [u8; 16 << 10] = [0; 16 << 10];
                 while len > 0 {
                     let n = usize::try_from(len.min(ZEROS.len() as u64)).unwrap_or(ZEROS.len());
                     self.update(&ZEROS[..n]);
@@ -208,12 +208,14 @@ const fn mult_mod_p(a: u32, mut b: u32) -> u32 {
     }
 }
 
-/// `x^(2^k) mod P` for k = 0..32, built at compile time.
-const X2N: [u32; 32] = {
-    let mut t = [0u32; 32];
+/// `x^(2^k) mod P` for k = 0..67 (a length's bits 0..63, in bytes of 2^3 bits), built at
+/// compile time. Whole, not folded onto 32 entries as zlib's CRC-32 table is: that relies on
+/// x^(2^32) = x modulo CRC-32's polynomial, which is false for Castagnoli's (tested).
+const X2N: [u32; 67] = {
+    let mut t = [0u32; 67];
     let mut p = 1u32 << 30; // x^1
     let mut k = 0;
-    while k < 32 {
+    while k < 67 {
         t[k] = p;
         p = mult_mod_p(p, p);
         k += 1;
@@ -222,15 +224,15 @@ const X2N: [u32; 32] = {
 };
 
 /// `x^(8 * len) mod P`: the operator that shifts a CRC past `len` bytes.
-fn x8n_mod_p(mut len: u64) -> u32 {
+fn x8n_mod_p(len: u64) -> u32 {
     let mut p = 1u32 << 31; // x^0
-    let mut k = 3; // a byte is 2^3 bits
-    while len != 0 {
-        if len & 1 != 0 {
-            p = mult_mod_p(X2N[k & 31], p);
+    for (bit, x2n) in X2N[3..].iter().enumerate() {
+        if len >> bit == 0 {
+            break;
         }
-        len >>= 1;
-        k += 1;
+        if len >> bit & 1 != 0 {
+            p = mult_mod_p(*x2n, p);
+        }
     }
     p
 }
@@ -337,6 +339,22 @@ mod tests {
                 by_bytes.update(&vec![0u8; zeros]);
                 prop_assert_eq!(by_len.finish(), by_bytes.finish());
             }
+        }
+    }
+
+    #[test]
+    fn zeroes_extend_alike_however_long_the_run() {
+        // Past 2^29 bytes the shift operator's table must not wrap: CRC-32C's x^(2^k) cycle
+        // is not zlib's CRC-32's.
+        let a = crc32c::crc32c(b"monarch");
+        for bits in [20u32, 28, 29, 30, 31, 32, 33, 40, 50, 61] {
+            let half = 1u64 << (bits - 1);
+            let whole = crc32c_extend_zeros(a, 1 << bits);
+            assert_eq!(whole, crc32c_extend_zeros(crc32c_extend_zeros(a, half), half), "2^{bits} zeroes");
+            // The crate's own (matrix) combine agrees, from the CRC of the zeroes alone.
+            let zeros = crc32c_extend_zeros(0, 1 << bits);
+            assert_eq!(crc32c_combine(a, zeros, 1 << bits), whole, "2^{bits} zeroes");
+            assert_eq!(crc32c::crc32c_combine(a, zeros, 1 << bits), whole, "2^{bits} zeroes");
         }
     }
 
