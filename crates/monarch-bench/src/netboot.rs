@@ -22,7 +22,11 @@
 //! The bench measures that ceiling rather than asserting it: each transfer's client CPU
 //! time (its rusage), and from the least of them the fastest this client could fetch on
 //! this host if the server cost nothing, beside the reference as the highest reachable
-//! ratio. A target above that is marked client-bound: no server can meet it here.
+//! ratio. A target above that is marked client-bound: out of reach at the client CPU
+//! observed. It is an observed limit, not a proof: what the client spends depends a little
+//! on the server (which side's core runs the network stack's work, how often the client
+//! sleeps). The CPU times assume nothing else in this process reaps children meanwhile
+//! (true of the bench: its servers are reaped only when it ends).
 //!
 //! Each figure is the median of `reps` transfers, alternating ours and the reference so that
 //! neither gets the quieter moments of a shared machine. The median, not the best: on this
@@ -128,11 +132,11 @@ pub struct Comparison {
     /// The client's own CPU time per transfer from the reference, ms (median).
     pub reference_client_cpu_ms: f64,
     /// The client's limit on this host: the bytes of one transfer over the least CPU time
-    /// the client spent on one (from either server), MiB/s. A server that cost nothing and
-    /// never kept the client waiting would still not be faster than this.
+    /// the client spent on one (from either server), MiB/s: what a server that cost nothing
+    /// and never kept the client waiting would reach, at the client CPU observed.
     pub client_bound_mib_s: f64,
-    /// `client_bound_mib_s / reference_mib_s`: the highest ratio any server could show
-    /// against this reference with this client on this host.
+    /// `client_bound_mib_s / reference_mib_s`: the highest ratio a server could show against
+    /// this reference with this client on this host, at the client CPU observed.
     pub ceiling: f64,
     /// The ratio wanted.
     pub target: f64,
@@ -948,7 +952,7 @@ pub fn render(b: &Netbench) -> String {
         );
     }
     s += "  (ceiling: the ratio a server costing nothing would reach, the client's least CPU time per\n   \
-          transfer being all it took; a target above it cannot be met with this client on this host)\n";
+          transfer being all it took; a target above it is out of reach with this client on this host)\n";
     s += if b.all_met { "all targets met\n" } else { "some targets NOT met\n" };
     s
 }

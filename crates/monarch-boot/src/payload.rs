@@ -61,8 +61,12 @@ fn own_image() -> std::io::Result<OwnImage> {
         let bytes = img.bytes();
         let mut pos = 0u64;
         for run in img.data_ranges()? {
-            let (start, end) = (usize::try_from(run.start), usize::try_from(run.end));
-            let (Ok(start), Ok(end)) = (start, end) else { break };
+            let (Ok(start), Ok(end)) = (usize::try_from(run.start), usize::try_from(run.end)) else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "an image larger than memory",
+                ));
+            };
             h.update_zeros(run.start - pos);
             h.update(&bytes[start..end]);
             pos = run.end;
