@@ -105,8 +105,10 @@ TFTP: the same file fetched by the same client (atftp, blksize 1468) from our se
 Debian's tftpd-hpa, with windowsize 1 and with windowsize 16 (RFC 7440; tftpd-hpa ignores the \
 option and runs lock-step). HTTP: the same file fetched by curl from our server and from nginx \
 (sendfile on). Each over loopback and over a veth pair with MTU 1500 into a network namespace \
-the bench creates and removes. Prints MiB/s, the ratio to the reference and the target. \
-Installs tftpd-hpa, atftp, curl and nginx with apt-get when missing (needs root).")]
+the bench creates and removes. Prints MiB/s, the ratio to the reference and the target; \
+beside them the client's own CPU time per transfer, the fastest the client could fetch at that \
+(its limit on this host) and the ratio that allows at most (`ceiling`): a target above the \
+ceiling is marked client-bound. Installs tftpd-hpa, atftp, curl and nginx with apt-get when missing (needs root).")]
     Netboot(BenchNetbootArgs),
     /// Failover: kill the monarch at random points of the boot; failover time p50/p99.
     #[command(long_about = "Failover under fire, measured in real runs.\n\n\
