@@ -56,45 +56,58 @@ fn own_image() -> std::io::Result<OwnImage> {
     const KEEP: u64 = (image::TRAILER_LEN + image::BANNER_MAX) as u64;
     const PIECE: usize = 256 << 10;
     let exe = std::path::Path::new("/proc/self/exe");
-    let mut h = monarch_proto::checksum::Hasher::new(Algo::Crc32c);
     if let Ok(img) = monarch_drivers::memimage::SealedImage::view(exe) {
         let bytes = img.bytes();
-        let mut pos = 0u64;
-        for run in img.data_ranges()? {
+        let len = bytes.len() as u64;
+        let digest = sparse_crc(len, img.data_ranges()?, |h, run| {
             let (Ok(start), Ok(end)) = (usize::try_from(run.start), usize::try_from(run.end)) else {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     "an image larger than memory",
                 ));
             };
-            h.update_zeros(run.start - pos);
             h.update(&bytes[start..end]);
-            pos = run.end;
-        }
-        let len = bytes.len() as u64;
-        h.update_zeros(len - pos);
+            Ok(())
+        })?;
         let tail = bytes[bytes.len() - usize::try_from(len.min(KEEP)).unwrap_or(0)..].to_vec();
-        return Ok(OwnImage { len, digest: h.finish(), tail });
+        return Ok(OwnImage { len, digest, tail });
     }
     let f = std::fs::File::open(exe)?;
     let len = f.metadata()?.len();
     let mut buf = vec![0u8; PIECE];
-    let mut pos = 0u64;
-    for run in monarch_drivers::memimage::data_ranges(&f, len)? {
-        h.update_zeros(run.start - pos);
-        pos = run.start;
+    let digest = sparse_crc(len, monarch_drivers::memimage::data_ranges(&f, len)?, |h, run| {
+        let mut pos = run.start;
         while pos < run.end {
             let piece = &mut buf[..usize::try_from(run.end - pos).unwrap_or(PIECE).min(PIECE)];
             f.read_exact_at(piece, pos)?;
             h.update(piece);
             pos += piece.len() as u64;
         }
-    }
-    h.update_zeros(len - pos);
+        Ok(())
+    })?;
     let keep = len.min(KEEP);
     let mut tail = vec![0u8; usize::try_from(keep).unwrap_or(0)];
     f.read_exact_at(&mut tail, len - keep)?;
-    Ok(OwnImage { len, digest: h.finish(), tail })
+    Ok(OwnImage { len, digest, tail })
+}
+
+/// The CRC-32C of `len` bytes of which only `runs` (in order, within `len`) may hold data:
+/// `feed` hashes the bytes of one run; the holes around the runs are hashed as zeroes,
+/// arithmetically.
+fn sparse_crc(
+    len: u64,
+    runs: Vec<std::ops::Range<u64>>,
+    mut feed: impl FnMut(&mut monarch_proto::checksum::Hasher, std::ops::Range<u64>) -> std::io::Result<()>,
+) -> std::io::Result<monarch_proto::Digest> {
+    let mut h = monarch_proto::checksum::Hasher::new(Algo::Crc32c);
+    let mut pos = 0u64;
+    for run in runs {
+        h.update_zeros(run.start - pos);
+        pos = run.end;
+        feed(&mut h, run)?;
+    }
+    h.update_zeros(len - pos);
+    Ok(h.finish())
 }
 
 /// Run the payload; the error is printed by the binary.
